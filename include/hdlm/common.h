@@ -1,0 +1,77 @@
+// hdlm/common.h — errors, checked allocation, logging and timing shared by the whole library.
+//
+// Error convention (two kinds, never mixed):
+//  - Bad input (files, configurations, flags): library functions return int (0 = ok, -1 = error) after recording a
+//    message with HDLM_FAIL / HDLM_CHECK that names the file, field or flag and what was expected. Callers propagate
+//    with HDLM_TRY; tools end with HDLM_MUST, which prints the message and ends the job (every rank, under MPI).
+//  - Broken invariants (a bug, out of memory): HDLM_ASSERT / hdlm_malloc print file:line and end the job at once.
+#ifndef HDLM_COMMON_H
+#define HDLM_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#if defined(__GNUC__)
+#define HDLM_PRINTF(fmt_index, first_arg) __attribute__((format(printf, fmt_index, first_arg)))
+#define HDLM_NORETURN __attribute__((noreturn))
+#else
+#define HDLM_PRINTF(fmt_index, first_arg)
+#define HDLM_NORETURN
+#endif
+
+// Records "message (at file:line)" as this thread's last error and returns -1.
+int hdlm_fail(const char *file, int line, const char *fmt, ...) HDLM_PRINTF(3, 4);
+// The last error recorded on this thread ("" if none).
+const char *hdlm_last_error(void);
+void hdlm_clear_error(void);
+// Prints "hdlm: error: message (at file:line)" to stderr and ends the job: MPI_Abort when MPI is running with more
+// than one rank (so no rank hangs in a collective), exit(1) otherwise.
+void hdlm_die(const char *file, int line, const char *fmt, ...) HDLM_PRINTF(3, 4) HDLM_NORETURN;
+
+#define HDLM_FAIL(...) hdlm_fail(__FILE__, __LINE__, __VA_ARGS__)
+// In a function returning int: when cond is false, record the message and return -1.
+#define HDLM_CHECK(cond, ...)                                                                                          \
+    do {                                                                                                               \
+        if (!(cond)) return hdlm_fail(__FILE__, __LINE__, __VA_ARGS__);                                                \
+    } while (0)
+// Propagates a failure (the message is already recorded).
+#define HDLM_TRY(expr)                                                                                                 \
+    do {                                                                                                               \
+        if ((expr) != 0) return -1;                                                                                    \
+    } while (0)
+// In a tool: a failure ends the job with the recorded message.
+#define HDLM_MUST(expr)                                                                                                \
+    do {                                                                                                               \
+        if ((expr) != 0) hdlm_die(__FILE__, __LINE__, "%s", hdlm_last_error());                                        \
+    } while (0)
+#define HDLM_DIE(...) hdlm_die(__FILE__, __LINE__, __VA_ARGS__)
+// Internal invariant (always on, also in release builds): a failure is a bug in hdlm.
+#define HDLM_ASSERT(cond, ...)                                                                                         \
+    do {                                                                                                               \
+        if (!(cond)) hdlm_die(__FILE__, __LINE__, "internal error: " __VA_ARGS__);                                     \
+    } while (0)
+
+// Allocation that ends the job with the requested size on failure (never returns NULL).
+void *hdlm_malloc_at(size_t bytes, const char *file, int line);
+void *hdlm_calloc_at(size_t count, size_t size, const char *file, int line);
+void *hdlm_realloc_at(void *ptr, size_t bytes, const char *file, int line);
+#define hdlm_malloc(bytes) hdlm_malloc_at((bytes), __FILE__, __LINE__)
+#define hdlm_calloc(count, size) hdlm_calloc_at((count), (size), __FILE__, __LINE__)
+#define hdlm_realloc(ptr, bytes) hdlm_realloc_at((ptr), (bytes), __FILE__, __LINE__)
+char *hdlm_strdup(const char *s);
+
+// Messages for people: printed by rank 0 only (every rank when MPI is not initialised). hdlm_warn goes to stderr.
+void hdlm_log(const char *fmt, ...) HDLM_PRINTF(1, 2);
+void hdlm_warn(const char *fmt, ...) HDLM_PRINTF(1, 2);
+// This process's MPI rank and world size (0 and 1 when MPI is not initialised).
+int hdlm_rank(void);
+int hdlm_world_size(void);
+
+// Monotonic wall-clock time in seconds.
+double hdlm_time_now(void);
+
+// Reads a whole file into a NUL-terminated buffer (size in *len). Fails with the file name and errno text.
+int hdlm_read_file(const char *path, char **data, size_t *len);
+
+#endif

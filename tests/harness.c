@@ -1,0 +1,65 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "hdlm/common.h"
+#include "harness.h"
+
+const char *test_cache_path(const char *rel) {
+    static char paths[8][4096];
+    static int next;
+    char *p = paths[next++ % 8];
+    snprintf(p, 4096, "%s/.cache/%s", HDLM_SOURCE_DIR, rel);
+    if (access(p, R_OK) != 0) {
+        print_error("missing test data %s: run tools/setup.sh first\n", p);
+        fail();
+    }
+    return p;
+}
+
+const char *test_tmp_dir(const char *name) {
+    static char paths[8][4096];
+    static int next;
+    char *p = paths[next++ % 8];
+    snprintf(p, 4096, "%s/%s", HDLM_TEST_TMP, name);
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", p, p);
+    assert_int_equal(system(cmd), 0);
+    return p;
+}
+
+int test_run(const char *fmt, ...) {
+    char cmd[16384];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    fflush(stdout);
+    int status = system(cmd);
+    if (status == -1) return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+void test_write_file(const char *path, const void *data, size_t len) {
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, len, f), len);
+    assert_int_equal(fclose(f), 0);
+}
+
+void test_assert_error_contains(const char *needle, const char *file, int line) {
+    const char *msg = hdlm_last_error();
+    if (!strstr(msg, needle)) {
+        print_error("%s:%d: expected the error to mention \"%s\", got \"%s\"\n", file, line, needle, msg);
+        fail();
+    }
+}

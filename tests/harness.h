@@ -1,0 +1,20 @@
+// Helpers shared by the CMocka tests. Include after <setjmp.h>, <stdarg.h>, <stddef.h>, <stdint.h>, <cmocka.h>.
+#ifndef HDLM_TEST_HARNESS_H
+#define HDLM_TEST_HARNESS_H
+
+#include <stddef.h>
+
+// Absolute path of a file in the data cache that tools/setup.sh fills (".cache/<rel>" under the source tree).
+// Fails the test, naming the file and the fix, when it is missing.
+const char *test_cache_path(const char *rel);
+// A fresh, empty directory for this test under the build's test-tmp/ (name should be unique per test).
+const char *test_tmp_dir(const char *name);
+// Runs a shell command; returns its exit status (or -1 when it could not be run).
+int test_run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+// Writes `len` bytes to `path` (fails the test on error).
+void test_write_file(const char *path, const void *data, size_t len);
+// Asserts that the last recorded hdlm error contains `needle` (prints the message when it does not).
+#define assert_error_contains(needle) test_assert_error_contains((needle), __FILE__, __LINE__)
+void test_assert_error_contains(const char *needle, const char *file, int line);
+
+#endif

