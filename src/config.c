@@ -1,0 +1,279 @@
+// Typed configurations from YAML (libyaml event API) and key=value overrides (include/hdlm/config.h).
+#include "hdlm/config.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <yaml.h>
+
+#include "hdlm/common.h"
+
+static const hdlm_config_field *field_find(const hdlm_config_schema *s, const char *key) {
+    for (int i = 0; i < s->n_fields; i++)
+        if (strcmp(s->fields[i].key, key) == 0) return &s->fields[i];
+    return NULL;
+}
+
+// Levenshtein distance, to suggest the closest key for a typo.
+static int edit_distance(const char *a, const char *b) {
+    size_t n = strlen(b);
+    int *row = hdlm_malloc((n + 1) * sizeof *row);
+    for (size_t j = 0; j <= n; j++) row[j] = (int)j;
+    for (size_t i = 1; a[i - 1]; i++) {
+        int diag = row[0];
+        row[0] = (int)i;
+        for (size_t j = 1; j <= n; j++) {
+            int up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best) best = up + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            diag = up;
+            row[j] = best;
+        }
+    }
+    int d = row[n];
+    free(row);
+    return d;
+}
+
+static int fail_unknown_key(const hdlm_config_schema *s, const char *key, const char *origin) {
+    const char *best = NULL;
+    int best_d = 1 << 30;
+    for (int i = 0; i < s->n_fields; i++) {
+        int d = edit_distance(key, s->fields[i].key);
+        if (d < best_d) best_d = d, best = s->fields[i].key;
+    }
+    if (best && best_d <= 3) return HDLM_FAIL("%s: unknown configuration key '%s' (did you mean '%s'?)", origin, key, best);
+    return HDLM_FAIL("%s: unknown configuration key '%s'", origin, key);
+}
+
+static bool parse_bool(const char *v, bool *out) {
+    static const char *yes[] = {"true", "yes", "on", "1"}, *no[] = {"false", "no", "off", "0"};
+    for (int i = 0; i < 4; i++) {
+        if (strcasecmp(v, yes[i]) == 0) return *out = true, true;
+        if (strcasecmp(v, no[i]) == 0) return *out = false, true;
+    }
+    return false;
+}
+
+static bool choice_allowed(const char *choices, const char *v) {
+    size_t n = strlen(v);
+    for (const char *c = choices; *c;) {
+        const char *end = strchr(c, '|');
+        size_t len = end ? (size_t)(end - c) : strlen(c);
+        if (len == n && strncmp(c, v, n) == 0) return true;
+        if (!end) break;
+        c = end + 1;
+    }
+    return false;
+}
+
+static int check_range(const hdlm_config_field *f, double x, const char *value, const char *origin) {
+    if (f->min <= f->max && !(x >= f->min && x <= f->max))
+        return HDLM_FAIL("%s: '%s' = %s is out of range: expected a value in [%g, %g]", origin, f->key, value, f->min,
+                         f->max);
+    return 0;
+}
+
+int hdlm_config_set(const hdlm_config_schema *s, void *config, const char *key, const char *value, const char *origin) {
+    const hdlm_config_field *f = field_find(s, key);
+    if (!f) return fail_unknown_key(s, key, origin);
+    char *member = (char *)config + f->offset;
+    char *end = NULL;
+    errno = 0;
+    switch (f->type) {
+    case HDLM_CONFIG_INT: {
+        // Integers may be written in scientific notation (n_iters: 1e6) as long as the value is integral.
+        double x = strtod(value, &end);
+        HDLM_CHECK(*value && end && *end == '\0' && errno == 0 && isfinite(x) && x == floor(x) && fabs(x) < 0x1p53,
+                   "%s: '%s' expects an integer, got '%s'", origin, key, value);
+        HDLM_TRY(check_range(f, x, value, origin));
+        *(int64_t *)member = (int64_t)x;
+        break;
+    }
+    case HDLM_CONFIG_DOUBLE: {
+        double x = strtod(value, &end);
+        HDLM_CHECK(*value && end && *end == '\0' && errno == 0 && isfinite(x), "%s: '%s' expects a number, got '%s'",
+                   origin, key, value);
+        HDLM_TRY(check_range(f, x, value, origin));
+        *(double *)member = x;
+        break;
+    }
+    case HDLM_CONFIG_BOOL:
+        HDLM_CHECK(parse_bool(value, (bool *)member), "%s: '%s' expects true or false, got '%s'", origin, key, value);
+        break;
+    case HDLM_CONFIG_STRING:
+        HDLM_CHECK(strlen(value) < HDLM_CONFIG_STRING_MAX, "%s: '%s' is longer than %d characters", origin, key,
+                   HDLM_CONFIG_STRING_MAX - 1);
+        HDLM_CHECK(!f->choices || choice_allowed(f->choices, value), "%s: '%s' must be one of %s, got '%s'", origin,
+                   key, f->choices, value);
+        strcpy(member, value);
+        break;
+    }
+    return 0;
+}
+
+int hdlm_config_defaults(const hdlm_config_schema *s, void *config) {
+    for (int i = 0; i < s->n_fields; i++)
+        HDLM_TRY(hdlm_config_set(s, config, s->fields[i].key, s->fields[i].default_value, "default"));
+    return 0;
+}
+
+int hdlm_config_override(const hdlm_config_schema *s, void *config, const char *assignment) {
+    const char *eq = strchr(assignment, '=');
+    HDLM_CHECK(eq && eq != assignment, "override '%s': expected key=value (e.g. training.batch_size=64)", assignment);
+    char key[256];
+    size_t n = (size_t)(eq - assignment);
+    HDLM_CHECK(n < sizeof key, "override '%s': key too long", assignment);
+    memcpy(key, assignment, n);
+    key[n] = '\0';
+    char origin[300];
+    snprintf(origin, sizeof origin, "override '%.255s'", assignment);
+    return hdlm_config_set(s, config, key, eq + 1, origin);
+}
+
+// The YAML walk keeps a stack of mapping keys; a scalar in key position pushes, a value scalar or a nested mapping's
+// end pops. Sequences, aliases and non-mapping documents are refused (no key takes a list).
+int hdlm_config_load_yaml(const hdlm_config_schema *s, void *config, const char *path) {
+    FILE *f = fopen(path, "rb");
+    HDLM_CHECK(f, "cannot open configuration file %s: %s", path, strerror(errno));
+    yaml_parser_t parser;
+    yaml_parser_initialize(&parser);
+    yaml_parser_set_input_file(&parser, f);
+
+    enum { MAX_DEPTH = 16 };
+    char keys[MAX_DEPTH][128];
+    bool expecting_key[MAX_DEPTH];   // per open mapping: is the next scalar a key?
+    int depth = 0, rc = 0;
+    bool done = false;
+    while (!done && rc == 0) {
+        yaml_event_t ev;
+        if (!yaml_parser_parse(&parser, &ev)) {
+            rc = HDLM_FAIL("%s:%zu:%zu: YAML syntax error: %s", path, parser.problem_mark.line + 1,
+                           parser.problem_mark.column + 1, parser.problem ? parser.problem : "unknown");
+            break;
+        }
+        size_t line = ev.start_mark.line + 1;
+        switch (ev.type) {
+        case YAML_STREAM_END_EVENT: done = true; break;
+        case YAML_MAPPING_START_EVENT:
+            if (depth > 0 && expecting_key[depth - 1]) {
+                rc = HDLM_FAIL("%s:%zu: a mapping cannot be a key", path, line);
+            } else if (depth == MAX_DEPTH) {
+                rc = HDLM_FAIL("%s:%zu: nesting deeper than %d levels", path, line, MAX_DEPTH);
+            } else {
+                expecting_key[depth++] = true;
+            }
+            break;
+        case YAML_MAPPING_END_EVENT:
+            depth--;
+            if (depth > 0) expecting_key[depth - 1] = true;   // the nested mapping was the value of keys[depth-1]
+            break;
+        case YAML_SCALAR_EVENT: {
+            const char *text = (const char *)ev.data.scalar.value;
+            if (depth == 0) {
+                rc = HDLM_FAIL("%s:%zu: expected a mapping of configuration keys at the top level", path, line);
+            } else if (expecting_key[depth - 1]) {
+                if (strlen(text) >= sizeof keys[0]) rc = HDLM_FAIL("%s:%zu: key too long", path, line);
+                else strcpy(keys[depth - 1], text), expecting_key[depth - 1] = false;
+            } else {
+                char key[MAX_DEPTH * 128] = "";
+                for (int d = 0; d < depth; d++) {
+                    if (d) strcat(key, ".");
+                    strcat(key, keys[d]);
+                }
+                char origin[4200];
+                snprintf(origin, sizeof origin, "%s:%zu", path, line);
+                bool is_null = ev.data.scalar.plain_implicit && (text[0] == '\0' || strcmp(text, "~") == 0 ||
+                                                                 strcmp(text, "null") == 0);
+                if (is_null) rc = HDLM_FAIL("%s: '%s' has no value", origin, key);
+                else rc = hdlm_config_set(s, config, key, text, origin);
+                expecting_key[depth - 1] = true;
+            }
+            break;
+        }
+        case YAML_SEQUENCE_START_EVENT: rc = HDLM_FAIL("%s:%zu: lists are not configuration values", path, line); break;
+        case YAML_ALIAS_EVENT: rc = HDLM_FAIL("%s:%zu: YAML aliases are not supported", path, line); break;
+        default: break;
+        }
+        yaml_event_delete(&ev);
+    }
+    yaml_parser_delete(&parser);
+    fclose(f);
+    return rc;
+}
+
+// Shortest decimal that reads back to the same double.
+static void format_double(double x, char *buf, size_t n) {
+    for (int prec = 6; prec <= 17; prec++) {
+        snprintf(buf, n, "%.*g", prec, x);
+        if (strtod(buf, NULL) == x) break;
+    }
+    // Keep a number YAML readers take as a float, not an integer, when it has no '.', 'e', "inf" or "nan".
+    if (!strpbrk(buf, ".eEn")) strncat(buf, ".0", n - strlen(buf) - 1);
+}
+
+static void write_string(FILE *out, const char *v) {
+    bool plain = v[0] != '\0';
+    for (const char *c = v; *c; c++)
+        if (!(('a' <= *c && *c <= 'z') || ('A' <= *c && *c <= 'Z') || ('0' <= *c && *c <= '9') || strchr("_./-", *c)))
+            plain = false;
+    bool ambiguous = false;   // text a YAML reader would take as a number or a boolean
+    char *end;
+    strtod(v, &end);
+    bool b;
+    if (*v && *end == '\0') ambiguous = true;
+    if (parse_bool(v, &b) || strcasecmp(v, "null") == 0) ambiguous = true;
+    if (plain && !ambiguous) {
+        fputs(v, out);
+        return;
+    }
+    fputc('"', out);
+    for (const char *c = v; *c; c++) {
+        if (*c == '"' || *c == '\\') fputc('\\', out);
+        fputc(*c, out);
+    }
+    fputc('"', out);
+}
+
+void hdlm_config_write_yaml(const hdlm_config_schema *s, const void *config, FILE *out) {
+    const char *prev = "";
+    for (int i = 0; i < s->n_fields; i++) {
+        const hdlm_config_field *f = &s->fields[i];
+        // Length of the dotted prefix shared with the previous key, in whole components.
+        size_t common = 0;
+        for (size_t j = 0; f->key[j] && f->key[j] == prev[j]; j++)
+            if (f->key[j] == '.') common = j + 1;
+        int indent = 0;
+        for (size_t j = 0; j < common; j++) indent += f->key[j] == '.';
+        // Open the mappings that differ from the previous key's path.
+        const char *part = f->key + common;
+        for (const char *dot; (dot = strchr(part, '.')); part = dot + 1, indent++)
+            fprintf(out, "%*s%.*s:\n", 2 * indent, "", (int)(dot - part), part);
+        fprintf(out, "%*s%s: ", 2 * indent, "", part);
+        const char *member = (const char *)config + f->offset;
+        char num[64];
+        switch (f->type) {
+        case HDLM_CONFIG_INT: fprintf(out, "%lld", (long long)*(const int64_t *)member); break;
+        case HDLM_CONFIG_DOUBLE:
+            format_double(*(const double *)member, num, sizeof num);
+            fputs(num, out);
+            break;
+        case HDLM_CONFIG_BOOL: fputs(*(const bool *)member ? "true" : "false", out); break;
+        case HDLM_CONFIG_STRING: write_string(out, member); break;
+        }
+        fputc('\n', out);
+        prev = f->key;
+    }
+}
+
+void hdlm_config_print_help(const hdlm_config_schema *s, FILE *out) {
+    for (int i = 0; i < s->n_fields; i++) {
+        const hdlm_config_field *f = &s->fields[i];
+        fprintf(out, "  %-36s %-14s %s", f->key, f->default_value, f->help ? f->help : "");
+        if (f->choices) fprintf(out, " (%s)", f->choices);
+        fputc('\n', out);
+    }
+}
