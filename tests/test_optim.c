@@ -1,0 +1,126 @@
+// AdamW, learning-rate schedules, clipping and EMA against PyTorch (tests/reference/optim_golden.py) and spec §8.
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "hdlm/common.h"
+#include "hdlm/optim.h"
+
+static void *read_golden(const char *dir, const char *name, size_t bytes) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    char *data;
+    size_t len;
+    if (hdlm_read_file(path, &data, &len) != 0) fail_msg("%s", hdlm_last_error());
+    assert_int_equal(len, bytes);
+    return data;
+}
+
+// Six AdamW updates with clipping and a warm-up + cosine schedule, compared with torch.optim.AdamW in fp32.
+// Same fp32 operations in the same order: agreement to a few ulps (relative 1e-6 of the parameter scale).
+static void test_adamw_matches_pytorch(void **state) {
+    (void)state;
+    const char *dir = test_tmp_dir("optim-golden");
+    assert_int_equal(test_run("/usr/bin/python3 %s/tests/reference/optim_golden.py %s", HDLM_SOURCE_DIR, dir), 0);
+    enum { N = 1000, STEPS = 6 };
+    float *params = read_golden(dir, "params0.f32", N * 4), *grads = read_golden(dir, "grads.f32", STEPS * N * 4);
+    float *expected = read_golden(dir, "params.f32", STEPS * N * 4);
+    float *m_expected = read_golden(dir, "m.f32", N * 4), *v_expected = read_golden(dir, "v.f32", N * 4);
+    double *lr_expected = read_golden(dir, "lr.f64", STEPS * 8), *norm_expected = read_golden(dir, "norm.f64", STEPS * 8);
+    float *m = calloc(N, 4), *v = calloc(N, 4);
+    hdlm_adamw_config adamw = {0.9, 0.95, 1e-8, 0.1};
+    hdlm_lr_schedule sched = {HDLM_LR_WARMUP_COSINE, 3e-4, 0.0, 3, 10, 1};
+    for (int s = 0; s < STEPS; s++) {
+        float *g = grads + (size_t)s * N;
+        double norm = hdlm_grad_norm(g, N);
+        assert_true(fabs(norm - norm_expected[s]) <= 1e-6 * norm_expected[s]);
+        hdlm_grad_clip(g, N, norm, 1.0);
+        double lr = hdlm_lr_at(&sched, s);
+        assert_true(fabs(lr - lr_expected[s]) <= 1e-15);
+        hdlm_adamw_update(params, g, m, v, N, &adamw, lr, s + 1);
+        for (int i = 0; i < N; i++) {
+            float want = expected[(size_t)s * N + i];
+            if (fabsf(params[i] - want) > 1e-6f * 0.02f + 1e-6f * fabsf(want))
+                fail_msg("update %d, parameter %d: %.9g, PyTorch %.9g", s + 1, i, params[i], want);
+        }
+    }
+    // Moments: relative to the largest moment, since single elements can cancel to near zero.
+    float m_max = 0, v_max = 0;
+    for (int i = 0; i < N; i++) m_max = fmaxf(m_max, fabsf(m_expected[i])), v_max = fmaxf(v_max, v_expected[i]);
+    for (int i = 0; i < N; i++) {
+        if (fabsf(m[i] - m_expected[i]) > 1e-6f * m_max) fail_msg("m[%d] = %.9g, PyTorch %.9g", i, m[i], m_expected[i]);
+        if (fabsf(v[i] - v_expected[i]) > 1e-6f * v_max) fail_msg("v[%d] = %.9g, PyTorch %.9g", i, v[i], v_expected[i]);
+    }
+    free(params), free(grads), free(expected), free(m_expected), free(v_expected), free(lr_expected);
+    free(norm_expected), free(m), free(v);
+}
+
+// Closed forms of spec §8.2 at chosen points.
+static void test_lr_schedules(void **state) {
+    (void)state;
+    hdlm_lr_schedule eps = {HDLM_LR_COSINE, 3e-4, 4e-5, 0, 1000000, 2};
+    assert_true(fabs(hdlm_lr_at(&eps, 0) - 3e-4) < 1e-18);
+    assert_true(fabs(hdlm_lr_at(&eps, 250000) - (4e-5 + 2.6e-4 * 0.5)) < 1e-15);   // e = 500k: halfway
+    assert_true(fabs(hdlm_lr_at(&eps, 125000) - 2.619e-4) < 1e-7);                // spec: final ε lr ≈ 2.619e-4
+    assert_true(fabs(hdlm_lr_at(&eps, 500000) - 4e-5) < 1e-18);
+    hdlm_lr_schedule gamma = {HDLM_LR_WARMUP_COSINE, 3e-4, 0, 10000, 1000000, 4};
+    assert_true(fabs(hdlm_lr_at(&gamma, 1250) - 1.5e-4) < 1e-15);                 // e = 5000: half of warm-up
+    assert_true(fabs(hdlm_lr_at(&gamma, 125000) / 3e-4 - 0.508) < 1e-3);           // spec: final factor ≈ 0.508
+    hdlm_lr_schedule lin = {HDLM_LR_LINEAR, 1e-3, 0, 0, 100, 1};
+    assert_true(fabs(hdlm_lr_at(&lin, 25) - 7.5e-4) < 1e-15);
+    assert_true(hdlm_lr_at(&lin, 200) == 0.0);
+}
+
+static void test_grad_norm_and_clip(void **state) {
+    (void)state;
+    enum { N = 100003 };   // not a multiple of the summation block
+    float *g = malloc(N * sizeof *g);
+    double want = 0;
+    for (int i = 0; i < N; i++) g[i] = (float)((i % 7) - 3) * 0.01f, want += (double)g[i] * g[i];
+    want = sqrt(want);
+    double norm = hdlm_grad_norm(g, N);
+    assert_true(fabs(norm - want) < 1e-9 * want);
+    double factor = hdlm_grad_clip(g, N, norm, 1.0);
+    assert_true(fabs(factor - 1.0 / (want + 1e-6)) < 1e-12);
+    assert_true(fabs(hdlm_grad_norm(g, N) - 1.0) < 1e-5);
+    assert_true(hdlm_grad_clip(g, N, 0.5, 1.0) == 1.0);   // below the threshold: unchanged
+    g[17] = NAN;
+    assert_true(isnan(hdlm_grad_norm(g, N)));
+    g[17] = INFINITY;
+    assert_false(isfinite(hdlm_grad_norm(g, N)));
+    free(g);
+}
+
+// Spec §8.5: the shadow copies the weights until call 2001; d = 0.999 near 31.6k calls; 0.99989987 at 1e6.
+static void test_ema_decay_and_update(void **state) {
+    (void)state;
+    hdlm_ema_config c = {0.9999, 2.0 / 3.0, 2000};
+    assert_true(hdlm_ema_decay(&c, 1) == 0.0 && hdlm_ema_decay(&c, 2001) == 0.0);
+    assert_true(fabs(hdlm_ema_decay(&c, 2002) - (1 - pow(2.0, -2.0 / 3))) < 1e-15);
+    assert_true(fabs(hdlm_ema_decay(&c, 1000000) - 0.99989987) < 1e-8);
+    assert_true(hdlm_ema_decay(&c, 2000 + 31624) > 0.999 && hdlm_ema_decay(&c, 2000 + 31600) < 0.999);
+    float shadow[3] = {1, 2, 3}, params[3] = {0, 0, 0};
+    hdlm_ema_update(shadow, params, 3, &c, 5);   // warm-up: shadow <- params
+    assert_true(shadow[0] == 0 && shadow[2] == 0);
+    params[0] = 1;
+    hdlm_ema_update(shadow, params, 3, &c, 2003);   // j = 2: d = 1 - 3^(-2/3)
+    assert_true(fabsf(shadow[0] - (float)pow(3.0, -2.0 / 3)) < 1e-7f);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_adamw_matches_pytorch),
+        cmocka_unit_test(test_lr_schedules),
+        cmocka_unit_test(test_grad_norm_and_clip),
+        cmocka_unit_test(test_ema_decay_and_update),
+    };
+    return cmocka_run_group_tests_name("optim", tests, NULL, NULL);
+}
