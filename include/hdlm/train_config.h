@@ -1,0 +1,65 @@
+// hdlm/train_config.h — the configuration of a training run: YAML keys mirror the reference's epsilon_hdlm.yaml /
+// gamma_hdlm.yaml (and configs/model/*.yaml under `model:`) where they mean something here. Presets: jobs/configs/.
+#ifndef HDLM_TRAIN_CONFIG_H
+#define HDLM_TRAIN_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "hdlm/config.h"
+
+typedef struct {
+    struct {
+        char name[HDLM_CONFIG_STRING_MAX];      // epsilon_hdlm | gamma_hdlm: the family
+        int64_t hidden_size, n_blocks, n_heads, cond_dim, length, mlp_ratio;
+        double dropout;
+        char rotary[HDLM_CONFIG_STRING_MAX];    // exact | reference (fp16-emulated angles, spec §7.4)
+    } model;
+    struct {
+        int64_t batch_size;   // global sequences per optimizer update = world x micro-batch x accum
+        int64_t accum;        // micro-batches per update on each rank
+        int64_t n_iters;      // optimizer updates
+        int64_t log_freq, eval_freq, snapshot_freq, eval_batches;
+        double ema;           // EMA decay ceiling (spec §8.5)
+        int64_t ema_update_after;
+        char objective[HDLM_CONFIG_STRING_MAX];       // hdlm | ardm
+        char loss_type[HDLM_CONFIG_STRING_MAX];       // hybrid | standard (ε, spec §4.3)
+        double epsilon, lambda;                       // ε-hybrid corruption and weights
+        char step_sampling[HDLM_CONFIG_STRING_MAX];   // per_batch (reference) | per_sequence
+        bool reference_zero_grad_quirk;               // spec §8.3: keep only the last micro-batch of each window
+        int64_t seed;
+    } training;
+    struct {
+        char type[HDLM_CONFIG_STRING_MAX];   // block | simple | hybrid | none (ε only: no schedule, spec §4.4)
+        int64_t width, tau;
+        double sampling_eps;
+        char context_type[HDLM_CONFIG_STRING_MAX], block_type[HDLM_CONFIG_STRING_MAX];
+        double diffusion_loss_weight, ce_loss_weight;   // γ loss (spec §5.6)
+    } annealing;
+    struct {
+        double gamma;   // γ family: mixture of absorbing and uniform rates (spec §5.1)
+    } graph;
+    struct {
+        double lr, min_lr, beta1, beta2, eps, weight_decay, grad_clip;
+        char scheduler[HDLM_CONFIG_STRING_MAX];   // cosine | lambda (warm-up + cosine) | linear | constant
+        int64_t warmup;                           // in scheduler counts (lambda)
+        int64_t total;                            // scheduler counts of the cosine / linear horizon
+        int64_t lr_multiplier;                    // scheduler counts per update; 0 = world size (the reference)
+    } optim;
+    struct {
+        char train[HDLM_CONFIG_STRING_MAX], valid[HDLM_CONFIG_STRING_MAX];   // token-shard directories
+    } data;
+    struct {
+        char dir[HDLM_CONFIG_STRING_MAX];   // run directory: config, metrics.jsonl, checkpoints/
+        int64_t keep_last, keep_every;
+    } run;
+} hdlm_train_config;
+
+extern const hdlm_config_schema hdlm_train_config_schema;
+
+// Defaults, then the YAML file (NULL: none), then the key=value overrides; then the cross-field checks
+// (batch divisible by world x accum, width and heads consistent, ...) for a job of `world` ranks.
+int hdlm_train_config_load(hdlm_train_config *c, const char *yaml_path, const char *const *overrides, int n_overrides,
+                           int world);
+
+#endif

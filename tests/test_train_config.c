@@ -1,0 +1,60 @@
+// The training configuration: shipped presets load, overrides apply, cross-field errors name the keys.
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <string.h>
+
+#include "harness.h"
+#include "hdlm/common.h"
+#include "hdlm/train_config.h"
+
+static void test_paper_presets_load(void **state) {
+    (void)state;
+    const char *names[] = {"epsilon_hdlm", "gamma_hdlm"};
+    for (int i = 0; i < 2; i++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/jobs/configs/%s.yaml", HDLM_SOURCE_DIR, names[i]);
+        const char *overrides[] = {"data.train=/data/owt"};
+        hdlm_train_config c;
+        if (hdlm_train_config_load(&c, path, overrides, 1, 2) != 0) fail_msg("%s", hdlm_last_error());
+        assert_string_equal(c.model.name, names[i]);
+        assert_int_equal(c.model.hidden_size, 768);
+        assert_int_equal(c.annealing.tau, i == 0 ? 1024 : 2048);
+        assert_true(c.optim.beta2 == (i == 0 ? 0.95 : 0.999));
+    }
+}
+
+static void test_cross_field_checks(void **state) {
+    (void)state;
+    hdlm_train_config c;
+    const char *no_data[] = {"model.n_heads=12"};
+    assert_int_equal(hdlm_train_config_load(&c, NULL, no_data, 1, 1), -1);
+    assert_error_contains("data.train is not set");
+    const char *bad_batch[] = {"data.train=x", "training.batch_size=100", "training.accum=8"};
+    assert_int_equal(hdlm_train_config_load(&c, NULL, bad_batch, 3, 2), -1);
+    assert_error_contains("training.batch_size = 100 must be a multiple of ranks x training.accum = 2 x 8");
+    const char *bad_heads[] = {"data.train=x", "model.n_heads=7"};
+    assert_int_equal(hdlm_train_config_load(&c, NULL, bad_heads, 2, 1), -1);
+    assert_error_contains("model.hidden_size = 768 is not divisible by model.n_heads = 7");
+    const char *odd_head_dim[] = {"data.train=x", "model.hidden_size=36", "model.n_heads=4"};
+    assert_int_equal(hdlm_train_config_load(&c, NULL, odd_head_dim, 3, 1), -1);
+    assert_error_contains("must be even");
+    const char *gamma_none[] = {"data.train=x", "model.name=gamma_hdlm", "annealing.type=none"};
+    assert_int_equal(hdlm_train_config_load(&c, NULL, gamma_none, 3, 1), -1);
+    assert_error_contains("annealing.type = none");
+    const char *tau1[] = {"data.train=x", "annealing.tau=1"};
+    assert_int_equal(hdlm_train_config_load(&c, NULL, tau1, 2, 1), -1);
+    assert_error_contains("'annealing.tau' = 1 is out of range");
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_paper_presets_load),
+        cmocka_unit_test(test_cross_field_checks),
+    };
+    return cmocka_run_group_tests_name("train_config", tests, NULL, NULL);
+}
