@@ -12,7 +12,7 @@
 // A loss of `n` outputs: returns the value, writes d(loss)/d(out) into grad when it is not NULL.
 typedef double (*loss_fn)(void *ctx, const float *out, float *grad);
 
-// Central differences on every output, h = 1e-2 (the step actually taken in float is used as the denominator).
+// Central differences on every output, h = 1e-3 (the step actually taken in float is used as the denominator).
 // Passes when |fd - analytic| <= abs_tol + rel_tol·|analytic| everywhere; returns the worst absolute error.
 static inline double check_gradient(loss_fn fn, void *ctx, float *out, size_t n, double abs_tol, double rel_tol) {
     float *grad = hdlm_malloc(n * sizeof *grad);
@@ -20,7 +20,7 @@ static inline double check_gradient(loss_fn fn, void *ctx, float *out, size_t n,
     double worst = 0;
     for (size_t k = 0; k < n; k++) {
         float saved = out[k];
-        float up = saved + 1e-2f, down = saved - 1e-2f;
+        float up = saved + 1e-3f, down = saved - 1e-3f;
         out[k] = up;
         double lu = fn(ctx, out, NULL);
         out[k] = down;

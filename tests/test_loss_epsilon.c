@@ -88,7 +88,7 @@ static void test_corruption_marginals(void **state) {
     hdlm_corruption c;
     hdlm_corruption_alloc(&c, B, L);
     long kinds[4] = {0}, tokens[10] = {0};
-    for (int draw = 0; draw < 20; draw++) {
+    for (int draw = 0; draw < 150; draw++) {
         hdlm_epsilon_corrupt(&cfg, steps, x0, V, hdlm_rng_key(9, 0, (uint64_t)draw, HDLM_RNG_NOISE), &c);
         for (int b = 0; b < B; b++)
             for (int i = 0; i < L; i++) {
@@ -187,10 +187,10 @@ static void test_gradients_finite_differences(void **state) {
     for (int type = 0; type < 2; type++) {
         hdlm_eps_config cfg = {(hdlm_eps_loss_type)type, 0.25, 1.0};
         hdlm_epsilon_corrupt(&cfg, steps, x0, V, hdlm_rng_key(2, 0, (uint64_t)type, HDLM_RNG_NOISE), &c);
-        check_gradient(corruption_loss_fn, &ctx, logits, (size_t)B * L * V, 2e-6, 1e-3);
+        check_gradient(corruption_loss_fn, &ctx, logits, (size_t)B * L * V, 1e-7, 1e-5);
         hdlm_epsilon_corrupt_unscheduled(&cfg, HDLM_SAMPLING_EPS, x0, V, hdlm_rng_key(3, 0, 0, HDLM_RNG_NOISE), &c,
                                          NULL);
-        check_gradient(corruption_loss_fn, &ctx, logits, (size_t)B * L * V, 2e-6, 1e-3);
+        check_gradient(corruption_loss_fn, &ctx, logits, (size_t)B * L * V, 1e-7, 1e-5);
     }
     hdlm_corruption_free(&c);
     free(logits);
