@@ -51,6 +51,25 @@ static void print_levels(const hdlm_schedule *s, hdlm_step *st) {
     }
 }
 
+// What one training step sees on average (k is drawn uniformly): the share of positions that are active (they carry
+// the ε loss), settled (context) and worthless (hidden), and the range of the active window.
+static void print_step_statistics(const hdlm_schedule *s, hdlm_step *st) {
+    double active = 0, settled = 0, worthless = 0;
+    int lo = s->length, hi = 0;
+    for (int k = 1; k < s->k_max; k++) {
+        HDLM_MUST(hdlm_schedule_step(s, k, st));
+        active += st->n_active;
+        settled += st->n_set;
+        worthless += s->length - st->n_set - st->n_active;
+        lo = st->n_active < lo ? st->n_active : lo;
+        hi = st->n_active > hi ? st->n_active : hi;
+    }
+    double steps = s->k_max - 1, L = s->length;
+    printf("per step: active %d..%d positions (mean %.1f%% of L), settled mean %.1f%%, worthless mean %.1f%%; "
+           "generation walks %d steps\n", lo, hi, 100 * active / steps / L, 100 * settled / steps / L,
+           100 * worthless / steps / L, s->k_max - 1);
+}
+
 static void print_times(const hdlm_schedule *s) {
     printf("times (float32): settled %.7g, worthless %.7g\n", (double)(float)s->sampling_eps,
            (double)(float)(1 - s->sampling_eps));
@@ -131,6 +150,7 @@ int main(int argc, char **argv) {
     printf("\n");
     hdlm_step st;
     hdlm_step_alloc(&st, length);
+    print_step_statistics(&s, &st);
     if (times) print_times(&s);
     if (!summary) print_levels(&s, &st);
     if (mask_step) print_mask(&s, &st, mask_step);
