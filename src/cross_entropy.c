@@ -25,16 +25,22 @@ void hdlm_corruption_free(hdlm_corruption *c) {
 
 double hdlm_ce_row(const float *z, int vocab, int softmax_width, uint32_t target, double grad_scale, float *grad) {
     HDLM_ASSERT(target < (uint32_t)softmax_width, "target %u outside the softmax width %d", target, softmax_width);
-    double zmax = -INFINITY;
+    double zmax = -INFINITY, sum = 0;
     for (int y = 0; y < softmax_width; y++) zmax = z[y] > zmax ? z[y] : zmax;
-    double sum = 0;
-    for (int y = 0; y < softmax_width; y++) sum += exp(z[y] - zmax);
-    double lse = zmax + log(sum);
-    if (grad) {
-        for (int y = 0; y < softmax_width; y++) grad[y] = (float)(grad_scale * exp(z[y] - lse));
-        for (int y = softmax_width; y < vocab; y++) grad[y] = 0.0f;
-        grad[target] = (float)(grad_scale * (exp(z[target] - lse) - 1.0));
+    if (!grad) {
+        for (int y = 0; y < softmax_width; y++) sum += exp(z[y] - zmax);
+        return zmax + log(sum) - z[target];
     }
+    // One exp per entry: keep e^(z-max) in grad, then scale it into softmax·grad_scale.
+    for (int y = 0; y < softmax_width; y++) {
+        double e = exp(z[y] - zmax);
+        sum += e;
+        grad[y] = (float)e;
+    }
+    double lse = zmax + log(sum), k = grad_scale / sum;
+    for (int y = 0; y < softmax_width; y++) grad[y] = (float)(grad[y] * k);
+    for (int y = softmax_width; y < vocab; y++) grad[y] = 0.0f;
+    grad[target] = (float)(grad_scale * (exp(z[target] - lse) - 1.0));
     return lse - z[target];
 }
 

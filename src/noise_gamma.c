@@ -69,16 +69,18 @@ double hdlm_gamma_score_entropy(const float *o, int vocab, uint32_t x, uint32_t 
     HDLM_ASSERT(x0 < (uint32_t)N && x <= (uint32_t)N, "score entropy needs a real x0 (%u) and x <= MASK (%u)", x0, x);
     double E = sigma_expm1(sigma);
     double sum_s = 0, sum_o = 0;
-    for (int y = 0; y < N; y++) {
-        sum_s += exp((double)o[y]);
+    for (int y = 0; y < N; y++) {   // one exp per entry: s_y is kept in grad for the gradient pass
+        double s = exp((double)o[y]);
+        sum_s += s;
         sum_o += o[y];
+        if (grad) grad[y] = (float)s;
     }
     if (grad) grad[N] = 0.0f;   // the MASK channel never enters the loss
     if (x == (uint32_t)N) {     // absorbing branch
         double r = 1.0 / (E + eps0);
         if (grad)
             for (int y = 0; y < N; y++)
-                grad[y] = (float)(grad_scale * (1.0 - gamma) * (exp((double)o[y]) - (y == (int)x0 ? r : 0.0)));
+                grad[y] = (float)(grad_scale * (1.0 - gamma) * (grad[y] - (y == (int)x0 ? r : 0.0)));
         return (1.0 - gamma) * (sum_s - r * o[x0] + r * (log(r + eps0) - 1.0));
     }
     // uniform branch
@@ -98,7 +100,7 @@ double hdlm_gamma_score_entropy(const float *o, int vocab, uint32_t x, uint32_t 
     }
     if (grad) {
         for (int y = 0; y < N; y++)
-            grad[y] = (float)(grad_scale * gamma * (exp((double)o[y]) / N - dneg_all - (y == (int)x0 ? dneg_x0 : 0.0)));
+            grad[y] = (float)(grad_scale * gamma * (grad[y] / N - dneg_all - (y == (int)x0 ? dneg_x0 : 0.0)));
         grad[x] = 0.0f;   // o_x cancels out of both Ā and P̄
     }
     return gamma * (mean_s - neg + cst);
