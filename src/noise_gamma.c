@@ -62,6 +62,22 @@ static double sigma_expm1(double sigma) { return sigma < 0.5 ? expm1(sigma) : ex
 
 double hdlm_gamma_log_score_shift(double sigma, int vocab) { return -log(sigma_expm1(sigma)) - log(vocab - 1.0); }
 
+void hdlm_gamma_scale_by_sigma(const float *sigma, int length, int vocab, float *out) {
+    for (int i = 0; i < length; i++) {
+        float shift = (float)hdlm_gamma_log_score_shift(sigma[i], vocab);
+        for (int y = 0; y < vocab; y++) out[(size_t)i * vocab + y] += shift;
+    }
+}
+
+// Positions whose MASK entry post-processing pins: i <= L-2 with i+1 settled, i.e. i < n_set - 1.
+void hdlm_gamma_post_process(const hdlm_step *st, int vocab, float *out) {
+    for (int i = 0; i + 1 < st->n_set; i++) out[(size_t)i * vocab + vocab - 1] = -1000.0f;
+}
+
+void hdlm_gamma_post_process_backward(const hdlm_step *st, int vocab, float *dout) {
+    for (int i = 0; i + 1 < st->n_set; i++) dout[(size_t)i * vocab + vocab - 1] = 0.0f;
+}
+
 double hdlm_gamma_score_entropy(const float *o, int vocab, uint32_t x, uint32_t x0, double sigma, double gamma,
                                 double grad_scale, float *grad) {
     const double eps0 = 1e-12;

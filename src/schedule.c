@@ -248,9 +248,9 @@ void hdlm_mask_expand(const hdlm_attn_mask *m, uint8_t *allowed) {
 }
 
 void hdlm_schedule_sample_steps(const hdlm_schedule *s, hdlm_step_sampling mode, uint64_t seed, uint64_t rank,
-                                uint64_t train_step, int batch, int *steps) {
+                                uint64_t micro_step, int batch, int *steps) {
     hdlm_rng rng;
-    hdlm_rng_init(&rng, hdlm_rng_key(seed, rank, train_step, HDLM_RNG_STEP));
+    hdlm_rng_init(&rng, hdlm_rng_key(seed, rank, micro_step, HDLM_RNG_STEP));
     uint64_t n = (uint64_t)(s->k_max - 1);   // uniform over 1 .. K_max-1 (numpy randint(1, K_max))
     int shared = 1 + (int)hdlm_rng_below(&rng, n);
     for (int b = 0; b < batch; b++)

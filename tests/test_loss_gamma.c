@@ -202,6 +202,43 @@ static void test_values_at_initialisation(void **state) {
     free(o);
 }
 
+// Score parametrisation (spec §5.4): scale_by_sigma adds -log(e^σ-1) - log(V-1) per row (log 50257 = 10.824905;
+// e^σ-1 by expm1 below σ = 0.5); post-processing pins o_i[MASK] = -1000 exactly for i with i+1 settled, and its
+// backward zeroes those gradient entries.
+static void test_score_parametrisation(void **state) {
+    (void)state;
+    const int V = HDLM_MODEL_VOCAB, L = 6;
+    float sigma[6] = {1e-4f, 0.3f, 0.49f, 0.5f, 2.0f, 5.2f};
+    float *out = hdlm_calloc((size_t)L * V, sizeof *out);
+    hdlm_gamma_scale_by_sigma(sigma, L, V, out);
+    for (int i = 0; i < L; i++) {
+        double E = sigma[i] < 0.5 ? expm1(sigma[i]) : exp(sigma[i]) - 1;
+        assert_rel(hdlm_gamma_log_score_shift(sigma[i], V) + log(E), -10.824905, 1e-7);
+        assert_true(out[(size_t)i * V] == (float)hdlm_gamma_log_score_shift(sigma[i], V));
+        assert_true(out[(size_t)i * V + V - 1] == out[(size_t)i * V]);
+    }
+    hdlm_schedule s;
+    init_schedule(&s, HDLM_SCHEDULE_BLOCK, L, 2, 2);
+    hdlm_step st;
+    hdlm_step_alloc(&st, L);
+    assert_int_equal(hdlm_schedule_step(&s, 5, &st), 0);   // settled 0..3
+    assert_int_equal(st.n_set, 4);
+    float *dout = hdlm_malloc((size_t)L * V * sizeof *dout);
+    for (size_t k = 0; k < (size_t)L * V; k++) dout[k] = 1.0f;
+    hdlm_gamma_post_process(&st, V, out);
+    hdlm_gamma_post_process_backward(&st, V, dout);
+    for (int i = 0; i < L; i++) {
+        int pinned = i <= 2;   // i + 1 settled
+        assert_true((out[(size_t)i * V + V - 1] == -1000.0f) == pinned);
+        assert_true((dout[(size_t)i * V + V - 1] == 0.0f) == pinned);
+        assert_true(dout[(size_t)i * V] == 1.0f);
+    }
+    free(out);
+    free(dout);
+    hdlm_step_free(&st);
+    hdlm_schedule_free(&s);
+}
+
 typedef struct {
     hdlm_gamma_config cfg;
     const hdlm_step *const *steps;
@@ -338,6 +375,7 @@ int main(void) {
         cmocka_unit_test(test_forward_sampling_marginals),
         cmocka_unit_test(test_score_entropy_zero),
         cmocka_unit_test(test_values_at_initialisation),
+        cmocka_unit_test(test_score_parametrisation),
         cmocka_unit_test(test_loss_composition),
         cmocka_unit_test(test_gradients_finite_differences),
         cmocka_unit_test(test_thread_count_independence),

@@ -111,8 +111,16 @@ void hdlm_gamma_sigmas(const hdlm_step *st, float *sigma);
 double hdlm_gamma_prior_mask_prob(double gamma);
 void hdlm_gamma_prior_sample(double gamma, int count, int vocab, uint64_t key, uint32_t *x);
 
-// The shift that `scale_by_sigma` (spec §5.4 step 1) adds to raw outputs: -log(e^σ - 1) - log(V - 1).
+// Score parametrisation (spec §5.4). Step 1, `scale_by_sigma`: o = raw - log(e^σ_i - 1) - log(V - 1), the shift
+// being hdlm_gamma_log_score_shift(σ_i, V); hdlm_gamma_scale_by_sigma applies it in place to out[L, V] of one
+// sequence. Its backward is the identity (the shift does not depend on the outputs).
 double hdlm_gamma_log_score_shift(double sigma, int vocab);
+void hdlm_gamma_scale_by_sigma(const float *sigma, int length, int vocab, float *out);
+// Step 2, `post_process_logits` with the settled mask (parity switch, decision §11.14): o_i[MASK] = -1000 for every
+// i <= L-2 whose next position i+1 is settled (the reference's off-by-one). Those entries are constants, so the
+// backward pass zeroes their gradient: hdlm_gamma_post_process_backward on d(loss)/d(out) of the same sequence.
+void hdlm_gamma_post_process(const hdlm_step *st, int vocab, float *out);
+void hdlm_gamma_post_process_backward(const hdlm_step *st, int vocab, float *dout);
 
 // Per-position score entropy SE exactly as spec §5.5, for log-scores o[0..V) (the MASK entry o[V-1] is not used),
 // current token x, clean token x0, total noise σ. Returns SE; when grad is not NULL it receives grad_scale·dSE/do

@@ -85,9 +85,10 @@ void hdlm_mask_expand(const hdlm_attn_mask *m, uint8_t *allowed);
 
 // Step sampling (spec §2.7). HDLM_STEPS_PER_BATCH is the reference: one k for the whole micro-batch of this rank;
 // HDLM_STEPS_PER_SEQUENCE draws one k per sequence (decision §11.2). steps[B] receives k in [1, K_max-1].
-// The draws come from the stream keyed by (seed, rank, step, HDLM_RNG_STEP), so they never depend on thread count.
+// The draws come from the stream keyed by (seed, rank, micro_step, HDLM_RNG_STEP) — micro_step counts loss calls,
+// so every micro-batch of an accumulation window gets its own k — and never depend on the thread count.
 typedef enum { HDLM_STEPS_PER_BATCH = 0, HDLM_STEPS_PER_SEQUENCE = 1 } hdlm_step_sampling;
 void hdlm_schedule_sample_steps(const hdlm_schedule *s, hdlm_step_sampling mode, uint64_t seed, uint64_t rank,
-                                uint64_t train_step, int batch, int *steps);
+                                uint64_t micro_step, int batch, int *steps);
 
 #endif
