@@ -16,7 +16,7 @@ static void usage(FILE *f) {
             "  --block B          rule among active positions: full (default), causal\n"
             "  --times            print the time t of every level\n"
             "  --mask K           print the L x L attention mask of step K\n"
-            "  --summary          print only the summary line (no level table)\n"
+            "  --summary          print only the summary lines (no level table)\n"
             "Table: one row per step k = 1 .. K_max-1; S = settled, W = worthless, digits = level of the position\n"
             "(0 = must be clean at this step, T-1 = noisiest).\n");
 }
@@ -115,26 +115,26 @@ int main(int argc, char **argv) {
     hdlm_schedule_type type = HDLM_SCHEDULE_BLOCK;
     hdlm_context_type context = HDLM_CONTEXT_BLOCK_CAUSAL;
     hdlm_block_type block = HDLM_BLOCK_FULL;
-    int length = 0, width = 0, tau = 0, mask_step = 0, times = 0, summary = 0, have_type = 0;
+    int length = 0, width = 0, tau = 0, mask_step = 0, times = 0, summary = 0, have_mask = 0, given = 0;
     double eps = HDLM_SAMPLING_EPS;
     int opt;
     while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
         switch (opt) {
-        case 't': HDLM_MUST(hdlm_schedule_type_parse(optarg, "--type", &type)); have_type = 1; break;
-        case 'L': HDLM_MUST(parse_int(optarg, "--length", &length)); break;
-        case 'w': HDLM_MUST(parse_int(optarg, "--width", &width)); break;
-        case 'T': HDLM_MUST(parse_int(optarg, "--tau", &tau)); break;
+        case 't': HDLM_MUST(hdlm_schedule_type_parse(optarg, "--type", &type)); given |= 1; break;
+        case 'L': HDLM_MUST(parse_int(optarg, "--length", &length)); given |= 2; break;
+        case 'w': HDLM_MUST(parse_int(optarg, "--width", &width)); given |= 4; break;
+        case 'T': HDLM_MUST(parse_int(optarg, "--tau", &tau)); given |= 8; break;
         case 'e': HDLM_MUST(parse_double(optarg, "--sampling-eps", &eps)); break;
         case 'c': HDLM_MUST(hdlm_context_type_parse(optarg, "--context", &context)); break;
         case 'b': HDLM_MUST(hdlm_block_type_parse(optarg, "--block", &block)); break;
         case 'x': times = 1; break;
-        case 'm': HDLM_MUST(parse_int(optarg, "--mask", &mask_step)); break;
+        case 'm': HDLM_MUST(parse_int(optarg, "--mask", &mask_step)); have_mask = 1; break;
         case 's': summary = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (!have_type || !length || !width || !tau || optind < argc) {
+    if (given != 15 || optind < argc) {
         usage(stderr);
         HDLM_DIE("--type, --length, --width and --tau are required (and no other arguments)");
     }
@@ -153,7 +153,7 @@ int main(int argc, char **argv) {
     print_step_statistics(&s, &st);
     if (times) print_times(&s);
     if (!summary) print_levels(&s, &st);
-    if (mask_step) print_mask(&s, &st, mask_step);
+    if (have_mask) print_mask(&s, &st, mask_step);
     hdlm_step_free(&st);
     hdlm_schedule_free(&s);
     return 0;
