@@ -324,6 +324,21 @@ static void test_autoregressive_special_case(void **state) {
         assert_int_equal(targeted[i], 1);
         for (int j = 0; j < L; j++) assert_int_equal(stacked[i * L + j], j <= i);   // causal mask
     }
+    // Over many draws the steps differ from next-token training only when the level-1 token stays visible
+    // (probability 0.001) or the level-0 token is masked (0.001): spec §14.3 item 3. Expected deviating steps per walk:
+    // 0.001 (k = 1) + (L-1)·(1 - 0.999²) (k = 2..L) + 0.001 (k = L+1).
+    const int walks = 4000;
+    long deviations = 0;
+    for (int w = 0; w < walks; w++)
+        for (int k = 1; k < s.k_max; k++) {
+            assert_int_equal(hdlm_schedule_step(&s, k, &st), 0);
+            hdlm_epsilon_corrupt(&cfg, steps, x0, V, hdlm_rng_key(5, (uint64_t)w, (uint64_t)k, HDLM_RNG_NOISE), &c);
+            int p = k - 1, same = 1;
+            for (int i = 0; i < L; i++) same &= i == p ? c.kind[i] == HDLM_CORRUPT_MASKED : c.xt[i] == x0[i];
+            deviations += !same;
+        }
+    double expect = walks * (0.002 + (L - 1) * (1 - 0.999 * 0.999));
+    assert_true(fabs(deviations - expect) < 5 * sqrt(expect));
     hdlm_corruption_free(&c);
     free(x0);
     hdlm_step_free(&st);
