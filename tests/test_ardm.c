@@ -26,14 +26,14 @@ static void test_loss_at_initialisation(void **state) {
     hdlm_corruption c;
     hdlm_corruption_alloc(&c, B, L);
     int steps[3];
-    hdlm_ardm_config cfg = {0.0, 1};
+    hdlm_ardm_config cfg = {0.0, 1, 0};
     hdlm_ardm_corrupt(&cfg, x0, V, 11, &c, steps);
     assert_int_equal(hdlm_ardm_softmax_width(&cfg, V), V - 1);
     assert_float_equal(hdlm_corruption_loss(&c, x0, zero, V, V - 1, NULL), 15.617037, 1e-6);
     cfg.exclude_mask = 0;
     assert_float_equal(hdlm_corruption_loss(&c, x0, zero, V, hdlm_ardm_softmax_width(&cfg, V), NULL), 15.617066,
                        1e-6);
-    cfg = (hdlm_ardm_config){1e-4, 1};
+    cfg = (hdlm_ardm_config){1e-4, 1, 0};
     hdlm_ardm_corrupt(&cfg, x0, V, 11, &c, steps);
     double expect = 0;
     for (int b = 0; b < B; b++) expect += log2(50257.0) * (1 + 1e-4 * (L - steps[b]) / L) / B;
@@ -53,7 +53,7 @@ static void test_count_based_masks(void **state) {
     hdlm_corruption_alloc(&c, B, L);
     int *steps = hdlm_malloc(B * sizeof *steps);
     long by_m[6] = {0}, subsets[6][32] = {{0}};
-    hdlm_ardm_config cfg = {0.25, 1};
+    hdlm_ardm_config cfg = {0.25, 1, 0};
     for (int draw = 0; draw < 10; draw++) {
         hdlm_ardm_corrupt(&cfg, x0, V, hdlm_rng_key(1, 0, (uint64_t)draw, HDLM_RNG_NOISE), &c, steps);
         assert_true(c.norm == B);
@@ -128,7 +128,7 @@ static void test_toy_model_bound(void **state) {
     hdlm_corruption_alloc(&c, B, L);
     float *logits = hdlm_malloc((size_t)B * L * V * sizeof *logits);
     int *steps = hdlm_malloc(B * sizeof *steps);
-    hdlm_ardm_config cfg = {0.0, 1};
+    hdlm_ardm_config cfg = {0.0, 1, 0};
     for (int n = 0; n < batches; n++) {
         hdlm_ardm_corrupt(&cfg, x0, V, hdlm_rng_key(2, 0, (uint64_t)n, HDLM_RNG_NOISE), &c, steps);
         for (int b = 0; b < B; b++) toy_logits(c.xt + b * L, L, logits + (size_t)b * L * V);
@@ -162,6 +162,41 @@ static void test_toy_model_bound(void **state) {
     free(x0);
 }
 
+// Antithetic steps (A.3.2): with g = gcd(B, L) strata of Δ = L/g steps, each stratum receives exactly B/g sequences
+// in every batch; over many batches the steps are uniform on {0..L-1} (chi-square); masks still have m = L - s.
+static void test_antithetic_steps(void **state) {
+    (void)state;
+    static const int shapes[][2] = {{12, 8}, {5, 8}, {8, 8}};
+    for (int sh = 0; sh < 3; sh++) {
+        static const int gcds[] = {4, 1, 8};
+        int B = shapes[sh][0], L = shapes[sh][1], g = gcds[sh], spacing = L / g;
+        uint32_t *x0 = hdlm_calloc((size_t)B * L, sizeof *x0);
+        hdlm_corruption c;
+        hdlm_corruption_alloc(&c, B, L);
+        int steps[12];
+        long counts[8] = {0};
+        hdlm_ardm_config cfg = {0.0, 1, 1};
+        const int batches = 3000;
+        for (int n = 0; n < batches; n++) {
+            hdlm_ardm_corrupt(&cfg, x0, 5, hdlm_rng_key(8, 0, (uint64_t)n, HDLM_RNG_NOISE), &c, steps);
+            int per_stratum[8] = {0};
+            for (int b = 0; b < B; b++) {
+                per_stratum[steps[b] / spacing]++;
+                counts[steps[b]]++;
+                int masked = 0;
+                for (int i = 0; i < L; i++) masked += c.kind[b * L + i] == HDLM_CORRUPT_MASKED;
+                assert_int_equal(masked, L - steps[b]);
+            }
+            for (int k = 0; k < g; k++) assert_int_equal(per_stratum[k], B / g);
+        }
+        double expect = (double)batches * B / L, chi2 = 0;
+        for (int s = 0; s < L; s++) chi2 += pow(counts[s] - expect, 2) / expect;
+        assert_true(chi2 < chi2_999(L - 1));
+        hdlm_corruption_free(&c);
+        free(x0);
+    }
+}
+
 typedef struct {
     const hdlm_corruption *c;
     const uint32_t *x0;
@@ -186,7 +221,7 @@ static void test_gradients_finite_differences(void **state) {
     hdlm_corruption c;
     hdlm_corruption_alloc(&c, B, L);
     for (int exclude = 0; exclude < 2; exclude++) {
-        hdlm_ardm_config cfg = {1e-2, exclude};
+        hdlm_ardm_config cfg = {1e-2, exclude, 0};
         hdlm_ardm_corrupt(&cfg, x0, V, 21, &c, NULL);
         ce_ctx ctx = {&c, x0, V, hdlm_ardm_softmax_width(&cfg, V)};
         check_gradient(corruption_loss_fn, &ctx, logits, (size_t)B * L * V, 1e-7, 1e-5);
@@ -207,6 +242,7 @@ int main(void) {
         cmocka_unit_test(test_loss_at_initialisation),
         cmocka_unit_test(test_count_based_masks),
         cmocka_unit_test(test_toy_model_bound),
+        cmocka_unit_test(test_antithetic_steps),
         cmocka_unit_test(test_gradients_finite_differences),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

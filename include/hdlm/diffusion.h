@@ -76,9 +76,12 @@ void hdlm_epsilon_corrupt_unscheduled(const hdlm_eps_config *cfg, double samplin
 typedef struct {
     double ce_weight;   // λ_CE of the auxiliary term (1e-4 for text8)
     int exclude_mask;   // softmax over the N real tokens only (default 1, decision A.3.3)
+    int antithetic;     // stratified steps over the batch (A.3.2) instead of independent uniform ones
 } hdlm_ardm_config;
 
-// Order-agnostic ARDM corruption: per sequence s_b ~ U{0..L-1} (the paper's t = s_b + 1), then a uniformly random
+// Order-agnostic ARDM corruption: per sequence s_b ~ U{0..L-1} (the paper's t = s_b + 1; with `antithetic`, the
+// batch's steps are u_j + kΔ, Δ = L/gcd(B, L), for B/gcd(B, L) draws u_j ~ U{0..Δ-1} and every k < gcd(B, L),
+// randomly permuted over the batch, so each stratum of Δ steps gets exactly B/gcd(B, L) sequences), then a uniformly random
 // subset of m_b = L - s_b positions (the last m_b of a random order) is masked; nothing else changes. Masked positions
 // get weight (1/m_b + λ_CE/L)/ln 2 and norm = B, so hdlm_corruption_loss gives the reference's loss in bits:
 // mean_b [ (1/(m_b ln 2))·Σ_masked CE + λ_CE·(1/(L ln 2))·Σ_masked CE ]. With λ_CE = 0 this is the NELBO estimate
