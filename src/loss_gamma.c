@@ -14,6 +14,8 @@ double hdlm_gamma_loss(const hdlm_gamma_config *cfg, const hdlm_step *const *ste
                        const uint32_t *xt, const uint32_t *x0, int batch, int vocab, float *dout,
                        hdlm_gamma_terms *terms) {
     int L = steps[0]->length;
+    for (int b = 1; b < batch; b++)
+        HDLM_ASSERT(steps[b]->length == L, "steps of lengths %d and %d in one batch", steps[b]->length, L);
     long rows = (long)batch * L;
     double *diffusion = hdlm_malloc((size_t)rows * sizeof *diffusion);
     double *ce = hdlm_malloc((size_t)rows * sizeof *ce);

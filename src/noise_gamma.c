@@ -21,10 +21,12 @@ void hdlm_gamma_forward_probs(double sigma, double gamma, double *p_mask, double
 void hdlm_gamma_corrupt(double gamma, const hdlm_step *const *steps, const uint32_t *x0, int batch, int vocab,
                         uint64_t key, uint32_t *xt) {
     const uint32_t mask = (uint32_t)(vocab - 1);
+    const int L = steps[0]->length;
+    for (int b = 1; b < batch; b++)
+        HDLM_ASSERT(steps[b]->length == L, "steps of lengths %d and %d in one batch", steps[b]->length, L);
 #pragma omp parallel for schedule(static)
     for (int b = 0; b < batch; b++) {
         const hdlm_step *st = steps[b];
-        int L = st->length;
         hdlm_rng rng;
         hdlm_rng_init(&rng, hdlm_rng_key(key, (uint64_t)b, 0, HDLM_RNG_NOISE));
         for (int i = 0; i < L; i++) {
