@@ -1,0 +1,258 @@
+// Hyperschedules: closed-form levels, times, classes, weights, masks and step sampling (include/hdlm/schedule.h).
+#include "hdlm/schedule.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hdlm/common.h"
+
+static int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// `simple` main tuple M_i = round_half_even(i·(τ-1)/(ω-1)) in double precision (spec §2.4); rint() rounds half to
+// even under the default rounding mode, like Python's round.
+static void simple_main_tuple(int width, int tau, int *m) {
+    for (int i = 0; i < width; i++) m[i] = (int)rint((double)i * (tau - 1) / (width - 1));
+}
+
+// Levels of the `simple` schedule at step k (spec §2.4): bootstrap steps slide M in from the left, later steps shift
+// it right by z positions per step.
+static void simple_levels(const hdlm_schedule *s, int k, int *levels, int *n_set) {
+    int L = s->length, w = s->width, W = s->worthless_level;
+    if (k <= w - 1) {
+        *n_set = 0;
+        for (int i = 0; i < L; i++) levels[i] = i < k ? s->main_tuple[w - k + i] : W;
+        return;
+    }
+    int o = s->rate * (k - w);
+    *n_set = o < L ? o : L;
+    for (int i = 0; i < L; i++) levels[i] = i < o ? 0 : (i < o + w ? s->main_tuple[i - o] : W);
+}
+
+// Levels of the `block` schedule (spec §2.3): block blk walks through τ-1 … 0, earlier blocks are settled.
+static void block_levels(const hdlm_schedule *s, int k, int *levels, int *n_set) {
+    int L = s->length, w = s->width, tau = s->tau;
+    int blk = (k - 1) / tau, step_in_block = k - blk * tau;
+    long start = (long)blk * w, end = start + w;
+    *n_set = start < L ? (int)start : L;
+    for (int i = 0; i < L; i++) levels[i] = i < start ? 0 : (i < end ? tau - step_in_block : tau);
+}
+
+// Levels of the `hybrid` schedule (spec §2.5): a diagonal sweep of P = τ+ω-1 sub-steps inside each block.
+static void hybrid_levels(const hdlm_schedule *s, int k, int *levels, int *n_set) {
+    int L = s->length, w = s->width, tau = s->tau;
+    int period = tau + w - 1, k_last = period * ceil_div(L, w);
+    if (k < 1) k = 1;
+    if (k > k_last) k = k_last;
+    int b = (k - 1) / period, sub = (k - 1) % period;
+    long start = (long)b * w, end = start + w;
+    *n_set = start < L ? (int)start : L;
+    for (int i = 0; i < L; i++) {
+        if (i < start) levels[i] = 0;
+        else if (i >= end) levels[i] = tau;
+        else {
+            int lag = sub - (int)(i - start);
+            int level = (tau - 1) - (lag > 0 ? lag : 0);
+            levels[i] = level > 0 ? level : 0;
+        }
+    }
+}
+
+void hdlm_schedule_levels(const hdlm_schedule *s, int k, int *levels, int *n_set) {
+    HDLM_ASSERT(k >= 1 && k < s->k_max, "step %d outside 1..%d", k, s->k_max - 1);
+    switch (s->type) {
+    case HDLM_SCHEDULE_BLOCK: block_levels(s, k, levels, n_set); break;
+    case HDLM_SCHEDULE_SIMPLE: simple_levels(s, k, levels, n_set); break;
+    case HDLM_SCHEDULE_HYBRID: hybrid_levels(s, k, levels, n_set); break;
+    }
+}
+
+// `simple` K_max: one past the first step at which every level is 0; the reference scans k = 1 … L+τ+ω (spec §2.4).
+static int simple_k_max(const hdlm_schedule *s) {
+    int limit = s->length + s->tau + s->width;
+    int *levels = hdlm_malloc((size_t)s->length * sizeof *levels);
+    int k_max = limit, n_set;
+    for (int k = 1; k <= limit && k_max == limit; k++) {
+        simple_levels(s, k, levels, &n_set);
+        int all_zero = 1;
+        for (int i = 0; i < s->length && all_zero; i++) all_zero = levels[i] == 0;
+        if (all_zero) k_max = k + 1;
+    }
+    free(levels);
+    return k_max;
+}
+
+int hdlm_schedule_init(hdlm_schedule *s, hdlm_schedule_type type, int length, int width, int tau, double sampling_eps,
+                       hdlm_context_type context, hdlm_block_type block) {
+    memset(s, 0, sizeof *s);
+    HDLM_CHECK(type == HDLM_SCHEDULE_BLOCK || type == HDLM_SCHEDULE_SIMPLE || type == HDLM_SCHEDULE_HYBRID,
+               "annealing.type: unknown schedule type %d", (int)type);
+    HDLM_CHECK(length >= 1, "model.length must be >= 1, got %d", length);
+    // τ = 1 makes Δ = (1-2ε_a)/(W-1) a division by zero (spec §2.6, decision §11.24).
+    HDLM_CHECK(tau >= 2, "annealing.tau must be >= 2 (tau = 1 leaves a one-point time grid), got %d", tau);
+    HDLM_CHECK(width >= 1, "annealing.width must be >= 1, got %d", width);
+    // simple with ω = 1 never settles anything (the reference's "some step starts with 0" assertion, §11.24).
+    HDLM_CHECK(type != HDLM_SCHEDULE_SIMPLE || width >= 2,
+               "annealing.width must be >= 2 for the simple schedule (width 1 never settles a token), got %d", width);
+    HDLM_CHECK(sampling_eps > 0 && 10 * sampling_eps < 0.5,
+               "annealing.sampling_eps must be in (0, 0.05) so that the active grid [10*eps, 1-10*eps] is not empty, "
+               "got %g", sampling_eps);
+    HDLM_CHECK(context == HDLM_CONTEXT_BLOCK_CAUSAL || context == HDLM_CONTEXT_CAUSAL || context == HDLM_CONTEXT_FULL,
+               "annealing.attention.context_type: unknown value %d", (int)context);
+    HDLM_CHECK(block == HDLM_BLOCK_FULL || block == HDLM_BLOCK_CAUSAL,
+               "annealing.attention.block_type: unknown value %d", (int)block);
+    s->type = type;
+    s->length = length;
+    s->width = width;
+    s->tau = tau;
+    s->sampling_eps = sampling_eps;
+    s->context = context;
+    s->block = block;
+    s->worthless_level = tau;
+    switch (type) {
+    case HDLM_SCHEDULE_BLOCK: s->k_max = tau * ceil_div(length, width) + 1; break;
+    case HDLM_SCHEDULE_HYBRID: s->k_max = (tau + width - 1) * ceil_div(length, width) + 1; break;
+    case HDLM_SCHEDULE_SIMPLE:
+        s->main_tuple = hdlm_malloc((size_t)width * sizeof *s->main_tuple);
+        simple_main_tuple(width, tau, s->main_tuple);
+        while (s->rate < width && s->main_tuple[s->rate] == 0) s->rate++;
+        s->k_max = simple_k_max(s);
+        break;
+    }
+    return 0;
+}
+
+void hdlm_schedule_free(hdlm_schedule *s) {
+    free(s->main_tuple);
+    s->main_tuple = NULL;
+}
+
+static const char *schedule_names[] = {"block", "simple", "hybrid"};
+static const char *context_names[] = {"block_causal", "causal", "full"};
+static const char *block_names[] = {"full", "causal"};
+
+static int parse_name(const char *name, const char *field, const char **names, int n, int *out) {
+    for (int i = 0; i < n; i++)
+        if (name && strcmp(name, names[i]) == 0) {
+            *out = i;
+            return 0;
+        }
+    char expected[128] = "";
+    for (int i = 0; i < n; i++) {
+        strcat(expected, i ? (i == n - 1 ? " or " : ", ") : "");
+        strcat(expected, names[i]);
+    }
+    return HDLM_FAIL("%s: expected %s, got '%s'", field, expected, name ? name : "(null)");
+}
+
+int hdlm_schedule_type_parse(const char *name, const char *field, hdlm_schedule_type *type) {
+    int v = 0;
+    HDLM_TRY(parse_name(name, field, schedule_names, 3, &v));
+    *type = (hdlm_schedule_type)v;
+    return 0;
+}
+
+const char *hdlm_schedule_type_name(hdlm_schedule_type type) {
+    return (unsigned)type < 3 ? schedule_names[type] : "unknown";
+}
+
+int hdlm_context_type_parse(const char *name, const char *field, hdlm_context_type *type) {
+    int v = 0;
+    HDLM_TRY(parse_name(name, field, context_names, 3, &v));
+    *type = (hdlm_context_type)v;
+    return 0;
+}
+
+int hdlm_block_type_parse(const char *name, const char *field, hdlm_block_type *type) {
+    int v = 0;
+    HDLM_TRY(parse_name(name, field, block_names, 2, &v));
+    *type = (hdlm_block_type)v;
+    return 0;
+}
+
+double hdlm_schedule_active_eps(const hdlm_schedule *s) { return 10.0 * s->sampling_eps; }
+
+double hdlm_schedule_delta(const hdlm_schedule *s) {
+    return (1.0 - 2.0 * hdlm_schedule_active_eps(s)) / (s->worthless_level - 1);
+}
+
+static float clamp_time(const hdlm_schedule *s, float t) {
+    float lo = (float)s->sampling_eps, hi = (float)(1.0 - s->sampling_eps);
+    return t < lo ? lo : (t > hi ? hi : t);
+}
+
+// Float32 arithmetic as in the reference (spec §2.6).
+float hdlm_schedule_level_time(const hdlm_schedule *s, int level) {
+    return clamp_time(s, (float)hdlm_schedule_active_eps(s) + (float)level * (float)hdlm_schedule_delta(s));
+}
+
+void hdlm_step_alloc(hdlm_step *st, int length) {
+    memset(st, 0, sizeof *st);
+    st->length = length;
+    st->level = hdlm_malloc((size_t)length * sizeof *st->level);
+    st->t = hdlm_malloc((size_t)length * sizeof *st->t);
+    st->cls = hdlm_malloc((size_t)length);
+    st->to_denoise = hdlm_malloc((size_t)length);
+    st->weight = hdlm_malloc((size_t)length * sizeof *st->weight);
+}
+
+void hdlm_step_free(hdlm_step *st) {
+    free(st->level);
+    free(st->t);
+    free(st->cls);
+    free(st->to_denoise);
+    free(st->weight);
+    memset(st, 0, sizeof *st);
+}
+
+int hdlm_schedule_step(const hdlm_schedule *s, int k, hdlm_step *st) {
+    HDLM_CHECK(k >= 1 && k < s->k_max, "hyperschedule step %d outside the range 1..%d", k, s->k_max - 1);
+    HDLM_ASSERT(st->length == s->length, "step buffer of length %d for a schedule of length %d", st->length,
+                s->length);
+    int L = s->length, W = s->worthless_level;
+    hdlm_schedule_levels(s, k, st->level, &st->n_set);
+    st->step = k;
+    st->width = s->width;
+    st->a_end = st->n_set - 1;
+    float t_settled = clamp_time(s, (float)s->sampling_eps), t_worthless = clamp_time(s, (float)(1 - s->sampling_eps));
+    for (int i = 0; i < L; i++) {
+        st->to_denoise[i] = 0;
+        if (i < st->n_set) {
+            st->cls[i] = HDLM_POS_SETTLED;
+            st->t[i] = t_settled;
+            st->weight[i] = 0.05f;
+        } else if (st->level[i] == W) {
+            st->cls[i] = HDLM_POS_WORTHLESS;
+            st->t[i] = t_worthless;
+            st->weight[i] = 0.001f;
+        } else {
+            // Active positions are contiguous after the settled prefix for every built-in schedule (spec §3.2).
+            HDLM_ASSERT(st->a_end == i - 1, "active positions of step %d are not contiguous at %d", k, i);
+            st->cls[i] = HDLM_POS_ACTIVE;
+            st->t[i] = hdlm_schedule_level_time(s, st->level[i]);
+            st->weight[i] = 1.0f;
+            st->to_denoise[i] = st->level[i] == 0;
+            st->a_end = i;
+        }
+    }
+    st->n_active = st->a_end - st->n_set + 1;
+    hdlm_attn_mask m = {L, st->n_set, st->a_end, s->context, s->block, s->width};
+    st->mask = m;
+    return 0;
+}
+
+void hdlm_mask_expand(const hdlm_attn_mask *m, uint8_t *allowed) {
+    int L = m->length;
+    for (int i = 0; i < L; i++)
+        for (int j = 0; j < L; j++) allowed[(size_t)i * L + j] = hdlm_mask_allowed(m, i, j);
+}
+
+void hdlm_schedule_sample_steps(const hdlm_schedule *s, hdlm_step_sampling mode, uint64_t seed, uint64_t rank,
+                                uint64_t micro_step, int batch, int *steps) {
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, hdlm_rng_key(seed, rank, micro_step, HDLM_RNG_STEP));
+    uint64_t n = (uint64_t)(s->k_max - 1);   // uniform over 1 .. K_max-1 (numpy randint(1, K_max))
+    int shared = 1 + (int)hdlm_rng_below(&rng, n);
+    for (int b = 0; b < batch; b++)
+        steps[b] = mode == HDLM_STEPS_PER_BATCH ? shared : (b == 0 ? shared : 1 + (int)hdlm_rng_below(&rng, n));
+}

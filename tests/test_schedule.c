@@ -1,0 +1,373 @@
+// Hyperschedules (spec §2), times (§2.6), masks (§3.2) and step sampling (§2.7), against the spec's vectors (§12.3).
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "hdlm/common.h"
+#include "hdlm/schedule.h"
+
+static void init(hdlm_schedule *s, hdlm_schedule_type type, int L, int w, int tau) {
+    assert_int_equal(hdlm_schedule_init(s, type, L, w, tau, HDLM_SAMPLING_EPS, HDLM_CONTEXT_BLOCK_CAUSAL,
+                                        HDLM_BLOCK_FULL), 0);
+}
+
+// Checks every step of a schedule against rows written as in spec §2.9: one character per position, 'S' settled,
+// 'W' worthless, a digit = level of an active position; n_set must be the number of leading 'S'.
+static void assert_table(hdlm_schedule_type type, int L, int w, int tau, int k_max, const char *const *rows) {
+    hdlm_schedule s;
+    init(&s, type, L, w, tau);
+    assert_int_equal(s.k_max, k_max);
+    hdlm_step st;
+    hdlm_step_alloc(&st, L);
+    for (int k = 1; k < k_max; k++) {
+        assert_int_equal(hdlm_schedule_step(&s, k, &st), 0);
+        char got[64];
+        for (int i = 0; i < L; i++)
+            got[i] = st.cls[i] == HDLM_POS_SETTLED ? 'S' : st.cls[i] == HDLM_POS_WORTHLESS ? 'W' : '0' + st.level[i];
+        got[L] = 0;
+        if (strcmp(got, rows[k - 1]) != 0) print_error("%s step %d: got %s expected %s\n", hdlm_schedule_type_name(type),
+                                                        k, got, rows[k - 1]);
+        assert_string_equal(got, rows[k - 1]);
+        int n_set = 0;
+        while (n_set < L && rows[k - 1][n_set] == 'S') n_set++;
+        assert_int_equal(st.n_set, n_set);
+    }
+    hdlm_step_free(&st);
+    hdlm_schedule_free(&s);
+}
+
+// The five tables of spec §2.9.
+static void test_tables_of_spec(void **state) {
+    (void)state;
+    static const char *a[] = {"2WWWWWWW", "12WWWWWW", "012WWWWW", "S012WWWW", "SS012WWW",
+                              "SSS012WW", "SSSS012W", "SSSSS012", "SSSSSS01", "SSSSSSS0"};
+    assert_table(HDLM_SCHEDULE_SIMPLE, 8, 3, 3, 11, a);
+    static const char *b[] = {"222WWWWW", "111WWWWW", "000WWWWW", "SSS222WW", "SSS111WW",
+                              "SSS000WW", "SSSSSS22", "SSSSSS11", "SSSSSS00"};
+    assert_table(HDLM_SCHEDULE_BLOCK, 8, 3, 3, 10, b);
+    static const char *c[] = {"33333333", "22222222", "11111111", "00000000"};
+    assert_table(HDLM_SCHEDULE_BLOCK, 8, 8, 4, 5, c);
+    static const char *d[] = {"1WWWWW", "01WWWW", "S01WWW", "SS01WW", "SSS01W", "SSSS01", "SSSSS0"};
+    assert_table(HDLM_SCHEDULE_SIMPLE, 6, 2, 2, 8, d);
+    static const char *e[] = {"1WWWWWWW", "11WWWWWW", "011WWWWW", "0011WWWW", "SS0011WW", "SSSS0011", "SSSSSS00"};
+    assert_table(HDLM_SCHEDULE_SIMPLE, 8, 4, 2, 8, e);
+}
+
+// Main tuples of spec §2.4, including the half-to-even tie (ω=3, τ=2) → (0,0,1), and the rate z.
+static void test_simple_main_tuples(void **state) {
+    (void)state;
+    static const struct { int w, tau, rate, m[8]; } cases[] = {
+        {4, 4, 1, {0, 1, 2, 3}}, {4, 8, 1, {0, 2, 5, 7}}, {4, 2, 2, {0, 0, 1, 1}}, {3, 2, 2, {0, 0, 1}},
+        {3, 3, 1, {0, 1, 2}},    {3, 6, 1, {0, 2, 5}},    {8, 8, 1, {0, 1, 2, 3, 4, 5, 6, 7}},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        hdlm_schedule s;
+        init(&s, HDLM_SCHEDULE_SIMPLE, 16, cases[c].w, cases[c].tau);
+        for (int i = 0; i < cases[c].w; i++) assert_int_equal(s.main_tuple[i], cases[c].m[i]);
+        assert_int_equal(s.rate, cases[c].rate);
+        // z = ⌊(ω-1)/(2(τ-1))⌋ + 1 (spec §2.4).
+        assert_int_equal(s.rate, (cases[c].w - 1) / (2 * (cases[c].tau - 1)) + 1);
+        hdlm_schedule_free(&s);
+    }
+}
+
+// Block K_max = τ·⌈L/ω⌉ + 1 for several shapes, including a short last block.
+static void test_block_k_max(void **state) {
+    (void)state;
+    static const int shapes[][3] = {{1024, 1024, 1024}, {1024, 1024, 2048}, {1024, 100, 7}, {10, 3, 5}, {5, 8, 2}};
+    for (size_t c = 0; c < 5; c++) {
+        hdlm_schedule s;
+        init(&s, HDLM_SCHEDULE_BLOCK, shapes[c][0], shapes[c][1], shapes[c][2]);
+        int blocks = (shapes[c][0] + shapes[c][1] - 1) / shapes[c][1];
+        assert_int_equal(s.k_max, shapes[c][2] * blocks + 1);
+        hdlm_schedule_free(&s);
+    }
+}
+
+// Grid vectors of spec §12.3 and the per-position times, classes and weights of §2.6.
+static void test_time_grid(void **state) {
+    (void)state;
+    hdlm_schedule s;
+    init(&s, HDLM_SCHEDULE_BLOCK, 1024, 1024, 1024);
+    assert_true(fabs(hdlm_schedule_delta(&s) - 9.755620723362659e-4) < 1e-18);
+    assert_float_equal(hdlm_schedule_level_time(&s, 0), 0.001, 1e-9);
+    assert_float_equal(hdlm_schedule_level_time(&s, 1023), 0.999, 1e-6);
+    hdlm_schedule_free(&s);
+    init(&s, HDLM_SCHEDULE_BLOCK, 1024, 1024, 2048);
+    assert_true(fabs(hdlm_schedule_delta(&s) - 4.87542745481192e-4) < 1e-18);
+    assert_float_equal(hdlm_schedule_level_time(&s, 2047), 0.999, 1e-6);
+    hdlm_schedule_free(&s);
+    init(&s, HDLM_SCHEDULE_SIMPLE, 8, 3, 3);
+    assert_true(fabs(hdlm_schedule_delta(&s) - 0.499) < 1e-15);
+    assert_float_equal(hdlm_schedule_level_time(&s, 1), 0.500, 1e-7);
+    assert_float_equal(hdlm_schedule_level_time(&s, 2), 0.999, 1e-7);
+    // Step 5 of §2.9 (a): S S 0 1 2 W W W.
+    hdlm_step st;
+    hdlm_step_alloc(&st, 8);
+    assert_int_equal(hdlm_schedule_step(&s, 5, &st), 0);
+    static const float t[] = {1e-4f, 1e-4f, 0.001f, 0.5f, 0.999f, 0.9999f, 0.9999f, 0.9999f};
+    static const float weight[] = {0.05f, 0.05f, 1, 1, 1, 0.001f, 0.001f, 0.001f};
+    static const uint8_t cls[] = {0, 0, 1, 1, 1, 2, 2, 2}, denoise[] = {0, 0, 1, 0, 0, 0, 0, 0};
+    for (int i = 0; i < 8; i++) {
+        assert_float_equal(st.t[i], t[i], 1e-7);
+        assert_float_equal(st.weight[i], weight[i], 0);
+        assert_int_equal(st.cls[i], cls[i]);
+        assert_int_equal(st.to_denoise[i], denoise[i]);
+    }
+    assert_true(st.t[2] == (float)hdlm_schedule_active_eps(&s));   // tokens_to_denoise ⇔ t == ε_a exactly
+    assert_int_equal(st.n_set, 2);
+    assert_int_equal(st.a_end, 4);
+    assert_int_equal(st.n_active, 3);
+    hdlm_step_free(&st);
+    hdlm_schedule_free(&s);
+    init(&s, HDLM_SCHEDULE_BLOCK, 8, 8, 2);
+    assert_true(fabs(hdlm_schedule_delta(&s) - 0.998) < 1e-15);
+    hdlm_schedule_free(&s);
+    init(&s, HDLM_SCHEDULE_BLOCK, 8, 8, 4);
+    static const double t4[] = {0.001, 0.333667, 0.666333, 0.999};
+    for (int l = 0; l < 4; l++) assert_float_equal(hdlm_schedule_level_time(&s, l), t4[l], 1e-6);
+    hdlm_schedule_free(&s);
+}
+
+static void assert_mask_rows(const hdlm_attn_mask *m, const char *const *rows) {
+    int L = m->length;
+    uint8_t allowed[64];
+    hdlm_mask_expand(m, allowed);
+    for (int i = 0; i < L; i++) {
+        char got[16];
+        for (int j = 0; j < L; j++) got[j] = '0' + allowed[i * L + j];
+        got[L] = 0;
+        assert_string_equal(got, rows[i]);
+        // The compact key range agrees with the expansion for every non-worthless row.
+        if (!hdlm_mask_row_fully_masked(m, i)) {
+            int lo, hi;
+            hdlm_mask_key_range(m, i, &lo, &hi);
+            for (int j = 0; j < L; j++) assert_int_equal(allowed[i * L + j], j >= lo && j < hi);
+        }
+    }
+}
+
+// The 8x8 example of spec §3.2 (simple ω=τ=3, L=8, step 5) and its causal / block-causal variants.
+static void test_mask_of_spec(void **state) {
+    (void)state;
+    hdlm_schedule s;
+    init(&s, HDLM_SCHEDULE_SIMPLE, 8, 3, 3);
+    hdlm_step st;
+    hdlm_step_alloc(&st, 8);
+    assert_int_equal(hdlm_schedule_step(&s, 5, &st), 0);
+    assert_int_equal(st.mask.n_set, 2);
+    assert_int_equal(st.mask.a_end, 4);
+    assert_int_equal(st.mask.block_size, 3);
+    static const char *rows[] = {"11000000", "11000000", "11111000", "11111000",
+                                 "11111000", "00000000", "00000000", "00000000"};
+    assert_mask_rows(&st.mask, rows);
+    for (int i = 0; i < 8; i++) assert_int_equal(hdlm_mask_row_fully_masked(&st.mask, i), i >= 5);
+    hdlm_step_free(&st);
+    hdlm_schedule_free(&s);
+
+    assert_int_equal(hdlm_schedule_init(&s, HDLM_SCHEDULE_SIMPLE, 8, 3, 3, HDLM_SAMPLING_EPS, HDLM_CONTEXT_CAUSAL,
+                                        HDLM_BLOCK_CAUSAL), 0);
+    hdlm_step_alloc(&st, 8);
+    assert_int_equal(hdlm_schedule_step(&s, 5, &st), 0);
+    static const char *causal[] = {"10000000", "11000000", "11100000", "11110000",
+                                   "11111000", "00000000", "00000000", "00000000"};
+    assert_mask_rows(&st.mask, causal);
+    hdlm_step_free(&st);
+    hdlm_schedule_free(&s);
+}
+
+// Block-causal settled context across several blocks: block schedule ω=2, τ=2, L=6, step 5 (n_set 4).
+static void test_mask_block_causal_context(void **state) {
+    (void)state;
+    hdlm_schedule s;
+    init(&s, HDLM_SCHEDULE_BLOCK, 6, 2, 2);
+    hdlm_step st;
+    hdlm_step_alloc(&st, 6);
+    assert_int_equal(hdlm_schedule_step(&s, 5, &st), 0);
+    static const char *rows[] = {"110000", "110000", "111100", "111100", "111111", "111111"};
+    assert_mask_rows(&st.mask, rows);
+    hdlm_step_free(&st);
+    hdlm_schedule_free(&s);
+}
+
+// Special cases come from the same code (spec §2.8): ω >= L is plain diffusion (every step all-visible, nothing
+// settled or worthless, one level for all positions); 1 < ω < L is block-autoregressive.
+static void test_special_cases(void **state) {
+    (void)state;
+    hdlm_schedule s;
+    init(&s, HDLM_SCHEDULE_BLOCK, 16, 32, 5);
+    hdlm_step st;
+    hdlm_step_alloc(&st, 16);
+    uint8_t allowed[256];
+    for (int k = 1; k < s.k_max; k++) {
+        assert_int_equal(hdlm_schedule_step(&s, k, &st), 0);
+        assert_int_equal(st.n_set, 0);
+        assert_int_equal(st.n_active, 16);
+        hdlm_mask_expand(&st.mask, allowed);
+        for (int i = 0; i < 256; i++) assert_int_equal(allowed[i], 1);
+        for (int i = 0; i < 16; i++) assert_int_equal(st.level[i], 5 - k);
+    }
+    hdlm_step_free(&st);
+    hdlm_schedule_free(&s);
+    // Block-AR: every block is walked τ-1 … 0 with the earlier blocks settled and the later ones worthless.
+    init(&s, HDLM_SCHEDULE_BLOCK, 10, 4, 3);
+    hdlm_step_alloc(&st, 10);
+    for (int k = 1; k < s.k_max; k++) {
+        assert_int_equal(hdlm_schedule_step(&s, k, &st), 0);
+        int blk = (k - 1) / 3;
+        assert_int_equal(st.n_set, 4 * blk);
+        assert_int_equal(st.a_end, (4 * blk + 4 < 10 ? 4 * blk + 4 : 10) - 1);
+        assert_int_equal(st.level[st.n_set], 3 - (k - 3 * blk));
+    }
+    hdlm_step_free(&st);
+    hdlm_schedule_free(&s);
+}
+
+// The hybrid schedule of spec §2.5: in each block, position j is at level max(0, τ-1 - max(0, s-j)); levels never
+// rise along a position's trajectory, each block starts all at τ-1 and ends all at 0.
+static void test_hybrid_schedule(void **state) {
+    (void)state;
+    hdlm_schedule s;
+    init(&s, HDLM_SCHEDULE_HYBRID, 10, 4, 3);
+    assert_int_equal(s.k_max, (3 + 4 - 1) * 3 + 1);
+    hdlm_step st;
+    hdlm_step_alloc(&st, 10);
+    int prev[10];
+    for (int i = 0; i < 10; i++) prev[i] = 3;
+    for (int k = 1; k < s.k_max; k++) {
+        assert_int_equal(hdlm_schedule_step(&s, k, &st), 0);
+        int b = (k - 1) / 6, sub = (k - 1) % 6;
+        assert_int_equal(st.n_set, 4 * b);
+        for (int i = 0; i < 10; i++) {
+            int j = i - 4 * b, expect = j < 0 ? 0 : (j >= 4 ? 3 : 2 - (sub > j ? sub - j : 0));
+            if (expect < 0) expect = 0;
+            if (i >= 4 * b) assert_int_equal(st.level[i], expect);
+            assert_true(st.level[i] <= prev[i]);
+            prev[i] = i < st.n_set ? 0 : st.level[i];
+        }
+        if (sub == 0)
+            for (int i = 4 * b; i < 4 * b + 4 && i < 10; i++) assert_int_equal(st.level[i], 2);
+        if (sub == 5)
+            for (int i = 4 * b; i < 4 * b + 4 && i < 10; i++) assert_int_equal(st.level[i], 0);
+    }
+    hdlm_step_free(&st);
+    hdlm_schedule_free(&s);
+}
+
+// Degenerate parameters are refused with a message naming the field (decision §11.24); step range is checked.
+static void test_rejects_degenerate_parameters(void **state) {
+    (void)state;
+    hdlm_schedule s;
+    const double eps = HDLM_SAMPLING_EPS;
+    assert_int_equal(hdlm_schedule_init(&s, HDLM_SCHEDULE_BLOCK, 8, 8, 1, eps, 0, 0), -1);
+    assert_error_contains("annealing.tau must be >= 2");
+    assert_int_equal(hdlm_schedule_init(&s, HDLM_SCHEDULE_SIMPLE, 8, 3, 0, eps, 0, 0), -1);
+    assert_error_contains("got 0");
+    assert_int_equal(hdlm_schedule_init(&s, HDLM_SCHEDULE_SIMPLE, 8, 1, 2, eps, 0, 0), -1);
+    assert_error_contains("annealing.width must be >= 2 for the simple schedule");
+    assert_int_equal(hdlm_schedule_init(&s, HDLM_SCHEDULE_BLOCK, 8, 0, 2, eps, 0, 0), -1);
+    assert_error_contains("annealing.width must be >= 1");
+    assert_int_equal(hdlm_schedule_init(&s, HDLM_SCHEDULE_BLOCK, 0, 4, 2, eps, 0, 0), -1);
+    assert_error_contains("model.length");
+    assert_int_equal(hdlm_schedule_init(&s, HDLM_SCHEDULE_BLOCK, 8, 4, 2, 0.06, 0, 0), -1);
+    assert_error_contains("annealing.sampling_eps");
+    assert_int_equal(hdlm_schedule_init(&s, HDLM_SCHEDULE_BLOCK, 8, 4, 2, 0.0, 0, 0), -1);
+    assert_int_equal(hdlm_schedule_init(&s, (hdlm_schedule_type)7, 8, 4, 2, eps, 0, 0), -1);
+    assert_error_contains("annealing.type");
+    hdlm_schedule_type type;
+    assert_int_equal(hdlm_schedule_type_parse("simple_block", "annealing.type", &type), -1);
+    assert_error_contains("annealing.type: expected block, simple or hybrid, got 'simple_block'");
+    assert_int_equal(hdlm_schedule_type_parse("hybrid", "annealing.type", &type), 0);
+    assert_int_equal(type, HDLM_SCHEDULE_HYBRID);
+    hdlm_context_type ctx;
+    assert_int_equal(hdlm_context_type_parse("full", "ctx", &ctx), 0);
+    assert_int_equal(ctx, HDLM_CONTEXT_FULL);
+    hdlm_block_type blk;
+    assert_int_equal(hdlm_block_type_parse("bidirectional", "annealing.attention.block_type", &blk), -1);
+    assert_error_contains("expected full or causal");
+
+    init(&s, HDLM_SCHEDULE_BLOCK, 8, 3, 3);
+    hdlm_step st;
+    hdlm_step_alloc(&st, 8);
+    assert_int_equal(hdlm_schedule_step(&s, 0, &st), -1);
+    assert_error_contains("step 0 outside the range 1..9");
+    assert_int_equal(hdlm_schedule_step(&s, 10, &st), -1);
+    hdlm_step_free(&st);
+    hdlm_schedule_free(&s);
+}
+
+// Step sampling (spec §2.7): uniform over 1..K_max-1 (chi-square), one k per micro-batch or one per sequence, and a
+// pure function of (seed, rank, train step).
+static void test_step_sampling(void **state) {
+    (void)state;
+    hdlm_schedule s;
+    init(&s, HDLM_SCHEDULE_BLOCK, 12, 4, 5);   // 15 steps
+    int counts[16] = {0}, steps[8], again[8];
+    const int draws = 30000;
+    for (int n = 0; n < draws; n++) {
+        hdlm_schedule_sample_steps(&s, HDLM_STEPS_PER_BATCH, 7, 1, (uint64_t)n, 8, steps);
+        for (int b = 1; b < 8; b++) assert_int_equal(steps[b], steps[0]);
+        assert_true(steps[0] >= 1 && steps[0] <= 15);
+        counts[steps[0]]++;
+    }
+    double chi2 = 0, expect = draws / 15.0;   // 14 degrees of freedom: P(chi2 > 36.1) = 0.001
+    for (int k = 1; k <= 15; k++) chi2 += (counts[k] - expect) * (counts[k] - expect) / expect;
+    assert_true(chi2 < 36.1);
+    hdlm_schedule_sample_steps(&s, HDLM_STEPS_PER_SEQUENCE, 7, 1, 3, 8, steps);
+    hdlm_schedule_sample_steps(&s, HDLM_STEPS_PER_SEQUENCE, 7, 1, 3, 8, again);
+    int distinct = 0;
+    for (int b = 0; b < 8; b++) {
+        assert_int_equal(steps[b], again[b]);
+        distinct += steps[b] != steps[0];
+    }
+    assert_true(distinct > 0);
+    hdlm_schedule_sample_steps(&s, HDLM_STEPS_PER_SEQUENCE, 7, 2, 3, 8, again);   // another rank, other steps
+    assert_memory_not_equal(steps, again, sizeof steps);
+    hdlm_schedule_free(&s);
+}
+
+// The tool prints the spec's table and mask (docs/hyperschedules.md relies on it) and refuses bad flags.
+static void test_tool_output(void **state) {
+    (void)state;
+    const char *dir = test_tmp_dir("schedule_tool");
+    assert_int_equal(test_run("%s/hdlm-schedule --type simple --length 8 --width 3 --tau 3 --mask 5 > %s/out.txt",
+                              HDLM_BIN_DIR, dir), 0);
+    char path[4200], *text;
+    size_t len;
+    snprintf(path, sizeof path, "%s/out.txt", dir);
+    assert_int_equal(hdlm_read_file(path, &text, &len), 0);
+    assert_non_null(strstr(text, "K_max=11"));
+    assert_non_null(strstr(text, " 5      2  S S 0 1 2 W W W\n"));
+    assert_non_null(strstr(text, "  row 2  1 1 1 1 1 0 0 0\n"));
+    free(text);
+    assert_int_not_equal(test_run("%s/hdlm-schedule --type simple --length 8 --width 3 --tau 1 2> %s/err.txt",
+                                  HDLM_BIN_DIR, dir), 0);
+    snprintf(path, sizeof path, "%s/err.txt", dir);
+    assert_int_equal(hdlm_read_file(path, &text, &len), 0);
+    assert_non_null(strstr(text, "annealing.tau must be >= 2"));
+    free(text);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tables_of_spec),
+        cmocka_unit_test(test_simple_main_tuples),
+        cmocka_unit_test(test_block_k_max),
+        cmocka_unit_test(test_time_grid),
+        cmocka_unit_test(test_mask_of_spec),
+        cmocka_unit_test(test_mask_block_causal_context),
+        cmocka_unit_test(test_special_cases),
+        cmocka_unit_test(test_hybrid_schedule),
+        cmocka_unit_test(test_rejects_degenerate_parameters),
+        cmocka_unit_test(test_step_sampling),
+        cmocka_unit_test(test_tool_output),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
