@@ -173,8 +173,8 @@ static uint64_t heap_pop(uint64_t *heap, size_t *n) {
 }
 
 static void push_pair(const hdlm_tokenizer *tok, piece_cache *c, size_t *heap_len, int32_t left) {
+    if (left < 0 || c->node_next[left] < 0) return;
     int32_t right = c->node_next[left];
-    if (left < 0 || right < 0) return;
     uint32_t rank = tokenizer_pair_rank(tok, c->node_id[left], c->node_id[right]);
     if (rank != TOKENIZER_NO_RANK) heap_push(c->heap, heap_len, (uint64_t)rank << 32 | (uint32_t)left);
 }
