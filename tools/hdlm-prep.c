@@ -1,6 +1,7 @@
 // hdlm-prep: data preparation. One subcommand per row of the table below; each lives in tools/hdlm-prep/.
 //   hdlm-prep tokenize   [--vocab DIR]   text on stdin -> GPT-2 token ids on stdout (one line)
 //   hdlm-prep detokenize [--vocab DIR]   token ids on stdin -> text on stdout
+//   hdlm-prep prepare --out DIR INPUT...  text files / JSONL / directories -> token shards (docs/prepare.md)
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@ typedef struct {
 static const prep_command commands[] = {
     {"tokenize", prep_tokenize_main, "text on stdin -> GPT-2 token ids on stdout"},
     {"detokenize", prep_detokenize_main, "GPT-2 token ids on stdin -> text on stdout"},
+    {"prepare", prep_prepare_main, "text files, JSONL, directories -> token shards + manifest (MPI-parallel)"},
 };
 
 const char *prep_default_vocab_dir(void) {
