@@ -201,6 +201,9 @@ static void test_errors(void **state) {
     assert_file_contains(dir, "log", "--out DIR is required");
     assert_int_not_equal(test_run(PREP " --out '%s/out' --val-fraction 1.5 '%s/a.txt' > '%s/log' 2>&1", dir, dir, dir), 0);
     assert_file_contains(dir, "log", "--val-fraction expects a number in [0, 1]");
+    assert_int_not_equal(
+        test_run(PREP " --out '%s/out' --val-last 2 --val-fraction 0.5 '%s/a.txt' > '%s/log' 2>&1", dir, dir, dir), 0);
+    assert_file_contains(dir, "log", "exclude each other");
 }
 
 // Ten one-line documents in a JSONL file.
