@@ -18,7 +18,7 @@ for f in "$root"/.cache/sotu/data/*.txt; do
   year=$(basename "$f"); year=${year%%_*}
   if [ "$year" -le 2000 ]; then train+=("$f"); else val+=(--val-input "$f"); fi
 done
-mpirun -np 2 --oversubscribe --bind-to none "$bin/hdlm-prep" prepare --vocab "$root/.cache/gpt2" --overwrite \
+mpirun -np 2 --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 "$bin/hdlm-prep" prepare --vocab "$root/.cache/gpt2" --overwrite \
   --out "$run/data/sotu" "${train[@]}" "${val[@]}"
-mpirun -np 2 --oversubscribe --bind-to none "$bin/hdlm-prep" prepare --vocab "$root/.cache/gpt2" --overwrite \
+mpirun -np 2 --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 "$bin/hdlm-prep" prepare --vocab "$root/.cache/gpt2" --overwrite \
   --split validation --out "$run/data/moby-dick" "$root/.cache/moby-dick/data/data.txt"
