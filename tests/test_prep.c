@@ -85,6 +85,7 @@ static void test_inputs_counts_and_shards(void **state) {
     write_text(in, "ignored.json", "{\"text\": \"not read\"}");
     write_text(in, "sub/b.txt", "Hello world");
     write_text(in, "empty.txt", "");
+    write_text(dir, "out/.prepare-tmp/r9.tok", "left over by an interrupted run");
     // Directory order is sorted: a.txt, c.jsonl (3 lines, one empty), empty.txt, sub/b.txt.
     assert_int_equal(test_run(PREP " --shard-tokens 5 --out '%s/out' '%s' > '%s/log' 2>&1", dir, in, dir), 0);
     const uint16_t expected[] = {FOX_SENTENCE, EOS, HELLO_WORLD, EOS, 464, 2068, EOS, HELLO_WORLD, EOS};
@@ -125,7 +126,7 @@ static void test_inputs_counts_and_shards(void **state) {
     struct stat st;
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s/.prepare-tmp", out);
-    assert_int_not_equal(stat(tmp, &st), 0);   // temporary streams removed
+    assert_int_not_equal(stat(tmp, &st), 0);   // temporary streams (and the stale one) removed
 
     // The numpy lines of the format document read the same tokens and document counts.
     assert_int_equal(test_run("(echo 'import sys'; echo 'for path in sys.argv[1:]:'; "

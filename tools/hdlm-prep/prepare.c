@@ -184,8 +184,19 @@ static int prepare_out_dir(const prepare_options *opt, const char *tmp_dir) {
     }
     closedir(dh);
     HDLM_TRY(rc);
-    if (mkdir(tmp_dir, 0777) != 0) HDLM_CHECK(errno == EEXIST, "cannot create %s: %s", tmp_dir, strerror(errno));
-    return 0;
+    if (mkdir(tmp_dir, 0777) == 0) return 0;
+    HDLM_CHECK(errno == EEXIST, "cannot create %s: %s", tmp_dir, strerror(errno));
+    // Left over by an interrupted run (possibly with more ranks): empty it.
+    dh = opendir(tmp_dir);
+    HDLM_CHECK(dh, "cannot open %s: %s", tmp_dir, strerror(errno));
+    for (struct dirent *e; rc == 0 && (e = readdir(dh));) {
+        if (e->d_name[0] == '.') continue;
+        char path[8192];
+        snprintf(path, sizeof path, "%s/%s", tmp_dir, e->d_name);
+        if (unlink(path) != 0) rc = HDLM_FAIL("cannot remove %s: %s", path, strerror(errno));
+    }
+    closedir(dh);
+    return rc;
 }
 
 // ---- phase 3: shards ----
