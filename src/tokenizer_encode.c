@@ -218,9 +218,17 @@ static void bpe_piece(const hdlm_tokenizer *tok, piece_cache *c, const uint8_t *
     for (int32_t i = 0; i >= 0; i = c->node_next[i]) hdlm_tokens_push(out, c->node_id[i]);
 }
 
+static void tokens_reserve(hdlm_tokens *t, size_t extra) {
+    if (t->len + extra > t->cap) {
+        t->cap = 2 * (t->len + extra) + 256;
+        t->ids = hdlm_realloc(t->ids, t->cap * sizeof *t->ids);
+    }
+}
+
 static void encode_piece(const hdlm_tokenizer *tok, piece_cache *c, const uint8_t *s, size_t n, hdlm_tokens *out) {
     if (n == 1) {
-        hdlm_tokens_push(out, tok->byte_id[s[0]]);
+        tokens_reserve(out, 1);
+        out->ids[out->len++] = tok->byte_id[s[0]];
         return;
     }
     if (n > CACHE_MAX_PIECE) {
@@ -231,12 +239,62 @@ static void encode_piece(const hdlm_tokenizer *tok, piece_cache *c, const uint8_
     uint32_t n_ids = 0, slot = 0;
     const uint32_t *ids = piece_cache_find(c, s, n, hash, &n_ids, &slot);
     if (ids) {
-        for (uint32_t i = 0; i < n_ids; i++) hdlm_tokens_push(out, ids[i]);
+        tokens_reserve(out, n_ids);
+        memcpy(out->ids + out->len, ids, n_ids * sizeof *ids);
+        out->len += n_ids;
         return;
     }
     size_t start = out->len;
     bpe_piece(tok, c, s, n, out);
     piece_cache_insert(c, slot, s, n, hash, out->ids + start, out->len - start);
+}
+
+// Character classes of the pre-tokenizer for ASCII bytes: letter (\p{L}), digit (\p{N}), White_Space, other.
+enum { CLASS_OTHER, CLASS_LETTER, CLASS_DIGIT, CLASS_SPACE, CLASS_NON_ASCII };
+
+static const uint8_t *byte_classes(void) {
+    static uint8_t table[256];
+    static atomic_int ready;
+    if (!atomic_load_explicit(&ready, memory_order_acquire)) {
+        uint8_t t[256];
+        for (int b = 0; b < 256; b++) {
+            t[b] = b >= 0x80                                   ? CLASS_NON_ASCII
+                   : (b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z') ? CLASS_LETTER
+                   : b >= '0' && b <= '9'                      ? CLASS_DIGIT
+                   : b == ' ' || (b >= '\t' && b <= '\r')      ? CLASS_SPACE
+                                                               : CLASS_OTHER;
+        }
+        memcpy(table, t, sizeof t);   // every thread computes the same table
+        atomic_store_explicit(&ready, 1, memory_order_release);
+    }
+    return table;
+}
+
+// The pre-tokenizer regex evaluated by hand for ASCII text: the end of the piece that starts at `at`, or 0 when the
+// answer depends on a non-ASCII character (then PCRE2 decides). Same alternatives, in the same order, as the
+// pattern; the test suite compares both paths against an independent Python implementation.
+static size_t ascii_piece_end(const uint8_t *cls, const uint8_t *s, size_t len, size_t at) {
+    size_t i = at;
+    if (s[i] == '\'' && i + 1 < len) {   // 's 't 're 've 'm 'll 'd
+        uint8_t a = s[i + 1], b = i + 2 < len ? s[i + 2] : 0;
+        if (a == 's' || a == 't' || a == 'm' || a == 'd') return i + 2;
+        if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return i + 3;
+    }
+    int c = cls[s[i]];
+    if (s[i] == ' ' && i + 1 < len && cls[s[i + 1]] != CLASS_SPACE) {   // " ?X+" with the optional space
+        c = cls[s[++i]];
+    }
+    if (c == CLASS_NON_ASCII) return 0;
+    if (c != CLASS_SPACE) {   // \p{L}+, \p{N}+ or [^\s\p{L}\p{N}]+
+        while (++i < len && cls[s[i]] == c) {
+        }
+        return i < len && cls[s[i]] == CLASS_NON_ASCII ? 0 : i;
+    }
+    while (++i < len && cls[s[i]] == CLASS_SPACE) {
+    }
+    if (i == len) return i;                          // \s+(?!\S) up to the end
+    if (cls[s[i]] == CLASS_NON_ASCII) return 0;      // may be more White_Space
+    return i - at > 1 ? i - 1 : i;                   // \s+(?!\S) leaves the last space to the next piece; else \s+
 }
 
 // Offset of the first byte that does not start a well-formed UTF-8 sequence, or len.
@@ -286,21 +344,26 @@ int hdlm_tokenizer_encode(const hdlm_tokenizer *ctok, const char *text, size_t l
     int slot_index;
     piece_cache *c = slot_acquire(tok, &slot_index);
     int rc = 0;
+    const uint8_t *cls = byte_classes();
     for (size_t at = 0; at < len;) {
-        int m = tok->pretokenizer_jit
-                    ? pcre2_jit_match(tok->pretokenizer, s, len, at, 0, c->match, NULL)
-                    : pcre2_match(tok->pretokenizer, s, len, at, PCRE2_NO_UTF_CHECK, c->match, NULL);
-        if (m < 0) {
-            PCRE2_UCHAR msg[256];
-            pcre2_get_error_message(m, msg, sizeof msg);
-            rc = HDLM_FAIL("pre-tokenizer regex failed at byte offset %zu: %s", at, (const char *)msg);
-            break;
+        size_t end = ascii_piece_end(cls, s, len, at);
+        if (!end) {
+            int m = tok->pretokenizer_jit
+                        ? pcre2_jit_match(tok->pretokenizer, s, len, at, 0, c->match, NULL)
+                        : pcre2_match(tok->pretokenizer, s, len, at, PCRE2_NO_UTF_CHECK, c->match, NULL);
+            if (m < 0) {
+                PCRE2_UCHAR msg[256];
+                pcre2_get_error_message(m, msg, sizeof msg);
+                rc = HDLM_FAIL("pre-tokenizer regex failed at byte offset %zu: %s", at, (const char *)msg);
+                break;
+            }
+            const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(c->match);
+            HDLM_ASSERT(ov[0] == at && ov[1] > at, "pre-tokenizer piece [%zu, %zu) at offset %zu", (size_t)ov[0],
+                        (size_t)ov[1], at);
+            end = ov[1];
         }
-        const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(c->match);
-        HDLM_ASSERT(ov[0] == at && ov[1] > at, "pre-tokenizer piece [%zu, %zu) at offset %zu", (size_t)ov[0],
-                    (size_t)ov[1], at);
-        encode_piece(tok, c, s + at, ov[1] - at, out);
-        at = ov[1];
+        encode_piece(tok, c, s + at, end - at, out);
+        at = end;
     }
     slot_release(tok, slot_index, c);
     return rc;
