@@ -33,7 +33,7 @@ static void header_encode(uint64_t words[8], const hdlm_shard_info *info) {
     words[4] = info->token_count;
     words[5] = info->doc_count;
     words[6] = info->checksum;
-    words[7] = 0;
+    words[7] = XXH64(words, 7 * sizeof *words, 0);
 }
 
 static void writer_free(hdlm_shard_writer *w) {
@@ -145,7 +145,6 @@ static int shard_validate(hdlm_shard *s, const unsigned char *bytes, uint64_t fi
                (unsigned long long)w[2], expected_vocab);
     HDLM_CHECK(w[3] == HDLM_SHARD_TOKEN_BYTES, "shard %s stores %llu-byte tokens; only uint16 (2) is supported", p,
                (unsigned long long)w[3]);
-    HDLM_CHECK(w[7] == 0, "shard %s: reserved header word is %llu, expected 0", p, (unsigned long long)w[7]);
     uint64_t payload = file_bytes - HDLM_SHARD_HEADER_BYTES;
     HDLM_CHECK(w[4] <= payload / HDLM_SHARD_TOKEN_BYTES && payload == w[4] * HDLM_SHARD_TOKEN_BYTES,
                "shard %s: header says %llu tokens (%llu bytes) but the file holds %llu payload bytes (%s)", p,
@@ -153,9 +152,12 @@ static int shard_validate(hdlm_shard *s, const unsigned char *bytes, uint64_t fi
                payload < w[4] * HDLM_SHARD_TOKEN_BYTES ? "truncated" : "trailing bytes");
     HDLM_CHECK(w[5] <= w[4], "shard %s: document count %llu exceeds the token count %llu", p, (unsigned long long)w[5],
                (unsigned long long)w[4]);
+    uint64_t header_sum = XXH64(w, 7 * sizeof *w, 0);
+    HDLM_CHECK(header_sum == w[7], "shard %s: header checksum mismatch (xxHash64 of header words 0-6 is %016llx, word 7 "
+               "says %016llx)", p, (unsigned long long)header_sum, (unsigned long long)w[7]);
     const uint16_t *tokens = (const uint16_t *)(bytes + HDLM_SHARD_HEADER_BYTES);
     uint64_t sum = XXH64(tokens, payload, 0);
-    HDLM_CHECK(sum == w[6], "shard %s: checksum mismatch (xxHash64 of the tokens is %016llx, header says %016llx)", p,
+    HDLM_CHECK(sum == w[6], "shard %s: token checksum mismatch (xxHash64 of the tokens is %016llx, header says %016llx)", p,
                (unsigned long long)sum, (unsigned long long)w[6]);
     // Branch-free maximum first (vectorises); locate the offending id only when there is one.
     uint16_t max_id = 0;

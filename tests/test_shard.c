@@ -73,7 +73,7 @@ static void test_round_trip(void **state) {
     assert_int_equal(words[1], 1);
     assert_int_equal(words[3], 2);
     assert_int_equal(words[4], N);
-    assert_int_equal(words[7], 0);
+    assert_int_equal(words[7], XXH64(words, 56, 0));
     free(bytes);
 
     // The numpy lines of docs/shard-format.md read the same tokens.
@@ -176,17 +176,32 @@ static void test_reader_refuses(void **state) {
     DAMAGE(24, 4, "4-byte tokens");
     DAMAGE(32, 9, "header says 9 tokens");
     DAMAGE(40, 9, "document count 9 exceeds");
-    DAMAGE(56, 1, "reserved header word");
-    // A flipped token bit: the checksum catches it.
+    DAMAGE(40, 1, "header checksum mismatch");   // a plausible document count: only the header checksum sees it
+    DAMAGE(56, 1, "header checksum mismatch");
+    // A flipped token bit: the token checksum catches it.
     memcpy(copy, bytes, len);
     copy[64 + 4] ^= 1;
-    expect_refused(path, copy, len, 100, "checksum mismatch");
+    expect_refused(path, copy, len, 100, "token checksum mismatch");
+    // Every single-bit flip anywhere in the file is refused.
+    for (size_t byte = 0; byte < len; byte++)
+        for (int bit = 0; bit < 8; bit++) {
+            memcpy(copy, bytes, len);
+            copy[byte] ^= (char)(1 << bit);
+            test_write_file(path, copy, len);
+            hdlm_shard s2;
+            if (hdlm_shard_open(&s2, path, 100) == 0) {
+                print_error("flipping bit %d of byte %zu went unnoticed\n", bit, byte);
+                fail();
+            }
+        }
     // An out-of-range id with a correct checksum: the id check catches it.
     memcpy(copy, bytes, len);
     uint16_t big = 100;
     memcpy(copy + 64 + 2 * 5, &big, 2);
     word = XXH64(copy + 64, len - 64, 0);
     memcpy(copy + 48, &word, 8);
+    word = XXH64(copy, 56, 0);
+    memcpy(copy + 56, &word, 8);
     expect_refused(path, copy, len, 100, "token 5 has id 100, outside the vocabulary of 100");
 #undef DAMAGE
     free(copy);

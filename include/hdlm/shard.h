@@ -2,7 +2,8 @@
 //
 // Layout (docs/shard-format.md): eight little-endian uint64 words
 //   0 magic "HDLMTOKS"   1 format version (1)   2 vocabulary size   3 bytes per token (2 = uint16)
-//   4 token count        5 document count      6 xxHash64 (seed 0) of the token bytes   7 reserved (0)
+//   4 token count        5 document count      6 xxHash64 (seed 0) of the token bytes
+//   7 xxHash64 (seed 0) of header bytes 0..55 (words 0-6), so a damaged header is detected too
 // then token_count uint16 ids, each < vocabulary size. File size = 64 + 2 * token_count, exactly.
 // The writer streams (bounded memory) into "<path>.tmp" and renames on close, so a shard either exists complete
 // or not at all. The reader validates everything on open and maps the tokens read-only.
@@ -47,7 +48,7 @@ typedef struct {
 } hdlm_shard;
 
 // Maps and validates a shard: size, magic, version, token width, vocabulary size (must equal expected_vocab unless it
-// is 0), size against the token count, reserved word, checksum and every id < vocabulary size. Any problem is refused
+// is 0), size against the token count, both checksums and every id < vocabulary size. Any problem is refused
 // with a message naming the file and the problem.
 int hdlm_shard_open(hdlm_shard *s, const char *path, uint32_t expected_vocab);
 void hdlm_shard_close(hdlm_shard *s);
