@@ -18,7 +18,8 @@
 #include "hdlm/dataset.h"
 #include "hdlm/tokenizer.h"
 
-#define PREP "ASAN_OPTIONS=detect_leaks=0 '" HDLM_BIN_DIR "/hdlm-prep' prepare"
+// pml ob1: a single process needs no network transport probing (saves ~0.2 s of MPI start-up per run).
+#define PREP "ASAN_OPTIONS=detect_leaks=0 OMPI_MCA_pml=ob1 '" HDLM_BIN_DIR "/hdlm-prep' prepare"
 #define EOS HDLM_TOKEN_EOT
 
 // GPT-2 ids (platform notes: "Hello world! The quick brown fox." -> 15496 995 0 383 2068 7586 21831 13).
