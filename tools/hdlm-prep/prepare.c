@@ -300,7 +300,7 @@ static void write_manifest(const prepare_options *opt, const uint64_t shard_coun
 
 static int goes_to_validation(const prepare_options *opt, uint64_t index, uint64_t total) {
     if (opt->all_validation) return 1;
-    if (opt->val_last > 0) return index + opt->val_last >= total;
+    if (opt->val_last > 0) return opt->val_last >= total || index >= total - opt->val_last;
     if (opt->val_fraction >= 0) {
         uint32_t r[4];
         hdlm_philox4x32(hdlm_rng_key(opt->val_seed, 0, 0, HDLM_RNG_DATA), 0, index, r);
