@@ -156,7 +156,7 @@ static void test_inputs_counts_and_shards(void **state) {
     n = read_split(out, "train", got, 64, &docs);
     assert_tokens(got, n, kept, sizeof kept / sizeof *kept);
     assert_int_equal(docs, 6);
-    assert_file_contains(dir, "log3", "empty: 2 (kept as a lone EOS)");
+    assert_file_contains(dir, "log3", "empty: 2 (kept)");
 }
 
 static void test_malformed_lines(void **state) {

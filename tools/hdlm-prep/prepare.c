@@ -65,8 +65,8 @@ static void usage(FILE *f) {
             "  --detokenizer NAME     none|wikitext|ptb|lm1b|lambada, for the inputs that follow it (spec §9.2)\n"
             "  --text-field NAME      JSONL field holding the document (default text)\n"
             "  --on-error stop|skip   malformed JSONL line or invalid UTF-8: stop (default) or warn, skip and count\n"
-            "  --keep-empty           keep empty documents as a lone EOS (the reference does so for WikiText lines);\n"
-            "                         default: skip and count them\n"
+            "  --keep-empty           keep empty documents: a lone EOS, after the detokenizer if any (the reference\n"
+            "                         keeps blank WikiText lines); default: skip and count them\n"
             "  --overwrite            replace shards and manifest already in DIR\n",
             prep_default_vocab_dir());
 }
@@ -110,7 +110,7 @@ static void flush_batch(batch_item *items, size_t n, const hdlm_text_inputs *inp
         size_t len = it->doc.len;
         char *detok = NULL;
         int rc = 0;
-        if (f->detok != HDLM_DETOK_NONE && len > 0) {
+        if (f->detok != HDLM_DETOK_NONE) {
             rc = hdlm_detokenize(f->detok, text, len, &detok, &len);
             text = detok;
         }
