@@ -534,7 +534,7 @@ int prep_prepare_main(int argc, char **argv) {
                  omp_get_max_threads(), omp_get_max_threads() > 1 ? "s" : "");
         hdlm_log("  documents: %lld (train %lld, validation %lld); empty: %lld (%s); malformed: %lld (skipped)\n",
                  (long long)stats[STAT_DOCS], (long long)split_totals[0], (long long)split_totals[2],
-                 (long long)stats[STAT_EMPTY], opt.keep_empty ? "kept as a lone EOS" : "skipped",
+                 (long long)stats[STAT_EMPTY], opt.keep_empty ? "kept" : "skipped",
                  (long long)stats[STAT_SKIPPED]);
         for (int s = 0; s < SPLITS; s++)
             hdlm_log("  %-10s %12lld tokens in %llu shard%s\n", split_names[s], (long long)split_totals[2 * s + 1],
