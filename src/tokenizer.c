@@ -31,21 +31,12 @@ void hdlm_tokens_free(hdlm_tokens *t) {
 static int byte_is_printable(int b) { return (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255); }
 
 // GPT-2's reversible byte-to-unicode map: printable bytes (33-126, 161-172, 174-255) keep their code point, the other
-// 68 bytes, in increasing order, become U+0100..U+0143. Returns the byte of a mapped code point, or -1.
+// 68 bytes (0-32, 127-160, 173), in increasing order, become U+0100..U+0143. Returns the byte of a mapped code point,
+// or -1.
 static int unicode_to_byte(uint32_t cp) {
-    static int16_t table[0x144];
-    static atomic_int ready;
-    if (!atomic_load_explicit(&ready, memory_order_acquire)) {
-        int16_t t[0x144];
-        int next = 0x100;
-        for (int i = 0; i < 0x144; i++) t[i] = -1;
-        for (int b = 0; b < 256; b++) {
-            t[byte_is_printable(b) ? b : next++] = (int16_t)b;
-        }
-        memcpy(table, t, sizeof t);   // every thread computes the same table; the copy is idempotent
-        atomic_store_explicit(&ready, 1, memory_order_release);
-    }
-    return cp < 0x144 ? table[cp] : -1;
+    if (cp < 0x100) return byte_is_printable((int)cp) ? (int)cp : -1;
+    uint32_t k = cp - 0x100;
+    return k <= 32 ? (int)k : k <= 66 ? (int)(127 + k - 33) : k == 67 ? 173 : -1;
 }
 
 // Decodes a token string of the byte-to-unicode alphabet to raw bytes in out (capacity >= len). Returns the number

@@ -19,6 +19,9 @@
 static const char pretokenizer_pattern[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" WS "\\p{L}\\p{N}]+|[" WS
                                            "]+(?![^" WS "])|[" WS "]+";
 
+// Character classes of the pre-tokenizer for ASCII bytes: letter (\p{L}), digit (\p{N}), White_Space, other.
+enum { CLASS_OTHER, CLASS_LETTER, CLASS_DIGIT, CLASS_SPACE, CLASS_NON_ASCII };
+
 #define CACHE_TABLE (1u << 16)          // entries of the open-addressing table
 #define CACHE_MAX_ENTRIES (3u << 14)    // cleared when this full (75% load)
 #define CACHE_MAX_PIECE 64              // longer pieces are not cached
@@ -57,6 +60,12 @@ int tokenizer_pretokenizer_compile(hdlm_tokenizer *tok) {
                          "Unicode support?)",
                          (size_t)err_at, (const char *)msg);
     }
+    for (int b = 0; b < 256; b++)
+        tok->byte_class[b] = b >= 0x80                                          ? CLASS_NON_ASCII
+                             : (b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z') ? CLASS_LETTER
+                             : b >= '0' && b <= '9'                             ? CLASS_DIGIT
+                             : b == ' ' || (b >= '\t' && b <= '\r')             ? CLASS_SPACE
+                                                                                : CLASS_OTHER;
     // Without JIT (some platforms) the interpreter gives the same pieces, only slower.
     tok->pretokenizer_jit = pcre2_jit_compile(tok->pretokenizer, PCRE2_JIT_COMPLETE) == 0;
     return 0;
@@ -249,27 +258,6 @@ static void encode_piece(const hdlm_tokenizer *tok, piece_cache *c, const uint8_
     piece_cache_insert(c, slot, s, n, hash, out->ids + start, out->len - start);
 }
 
-// Character classes of the pre-tokenizer for ASCII bytes: letter (\p{L}), digit (\p{N}), White_Space, other.
-enum { CLASS_OTHER, CLASS_LETTER, CLASS_DIGIT, CLASS_SPACE, CLASS_NON_ASCII };
-
-static const uint8_t *byte_classes(void) {
-    static uint8_t table[256];
-    static atomic_int ready;
-    if (!atomic_load_explicit(&ready, memory_order_acquire)) {
-        uint8_t t[256];
-        for (int b = 0; b < 256; b++) {
-            t[b] = b >= 0x80                                   ? CLASS_NON_ASCII
-                   : (b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z') ? CLASS_LETTER
-                   : b >= '0' && b <= '9'                      ? CLASS_DIGIT
-                   : b == ' ' || (b >= '\t' && b <= '\r')      ? CLASS_SPACE
-                                                               : CLASS_OTHER;
-        }
-        memcpy(table, t, sizeof t);   // every thread computes the same table
-        atomic_store_explicit(&ready, 1, memory_order_release);
-    }
-    return table;
-}
-
 // The pre-tokenizer regex evaluated by hand for ASCII text: the end of the piece that starts at `at`, or 0 when the
 // answer depends on a non-ASCII character (then PCRE2 decides). Same alternatives, in the same order, as the
 // pattern; the test suite compares both paths against an independent Python implementation.
@@ -344,7 +332,7 @@ int hdlm_tokenizer_encode(const hdlm_tokenizer *ctok, const char *text, size_t l
     int slot_index;
     piece_cache *c = slot_acquire(tok, &slot_index);
     int rc = 0;
-    const uint8_t *cls = byte_classes();
+    const uint8_t *cls = tok->byte_class;
     for (size_t at = 0; at < len;) {
         size_t end = ascii_piece_end(cls, s, len, at);
         if (!end) {

@@ -33,6 +33,7 @@ struct hdlm_tokenizer {
     uint64_t *pair_key;   // UINT64_MAX marks an empty slot
     uint32_t *pair_rank;
     uint64_t pair_mask;
+    uint8_t byte_class[256];    // pre-tokenizer class of each ASCII byte (tokenizer_encode.c)
     pcre2_code *pretokenizer;   // the GPT-2 pre-tokenizer regex (UTF + UCP)
     int pretokenizer_jit;       // 1 when PCRE2's JIT compiled it
     tokenizer_cache_slot slots[TOKENIZER_CACHE_SLOTS];
@@ -80,7 +81,7 @@ static inline int tokenizer_utf8_next(const uint8_t *s, size_t n, uint32_t *cp) 
     return len;
 }
 
-// Compiles the pre-tokenizer regex into tok (0 or -1 with a message).
+// Compiles the pre-tokenizer regex into tok and fills tok->byte_class (0 or -1 with a message).
 int tokenizer_pretokenizer_compile(hdlm_tokenizer *tok);
 // Frees the piece caches of all slots.
 void tokenizer_caches_free(hdlm_tokenizer *tok);
