@@ -200,7 +200,6 @@ static void bpe_piece(const hdlm_tokenizer *tok, piece_cache *c, const uint8_t *
         c->node_prev = hdlm_realloc(c->node_prev, c->scratch_cap * sizeof *c->node_prev);
         c->heap = hdlm_realloc(c->heap, 2 * c->scratch_cap * sizeof *c->heap);   // <= 2n candidates
     }
-    HDLM_ASSERT(n < INT32_MAX, "piece of %zu bytes is too long for BPE", n);
     for (size_t i = 0; i < n; i++) {
         c->node_id[i] = tok->byte_id[s[i]];
         c->node_prev[i] = (int32_t)i - 1;
@@ -349,6 +348,11 @@ int hdlm_tokenizer_encode(const hdlm_tokenizer *ctok, const char *text, size_t l
             HDLM_ASSERT(ov[0] == at && ov[1] > at, "pre-tokenizer piece [%zu, %zu) at offset %zu", (size_t)ov[0],
                         (size_t)ov[1], at);
             end = ov[1];
+        }
+        if (end - at >= INT32_MAX) {   // the BPE scratch indexes bytes with int32
+            rc = HDLM_FAIL("a single pre-tokenizer piece of %zu bytes at byte offset %zu is too long (limit 2 GiB)",
+                           end - at, at);
+            break;
         }
         encode_piece(tok, c, s + at, end - at, out);
         at = end;
