@@ -184,9 +184,8 @@ done:
 
 static void pair_map_insert(hdlm_tokenizer *tok, uint64_t key, uint32_t rank) {
     uint64_t i = tokenizer_pair_hash(key) & tok->pair_mask;
-    while (tok->pair_key[i] != UINT64_MAX) i = (i + 1) & tok->pair_mask;
-    tok->pair_key[i] = key;
-    tok->pair_rank[i] = rank;
+    while (tok->pair_slot[i] != UINT64_MAX) i = (i + 1) & tok->pair_mask;
+    tok->pair_slot[i] = key << 16 | rank;
 }
 
 // Reads the merges of vocab.bpe and checks each against encoder.json (merge line r must produce id 256 + r).
@@ -195,9 +194,8 @@ static int load_merges(hdlm_tokenizer *tok, const token_index *ix, const char *p
     size_t len;
     HDLM_TRY(hdlm_read_file(path, &data, &len));
     tok->pair_mask = (1u << 17) - 1;   // 131,072 slots for 50,000 merges
-    tok->pair_key = hdlm_malloc((tok->pair_mask + 1) * sizeof *tok->pair_key);
-    tok->pair_rank = hdlm_malloc((tok->pair_mask + 1) * sizeof *tok->pair_rank);
-    memset(tok->pair_key, 0xff, (tok->pair_mask + 1) * sizeof *tok->pair_key);
+    tok->pair_slot = hdlm_malloc((tok->pair_mask + 1) * sizeof *tok->pair_slot);
+    memset(tok->pair_slot, 0xff, (tok->pair_mask + 1) * sizeof *tok->pair_slot);
     uint8_t *buf = hdlm_malloc(len + 1);
     int rc = -1;
     const char *p = data, *end = data + len;
@@ -248,7 +246,7 @@ static int load_merges(hdlm_tokenizer *tok, const token_index *ix, const char *p
                       line_no, (int)(eol - p), p, left >= expected ? left : right);
             goto done;
         }
-        uint64_t key = (uint64_t)left << 32 | right;
+        uint64_t key = tokenizer_pair_key(left, right);
         if (tokenizer_pair_rank(tok, left, right) != TOKENIZER_NO_RANK) {
             HDLM_FAIL("vocab.bpe %s: line %zu: merge \"%.*s\" appears twice", path, line_no, (int)(eol - p), p);
             goto done;
@@ -299,8 +297,7 @@ void hdlm_tokenizer_free(hdlm_tokenizer *tok) {
     if (!tok) return;
     tokenizer_caches_free(tok);
     if (tok->pretokenizer) pcre2_code_free(tok->pretokenizer);
-    free(tok->pair_key);
-    free(tok->pair_rank);
+    free(tok->pair_slot);
     free(tok->token_bytes);
     free(tok);
 }
