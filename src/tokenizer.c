@@ -31,21 +31,12 @@ void hdlm_tokens_free(hdlm_tokens *t) {
 static int byte_is_printable(int b) { return (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255); }
 
 // GPT-2's reversible byte-to-unicode map: printable bytes (33-126, 161-172, 174-255) keep their code point, the other
-// 68 bytes, in increasing order, become U+0100..U+0143. Returns the byte of a mapped code point, or -1.
+// 68 bytes (0-32, 127-160, 173), in increasing order, become U+0100..U+0143. Returns the byte of a mapped code point,
+// or -1.
 static int unicode_to_byte(uint32_t cp) {
-    static int16_t table[0x144];
-    static atomic_int ready;
-    if (!atomic_load_explicit(&ready, memory_order_acquire)) {
-        int16_t t[0x144];
-        int next = 0x100;
-        for (int i = 0; i < 0x144; i++) t[i] = -1;
-        for (int b = 0; b < 256; b++) {
-            t[byte_is_printable(b) ? b : next++] = (int16_t)b;
-        }
-        memcpy(table, t, sizeof t);   // every thread computes the same table; the copy is idempotent
-        atomic_store_explicit(&ready, 1, memory_order_release);
-    }
-    return cp < 0x144 ? table[cp] : -1;
+    if (cp < 0x100) return byte_is_printable((int)cp) ? (int)cp : -1;
+    uint32_t k = cp - 0x100;
+    return k <= 32 ? (int)k : k <= 66 ? (int)(127 + k - 33) : k == 67 ? 173 : -1;
 }
 
 // Decodes a token string of the byte-to-unicode alphabet to raw bytes in out (capacity >= len). Returns the number
@@ -193,9 +184,8 @@ done:
 
 static void pair_map_insert(hdlm_tokenizer *tok, uint64_t key, uint32_t rank) {
     uint64_t i = tokenizer_pair_hash(key) & tok->pair_mask;
-    while (tok->pair_key[i] != UINT64_MAX) i = (i + 1) & tok->pair_mask;
-    tok->pair_key[i] = key;
-    tok->pair_rank[i] = rank;
+    while (tok->pair_slot[i] != UINT64_MAX) i = (i + 1) & tok->pair_mask;
+    tok->pair_slot[i] = key << 16 | rank;
 }
 
 // Reads the merges of vocab.bpe and checks each against encoder.json (merge line r must produce id 256 + r).
@@ -204,9 +194,8 @@ static int load_merges(hdlm_tokenizer *tok, const token_index *ix, const char *p
     size_t len;
     HDLM_TRY(hdlm_read_file(path, &data, &len));
     tok->pair_mask = (1u << 17) - 1;   // 131,072 slots for 50,000 merges
-    tok->pair_key = hdlm_malloc((tok->pair_mask + 1) * sizeof *tok->pair_key);
-    tok->pair_rank = hdlm_malloc((tok->pair_mask + 1) * sizeof *tok->pair_rank);
-    memset(tok->pair_key, 0xff, (tok->pair_mask + 1) * sizeof *tok->pair_key);
+    tok->pair_slot = hdlm_malloc((tok->pair_mask + 1) * sizeof *tok->pair_slot);
+    memset(tok->pair_slot, 0xff, (tok->pair_mask + 1) * sizeof *tok->pair_slot);
     uint8_t *buf = hdlm_malloc(len + 1);
     int rc = -1;
     const char *p = data, *end = data + len;
@@ -257,7 +246,7 @@ static int load_merges(hdlm_tokenizer *tok, const token_index *ix, const char *p
                       line_no, (int)(eol - p), p, left >= expected ? left : right);
             goto done;
         }
-        uint64_t key = (uint64_t)left << 32 | right;
+        uint64_t key = tokenizer_pair_key(left, right);
         if (tokenizer_pair_rank(tok, left, right) != TOKENIZER_NO_RANK) {
             HDLM_FAIL("vocab.bpe %s: line %zu: merge \"%.*s\" appears twice", path, line_no, (int)(eol - p), p);
             goto done;
@@ -308,8 +297,7 @@ void hdlm_tokenizer_free(hdlm_tokenizer *tok) {
     if (!tok) return;
     tokenizer_caches_free(tok);
     if (tok->pretokenizer) pcre2_code_free(tok->pretokenizer);
-    free(tok->pair_key);
-    free(tok->pair_rank);
+    free(tok->pair_slot);
     free(tok->token_bytes);
     free(tok);
 }

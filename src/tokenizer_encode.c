@@ -19,6 +19,9 @@
 static const char pretokenizer_pattern[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" WS "\\p{L}\\p{N}]+|[" WS
                                            "]+(?![^" WS "])|[" WS "]+";
 
+// Character classes of the pre-tokenizer for ASCII bytes: letter (\p{L}), digit (\p{N}), White_Space, other.
+enum { CLASS_OTHER, CLASS_LETTER, CLASS_DIGIT, CLASS_SPACE, CLASS_NON_ASCII };
+
 #define CACHE_TABLE (1u << 16)          // entries of the open-addressing table
 #define CACHE_MAX_ENTRIES (3u << 14)    // cleared when this full (75% load)
 #define CACHE_MAX_PIECE 64              // longer pieces are not cached
@@ -57,6 +60,12 @@ int tokenizer_pretokenizer_compile(hdlm_tokenizer *tok) {
                          "Unicode support?)",
                          (size_t)err_at, (const char *)msg);
     }
+    for (int b = 0; b < 256; b++)
+        tok->byte_class[b] = b >= 0x80                                          ? CLASS_NON_ASCII
+                             : (b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z') ? CLASS_LETTER
+                             : b >= '0' && b <= '9'                             ? CLASS_DIGIT
+                             : b == ' ' || (b >= '\t' && b <= '\r')             ? CLASS_SPACE
+                                                                                : CLASS_OTHER;
     // Without JIT (some platforms) the interpreter gives the same pieces, only slower.
     tok->pretokenizer_jit = pcre2_jit_compile(tok->pretokenizer, PCRE2_JIT_COMPLETE) == 0;
     return 0;
@@ -191,7 +200,6 @@ static void bpe_piece(const hdlm_tokenizer *tok, piece_cache *c, const uint8_t *
         c->node_prev = hdlm_realloc(c->node_prev, c->scratch_cap * sizeof *c->node_prev);
         c->heap = hdlm_realloc(c->heap, 2 * c->scratch_cap * sizeof *c->heap);   // <= 2n candidates
     }
-    HDLM_ASSERT(n < INT32_MAX, "piece of %zu bytes is too long for BPE", n);
     for (size_t i = 0; i < n; i++) {
         c->node_id[i] = tok->byte_id[s[i]];
         c->node_prev[i] = (int32_t)i - 1;
@@ -247,27 +255,6 @@ static void encode_piece(const hdlm_tokenizer *tok, piece_cache *c, const uint8_
     size_t start = out->len;
     bpe_piece(tok, c, s, n, out);
     piece_cache_insert(c, slot, s, n, hash, out->ids + start, out->len - start);
-}
-
-// Character classes of the pre-tokenizer for ASCII bytes: letter (\p{L}), digit (\p{N}), White_Space, other.
-enum { CLASS_OTHER, CLASS_LETTER, CLASS_DIGIT, CLASS_SPACE, CLASS_NON_ASCII };
-
-static const uint8_t *byte_classes(void) {
-    static uint8_t table[256];
-    static atomic_int ready;
-    if (!atomic_load_explicit(&ready, memory_order_acquire)) {
-        uint8_t t[256];
-        for (int b = 0; b < 256; b++) {
-            t[b] = b >= 0x80                                   ? CLASS_NON_ASCII
-                   : (b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z') ? CLASS_LETTER
-                   : b >= '0' && b <= '9'                      ? CLASS_DIGIT
-                   : b == ' ' || (b >= '\t' && b <= '\r')      ? CLASS_SPACE
-                                                               : CLASS_OTHER;
-        }
-        memcpy(table, t, sizeof t);   // every thread computes the same table
-        atomic_store_explicit(&ready, 1, memory_order_release);
-    }
-    return table;
 }
 
 // The pre-tokenizer regex evaluated by hand for ASCII text: the end of the piece that starts at `at`, or 0 when the
@@ -344,7 +331,7 @@ int hdlm_tokenizer_encode(const hdlm_tokenizer *ctok, const char *text, size_t l
     int slot_index;
     piece_cache *c = slot_acquire(tok, &slot_index);
     int rc = 0;
-    const uint8_t *cls = byte_classes();
+    const uint8_t *cls = tok->byte_class;
     for (size_t at = 0; at < len;) {
         size_t end = ascii_piece_end(cls, s, len, at);
         if (!end) {
@@ -361,6 +348,11 @@ int hdlm_tokenizer_encode(const hdlm_tokenizer *ctok, const char *text, size_t l
             HDLM_ASSERT(ov[0] == at && ov[1] > at, "pre-tokenizer piece [%zu, %zu) at offset %zu", (size_t)ov[0],
                         (size_t)ov[1], at);
             end = ov[1];
+        }
+        if (end - at >= INT32_MAX) {   // the BPE scratch indexes bytes with int32
+            rc = HDLM_FAIL("a single pre-tokenizer piece of %zu bytes at byte offset %zu is too long (limit 2 GiB)",
+                           end - at, at);
+            break;
         }
         encode_piece(tok, c, s + at, end - at, out);
         at = end;

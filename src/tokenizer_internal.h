@@ -12,7 +12,7 @@
 #include "hdlm/tokenizer.h"
 
 #define TOKENIZER_NO_RANK UINT32_MAX
-#define TOKENIZER_MERGES (HDLM_GPT2_VOCAB - 257)   // 50,000 merges: ids 256..50255
+#define TOKENIZER_MERGES (HDLM_GPT2_VOCAB - 257)   // 50,000 merges: ids 256..50255 (ranks fit in 16 bits)
 #define TOKENIZER_CACHE_SLOTS 64                    // concurrent encode calls that get a piece cache
 
 typedef struct piece_cache piece_cache;   // tokenizer_encode.c
@@ -29,14 +29,17 @@ struct hdlm_tokenizer {
     // Bytes of token id t: token_bytes[token_offset[t] .. token_offset[t + 1]).
     uint32_t token_offset[HDLM_GPT2_VOCAB + 1];
     uint8_t *token_bytes;
-    // Merge ranks: open-addressing hash map from (left id << 32 | right id) to rank; merge r produces id 256 + r.
-    uint64_t *pair_key;   // UINT64_MAX marks an empty slot
-    uint32_t *pair_rank;
+    // Merge ranks: open-addressing hash map, one 8-byte slot per merge so the table stays in cache: the pair
+    // (left id << 17 | right id) in bits 16..49, its rank in bits 0..15; merge r produces id 256 + r.
+    uint64_t *pair_slot;   // UINT64_MAX marks an empty slot
     uint64_t pair_mask;
+    uint8_t byte_class[256];    // pre-tokenizer class of each ASCII byte (tokenizer_encode.c)
     pcre2_code *pretokenizer;   // the GPT-2 pre-tokenizer regex (UTF + UCP)
     int pretokenizer_jit;       // 1 when PCRE2's JIT compiled it
     tokenizer_cache_slot slots[TOKENIZER_CACHE_SLOTS];
 };
+
+static inline uint64_t tokenizer_pair_key(uint32_t left, uint32_t right) { return (uint64_t)left << 17 | right; }
 
 static inline uint64_t tokenizer_pair_hash(uint64_t key) {
     key ^= key >> 29;
@@ -47,10 +50,11 @@ static inline uint64_t tokenizer_pair_hash(uint64_t key) {
 
 // Rank of merging (left, right), or TOKENIZER_NO_RANK.
 static inline uint32_t tokenizer_pair_rank(const hdlm_tokenizer *tok, uint32_t left, uint32_t right) {
-    uint64_t key = (uint64_t)left << 32 | right;
+    uint64_t key = tokenizer_pair_key(left, right);
     for (uint64_t i = tokenizer_pair_hash(key) & tok->pair_mask;; i = (i + 1) & tok->pair_mask) {
-        if (tok->pair_key[i] == key) return tok->pair_rank[i];
-        if (tok->pair_key[i] == UINT64_MAX) return TOKENIZER_NO_RANK;
+        uint64_t slot = tok->pair_slot[i];
+        if (slot >> 16 == key) return (uint32_t)(slot & 0xFFFF);
+        if (slot == UINT64_MAX) return TOKENIZER_NO_RANK;
     }
 }
 
@@ -80,7 +84,7 @@ static inline int tokenizer_utf8_next(const uint8_t *s, size_t n, uint32_t *cp) 
     return len;
 }
 
-// Compiles the pre-tokenizer regex into tok (0 or -1 with a message).
+// Compiles the pre-tokenizer regex into tok and fills tok->byte_class (0 or -1 with a message).
 int tokenizer_pretokenizer_compile(hdlm_tokenizer *tok);
 // Frees the piece caches of all slots.
 void tokenizer_caches_free(hdlm_tokenizer *tok);

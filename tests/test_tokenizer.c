@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "hdlm/common.h"
+#include "hdlm/rng.h"
 #include "hdlm/tokenizer.h"
 #include "harness.h"
 
@@ -301,6 +302,186 @@ static void test_corpus_round_trip_and_js_ids(void **state) {
     free_files(files, n);
 }
 
+// Characters on which regex engines disagree about \s (ecosystem notes §2.2): Python's `regex` (OpenAI's reference)
+// uses Unicode White_Space, which has U+0085 and U+2028 but not U+FEFF, U+180E or U+001C..U+001F; JavaScript's \s
+// has U+FEFF but not U+0085. hdlm follows Python.
+static const char *const whitespace_cases[] = {
+    "a\xc2\x85" "b", "a \xc2\x85" " b", "x\xc2\x85" "\xc2\x85" "!", "\xc2\x85\xc2\x85\xc2\x85", "word \xc2\x85" "\xc2\x85" " word", "\u2028\u2028word",
+    "a\u2028b", "end \u2028", "\uFEFFHello", "a\uFEFF\uFEFF b", "\uFEFF \uFEFF", "x \uFEFF\uFEFF!", "a\x1c" "b",
+    "a\x1c\x1d\x1e\x1f b", "\x1f\x1f\x1f", "a \x1f", "word\u180E\u180E", "a \u180E b", "\u180E\u180E x",
+    "tab\t\tx", "\u00A0\u00A0nbsp", "thin\u2009space", "\u3000\u3000ideographic", "line\u2029para", "x \x0b" "\x0c" " y",
+};
+// A space before U+0085 followed by U+FEFF: Python keeps " " alone (U+0085 is a space, U+FEFF is not), both npm
+// encoders give " U+0085" as one piece (their \s lacks U+0085 and has U+FEFF): the one case found where they differ.
+static const char python_only_case[] = "mixed \xc2\x85" "\uFEFF\u2028\u180E\x1c end";
+
+// Runs `command` with the JSON array `strings` on stdin and returns the parsed JSON array it prints.
+static cJSON *run_json_filter(const char *dir, const char *name, const cJSON *strings, const char *command) {
+    char in[4200], out[4200];
+    snprintf(in, sizeof in, "%s/%s.in.json", dir, name);
+    snprintf(out, sizeof out, "%s/%s.out.json", dir, name);
+    char *json = cJSON_PrintUnformatted(strings);
+    test_write_file(in, json, strlen(json));
+    free(json);
+    assert_int_equal(test_run("%s < '%s' > '%s'", command, in, out), 0);
+    char *text;
+    size_t len;
+    assert_int_equal(hdlm_read_file(out, &text, &len), 0);
+    cJSON *result = cJSON_Parse(text);
+    free(text);
+    assert_non_null(result);
+    assert_int_equal(cJSON_GetArraySize(result), cJSON_GetArraySize(strings));
+    return result;
+}
+
+// Checks hdlm's ids for every string against a reference's JSON array of id arrays.
+static void assert_matches_reference(const char *reference, const cJSON *strings, const cJSON *expected) {
+    hdlm_tokens got = {0}, want = {0};
+    const cJSON *e = expected->child;
+    for (const cJSON *s = strings->child; s; s = s->next, e = e->next) {
+        want.len = 0;
+        for (const cJSON *id = e->child; id; id = id->next) hdlm_tokens_push(&want, (uint32_t)id->valueint);
+        encode_ok(s->valuestring, strlen(s->valuestring), &got);
+        char what[160];
+        snprintf(what, sizeof what, "%s, string of %zu bytes starting \"%.40s\"", reference, strlen(s->valuestring),
+                 s->valuestring);
+        assert_ids(what, &got, want.ids, want.len);
+    }
+    hdlm_tokens_free(&got);
+    hdlm_tokens_free(&want);
+}
+
+// Random strings over pieces chosen to hit every alternative of the pre-tokenizer and the boundary between the ASCII
+// fast path and PCRE2 (Philox stream, so the same strings every run).
+static void add_fuzz_strings(cJSON *all, cJSON *ascii_only, int count) {
+    static const char *const parts[] = {
+        "a", "Z", "s", "t", "re", "ve", "m", "ll", "d", "'", "'", " ", " ", "  ", "\n", "\n\n", "\t", "\r\n", "0", "42",
+        "!", ".", "?!", "\x1c", "\x7f", "the", " of", "AND", "x9", "\u00e9", "\u00a0", "\xc2\x85", "\u2028", "\uFEFF",
+        "\u180E", "\u4e2d", "\u2019", "\U0001F1FA\U0001F1F8", "\u00b2", "\u0660",
+    };
+    const int n_parts = sizeof parts / sizeof *parts, n_ascii = 29;   // parts[0..28] are ASCII
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, hdlm_rng_key(2024, 0, 0, HDLM_RNG_EVAL));
+    for (int k = 0; k < count; k++) {
+        int ascii = k % 2 == 0, len = 1 + (int)(hdlm_rng_u32(&rng) % 24);
+        char buf[512] = "";
+        for (int i = 0; i < len; i++) strcat(buf, parts[hdlm_rng_u32(&rng) % (uint32_t)(ascii ? n_ascii : n_parts)]);
+        cJSON_AddItemToArray(all, cJSON_CreateString(buf));
+        if (ascii) cJSON_AddItemToArray(ascii_only, cJSON_CreateString(buf));
+    }
+}
+
+// hdlm against the independent Python reference (tests/reference/gpt2_bpe_reference.py) on the whitespace cases,
+// random strings and 5,000-byte words (the heap path of BPE), and against both npm encoders where they agree.
+static void test_special_whitespace_and_fuzz_vs_references(void **state) {
+    (void)state;
+    const char *dir = test_tmp_dir("tokenizer_references");
+    cJSON *all = cJSON_CreateArray(), *js = cJSON_CreateArray();
+    for (size_t i = 0; i < sizeof whitespace_cases / sizeof *whitespace_cases; i++) {
+        cJSON_AddItemToArray(all, cJSON_CreateString(whitespace_cases[i]));
+        cJSON_AddItemToArray(js, cJSON_CreateString(whitespace_cases[i]));
+    }
+    cJSON_AddItemToArray(all, cJSON_CreateString(python_only_case));
+    add_fuzz_strings(all, js, 400);
+    static const char *const units[] = {"abcdefghij", "\u00e9", "The", "7", "Mississippi", "!?", "\u4e2d"};
+    for (size_t u = 0; u < sizeof units / sizeof *units; u++) {
+        char *word = hdlm_malloc(5000 + 16);
+        size_t n = 0, k = strlen(units[u]);
+        while (n + k <= 5000) memcpy(word + n, units[u], k), n += k;
+        word[n] = '\0';
+        cJSON_AddItemToArray(all, cJSON_CreateString(word));
+        free(word);
+    }
+    cJSON_AddItemToArray(all, cJSON_CreateString("x                                                  y"));
+
+    char command[8192];
+    snprintf(command, sizeof command, "/usr/bin/python3 '%s/tests/reference/gpt2_bpe_reference.py' '%s' '%s'",
+             HDLM_SOURCE_DIR, test_cache_path("gpt2/encoder.json"), test_cache_path("gpt2/vocab.bpe"));
+    cJSON *python = run_json_filter(dir, "python", all, command);
+    assert_matches_reference("Python reference", all, python);
+    static const char *const encoders[] = {"gpt-tokenizer", "gpt-3-encoder"};
+    for (int e = 0; e < 2; e++) {
+        snprintf(command, sizeof command, "node '%s/tests/bench/js_tokenizers.js' '%s/.cache' strings %s",
+                 HDLM_SOURCE_DIR, HDLM_SOURCE_DIR, encoders[e]);
+        cJSON *ids = run_json_filter(dir, encoders[e], js, command);
+        assert_matches_reference(encoders[e], js, ids);
+        cJSON_Delete(ids);
+    }
+    cJSON_Delete(python);
+    cJSON_Delete(all);
+    cJSON_Delete(js);
+}
+
+// Megabyte-long pieces (one word, one whitespace run, ...) encode in about linear time and round-trip.
+static void test_megabyte_pieces(void **state) {
+    (void)state;
+    static const struct {
+        const char *unit, *tail;
+    } cases[] = {
+        {"abcdefghij", ""}, {" ", "x"}, {"\n", ""}, {"0123456789", ""}, {"!?.,;:-", ""},
+        {"\u00e9", ""}, {"a\u00e9", ""}, {"\u00a0", "x"}, {"\u4e2d\u6587", ""}, {"\xc2\x85", "y"},
+    };
+    const size_t target = 1 << 20;
+    char *text = hdlm_malloc(target + 16);
+    hdlm_tokens ids = {0};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        size_t n = 0, k = strlen(cases[i].unit);
+        while (n + k <= target) memcpy(text + n, cases[i].unit, k), n += k;
+        memcpy(text + n, cases[i].tail, strlen(cases[i].tail));
+        n += strlen(cases[i].tail);
+        double start = hdlm_time_now();
+        encode_ok(text, n, &ids);
+        double seconds = hdlm_time_now() - start;
+        // ~0.05 s each here; a quadratic BPE or regex would take hours. The bound leaves room for sanitizers.
+        if (seconds > 10) {
+            print_error("encoding 1 MiB of \"%s\" took %.1f s\n", cases[i].unit, seconds);
+            fail();
+        }
+        assert_true(ids.len > 0 && ids.len <= n);
+        assert_decodes_to(ids.ids, ids.len, 0, text, n);
+    }
+    hdlm_tokens_free(&ids);
+    free(text);
+}
+
+// Many threads encoding with one tokenizer get the serial results: 8 threads on whole documents, and 96 threads
+// (more than the 64 cache slots, so some calls use a private cache) on 4 KiB prefixes.
+static void test_threads_share_one_tokenizer(void **state) {
+    (void)state;
+    size_t n_files;
+    char **files = corpus_files(&n_files);
+    enum { DOCS = 48 };
+    char *text[DOCS];
+    size_t len[2 * DOCS];   // [0, DOCS): whole documents, [DOCS, 2 DOCS): their prefixes
+    hdlm_tokens serial[2 * DOCS] = {{0}};
+    for (size_t i = 0; i < DOCS; i++) {
+        assert_int_equal(hdlm_read_file(files[i], &text[i], &len[i]), 0);
+        size_t cut = len[i] < 4096 ? len[i] : 4096;
+        while (cut < len[i] && (text[i][cut] & 0xC0) == 0x80) cut++;   // whole UTF-8 characters
+        len[DOCS + i] = cut;
+        encode_ok(text[i], len[i], &serial[i]);
+        encode_ok(text[i], cut, &serial[DOCS + i]);
+    }
+    int mismatches = 0;
+    for (int round = 0; round < 2; round++) {
+        int threads = round == 0 ? 8 : 96;
+        size_t first = round == 0 ? 0 : DOCS;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) reduction(+ : mismatches)
+        for (size_t k = 0; k < 4 * DOCS; k++) {
+            size_t j = first + k % DOCS;
+            hdlm_tokens ids = {0};
+            if (hdlm_tokenizer_encode(tok, text[j % DOCS], len[j], &ids) != 0 || ids.len != serial[j].len ||
+                memcmp(ids.ids, serial[j].ids, ids.len * sizeof *ids.ids) != 0)
+                mismatches++;
+            hdlm_tokens_free(&ids);
+        }
+    }
+    assert_int_equal(mismatches, 0);
+    for (size_t i = 0; i < DOCS; i++) free(text[i]);
+    for (size_t j = 0; j < 2 * DOCS; j++) hdlm_tokens_free(&serial[j]);
+    free_files(files, n_files);
+}
+
 static void write_bytes(const char *dir, const char *name, const char *data, size_t len, char *path_out) {
     sprintf(path_out, "%s/%s", dir, name);
     test_write_file(path_out, data, len);
@@ -450,6 +631,9 @@ int main(void) {
         cmocka_unit_test(test_empty_and_nul_input),
         cmocka_unit_test(test_invalid_utf8_names_offset),
         cmocka_unit_test(test_corpus_round_trip_and_js_ids),
+        cmocka_unit_test(test_special_whitespace_and_fuzz_vs_references),
+        cmocka_unit_test(test_megabyte_pieces),
+        cmocka_unit_test(test_threads_share_one_tokenizer),
         cmocka_unit_test(test_malformed_vocab_refused),
         cmocka_unit_test(test_prep_tool_round_trip),
     };
