@@ -12,7 +12,13 @@ cmake --build "$root/build" -j "$(nproc)"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mkdir -p "$run/data"
 bin="$root/build/bin"
-mpirun -np 2 --oversubscribe --bind-to none "$bin/hdlm-prep" prepare --vocab "$root/.cache/gpt2" \
-  --split-by-year 2000 --out "$run/data/sotu" "$root/.cache/sotu/data"
-mpirun -np 2 --oversubscribe --bind-to none "$bin/hdlm-prep" prepare --vocab "$root/.cache/gpt2" \
-  --val-fraction 1 --out "$run/data/moby-dick" "$root/.cache/moby-dick/data/data.txt"
+# SOTU files are YEAR_name_party.txt: addresses after 2000 are routed whole to the validation split.
+train=() val=()
+for f in "$root"/.cache/sotu/data/*.txt; do
+  year=$(basename "$f"); year=${year%%_*}
+  if [ "$year" -le 2000 ]; then train+=("$f"); else val+=(--val-input "$f"); fi
+done
+mpirun -np 2 --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 "$bin/hdlm-prep" prepare --vocab "$root/.cache/gpt2" --overwrite \
+  --out "$run/data/sotu" "${train[@]}" "${val[@]}"
+mpirun -np 2 --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 "$bin/hdlm-prep" prepare --vocab "$root/.cache/gpt2" --overwrite \
+  --split validation --out "$run/data/moby-dick" "$root/.cache/moby-dick/data/data.txt"

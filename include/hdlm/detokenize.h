@@ -1,0 +1,28 @@
+// hdlm/detokenize.h — the zero-shot evaluation detokenisers (spec §9.2): string rewrites that undo the tokenised
+// spelling of WikiText, PTB, LM1B and LAMBADA before GPT-2 BPE encoding.
+//
+// Each is applied exactly as the spec lists it: plain replacements are Python str.replace (left to right,
+// non-overlapping); regexes follow Python `re` (\s = Unicode whitespace as str.isspace, \w = letters, numbers and '_',
+// `$` = end of text or before a final newline). Input and output are UTF-8; invalid UTF-8 is refused.
+#ifndef HDLM_DETOKENIZE_H
+#define HDLM_DETOKENIZE_H
+
+#include <stddef.h>
+
+typedef enum {
+    HDLM_DETOK_NONE = 0,
+    HDLM_DETOK_WIKITEXT,   // "wt" in the spec
+    HDLM_DETOK_PTB,
+    HDLM_DETOK_LM1B,
+    HDLM_DETOK_LAMBADA,
+} hdlm_detokenizer;
+
+// "none", "wikitext" (or "wt"), "ptb", "lm1b", "lambada"; anything else is refused listing the valid names.
+int hdlm_detokenizer_parse(const char *name, hdlm_detokenizer *out);
+const char *hdlm_detokenizer_name(hdlm_detokenizer d);
+
+// Rewrites text[0..len) into a new NUL-terminated malloc'ed string (*out, *out_len without the NUL).
+// HDLM_DETOK_NONE copies. Safe to call from several threads at once.
+int hdlm_detokenize(hdlm_detokenizer d, const char *text, size_t len, char **out, size_t *out_len);
+
+#endif

@@ -1,0 +1,9 @@
+// hdlm-bench subcommands. Each is called with argv[0] = the subcommand's name and returns the process exit status;
+// hdlm-bench.c has called MPI_Init before and calls MPI_Finalize after.
+#ifndef HDLM_BENCH_H
+#define HDLM_BENCH_H
+
+int bench_tokenizer_main(int argc, char **argv);   // tools/hdlm-bench/bench_tokenizer.c
+int bench_model_main(int argc, char **argv);       // tools/hdlm-bench/bench_model.c
+
+#endif
