@@ -623,6 +623,28 @@ static void test_prep_tool_round_trip(void **state) {
     free(got);
 }
 
+// hdlm-bench tokenizer (without the node encoders) runs and reports the whole-corpus token count; bad flags are named.
+static void test_bench_tool_runs(void **state) {
+    (void)state;
+    const char *dir = test_tmp_dir("tokenizer_bench");
+    char out[4200];
+    snprintf(out, sizeof out, "%s/out.txt", dir);
+    const char *bench = "ASAN_OPTIONS=detect_leaks=0 '" HDLM_BIN_DIR "/hdlm-bench'";
+    assert_int_equal(test_run("%s tokenizer --no-js --repeat 1 --threads 2 > '%s'", bench, out), 0);
+    char *text;
+    size_t len;
+    assert_int_equal(hdlm_read_file(out, &text, &len), 0);
+    if (!strstr(text, "hdlm (warm cache)") || !strstr(text, " 2074279")) {
+        print_error("hdlm-bench output:\n%s\n", text);
+        fail();
+    }
+    free(text);
+    assert_int_not_equal(test_run("%s tokenizer --repeat 0 2> '%s'", bench, out), 0);
+    assert_int_equal(hdlm_read_file(out, &text, &len), 0);
+    assert_non_null(strstr(text, "flag '--repeat' needs a positive integer, got '0'"));
+    free(text);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_testplans_r50k_vectors),
@@ -636,6 +658,7 @@ int main(void) {
         cmocka_unit_test(test_threads_share_one_tokenizer),
         cmocka_unit_test(test_malformed_vocab_refused),
         cmocka_unit_test(test_prep_tool_round_trip),
+        cmocka_unit_test(test_bench_tool_runs),
     };
     return cmocka_run_group_tests(tests, load_gpt2, free_gpt2);
 }

@@ -144,7 +144,8 @@ int bench_tokenizer_main(int argc, char **argv) {
     long every = 10, repeats = 3;
     opterr = 0;
     optind = 1;
-    for (int c; (c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1;) {
+    int option = 0;
+    for (int c; (c = getopt_long(argc, argv, ":h", longopts, &option)) != -1;) {
         char *end = NULL;
         if (c == 'v') vocab = optarg;
         else if (c == 't') threads = (int)strtol(optarg, &end, 10);
@@ -168,8 +169,8 @@ int bench_tokenizer_main(int argc, char **argv) {
             return 2;
         }
         if (end && (*end || end == optarg || (c == 't' && threads < 1) || (c == 'e' && every < 1) || (c == 'r' && repeats < 1))) {
-            fprintf(stderr, "hdlm-bench tokenizer: flag '%s' needs a positive integer, got '%s'\n", argv[optind - 1],
-                    optarg);
+            fprintf(stderr, "hdlm-bench tokenizer: flag '--%s' needs a positive integer, got '%s'\n",
+                    longopts[option].name, optarg);
             return 2;
         }
     }
