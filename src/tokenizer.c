@@ -290,8 +290,8 @@ int hdlm_tokenizer_load_dir(hdlm_tokenizer **out, const char *dir) {
     int a = snprintf(enc, sizeof enc, "%s/encoder.json", dir);
     int b = snprintf(bpe, sizeof bpe, "%s/vocab.bpe", dir);
     *out = NULL;
-    HDLM_CHECK(a > 0 && b > 0 && (size_t)a < sizeof enc && (size_t)b < sizeof bpe, "vocabulary directory path too long: %s",
-               dir);
+    HDLM_CHECK(a > 0 && b > 0 && (size_t)a < sizeof enc && (size_t)b < sizeof bpe,
+               "vocabulary directory path too long: %s", dir);
     return hdlm_tokenizer_load(out, enc, bpe);
 }
 
