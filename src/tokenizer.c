@@ -1,7 +1,7 @@
 // GPT-2 BPE vocabulary: loading and checking encoder.json + vocab.bpe (ecosystem notes §2.3, steps 1-2).
 //
-// The two files must agree: encoder.json holds exactly the ids 0..50256 (50256 = "<|endoftext|>"), every byte has a
-// one-byte token, and merge line r of vocab.bpe joins two existing tokens into the token with id 256 + r. Anything
+// The two files must agree: encoder.json holds exactly the ids 0..50256 (50256 = "<|endoftext|>", 0..255 the bytes
+// in GPT-2's order), and merge line r of vocab.bpe joins two existing tokens into the token with id 256 + r. Anything
 // else is refused, so the encoder can derive a merge's result from its rank alone.
 #include "tokenizer_internal.h"
 
@@ -28,7 +28,9 @@ void hdlm_tokens_free(hdlm_tokens *t) {
     t->len = t->cap = 0;
 }
 
-static int byte_is_printable(int b) { return (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255); }
+static int byte_is_printable(int b) {
+    return (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+}
 
 // GPT-2's reversible byte-to-unicode map: printable bytes (33-126, 161-172, 174-255) keep their code point, the other
 // 68 bytes (0-32, 127-160, 173), in increasing order, become U+0100..U+0143. Returns the byte of a mapped code point,
@@ -288,8 +290,8 @@ int hdlm_tokenizer_load_dir(hdlm_tokenizer **out, const char *dir) {
     int a = snprintf(enc, sizeof enc, "%s/encoder.json", dir);
     int b = snprintf(bpe, sizeof bpe, "%s/vocab.bpe", dir);
     *out = NULL;
-    HDLM_CHECK(a > 0 && b > 0 && (size_t)a < sizeof enc && (size_t)b < sizeof bpe, "vocabulary directory path too long: %s",
-               dir);
+    HDLM_CHECK(a > 0 && b > 0 && (size_t)a < sizeof enc && (size_t)b < sizeof bpe,
+               "vocabulary directory path too long: %s", dir);
     return hdlm_tokenizer_load(out, enc, bpe);
 }
 

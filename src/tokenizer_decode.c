@@ -14,7 +14,8 @@ int hdlm_tokenizer_decode(const hdlm_tokenizer *tok, const uint32_t *ids, size_t
     for (size_t i = 0; i < n; i++) {
         HDLM_CHECK(ids[i] < HDLM_GPT2_VOCAB, "token id %u at position %zu is not a GPT-2 token (ids are 0..%d)", ids[i],
                    i, HDLM_GPT2_VOCAB - 1);
-        if (!(skip_special && ids[i] == HDLM_TOKEN_EOT)) raw_len += tok->token_offset[ids[i] + 1] - tok->token_offset[ids[i]];
+        if (!(skip_special && ids[i] == HDLM_TOKEN_EOT))
+            raw_len += tok->token_offset[ids[i] + 1] - tok->token_offset[ids[i]];
     }
     uint8_t *raw = hdlm_malloc(raw_len + 1);
     size_t at = 0;

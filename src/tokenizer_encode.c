@@ -330,6 +330,7 @@ int hdlm_tokenizer_encode(const hdlm_tokenizer *ctok, const char *text, size_t l
     hdlm_tokenizer *tok = (hdlm_tokenizer *)ctok;
     int slot_index;
     piece_cache *c = slot_acquire(tok, &slot_index);
+    size_t start_len = out->len;
     int rc = 0;
     const uint8_t *cls = tok->byte_class;
     for (size_t at = 0; at < len;) {
@@ -358,5 +359,6 @@ int hdlm_tokenizer_encode(const hdlm_tokenizer *ctok, const char *text, size_t l
         at = end;
     }
     slot_release(tok, slot_index, c);
+    if (rc != 0) out->len = start_len;   // nothing appended on failure
     return rc;
 }

@@ -120,8 +120,12 @@ static void test_reference_examples(void **state) {
     } cases[] = {
         {"Hello world! The quick brown fox.", {15496, 995, 0, 383, 2068, 7586, 21831, 13}, 8},
         {"Don't SHOUT'S", {3987, 470, 6006, 12425, 6, 50}, 6},
-        {"  leading spaces and   runs of   spaces  ", {220, 3756, 9029, 290, 220, 220, 4539, 286, 220, 220, 9029, 220, 220}, 13},
-        {"line1\nline2\n\n\nline3\r\n\ttabbed", {1370, 16, 198, 1370, 17, 628, 198, 1370, 18, 201, 198, 197, 8658, 3077}, 14},
+        {"  leading spaces and   runs of   spaces  ",
+         {220, 3756, 9029, 290, 220, 220, 4539, 286, 220, 220, 9029, 220, 220},
+         13},
+        {"line1\nline2\n\n\nline3\r\n\ttabbed",
+         {1370, 16, 198, 1370, 17, 628, 198, 1370, 18, 201, 198, 197, 8658, 3077},
+         14},
         {"text<|endoftext|>more", {5239, 27, 91, 437, 1659, 5239, 91, 29, 3549}, 9},
     };
     hdlm_tokens got = {0};
@@ -306,10 +310,12 @@ static void test_corpus_round_trip_and_js_ids(void **state) {
 // uses Unicode White_Space, which has U+0085 and U+2028 but not U+FEFF, U+180E or U+001C..U+001F; JavaScript's \s
 // has U+FEFF but not U+0085. hdlm follows Python.
 static const char *const whitespace_cases[] = {
-    "a\xc2\x85" "b", "a \xc2\x85" " b", "x\xc2\x85" "\xc2\x85" "!", "\xc2\x85\xc2\x85\xc2\x85", "word \xc2\x85" "\xc2\x85" " word", "\u2028\u2028word",
-    "a\u2028b", "end \u2028", "\uFEFFHello", "a\uFEFF\uFEFF b", "\uFEFF \uFEFF", "x \uFEFF\uFEFF!", "a\x1c" "b",
+    "a\xc2\x85" "b", "a \xc2\x85" " b", "x\xc2\x85\xc2\x85" "!", "\xc2\x85\xc2\x85\xc2\x85",
+    "word \xc2\x85\xc2\x85" " word", "\u2028\u2028word", "a\u2028b", "end \u2028", "\uFEFFHello",
+    "a\uFEFF\uFEFF b", "\uFEFF \uFEFF", "x \uFEFF\uFEFF!", "a\x1c" "b",
     "a\x1c\x1d\x1e\x1f b", "\x1f\x1f\x1f", "a \x1f", "word\u180E\u180E", "a \u180E b", "\u180E\u180E x",
-    "tab\t\tx", "\u00A0\u00A0nbsp", "thin\u2009space", "\u3000\u3000ideographic", "line\u2029para", "x \x0b" "\x0c" " y",
+    "tab\t\tx", "\u00A0\u00A0nbsp", "thin\u2009space", "\u3000\u3000ideographic", "line\u2029para",
+    "x \x0b\x0c" " y",
 };
 // A space before U+0085 followed by U+FEFF: Python keeps " " alone (U+0085 is a space, U+FEFF is not), both npm
 // encoders give " U+0085" as one piece (their \s lacks U+0085 and has U+FEFF): the one case found where they differ.
@@ -623,6 +629,28 @@ static void test_prep_tool_round_trip(void **state) {
     free(got);
 }
 
+// hdlm-bench tokenizer (without the node encoders) runs and reports the whole-corpus token count; bad flags are named.
+static void test_bench_tool_runs(void **state) {
+    (void)state;
+    const char *dir = test_tmp_dir("tokenizer_bench");
+    char out[4200];
+    snprintf(out, sizeof out, "%s/out.txt", dir);
+    const char *bench = "ASAN_OPTIONS=detect_leaks=0 '" HDLM_BIN_DIR "/hdlm-bench'";
+    assert_int_equal(test_run("%s tokenizer --no-js --repeat 1 --threads 2 > '%s'", bench, out), 0);
+    char *text;
+    size_t len;
+    assert_int_equal(hdlm_read_file(out, &text, &len), 0);
+    if (!strstr(text, "hdlm (warm cache)") || !strstr(text, " 2074279")) {
+        print_error("hdlm-bench output:\n%s\n", text);
+        fail();
+    }
+    free(text);
+    assert_int_not_equal(test_run("%s tokenizer --repeat 0 2> '%s'", bench, out), 0);
+    assert_int_equal(hdlm_read_file(out, &text, &len), 0);
+    assert_non_null(strstr(text, "flag '--repeat' needs a positive integer, got '0'"));
+    free(text);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_testplans_r50k_vectors),
@@ -636,6 +664,7 @@ int main(void) {
         cmocka_unit_test(test_threads_share_one_tokenizer),
         cmocka_unit_test(test_malformed_vocab_refused),
         cmocka_unit_test(test_prep_tool_round_trip),
+        cmocka_unit_test(test_bench_tool_runs),
     };
     return cmocka_run_group_tests(tests, load_gpt2, free_gpt2);
 }

@@ -144,7 +144,8 @@ int bench_tokenizer_main(int argc, char **argv) {
     long every = 10, repeats = 3;
     opterr = 0;
     optind = 1;
-    for (int c; (c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1;) {
+    int option = 0;
+    for (int c; (c = getopt_long(argc, argv, ":h", longopts, &option)) != -1;) {
         char *end = NULL;
         if (c == 'v') vocab = optarg;
         else if (c == 't') threads = (int)strtol(optarg, &end, 10);
@@ -154,10 +155,11 @@ int bench_tokenizer_main(int argc, char **argv) {
         else if (c == 'h') {
             printf("usage: hdlm-bench tokenizer [--vocab DIR] [--threads N] [--repeat R] [--js-every K] [--no-js]\n"
                    "Encodes the SOTU corpus (.cache/sotu/data/*.txt) with hdlm's GPT-2 tokenizer on 1 and N threads\n"
-                   "(default: all, OMP_NUM_THREADS) and with the npm encoders in node, and prints MB/s (1 MB = 1e6 B).\n"
+                   "(default: all, OMP_NUM_THREADS) and with the npm encoders in node, and prints MB/s\n"
+                   "(1 MB = 1e6 bytes).\n"
                    "  --vocab DIR   encoder.json + vocab.bpe (default: $HDLM_VOCAB or <source>/.cache/gpt2)\n"
-                   "  --repeat R    report the best of R runs (default 3), each with a fresh tokenizer or node process;\n"
-                   "                gpt-3-encoder runs once\n"
+                   "  --repeat R    report the best of R runs (default 3), each with a fresh tokenizer or node\n"
+                   "                process; gpt-3-encoder runs once\n"
                    "  --js-every K  gpt-3-encoder, whose time grows quadratically with document length, runs on\n"
                    "                every K-th file only (default 10; 1 = all, about 5 minutes)\n"
                    "  --no-js       skip the node encoders\n");
@@ -167,9 +169,11 @@ int bench_tokenizer_main(int argc, char **argv) {
                     c == ':' ? "missing value for flag" : "unknown flag", argv[optind - 1]);
             return 2;
         }
-        if (end && (*end || end == optarg || (c == 't' && threads < 1) || (c == 'e' && every < 1) || (c == 'r' && repeats < 1))) {
-            fprintf(stderr, "hdlm-bench tokenizer: flag '%s' needs a positive integer, got '%s'\n", argv[optind - 1],
-                    optarg);
+        int bad = end && (*end || end == optarg);
+        bad = bad || (c == 't' && threads < 1) || (c == 'e' && every < 1) || (c == 'r' && repeats < 1);
+        if (bad) {
+            fprintf(stderr, "hdlm-bench tokenizer: flag '--%s' needs a positive integer, got '%s'\n",
+                    longopts[option].name, optarg);
             return 2;
         }
     }

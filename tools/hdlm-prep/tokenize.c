@@ -97,8 +97,8 @@ static int parse_ids(const char *text, size_t len, hdlm_tokens *ids) {
 int prep_detokenize_main(int argc, char **argv) {
     codec_options opt;
     int stop = parse_options(argc, argv, 1, "usage: hdlm-prep detokenize [--vocab DIR] [--skip-special]\n"
-                                             "Reads GPT-2 token ids (decimal, whitespace-separated) on stdin and prints "
-                                             "the text.\n"
+                                             "Reads GPT-2 token ids (decimal, whitespace-separated) on stdin "
+                                             "and prints the text.\n"
                                              "  --vocab DIR     encoder.json + vocab.bpe (default: $HDLM_VOCAB or "
                                              "<source>/.cache/gpt2)\n"
                                              "  --skip-special  leave out <|endoftext|> (id 50256)\n",
