@@ -281,30 +281,47 @@ static void test_paper_parameter_counts(void **state) {
     assert_int_equal(count_params(HDLM_FAMILY_GAMMA), 169429074);
 }
 
+static const hdlm_tensor *table_find(const hdlm_tensor *t, int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if (strcmp(t[i].name, name) == 0) return &t[i];
+    return NULL;
+}
+
+// State-dict names and shapes of spec §7.1 (γ paper configuration).
 static void test_tensor_names_and_shapes(void **state) {
     (void)state;
     hdlm_model_config c = hdlm_model_config_ddit_small(HDLM_FAMILY_GAMMA);
-    c.n_layers = 2;
-    hdlm_model *m;
-    assert_int_equal(hdlm_model_create(&m, &c), 0);
-    const hdlm_tensor *t = hdlm_model_find_tensor(m, "blocks.1.adaLN_modulation.weight");
-    assert_non_null(t);
-    assert_int_equal(t->shape[0], 4608);
-    assert_int_equal(t->shape[1], 128);
-    t = hdlm_model_find_tensor(m, "output_layer.linear.weight");
-    assert_non_null(t);
-    assert_int_equal(t->shape[0], 50258);
-    assert_int_equal(t->shape[1], 768);
-    assert_non_null(hdlm_model_find_tensor(m, "sigma_map.mlp.2.bias"));
-    assert_null(hdlm_model_find_tensor(m, "blocks.2.norm1.weight"));
-    // views and table agree; init rules of spec §7.6
-    assert_ptr_equal(m->p.blocks[1].qkv, m->params + hdlm_model_find_tensor(m, "blocks.1.attn_qkv.weight")->offset);
-    float bound = 1.0f / sqrtf(768.0f), emax = 0.0f;
-    for (size_t i = 0; i < (size_t)50258 * 768; i++) emax = fmaxf(emax, fabsf(m->p.embed[i]));
-    assert_true(emax <= bound && emax > 0.99f * bound);
-    assert_true(m->p.blocks[0].ada_w[0] == 0.0f && m->p.head_b[17] == 0.0f && m->p.norm_final[5] == 1.0f);
-    assert_float_equal(m->p.inv_freq[1], 1.0f / powf(10000.0f, 2.0f / 64.0f), 1e-9);
-    hdlm_model_free(m);
+    hdlm_tensor *t;
+    int n;
+    size_t params, buffer;
+    assert_int_equal(hdlm_model_tensor_table(&c, &t, &n, &params, &buffer), 0);
+    assert_int_equal(n, 1 + 4 + 1 + 12 * 10 + 3);
+    const hdlm_tensor *x = table_find(t, n, "blocks.11.adaLN_modulation.weight");
+    assert_non_null(x);
+    assert_int_equal(x->shape[0], 4608);
+    assert_int_equal(x->shape[1], 128);
+    x = table_find(t, n, "output_layer.linear.weight");
+    assert_non_null(x);
+    assert_int_equal(x->shape[0], 50258);
+    assert_int_equal(x->shape[1], 768);
+    x = table_find(t, n, "blocks.0.attn_qkv.weight");
+    assert_int_equal(x->shape[0], 2304);
+    assert_int_equal(x->shape[1], 768);
+    x = table_find(t, n, "sigma_map.mlp.0.weight");
+    assert_int_equal(x->shape[0], 128);
+    assert_int_equal(x->shape[1], 256);
+    assert_non_null(table_find(t, n, "blocks.3.mlp.2.bias"));
+    assert_non_null(table_find(t, n, "output_layer.norm_final.weight"));
+    assert_null(table_find(t, n, "blocks.12.norm1.weight"));
+    // parameters are packed without gaps; the buffer follows them
+    size_t next = 0;
+    for (int i = 0; i < n; i++)
+        if (t[i].trainable) {
+            assert_int_equal(t[i].offset, next);
+            next += t[i].numel;
+        }
+    assert_int_equal(table_find(t, n, "rotary_emb.inv_freq")->offset, params);
+    free(t);
 }
 
 // The zero-initialised head gives every logit 0, hence cross-entropy ln 50258 per token, for both families
@@ -319,6 +336,15 @@ static void test_initial_loss_is_log_vocab(void **state) {
         hdlm_model *m;
         assert_int_equal(hdlm_model_create(&m, &c), 0);
         hdlm_model_init(m, 42);
+        // init rules of spec §7.6; the views agree with the table
+        float bound = 1.0f / sqrtf(64.0f), emax = 0.0f;
+        for (size_t i = 0; i < (size_t)50258 * 64; i++) emax = fmaxf(emax, fabsf(m->p.embed[i]));
+        assert_true(emax <= bound && emax > 0.99f * bound);
+        assert_true(m->p.head_b[17] == 0.0f && m->p.head_w[1000] == 0.0f && m->p.norm_final[5] == 1.0f);
+        if (fam == HDLM_FAMILY_GAMMA) assert_true(m->p.blocks[1].ada_w[7] == 0.0f && m->p.blocks[0].ada_b[3] == 0.0f);
+        assert_ptr_equal(m->p.blocks[1].qkv,
+                         m->params + hdlm_model_find_tensor(m, "blocks.1.attn_qkv.weight")->offset);
+        assert_float_equal(m->p.inv_freq[1], 1.0f / powf(10000.0f, 2.0f / 32.0f), 1e-9);
         enum { B = 1, L = 16 };
         uint32_t tokens[B * L], targets[B * L];
         float sigma[B * L];
