@@ -12,6 +12,7 @@
 #include "hdlm/blas.h"
 #include "hdlm/common.h"
 #include "hdlm/layers.h"
+#include "hdlm/vecmath.h"
 
 #define QUERY_BLOCK 64
 
@@ -71,14 +72,17 @@ static void tile_probabilities(attention_tile *t, const float *q, const float *k
             lse = lse_in[i];
         } else {
             float m = -INFINITY;
+#pragma omp simd reduction(max : m)
             for (int j = lo; j < hi; j++) m = p[j] > m ? p[j] : m;
             float sum = 0.0f;
-            for (int j = lo; j < hi; j++) sum += expf(p[j] - m);
+#pragma omp simd reduction(+ : sum)
+            for (int j = lo; j < hi; j++) sum += hdlm_expf(p[j] - m);
             lse = m + logf(sum);
             lse_out[i] = lse;
         }
         for (int j = 0; j < lo; j++) p[j] = 0.0f;
-        for (int j = lo; j < hi; j++) p[j] = expf(p[j] - lse);
+#pragma omp simd
+        for (int j = lo; j < hi; j++) p[j] = hdlm_expf(p[j] - lse);
         for (int j = hi; j < kv; j++) p[j] = 0.0f;
     }
 }
@@ -171,6 +175,7 @@ void hdlm_attention_backward(float *dqkv, const float *dout, const float *out, c
                     const float *p = t.p + (size_t)r * kv;
                     const float *oi = o + (size_t)i * d, *gi = go + (size_t)i * d;
                     float di = 0.0f;
+#pragma omp simd reduction(+ : di)
                     for (int e = 0; e < head_dim; e++) di += oi[e] * gi[e];
                     const float *s = drop ? t.scale + (size_t)r * kv : NULL;
                     for (int j = 0; j < kv; j++) ds[j] = p[j] * ((s ? ds[j] * s[j] : ds[j]) - di);

@@ -1,17 +1,60 @@
 // Inverted dropout (scale 1/(1-p) on kept elements, spec §7.2) with counter-based masks, and the gated residual add
 // h + g ⊙ dropout(y) that every DDiT branch ends with.
 #include <stdlib.h>
+#include <string.h>
 
 #include "hdlm/common.h"
 #include "hdlm/layers.h"
 #include "hdlm/rng.h"
 
-// Element i is kept when hdlm_rng_uniform_at(key, i) >= p. One Philox block serves four consecutive elements, the
-// same words hdlm_rng_uniform_at uses, so masks depend neither on the thread count nor on the tiling.
+enum { PHILOX_LANES = 16 };
+
+// Philox4x32-10 (as hdlm_philox4x32 with counter_hi = 1) for PHILOX_LANES consecutive counters at once, laid out so
+// that the compiler vectorises the rounds: out[w][j] is word w of block first + j.
+static void philox_lanes(uint64_t key, uint64_t first, uint32_t out[4][PHILOX_LANES]) {
+    const uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
+    uint32_t c0[PHILOX_LANES], c1[PHILOX_LANES], c2[PHILOX_LANES], c3[PHILOX_LANES];
+    for (int j = 0; j < PHILOX_LANES; j++) {
+        uint64_t ctr = first + (uint64_t)j;
+        c0[j] = (uint32_t)ctr;
+        c1[j] = (uint32_t)(ctr >> 32);
+        c2[j] = 1;
+        c3[j] = 0;
+    }
+    uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
+    for (int round = 0; round < 10; round++) {
+        for (int j = 0; j < PHILOX_LANES; j++) {
+            uint64_t p0 = (uint64_t)M0 * c0[j], p1 = (uint64_t)M1 * c2[j];
+            uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1[j] ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3[j] ^ k1;
+            c1[j] = (uint32_t)p1;
+            c3[j] = (uint32_t)p0;
+            c0[j] = n0;
+            c2[j] = n2;
+        }
+        k0 += W0;
+        k1 += W1;
+    }
+    memcpy(out[0], c0, sizeof c0);
+    memcpy(out[1], c1, sizeof c1);
+    memcpy(out[2], c2, sizeof c2);
+    memcpy(out[3], c3, sizeof c3);
+}
+
+// Element i is kept when hdlm_rng_uniform_at(key, i) >= p: word i % 4 of Philox block i / 4 (counter_hi 1), so
+// masks depend neither on the thread count nor on the tiling.
 void hdlm_dropout_scales(float *scale, uint64_t key, uint64_t start, int count, float p) {
     float keep = 1.0f / (1.0f - p);
     uint64_t i = start, end = start + (uint64_t)count;
     while (i < end) {
+        if ((i & 3) == 0 && end - i >= 4 * PHILOX_LANES) {
+            uint32_t words[4][PHILOX_LANES];
+            philox_lanes(key, i >> 2, words);
+            float *s = scale + (i - start);
+            for (int j = 0; j < PHILOX_LANES; j++)
+                for (int w = 0; w < 4; w++) s[4 * j + w] = (float)(words[w][j] >> 8) * 0x1.0p-24f >= p ? keep : 0.0f;
+            i += 4 * PHILOX_LANES;
+            continue;
+        }
         uint32_t block[4];
         hdlm_philox4x32(key, 1, i >> 2, block);
         for (uint64_t k = i & 3; k < 4 && i < end; k++, i++) {

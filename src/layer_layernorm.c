@@ -15,9 +15,11 @@ void hdlm_layernorm_forward(float *out, float *mean, float *rstd, const float *i
         const float *x = in + (size_t)r * d;
         float *y = out + (size_t)r * d;
         float m = 0.0f;
+#pragma omp simd reduction(+ : m)
         for (int i = 0; i < d; i++) m += x[i];
         m /= (float)d;
         float v = 0.0f;
+#pragma omp simd reduction(+ : v)
         for (int i = 0; i < d; i++) v += (x[i] - m) * (x[i] - m);
         v /= (float)d;
         float s = 1.0f / sqrtf(v + LAYERNORM_EPS);
@@ -43,6 +45,7 @@ void hdlm_layernorm_backward(float *din, float *dw, const float *dout, const flo
             float m = mean[r], s = rstd[r];
             // dx = s · (g − mean(g) − x̂ · mean(g·x̂)), g = dy ⊙ w
             float sum_g = 0.0f, sum_gx = 0.0f;
+#pragma omp simd reduction(+ : sum_g, sum_gx)
             for (int i = 0; i < d; i++) {
                 float xh = (x[i] - m) * s;
                 float g = dy[i] * w[i];

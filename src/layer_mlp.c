@@ -1,7 +1,6 @@
 // GELU, tanh approximation (spec §7.2): the MLP's nonlinearity, forward and backward.
-#include <math.h>
-
 #include "hdlm/layers.h"
+#include "hdlm/vecmath.h"
 
 #define GELU_K 0.7978845608028654f   // sqrt(2/pi)
 #define GELU_C 0.044715f
@@ -10,7 +9,7 @@ void hdlm_gelu_forward(float *out, const float *in, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float u = in[i];
-        out[i] = 0.5f * u * (1.0f + tanhf(GELU_K * (u + GELU_C * u * u * u)));
+        out[i] = 0.5f * u * (1.0f + hdlm_tanhf(GELU_K * (u + GELU_C * u * u * u)));
     }
 }
 
@@ -18,7 +17,7 @@ void hdlm_gelu_backward(float *din, const float *dout, const float *in, size_t n
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float u = in[i];
-        float t = tanhf(GELU_K * (u + GELU_C * u * u * u));
+        float t = hdlm_tanhf(GELU_K * (u + GELU_C * u * u * u));
         float dt = (1.0f - t * t) * GELU_K * (1.0f + 3.0f * GELU_C * u * u);
         din[i] = dout[i] * (0.5f * (1.0f + t) + 0.5f * u * dt);
     }
