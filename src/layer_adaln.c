@@ -19,12 +19,12 @@ void hdlm_sigma_sinusoid(float *freq, const float *sigma, int n, int dim) {
 }
 
 void hdlm_silu_forward(float *out, const float *in, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = in[i] / (1.0f + expf(-in[i]));
 }
 
 void hdlm_silu_backward(float *din, const float *dout, const float *in, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
         float s = 1.0f / (1.0f + expf(-in[i]));
         din[i] = dout[i] * s * (1.0f + in[i] * (1.0f - s));

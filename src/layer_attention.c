@@ -14,7 +14,7 @@
 #include "hdlm/layers.h"
 #include "hdlm/vecmath.h"
 
-#define QUERY_BLOCK 64
+#define QUERY_BLOCK 256
 
 // Per-thread scratch: one tile each of scores/probabilities, dropout multipliers, dropped probabilities, dP.
 typedef struct {

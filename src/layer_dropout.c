@@ -12,32 +12,36 @@ enum { PHILOX_LANES = 16 };
 // Philox4x32-10 (as hdlm_philox4x32 with counter_hi = 1) for PHILOX_LANES consecutive counters at once, laid out so
 // that the compiler vectorises the rounds: out[w][j] is word w of block first + j.
 static void philox_lanes(uint64_t key, uint64_t first, uint32_t out[4][PHILOX_LANES]) {
-    const uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
-    uint32_t c0[PHILOX_LANES], c1[PHILOX_LANES], c2[PHILOX_LANES], c3[PHILOX_LANES];
+    // 32-bit words held in 64-bit lanes: the 32×32→64 products then vectorise as plain 64-bit multiplies.
+    const uint64_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, LOW = 0xffffffffu;
+    uint64_t c0[PHILOX_LANES], c1[PHILOX_LANES], c2[PHILOX_LANES], c3[PHILOX_LANES];
     for (int j = 0; j < PHILOX_LANES; j++) {
         uint64_t ctr = first + (uint64_t)j;
-        c0[j] = (uint32_t)ctr;
-        c1[j] = (uint32_t)(ctr >> 32);
+        c0[j] = ctr & LOW;
+        c1[j] = ctr >> 32;
         c2[j] = 1;
         c3[j] = 0;
     }
-    uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
+    uint64_t k0 = key & LOW, k1 = key >> 32;
     for (int round = 0; round < 10; round++) {
+#pragma omp simd
         for (int j = 0; j < PHILOX_LANES; j++) {
-            uint64_t p0 = (uint64_t)M0 * c0[j], p1 = (uint64_t)M1 * c2[j];
-            uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1[j] ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3[j] ^ k1;
-            c1[j] = (uint32_t)p1;
-            c3[j] = (uint32_t)p0;
+            uint64_t p0 = M0 * c0[j], p1 = M1 * c2[j];
+            uint64_t n0 = (p1 >> 32) ^ c1[j] ^ k0, n2 = (p0 >> 32) ^ c3[j] ^ k1;
+            c1[j] = p1 & LOW;
+            c3[j] = p0 & LOW;
             c0[j] = n0;
             c2[j] = n2;
         }
-        k0 += W0;
-        k1 += W1;
+        k0 = (k0 + 0x9E3779B9u) & LOW;   // Weyl key increments, modulo 2^32
+        k1 = (k1 + 0xBB67AE85u) & LOW;
     }
-    memcpy(out[0], c0, sizeof c0);
-    memcpy(out[1], c1, sizeof c1);
-    memcpy(out[2], c2, sizeof c2);
-    memcpy(out[3], c3, sizeof c3);
+    for (int j = 0; j < PHILOX_LANES; j++) {
+        out[0][j] = (uint32_t)c0[j];
+        out[1][j] = (uint32_t)c1[j];
+        out[2][j] = (uint32_t)c2[j];
+        out[3][j] = (uint32_t)c3[j];
+    }
 }
 
 // Element i is kept when hdlm_rng_uniform_at(key, i) >= p: word i % 4 of Philox block i / 4 (counter_hi 1), so

@@ -6,7 +6,7 @@
 #define GELU_C 0.044715f
 
 void hdlm_gelu_forward(float *out, const float *in, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
         float u = in[i];
         out[i] = 0.5f * u * (1.0f + hdlm_tanhf(GELU_K * (u + GELU_C * u * u * u)));
@@ -14,7 +14,7 @@ void hdlm_gelu_forward(float *out, const float *in, size_t n) {
 }
 
 void hdlm_gelu_backward(float *din, const float *dout, const float *in, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
         float u = in[i];
         float t = hdlm_tanhf(GELU_K * (u + GELU_C * u * u * u));

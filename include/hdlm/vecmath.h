@@ -2,19 +2,19 @@
 //
 // exp: Cody-Waite reduction x = n·ln2 + r, |r| <= ln2/2, then the classic degree-7 minimax polynomial of the Cephes
 // library for e^r (relative error ~1e-7, i.e. 1-2 ulp), scaled by 2^n through the exponent bits. Arguments are
-// clamped to [-87.3, 88.7] (results stay normal floats; exp(-inf) gives ~1e-38 instead of 0, so callers that need an
+// clamped to [-87.3, 88.3] (results stay normal floats; exp(-inf) gives ~1e-38 instead of 0, so callers that need an
 // exact 0 for masked entries write it themselves).
 #ifndef HDLM_VECMATH_H
 #define HDLM_VECMATH_H
 
 #include <math.h>
 #include <stdint.h>
-#include <string.h>
 
 static inline float hdlm_expf(float x) {
     x = x < -87.3f ? -87.3f : x;
-    x = x > 88.7f ? 88.7f : x;
-    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    x = x > 88.3f ? 88.3f : x;
+    // n = round(x / ln2) by the 1.5·2^23 trick (vectorises, unlike floorf without -ffast-math)
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float r = x - n * 0.693359375f;   // ln2 split in a part exact in float and a small correction
     r = r + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -24,10 +24,11 @@ static inline float hdlm_expf(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    union {
+        int32_t i;
+        float f;
+    } scale = {.i = ((int32_t)n + 127) << 23};   // 2^n through the exponent field
+    return p * scale.f;
 }
 
 // tanh(x) = sign(x)·(1 − e)/(1 + e), e = exp(−2|x|), with x − x³/3 below 0.005 (where 1 − e cancels). Absolute error
