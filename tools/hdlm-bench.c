@@ -1,27 +1,46 @@
-// hdlm-bench: performance benchmarks (not tests). Usage: hdlm-bench COMMAND [options]; hdlm-bench --help lists them.
+// hdlm-bench: performance measurements, each next to a baseline run on the same machine in the same run. One
+// subcommand per row of the table below; each lives in tools/hdlm-bench/.
+#include <mpi.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "hdlm-bench/bench.h"
 
-static const hdlm_bench_command commands[] = {
-    {"model", "DDiT-small forward+backward: tok/s, GFLOP/s, % of FMA peak, PyTorch in the same run", hdlm_bench_model},
+typedef struct {
+    const char *name;
+    int (*main)(int argc, char **argv);
+    const char *summary;
+} bench_command;
+
+static const bench_command commands[] = {
+    {"tokenizer", bench_tokenizer_main, "GPT-2 BPE encoding speed on the default corpus vs the npm encoders"},
+    {"model", bench_model_main, "DDiT-small forward+backward: tok/s and % of the FMA peak vs the PyTorch reference"},
 };
 
-static void usage(FILE *out) {
-    fprintf(out, "usage: hdlm-bench COMMAND [options]   (hdlm-bench COMMAND --help for its options)\ncommands:\n");
-    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        fprintf(out, "  %-8s %s\n", commands[i].name, commands[i].summary);
+static void print_usage(FILE *f) {
+    fprintf(f, "usage: hdlm-bench COMMAND [options]   (hdlm-bench COMMAND --help for its options)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-        usage(argc < 2 ? stderr : stdout);
-        return argc < 2 ? 2 : 0;
+    MPI_Init(&argc, &argv);
+    int rc = 2;
+    if (argc < 2) {
+        print_usage(stderr);
+    } else if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        print_usage(stdout);
+        rc = 0;
+    } else {
+        const bench_command *cmd = NULL;
+        for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+            if (strcmp(argv[1], commands[i].name) == 0) cmd = &commands[i];
+        if (cmd) rc = cmd->main(argc - 1, argv + 1);
+        else {
+            fprintf(stderr, "hdlm-bench: unknown command '%s'\n", argv[1]);
+            print_usage(stderr);
+        }
     }
-    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 1, argv + 1);
-    fprintf(stderr, "hdlm-bench: unknown command '%s'\n", argv[1]);
-    usage(stderr);
-    return 2;
+    MPI_Finalize();
+    return rc;
 }

@@ -32,8 +32,9 @@ int hdlm_tokenizer_load(hdlm_tokenizer **out, const char *encoder_json_path, con
 int hdlm_tokenizer_load_dir(hdlm_tokenizer **out, const char *dir);
 void hdlm_tokenizer_free(hdlm_tokenizer *tok);
 
-// Appends the ids of `len` bytes of UTF-8 text to `out`. Invalid UTF-8 is refused with the byte offset in the
-// message (-1). Safe to call from several threads at once on the same tokenizer.
+// Appends the ids of `len` bytes of UTF-8 text to `out` (NUL is an ordinary byte). Invalid UTF-8 is refused with the
+// byte offset in the message (-1, nothing appended). Safe to call from several threads at once on the same tokenizer:
+// each call takes one of the tokenizer's piece caches for its duration.
 int hdlm_tokenizer_encode(const hdlm_tokenizer *tok, const char *text, size_t len, hdlm_tokens *out);
 
 // Decodes ids to UTF-8 (invalid sequences that tokens split become U+FFFD, as GPT-2 does). The result is

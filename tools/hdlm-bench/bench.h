@@ -1,17 +1,13 @@
-// hdlm-bench subcommands: each benchmark is one function taking the arguments after its name.
+// hdlm-bench subcommands. Each is called with argv[0] = the subcommand's name and returns the process exit status;
+// hdlm-bench.c has called MPI_Init before and calls MPI_Finalize after.
 #ifndef HDLM_BENCH_H
 #define HDLM_BENCH_H
 
-typedef struct {
-    const char *name;
-    const char *summary;
-    int (*run)(int argc, char **argv);
-} hdlm_bench_command;
+int bench_tokenizer_main(int argc, char **argv);   // tools/hdlm-bench/bench_tokenizer.c
+int bench_model_main(int argc, char **argv);       // tools/hdlm-bench/bench_model.c
 
-// Forward+backward of DDiT-small against the PyTorch reference, as a fraction of the measured FMA peak.
-int hdlm_bench_model(int argc, char **argv);
-
-// This machine's fp32 FMA peak in GFLOP/s with `threads` threads running at once (independent FMA chains).
-double hdlm_bench_fma_peak(int threads);
+// This machine's fp32 FMA peak in GFLOP/s with `threads` threads running independent FMA chains at once
+// (tools/hdlm-bench/fma_peak.c).
+double bench_fma_peak(int threads);
 
 #endif

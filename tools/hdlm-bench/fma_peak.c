@@ -34,7 +34,7 @@ static float fma_chains(long iterations, float seed) {
     return sum;
 }
 
-double hdlm_bench_fma_peak(int threads) {
+double bench_fma_peak(int threads) {
     long iterations = 20000000;
     double best = 0.0;
     for (int rep = 0; rep < 3; rep++) {
