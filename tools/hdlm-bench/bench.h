@@ -6,4 +6,8 @@
 int bench_tokenizer_main(int argc, char **argv);   // tools/hdlm-bench/bench_tokenizer.c
 int bench_model_main(int argc, char **argv);       // tools/hdlm-bench/bench_model.c
 
+// This machine's fp32 FMA peak in GFLOP/s with `threads` threads running independent FMA chains at once
+// (tools/hdlm-bench/fma_peak.c).
+double bench_fma_peak(int threads);
+
 #endif

@@ -1,0 +1,25 @@
+// hdlm/blas.h — fp32 GEMM through BLIS, with the kernel set chosen for this CPU.
+//
+// BLIS 0.9.0 does not recognise every CPU: on Zen 5 it silently falls back to its generic kernels (5x slow). So
+// hdlm_blas_init() picks the kernel set from cpuid before the first BLIS call (platform notes): AVX-512 -> skx;
+// otherwise BLIS's own choice, unless that is `generic` on an AVX2+FMA CPU -> zen3.
+#ifndef HDLM_BLAS_H
+#define HDLM_BLAS_H
+
+#include <stdbool.h>
+
+// Selects the kernels and sets the number of BLIS threads (threads <= 0: omp_get_max_threads()). Idempotent for the
+// kernel choice (made once per process); the thread count is updated on every call.
+void hdlm_blas_init(int threads);
+// The name of the kernel set in use ("skx", "zen3", ...); calls hdlm_blas_init(0) when needed.
+const char *hdlm_blas_arch(void);
+
+// Row-major C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C. op(A) = A (lda = row stride of A[m,k]) or, with
+// trans_a, the transpose of a row-major A[k,m] (lda its row stride); likewise B. Uses all BLIS threads.
+void hdlm_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                const float *b, int ldb, float beta, float *c, int ldc);
+// The same on the calling thread only: for GEMMs issued from inside an OpenMP parallel region.
+void hdlm_sgemm_serial(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                       const float *b, int ldb, float beta, float *c, int ldc);
+
+#endif

@@ -1,0 +1,120 @@
+// hdlm/model.h — the DDiT transformer of both families on the CPU (spec §7): configuration, the tensor table, the
+// flat parameter/gradient buffers and forward/backward.
+//
+// Every parameter is a named view into one contiguous fp32 buffer (gradients: a second buffer with the same layout).
+// Names and shapes are the reference's state-dict keys (spec §7.1), so importers, exporters and checkpoints map one
+// to one. The table is built once from the configuration and drives allocation, initialisation and the views.
+//
+// Outputs: fp32 [B, L, V] row-major — ε: logits; γ: log-scores after scale_by_sigma (spec §5.4 step 1).
+// hdlm_model_backward takes d(loss)/d(outputs) in the same layout (it may be m->out itself, overwritten by a loss).
+#ifndef HDLM_MODEL_H
+#define HDLM_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hdlm/layers.h"
+#include "hdlm/mask.h"
+
+typedef enum { HDLM_FAMILY_EPSILON = 0, HDLM_FAMILY_GAMMA = 1 } hdlm_family;
+
+#define HDLM_SIGMA_FREQ_DIM 256   // width of the sinusoidal σ embedding (spec §7.3)
+
+typedef struct {
+    hdlm_family family;
+    int width;        // d
+    int n_layers;
+    int n_heads;      // head dim = width / n_heads, even (rotary pairs)
+    int mlp_ratio;    // MLP hidden = mlp_ratio · width
+    int cond_dim;     // γ: width of the σ conditioning (ε: unused)
+    int vocab;        // V; the last id (V − 1) is MASK
+    int max_length;   // longest sequence a forward accepts
+    float dropout;    // p of the three dropout sites, in [0, 1)
+    float gamma;      // γ family: graph γ of the embedding mix w = exp(−γσ) (spec §5.4)
+    hdlm_rotary_mode rotary;
+} hdlm_model_config;
+
+// The paper's DDiT-small (768 wide, 12 layers, 12 heads, V = 50258, L = 1024, dropout 0.1, γ = 0.01).
+hdlm_model_config hdlm_model_config_ddit_small(hdlm_family family);
+// Refuses inconsistent configurations with a message naming the field.
+int hdlm_model_config_check(const hdlm_model_config *config);
+const char *hdlm_family_name(hdlm_family family);
+
+typedef enum {
+    HDLM_INIT_UNIFORM_FAN_IN = 0,   // U(−1/√fan_in, 1/√fan_in) (nn.Linear and the embedding, spec §7.6)
+    HDLM_INIT_ZERO = 1,             // output head, adaLN
+    HDLM_INIT_ONE = 2,              // LayerNorm weights
+    HDLM_INIT_INV_FREQ = 3,         // rotary_emb.inv_freq buffer
+} hdlm_init_rule;
+
+typedef struct {
+    char name[64];      // state-dict key, e.g. "blocks.3.attn_qkv.weight"
+    int ndim;
+    int shape[2];
+    size_t offset;      // in floats, into params (and grads when trainable)
+    size_t numel;
+    hdlm_init_rule init;
+    int fan_in;
+    bool decay;         // weight decay applies (the reference decays every parameter, spec §11 item 26)
+    bool trainable;     // false for buffers (stored after all parameters, no gradient)
+} hdlm_tensor;
+
+// Builds the tensor table of a configuration (checked first). *n_params counts trainable floats, *n_buffer the
+// buffers stored after them. The caller frees *tensors.
+int hdlm_model_tensor_table(const hdlm_model_config *config, hdlm_tensor **tensors, int *n_tensors, size_t *n_params,
+                            size_t *n_buffer);
+
+// Views into a flat buffer (parameters or gradients).
+typedef struct {
+    float *norm1, *qkv, *attn_out, *norm2, *fc1_w, *fc1_b, *fc2_w, *fc2_b, *ada_w, *ada_b;   // ada: γ only
+} hdlm_block_views;
+
+typedef struct {
+    float *embed;
+    float *sigma_w1, *sigma_b1, *sigma_w2, *sigma_b2;   // γ only
+    float *inv_freq;                                    // parameters only (a buffer)
+    hdlm_block_views *blocks;
+    float *norm_final, *head_w, *head_b;
+} hdlm_model_views;
+
+typedef struct hdlm_model_acts hdlm_model_acts;
+
+typedef struct {
+    hdlm_model_config config;
+    hdlm_tensor *tensors;
+    int n_tensors;
+    size_t n_params;    // trainable floats
+    size_t n_buffer;    // floats of buffers after the parameters
+    float *params;      // n_params + n_buffer
+    float *grads;       // n_params
+    hdlm_model_views p, g;
+    float *out;         // [B, L, V] of the last forward
+    int batch, length;  // shape of the last forward
+    hdlm_model_acts *acts;
+} hdlm_model;
+
+// Inputs of one forward. tokens and sigma are copied; mask is copied.
+typedef struct {
+    const uint32_t *tokens;       // [B, L], ids < V
+    const float *sigma;           // γ: total noise per token [B, L] (ε: ignored)
+    const hdlm_attn_mask *mask;   // one mask for the whole batch; NULL: full attention
+    int batch, length;
+    bool training;                // dropout on
+    uint64_t dropout_key;         // e.g. hdlm_rng_key(seed, rank, step, HDLM_RNG_DROPOUT)
+} hdlm_model_input;
+
+int hdlm_model_create(hdlm_model **out, const hdlm_model_config *config);
+void hdlm_model_free(hdlm_model *model);
+// Initialisation of spec §7.6 from a seed (counter-based: independent of threads), and zero gradients.
+void hdlm_model_init(hdlm_model *model, uint64_t seed);
+const hdlm_tensor *hdlm_model_find_tensor(const hdlm_model *model, const char *name);
+size_t hdlm_model_embedding_params(const hdlm_model *model);   // the V×d embedding (for FLOP counts)
+void hdlm_model_zero_grad(hdlm_model *model);
+
+// Forward pass; refuses bad inputs (ids ≥ V, length > max_length, mask of another length, σ missing for γ).
+int hdlm_model_forward(hdlm_model *model, const hdlm_model_input *input);
+// Accumulates parameter gradients for d(loss)/d(out) of the last forward.
+void hdlm_model_backward(hdlm_model *model, const float *dout);
+
+#endif

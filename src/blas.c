@@ -1,0 +1,76 @@
+// fp32 GEMM through BLIS with the kernel set selected from cpuid (see include/hdlm/blas.h).
+#include "hdlm/blas.h"
+
+#include <blis.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "hdlm/common.h"
+
+static int blas_ready;   // kernel choice made (first call, before any other BLIS use)
+
+// Would BLIS pick its generic kernels here? BLIS latches its choice at initialisation, so ask a child process.
+static bool blas_default_is_generic(void) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        bli_init();
+        _exit(bli_arch_query_id() == BLIS_ARCH_GENERIC ? 1 : 0);
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid) return false;
+    return WIFEXITED(status) && WEXITSTATUS(status) == 1;
+}
+
+static void blas_select_kernels(void) {
+    // BLIS reads BLIS_ARCH_TYPE once, at its initialisation: set it before the first BLIS call. A user's explicit
+    // choice wins.
+    if (getenv("BLIS_ARCH_TYPE") == NULL) {
+        if (__builtin_cpu_supports("avx512f")) setenv("BLIS_ARCH_TYPE", "0", 1);   // skx
+        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && blas_default_is_generic())
+            setenv("BLIS_ARCH_TYPE", "6", 1);                                        // zen3 (AVX2 + FMA kernels)
+    }
+    bli_init();
+    if (bli_arch_query_id() == BLIS_ARCH_GENERIC) hdlm_warn("BLIS uses its generic (slow) kernels on this CPU\n");
+}
+
+void hdlm_blas_init(int threads) {
+    if (!blas_ready) {
+#pragma omp critical(hdlm_blas_init)
+        if (!blas_ready) {
+            blas_select_kernels();
+            blas_ready = 1;
+        }
+    }
+    bli_thread_set_num_threads(threads > 0 ? threads : omp_get_max_threads());
+}
+
+const char *hdlm_blas_arch(void) {
+    if (!blas_ready) hdlm_blas_init(0);
+    return bli_arch_string(bli_arch_query_id());
+}
+
+static void blas_gemm(rntm_t *rntm, bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
+                      int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+    if (!blas_ready) hdlm_blas_init(0);
+    if (m == 0 || n == 0) return;
+    // Transposes are expressed as strides (row-major A[m,k]: rs = lda, cs = 1; its transpose: rs = 1, cs = lda).
+    inc_t rsa = trans_a ? 1 : lda, csa = trans_a ? lda : 1;
+    inc_t rsb = trans_b ? 1 : ldb, csb = trans_b ? ldb : 1;
+    bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &alpha, (float *)a, rsa, csa, (float *)b, rsb, csb,
+                 &beta, c, ldc, 1, NULL, rntm);
+}
+
+void hdlm_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                const float *b, int ldb, float beta, float *c, int ldc) {
+    blas_gemm(NULL, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+void hdlm_sgemm_serial(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                       const float *b, int ldb, float beta, float *c, int ldc) {
+    rntm_t rntm;
+    bli_rntm_init(&rntm);
+    bli_rntm_set_num_threads(1, &rntm);
+    blas_gemm(&rntm, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}

@@ -1,0 +1,47 @@
+// Linear layer (nn.Linear layout W[out, in]): forward and backward through BLIS GEMMs (spec §7.1).
+#include <string.h>
+
+#include "hdlm/blas.h"
+#include "hdlm/layers.h"
+
+void hdlm_linear_forward(float *out, const float *in, const float *w, const float *b, int n, int in_dim,
+                         int out_dim) {
+    // out[N,o] = in[N,i] · W[o,i]ᵀ
+    hdlm_sgemm(false, true, n, out_dim, in_dim, 1.0f, in, in_dim, w, in_dim, 0.0f, out, out_dim);
+    if (!b) return;
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < n; r++) {
+        float *row = out + (size_t)r * out_dim;
+        for (int o = 0; o < out_dim; o++) row[o] += b[o];
+    }
+}
+
+// db[o] += Σ_r dout[r, o]: threads own disjoint column ranges, so the sum order is fixed.
+static void linear_bias_backward(float *db, const float *dout, int n, int out_dim) {
+#pragma omp parallel
+    {
+        enum { COLS = 256 };
+        float acc[COLS];
+#pragma omp for schedule(static)
+        for (int o0 = 0; o0 < out_dim; o0 += COLS) {
+            int cols = out_dim - o0 < COLS ? out_dim - o0 : COLS;
+            memset(acc, 0, sizeof acc);
+            for (int r = 0; r < n; r++) {
+                const float *row = dout + (size_t)r * out_dim + o0;
+                for (int o = 0; o < cols; o++) acc[o] += row[o];
+            }
+            for (int o = 0; o < cols; o++) db[o0 + o] += acc[o];
+        }
+    }
+}
+
+void hdlm_linear_backward(float *din, float *dw, float *db, const float *dout, const float *in, const float *w, int n,
+                          int in_dim, int out_dim, bool accumulate) {
+    // dW[o,i] += dout[N,o]ᵀ · in[N,i]
+    hdlm_sgemm(true, false, out_dim, in_dim, n, 1.0f, dout, out_dim, in, in_dim, 1.0f, dw, in_dim);
+    if (db) linear_bias_backward(db, dout, n, out_dim);
+    // din[N,i] = dout[N,o] · W[o,i]
+    if (din)
+        hdlm_sgemm(false, false, n, in_dim, out_dim, 1.0f, dout, out_dim, w, in_dim, accumulate ? 1.0f : 0.0f, din,
+                   in_dim);
+}

@@ -1,0 +1,484 @@
+// DDiT model (spec §7): forward outputs, loss and every parameter gradient against the independent float64 PyTorch
+// model of tests/reference/ddit.py for both families under full, block-causal and hyperschedule masks; parameter
+// counts of the paper configurations; the initial loss ln V; refusal of bad configurations and inputs.
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hdlm/common.h"
+#include "hdlm/model.h"
+#include "hdlm/rng.h"
+#include "harness.h"
+
+// ---- helpers ---------------------------------------------------------------------------------------------------
+
+static hdlm_model_config small_config(hdlm_family family, hdlm_rotary_mode rotary) {
+    hdlm_model_config c = hdlm_model_config_ddit_small(family);
+    c.width = 32;
+    c.n_layers = 2;
+    c.n_heads = 4;
+    c.mlp_ratio = 4;
+    c.cond_dim = 16;
+    c.vocab = 61;
+    c.max_length = 128;
+    c.dropout = 0.0f;
+    c.gamma = 0.05f;   // larger than the paper's 0.01 so that the MASK mix carries a visible gradient
+    c.rotary = rotary;
+    return c;
+}
+
+// Random parameters of moderate size everywhere (the §7.6 init zeroes the head and adaLN, which would hide every
+// gradient below them).
+static void randomize_params(hdlm_model *m, uint64_t seed) {
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, hdlm_rng_key(seed, 0, 0, HDLM_RNG_INIT));
+    for (int i = 0; i < m->n_tensors; i++) {
+        const hdlm_tensor *t = &m->tensors[i];
+        if (!t->trainable) continue;
+        float *x = m->params + t->offset;
+        bool norm = t->init == HDLM_INIT_ONE;
+        float bound = t->fan_in > 0 ? 1.5f / sqrtf((float)t->fan_in) : 0.2f;
+        if (strstr(t->name, "adaLN")) bound = 0.25f;
+        for (size_t k = 0; k < t->numel; k++) x[k] = (norm ? 1.0f : 0.0f) + (2.0f * hdlm_rng_uniform(&rng) - 1.0f) * bound;
+    }
+}
+
+// Mean cross-entropy of out[N, V] against targets; writes d(loss)/d(out) into dout.
+static double cross_entropy(const float *out, const uint32_t *targets, int n, int vocab, float *dout) {
+    double loss = 0.0;
+    for (int r = 0; r < n; r++) {
+        const float *o = out + (size_t)r * vocab;
+        double mx = -INFINITY, sum = 0.0;
+        for (int v = 0; v < vocab; v++) mx = o[v] > mx ? o[v] : mx;
+        for (int v = 0; v < vocab; v++) sum += exp(o[v] - mx);
+        loss += mx + log(sum) - o[targets[r]];
+        for (int v = 0; v < vocab; v++)
+            dout[(size_t)r * vocab + v] = (float)((exp(o[v] - mx) / sum - (v == (int)targets[r])) / n);
+    }
+    return loss / n;
+}
+
+static void write_raw(const char *dir, const char *file, const void *data, size_t bytes) {
+    char path[4300];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    test_write_file(path, data, bytes);
+}
+
+static double *read_f64(const char *dir, const char *file, size_t count) {
+    char path[4300];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    FILE *f = fopen(path, "rb");
+    if (!f) fail_msg("the reference did not write %s", path);
+    double *x = hdlm_malloc(count * sizeof(double) + 1);
+    size_t got = fread(x, sizeof(double), count + 1, f);
+    fclose(f);
+    if (got != count) fail_msg("%s: %zu values, expected %zu", path, got, count);
+    return x;
+}
+
+static const char *context_name(hdlm_context_type t) {
+    return t == HDLM_CONTEXT_FULL ? "full" : t == HDLM_CONTEXT_CAUSAL ? "causal" : "block_causal";
+}
+
+// ---- PyTorch comparison ----------------------------------------------------------------------------------------
+
+enum { CASE_BATCH = 2, CASE_LENGTH = 70, N_CASES = 8 };
+
+typedef struct {
+    hdlm_family family;
+    hdlm_rotary_mode rotary;
+    hdlm_attn_mask mask;
+    const char *label;
+    char dir[4096];
+    hdlm_model *model;
+    uint32_t tokens[CASE_BATCH * CASE_LENGTH], targets[CASE_BATCH * CASE_LENGTH];
+    float sigma[CASE_BATCH * CASE_LENGTH];
+    double loss;
+} model_case;
+
+static hdlm_attn_mask case_mask(int kind) {
+    hdlm_attn_mask m = hdlm_mask_full(CASE_LENGTH);
+    if (kind == 1) {   // block-causal: everything settled, ω = 16
+        m.n_set = CASE_LENGTH;
+        m.a_end = CASE_LENGTH - 1;
+        m.context = HDLM_CONTEXT_BLOCK_CAUSAL;
+        m.block_size = 16;
+    } else if (kind == 2) {   // hyperschedule: settled [0,24), active [24,50], worthless after; block full
+        m.n_set = 24;
+        m.a_end = 50;
+        m.context = HDLM_CONTEXT_BLOCK_CAUSAL;
+        m.block = HDLM_BLOCK_FULL;
+        m.block_size = 16;
+    } else if (kind == 3) {   // hyperschedule: causal context, causal block, worthless tail [61, 70)
+        m.n_set = 20;
+        m.a_end = 60;
+        m.context = HDLM_CONTEXT_CAUSAL;
+        m.block = HDLM_BLOCK_CAUSAL;
+        m.block_size = 16;
+    }
+    return m;
+}
+
+static void case_prepare(model_case *c, int index) {
+    static const char *labels[4] = {"full", "block-causal", "hyperschedule-block-full", "hyperschedule-causal"};
+    int kind = index % 4;
+    c->family = index < 4 ? HDLM_FAMILY_EPSILON : HDLM_FAMILY_GAMMA;
+    c->rotary = (index % 2) ? HDLM_ROTARY_REFERENCE : HDLM_ROTARY_EXACT;
+    c->mask = case_mask(kind);
+    c->label = labels[kind];
+    char name[64];
+    snprintf(name, sizeof name, "model_case_%d", index);
+    snprintf(c->dir, sizeof c->dir, "%s", test_tmp_dir(name));
+
+    hdlm_model_config cfg = small_config(c->family, c->rotary);
+    assert_int_equal(hdlm_model_create(&c->model, &cfg), 0);
+    hdlm_model *m = c->model;
+    randomize_params(m, 100 + (uint64_t)index);
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, hdlm_rng_key(7, (uint64_t)index, 0, HDLM_RNG_DATA));
+    int n = CASE_BATCH * CASE_LENGTH;
+    for (int i = 0; i < n; i++) {
+        // γ inputs include the MASK id (the last one) so its embedding row gets both gradient paths
+        c->tokens[i] = (uint32_t)hdlm_rng_below(&rng, (uint64_t)cfg.vocab);
+        if (i % 5 == 0) c->tokens[i] = (uint32_t)(cfg.vocab - 1);
+        c->targets[i] = (uint32_t)hdlm_rng_below(&rng, (uint64_t)cfg.vocab - 1);
+        c->sigma[i] = 0.05f + 5.0f * hdlm_rng_uniform(&rng);   // both sides of the expm1 switch at 0.5
+    }
+    hdlm_model_input in = {.tokens = c->tokens, .sigma = c->sigma, .mask = &c->mask, .batch = CASE_BATCH,
+                           .length = CASE_LENGTH};
+    assert_int_equal(hdlm_model_forward(m, &in), 0);
+    float *dout = hdlm_malloc((size_t)n * cfg.vocab * sizeof(float));
+    c->loss = cross_entropy(m->out, c->targets, n, cfg.vocab, dout);
+    hdlm_model_backward(m, dout);
+    free(dout);
+
+    char path[4300];
+    snprintf(path, sizeof path, "%s/config.json", c->dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f,
+            "{\"family\": \"%s\", \"width\": %d, \"n_layers\": %d, \"n_heads\": %d, \"mlp_ratio\": %d, "
+            "\"cond_dim\": %d, \"vocab\": %d, \"gamma\": %.9g, \"rotary\": \"%s\", \"batch\": %d, \"length\": %d, "
+            "\"mask\": {\"n_set\": %d, \"a_end\": %d, \"context\": \"%s\", \"block\": \"%s\", \"block_size\": %d}}\n",
+            hdlm_family_name(cfg.family), cfg.width, cfg.n_layers, cfg.n_heads, cfg.mlp_ratio, cfg.cond_dim,
+            cfg.vocab, (double)cfg.gamma, cfg.rotary == HDLM_ROTARY_REFERENCE ? "reference" : "exact", CASE_BATCH,
+            CASE_LENGTH, c->mask.n_set, c->mask.a_end, context_name(c->mask.context),
+            c->mask.block == HDLM_BLOCK_FULL ? "full" : "causal", c->mask.block_size);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/tensors.txt", c->dir);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    for (int i = 0; i < m->n_tensors; i++) {
+        const hdlm_tensor *t = &m->tensors[i];
+        fprintf(f, "%s %zu %zu %d", t->name, t->offset, t->numel, t->shape[0]);
+        if (t->ndim == 2) fprintf(f, " %d", t->shape[1]);
+        fprintf(f, "\n");
+    }
+    fclose(f);
+    write_raw(c->dir, "params.f32", m->params, (m->n_params + m->n_buffer) * sizeof(float));
+    int32_t ids[CASE_BATCH * CASE_LENGTH], tg[CASE_BATCH * CASE_LENGTH];
+    for (int i = 0; i < n; i++) {
+        ids[i] = (int32_t)c->tokens[i];
+        tg[i] = (int32_t)c->targets[i];
+    }
+    write_raw(c->dir, "tokens.i32", ids, sizeof ids);
+    write_raw(c->dir, "targets.i32", tg, sizeof tg);
+    write_raw(c->dir, "sigma.f32", c->sigma, sizeof c->sigma);
+}
+
+// max |ours − ref| / max |ref| over a tensor (ref of zero size: absolute).
+static double scaled_error(const float *ours, const double *ref, size_t n) {
+    double err = 0.0, scale = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)ours[i] - ref[i]);
+        err = e > err ? e : err;
+        scale = fabs(ref[i]) > scale ? fabs(ref[i]) : scale;
+    }
+    return scale > 0.0 ? err / scale : err;
+}
+
+// Tolerances (fp32 against float64): every value passes through ~10 fp32 operations per layer, with dot products of
+// length <= 128 and softmax/LayerNorm reductions; the unit roundoff is 6e-8, so errors relative to a tensor's largest
+// entry of order 1e-6 are expected (measured: <= 6e-7 for outputs, <= 1.2e-6 for gradients). 1e-5 / 2e-5 leave a
+// margin of 10-20x, while a wrong term (a missing mask rule, a dropped gradient path) gives errors of 1e-3 to 1.
+#define OUT_TOL 1e-5
+#define GRAD_TOL 2e-5
+#define LOSS_TOL 1e-5
+
+static void test_model_matches_pytorch(void **state) {
+    (void)state;
+    static model_case cases[N_CASES];
+    char dirs[N_CASES * 4200] = "";
+    for (int i = 0; i < N_CASES; i++) {
+        case_prepare(&cases[i], i);
+        strcat(dirs, " ");
+        strcat(dirs, cases[i].dir);
+    }
+    int rc = test_run("/usr/bin/python3 %s/tests/reference/ddit.py%s", HDLM_SOURCE_DIR, dirs);
+    assert_int_equal(rc, 0);
+    double worst_out = 0.0, worst_grad = 0.0;
+    for (int i = 0; i < N_CASES; i++) {
+        model_case *c = &cases[i];
+        hdlm_model *m = c->model;
+        size_t n_out = (size_t)CASE_BATCH * CASE_LENGTH * m->config.vocab;
+        double *out = read_f64(c->dir, "out.f64", n_out);
+        double *loss = read_f64(c->dir, "loss.f64", 1);
+        double *grads = read_f64(c->dir, "grads.f64", m->n_params);
+        double e_out = scaled_error(m->out, out, n_out);
+        double e_loss = fabs(c->loss - loss[0]) / fabs(loss[0]);
+        printf("  %-7s %-26s loss %.6f (ref %.6f)  out err %.1e", hdlm_family_name(c->family), c->label, c->loss,
+               loss[0], e_out);
+        assert_true(e_out <= OUT_TOL);
+        assert_true(e_loss <= LOSS_TOL);
+        worst_out = e_out > worst_out ? e_out : worst_out;
+        double case_grad = 0.0;
+        for (int t = 0; t < m->n_tensors; t++) {
+            const hdlm_tensor *x = &m->tensors[t];
+            if (!x->trainable) continue;
+            double e = scaled_error(m->grads + x->offset, grads + x->offset, x->numel);
+            // a gradient that is zero in the reference must be zero here too, and vice versa
+            double ref_max = 0.0;
+            for (size_t k = 0; k < x->numel; k++) ref_max = fmax(ref_max, fabs(grads[x->offset + k]));
+            if (ref_max == 0.0 || e > GRAD_TOL) printf("\n    %s: grad err %.2e (ref max %.2e)", x->name, e, ref_max);
+            assert_true(ref_max > 0.0);
+            assert_true(e <= GRAD_TOL);
+            case_grad = e > case_grad ? e : case_grad;
+        }
+        printf("  grad err %.1e\n", case_grad);
+        worst_grad = case_grad > worst_grad ? case_grad : worst_grad;
+        free(out);
+        free(loss);
+        free(grads);
+        hdlm_model_free(m);
+    }
+    printf("  worst: outputs %.2e, gradients %.2e (tolerances %.0e, %.0e)\n", worst_out, worst_grad, OUT_TOL,
+           GRAD_TOL);
+}
+
+// ---- sizes, init, refusals -------------------------------------------------------------------------------------
+
+static size_t count_params(hdlm_family family) {
+    hdlm_model_config c = hdlm_model_config_ddit_small(family);
+    hdlm_tensor *t;
+    int n;
+    size_t params, buffer;
+    assert_int_equal(hdlm_model_tensor_table(&c, &t, &n, &params, &buffer), 0);
+    assert_int_equal(buffer, 32);   // rotary_emb.inv_freq, not a parameter
+    free(t);
+    return params;
+}
+
+static void test_paper_parameter_counts(void **state) {
+    (void)state;
+    assert_int_equal(count_params(HDLM_FAMILY_EPSILON), 162246482);
+    assert_int_equal(count_params(HDLM_FAMILY_GAMMA), 169429074);
+}
+
+static const hdlm_tensor *table_find(const hdlm_tensor *t, int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if (strcmp(t[i].name, name) == 0) return &t[i];
+    return NULL;
+}
+
+// State-dict names and shapes of spec §7.1 (γ paper configuration).
+static void test_tensor_names_and_shapes(void **state) {
+    (void)state;
+    hdlm_model_config c = hdlm_model_config_ddit_small(HDLM_FAMILY_GAMMA);
+    hdlm_tensor *t;
+    int n;
+    size_t params, buffer;
+    assert_int_equal(hdlm_model_tensor_table(&c, &t, &n, &params, &buffer), 0);
+    assert_int_equal(n, 1 + 4 + 1 + 12 * 10 + 3);
+    const hdlm_tensor *x = table_find(t, n, "blocks.11.adaLN_modulation.weight");
+    assert_non_null(x);
+    assert_int_equal(x->shape[0], 4608);
+    assert_int_equal(x->shape[1], 128);
+    x = table_find(t, n, "output_layer.linear.weight");
+    assert_non_null(x);
+    assert_int_equal(x->shape[0], 50258);
+    assert_int_equal(x->shape[1], 768);
+    x = table_find(t, n, "blocks.0.attn_qkv.weight");
+    assert_int_equal(x->shape[0], 2304);
+    assert_int_equal(x->shape[1], 768);
+    x = table_find(t, n, "sigma_map.mlp.0.weight");
+    assert_int_equal(x->shape[0], 128);
+    assert_int_equal(x->shape[1], 256);
+    assert_non_null(table_find(t, n, "blocks.3.mlp.2.bias"));
+    assert_non_null(table_find(t, n, "output_layer.norm_final.weight"));
+    assert_null(table_find(t, n, "blocks.12.norm1.weight"));
+    // parameters are packed without gaps; the buffer follows them
+    size_t next = 0;
+    for (int i = 0; i < n; i++)
+        if (t[i].trainable) {
+            assert_int_equal(t[i].offset, next);
+            next += t[i].numel;
+        }
+    assert_int_equal(table_find(t, n, "rotary_emb.inv_freq")->offset, params);
+    free(t);
+}
+
+// The zero-initialised head gives every logit 0, hence cross-entropy ln 50258 per token, for both families
+// (scale_by_sigma shifts a whole row by one constant, which cross-entropy ignores).
+static void test_initial_loss_is_log_vocab(void **state) {
+    (void)state;
+    for (int fam = 0; fam < 2; fam++) {
+        hdlm_model_config c = hdlm_model_config_ddit_small((hdlm_family)fam);
+        c.width = 64;
+        c.n_heads = 2;
+        c.n_layers = 2;
+        hdlm_model *m;
+        assert_int_equal(hdlm_model_create(&m, &c), 0);
+        hdlm_model_init(m, 42);
+        // init rules of spec §7.6; the views agree with the table
+        float bound = 1.0f / sqrtf(64.0f), emax = 0.0f;
+        for (size_t i = 0; i < (size_t)50258 * 64; i++) emax = fmaxf(emax, fabsf(m->p.embed[i]));
+        assert_true(emax <= bound && emax > 0.99f * bound);
+        assert_true(m->p.head_b[17] == 0.0f && m->p.head_w[1000] == 0.0f && m->p.norm_final[5] == 1.0f);
+        if (fam == HDLM_FAMILY_GAMMA) assert_true(m->p.blocks[1].ada_w[7] == 0.0f && m->p.blocks[0].ada_b[3] == 0.0f);
+        assert_ptr_equal(m->p.blocks[1].qkv,
+                         m->params + hdlm_model_find_tensor(m, "blocks.1.attn_qkv.weight")->offset);
+        assert_float_equal(m->p.inv_freq[1], 1.0f / powf(10000.0f, 2.0f / 32.0f), 1e-9);
+        enum { B = 1, L = 16 };
+        uint32_t tokens[B * L], targets[B * L];
+        float sigma[B * L];
+        for (int i = 0; i < B * L; i++) {
+            tokens[i] = (uint32_t)(i * 3001 % 50258);
+            targets[i] = (uint32_t)(i * 977 % 50257);
+            sigma[i] = 0.1f + 0.2f * i;
+        }
+        hdlm_model_input in = {.tokens = tokens, .sigma = sigma, .batch = B, .length = L, .training = true,
+                               .dropout_key = 9};
+        assert_int_equal(hdlm_model_forward(m, &in), 0);
+        float *dout = hdlm_malloc((size_t)B * L * c.vocab * sizeof(float));
+        double loss = cross_entropy(m->out, targets, B * L, c.vocab, dout);
+        printf("  %s: initial loss %.6f\n", hdlm_family_name(c.family), loss);
+        assert_float_equal(loss, 10.824925, 2e-6);
+        free(dout);
+        hdlm_model_free(m);
+    }
+}
+
+static void expect_refused(hdlm_model_config c, const char *field) {
+    hdlm_model *m = NULL;
+    hdlm_clear_error();
+    assert_int_equal(hdlm_model_create(&m, &c), -1);
+    assert_null(m);
+    assert_error_contains(field);
+}
+
+static void test_bad_configs_are_refused(void **state) {
+    (void)state;
+    hdlm_model_config base = small_config(HDLM_FAMILY_GAMMA, HDLM_ROTARY_EXACT), c;
+    c = base, c.n_heads = 5;
+    expect_refused(c, "'n_heads' (5) must divide field 'width' (32)");
+    c = base, c.n_layers = 0;
+    expect_refused(c, "'n_layers'");
+    c = base, c.width = 24, c.n_heads = 8;   // head dim 3
+    expect_refused(c, "must be even for rotary");
+    c = base, c.vocab = 1;
+    expect_refused(c, "'vocab'");
+    c = base, c.dropout = 1.0f;
+    expect_refused(c, "'dropout'");
+    c = base, c.cond_dim = 0;
+    expect_refused(c, "'cond_dim'");
+    c = base, c.max_length = 0;
+    expect_refused(c, "'max_length'");
+    c = base, c.mlp_ratio = 0;
+    expect_refused(c, "'mlp_ratio'");
+    c = base, c.family = (hdlm_family)7;
+    expect_refused(c, "'family'");
+}
+
+static void test_bad_inputs_are_refused(void **state) {
+    (void)state;
+    hdlm_model_config c = small_config(HDLM_FAMILY_GAMMA, HDLM_ROTARY_EXACT);
+    hdlm_model *m;
+    assert_int_equal(hdlm_model_create(&m, &c), 0);
+    uint32_t tokens[8] = {1, 2, 3, 4, 5, 6, 7, 61};
+    float sigma[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+    hdlm_model_input in = {.tokens = tokens, .sigma = sigma, .batch = 1, .length = 8};
+    assert_int_equal(hdlm_model_forward(m, &in), -1);
+    assert_error_contains("token 7 has id 61, vocabulary is 61");
+    tokens[7] = 60;
+    sigma[2] = 0.0f;
+    assert_int_equal(hdlm_model_forward(m, &in), -1);
+    assert_error_contains("sigma of token 2");
+    sigma[2] = 1.0f;
+    hdlm_attn_mask mask = hdlm_mask_full(7);
+    in.mask = &mask;
+    assert_int_equal(hdlm_model_forward(m, &in), -1);
+    assert_error_contains("mask length 7 differs from the length 8");
+    in.mask = NULL;
+    in.length = 200;
+    assert_int_equal(hdlm_model_forward(m, &in), -1);
+    assert_error_contains("max_length = 128");
+    in.length = 8;
+    assert_int_equal(hdlm_model_forward(m, &in), 0);
+    hdlm_model_free(m);
+}
+
+// Dropout multipliers follow hdlm_rng_uniform_at element by element (any start, any count), so masks do not depend
+// on tiling or threads; the kept fraction is 1 − p and the scale 1/(1 − p).
+static void test_dropout_mask_is_counter_based(void **state) {
+    (void)state;
+    enum { N = 10001 };
+    static float s[N];
+    uint64_t key = hdlm_rng_key(3, 0, 5, HDLM_RNG_DROPOUT);
+    hdlm_dropout_scales(s, key, 7, N, 0.1f);
+    int kept = 0;
+    for (int i = 0; i < N; i++) {
+        float expect = hdlm_rng_uniform_at(key, 7 + (uint64_t)i) >= 0.1f ? 1.0f / 0.9f : 0.0f;
+        assert_true(s[i] == expect);
+        kept += s[i] != 0.0f;
+    }
+    assert_true(fabs(kept / (double)N - 0.9) < 5 * sqrt(0.09 / N));
+}
+
+// Training mode with a fixed dropout key is repeatable; another key or evaluation mode changes the outputs.
+static void test_dropout_is_repeatable(void **state) {
+    (void)state;
+    hdlm_model_config c = small_config(HDLM_FAMILY_EPSILON, HDLM_ROTARY_EXACT);
+    c.dropout = 0.1f;
+    hdlm_model *m;
+    assert_int_equal(hdlm_model_create(&m, &c), 0);
+    randomize_params(m, 5);
+    enum { B = 2, L = 9 };
+    uint32_t tokens[B * L];
+    for (int i = 0; i < B * L; i++) tokens[i] = (uint32_t)(i * 7 % 61);
+    size_t n = (size_t)B * L * c.vocab;
+    float *first = hdlm_malloc(n * sizeof(float));
+    hdlm_model_input in = {.tokens = tokens, .batch = B, .length = L, .training = true, .dropout_key = 11};
+    assert_int_equal(hdlm_model_forward(m, &in), 0);
+    memcpy(first, m->out, n * sizeof(float));
+    assert_int_equal(hdlm_model_forward(m, &in), 0);
+    assert_memory_equal(first, m->out, n * sizeof(float));
+    in.dropout_key = 12;
+    assert_int_equal(hdlm_model_forward(m, &in), 0);
+    assert_memory_not_equal(first, m->out, n * sizeof(float));
+    in.training = false;
+    assert_int_equal(hdlm_model_forward(m, &in), 0);
+    assert_memory_not_equal(first, m->out, n * sizeof(float));
+    free(first);
+    hdlm_model_free(m);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_paper_parameter_counts),
+        cmocka_unit_test(test_tensor_names_and_shapes),
+        cmocka_unit_test(test_initial_loss_is_log_vocab),
+        cmocka_unit_test(test_bad_configs_are_refused),
+        cmocka_unit_test(test_bad_inputs_are_refused),
+        cmocka_unit_test(test_dropout_mask_is_counter_based),
+        cmocka_unit_test(test_dropout_is_repeatable),
+        cmocka_unit_test(test_model_matches_pytorch),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
