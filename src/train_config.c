@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "hdlm/common.h"
+#include "hdlm/tokenizer.h"
 
 // lo > hi: no range (strings and booleans).
 #define F(key, type, member, def, lo, hi, choices, help)                                                               \
@@ -107,4 +108,20 @@ int hdlm_train_config_load(hdlm_train_config *c, const char *yaml_path, const ch
     if (yaml_path) HDLM_TRY(hdlm_config_load_yaml(&hdlm_train_config_schema, c, yaml_path));
     for (int i = 0; i < n_overrides; i++) HDLM_TRY(hdlm_config_override(&hdlm_train_config_schema, c, overrides[i]));
     return check_cross_fields(c, world);
+}
+
+int hdlm_train_config_model(const hdlm_train_config *c, hdlm_model_config *m) {
+    bool gamma = strcmp(c->model.name, "gamma_hdlm") == 0;
+    *m = hdlm_model_config_ddit_small(gamma ? HDLM_FAMILY_GAMMA : HDLM_FAMILY_EPSILON);
+    m->width = (int)c->model.hidden_size;
+    m->n_layers = (int)c->model.n_blocks;
+    m->n_heads = (int)c->model.n_heads;
+    m->mlp_ratio = (int)c->model.mlp_ratio;
+    m->cond_dim = (int)c->model.cond_dim;
+    m->vocab = HDLM_MODEL_VOCAB;
+    m->max_length = (int)c->model.length;
+    m->dropout = (float)c->model.dropout;
+    m->gamma = (float)c->graph.gamma;
+    m->rotary = strcmp(c->model.rotary, "reference") == 0 ? HDLM_ROTARY_REFERENCE : HDLM_ROTARY_EXACT;
+    return hdlm_model_config_check(m);
 }

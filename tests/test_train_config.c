@@ -6,6 +6,7 @@
 #include <cmocka.h>
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "harness.h"
@@ -25,6 +26,15 @@ static void test_paper_presets_load(void **state) {
         assert_int_equal(c.model.hidden_size, 768);
         assert_int_equal(c.annealing.tau, i == 0 ? 1024 : 2048);
         assert_true(c.optim.beta2 == (i == 0 ? 0.95 : 0.999));
+        // The model they describe is the paper's DDiT-small (parameter counts of spec §0).
+        hdlm_model_config m;
+        assert_int_equal(hdlm_train_config_model(&c, &m), 0);
+        hdlm_tensor *tensors;
+        int n_tensors;
+        size_t n_params, n_buffer;
+        assert_int_equal(hdlm_model_tensor_table(&m, &tensors, &n_tensors, &n_params, &n_buffer), 0);
+        assert_int_equal(n_params, i == 0 ? 162246482 : 169429074);   // trainable; inv_freq is a buffer
+        free(tensors);
     }
 }
 

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "hdlm/config.h"
+#include "hdlm/model.h"
 
 typedef struct {
     struct {
@@ -61,5 +62,8 @@ extern const hdlm_config_schema hdlm_train_config_schema;
 // (batch divisible by world x accum, width and heads consistent, ...) for a job of `world` ranks.
 int hdlm_train_config_load(hdlm_train_config *c, const char *yaml_path, const char *const *overrides, int n_overrides,
                            int world);
+
+// The model configuration a training configuration describes (vocabulary 50258 with MASK, spec §1).
+int hdlm_train_config_model(const hdlm_train_config *c, hdlm_model_config *model);
 
 #endif
