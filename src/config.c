@@ -136,12 +136,8 @@ int hdlm_config_override(const hdlm_config_schema *s, void *config, const char *
 
 // The YAML walk keeps a stack of mapping keys; a scalar in key position pushes, a value scalar or a nested mapping's
 // end pops. Sequences, aliases and non-mapping documents are refused (no key takes a list).
-int hdlm_config_load_yaml(const hdlm_config_schema *s, void *config, const char *path) {
-    FILE *f = fopen(path, "rb");
-    HDLM_CHECK(f, "cannot open configuration file %s: %s", path, strerror(errno));
-    yaml_parser_t parser;
-    yaml_parser_initialize(&parser);
-    yaml_parser_set_input_file(&parser, f);
+static int load_yaml(const hdlm_config_schema *s, void *config, yaml_parser_t *parser_ptr, const char *path) {
+    yaml_parser_t parser = *parser_ptr;
 
     enum { MAX_DEPTH = 16 };
     char keys[MAX_DEPTH][128];
@@ -200,8 +196,28 @@ int hdlm_config_load_yaml(const hdlm_config_schema *s, void *config, const char 
         }
         yaml_event_delete(&ev);
     }
+    *parser_ptr = parser;
+    return rc;
+}
+
+int hdlm_config_load_yaml(const hdlm_config_schema *s, void *config, const char *path) {
+    FILE *f = fopen(path, "rb");
+    HDLM_CHECK(f, "cannot open configuration file %s: %s", path, strerror(errno));
+    yaml_parser_t parser;
+    yaml_parser_initialize(&parser);
+    yaml_parser_set_input_file(&parser, f);
+    int rc = load_yaml(s, config, &parser, path);
     yaml_parser_delete(&parser);
     fclose(f);
+    return rc;
+}
+
+int hdlm_config_load_yaml_string(const hdlm_config_schema *s, void *config, const char *text, const char *origin) {
+    yaml_parser_t parser;
+    yaml_parser_initialize(&parser);
+    yaml_parser_set_input_string(&parser, (const unsigned char *)text, strlen(text));
+    int rc = load_yaml(s, config, &parser, origin);
+    yaml_parser_delete(&parser);
     return rc;
 }
 

@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "harness.h"
@@ -116,6 +117,17 @@ static void test_yaml_round_trip(void **state) {
     assert_true(a.lr == b.lr && a.efficient == b.efficient && a.width == b.width);
     assert_string_equal(a.annealing_type, b.annealing_type);
     assert_string_equal(a.run_name, b.run_name);
+    // The same text from memory (as stored in a checkpoint).
+    char *text;
+    size_t len;
+    assert_int_equal(hdlm_read_file(path, &text, &len), 0);
+    memset(&b, 0, sizeof b);
+    assert_int_equal(hdlm_config_load_yaml_string(&demo_schema, &b, text, "checkpoint config"), 0);
+    assert_true(a.lr == b.lr && a.batch_size == b.batch_size);
+    assert_string_equal(a.run_name, b.run_name);
+    free(text);
+    assert_int_equal(hdlm_config_load_yaml_string(&demo_schema, &b, "optim:\n  beta: 1\n", "checkpoint config"), -1);
+    assert_error_contains("checkpoint config:2: unknown configuration key 'optim.beta'");
 }
 
 int main(void) {

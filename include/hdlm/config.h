@@ -36,6 +36,8 @@ typedef struct {
 int hdlm_config_defaults(const hdlm_config_schema *schema, void *config);
 // Applies the keys of a YAML file (a mapping, possibly nested); keys absent from the file keep their values.
 int hdlm_config_load_yaml(const hdlm_config_schema *schema, void *config, const char *path);
+// The same from YAML text in memory (a configuration stored in a checkpoint); `origin` names it in messages.
+int hdlm_config_load_yaml_string(const hdlm_config_schema *schema, void *config, const char *text, const char *origin);
 // Sets one key from text; `origin` names where the value came from in error messages.
 int hdlm_config_set(const hdlm_config_schema *schema, void *config, const char *key, const char *value,
                     const char *origin);
