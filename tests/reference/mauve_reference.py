@@ -4,6 +4,7 @@ python3-sklearn (1.2.1), following the algorithm of mauve-text 0.4.0 (ecosystem-
 
 Usage:
   mauve_reference.py fixture OUT_DIR N_P N_Q D     write OUT_DIR/p.npy, OUT_DIR/q.npy (float64 closed-form features)
+                                                   and their score to OUT_DIR/ref.json
   mauve_reference.py score P Q OUT_JSON            MAUVE of two feature files (.npy or HDF5 dataset 'features')
   mauve_reference.py pca X OUT_JSON                explained-variance ratios of L2-normalised X (sklearn PCA)
   mauve_reference.py check_h5 H5 OUT_JSON          what h5py sees in a feature export (shapes, dtypes, attributes)
@@ -103,8 +104,8 @@ def main():
         p, q = fixture(n_p, n_q, d)
         np.save(f"{out}/p.npy", p)
         np.save(f"{out}/q.npy", q)
-        return
-    if cmd == "score":
+        res, out = score(p, q), f"{out}/ref.json"
+    elif cmd == "score":
         res = score(load(sys.argv[2]), load(sys.argv[3]))
         out = sys.argv[4]
     elif cmd == "pca":
