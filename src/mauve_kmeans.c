@@ -24,7 +24,7 @@ enum {
     FAISS_SPLIT_SEED = 1234,             // a fresh RandomGenerator(1234) per split_clusters call
     FAISS_MAX_POINTS_PER_CENTROID = 256, // beyond k * 256 points faiss subsamples the training set
     FAISS_BLAS_THRESHOLD = 20,           // distance_compute_blas_threshold: fewer queries use direct differences
-    FAISS_QUERY_BLOCK = 4096,            // distance_compute_blas_query_bs
+    QUERY_BLOCK = 4096,                  // rows per sgemm (faiss distance_compute_blas_query_bs)
 };
 
 void hdlm_mt19937_seed(hdlm_mt19937 *mt, uint32_t seed) {
@@ -108,7 +108,7 @@ static void nearest_centroids(const float *x, int64_t n, int d, const float *c, 
     }
     float *c_norms = hdlm_malloc((size_t)k * sizeof(float));
     for (int j = 0; j < k; j++) c_norms[j] = squared_norm(c + (int64_t)j * d, d);
-    int64_t block = n < FAISS_QUERY_BLOCK ? n : FAISS_QUERY_BLOCK;
+    int64_t block = n < QUERY_BLOCK ? n : QUERY_BLOCK;
     float *ip = hdlm_malloc((size_t)block * (size_t)k * sizeof(float));
     for (int64_t i0 = 0; i0 < n; i0 += block) {
         int64_t rows = n - i0 < block ? n - i0 : block;
@@ -117,13 +117,19 @@ static void nearest_centroids(const float *x, int64_t n, int d, const float *c, 
                     k);
         for (int64_t r = 0; r < rows; r++) {
             float x_norm = squared_norm(x + (i0 + r) * d, d);
+            float *dis = ip + r * k;
             float best = HUGE_VALF;
-            int64_t arg = -1;
+            // two vectorisable passes: distances and their minimum, then the first index reaching it (= faiss's
+            // strict-less scan, which keeps the lower index on ties)
+#pragma omp simd reduction(min : best)
             for (int j = 0; j < k; j++) {
-                float dis = x_norm + c_norms[j] - 2 * ip[r * k + j];
-                if (dis < 0) dis = 0;   // round-off for (near-)identical vectors
-                if (dis < best) best = dis, arg = j;
+                float v = x_norm + c_norms[j] - 2 * dis[j];
+                v = v < 0 ? 0 : v;   // round-off for (near-)identical vectors
+                dis[j] = v;
+                best = v < best ? v : best;
             }
+            int arg = 0;
+            while (dis[arg] != best) arg++;
             label[i0 + r] = arg;
             dist[i0 + r] = best;
         }
