@@ -112,6 +112,7 @@ static int npy_read(const char *path, FILE *f, hdlm_feature_matrix *out) {
     free(header);
     if (fail) return -1;
 
+    HDLM_CHECK(n <= INT64_MAX / d / (long long)item, "%s: shape (%lld, %lld) is too large", path, n, d);
     fseek(f, 0, SEEK_END);
     long long available = (long long)ftell(f) - data_start;
     long long need = n * d * (long long)item;

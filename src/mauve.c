@@ -182,8 +182,8 @@ int hdlm_mauve_compute(const double *p, int64_t n_p, const double *q, int64_t n_
     HDLM_CHECK(opt->scaling > 0 && isfinite(opt->scaling), "MAUVE: --scaling must be positive, got %g", opt->scaling);
     HDLM_CHECK(opt->explained_var > 0 && opt->explained_var < 1,
                "MAUVE: --explained-var must lie strictly between 0 and 1, got %g", opt->explained_var);
-    int k = opt->num_buckets > 0 ? opt->num_buckets : hdlm_mauve_auto_buckets(n_p, n_q);
     HDLM_CHECK(opt->num_buckets >= 0, "MAUVE: --buckets must be positive or auto, got %d", opt->num_buckets);
+    int k = opt->num_buckets > 0 ? opt->num_buckets : hdlm_mauve_auto_buckets(n_p, n_q);
     int64_t n = n_p + n_q;
     HDLM_CHECK(k <= n, "MAUVE: %d buckets need at least %d feature rows, P and Q have %lld together", k, k,
                (long long)n);

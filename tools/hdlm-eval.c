@@ -2,6 +2,7 @@
 //   hdlm-eval mauve --p P --q Q [...]   MAUVE of two feature files
 // MPI is initialised here once for every subcommand (the model-based ones run on several ranks).
 #include <errno.h>
+#include <getopt.h>
 #include <limits.h>
 #include <math.h>
 #include <mpi.h>
@@ -52,7 +53,6 @@ int eval_parse_double(const char *cmd, const char *flag, const char *text, doubl
 }
 
 void eval_report_bad_option(const char *cmd, int argc, char **argv, int optopt_value) {
-    extern int optind;
     const char *shown = optind - 1 < argc ? argv[optind - 1] : "?";
     if (optopt_value > 0)
         fprintf(stderr, "hdlm-eval %s: unknown option '-%c' (see hdlm-eval %s --help)\n", cmd, optopt_value, cmd);
@@ -73,6 +73,9 @@ int main(int argc, char **argv) {
         print_usage(stderr);
         return 2;
     }
+    // BLIS 0.9.0 does not recognise every AVX-512 CPU (Zen 5) and then runs its generic kernels, 2-5x slower
+    // (docs/mauve.md); its skx kernels run on any AVX-512F CPU. An explicit BLIS_ARCH_TYPE wins.
+    if (__builtin_cpu_supports("avx512f")) setenv("BLIS_ARCH_TYPE", "0", 0);
     MPI_Init(&argc, &argv);
     int status = cmd->run(argc - 1, argv + 1);
     MPI_Finalize();
