@@ -197,10 +197,12 @@ static void test_closed_form_fixture_golden(void **state) {
 
 // Agreement with the independent Python implementation on a fixture the Python side generates (read through the
 // .npy reader): scores to 1e-9, identical histograms, and the winning k-means objective bit for bit.
-static void compare_with_reference(const char *name, int n_p, int n_q, int d) {
+// Returns the reference's JSON (caller deletes).
+static cJSON *compare_with_reference(const char *name, int n_p, int n_q, int d, const char *repeats) {
     const char *dir = test_tmp_dir(name);
     // one Python process writes the fixture and scores it (imports of sklearn + faiss dominate its time)
-    assert_int_equal(test_run("OMP_NUM_THREADS=1 " REFERENCE " fixture %s %d %d %d 2>/dev/null", dir, n_p, n_q, d), 0);
+    assert_int_equal(
+        test_run("OMP_NUM_THREADS=1 " REFERENCE " fixture %s %d %d %d %s 2>/dev/null", dir, n_p, n_q, d, repeats), 0);
     char p_path[4200], q_path[4200], out[4200];
     snprintf(p_path, sizeof p_path, "%s/p.npy", dir);
     snprintf(q_path, sizeof q_path, "%s/q.npy", dir);
@@ -243,22 +245,30 @@ static void compare_with_reference(const char *name, int n_p, int n_q, int d) {
     assert_int_equal(hdlm_kmeans_faiss(z, n, kept, &km, centroids, labels, &objective), 0);
     assert_close(objective, json_number(ref, "objective"), 0, "k-means objective vs faiss");
 
-    cJSON_Delete(ref);
     free(labels), free(centroids), free(z), free(ratios), free(x);
     hdlm_mauve_result_free(&res);
     hdlm_feature_matrix_free(&p);
     hdlm_feature_matrix_free(&q);
+    return ref;
 }
 
 static void test_second_fixture_matches_python_reference(void **state) {
     (void)state;
-    compare_with_reference("mauve_ref_second", 500, 380, 32);
+    cJSON_Delete(compare_with_reference("mauve_ref_second", 500, 380, 32, ""));
 }
 
 // n_p = 700, n_q = 12: k = 2 and 712 > 2 * 256 points, so faiss trains on a rand_perm subsample.
 static void test_subsampled_kmeans_matches_python_reference(void **state) {
     (void)state;
-    compare_with_reference("mauve_ref_subsample", 700, 12, 8);
+    cJSON_Delete(compare_with_reference("mauve_ref_subsample", 700, 12, 8, ""));
+}
+
+// Only 30 + 31 distinct rows, repeated: faiss meets empty clusters and splits them (hundreds of times here).
+static void test_empty_cluster_splits_match_python_reference(void **state) {
+    (void)state;
+    cJSON *ref = compare_with_reference("mauve_ref_splits", 300, 250, 12, "30 31");
+    assert_true(json_number(ref, "splits") > 100);
+    cJSON_Delete(ref);
 }
 
 static void test_bad_inputs_refused(void **state) {
@@ -294,6 +304,7 @@ int main(void) {
         cmocka_unit_test(test_closed_form_fixture_golden),
         cmocka_unit_test(test_second_fixture_matches_python_reference),
         cmocka_unit_test(test_subsampled_kmeans_matches_python_reference),
+        cmocka_unit_test(test_empty_cluster_splits_match_python_reference),
         cmocka_unit_test(test_bad_inputs_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

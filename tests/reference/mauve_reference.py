@@ -3,8 +3,10 @@
 python3-sklearn (1.2.1), following the algorithm of mauve-text 0.4.0 (ecosystem-notes §1.3-§1.4).
 
 Usage:
-  mauve_reference.py fixture OUT_DIR N_P N_Q D     write OUT_DIR/p.npy, OUT_DIR/q.npy (float64 closed-form features)
-                                                   and their score to OUT_DIR/ref.json
+  mauve_reference.py fixture OUT_DIR N_P N_Q D [M_P M_Q]
+                                                   write OUT_DIR/p.npy, OUT_DIR/q.npy (float64 closed-form features;
+                                                   with M_P M_Q: only M_P / M_Q distinct rows, repeated, so that
+                                                   k-means meets empty clusters) and their score to OUT_DIR/ref.json
   mauve_reference.py score P Q OUT_JSON            MAUVE of two feature files (.npy or HDF5 dataset 'features')
   mauve_reference.py pca X OUT_JSON                explained-variance ratios of L2-normalised X (sklearn PCA)
   mauve_reference.py check_h5 H5 OUT_JSON          what h5py sees in a feature export (shapes, dtypes, attributes)
@@ -84,7 +86,18 @@ def score(p_feat, q_feat, seed=25):
     ps, qs = (pc + 0.5) / (pc + 0.5).sum(), (qc + 0.5) / (qc + 0.5).sum()
     return {"mauve": curve_area(ph, qh), "mauve_star": curve_area(ps, qs), "frontier_integral": frontier(ph, qh),
             "frontier_integral_star": frontier(ps, qs), "num_buckets": k, "pca_dim": kept,
-            "p_counts": pc.tolist(), "q_counts": qc.tolist(), "objective": float(km.obj[-1])}
+            "p_counts": pc.tolist(), "q_counts": qc.tolist(), "objective": float(km.obj[-1]),
+            "splits": int(sum(st["nsplit"] for st in km.iteration_stats))}
+
+
+def fixture_repeated(n_p, n_q, d, m_p, m_q):
+    # exact duplicates: initial centroids drawn twice from the same point leave clusters empty (faiss splits them)
+    j = np.arange(d, dtype=np.float64)[None, :]
+    ip = (np.arange(n_p) % m_p)[:, None].astype(np.float64)
+    iq = (np.arange(n_q) % m_q)[:, None].astype(np.float64)
+    p = np.sin(0.61 * ip + 0.8 * j) + 0.3 * np.cos(0.07 * ip * j)
+    q = np.sin(0.61 * iq + 0.8 * j + 0.2) + 0.3 * np.cos(0.07 * iq * j)
+    return p, q
 
 
 def fixture(n_p, n_q, d):
@@ -101,7 +114,10 @@ def main():
     cmd = sys.argv[1]
     if cmd == "fixture":
         out, n_p, n_q, d = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-        p, q = fixture(n_p, n_q, d)
+        if len(sys.argv) > 7:
+            p, q = fixture_repeated(n_p, n_q, d, int(sys.argv[6]), int(sys.argv[7]))
+        else:
+            p, q = fixture(n_p, n_q, d)
         np.save(f"{out}/p.npy", p)
         np.save(f"{out}/q.npy", q)
         res, out = score(p, q), f"{out}/ref.json"
