@@ -165,7 +165,8 @@ size_t hdlm_model_embedding_params(const hdlm_model *m) { return (size_t)m->conf
 // Views of `base` (params or grads) by name; buffers only when with_buffers.
 static void model_bind_views(hdlm_model *m, hdlm_model_views *v, float *base, bool with_buffers) {
     char name[64];
-#define VIEW(name_str) (hdlm_model_find_tensor(m, (name_str)) ? base + hdlm_model_find_tensor(m, (name_str))->offset : NULL)
+#define VIEW(name_str)                                                                                                 \
+    (hdlm_model_find_tensor(m, (name_str)) ? base + hdlm_model_find_tensor(m, (name_str))->offset : NULL)
     v->embed = VIEW("vocab_embed.embedding");
     v->sigma_w1 = VIEW("sigma_map.mlp.0.weight");
     v->sigma_b1 = VIEW("sigma_map.mlp.0.bias");

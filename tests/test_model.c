@@ -46,7 +46,8 @@ static void randomize_params(hdlm_model *m, uint64_t seed) {
         bool norm = t->init == HDLM_INIT_ONE;
         float bound = t->fan_in > 0 ? 1.5f / sqrtf((float)t->fan_in) : 0.2f;
         if (strstr(t->name, "adaLN")) bound = 0.25f;
-        for (size_t k = 0; k < t->numel; k++) x[k] = (norm ? 1.0f : 0.0f) + (2.0f * hdlm_rng_uniform(&rng) - 1.0f) * bound;
+        for (size_t k = 0; k < t->numel; k++)
+            x[k] = (norm ? 1.0f : 0.0f) + (2.0f * hdlm_rng_uniform(&rng) - 1.0f) * bound;
     }
 }
 
