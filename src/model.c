@@ -10,7 +10,6 @@
 #include <xmmintrin.h>
 #endif
 
-#include "hdlm/blas.h"
 #include "hdlm/common.h"
 #include "hdlm/rng.h"
 
@@ -305,7 +304,6 @@ int hdlm_model_create(hdlm_model **out, const hdlm_model_config *config) {
     m->acts = hdlm_calloc(1, sizeof(hdlm_model_acts));
     m->acts->cos_t = alloc_floats((size_t)config->max_length * (config->width / config->n_heads / 2));
     m->acts->sin_t = alloc_floats((size_t)config->max_length * (config->width / config->n_heads / 2));
-    hdlm_blas_init(0);
     hdlm_model_init(m, 0);
     *out = m;
     return 0;
