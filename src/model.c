@@ -378,6 +378,9 @@ static int model_check_input(const hdlm_model *m, const hdlm_model_input *in, hd
     HDLM_CHECK(in->batch > 0, "model input: batch must be positive, got %d", in->batch);
     HDLM_CHECK(in->length > 0 && in->length <= c->max_length,
                "model input: length must be in [1, max_length = %d], got %d", c->max_length, in->length);
+    HDLM_CHECK((long long)in->batch * in->length <= (1 << 24),
+               "model input: batch × length = %lld tokens, at most 16777216 per forward",
+               (long long)in->batch * in->length);
     HDLM_CHECK(in->tokens != NULL, "model input: tokens missing");
     size_t n = (size_t)in->batch * in->length;
     for (size_t i = 0; i < n; i++)
