@@ -10,7 +10,6 @@
 #include <xmmintrin.h>
 #endif
 
-#include "hdlm/blas.h"
 #include "hdlm/common.h"
 #include "hdlm/rng.h"
 
@@ -165,7 +164,8 @@ size_t hdlm_model_embedding_params(const hdlm_model *m) { return (size_t)m->conf
 // Views of `base` (params or grads) by name; buffers only when with_buffers.
 static void model_bind_views(hdlm_model *m, hdlm_model_views *v, float *base, bool with_buffers) {
     char name[64];
-#define VIEW(name_str) (hdlm_model_find_tensor(m, (name_str)) ? base + hdlm_model_find_tensor(m, (name_str))->offset : NULL)
+#define VIEW(name_str)                                                                                                 \
+    (hdlm_model_find_tensor(m, (name_str)) ? base + hdlm_model_find_tensor(m, (name_str))->offset : NULL)
     v->embed = VIEW("vocab_embed.embedding");
     v->sigma_w1 = VIEW("sigma_map.mlp.0.weight");
     v->sigma_b1 = VIEW("sigma_map.mlp.0.bias");
@@ -304,7 +304,6 @@ int hdlm_model_create(hdlm_model **out, const hdlm_model_config *config) {
     m->acts = hdlm_calloc(1, sizeof(hdlm_model_acts));
     m->acts->cos_t = alloc_floats((size_t)config->max_length * (config->width / config->n_heads / 2));
     m->acts->sin_t = alloc_floats((size_t)config->max_length * (config->width / config->n_heads / 2));
-    hdlm_blas_init(0);
     hdlm_model_init(m, 0);
     *out = m;
     return 0;
@@ -379,6 +378,9 @@ static int model_check_input(const hdlm_model *m, const hdlm_model_input *in, hd
     HDLM_CHECK(in->batch > 0, "model input: batch must be positive, got %d", in->batch);
     HDLM_CHECK(in->length > 0 && in->length <= c->max_length,
                "model input: length must be in [1, max_length = %d], got %d", c->max_length, in->length);
+    HDLM_CHECK((long long)in->batch * in->length <= (1 << 24),
+               "model input: batch × length = %lld tokens, at most 16777216 per forward",
+               (long long)in->batch * in->length);
     HDLM_CHECK(in->tokens != NULL, "model input: tokens missing");
     size_t n = (size_t)in->batch * in->length;
     for (size_t i = 0; i < n; i++)

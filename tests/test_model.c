@@ -46,7 +46,8 @@ static void randomize_params(hdlm_model *m, uint64_t seed) {
         bool norm = t->init == HDLM_INIT_ONE;
         float bound = t->fan_in > 0 ? 1.5f / sqrtf((float)t->fan_in) : 0.2f;
         if (strstr(t->name, "adaLN")) bound = 0.25f;
-        for (size_t k = 0; k < t->numel; k++) x[k] = (norm ? 1.0f : 0.0f) + (2.0f * hdlm_rng_uniform(&rng) - 1.0f) * bound;
+        for (size_t k = 0; k < t->numel; k++)
+            x[k] = (norm ? 1.0f : 0.0f) + (2.0f * hdlm_rng_uniform(&rng) - 1.0f) * bound;
     }
 }
 
@@ -469,8 +470,20 @@ static void test_dropout_is_repeatable(void **state) {
     hdlm_model_free(m);
 }
 
+// hdlm-bench model: --help works; a bad --shape is refused naming the flag (the timing itself is a benchmark).
+static void test_bench_model_flags(void **state) {
+    (void)state;
+    const char *dir = test_tmp_dir("bench_model_flags");
+    const char *bench = "ASAN_OPTIONS=detect_leaks=0 '" HDLM_BIN_DIR "/hdlm-bench'";
+    assert_int_equal(test_run("%s model --help > '%s/help.txt' 2>&1", bench, dir), 0);
+    assert_int_equal(test_run("grep -q -- '--shape BxT' '%s/help.txt'", dir), 0);
+    assert_int_not_equal(test_run("%s model --shape 4 --no-pytorch > '%s/bad.txt' 2>&1", bench, dir), 0);
+    assert_int_equal(test_run("grep -q -- \"--shape wants BxT\" '%s/bad.txt'", dir), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bench_model_flags),
         cmocka_unit_test(test_paper_parameter_counts),
         cmocka_unit_test(test_tensor_names_and_shapes),
         cmocka_unit_test(test_initial_loss_is_log_vocab),

@@ -14,6 +14,7 @@
 #include "hdlm/common.h"
 #include "hdlm/model.h"
 #include "hdlm/rng.h"
+#include "hdlm/vecmath.h"
 
 typedef struct {
     int batch, length;
@@ -25,9 +26,11 @@ static void cross_entropy_grad(float *out, const uint32_t *targets, int n, int v
     for (int r = 0; r < n; r++) {
         float *o = out + (size_t)r * vocab;
         float mx = -INFINITY, sum = 0.0f;
+#pragma omp simd reduction(max : mx)
         for (int v = 0; v < vocab; v++) mx = o[v] > mx ? o[v] : mx;
+#pragma omp simd reduction(+ : sum)
         for (int v = 0; v < vocab; v++) {
-            o[v] = expf(o[v] - mx);
+            o[v] = hdlm_expf(o[v] - mx);
             sum += o[v];
         }
         float inv = 1.0f / (sum * (float)n);
@@ -164,7 +167,7 @@ int bench_model_main(int argc, char **argv) {
             char shape[32];
             snprintf(shape, sizeof shape, "%dx%d", shapes[i].batch, shapes[i].length);
             if (isnan(sec)) {
-                printf("%-10s %-8s (the reference did not run: /usr/bin/python3 with torch needed)\n", "pytorch", shape);
+                printf("%-10s %-8s (the reference did not run: needs /usr/bin/python3 with torch)\n", "pytorch", shape);
                 continue;
             }
             double gf = flops[i] / sec * 1e-9;
