@@ -245,7 +245,7 @@ int hdlm_safetensors_load_model(const hdlm_safetensors *st, hdlm_model *m, const
             missing++;
         }
     if (rc == 0 && missing)
-        rc = HDLM_FAIL("%s: missing tensor '%s%s' (%d of the model's %s parameters are missing)", st->path,
+        rc = HDLM_FAIL("%s: missing tensor '%s%s' (%d of the model's %s tensors are missing)", st->path,
                        plen ? prefix : "", first, missing, hdlm_family_name(m->config.family));
     free(seen);
     return rc;
