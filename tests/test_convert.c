@@ -473,11 +473,11 @@ static void test_kill_during_save_keeps_previous_checkpoint(void **state) {
     assert_memory_equal(back->params, m->params, m->n_params * sizeof(float));
     hdlm_model_free(back);
 
-    // The run resumes and saves step 2 again: the stale temporary directory goes, latest moves on.
-    assert_int_equal(hdlm_model_save_checkpoint(root, 2, m, &c, true, NULL), 0);
+    // The run resumes and saves (at another step): the stale temporary directory goes, latest moves on.
+    assert_int_equal(hdlm_model_save_checkpoint(root, 3, m, &c, true, NULL), 0);
     assert_false(exists(tmp));
     assert_int_equal(hdlm_checkpoint_find_latest(root, found, sizeof found), 0);
-    assert_non_null(strstr(found, "step_000000002"));
+    assert_non_null(strstr(found, "step_000000003"));
     assert_int_equal(hdlm_model_load_checkpoint(&back, NULL, found, "ema"), 0);
     assert_memory_equal(back->params, m->params, m->n_params * sizeof(float));
     hdlm_model_free(back);
