@@ -23,7 +23,7 @@ void hdlm_safetensors_close(hdlm_safetensors *st) {
     for (int i = 0; i < st->n_tensors; i++) free(st->tensors[i].name);
     free(st->tensors);
     free(st->metadata);
-    free(st->data);
+    free(st->file);
     free(st->path);
     free(st);
 }
@@ -134,13 +134,12 @@ int hdlm_safetensors_open(hdlm_safetensors **out, const char *path) {
             rc = HDLM_FAIL("%s: header length %llu is impossible (file has %zu bytes after the 8-byte length, limit "
                            "%u)", path, (unsigned long long)header, len - 8, ST_HEADER_MAX);
     }
+    st->file = buf;
     if (rc == 0) {
         st->size = len - 8 - (size_t)header;
-        st->data = hdlm_malloc(st->size + 1);
-        memcpy(st->data, buf + 8 + header, st->size);
+        st->data = (unsigned char *)buf + 8 + header;
         rc = parse_header(st, buf + 8, (size_t)header);
     }
-    free(buf);
     if (rc != 0) {
         hdlm_safetensors_close(st);
         return -1;

@@ -215,6 +215,13 @@ static void test_pytorch_weights_import_with_same_outputs(void **state) {
         fmt_into(out, sizeof out, "%s/model.safetensors", dir);
         fmt_into(run, sizeof run, "%s/run", dir);
         assert_int_equal(import_file(out, f, WIDTH, run, "--weights-only"), 0);
+        if (f == HDLM_FAMILY_EPSILON) {   // not twice into the same run (step 0 would become latest again)
+            char log[4400], redirected[9000];
+            fmt_into(log, sizeof log, "%s/import_again.log", dir);
+            fmt_into(redirected, sizeof redirected, "%s 2> %s", out, log);
+            assert_int_not_equal(import_file(redirected, f, WIDTH, run, ""), 0);
+            assert_int_equal(test_run("grep -q 'already holds checkpoints' %s", log), 0);
+        }
         hdlm_model *m = load_run(run, "ema");
         size_t n = (size_t)BATCH * LENGTH;
         int32_t *tokens = read_bin(dir, "tokens.i32", n * sizeof(int32_t));

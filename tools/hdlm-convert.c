@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "hdlm/checkpoint.h"
 #include "hdlm/common.h"
@@ -70,6 +71,12 @@ static int cmd_import(const char *in, const char *config_path, char **overrides,
     HDLM_CHECK(strlen(run_dir) < sizeof c.run.dir, "--out %s: path longer than %zu characters", run_dir,
                sizeof c.run.dir - 1);
     snprintf(c.run.dir, sizeof c.run.dir, "%s", run_dir);
+    // A second import into a run would publish step 0 as `latest` beside newer checkpoints (and retention could
+    // delete it at once): refuse.
+    char latest[4300];
+    snprintf(latest, sizeof latest, "%s/checkpoints/latest", run_dir);
+    HDLM_CHECK(access(latest, F_OK) != 0, "--out %s already holds checkpoints (%s exists): give a new run directory",
+               run_dir, latest);
     hdlm_safetensors *st;
     HDLM_TRY(hdlm_safetensors_open(&st, in));
     hdlm_model *m;

@@ -46,7 +46,8 @@ typedef struct {
 
 typedef struct {
     char *path;
-    unsigned char *data;   // the data section (size bytes)
+    char *file;            // the whole file
+    unsigned char *data;   // its data section (size bytes)
     size_t size;
     hdlm_st_tensor *tensors;   // in file order
     int n_tensors;
