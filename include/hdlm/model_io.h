@@ -63,7 +63,8 @@ const char *hdlm_st_dtype_name(hdlm_st_dtype dtype);
 // Fills the model's trainable tensors from the file (converted to fp32). Each file key, after removing `prefix`
 // (NULL or "": none; a key without it is unexpected), must name a trainable tensor of the same shape, and every
 // trainable tensor must be present; a "rotary_emb.inv_freq" buffer is not loaded but verified against the model's
-// (relative difference <= 1e-6). Missing, unexpected or misshapen tensors are refused by name.
+// (relative difference <= 1e-6). Missing, unexpected or misshapen tensors are refused by name (the model's weights
+// are then partly overwritten: discard it).
 int hdlm_safetensors_load_model(const hdlm_safetensors *st, hdlm_model *model, const char *prefix);
 
 // Writes `weights` (a flat buffer laid out as model->params) as fp32 safetensors with the state-dict keys (each
