@@ -272,7 +272,8 @@ int hdlm_safetensors_write_model(const char *path, const hdlm_model *m, const fl
     }
     char *json = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
-    size_t hlen = strlen(json), padded = (hlen + 7) / 8 * 8;   // data starts 8-byte aligned, as the format's writer does
+    // The data starts 8-byte aligned (header padded with spaces), as the format's own writer does.
+    size_t hlen = strlen(json), padded = (hlen + 7) / 8 * 8;
     unsigned char len_bytes[8];
     for (int k = 0; k < 8; k++) len_bytes[k] = (unsigned char)((uint64_t)padded >> (8 * k));
     FILE *f = fopen(path, "wb");

@@ -26,8 +26,8 @@ static void print_usage(FILE *f) {
             "                      [--weights-only]\n"
             "      reads F32/BF16/F16 weights of the model CONFIG.yaml describes (keys after removing P; a\n"
             "      rotary_emb.inv_freq buffer is verified, not loaded) and writes RUN_DIR/checkpoints/step_000000000\n"
-            "      with the weights as params and ema, the configuration, and zero AdamW moments (a run resumes from it\n"
-            "      as a fresh start; --weights-only leaves the moments out)\n"
+            "      with the weights as params and ema, the configuration, and zero AdamW moments (a run resumes\n"
+            "      from it as a fresh start; --weights-only leaves the moments out)\n"
             "  hdlm-convert info CKPT_DIR|FILE.safetensors\n"
             "      tensors, shapes, element counts and the configuration summary\n");
 }

@@ -1,12 +1,12 @@
 #!/usr/bin/python3
 """safetensors files written and read by hand (Debian has no python3-safetensors) for tests/test_convert.c.
 
-  make CASE_DIR...   for each case: reads CASE_DIR/config.json (the DDiT configuration of tests/reference/ddit.py plus batch, length,
-                  seed), builds the float64 reference model, initialises every parameter randomly, and writes
-                  model.safetensors (F32, with rotary_emb.inv_freq as the published weights carry it),
-                  model_bf16.safetensors (BF16) + model_bf16_as_f32.safetensors (the same values in F32), the
-                  same for F16,
-                  tokens.i32 (+ sigma.f32 for γ) and out.f64: the reference's outputs on them with the F32 weights.
+  make CASE_DIR...
+                  for each case: reads CASE_DIR/config.json (the DDiT configuration of tests/reference/ddit.py plus
+                  batch, length, seed), builds the float64 reference model, initialises every parameter randomly,
+                  and writes model.safetensors (F32, with rotary_emb.inv_freq as the published weights carry it),
+                  model_bf16.safetensors (BF16) + model_bf16_as_f32.safetensors (the same values in F32), the same
+                  for F16, tokens.i32 (+ sigma.f32 for γ) and out.f64: the reference's outputs with the F32 weights.
   check FILE CASE_DIR [FILE CASE_DIR ...]
                   loads FILE (an hdlm-convert export) into the reference model with load_state_dict(strict=True) and
                   checks it gives out.f64 again (to float64 roundoff): a PyTorch user can load our exports.
