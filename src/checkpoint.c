@@ -370,8 +370,26 @@ static int write_index(const char *dir, const hdlm_ckpt_contents *c, const size_
     return rc;
 }
 
+// Removes step_N.tmp / step_N.old directories that writers killed at other steps left behind (after a successful
+// publish, none of them can be in use: one run writes a root).
+static void remove_stale(const char *root) {
+    DIR *d = opendir(root);
+    if (!d) return;
+    for (struct dirent *e; (e = readdir(d));) {
+        size_t len = strlen(e->d_name);
+        if (strncmp(e->d_name, "step_", 5) != 0 || len < 9 ||
+            (strcmp(e->d_name + len - 4, ".tmp") != 0 && strcmp(e->d_name + len - 4, ".old") != 0))
+            continue;
+        char dir[4400];
+        snprintf(dir, sizeof dir, "%s/%s", root, e->d_name);
+        if (remove_tree(dir) != 0) hdlm_warn("%s\n", hdlm_last_error());
+    }
+    closedir(d);
+}
+
 // Keeps the newest keep_last complete checkpoints and those whose step is a multiple of keep_every.
 static void apply_retention(const char *root, const hdlm_ckpt_retention *keep) {
+    remove_stale(root);
     int64_t *steps;
     int n = list_complete(root, &steps);
     for (int i = keep->keep_last; i < n; i++) {
