@@ -115,11 +115,21 @@ int main(int argc, char **argv) {
     HDLM_MUST(hdlm_metrics_open(&metrics, metrics_path, resume != NULL));
 
     int64_t n_iters = cfg.training.n_iters, first = t->update, skipped = 0, last_tokens = t->tokens_seen;
+    if (!resume && t->has_valid) {   // the untrained model's validation loss: the baseline of the run
+        double val = hdlm_trainer_eval(t);
+        hdlm_metrics_record r = {0, 0, 0, 0, NAN, NAN, NAN, NAN, NAN, 0, NAN, val, 0};
+        hdlm_metrics_write(&metrics, &r);
+        hdlm_log("update 0/%lld | val %.4f\n", (long long)n_iters, val);
+    }
     double start = hdlm_time_now(), last_time = start, excluded = 0;   // excluded: evaluation and checkpoint time
+    double loss_sum = 0;   // the logged loss is the mean over the updates since the previous progress line
+    int loss_count = 0;
     while (t->update < n_iters) {
         hdlm_update_stats s;
         hdlm_trainer_update(t, &s);
         skipped += s.skipped;
+        loss_sum += s.loss;
+        loss_count++;
         int64_t u = t->update;
         bool final = u == n_iters;
         double val = NAN;
@@ -132,7 +142,8 @@ int main(int argc, char **argv) {
             double now = hdlm_time_now(), elapsed = now - start;
             double tok_s = (double)(t->tokens_seen - last_tokens) / fmax(now - last_time - excluded, 1e-9);
             double eta = elapsed / (double)(u - first) * (double)(n_iters - u);
-            hdlm_metrics_record r = {u, t->loader.epoch, t->micro_step, t->tokens_seen, s.loss, s.lr, s.grad_norm,
+            double loss = loss_sum / loss_count;
+            hdlm_metrics_record r = {u, t->loader.epoch, t->micro_step, t->tokens_seen, loss, s.lr, s.grad_norm,
                                      tok_s, tok_s * t->flops_per_token / peak, elapsed, eta, val, skipped};
             hdlm_metrics_write(&metrics, &r);
             char el[32], et[32], vl[48] = "";
@@ -141,11 +152,13 @@ int main(int argc, char **argv) {
             if (isfinite(val)) snprintf(vl, sizeof vl, " | val %.4f", val);
             hdlm_log("update %lld/%lld | epoch %lld | loss %.4f | lr %.3e | grad %.3f | %.0f tok/s | %.1f%% of peak | "
                      "%s elapsed | ETA %s%s\n",
-                     (long long)u, (long long)n_iters, (long long)t->loader.epoch, s.loss, s.lr, s.grad_norm, tok_s,
+                     (long long)u, (long long)n_iters, (long long)t->loader.epoch, loss, s.lr, s.grad_norm, tok_s,
                      100.0 * r.flops_fraction, el, et, vl);
             last_time = hdlm_time_now();
             last_tokens = t->tokens_seen;
             excluded = 0;
+            loss_sum = 0;
+            loss_count = 0;
         }
         if (u % cfg.training.snapshot_freq == 0 || final) {
             double seconds = 0, t0 = hdlm_time_now();
