@@ -27,18 +27,20 @@ static void test_tiny_preset_learns(void **state) {
     snprintf(path, sizeof path, "%s/val", dir);
     assert_int_equal(test_run("/usr/bin/python3 -c \"import json,sys\n"
                               "rows=[json.loads(l) for l in open(sys.argv[1])]\n"
-                              "assert [r['update'] for r in rows]==list(range(10,101,10)), rows\n"
+                              "assert [r['update'] for r in rows]==list(range(0,101,10)), rows\n"
                               "assert all(set(r)>={'loss','lr','grad_norm','tokens_per_s','flops_fraction','eta_s'} "
                               "for r in rows)\n"
-                              "print(rows[-1]['val_loss'])\" '%s/run/metrics.jsonl' > '%s'",
+                              "print(rows[0]['val_loss'], rows[-1]['val_loss'])\" '%s/run/metrics.jsonl' > '%s'",
                               dir, path),
                      0);
     FILE *f = fopen(path, "r");
     assert_non_null(f);
-    double val = NAN;
-    assert_int_equal(fscanf(f, "%lf", &val), 1);
+    double val0 = NAN, val = NAN;
+    assert_int_equal(fscanf(f, "%lf %lf", &val0, &val), 2);
     fclose(f);
-    print_message("validation loss after 100 updates: %.4f (untrained: ln V = %.4f)\n", val, untrained);
+    print_message("validation loss: %.4f before training, %.4f after 100 updates (ln V = %.4f)\n", val0, val,
+                  untrained);
+    assert_true(fabs(val0 - untrained) < 0.5);   // the measured baseline is the untrained model's
     assert_true(val < untrained - margin);
     // The final checkpoint exists and is `latest`.
     assert_int_equal(test_run("grep -q step_000000100 '%s/run/checkpoints/latest'", dir), 0);
