@@ -268,7 +268,7 @@ void hdlm_trainer_update(hdlm_trainer *t, hdlm_update_stats *stats) {
     stats->lr = hdlm_lr_at(&t->lr, t->applied);
     stats->skipped = !isfinite(stats->grad_norm);
     if (stats->skipped) {
-        hdlm_warn("update %lld: non-finite gradient norm (%g): update skipped, LR schedule not advanced",
+        hdlm_warn("update %lld: non-finite gradient norm (%g): update skipped, LR schedule not advanced\n",
                   (long long)t->update + 1, stats->grad_norm);
     } else {
         if (t->cfg.optim.grad_clip > 0) hdlm_grad_clip(g, n, stats->grad_norm, t->cfg.optim.grad_clip);
