@@ -506,6 +506,7 @@ void hdlm_model_backward(hdlm_model *m, const float *dout) {
     hdlm_layernorm_backward(a->dh, m->g.norm_final, a->da, a->h + (size_t)c->n_layers * Nd, m->p.norm_final,
                             a->lnf_mean, a->lnf_rstd, N, d);
     if (gamma) memset(a->dcond, 0, (size_t)N * cd * sizeof(float));
+    if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, (size_t)(m->g.norm_final - m->grads));
 
     for (int l = c->n_layers - 1; l >= 0; l--) {
         const hdlm_block_views *w = &m->p.blocks[l];
@@ -547,6 +548,7 @@ void hdlm_model_backward(hdlm_model *m, const float *dout) {
         hdlm_layernorm_backward(a->dh, g->norm1, dln1, h_in, w->norm1, a->ln1_mean + (size_t)l * N,
                                 a->ln1_rstd + (size_t)l * N, N, d);
         if (gamma) hdlm_linear_backward(a->dcond, g->ada_w, g->ada_b, a->dmod, a->cond, w->ada_w, N, cd, 6 * d, true);
+        if (m->grad_ready && l > 0) m->grad_ready(m->grad_ready_ctx, (size_t)(g->norm1 - m->grads));
     }
 
     hdlm_embedding_backward(m->g.embed, a->dh, a->tokens, gamma ? a->mix : NULL, (uint32_t)(V - 1), N, d);
@@ -558,4 +560,5 @@ void hdlm_model_backward(hdlm_model *m, const float *dout) {
         hdlm_linear_backward(NULL, m->g.sigma_w1, m->g.sigma_b1, a->dc1, a->freq, m->p.sigma_w1, N,
                              HDLM_SIGMA_FREQ_DIM, cd, false);
     }
+    if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, 0);
 }

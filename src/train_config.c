@@ -66,6 +66,7 @@ static const hdlm_config_field fields[] = {
     F("optim.warmup", INT, optim.warmup, "10000", 0, 1e12, NULL, "warm-up (lambda scheduler)"),
     F("optim.total", INT, optim.total, "1000000", 1, 1e15, NULL, "schedule horizon in scheduler counts"),
     F("optim.lr_multiplier", INT, optim.lr_multiplier, "0", 0, 1e6, NULL, "scheduler counts per update (0: ranks)"),
+    F("optim.zero1", BOOL, optim.zero1, "false", 1, 0, NULL, "shard AdamW moments and EMA across ranks (ZeRO-1)"),
 
     F("data.train", STRING, data.train, "", 1, 0, NULL, "training token shards (directory)"),
     F("data.valid", STRING, data.valid, "", 1, 0, NULL, "validation token shards (directory)"),

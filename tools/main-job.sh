@@ -22,3 +22,11 @@ mpirun -np 2 --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 "$bin/hdlm-prep
   --out "$run/data/sotu" "${train[@]}" "${val[@]}"
 mpirun -np 2 --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 "$bin/hdlm-prep" prepare --vocab "$root/.cache/gpt2" --overwrite \
   --split validation --out "$run/data/moby-dick" "$root/.cache/moby-dick/data/data.txt"
+# Train the small preset (jobs/configs/small.yaml: 13.3M parameters, 150 updates of 16 x 64 tokens) with 2 MPI ranks
+# x 1 thread for a few minutes; metrics in $run/small/metrics.jsonl (plotted to $run/small/metrics.png),
+# checkpoints in $run/small/checkpoints/ (the last one is `latest`). Re-running resumes nothing: it trains afresh.
+mpirun -np 2 --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 "$bin/hdlm-train" --config "$root/jobs/configs/small.yaml" \
+  data.train="$run/data/sotu" data.valid="$run/data/sotu" run.dir="$run/small"
+"$root/tools/plot-metrics.sh" "$run/small/metrics.jsonl" "$run/small/metrics.png"
+# Evaluation (likelihood on the validation split and on Moby-Dick) and sampling from
+# $run/small/checkpoints/latest come here.

@@ -80,6 +80,11 @@ typedef struct {
 
 typedef struct hdlm_model_acts hdlm_model_acts;
 
+// Called by hdlm_model_backward each time the gradients of a suffix of the flat buffer are final: grads[from ..
+// n_params) will not change again in this backward (the output layer first, then each block from the last, then the
+// rest with from = 0). Data parallelism starts reducing those gradients while the backward pass goes on.
+typedef void (*hdlm_grad_ready_fn)(void *ctx, size_t from);
+
 typedef struct {
     hdlm_model_config config;
     hdlm_tensor *tensors;
@@ -92,6 +97,8 @@ typedef struct {
     float *out;         // [B, L, V] of the last forward
     int batch, length;  // shape of the last forward
     hdlm_model_acts *acts;
+    hdlm_grad_ready_fn grad_ready;   // optional (NULL: none)
+    void *grad_ready_ctx;
 } hdlm_model;
 
 // Inputs of one forward. tokens and sigma are copied; mask is copied.

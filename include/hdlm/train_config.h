@@ -46,6 +46,7 @@ typedef struct {
         int64_t warmup;                           // in scheduler counts (lambda)
         int64_t total;                            // scheduler counts of the cosine / linear horizon
         int64_t lr_multiplier;                    // scheduler counts per update; 0 = world size (the reference)
+        bool zero1;                               // shard AdamW moments and EMA across ranks (ZeRO-1)
     } optim;
     struct {
         char train[HDLM_CONFIG_STRING_MAX], valid[HDLM_CONFIG_STRING_MAX];   // token-shard directories

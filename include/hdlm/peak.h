@@ -1,0 +1,9 @@
+// hdlm/peak.h — the machine's measured fp32 FMA peak, the denominator of achieved-FLOP/s fractions.
+#ifndef HDLM_PEAK_H
+#define HDLM_PEAK_H
+
+// Best of three runs of independent vector-FMA chains on `threads` OpenMP threads, in FLOP/s (an FMA counts 2).
+// `iterations` sets the run length (20e6 ≈ 0.1 s per run on the development machine).
+double hdlm_fma_peak_flops(int threads, long iterations);
+
+#endif

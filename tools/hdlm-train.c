@@ -1,0 +1,175 @@
+// hdlm-train — trains a hybrid diffusion language model with MPI data parallelism (docs/training.md).
+//   mpirun -np 2 hdlm-train --config jobs/configs/small.yaml [key=value ...] [--resume [latest|DIR]]
+#include <errno.h>
+#include <math.h>
+#include <mpi.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "hdlm/common.h"
+#include "hdlm/metrics.h"
+#include "hdlm/peak.h"
+#include "hdlm/trainer.h"
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: mpirun -np R hdlm-train --config FILE [key=value ...] [--resume [latest|DIR]]\n"
+            "  --config FILE      YAML training configuration (presets in jobs/configs/)\n"
+            "  key=value          override one key, e.g. training.batch_size=64 annealing.width=256\n"
+            "  --resume [WHAT]    continue from <run.dir>/checkpoints/latest (default) or a checkpoint directory\n"
+            "  --help             this text and every configuration key\n"
+            "Writes <run.dir>/config.yaml, <run.dir>/metrics.jsonl and <run.dir>/checkpoints/.\n"
+            "Plot the metrics: tools/plot-metrics.sh <run.dir>/metrics.jsonl out.png\n\n");
+}
+
+static void format_duration(double s, char *buf, size_t size) {
+    if (!isfinite(s) || s < 0) s = 0;
+    long t = (long)(s + 0.5);
+    snprintf(buf, size, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+}
+
+static int make_dir(const char *path) {
+    char buf[HDLM_CONFIG_STRING_MAX + 32];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == 0) {
+            char c = *p;
+            *p = 0;
+            HDLM_CHECK(mkdir(buf, 0755) == 0 || errno == EEXIST, "cannot create run.dir %s: %s", buf, strerror(errno));
+            *p = c;
+            if (!c) break;
+        }
+    }
+    return 0;
+}
+
+static int write_config(const hdlm_train_config *cfg, const char *yaml) {
+    char path[HDLM_CONFIG_STRING_MAX + 16];
+    snprintf(path, sizeof path, "%s/config.yaml", cfg->run.dir);
+    FILE *f = fopen(path, "w");
+    HDLM_CHECK(f, "cannot write %s: %s", path, strerror(errno));
+    fputs(yaml, f);
+    HDLM_CHECK(fclose(f) == 0, "cannot write %s: %s", path, strerror(errno));
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    MPI_Init(&argc, &argv);
+    const char *config_path = NULL, *resume = NULL;
+    const char **overrides = hdlm_calloc((size_t)argc, sizeof(char *));
+    int n_overrides = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            if (hdlm_rank() == 0) {
+                usage(stdout);
+                hdlm_config_print_help(&hdlm_train_config_schema, stdout);
+            }
+            MPI_Finalize();
+            return 0;
+        } else if (strcmp(argv[i], "--config") == 0) {
+            if (i + 1 >= argc) HDLM_DIE("--config needs a file");
+            config_path = argv[++i];
+        } else if (strcmp(argv[i], "--resume") == 0) {
+            resume = "latest";
+            if (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0 && !strchr(argv[i + 1], '=')) resume = argv[++i];
+        } else if (strchr(argv[i], '=') && argv[i][0] != '-') {
+            overrides[n_overrides++] = argv[i];
+        } else {
+            if (hdlm_rank() == 0) usage(stderr);
+            HDLM_DIE("unknown argument '%s'", argv[i]);
+        }
+    }
+    if (!config_path) HDLM_DIE("--config FILE is required (presets: jobs/configs/*.yaml)");
+    hdlm_train_config cfg;
+    HDLM_MUST(hdlm_train_config_load(&cfg, config_path, overrides, n_overrides, hdlm_world_size()));
+    free(overrides);
+    char *yaml = hdlm_trainer_config_yaml(&cfg);
+    hdlm_log("hdlm-train: resolved configuration (%s):\n%s", config_path, yaml);
+    if (hdlm_rank() == 0) {
+        char ckdir[HDLM_CONFIG_STRING_MAX + 16];
+        snprintf(ckdir, sizeof ckdir, "%s/checkpoints", cfg.run.dir);
+        HDLM_MUST(make_dir(ckdir));
+        HDLM_MUST(write_config(&cfg, yaml));
+    }
+    free(yaml);
+    MPI_Barrier(MPI_COMM_WORLD);
+
+    // Every rank measures its own threads at once, so the sum is the peak of the cores the job uses.
+    double peak = hdlm_allreduce_sum(hdlm_fma_peak_flops(omp_get_max_threads(), 2000000));
+    hdlm_trainer *t = hdlm_malloc(sizeof *t);
+    HDLM_MUST(hdlm_trainer_create(t, &cfg, resume));
+    hdlm_log("model: %s, %zu parameters; %d ranks x micro-batch %d x accum %d = %lld sequences of %d tokens per "
+             "update; %.3g FLOP/token; peak %.1f GFLOP/s (%d ranks x %d threads)%s\n",
+             cfg.model.name, t->model->n_params, t->world, t->micro_batch, t->accum,
+             (long long)cfg.training.batch_size, t->length, t->flops_per_token, peak * 1e-9, t->world,
+             omp_get_max_threads(), cfg.optim.zero1 ? "; ZeRO-1" : "");
+    if (resume)
+        hdlm_log("resumed at update %lld (epoch %lld, %llu chunks into it)\n", (long long)t->update,
+                 (long long)t->loader.epoch, (unsigned long long)t->loader.position);
+    char metrics_path[HDLM_CONFIG_STRING_MAX + 16];
+    snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", cfg.run.dir);
+    hdlm_metrics metrics;
+    HDLM_MUST(hdlm_metrics_open(&metrics, metrics_path, resume != NULL));
+
+    int64_t n_iters = cfg.training.n_iters, first = t->update, skipped = 0, last_tokens = t->tokens_seen;
+    if (!resume && t->has_valid) {   // the untrained model's validation loss: the baseline of the run
+        double val = hdlm_trainer_eval(t);
+        hdlm_metrics_record r = {0, 0, 0, 0, NAN, NAN, NAN, NAN, NAN, 0, NAN, val, 0};
+        hdlm_metrics_write(&metrics, &r);
+        hdlm_log("update 0/%lld | val %.4f\n", (long long)n_iters, val);
+    }
+    double start = hdlm_time_now(), last_time = start, excluded = 0;   // excluded: evaluation and checkpoint time
+    double loss_sum = 0;   // the logged loss is the mean over the updates since the previous progress line
+    int loss_count = 0;
+    while (t->update < n_iters) {
+        hdlm_update_stats s;
+        hdlm_trainer_update(t, &s);
+        skipped += s.skipped;
+        loss_sum += s.loss;
+        loss_count++;
+        int64_t u = t->update;
+        bool final = u == n_iters;
+        double val = NAN;
+        if (u % cfg.training.eval_freq == 0 || final) {
+            double t0 = hdlm_time_now();
+            val = hdlm_trainer_eval(t);
+            excluded += hdlm_time_now() - t0;
+        }
+        if (u % cfg.training.log_freq == 0 || final || isfinite(val)) {
+            double now = hdlm_time_now(), elapsed = now - start;
+            double tok_s = (double)(t->tokens_seen - last_tokens) / fmax(now - last_time - excluded, 1e-9);
+            double eta = elapsed / (double)(u - first) * (double)(n_iters - u);
+            double loss = loss_sum / loss_count;
+            hdlm_metrics_record r = {u, t->loader.epoch, t->micro_step, t->tokens_seen, loss, s.lr, s.grad_norm,
+                                     tok_s, tok_s * t->flops_per_token / peak, elapsed, eta, val, skipped};
+            hdlm_metrics_write(&metrics, &r);
+            char el[32], et[32], vl[48] = "";
+            format_duration(elapsed, el, sizeof el);
+            format_duration(eta, et, sizeof et);
+            if (isfinite(val)) snprintf(vl, sizeof vl, " | val %.4f", val);
+            hdlm_log("update %lld/%lld | epoch %lld | loss %.4f | lr %.3e | grad %.3f | %.0f tok/s | %.1f%% of peak | "
+                     "%s elapsed | ETA %s%s\n",
+                     (long long)u, (long long)n_iters, (long long)t->loader.epoch, loss, s.lr, s.grad_norm, tok_s,
+                     100.0 * r.flops_fraction, el, et, vl);
+            last_time = hdlm_time_now();
+            last_tokens = t->tokens_seen;
+            excluded = 0;
+            loss_sum = 0;
+            loss_count = 0;
+        }
+        if (u % cfg.training.snapshot_freq == 0 || final) {
+            double seconds = 0, t0 = hdlm_time_now();
+            HDLM_MUST(hdlm_trainer_save(t, &seconds));
+            excluded += hdlm_time_now() - t0;
+            hdlm_log("checkpoint %s/checkpoints/step_%09lld (%.2f s)\n", cfg.run.dir, (long long)u, seconds);
+        }
+    }
+    hdlm_metrics_close(&metrics);
+    hdlm_trainer_free(t);
+    free(t);
+    MPI_Finalize();
+    return 0;
+}
