@@ -17,7 +17,6 @@
 #include "hdlm/model.h"
 #include "hdlm/schedule.h"
 
-
 typedef struct hdlm_denoiser {
     int vocab;    // V (MASK = V-1)
     // Outputs [batch, length, V] for tokens [batch, length] (positions 0..length-1), σ [batch, length] (γ; NULL for ε)
