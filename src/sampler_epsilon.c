@@ -21,7 +21,7 @@ static int model_denoiser_forward(hdlm_denoiser *d, const uint32_t *tokens, cons
 }
 
 hdlm_denoiser hdlm_denoiser_model(hdlm_model *model) {
-    hdlm_denoiser d = {model->config.vocab, model_denoiser_forward, model};
+    hdlm_denoiser d = {model->config.vocab, model_denoiser_forward, model, model};
     return d;
 }
 
@@ -58,6 +58,14 @@ int hdlm_sampler_check(const hdlm_sampler_config *cfg, int vocab, int length) {
         HDLM_CHECK(cfg->schedule != NULL, "sampler: %s needs a hyperschedule", hdlm_sampler_kind_name(cfg->kind));
         HDLM_CHECK(cfg->schedule->length == length, "sampler: schedule length %d differs from the sample length %d",
                    cfg->schedule->length, length);
+    }
+    if (cfg->kv_cache) {
+        HDLM_CHECK(uses_schedule(cfg->kind), "sampler: --kv-cache applies to the walk and gamma samplers, not %s",
+                   hdlm_sampler_kind_name(cfg->kind));
+        HDLM_CHECK(cfg->schedule->type == HDLM_SCHEDULE_BLOCK && cfg->schedule->context == HDLM_CONTEXT_BLOCK_CAUSAL,
+                   "sampler: --kv-cache needs the block schedule with the block_causal context (spec §3.5), not %s/%s",
+                   hdlm_schedule_type_name(cfg->schedule->type),
+                   cfg->schedule->context == HDLM_CONTEXT_FULL ? "full" : "causal");
     }
     HDLM_CHECK((cfg->prompt == NULL) == (cfg->prompt_mask == NULL), "sampler: prompt ids and prompt mask go together");
     if (cfg->prompt)
@@ -111,15 +119,16 @@ uint32_t hdlm_sample_weights(const double *p, int n, hdlm_rng *rng) {
 
 // Unmask with probability p[i] (masked positions), correct with probability η·(1 - p[i]) (revealed, non-prompt
 // positions), both from the same logits z (spec §6.3). Positions with p[i] < 0 are left alone (not active).
-static void eps_update_sequence(const hdlm_sampler_config *cfg, const float *z, int vocab, int n, const double *p,
-                                double eta, hdlm_rng *rng, uint32_t *x) {
+// Positions [first, n); z holds their rows from position `first` on.
+static void eps_update_sequence(const hdlm_sampler_config *cfg, const float *z, int vocab, int first, int n,
+                                const double *p, double eta, hdlm_rng *rng, uint32_t *x) {
     uint32_t mask_id = (uint32_t)(vocab - 1);
     int width = cfg->exclude_mask ? vocab - 1 : vocab;
-    for (int i = 0; i < n; i++) {
+    for (int i = first; i < n; i++) {
         if (p[i] < 0 || (cfg->prompt && cfg->prompt_mask[i])) continue;
         double a = hdlm_rng_uniform_double(rng);
         double threshold = x[i] == mask_id ? p[i] : eta * (1 - p[i]);
-        if (a < threshold) x[i] = hdlm_sample_softmax(z + (size_t)i * vocab, width, cfg->temperature, rng);
+        if (a < threshold) x[i] = hdlm_sample_softmax(z + (size_t)(i - first) * vocab, width, cfg->temperature, rng);
     }
 }
 
@@ -141,7 +150,7 @@ static int sample_full_diff(const hdlm_sampler_config *cfg, hdlm_denoiser *d, in
         for (int b = 0; b < batch; b++) {
             hdlm_rng rng;
             hdlm_sampler_rng(&rng, cfg, first_sample + (uint64_t)b, j + 1);
-            eps_update_sequence(cfg, z + (size_t)b * length * V, V, length, p, eta, &rng, x + (size_t)b * length);
+            eps_update_sequence(cfg, z + (size_t)b * length * V, V, 0, length, p, eta, &rng, x + (size_t)b * length);
         }
         if (progress) progress(pctx, j + 1, n);
     }
@@ -149,8 +158,49 @@ static int sample_full_diff(const hdlm_sampler_config *cfg, hdlm_denoiser *d, in
     return status;
 }
 
+int hdlm_sampler_step_forward(const hdlm_sampler_config *cfg, hdlm_denoiser *d, hdlm_kv_cache *cache,
+                              const hdlm_step *st, const uint32_t *x, const float *sigma_row, int batch, int length,
+                              int window, int *first, const float **out) {
+    (void)cfg;
+    uint32_t *tok = hdlm_malloc((size_t)batch * length * sizeof *tok);
+    float *sigma = sigma_row ? hdlm_malloc((size_t)batch * length * sizeof *sigma) : NULL;
+    int status = 0;
+    // Gathers positions [lo, lo + n) of every sequence into tok/sigma [batch, n].
+#define GATHER(lo, n)                                                                                                  \
+    for (int b = 0; b < batch; b++) {                                                                                  \
+        memcpy(tok + (size_t)b * (n), x + (size_t)b * length + (lo), (size_t)(n) * sizeof *tok);                     \
+        if (sigma) memcpy(sigma + (size_t)b * (n), sigma_row + (lo), (size_t)(n) * sizeof *sigma);                   \
+    }
+    if (!cache) {
+        GATHER(0, window);
+        hdlm_attn_mask mask = st->mask;
+        mask.length = window;
+        *first = 0;
+        status = d->forward(d, tok, sigma, &mask, batch, window, out);
+    } else {
+        // Blocks settled since the last step enter the cache one ω-block at a time with their final tokens and
+        // settled σ (spec §3.5): full attention inside the block and to every earlier block = the block_causal rule.
+        while (status == 0 && cache->length < st->n_set) {
+            int lo = cache->length, n = st->n_set - lo < st->width ? st->n_set - lo : st->width;
+            GATHER(lo, n);
+            status = hdlm_model_forward_cached(d->model, cache, tok, sigma, batch, n, HDLM_BLOCK_FULL, true);
+        }
+        int n = st->a_end + 1 - st->n_set;
+        if (status == 0) {
+            GATHER(st->n_set, n);
+            status = hdlm_model_forward_cached(d->model, cache, tok, sigma, batch, n, st->mask.block, false);
+        }
+        *first = st->n_set;
+        *out = cache->out;
+    }
+#undef GATHER
+    free(sigma);
+    free(tok);
+    return status;
+}
+
 // Hyperschedule walker (extension, decision §11.19): step k uses the training mask of step k on the prefix that ends
-// at the last active position (worthless rows never reach other rows, spec §3.5). Active position i moves from its
+// at the last active position (or the KV cache of the settled blocks) (worthless rows never reach other rows, spec §3.5). Active position i moves from its
 // time t_i to its time at step k+1 (0 when it is settled then, or at the last step): unmasking probability
 // p_i = 1 - t_next/t_i (clamped at 0), correction η·(1 - p_i), as the ancestral sampler does with one shared time.
 static int sample_walk(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int length, uint64_t first_sample,
@@ -161,7 +211,8 @@ static int sample_walk(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int bat
     hdlm_step_alloc(&st, length);
     hdlm_step_alloc(&next, length);
     double *p = hdlm_malloc((size_t)length * sizeof *p);
-    uint32_t *window = hdlm_malloc((size_t)batch * length * sizeof *window);
+    hdlm_kv_cache cache;
+    if (cfg->kv_cache) hdlm_kv_cache_init(&cache, d->model, batch);
     for (int k = 1; k <= calls && status == 0; k++) {
         HDLM_ASSERT(hdlm_schedule_step(s, k, &st) == 0, "walker step %d", k);
         bool has_next = k < calls;
@@ -174,22 +225,20 @@ static int sample_walk(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int bat
             double t_next = has_next && next.cls[i] == HDLM_POS_ACTIVE ? next.t[i] : 0.0;
             p[i] = st.to_denoise[i] || t_next <= 0 ? 1.0 : fmax(0.0, 1.0 - t_next / st.t[i]);
         }
-        int n = st.a_end + 1;
-        hdlm_attn_mask mask = st.mask;
-        mask.length = n;
-        for (int b = 0; b < batch; b++)
-            memcpy(window + (size_t)b * n, x + (size_t)b * length, (size_t)n * sizeof *window);
+        int n = st.a_end + 1, first;
         const float *z;
-        status = d->forward(d, window, NULL, &mask, batch, n, &z);
+        status = hdlm_sampler_step_forward(cfg, d, cfg->kv_cache ? &cache : NULL, &st, x, NULL, batch, length, n,
+                                           &first, &z);
         if (status) break;
         for (int b = 0; b < batch; b++) {
             hdlm_rng rng;
             hdlm_sampler_rng(&rng, cfg, first_sample + (uint64_t)b, k);
-            eps_update_sequence(cfg, z + (size_t)b * n * V, V, n, p, cfg->eta, &rng, x + (size_t)b * length);
+            eps_update_sequence(cfg, z + (size_t)b * (n - first) * V, V, first, n, p, cfg->eta, &rng,
+                                x + (size_t)b * length);
         }
         if (progress) progress(pctx, k, calls);
     }
-    free(window);
+    if (cfg->kv_cache) hdlm_kv_cache_free(&cache);
     free(p);
     hdlm_step_free(&next);
     hdlm_step_free(&st);
@@ -200,6 +249,7 @@ int hdlm_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int
                 uint32_t *x, hdlm_sampler_progress progress, void *progress_ctx) {
     HDLM_TRY(hdlm_sampler_check(cfg, d->vocab, length));
     HDLM_CHECK(batch >= 1, "sampler: batch %d must be positive", batch);
+    HDLM_CHECK(!cfg->kv_cache || d->model, "sampler: the KV cache needs a model denoiser");
     if (cfg->kind == HDLM_SAMPLER_GAMMA_NAR || cfg->kind == HDLM_SAMPLER_GAMMA_SAR)
         return hdlm_gamma_sample(cfg, d, batch, length, first_sample, x, progress, progress_ctx);
     for (size_t r = 0; r < (size_t)batch * length; r++) x[r] = (uint32_t)(d->vocab - 1);

@@ -51,9 +51,9 @@ int hdlm_gamma_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batc
     hdlm_step st;
     hdlm_step_alloc(&st, length);
     float *sigma_row = hdlm_malloc((size_t)length * sizeof *sigma_row);
-    float *sigma = hdlm_malloc((size_t)batch * length * sizeof *sigma);
     double *dsigma = hdlm_malloc((size_t)length * sizeof *dsigma);
-    uint32_t *window = hdlm_malloc((size_t)batch * length * sizeof *window);
+    hdlm_kv_cache cache;
+    if (cfg->kv_cache) hdlm_kv_cache_init(&cache, d->model, batch);
     double *s = hdlm_malloc((size_t)V * sizeof *s), *p = hdlm_malloc((size_t)V * sizeof *p);
     for (int k = 1; k <= calls && status == 0; k++) {
         HDLM_ASSERT(hdlm_schedule_step(sch, k, &st) == 0, "gamma sampler step %d", k);
@@ -65,24 +65,21 @@ int hdlm_gamma_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batc
             h = fmin(fmax(h, factor * eps_s), delta);
             dsigma[i] = hdlm_loglinear_sigma(st.t[i]) - hdlm_loglinear_sigma(st.t[i] - h);
         }
-        // SAR drops the worthless tail (spec §6.8); that changes no other output (spec §3.5).
-        int n = sar ? st.a_end + 1 : length;
-        hdlm_attn_mask mask = st.mask;
-        mask.length = n;
-        for (int b = 0; b < batch; b++) {
-            memcpy(window + (size_t)b * n, x + (size_t)b * length, (size_t)n * sizeof *window);
-            memcpy(sigma + (size_t)b * n, sigma_row, (size_t)n * sizeof *sigma);
-        }
+        // SAR drops the worthless tail (spec §6.8); that changes no other output (spec §3.5). With the KV cache only the
+        // active positions run.
+        int n = sar ? st.a_end + 1 : length, first;
         const float *o;
-        status = d->forward(d, window, sigma, &mask, batch, n, &o);
+        status = hdlm_sampler_step_forward(cfg, d, cfg->kv_cache ? &cache : NULL, &st, x, sigma_row, batch, length, n,
+                                           &first, &o);
         if (status) break;
+        int rows = cfg->kv_cache ? st.a_end + 1 - first : n;
         for (int b = 0; b < batch; b++) {
             hdlm_rng rng;
             hdlm_sampler_rng(&rng, cfg, first_sample + (uint64_t)b, k);
             uint32_t *xb = x + (size_t)b * length;
             for (int i = st.n_set; i <= st.a_end; i++) {
                 if (cfg->prompt && cfg->prompt_mask[i]) continue;
-                gamma_step_weights(o + ((size_t)b * n + i) * V, V, xb[i], dsigma[i], cfg->gamma, st.to_denoise[i],
+                gamma_step_weights(o + ((size_t)b * rows + (i - first)) * V, V, xb[i], dsigma[i], cfg->gamma, st.to_denoise[i],
                                    cfg->score_convention, s, p);
                 xb[i] = hdlm_sample_weights(p, V, &rng);
             }
@@ -91,9 +88,8 @@ int hdlm_gamma_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batc
     }
     free(p);
     free(s);
-    free(window);
+    if (cfg->kv_cache) hdlm_kv_cache_free(&cache);
     free(dsigma);
-    free(sigma);
     free(sigma_row);
     hdlm_step_free(&st);
     return status;

@@ -142,7 +142,7 @@ static void test_sampling_with_a_policy(void **state) {
     const int L = 10, K = 4, B = 5, V = 8;
     const int policy[4] = {0, 2, 3, 7};
     counter c = {0, NULL};
-    hdlm_denoiser d = {V, counter_forward, &c};
+    hdlm_denoiser d = {V, counter_forward, &c, NULL};
     hdlm_sampler_config cfg = {.temperature = 1, .seed = 3};
     uint32_t x[50];
     assert_int_equal(hdlm_ardm_sample(&cfg, policy, K, &d, B, L, 0, x), 0);

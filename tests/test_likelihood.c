@@ -61,7 +61,7 @@ static void test_masking_round_matches_numpy(void **state) {
         for (int i = 0; i < L; i++) masked[b * L + i] = hdlm_rng_uniform_double(&rng) < p[b];
     }
     table_model t = {W, P, L, NULL};
-    hdlm_denoiser d = {V, table_forward, &t};
+    hdlm_denoiser d = {V, table_forward, &t, NULL};
     hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
     cfg.copies = C;
     double value;
@@ -102,7 +102,7 @@ static void test_chunk_estimator_is_unbiased(void **state) {
     (void)state;
     const int V = 11, L = 8, n = 400;
     table_model t = {NULL, NULL, L, NULL};
-    hdlm_denoiser d = {V, table_forward, &t};
+    hdlm_denoiser d = {V, table_forward, &t, NULL};
     hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
     cfg.copies = 4, cfg.rounds = 3, cfg.seed = 5;
     uint32_t x[8] = {1, 2, 3, 4, 5, 6, 7, 8};
@@ -138,7 +138,7 @@ static void test_ardm_bound_at_zero_logits(void **state) {
     (void)state;
     const int V = 11, L = 8;
     table_model t = {NULL, NULL, L, NULL};
-    hdlm_denoiser d = {V, table_forward, &t};
+    hdlm_denoiser d = {V, table_forward, &t, NULL};
     hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
     cfg.kind = HDLM_NELBO_ARDM, cfg.copies = 5, cfg.rounds = 2;
     uint32_t x[8] = {0, 9, 3, 4, 5, 6, 7, 8};
@@ -155,7 +155,7 @@ static void test_bad_inputs_are_refused(void **state) {
     (void)state;
     const int V = 11, L = 4;
     table_model t = {NULL, NULL, L, NULL};
-    hdlm_denoiser d = {V, table_forward, &t};
+    hdlm_denoiser d = {V, table_forward, &t, NULL};
     hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
     uint32_t x[4] = {1, 2, 10, 3};   // 10 = MASK of this model
     double nll, var;

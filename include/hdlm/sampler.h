@@ -24,6 +24,7 @@ typedef struct hdlm_denoiser {
     int (*forward)(struct hdlm_denoiser *d, const uint32_t *tokens, const float *sigma, const hdlm_attn_mask *mask,
                    int batch, int length, const float **out);
     void *ctx;
+    hdlm_model *model;   // the wrapped model (hdlm_denoiser_model), needed by the KV-cached path; NULL otherwise
 } hdlm_denoiser;
 
 // A denoiser that runs hdlm_model_forward (eval mode, no dropout).
@@ -54,10 +55,13 @@ typedef struct {
     const uint32_t *prompt;
     const uint8_t *prompt_mask;
     uint64_t seed;
+    // walk / γ samplers on a model denoiser: keep settled blocks' K/V and run only the active positions (spec §3.5,
+    // include/hdlm/kv_cache.h); needs the block schedule with the block_causal context. Same tokens as without.
+    bool kv_cache;
 } hdlm_sampler_config;
 
 // Refuses inconsistent configurations (steps < 1, η outside [0, 1], T <= 0, missing schedule, prompt ids >= V-1,
-// schedule length != length) naming the field.
+// schedule length != length, a KV cache without the block schedule and block_causal context) naming the field.
 int hdlm_sampler_check(const hdlm_sampler_config *cfg, int vocab, int length);
 const char *hdlm_sampler_kind_name(hdlm_sampler_kind kind);
 int hdlm_sampler_kind_parse(const char *name, const char *field, hdlm_sampler_kind *kind);
