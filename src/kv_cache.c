@@ -128,14 +128,17 @@ int hdlm_model_forward_cached(hdlm_model *m, hdlm_kv_cache *cache, const uint32_
         hdlm_linear_forward(y, act, w->fc2_w, w->fc2_b, N, f, d);
         hdlm_residual_forward(h, h, y, gamma ? mod + 5 * d : NULL, 6 * d, N, d, 0.0f, 0);
     }
-    hdlm_layernorm_forward(ln, mean, rstd, h, m->p.norm_final, N, d);
-    if ((size_t)N * V > cache->out_capacity) {
-        cache->out_capacity = (size_t)N * V;
-        cache->out = hdlm_realloc(cache->out, cache->out_capacity * sizeof(float));
+    if (append) {   // a settled block's outputs are never used: only its K/V matter
+        cache->length = start + n;
+    } else {
+        hdlm_layernorm_forward(ln, mean, rstd, h, m->p.norm_final, N, d);
+        if ((size_t)N * V > cache->out_capacity) {
+            cache->out_capacity = (size_t)N * V;
+            cache->out = hdlm_realloc(cache->out, cache->out_capacity * sizeof(float));
+        }
+        hdlm_linear_forward(cache->out, ln, m->p.head_w, m->p.head_b, N, d, V);
+        if (gamma) hdlm_gamma_scale_by_sigma(sigma, N, V, cache->out);   // spec §5.4 step 1
     }
-    hdlm_linear_forward(cache->out, ln, m->p.head_w, m->p.head_b, N, d, V);
-    if (gamma) hdlm_gamma_scale_by_sigma(sigma, N, V, cache->out);   // spec §5.4 step 1
-    if (append) cache->length = start + n;
     free(cond), free(mod), free(mix), free(cos_t), free(sin_t), free(mean), free(rstd);
     free(fc1), free(act), free(qkv), free(att), free(y), free(h), free(ln), free(mod_in);
     return 0;

@@ -15,6 +15,7 @@ typedef struct {
 static const bench_command commands[] = {
     {"tokenizer", bench_tokenizer_main, "GPT-2 BPE encoding speed on the default corpus vs the npm encoders"},
     {"model", bench_model_main, "DDiT-small forward+backward: tok/s and % of the FMA peak vs the PyTorch reference"},
+    {"kvcache", bench_kvcache_main, "generation with and without the KV cache of settled blocks (ω = L/16, L/4)"},
 };
 
 static void print_usage(FILE *f) {

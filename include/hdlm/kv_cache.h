@@ -25,7 +25,8 @@ void hdlm_kv_cache_free(hdlm_kv_cache *cache);
 
 // Positions [cache->length, cache->length + n) of `batch` sequences (tokens and σ [batch, n]; σ NULL for ε), eval
 // mode. Each new query sees every cached key and the new keys under `rule` (full: all of them; causal: those at or
-// before it). Outputs [batch, n, V] in cache->out. append: the new K/V stay in the cache (length += n).
+// before it). Outputs [batch, n, V] in cache->out. append: the new K/V stay in the cache (length += n) and no outputs
+// are computed (a settled block's outputs are never used).
 int hdlm_model_forward_cached(hdlm_model *model, hdlm_kv_cache *cache, const uint32_t *tokens, const float *sigma,
                               int batch, int n, hdlm_block_type rule, bool append);
 #endif
