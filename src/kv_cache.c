@@ -12,6 +12,7 @@
 #include "hdlm/diffusion.h"
 #include "hdlm/kv_cache.h"
 #include "hdlm/layers.h"
+#include "hdlm/vecmath.h"
 
 void hdlm_kv_cache_init(hdlm_kv_cache *c, const hdlm_model *m, int batch) {
     memset(c, 0, sizeof *c);
@@ -29,7 +30,9 @@ void hdlm_kv_cache_free(hdlm_kv_cache *c) {
 }
 
 // Attention of the n new rows (positions start..start+n-1 of each sequence's cache rows) over keys [0, start+n):
-// every cached key, and the new keys under `rule`. One (sequence, head) per task; out[B·n, d].
+// every cached key, and the new keys under `rule`. One (sequence, head) per task; out[B·n, d]. The arithmetic is that of
+// hdlm_attention_forward's active rows (score GEMM over the same keys, max / log-sum-exp / exp in the same loops, zero
+// probabilities beyond a row's keys), so the outputs match the uncached forward bit for bit in practice.
 static void cached_attention(float *out, const float *cache_qkv, int batch, int capacity, int start, int n, int heads,
                              int head_dim, hdlm_block_type rule) {
     int d = heads * head_dim, ld = 3 * d, kv = start + n;
@@ -44,14 +47,18 @@ static void cached_attention(float *out, const float *cache_qkv, int batch, int 
                 const float *q = base + (size_t)start * ld, *k = base + d, *v = base + 2 * d;
                 hdlm_sgemm_serial(false, true, n, kv, head_dim, scale, q, ld, k, ld, 0.0f, s, kv);
                 for (int r = 0; r < n; r++) {
-                    float *row = s + (size_t)r * kv;
-                    int last = rule == HDLM_BLOCK_CAUSAL ? start + r + 1 : kv;
-                    float mx = -INFINITY;
-                    for (int j = 0; j < last; j++) mx = row[j] > mx ? row[j] : mx;
-                    float sum = 0;
-                    for (int j = 0; j < last; j++) sum += row[j] = expf(row[j] - mx);
-                    for (int j = 0; j < last; j++) row[j] /= sum;
-                    for (int j = last; j < kv; j++) row[j] = 0;
+                    float *p = s + (size_t)r * kv;
+                    int hi = rule == HDLM_BLOCK_CAUSAL ? start + r + 1 : kv;
+                    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+                    for (int j = 0; j < hi; j++) m = p[j] > m ? p[j] : m;
+                    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+                    for (int j = 0; j < hi; j++) sum += hdlm_expf(p[j] - m);
+                    float lse = m + logf(sum);
+#pragma omp simd
+                    for (int j = 0; j < hi; j++) p[j] = hdlm_expf(p[j] - lse);
+                    for (int j = hi; j < kv; j++) p[j] = 0.0f;
                 }
                 hdlm_sgemm_serial(false, false, n, head_dim, kv, 1.0f, s, kv, v, ld, 0.0f,
                                   out + (size_t)b * n * d + (size_t)h * head_dim, d);

@@ -191,6 +191,15 @@ static void test_sample_jsonl(void **state) {
     assert_string_equal(a, b);
     free(a);
     free(b);
+    // --kv-cache gives the same samples (γ SAR on the 2-block schedule of the checkpoint, ω = 8 = L/2).
+    for (int cached = 0; cached < 2; cached++)
+        assert_int_equal(test_run("%s/hdlm-eval sample --ckpt %s --n 2 --seed 3 --tokenizer %s --out %s --sampler "
+                                  "gamma-sar --tau 3 %s > /dev/null 2>&1", HDLM_BIN_DIR, run_gamma, tok,
+                                  cached ? out2 : out, cached ? "--kv-cache" : ""), 0);
+    a = slurp(out), b = slurp(out2);
+    assert_string_equal(a, b);
+    free(a);
+    free(b);
 }
 
 static void test_bad_inputs_refused(void **state) {

@@ -31,6 +31,8 @@ static const char *const SAMPLE_USAGE =
     "  --eta E               ACS / walk correction strength [0.01]\n"
     "  --temperature T       ε and ARDM samplers [1]\n"
     "  --no-mask             never draw MASK (ε samplers; the reference allows it)\n"
+    "  --kv-cache            walk / gamma samplers: cache settled blocks' K/V (block schedule, block_causal context;\n"
+    "                        same tokens as without, spec §3.5)\n"
     "  --score sedd|parity   γ score at the current token (spec §14.2) [sedd]\n"
     "  --budget K            ardm: network calls [--steps]\n"
     "  --losses FILE         ardm: per-step losses L_0..L_{L-1}, one per line; the policy is the DP optimum\n"
@@ -44,7 +46,7 @@ static const char *const SAMPLE_USAGE =
 
 typedef struct {
     const char *ckpt, *out, *sampler, *losses, *tokenizer, *prompt_ids, *infill, *score;
-    bool raw, no_mask;
+    bool raw, no_mask, kv_cache;
     long n, steps, tau, budget, batch, seed;
     double eta, temperature;
 } sample_args;
@@ -60,7 +62,8 @@ static int parse_args(int argc, char **argv, sample_args *a) {
         {"losses", required_argument, NULL, 'l'},   {"prompt-ids", required_argument, NULL, 'p'},
         {"infill", required_argument, NULL, 'i'},   {"batch", required_argument, NULL, 'b'},
         {"seed", required_argument, NULL, 'x'},     {"tokenizer", required_argument, NULL, 'z'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+        {"kv-cache", no_argument, NULL, 'K'},       {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     *a = (sample_args){.steps = 128, .batch = 16, .eta = 0.01, .temperature = 1.0, .score = "sedd"};
     opterr = 0;
@@ -78,6 +81,7 @@ static int parse_args(int argc, char **argv, sample_args *a) {
         case 'e': if (eval_parse_double("sample", "eta", optarg, 0, 1, &a->eta)) return 2; break;
         case 'T': if (eval_parse_double("sample", "temperature", optarg, 1e-6, 1e6, &a->temperature)) return 2; break;
         case 'm': a->no_mask = true; break;
+        case 'K': a->kv_cache = true; break;
         case 'g': a->score = optarg; break;
         case 'k': if (eval_parse_int("sample", "budget", optarg, 1, INT_MAX, &a->budget)) return 2; break;
         case 'l': a->losses = optarg; break;
@@ -215,7 +219,8 @@ int eval_sample_main(int argc, char **argv) {
                                .exclude_mask = a.no_mask, .gamma = em.config.graph.gamma,
                                .score_convention = strcmp(a.score, "parity") == 0 ? HDLM_GAMMA_SCORE_PARITY
                                                                                   : HDLM_GAMMA_SCORE_SEDD,
-                               .schedule = em.has_schedule ? &em.schedule : NULL, .seed = (uint64_t)a.seed};
+                               .schedule = em.has_schedule ? &em.schedule : NULL, .seed = (uint64_t)a.seed,
+                               .kv_cache = a.kv_cache};
     if (a.sampler && strcmp(a.sampler, "ardm") == 0) ardm = true;
     else if (a.sampler) HDLM_MUST(hdlm_sampler_kind_parse(a.sampler, "--sampler", &cfg.kind));
     bool gamma_kind = cfg.kind == HDLM_SAMPLER_GAMMA_NAR || cfg.kind == HDLM_SAMPLER_GAMMA_SAR;
