@@ -158,10 +158,9 @@ static int sample_full_diff(const hdlm_sampler_config *cfg, hdlm_denoiser *d, in
     return status;
 }
 
-int hdlm_sampler_step_forward(const hdlm_sampler_config *cfg, hdlm_denoiser *d, hdlm_kv_cache *cache,
-                              const hdlm_step *st, const uint32_t *x, const float *sigma_row, int batch, int length,
-                              int window, int *first, const float **out) {
-    (void)cfg;
+int hdlm_sampler_step_forward(hdlm_denoiser *d, hdlm_kv_cache *cache, const hdlm_step *st, const uint32_t *x,
+                              const float *sigma_row, int batch, int length, int window, int *first,
+                              const float **out) {
     uint32_t *tok = hdlm_malloc((size_t)batch * length * sizeof *tok);
     float *sigma = sigma_row ? hdlm_malloc((size_t)batch * length * sizeof *sigma) : NULL;
     int status = 0;
@@ -227,7 +226,7 @@ static int sample_walk(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int bat
         }
         int n = st.a_end + 1, first;
         const float *z;
-        status = hdlm_sampler_step_forward(cfg, d, cfg->kv_cache ? &cache : NULL, &st, x, NULL, batch, length, n,
+        status = hdlm_sampler_step_forward(d, cfg->kv_cache ? &cache : NULL, &st, x, NULL, batch, length, n,
                                            &first, &z);
         if (status) break;
         for (int b = 0; b < batch; b++) {

@@ -69,8 +69,8 @@ int hdlm_gamma_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batc
         // active positions run.
         int n = sar ? st.a_end + 1 : length, first;
         const float *o;
-        status = hdlm_sampler_step_forward(cfg, d, cfg->kv_cache ? &cache : NULL, &st, x, sigma_row, batch, length, n,
-                                           &first, &o);
+        status = hdlm_sampler_step_forward(d, cfg->kv_cache ? &cache : NULL, &st, x, sigma_row, batch, length,
+                                           n, &first, &o);
         if (status) break;
         int rows = cfg->kv_cache ? st.a_end + 1 - first : n;
         for (int b = 0; b < batch; b++) {

@@ -17,11 +17,11 @@ static inline void hdlm_sampler_impose_prompt(const hdlm_sampler_config *cfg, in
 }
 
 // The network outputs of one schedule step for positions [*first, a_end] of every sequence: rows [b][i - *first] of
-// *out (cache NULL: *first = 0 and positions [0, window) run under the step's mask). With cfg->kv_cache, blocks settled since
+// *out (cache NULL: *first = 0 and positions [0, window) run under the step's mask). With a cache, blocks settled since
 // the last call are appended first (tokens x, σ sigma_row at their positions; sigma_row NULL for ε).
-int hdlm_sampler_step_forward(const hdlm_sampler_config *cfg, hdlm_denoiser *d, hdlm_kv_cache *cache,
-                              const hdlm_step *st, const uint32_t *x, const float *sigma_row, int batch, int length,
-                              int window, int *first, const float **out);
+int hdlm_sampler_step_forward(hdlm_denoiser *d, hdlm_kv_cache *cache, const hdlm_step *st, const uint32_t *x,
+                              const float *sigma_row, int batch, int length, int window, int *first,
+                              const float **out);
 
 // The γ analytic sampler (sampler_gamma.c), called by hdlm_sample after the checks.
 int hdlm_gamma_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int length, uint64_t first_sample,
