@@ -15,6 +15,7 @@
 
 static void usage(FILE *out) {
     fprintf(out, "usage: hdlm-bench kvcache [--length L] [--width D] [--layers N] [--heads H] [--tau T] [--batch B]\n"
+                 "                        [--omega 16|4]   (only ω = L/16 or L/4; default both)\n"
                  "  defaults: L 1024, width 256, 4 layers, 4 heads, V 50258, τ 2, batch 1 (random weights)\n");
 }
 
@@ -35,8 +36,9 @@ int bench_kvcache_main(int argc, char **argv) {
         {"length", required_argument, NULL, 'L'}, {"width", required_argument, NULL, 'd'},
         {"layers", required_argument, NULL, 'l'}, {"heads", required_argument, NULL, 'H'},
         {"tau", required_argument, NULL, 't'},    {"batch", required_argument, NULL, 'b'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
-    int length = 1024, width = 256, layers = 4, heads = 4, tau = 2, batch = 1, opt;
+        {"omega", required_argument, NULL, 'w'},  {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    int length = 1024, width = 256, layers = 4, heads = 4, tau = 2, batch = 1, only = 0, opt;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
         switch (opt) {
@@ -46,12 +48,14 @@ int bench_kvcache_main(int argc, char **argv) {
         case 'H': heads = atoi(optarg); break;
         case 't': tau = atoi(optarg); break;
         case 'b': batch = atoi(optarg); break;
+        case 'w': only = atoi(optarg); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (length < 16 || length % 16 || width < 2 || layers < 1 || heads < 1 || tau < 2 || batch < 1)
-        HDLM_DIE("kvcache: need L a multiple of 16, τ >= 2 and positive sizes");
+    if (length < 16 || length % 16 || width < 2 || layers < 1 || heads < 1 || tau < 2 || batch < 1 ||
+        (only != 0 && only != 4 && only != 16))
+        HDLM_DIE("kvcache: need L a multiple of 16, τ >= 2, positive sizes and --omega 4 or 16");
     printf("kvcache: L %d, width %d, %d layers, %d heads, V 50258, τ %d, batch %d, %s\n", length, width, layers,
            heads, tau, batch, "random weights");
     printf("%-10s %-7s %6s %12s %12s %9s %s\n", "sampler", "ω", "calls", "no cache s", "cache s", "speed-up",
@@ -60,6 +64,7 @@ int bench_kvcache_main(int argc, char **argv) {
         hdlm_model *m = bench_model(fam ? HDLM_FAMILY_GAMMA : HDLM_FAMILY_EPSILON, width, layers, heads, length);
         hdlm_denoiser d = hdlm_denoiser_model(m);
         for (int div = 16; div >= 4; div /= 4) {
+            if (only && div != only) continue;
             hdlm_schedule s;
             HDLM_MUST(hdlm_schedule_init(&s, HDLM_SCHEDULE_BLOCK, length, length / div, tau, HDLM_SAMPLING_EPS,
                                          HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_FULL));
