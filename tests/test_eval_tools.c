@@ -19,6 +19,12 @@
 #include "hdlm/shard.h"
 #include "hdlm/tokenizer.h"
 
+// Tools under the sanitizer build: Open MPI's own allocations are not ours to free.
+#define EVAL "OMPI_MCA_ess_singleton_isolated=1 ASAN_OPTIONS=detect_leaks=0 " HDLM_BIN_DIR "/hdlm-eval"
+#define MPIRUN_EVAL                                                                                                    \
+    "ASAN_OPTIONS=detect_leaks=0 OMP_NUM_THREADS=1 mpirun -np 2 --oversubscribe --allow-run-as-root --bind-to none " \
+    HDLM_BIN_DIR "/hdlm-eval"
+
 enum { LENGTH = 16 };
 static char run_eps[4200], run_gamma[4200], data_dir[4200], bad_dir[4200], tmp[2048];
 
@@ -97,10 +103,10 @@ static void test_perplexity_one_and_two_ranks(void **state) {
     snprintf(out1, sizeof out1, "%s/ppl1.txt", tmp);
     snprintf(out2, sizeof out2, "%s/ppl2.txt", tmp);
     const char *args = "--copies 3 --rounds 2 --seed 4 --json";
-    assert_int_equal(test_run("%s/hdlm-eval perplexity --ckpt %s --data %s %s > %s", HDLM_BIN_DIR, run_eps, data_dir,
+    assert_int_equal(test_run(EVAL " perplexity --ckpt %s --data %s %s > %s", run_eps, data_dir,
                               args, out1), 0);
-    assert_int_equal(test_run("mpirun -np 2 --oversubscribe --allow-run-as-root --bind-to none %s/hdlm-eval perplexity "
-                              "--ckpt %s --data %s %s > %s 2>/dev/null", HDLM_BIN_DIR, run_eps, data_dir, args, out2), 0);
+    assert_int_equal(test_run(MPIRUN_EVAL " perplexity "
+                              "--ckpt %s --data %s %s > %s 2>/dev/null", run_eps, data_dir, args, out2), 0);
     cJSON *a = last_json(out1), *b = last_json(out2);
     double bound = cJSON_GetObjectItem(a, "bound")->valuedouble;
     assert_true(bound > 0 && bound < 30);
@@ -114,13 +120,13 @@ static void test_perplexity_one_and_two_ranks(void **state) {
     assert_non_null(strstr(text, "validity    upper bound on -log p of the ε model's masking-only"));
     free(text);
     // γ: the same estimator, labelled as not a bound; ARDM estimator on request counts L tokens per chunk.
-    assert_int_equal(test_run("%s/hdlm-eval perplexity --ckpt %s --data %s %s > %s", HDLM_BIN_DIR, run_gamma, data_dir,
+    assert_int_equal(test_run(EVAL " perplexity --ckpt %s --data %s %s > %s", run_gamma, data_dir,
                               args, out1), 0);
     text = slurp(out1);
     assert_non_null(strstr(text, "NOT a bound for the γ model"));
     free(text);
-    assert_int_equal(test_run("%s/hdlm-eval perplexity --ckpt %s --data %s --raw --estimator ardm %s > %s",
-                              HDLM_BIN_DIR, run_eps, data_dir, args, out1), 0);
+    assert_int_equal(test_run(EVAL " perplexity --ckpt %s --data %s --raw --estimator ardm %s > %s",
+                              run_eps, data_dir, args, out1), 0);
     a = last_json(out1);
     assert_int_equal(cJSON_GetObjectItem(a, "tokens")->valueint, 3 * LENGTH);
     assert_string_equal(cJSON_GetObjectItem(a, "weights")->valuestring, "raw");
@@ -163,8 +169,8 @@ static void test_sample_jsonl(void **state) {
         if (cases[c].args) snprintf(args, sizeof args, "%s", cases[c].args);
         else snprintf(args, sizeof args, "--sampler ardm --budget 5 --losses %s --prompt-ids 464,3290 --infill 10:13",
                       losses);
-        assert_int_equal(test_run("%s/hdlm-eval sample --ckpt %s --n 3 --batch 2 --seed 5 --tokenizer %s --out %s %s "
-                                  "> /dev/null 2>&1", HDLM_BIN_DIR, cases[c].run, tok, out, args), 0);
+        assert_int_equal(test_run(EVAL " sample --ckpt %s --n 3 --batch 2 --seed 5 --tokenizer %s --out %s %s "
+                                  "> /dev/null 2>&1", cases[c].run, tok, out, args), 0);
         cJSON *lines[4];
         assert_int_equal(read_samples(out, lines, 4), 3);
         for (int i = 0; i < 3; i++) {
@@ -182,19 +188,19 @@ static void test_sample_jsonl(void **state) {
     // The same samples on 2 ranks.
     char out2[4200];
     snprintf(out2, sizeof out2, "%s/samples2.jsonl", tmp);
-    assert_int_equal(test_run("%s/hdlm-eval sample --ckpt %s --n 3 --batch 2 --seed 5 --tokenizer %s --out %s "
-                              "--sampler acs --steps 4 > /dev/null 2>&1", HDLM_BIN_DIR, run_eps, tok, out), 0);
-    assert_int_equal(test_run("mpirun -np 2 --oversubscribe --allow-run-as-root --bind-to none %s/hdlm-eval sample "
+    assert_int_equal(test_run(EVAL " sample --ckpt %s --n 3 --batch 2 --seed 5 --tokenizer %s --out %s "
+                              "--sampler acs --steps 4 > /dev/null 2>&1", run_eps, tok, out), 0);
+    assert_int_equal(test_run(MPIRUN_EVAL " sample "
                               "--ckpt %s --n 3 --batch 2 --seed 5 --tokenizer %s --out %s --sampler acs --steps 4 "
-                              "> /dev/null 2>&1", HDLM_BIN_DIR, run_eps, tok, out2), 0);
+                              "> /dev/null 2>&1", run_eps, tok, out2), 0);
     char *a = slurp(out), *b = slurp(out2);
     assert_string_equal(a, b);
     free(a);
     free(b);
     // --kv-cache gives the same samples (γ SAR on the 2-block schedule of the checkpoint, ω = 8 = L/2).
     for (int cached = 0; cached < 2; cached++)
-        assert_int_equal(test_run("%s/hdlm-eval sample --ckpt %s --n 2 --seed 3 --tokenizer %s --out %s --sampler "
-                                  "gamma-sar --tau 3 %s > /dev/null 2>&1", HDLM_BIN_DIR, run_gamma, tok,
+        assert_int_equal(test_run(EVAL " sample --ckpt %s --n 2 --seed 3 --tokenizer %s --out %s --sampler "
+                                  "gamma-sar --tau 3 %s > /dev/null 2>&1", run_gamma, tok,
                                   cached ? out2 : out, cached ? "--kv-cache" : ""), 0);
     a = slurp(out), b = slurp(out2);
     assert_string_equal(a, b);
@@ -206,30 +212,30 @@ static void test_bad_inputs_refused(void **state) {
     (void)state;
     char err[4200];
     snprintf(err, sizeof err, "%s/err.txt", tmp);
-    assert_int_equal(test_run("%s/hdlm-eval perplexity --ckpt %s/nowhere --data %s 2> %s", HDLM_BIN_DIR, tmp, data_dir,
+    assert_int_equal(test_run(EVAL " perplexity --ckpt %s/nowhere --data %s 2> %s", tmp, data_dir,
                               err), 1);
     char *text = slurp(err);
     assert_non_null(strstr(text, "no such checkpoint directory"));
     free(text);
-    assert_int_equal(test_run("%s/hdlm-eval perplexity --ckpt %s --data %s 2> %s", HDLM_BIN_DIR, run_eps, bad_dir, err),
+    assert_int_equal(test_run(EVAL " perplexity --ckpt %s --data %s 2> %s", run_eps, bad_dir, err),
                      1);
     text = slurp(err);
     assert_non_null(strstr(text, "has vocabulary 60000, more than the 50257 real tokens"));
     free(text);
-    assert_int_equal(test_run("%s/hdlm-eval sample --ckpt %s --n 2 --out %s/x.jsonl --sampler gamma-nar 2> %s",
-                              HDLM_BIN_DIR, run_eps, tmp, err), 1);
+    assert_int_equal(test_run(EVAL " sample --ckpt %s --n 2 --out %s/x.jsonl --sampler gamma-nar 2> %s",
+                              run_eps, tmp, err), 1);
     text = slurp(err);
     assert_non_null(strstr(text, "does not fit the epsilon model"));
     free(text);
-    assert_int_equal(test_run("%s/hdlm-eval sample --ckpt %s --n 2 --out %s/x.jsonl --prompt-ids 50257 2> %s",
-                              HDLM_BIN_DIR, run_eps, tmp, err), 1);
+    assert_int_equal(test_run(EVAL " sample --ckpt %s --n 2 --out %s/x.jsonl --prompt-ids 50257 2> %s",
+                              run_eps, tmp, err), 1);
     text = slurp(err);
     assert_non_null(strstr(text, "id 50257 is not a real token"));
     free(text);
     // An incomplete checkpoint (no COMPLETE marker) is refused (other damage: tests/test_convert.c, test_mpi_checkpoint.c).
     assert_int_equal(test_run("rm -rf %s/partial && cp -r %s/step_000000001 %s/partial && rm %s/partial/COMPLETE",
                               tmp, run_eps, tmp, tmp), 0);
-    assert_int_equal(test_run("%s/hdlm-eval perplexity --ckpt %s/partial --data %s 2> %s", HDLM_BIN_DIR, tmp,
+    assert_int_equal(test_run(EVAL " perplexity --ckpt %s/partial --data %s 2> %s", tmp,
                               data_dir, err), 1);
     text = slurp(err);
     assert_non_null(strstr(text, "partial"));
