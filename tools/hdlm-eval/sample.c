@@ -157,6 +157,18 @@ static int read_losses(const char *path, int D, double *L) {
     return 0;
 }
 
+// Per-call progress over the whole run: call `done` of the current batch out of `calls`.
+typedef struct {
+    eval_progress *progress;
+    int base, total;
+} call_progress;
+
+static void call_progress_report(void *ctx, int done, int total) {
+    (void)total;
+    call_progress *c = ctx;
+    eval_progress_report(c->progress, c->base + done, c->total);
+}
+
 static int compare_desc(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x < y) - (x > y);
@@ -270,14 +282,18 @@ int eval_sample_main(int argc, char **argv) {
     hdlm_log("sample: %s, %ld samples of %d tokens, %d network calls per batch of %ld, %d rank(s), %s\n", name, a.n,
              L, calls, a.batch, world, em.path);
     eval_progress progress;
-    eval_progress_init(&progress, "sample batches (rank 0)", 10.0);
+    eval_progress_init(&progress, "sample network calls (rank 0)", 10.0);
     int batches = (int)((end - begin + (uint64_t)a.batch - 1) / (uint64_t)a.batch), done = 0, status = 0;
+    call_progress per_call = {&progress, 0, batches * calls};
     double t0 = hdlm_time_now();
     for (uint64_t s = begin; s < end && status == 0; s += (uint64_t)a.batch) {
         int b = (int)(end - s < (uint64_t)a.batch ? end - s : (uint64_t)a.batch);
         uint32_t *x = mine + (s - begin) * (size_t)L;
-        status = ardm ? hdlm_ardm_sample(&cfg, policy, K, &d, b, L, s, x) : hdlm_sample(&cfg, &d, b, L, s, x, NULL, NULL);
-        eval_progress_report(&progress, ++done, batches);
+        per_call.base = done * calls;
+        status = ardm ? hdlm_ardm_sample(&cfg, policy, K, &d, b, L, s, x)
+                      : hdlm_sample(&cfg, &d, b, L, s, x, call_progress_report, &per_call);
+        done++;
+        if (ardm) eval_progress_report(&progress, done * calls, batches * calls);   // ARDM: per batch
     }
     int bad = status != 0, any_bad = 0;
     MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
