@@ -30,8 +30,8 @@ void hdlm_kv_cache_free(hdlm_kv_cache *c) {
 }
 
 // Attention of the n new rows (positions start..start+n-1 of each sequence's cache rows) over keys [0, start+n):
-// every cached key, and the new keys under `rule`. One (sequence, head) per task; out[B·n, d]. The arithmetic is that of
-// hdlm_attention_forward's active rows (score GEMM over the same keys, max / log-sum-exp / exp in the same loops, zero
+// every cached key, and the new keys under `rule`. One (sequence, head) per task; out[B·n, d]. The arithmetic is
+// that of hdlm_attention_forward's active rows (score GEMM over the same keys, max / log-sum-exp / exp in the same loops, zero
 // probabilities beyond a row's keys), so the outputs match the uncached forward bit for bit in practice.
 static void cached_attention(float *out, const float *cache_qkv, int batch, int capacity, int start, int n, int heads,
                              int head_dim, hdlm_block_type rule) {
@@ -85,7 +85,8 @@ int hdlm_model_forward_cached(hdlm_model *m, hdlm_kv_cache *cache, const uint32_
 #endif
     size_t Nd = (size_t)N * d;
     float *h = hdlm_malloc(Nd * sizeof *h), *ln = hdlm_malloc(Nd * sizeof *ln), *mod_in = hdlm_malloc(Nd * sizeof *ln);
-    float *qkv = hdlm_malloc(3 * Nd * sizeof *qkv), *att = hdlm_malloc(Nd * sizeof *att), *y = hdlm_malloc(Nd * sizeof *y);
+    float *qkv = hdlm_malloc(3 * Nd * sizeof *qkv), *att = hdlm_malloc(Nd * sizeof *att);
+    float *y = hdlm_malloc(Nd * sizeof *y);
     float *fc1 = hdlm_malloc((size_t)N * f * sizeof *fc1), *act = hdlm_malloc((size_t)N * f * sizeof *act);
     float *mean = hdlm_malloc((size_t)N * sizeof *mean), *rstd = hdlm_malloc((size_t)N * sizeof *rstd);
     float *cos_t = hdlm_malloc((size_t)(start + n) * (hd / 2) * sizeof *cos_t);

@@ -199,9 +199,10 @@ int hdlm_sampler_step_forward(hdlm_denoiser *d, hdlm_kv_cache *cache, const hdlm
 }
 
 // Hyperschedule walker (extension, decision §11.19): step k uses the training mask of step k on the prefix that ends
-// at the last active position (or the KV cache of the settled blocks) (worthless rows never reach other rows, spec §3.5). Active position i moves from its
-// time t_i to its time at step k+1 (0 when it is settled then, or at the last step): unmasking probability
-// p_i = 1 - t_next/t_i (clamped at 0), correction η·(1 - p_i), as the ancestral sampler does with one shared time.
+// at the last active position (worthless rows never reach other rows, spec §3.5), or the KV cache of the settled
+// blocks. Active position i moves from its time t_i to its time at step k+1 (0 when it is settled then, or at the
+// last step): unmasking probability p_i = 1 - t_next/t_i (clamped at 0), correction η·(1 - p_i), as the ancestral
+// sampler does with one shared time.
 static int sample_walk(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int length, uint64_t first_sample,
                        uint32_t *x, hdlm_sampler_progress progress, void *pctx) {
     const hdlm_schedule *s = cfg->schedule;
@@ -253,6 +254,7 @@ int hdlm_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int
         return hdlm_gamma_sample(cfg, d, batch, length, first_sample, x, progress, progress_ctx);
     for (size_t r = 0; r < (size_t)batch * length; r++) x[r] = (uint32_t)(d->vocab - 1);
     for (int b = 0; b < batch; b++) hdlm_sampler_impose_prompt(cfg, length, x + (size_t)b * length);
-    if (cfg->kind == HDLM_SAMPLER_WALK) return sample_walk(cfg, d, batch, length, first_sample, x, progress, progress_ctx);
+    if (cfg->kind == HDLM_SAMPLER_WALK)
+        return sample_walk(cfg, d, batch, length, first_sample, x, progress, progress_ctx);
     return sample_full_diff(cfg, d, batch, length, first_sample, x, progress, progress_ctx);
 }

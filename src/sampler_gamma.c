@@ -65,8 +65,8 @@ int hdlm_gamma_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batc
             h = fmin(fmax(h, factor * eps_s), delta);
             dsigma[i] = hdlm_loglinear_sigma(st.t[i]) - hdlm_loglinear_sigma(st.t[i] - h);
         }
-        // SAR drops the worthless tail (spec §6.8); that changes no other output (spec §3.5). With the KV cache only the
-        // active positions run.
+        // SAR drops the worthless tail (spec §6.8); that changes no other output (spec §3.5). With the KV cache
+        // only the active positions run.
         int n = sar ? st.a_end + 1 : length, first;
         const float *o;
         status = hdlm_sampler_step_forward(d, cfg->kv_cache ? &cache : NULL, &st, x, sigma_row, batch, length,
@@ -79,8 +79,8 @@ int hdlm_gamma_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batc
             uint32_t *xb = x + (size_t)b * length;
             for (int i = st.n_set; i <= st.a_end; i++) {
                 if (cfg->prompt && cfg->prompt_mask[i]) continue;
-                gamma_step_weights(o + ((size_t)b * rows + (i - first)) * V, V, xb[i], dsigma[i], cfg->gamma, st.to_denoise[i],
-                                   cfg->score_convention, s, p);
+                gamma_step_weights(o + ((size_t)b * rows + (i - first)) * V, V, xb[i], dsigma[i], cfg->gamma,
+                                   st.to_denoise[i], cfg->score_convention, s, p);
                 xb[i] = hdlm_sample_weights(p, V, &rng);
             }
         }

@@ -25,7 +25,8 @@ static const char *const SAMPLE_USAGE =
     "  --raw                 raw weights instead of EMA\n"
     "  --n N                 number of samples\n"
     "  --out FILE            JSONL output (written by rank 0)\n"
-    "  --sampler S           ancestral | acs | walk (ε), gamma-nar | gamma-sar (γ), ardm (budgeted) [ancestral / gamma-nar]\n"
+    "  --sampler S           ancestral | acs | walk (ε), gamma-nar | gamma-sar (γ), ardm (budgeted)\n"
+    "                        [ancestral for ε, gamma-nar for γ]\n"
     "  --steps S             ancestral/acs steps [128]; gamma and walk take K_max-1 steps of the schedule\n"
     "  --tau T               the schedule's τ for sampling (the reference's eval_tau) [annealing.tau]\n"
     "  --eta E               ACS / walk correction strength [0.01]\n"
@@ -313,7 +314,8 @@ int eval_sample_main(int argc, char **argv) {
     if (rank == 0) {
         FILE *f = fopen(a.out, "w");
         if (!f) HDLM_DIE("--out %s: %s", a.out, strerror(errno));
-        for (long i = 0; i < a.n; i++) HDLM_MUST(write_sample(f, tok, (uint64_t)i, name, a.seed, all + (size_t)i * L, L, V));
+        for (long i = 0; i < a.n; i++)
+            HDLM_MUST(write_sample(f, tok, (uint64_t)i, name, a.seed, all + (size_t)i * L, L, V));
         if (fclose(f) != 0) HDLM_DIE("--out %s: %s", a.out, strerror(errno));
         printf("wrote %ld samples to %s (%s, %d calls each, %.2f s, %.3f s per sample)\n", a.n, a.out, name, calls,
                seconds, seconds * world / (double)a.n);
