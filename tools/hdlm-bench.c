@@ -16,6 +16,7 @@ static const bench_command commands[] = {
     {"tokenizer", bench_tokenizer_main, "GPT-2 BPE encoding speed on the default corpus vs the npm encoders"},
     {"model", bench_model_main, "DDiT-small forward+backward: tok/s and % of the FMA peak vs the PyTorch reference"},
     {"checkpoint", bench_checkpoint_main, "DDiT-small checkpoint write/read time and size vs raw disk speed (1-N ranks)"},
+    {"kvcache", bench_kvcache_main, "generation with and without the KV cache of settled blocks (ω = L/16, L/4)"},
 };
 
 static void print_usage(FILE *f) {

@@ -1,5 +1,7 @@
 // hdlm-eval — evaluation tool: one subcommand per metric (table below; each lives in tools/hdlm-eval/<name>.c).
 //   hdlm-eval mauve --p P --q Q [...]   MAUVE of two feature files
+//   hdlm-eval perplexity --ckpt DIR --data DIR [...]   likelihood bound of a token set
+//   hdlm-eval sample --ckpt DIR --n N --out FILE [...]  generation to JSONL
 // MPI is initialised here once for every subcommand (the model-based ones run on several ranks).
 #include <errno.h>
 #include <getopt.h>
@@ -20,6 +22,8 @@ typedef struct {
 
 static const eval_command COMMANDS[] = {
     {"mauve", "MAUVE, MAUVE*, frontier integrals of two feature files (.npy or HDF5)", eval_mauve_main},
+    {"perplexity", "Monte-Carlo likelihood bound (NELBO) of a token set under a checkpoint", eval_perplexity_main},
+    {"sample", "generation with the ε, γ and ARDM samplers to JSONL", eval_sample_main},
 };
 enum { NUM_COMMANDS = sizeof(COMMANDS) / sizeof(COMMANDS[0]) };
 

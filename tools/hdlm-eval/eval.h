@@ -8,6 +8,37 @@
 // hdlm-eval mauve --p P --q Q: the MAUVE score of two feature files (docs/mauve.md).
 int eval_mauve_main(int argc, char **argv);
 
+// hdlm-eval perplexity --ckpt DIR --data DIR: Monte-Carlo likelihood bound of a token set (spec §9.1, A.6).
+int eval_perplexity_main(int argc, char **argv);
+// hdlm-eval sample --ckpt DIR --n N --out FILE: generation to JSONL (spec §6, A.5).
+int eval_sample_main(int argc, char **argv);
+
+// A model loaded for evaluation, with its training configuration and (unless annealing.type is none) its
+// hyperschedule. eval_model_load reads `ckpt` (a checkpoint directory, or a checkpoint root: its newest valid
+// checkpoint), EMA weights unless raw. tau > 0 replaces annealing.tau (the reference's eval_tau); `hybrid` training
+// schedules are evaluated with the block schedule (spec §2.5).
+#include <stdbool.h>
+#include "hdlm/model.h"
+#include "hdlm/schedule.h"
+#include "hdlm/train_config.h"
+typedef struct {
+    hdlm_model *model;
+    hdlm_train_config config;
+    bool has_schedule;
+    hdlm_schedule schedule;
+    char path[4096];   // the checkpoint directory read
+} eval_model;
+int eval_model_load(eval_model *em, const char *ckpt, bool raw, int tau);
+void eval_model_free(eval_model *em);
+
+// Progress on stderr with the elapsed time and an ETA, at most every `every` seconds (rank 0 only).
+typedef struct {
+    const char *what;
+    double start, last, every;
+} eval_progress;
+void eval_progress_init(eval_progress *p, const char *what, double every);
+void eval_progress_report(void *ctx, int done, int total);
+
 // Strict number parsing for flags: the whole text must be a number in [lo, hi]; on failure prints
 // "hdlm-eval CMD: --FLAG expects ..." to stderr and returns -1.
 int eval_parse_int(const char *cmd, const char *flag, const char *text, long lo, long hi, long *out);

@@ -1,0 +1,32 @@
+// hdlm/kv_cache.h — keys/values of settled blocks kept across sampler steps (spec §3.5) and the model forward that runs
+// only the new query positions against them.
+//
+// Valid for the `block` schedule with the block_causal context (the settled prefix is always whole ω-blocks, and a
+// settled block's K/V depend only on itself and earlier blocks). The sampler appends each block once, when it becomes
+// settled, with its final tokens and settled σ; every step then runs only the active positions against the cache.
+// This reproduces the uncached forward's active outputs up to summation order.
+#ifndef HDLM_KV_CACHE_H
+#define HDLM_KV_CACHE_H
+#include <stdbool.h>
+#include <stdint.h>
+#include "hdlm/mask.h"
+#include "hdlm/model.h"
+
+typedef struct {
+    int batch, capacity, layers, width;
+    int length;    // cached positions [0, length)
+    float *qkv;    // [layers][batch][capacity][3·width] after rotary; the q part is scratch
+    float *out;    // outputs of the last hdlm_model_forward_cached, [batch, n, V]
+    size_t out_capacity;
+} hdlm_kv_cache;
+
+void hdlm_kv_cache_init(hdlm_kv_cache *cache, const hdlm_model *model, int batch);
+void hdlm_kv_cache_free(hdlm_kv_cache *cache);
+
+// Positions [cache->length, cache->length + n) of `batch` sequences (tokens and σ [batch, n]; σ NULL for ε), eval
+// mode. Each new query sees every cached key and the new keys under `rule` (full: all of them; causal: those at or
+// before it). Outputs [batch, n, V] in cache->out. append: the new K/V stay in the cache (length += n) and no outputs
+// are computed (a settled block's outputs are never used).
+int hdlm_model_forward_cached(hdlm_model *model, hdlm_kv_cache *cache, const uint32_t *tokens, const float *sigma,
+                              int batch, int n, hdlm_block_type rule, bool append);
+#endif

@@ -1,0 +1,66 @@
+// hdlm/likelihood.h — likelihood estimators (spec §9.1, A.6) and the unigram entropy of samples (spec §9.3).
+//
+// Which number bounds what (decision §11.8, docs/evaluation.md):
+//  - HDLM_NELBO_MASKING (the reference's estimator, §9.1): the continuous-time NELBO of a pure masking process with
+//    α(t) = 1 - t. For an ε model it is a valid upper bound on -log p under the model's *masking-only* reverse process
+//    (it ignores the ε uniform component); for a γ model it is NOT a bound (log-scores used as logits, σ ≡ 1e-3) and is
+//    reported only for parity with the reference. Token count L-1 per chunk while L positions are scored (§11.10).
+//  - HDLM_NELBO_ARDM (A.6 mode 1): the stochastic order-agnostic ARDM bound, a valid upper bound for ARDM-trained models
+//    (and any network without time input); L tokens per chunk, softmax over the N real tokens.
+// Randomness: chunk c, round r draws from hdlm_rng_key(seed, c, r, HDLM_RNG_EVAL), so a chunk's estimate depends only on
+// (seed, c): the result does not depend on how chunks are split over ranks or batched.
+#ifndef HDLM_LIKELIHOOD_H
+#define HDLM_LIKELIHOOD_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "hdlm/dataset.h"
+#include "hdlm/sampler.h"
+
+typedef enum { HDLM_NELBO_MASKING = 0, HDLM_NELBO_ARDM = 1 } hdlm_nelbo_kind;
+
+typedef struct {
+    hdlm_nelbo_kind kind;
+    int copies;          // noisy copies per round (reference 16)
+    int rounds;          // Monte-Carlo rounds (reference ⌊100/16⌋ = 6)
+    double floor;        // masking: p_b = (1 - floor)·t_b + floor (reference 1e-3)
+    bool sigma_input;    // γ model: condition every token on σ = sigma (reference 1e-3)
+    double sigma;
+    uint64_t seed;
+} hdlm_nelbo_config;
+
+// The reference's defaults: masking, 16 copies, 6 rounds, floor 1e-3, σ 1e-3 (γ only), seed 0.
+hdlm_nelbo_config hdlm_nelbo_config_default(bool gamma_family);
+int hdlm_nelbo_config_check(const hdlm_nelbo_config *cfg);
+const char *hdlm_nelbo_kind_name(hdlm_nelbo_kind kind);
+
+// One masking round on given masks (spec §9.1): copies b = 0..C-1 of x, masked[b*L + i] != 0 → MASK, masking
+// probability p[b]. Returns (1/C)·Σ_b Σ_{i masked} CE(z_{b,i}, x_i)/p_b (CE over all V entries) in *value.
+int hdlm_nelbo_masking_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint32_t *x, int length,
+                             const uint8_t *masked, const double *p, double *value);
+
+// One chunk: *nll = mean over counted rounds (nats, whole chunk), *var = the Monte-Carlo variance of that mean
+// (sample variance of the rounds / rounds counted, 0 with one round), *counted = rounds counted (masking rounds
+// where nothing was masked are skipped, as in the reference).
+int hdlm_nelbo_chunk(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint32_t *x, int length, uint64_t chunk,
+                     double *nll, double *var, int *counted);
+
+typedef struct {
+    uint64_t chunks;
+    uint64_t tokens;      // denominator: chunks·(L-1) (masking, parity) or chunks·L (ARDM)
+    double nll;           // Σ_chunks nll (nats)
+    double bound;         // nll / tokens, nats per token
+    double std_error;     // its Monte-Carlo standard error
+    double perplexity;    // exp(bound)
+} hdlm_nelbo_result;
+
+// Every chunk of the data set, chunks split over MPI ranks (hdlm_partition_range); collective when MPI runs. The
+// result is identical on every rank and for every number of ranks. progress (may be NULL) runs on every rank after
+// each chunk with (chunks done here, chunks here).
+int hdlm_nelbo_dataset(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const hdlm_dataset *data,
+                       hdlm_nelbo_result *result, hdlm_sampler_progress progress, void *progress_ctx);
+
+// Unigram entropy of one token list (spec §9.3): H = -Σ_k p_k·ln(p_k + 1e-8), p_k = count_k/n over distinct ids;
+// 0 for an empty list.
+double hdlm_unigram_entropy(const uint32_t *ids, size_t n);
+#endif

@@ -1,0 +1,101 @@
+// hdlm/sampler.h — generation (spec §6): the ε samplers (MDLM ancestral, ACS, and a hyperschedule walker for ω < L),
+// the γ analytic sampler (NAR and SAR forms) and ARDM budgeted generation (spec A.5).
+//
+// Samplers see the network through hdlm_denoiser: a callback that maps tokens [B, n] (+ γ σ [B, n], + an attention
+// mask) to outputs [B, n, V] (ε logits, γ log-scores). hdlm_denoiser_model() wraps a model; tests wrap hand-set
+// outputs so the sampler's distribution is known exactly.
+//
+// Randomness: sequence number `first_sample + b` at step j draws from the stream keyed by
+// hdlm_rng_key(seed, first_sample + b, j, HDLM_RNG_SAMPLE), so a sample depends only on (seed, its number) and not on
+// the batch it was generated in or on the number of ranks.
+// Token ids: 0..V-2 real tokens (N = V-1), V-1 MASK.
+#ifndef HDLM_SAMPLER_H
+#define HDLM_SAMPLER_H
+#include <stdbool.h>
+#include <stdint.h>
+#include "hdlm/mask.h"
+#include "hdlm/model.h"
+#include "hdlm/schedule.h"
+
+typedef struct hdlm_denoiser {
+    int vocab;    // V (MASK = V-1)
+    // Outputs [batch, length, V] for tokens [batch, length] (positions 0..length-1), σ [batch, length] (γ; NULL for ε)
+    // and mask (NULL: full attention). *out stays valid until the next call.
+    int (*forward)(struct hdlm_denoiser *d, const uint32_t *tokens, const float *sigma, const hdlm_attn_mask *mask,
+                   int batch, int length, const float **out);
+    void *ctx;
+    hdlm_model *model;   // the wrapped model (hdlm_denoiser_model), needed by the KV-cached path; NULL otherwise
+} hdlm_denoiser;
+
+// A denoiser that runs hdlm_model_forward (eval mode, no dropout).
+hdlm_denoiser hdlm_denoiser_model(hdlm_model *model);
+
+typedef enum {
+    HDLM_SAMPLER_ANCESTRAL = 0,   // ε full_diff `original` (spec §6.2)
+    HDLM_SAMPLER_ACS = 1,         // ε full_diff `acs` (spec §6.3)
+    HDLM_SAMPLER_GAMMA_NAR = 2,   // γ analytic sampler over the hyperschedule (spec §6.7)
+    HDLM_SAMPLER_GAMMA_SAR = 3,   // its SAR form (spec §6.8)
+    HDLM_SAMPLER_WALK = 4,        // ε hyperschedule walker with the training masks (extension, decision §11.19)
+} hdlm_sampler_kind;
+
+// γ score at the current token (decision §14.2): parity keeps the network's value; sedd sets it to exp(0) = 1.
+typedef enum { HDLM_GAMMA_SCORE_SEDD = 0, HDLM_GAMMA_SCORE_PARITY = 1 } hdlm_gamma_score_convention;
+
+typedef struct {
+    hdlm_sampler_kind kind;
+    int steps;                 // ancestral / ACS: number of steps n (γ and walk: the schedule decides, K_max - 1)
+    double eta;                // ACS / walk: correction strength η (0.01)
+    double temperature;        // ε samplers: T (1.0)
+    bool exclude_mask;         // ε samplers: never draw MASK (decision §11.20); off = reference behaviour
+    double gamma;              // γ samplers: graph γ
+    hdlm_gamma_score_convention score_convention;
+    const hdlm_schedule *schedule;   // γ and walk samplers: the (eval) hyperschedule
+    // Prompt: where prompt_mask[i] is non-zero, position i holds prompt[i] from the start and after every step
+    // (prefix conditioning: a prefix of ones; infilling: any pattern). Both NULL: unconditional.
+    const uint32_t *prompt;
+    const uint8_t *prompt_mask;
+    uint64_t seed;
+    // walk / γ samplers on a model denoiser: keep settled blocks' K/V and run only the active positions (spec §3.5,
+    // include/hdlm/kv_cache.h); needs the block schedule with the block_causal context. Same tokens as without.
+    bool kv_cache;
+} hdlm_sampler_config;
+
+// Refuses inconsistent configurations (steps < 1, η outside [0, 1], T <= 0, missing schedule, prompt ids >= V-1,
+// schedule length != length, a KV cache without the block schedule and block_causal context) naming the field.
+int hdlm_sampler_check(const hdlm_sampler_config *cfg, int vocab, int length);
+const char *hdlm_sampler_kind_name(hdlm_sampler_kind kind);
+int hdlm_sampler_kind_parse(const char *name, const char *field, hdlm_sampler_kind *kind);
+// Number of network calls one batch takes.
+int hdlm_sampler_calls(const hdlm_sampler_config *cfg);
+
+// Generates `batch` sequences of `length` tokens into x[batch*length] (samples first_sample .. first_sample+batch-1).
+// progress (may be NULL) is called after every network call with (calls done, calls total).
+typedef void (*hdlm_sampler_progress)(void *ctx, int done, int total);
+int hdlm_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int length, uint64_t first_sample,
+                uint32_t *x, hdlm_sampler_progress progress, void *progress_ctx);
+
+// One categorical draw from softmax(z/T) over z[0..width), by inversion of the float64 CDF with one uniform (spec §6.1:
+// any exact categorical sampler gives the reference's distribution; this one needs one draw instead of V).
+uint32_t hdlm_sample_softmax(const float *z, int width, double temperature, hdlm_rng *rng);
+// A draw ∝ max(p_y, 0) over p[0..n) (the γ sampler's weights, spec §6.1): entries <= 0 are never chosen; when all
+// are <= 0 the largest entry is returned.
+uint32_t hdlm_sample_weights(const double *p, int n, hdlm_rng *rng);
+
+// ---- ARDM budgeted generation (spec A.5) ----
+// Policy DP: L[0..D) per-step losses (the caller's values; sorted descending first, as the reference does), budget K
+// (1 <= K <= D). `strict` restricts predecessors to k-1 <= u <= v-1 (every entry distinct, the recommended default);
+// otherwise the reference's argmin rule (smallest u over 0..v). policy[K] receives p_0..p_{K-1}; returns the cost
+// C[K][D] = Σ_j (p_{j+1}-p_j)·L_{p_j}.
+double hdlm_ardm_policy_dp(const double *L, int D, int K, bool strict, int *policy);
+// Σ_j (p_{j+1} - p_j)·L_{p_j}, p_K = D (A.5.4).
+double hdlm_ardm_policy_cost(const double *L, int D, const int *policy, int K);
+// Naive policy p_j = round_half_even(j·D/K) (A.5.4).
+void hdlm_ardm_policy_naive(int D, int K, int *policy);
+// Sampling with a policy (A.5.4): per sequence a fresh random order r; call j runs one forward on the current input
+// (unknown positions = MASK) and draws every position with p_j <= r_i < p_{j+1} from its softmax over the N real
+// tokens (MASK excluded, decision A.3.3). Prompt positions of cfg are known from the start (they come first in the
+// order). cfg->seed and cfg->temperature are used.
+int hdlm_ardm_sample(const hdlm_sampler_config *cfg, const int *policy, int K, hdlm_denoiser *d, int batch, int length,
+                     uint64_t first_sample, uint32_t *x);
+
+#endif

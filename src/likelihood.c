@@ -1,0 +1,207 @@
+// Monte-Carlo likelihood bounds: the reference's masking NELBO (spec §9.1) and the stochastic ARDM bound (spec A.6),
+// per chunk and over a data set split across MPI ranks.
+#include <math.h>
+#include <stdlib.h>
+#include <mpi.h>
+#include <string.h>
+
+#include "hdlm/common.h"
+#include "hdlm/diffusion.h"
+#include "hdlm/likelihood.h"
+#include "hdlm/rng.h"
+
+hdlm_nelbo_config hdlm_nelbo_config_default(bool gamma_family) {
+    hdlm_nelbo_config c = {HDLM_NELBO_MASKING, 16, 100 / 16, 1e-3, gamma_family, 1e-3, 0};
+    return c;
+}
+
+const char *hdlm_nelbo_kind_name(hdlm_nelbo_kind kind) {
+    return kind == HDLM_NELBO_ARDM ? "ardm" : "masking";
+}
+
+int hdlm_nelbo_config_check(const hdlm_nelbo_config *cfg) {
+    HDLM_CHECK(cfg->kind == HDLM_NELBO_MASKING || cfg->kind == HDLM_NELBO_ARDM, "likelihood: unknown estimator %d",
+               (int)cfg->kind);
+    HDLM_CHECK(cfg->copies >= 1 && cfg->copies <= 4096, "likelihood: --copies must be in [1, 4096], got %d",
+               cfg->copies);
+    HDLM_CHECK(cfg->rounds >= 1, "likelihood: --rounds must be >= 1, got %d", cfg->rounds);
+    HDLM_CHECK(cfg->floor > 0 && cfg->floor < 1, "likelihood: --floor must be in (0, 1), got %g", cfg->floor);
+    HDLM_CHECK(!cfg->sigma_input || (cfg->sigma >= 0 && isfinite(cfg->sigma)),
+               "likelihood: sigma must be finite and >= 0, got %g", cfg->sigma);
+    return 0;
+}
+
+// Runs the network on the C copies in `xt`: returns the outputs (σ filled when the model takes it).
+static int nelbo_forward(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint32_t *xt, int copies, int length,
+                         const float **z) {
+    float *sigma = NULL;
+    if (cfg->sigma_input) {
+        sigma = hdlm_malloc((size_t)copies * length * sizeof *sigma);
+        for (size_t r = 0; r < (size_t)copies * length; r++) sigma[r] = (float)cfg->sigma;
+    }
+    int status = d->forward(d, xt, sigma, NULL, copies, length, z);
+    free(sigma);
+    return status;
+}
+
+int hdlm_nelbo_masking_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint32_t *x, int length,
+                             const uint8_t *masked, const double *p, double *value) {
+    int C = cfg->copies, V = d->vocab;
+    uint32_t *xt = hdlm_malloc((size_t)C * length * sizeof *xt);
+    for (int b = 0; b < C; b++)
+        for (int i = 0; i < length; i++)
+            xt[(size_t)b * length + i] = masked[(size_t)b * length + i] ? (uint32_t)(V - 1) : x[i];
+    const float *z;
+    int status = nelbo_forward(d, cfg, xt, C, length, &z);
+    if (status == 0) {
+        double total = 0;
+        for (int b = 0; b < C; b++) {
+            double row = 0;
+            for (int i = 0; i < length; i++)
+                if (masked[(size_t)b * length + i])
+                    row += hdlm_ce_row(z + ((size_t)b * length + i) * V, V, V, x[i], 0, NULL);
+            total += row / p[b];
+        }
+        *value = total / C;
+    }
+    free(xt);
+    return status;
+}
+
+// One ARDM round (A.6 mode 1): copy b gets step s_b = ⌊L·((u0 + b/C) mod 1)⌋ (stratified), a uniformly random subset
+// of m_b = L - s_b positions masked, estimate (L/m_b)·Σ_masked CE over the N real tokens; returns the mean over copies.
+static int ardm_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint32_t *x, int length, hdlm_rng *rng,
+                      double *value) {
+    int C = cfg->copies, V = d->vocab;
+    uint32_t *xt = hdlm_malloc((size_t)C * length * sizeof *xt);
+    uint8_t *masked = hdlm_calloc((size_t)C * length, 1);
+    uint32_t *order = hdlm_malloc((size_t)length * sizeof *order);
+    int *m = hdlm_malloc((size_t)C * sizeof *m);
+    double u0 = hdlm_rng_uniform_double(rng);
+    for (int b = 0; b < C; b++) {
+        double frac = fmod(u0 + (double)b / C, 1.0);
+        int s = (int)(frac * length);
+        if (s >= length) s = length - 1;
+        m[b] = length - s;
+        for (int i = 0; i < length; i++) order[i] = (uint32_t)i;
+        hdlm_rng_shuffle_u32(rng, order, (uint64_t)length);
+        for (int r = 0; r < m[b]; r++) masked[(size_t)b * length + order[r]] = 1;
+        for (int i = 0; i < length; i++)
+            xt[(size_t)b * length + i] = masked[(size_t)b * length + i] ? (uint32_t)(V - 1) : x[i];
+    }
+    const float *z;
+    int status = nelbo_forward(d, cfg, xt, C, length, &z);
+    if (status == 0) {
+        double total = 0;
+        for (int b = 0; b < C; b++) {
+            double row = 0;
+            for (int i = 0; i < length; i++)
+                if (masked[(size_t)b * length + i])
+                    row += hdlm_ce_row(z + ((size_t)b * length + i) * V, V, V - 1, x[i], 0, NULL);
+            total += row * length / m[b];
+        }
+        *value = total / C;
+    }
+    free(m);
+    free(order);
+    free(masked);
+    free(xt);
+    return status;
+}
+
+int hdlm_nelbo_chunk(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint32_t *x, int length, uint64_t chunk,
+                     double *nll, double *var, int *counted) {
+    HDLM_TRY(hdlm_nelbo_config_check(cfg));
+    for (int i = 0; i < length; i++)
+        HDLM_CHECK(x[i] < (uint32_t)(d->vocab - 1), "likelihood: chunk %llu position %d holds id %u, not a real token "
+                   "of the model (< %d)", (unsigned long long)chunk, i, x[i], d->vocab - 1);
+    int C = cfg->copies;
+    uint8_t *masked = hdlm_malloc((size_t)C * length);
+    double *p = hdlm_malloc((size_t)C * sizeof *p);
+    double sum = 0, sum_sq = 0;
+    int n = 0, status = 0;
+    for (int r = 0; r < cfg->rounds && status == 0; r++) {
+        hdlm_rng rng;
+        hdlm_rng_init(&rng, hdlm_rng_key(cfg->seed, chunk, (uint64_t)r, HDLM_RNG_EVAL));
+        double value = 0;
+        if (cfg->kind == HDLM_NELBO_ARDM) {
+            status = ardm_round(d, cfg, x, length, &rng, &value);
+        } else {
+            // Stratified times t_b = (u0 + b/C) mod 1, p_b = (1 - floor)·t_b + floor (spec §9.1).
+            double u0 = hdlm_rng_uniform_double(&rng);
+            bool any = false;
+            for (int b = 0; b < C; b++) {
+                p[b] = (1 - cfg->floor) * fmod(u0 + (double)b / C, 1.0) + cfg->floor;
+                for (int i = 0; i < length; i++) {
+                    masked[(size_t)b * length + i] = hdlm_rng_uniform_double(&rng) < p[b];
+                    any |= masked[(size_t)b * length + i];
+                }
+            }
+            if (!any) continue;   // the reference skips a round with nothing masked
+            status = hdlm_nelbo_masking_round(d, cfg, x, length, masked, p, &value);
+        }
+        sum += value;
+        sum_sq += value * value;
+        n++;
+    }
+    free(p);
+    free(masked);
+    HDLM_TRY(status);
+    HDLM_CHECK(n > 0, "likelihood: chunk %llu had no masked position in %d rounds (raise --rounds)",
+               (unsigned long long)chunk, cfg->rounds);
+    *nll = sum / n;
+    *var = n > 1 ? fmax(0.0, (sum_sq - sum * sum / n) / (n - 1)) / n : 0.0;
+    *counted = n;
+    return 0;
+}
+
+int hdlm_nelbo_dataset(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const hdlm_dataset *data,
+                       hdlm_nelbo_result *result, hdlm_sampler_progress progress, void *progress_ctx) {
+    HDLM_TRY(hdlm_nelbo_config_check(cfg));
+    uint64_t n = hdlm_dataset_chunk_count(data);
+    int L = (int)data->chunk_len;
+    HDLM_CHECK(n > 0, "likelihood: the data set has no chunk of %d tokens", L);
+    int world = hdlm_world_size(), rank = hdlm_rank();
+    uint64_t begin, end;
+    hdlm_partition_range(n, rank, world, &begin, &end);
+    // Per-chunk values in one array per quantity, zero outside this rank's range: the all-reduce then adds each value
+    // to zeros only, and the final sums run in chunk order, so the result is the same for any number of ranks.
+    double *vals = hdlm_calloc(2 * n, sizeof *vals);
+    uint32_t *x = hdlm_malloc((size_t)L * sizeof *x);
+    int status = 0;
+    for (uint64_t c = begin; c < end && status == 0; c++) {
+        hdlm_dataset_chunk_copy(data, c, x);
+        int counted;
+        status = hdlm_nelbo_chunk(d, cfg, x, L, c, &vals[c], &vals[n + c], &counted);
+        if (progress && status == 0) progress(progress_ctx, (int)(c - begin + 1), (int)(end - begin));
+    }
+    free(x);
+    if (world > 1) {
+        // Every rank must reach the collective; a failure on any rank fails all of them.
+        int bad = status != 0, any_bad = 0;
+        MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        if (any_bad) {
+            free(vals);
+            if (status) return -1;
+            return HDLM_FAIL("likelihood: another rank failed (see its message)");
+        }
+        MPI_Allreduce(MPI_IN_PLACE, vals, (int)(2 * n), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    } else if (status) {
+        free(vals);
+        return -1;
+    }
+    double nll = 0, var = 0;
+    for (uint64_t c = 0; c < n; c++) {
+        nll += vals[c];
+        var += vals[n + c];
+    }
+    free(vals);
+    result->chunks = n;
+    result->tokens = n * (uint64_t)(cfg->kind == HDLM_NELBO_ARDM ? L : L - 1);
+    HDLM_CHECK(result->tokens > 0, "likelihood: chunks of one token have no token to count (L - 1 = 0)");
+    result->nll = nll;
+    result->bound = nll / (double)result->tokens;
+    result->std_error = sqrt(var) / (double)result->tokens;
+    result->perplexity = exp(result->bound);
+    return 0;
+}

@@ -1,0 +1,252 @@
+// hdlm-eval perplexity and sample end to end on small checkpoints of both families: output fields, rank independence
+// of the bound (1 vs 2 ranks), JSONL samples with prompts and ARDM budgets, and refusal of missing checkpoints and
+// token files the model cannot score.
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "hdlm/common.h"
+#include "hdlm/model_io.h"
+#include "hdlm/rng.h"
+#include "hdlm/shard.h"
+#include "hdlm/tokenizer.h"
+
+// Tools under the sanitizer build: Open MPI's own allocations are not ours to free.
+#define EVAL "OMPI_MCA_ess_singleton_isolated=1 ASAN_OPTIONS=detect_leaks=0 " HDLM_BIN_DIR "/hdlm-eval"
+#define MPIRUN_EVAL                                                                                                    \
+    "ASAN_OPTIONS=detect_leaks=0 OMP_NUM_THREADS=1 mpirun -np 2 --oversubscribe --allow-run-as-root --bind-to none " \
+    HDLM_BIN_DIR "/hdlm-eval"
+
+enum { LENGTH = 16 };
+static char run_eps[4200], run_gamma[4200], data_dir[4200], bad_dir[4200], tmp[2048];
+
+static void make_checkpoint(hdlm_family f, const char *root) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/jobs/configs/%s.yaml", HDLM_SOURCE_DIR,
+             f == HDLM_FAMILY_GAMMA ? "gamma_hdlm" : "epsilon_hdlm");
+    hdlm_train_config c;
+    assert_int_equal(hdlm_config_defaults(&hdlm_train_config_schema, &c), 0);
+    assert_int_equal(hdlm_config_load_yaml(&hdlm_train_config_schema, &c, path), 0);
+    const char *ov[] = {"model.hidden_size=16", "model.n_blocks=1", "model.n_heads=2", "model.cond_dim=8",
+                        "model.length=16", "model.dropout=0", "annealing.width=8"};
+    for (size_t i = 0; i < sizeof ov / sizeof ov[0]; i++)
+        assert_int_equal(hdlm_config_override(&hdlm_train_config_schema, &c, ov[i]), 0);
+    hdlm_model_config mc;
+    assert_int_equal(hdlm_train_config_model(&c, &mc), 0);
+    hdlm_model *m;
+    assert_int_equal(hdlm_model_create(&m, &mc), 0);
+    hdlm_model_init(m, 1);
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, 9);
+    for (size_t i = 0; i < m->n_params; i++) m->params[i] += 0.2f * (float)hdlm_rng_normal(&rng);
+    if (hdlm_model_save_checkpoint(root, 1, m, &c, false, NULL) != 0) fail_msg("%s", hdlm_last_error());
+    hdlm_model_free(m);
+}
+
+static void make_shard(const char *dir, uint32_t vocab, uint16_t top_id) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/validation_000.bin", dir);
+    uint16_t tokens[3 * LENGTH + 5];
+    for (int i = 0; i < 3 * LENGTH + 5; i++) tokens[i] = (uint16_t)((i * 2011) % 20000);
+    tokens[7] = top_id;
+    hdlm_shard_writer *w;
+    if (hdlm_shard_writer_open(&w, path, vocab) || hdlm_shard_writer_append(w, tokens, 3 * LENGTH + 5) ||
+        hdlm_shard_writer_close(w, 1, NULL))
+        fail_msg("%s", hdlm_last_error());
+}
+
+static int setup(void **state) {
+    (void)state;
+    snprintf(tmp, sizeof tmp, "%s", test_tmp_dir("eval_tools"));
+    snprintf(run_eps, sizeof run_eps, "%s/eps/checkpoints", tmp);
+    snprintf(run_gamma, sizeof run_gamma, "%s/gamma/checkpoints", tmp);
+    snprintf(data_dir, sizeof data_dir, "%s/data", tmp);
+    snprintf(bad_dir, sizeof bad_dir, "%s/bad", tmp);
+    test_run("mkdir -p %s %s", data_dir, bad_dir);
+    make_checkpoint(HDLM_FAMILY_EPSILON, run_eps);
+    make_checkpoint(HDLM_FAMILY_GAMMA, run_gamma);
+    make_shard(data_dir, HDLM_GPT2_VOCAB, 50256);
+    make_shard(bad_dir, 60000, 55000);   // ids beyond the model's 50257 real tokens
+    return 0;
+}
+
+static char *slurp(const char *path) {
+    char *text;
+    size_t len;
+    if (hdlm_read_file(path, &text, &len) != 0) fail_msg("%s", hdlm_last_error());
+    return text;
+}
+
+// The last line of a file (the --json line), parsed.
+static cJSON *last_json(const char *path) {
+    char *text = slurp(path);
+    char *start = text;
+    for (char *p = text; *p; p++)
+        if (*p == '\n' && p[1] == '{') start = p + 1;
+    cJSON *j = cJSON_Parse(start);
+    free(text);
+    assert_non_null(j);
+    return j;
+}
+
+static void test_perplexity_one_and_two_ranks(void **state) {
+    (void)state;
+    char out1[4200], out2[4200];
+    snprintf(out1, sizeof out1, "%s/ppl1.txt", tmp);
+    snprintf(out2, sizeof out2, "%s/ppl2.txt", tmp);
+    const char *args = "--copies 3 --rounds 2 --seed 4 --json";
+    assert_int_equal(test_run(EVAL " perplexity --ckpt %s --data %s %s > %s", run_eps, data_dir,
+                              args, out1), 0);
+    assert_int_equal(test_run(MPIRUN_EVAL " perplexity "
+                              "--ckpt %s --data %s %s > %s 2>/dev/null", run_eps, data_dir, args, out2), 0);
+    cJSON *a = last_json(out1), *b = last_json(out2);
+    double bound = cJSON_GetObjectItem(a, "bound")->valuedouble;
+    assert_true(bound > 0 && bound < 30);
+    assert_true(bound == cJSON_GetObjectItem(b, "bound")->valuedouble);
+    assert_true(cJSON_GetObjectItem(a, "std_error")->valuedouble == cJSON_GetObjectItem(b, "std_error")->valuedouble);
+    assert_int_equal(cJSON_GetObjectItem(a, "tokens")->valueint, 3 * (LENGTH - 1));
+    assert_string_equal(cJSON_GetObjectItem(a, "estimator")->valuestring, "masking");
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    char *text = slurp(out1);
+    assert_non_null(strstr(text, "validity    upper bound on -log p of the ε model's masking-only"));
+    free(text);
+    // γ: the same estimator, labelled as not a bound; ARDM estimator on request counts L tokens per chunk.
+    assert_int_equal(test_run(EVAL " perplexity --ckpt %s --data %s %s > %s", run_gamma, data_dir,
+                              args, out1), 0);
+    text = slurp(out1);
+    assert_non_null(strstr(text, "NOT a bound for the γ model"));
+    free(text);
+    assert_int_equal(test_run(EVAL " perplexity --ckpt %s --data %s --raw --estimator ardm %s > %s",
+                              run_eps, data_dir, args, out1), 0);
+    a = last_json(out1);
+    assert_int_equal(cJSON_GetObjectItem(a, "tokens")->valueint, 3 * LENGTH);
+    assert_string_equal(cJSON_GetObjectItem(a, "weights")->valuestring, "raw");
+    cJSON_Delete(a);
+}
+
+// Every line of a JSONL file, parsed.
+static int read_samples(const char *path, cJSON **lines, int max) {
+    char *text = slurp(path);
+    int n = 0;
+    for (char *line = strtok(text, "\n"); line && n < max; line = strtok(NULL, "\n")) {
+        lines[n] = cJSON_Parse(line);
+        assert_non_null(lines[n]);
+        n++;
+    }
+    free(text);
+    return n;
+}
+
+static void test_sample_jsonl(void **state) {
+    (void)state;
+    char out[4200], losses[4200];
+    snprintf(out, sizeof out, "%s/samples.jsonl", tmp);
+    snprintf(losses, sizeof losses, "%s/losses.txt", tmp);
+    const char *tok = test_cache_path("gpt2");
+    struct {
+        const char *run, *args;
+    } cases[] = {
+        {run_eps, "--sampler acs --steps 4 --prompt-ids 464,3290 --infill 10:13"},
+        {run_eps, "--sampler walk --tau 3 --no-mask --prompt-ids 464,3290 --infill 10:13"},
+        {run_gamma, "--sampler gamma-sar --tau 3 --prompt-ids 464,3290 --infill 10:13"},
+        {run_eps, "--sampler ardm --budget 5 --prompt-ids 464,3290 --infill 10:13"},
+        {run_eps, NULL},   // ardm with the DP policy of the losses file
+    };
+    FILE *f = fopen(losses, "w");
+    for (int i = 0; i < LENGTH; i++) fprintf(f, "%g\n", 10.0 / (i + 1));
+    fclose(f);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        char args[4600];
+        if (cases[c].args) snprintf(args, sizeof args, "%s", cases[c].args);
+        else snprintf(args, sizeof args, "--sampler ardm --budget 5 --losses %s --prompt-ids 464,3290 --infill 10:13",
+                      losses);
+        assert_int_equal(test_run(EVAL " sample --ckpt %s --n 3 --batch 2 --seed 5 --tokenizer %s --out %s %s "
+                                  "> /dev/null 2>&1", cases[c].run, tok, out, args), 0);
+        cJSON *lines[4];
+        assert_int_equal(read_samples(out, lines, 4), 3);
+        for (int i = 0; i < 3; i++) {
+            cJSON *ids = cJSON_GetObjectItem(lines[i], "ids");
+            assert_int_equal(cJSON_GetArraySize(ids), LENGTH);
+            assert_int_equal(cJSON_GetArrayItem(ids, 0)->valueint, 464);
+            assert_int_equal(cJSON_GetArrayItem(ids, 1)->valueint, 3290);
+            assert_int_equal(cJSON_GetArrayItem(ids, 10)->valueint, 13);
+            assert_int_equal(cJSON_GetObjectItem(lines[i], "index")->valueint, i);
+            assert_true(cJSON_IsString(cJSON_GetObjectItem(lines[i], "text")));
+            assert_true(cJSON_GetObjectItem(lines[i], "entropy")->valuedouble > 0);
+            cJSON_Delete(lines[i]);
+        }
+    }
+    // The same samples on 2 ranks.
+    char out2[4200];
+    snprintf(out2, sizeof out2, "%s/samples2.jsonl", tmp);
+    assert_int_equal(test_run(EVAL " sample --ckpt %s --n 3 --batch 2 --seed 5 --tokenizer %s --out %s "
+                              "--sampler acs --steps 4 > /dev/null 2>&1", run_eps, tok, out), 0);
+    assert_int_equal(test_run(MPIRUN_EVAL " sample "
+                              "--ckpt %s --n 3 --batch 2 --seed 5 --tokenizer %s --out %s --sampler acs --steps 4 "
+                              "> /dev/null 2>&1", run_eps, tok, out2), 0);
+    char *a = slurp(out), *b = slurp(out2);
+    assert_string_equal(a, b);
+    free(a);
+    free(b);
+    // --kv-cache gives the same samples (γ SAR on the 2-block schedule of the checkpoint, ω = 8 = L/2).
+    for (int cached = 0; cached < 2; cached++)
+        assert_int_equal(test_run(EVAL " sample --ckpt %s --n 2 --seed 3 --tokenizer %s --out %s --sampler "
+                                  "gamma-sar --tau 3 %s > /dev/null 2>&1", run_gamma, tok,
+                                  cached ? out2 : out, cached ? "--kv-cache" : ""), 0);
+    a = slurp(out), b = slurp(out2);
+    assert_string_equal(a, b);
+    free(a);
+    free(b);
+}
+
+static void test_bad_inputs_refused(void **state) {
+    (void)state;
+    char err[4200];
+    snprintf(err, sizeof err, "%s/err.txt", tmp);
+    assert_int_equal(test_run(EVAL " perplexity --ckpt %s/nowhere --data %s 2> %s", tmp, data_dir,
+                              err), 1);
+    char *text = slurp(err);
+    assert_non_null(strstr(text, "no such checkpoint directory"));
+    free(text);
+    assert_int_equal(test_run(EVAL " perplexity --ckpt %s --data %s 2> %s", run_eps, bad_dir, err),
+                     1);
+    text = slurp(err);
+    assert_non_null(strstr(text, "has vocabulary 60000, more than the 50257 real tokens"));
+    free(text);
+    assert_int_equal(test_run(EVAL " sample --ckpt %s --n 2 --out %s/x.jsonl --sampler gamma-nar 2> %s",
+                              run_eps, tmp, err), 1);
+    text = slurp(err);
+    assert_non_null(strstr(text, "does not fit the epsilon model"));
+    free(text);
+    assert_int_equal(test_run(EVAL " sample --ckpt %s --n 2 --out %s/x.jsonl --prompt-ids 50257 2> %s",
+                              run_eps, tmp, err), 1);
+    text = slurp(err);
+    assert_non_null(strstr(text, "id 50257 is not a real token"));
+    free(text);
+    // An incomplete checkpoint (no COMPLETE marker) is refused (other damage: tests/test_convert.c, test_mpi_checkpoint.c).
+    assert_int_equal(test_run("rm -rf %s/partial && cp -r %s/step_000000001 %s/partial && rm %s/partial/COMPLETE",
+                              tmp, run_eps, tmp, tmp), 0);
+    assert_int_equal(test_run(EVAL " perplexity --ckpt %s/partial --data %s 2> %s", tmp,
+                              data_dir, err), 1);
+    text = slurp(err);
+    assert_non_null(strstr(text, "partial"));
+    free(text);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_perplexity_one_and_two_ranks),
+        cmocka_unit_test(test_sample_jsonl),
+        cmocka_unit_test(test_bad_inputs_refused),
+    };
+    return cmocka_run_group_tests_name("eval_tools", tests, setup, NULL);
+}

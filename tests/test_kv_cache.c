@@ -1,0 +1,147 @@
+// KV cache of settled blocks (spec §3.5): the cached forward reproduces the uncached forward's active outputs, and the
+// walker / γ samplers give the same tokens with and without the cache for the same seed.
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "hdlm/common.h"
+#include "hdlm/diffusion.h"
+#include "hdlm/kv_cache.h"
+#include "hdlm/sampler.h"
+
+enum { L = 16, W = 4, V = 13 };
+
+static hdlm_model *small_model(hdlm_family family, hdlm_rotary_mode rotary) {
+    hdlm_model_config c = {family, 16, 2, 2, 2, 8, V, L, 0.0f, 0.01f, rotary};
+    hdlm_model *m;
+    assert_int_equal(hdlm_model_create(&m, &c), 0);
+    hdlm_model_init(m, 3);
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, 11);
+    for (size_t i = 0; i < m->n_params; i++) m->params[i] += 0.3f * (float)hdlm_rng_normal(&rng);
+    return m;
+}
+
+// Step k of a block schedule (ω = 4, τ = 3) with two settled blocks: the uncached forward over [0, a_end] with the
+// step's mask against cache(block 0) + cache(block 1) + active queries, both families, both block rules.
+static void test_cached_forward_matches_uncached(void **state) {
+    (void)state;
+    for (int fam = 0; fam < 2; fam++)
+        for (int rule = HDLM_BLOCK_FULL; rule <= HDLM_BLOCK_CAUSAL; rule++) {
+            hdlm_model *m = small_model(fam ? HDLM_FAMILY_GAMMA : HDLM_FAMILY_EPSILON,
+                                        rule ? HDLM_ROTARY_REFERENCE : HDLM_ROTARY_EXACT);
+            hdlm_schedule s;
+            assert_int_equal(hdlm_schedule_init(&s, HDLM_SCHEDULE_BLOCK, L, W, 3, HDLM_SAMPLING_EPS,
+                                                HDLM_CONTEXT_BLOCK_CAUSAL, (hdlm_block_type)rule), 0);
+            hdlm_step st;
+            hdlm_step_alloc(&st, L);
+            assert_int_equal(hdlm_schedule_step(&s, 2 * 3 + 2, &st), 0);   // block 2, second level
+            assert_int_equal(st.n_set, 8);
+            assert_int_equal(st.a_end, 11);
+            const int B = 2, n = st.a_end + 1;
+            uint32_t tokens[2 * L];
+            float sigma_row[L], sigma[2 * L];
+            hdlm_gamma_sigmas(&st, sigma_row);
+            for (int b = 0; b < B; b++)
+                for (int i = 0; i < n; i++) {
+                    tokens[b * n + i] = (uint32_t)((b * 7 + i * 5) % V);
+                    sigma[b * n + i] = sigma_row[i];
+                }
+            hdlm_attn_mask mask = st.mask;
+            mask.length = n;
+            hdlm_model_input in = {tokens, fam ? sigma : NULL, &mask, B, n, false, 0};
+            assert_int_equal(hdlm_model_forward(m, &in), 0);
+            float *want = hdlm_malloc((size_t)B * n * V * sizeof *want);
+            memcpy(want, m->out, (size_t)B * n * V * sizeof *want);
+
+            hdlm_kv_cache cache;
+            hdlm_kv_cache_init(&cache, m, B);
+            uint32_t part[2 * W];
+            float psig[2 * W];
+            for (int lo = 0; lo <= 8; lo += W) {   // blocks 0 and 1 (append), then the active block 2 (query)
+                for (int b = 0; b < B; b++)
+                    for (int i = 0; i < W; i++) part[b * W + i] = tokens[b * n + lo + i], psig[b * W + i] = sigma[b * n + lo + i];
+                bool active = lo == 8;
+                assert_int_equal(hdlm_model_forward_cached(m, &cache, part, fam ? psig : NULL, B, W,
+                                                           active ? (hdlm_block_type)rule : HDLM_BLOCK_FULL, !active),
+                                 0);
+            }
+            assert_int_equal(cache.length, 8);
+            double worst = 0;
+            for (int b = 0; b < B; b++)
+                for (int i = 0; i < W; i++)
+                    for (int y = 0; y < V; y++) {
+                        double diff = fabs(cache.out[((size_t)b * W + i) * V + y] - want[((size_t)b * n + 8 + i) * V + y]);
+                        worst = diff > worst ? diff : worst;
+                    }
+            if (worst > 1e-4) fail_msg("family %d rule %d: cached outputs differ by %g", fam, rule, worst);
+            hdlm_kv_cache_free(&cache);
+            free(want);
+            hdlm_step_free(&st);
+            hdlm_schedule_free(&s);
+            hdlm_model_free(m);
+        }
+}
+
+// Same seed → the same tokens with and without the cache (walk, γ NAR, γ SAR; with a prompt).
+static void test_cached_sampling_gives_the_same_tokens(void **state) {
+    (void)state;
+    const int B = 3;
+    uint32_t prompt[L] = {4, 9};
+    uint8_t pmask[L] = {1, 1};
+    for (int fam = 0; fam < 2; fam++) {
+        hdlm_model *m = small_model(fam ? HDLM_FAMILY_GAMMA : HDLM_FAMILY_EPSILON, HDLM_ROTARY_EXACT);
+        hdlm_denoiser d = hdlm_denoiser_model(m);
+        hdlm_schedule s;
+        assert_int_equal(hdlm_schedule_init(&s, HDLM_SCHEDULE_BLOCK, L, W, 3, HDLM_SAMPLING_EPS,
+                                            HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_FULL), 0);
+        int kinds[2] = {HDLM_SAMPLER_WALK, HDLM_SAMPLER_WALK};
+        if (fam) kinds[0] = HDLM_SAMPLER_GAMMA_NAR, kinds[1] = HDLM_SAMPLER_GAMMA_SAR;
+        for (int k = 0; k < 2; k++) {
+            hdlm_sampler_config cfg = {.kind = kinds[k], .eta = 0.2, .temperature = 1, .gamma = 0.01, .schedule = &s,
+                                       .seed = 40 + (uint64_t)k};
+            if (k) cfg.prompt = prompt, cfg.prompt_mask = pmask;
+            uint32_t plain[3 * L], cached[3 * L];
+            assert_int_equal(hdlm_sample(&cfg, &d, B, L, 0, plain, NULL, NULL), 0);
+            cfg.kv_cache = true;
+            assert_int_equal(hdlm_sample(&cfg, &d, B, L, 0, cached, NULL, NULL), 0);
+            assert_memory_equal(plain, cached, sizeof plain);
+        }
+        hdlm_schedule_free(&s);
+        hdlm_model_free(m);
+    }
+}
+
+static void test_cache_needs_block_schedule(void **state) {
+    (void)state;
+    hdlm_model *m = small_model(HDLM_FAMILY_EPSILON, HDLM_ROTARY_EXACT);
+    hdlm_denoiser d = hdlm_denoiser_model(m);
+    hdlm_schedule s;
+    assert_int_equal(hdlm_schedule_init(&s, HDLM_SCHEDULE_SIMPLE, L, W, 3, HDLM_SAMPLING_EPS,
+                                        HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_FULL), 0);
+    hdlm_sampler_config cfg = {.kind = HDLM_SAMPLER_WALK, .temperature = 1, .schedule = &s, .kv_cache = true};
+    uint32_t x[L];
+    assert_int_equal(hdlm_sample(&cfg, &d, 1, L, 0, x, NULL, NULL), -1);
+    assert_error_contains("--kv-cache needs the block schedule");
+    cfg.kind = HDLM_SAMPLER_ACS, cfg.steps = 3;
+    assert_int_equal(hdlm_sample(&cfg, &d, 1, L, 0, x, NULL, NULL), -1);
+    assert_error_contains("applies to the walk and gamma samplers");
+    hdlm_schedule_free(&s);
+    hdlm_model_free(m);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cached_forward_matches_uncached),
+        cmocka_unit_test(test_cached_sampling_gives_the_same_tokens),
+        cmocka_unit_test(test_cache_needs_block_schedule),
+    };
+    return cmocka_run_group_tests_name("kv_cache", tests, NULL, NULL);
+}

@@ -1,0 +1,197 @@
+// Likelihood estimators (spec §9.1, A.6) and the unigram entropy (spec §9.3): one masking round against an
+// independent numpy computation on the same masks, unbiasedness of the chunk estimator on a model with known CE, the
+// ARDM bound at zero logits, determinism, and refusal of bad inputs.
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "hdlm/common.h"
+#include "hdlm/likelihood.h"
+#include "hdlm/rng.h"
+
+// z[b, i, y] = W[input (b, i), y] + P[i, y] (W = NULL: all zero).
+typedef struct {
+    const float *W, *P;
+    int length;
+    float *buf;
+} table_model;
+
+static int table_forward(hdlm_denoiser *d, const uint32_t *tokens, const float *sigma, const hdlm_attn_mask *mask,
+                         int batch, int length, const float **out) {
+    (void)sigma, (void)mask;
+    table_model *t = d->ctx;
+    int V = d->vocab;
+    t->buf = hdlm_realloc(t->buf, (size_t)batch * length * V * sizeof *t->buf);
+    for (int r = 0; r < batch * length; r++)
+        for (int y = 0; y < V; y++)
+            t->buf[(size_t)r * V + y] = t->W ? t->W[tokens[r] * V + y] + t->P[(r % length) * V + y] : 0.0f;
+    *out = t->buf;
+    return 0;
+}
+
+static void print_array_f(FILE *f, const char *name, const float *a, int n) {
+    fprintf(f, "\"%s\": [", name);
+    for (int i = 0; i < n; i++) fprintf(f, "%s%.9g", i ? ", " : "", a[i]);
+    fprintf(f, "], ");
+}
+
+// One round on random masks and probabilities against tests/reference/nelbo.py.
+static void test_masking_round_matches_numpy(void **state) {
+    (void)state;
+    enum { V = 7, L = 9, C = 4 };
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, 31);
+    float W[V * V], P[L * V];
+    for (int i = 0; i < V * V; i++) W[i] = (float)hdlm_rng_normal(&rng);
+    for (int i = 0; i < L * V; i++) P[i] = (float)hdlm_rng_normal(&rng);
+    uint32_t x[L];
+    for (int i = 0; i < L; i++) x[i] = (uint32_t)hdlm_rng_below(&rng, V - 1);
+    uint8_t masked[C * L];
+    double p[C];
+    for (int b = 0; b < C; b++) {
+        p[b] = 0.1 + 0.2 * b;
+        for (int i = 0; i < L; i++) masked[b * L + i] = hdlm_rng_uniform_double(&rng) < p[b];
+    }
+    table_model t = {W, P, L, NULL};
+    hdlm_denoiser d = {V, table_forward, &t, NULL};
+    hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
+    cfg.copies = C;
+    double value;
+    assert_int_equal(hdlm_nelbo_masking_round(&d, &cfg, x, L, masked, p, &value), 0);
+
+    const char *dir = test_tmp_dir("likelihood_numpy");
+    char in[4096], out[4096];
+    snprintf(in, sizeof in, "%s/round.json", dir);
+    snprintf(out, sizeof out, "%s/value.txt", dir);
+    FILE *f = fopen(in, "w");
+    assert_non_null(f);
+    fprintf(f, "{\"V\": %d, \"L\": %d, \"C\": %d, \"x\": [", V, L, C);
+    for (int i = 0; i < L; i++) fprintf(f, "%s%u", i ? ", " : "", x[i]);
+    fprintf(f, "], \"masked\": [");
+    for (int i = 0; i < C * L; i++) fprintf(f, "%s%d", i ? ", " : "", masked[i]);
+    fprintf(f, "], \"p\": [");
+    for (int b = 0; b < C; b++) fprintf(f, "%s%.17g", b ? ", " : "", p[b]);
+    fprintf(f, "], ");
+    print_array_f(f, "W", W, V * V);
+    print_array_f(f, "P", P, L * V);
+    fprintf(f, "\"end\": 0}\n");
+    fclose(f);
+    assert_int_equal(test_run("/usr/bin/python3 %s/tests/reference/nelbo.py %s %s", HDLM_SOURCE_DIR, in, out), 0);
+    f = fopen(out, "r");
+    assert_non_null(f);
+    double expect;
+    assert_int_equal(fscanf(f, "%lf", &expect), 1);
+    fclose(f);
+    assert_true(value > 1.0);
+    if (fabs(value - expect) > 1e-9 * fabs(expect)) fail_msg("C %.12g, numpy %.12g", value, expect);
+    free(t.buf);
+}
+
+// Zero logits: every masked CE is ln V, so a round is (1/C)·Σ_b m_b·ln V/p_b whose expectation is L·ln V (the
+// estimator is unbiased). Over 400 chunks the mean must be within 4 standard errors of L·ln V, and the standard
+// error the estimator reports must agree with the spread across chunks.
+static void test_chunk_estimator_is_unbiased(void **state) {
+    (void)state;
+    const int V = 11, L = 8, n = 400;
+    table_model t = {NULL, NULL, L, NULL};
+    hdlm_denoiser d = {V, table_forward, &t, NULL};
+    hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
+    cfg.copies = 4, cfg.rounds = 3, cfg.seed = 5;
+    uint32_t x[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    double sum = 0, sum_sq = 0, var_sum = 0;
+    for (int c = 0; c < n; c++) {
+        double nll, var;
+        int counted;
+        assert_int_equal(hdlm_nelbo_chunk(&d, &cfg, x, L, (uint64_t)c, &nll, &var, &counted), 0);
+        assert_true(counted >= 1 && counted <= 3);
+        sum += nll, sum_sq += nll * nll, var_sum += var;
+    }
+    double mean = sum / n, sd = sqrt((sum_sq - sum * sum / n) / (n - 1));
+    double expect = L * log((double)V);
+    if (fabs(mean - expect) > 4 * sd / sqrt(n)) fail_msg("mean %.4f, expected %.4f ± %.4f", mean, expect, sd / sqrt(n));
+    // The mean reported variance of a chunk's estimate estimates sd² (same chunk distribution).
+    double ratio = var_sum / n / (sd * sd);
+    if (ratio < 0.6 || ratio > 1.6) fail_msg("reported variance / observed variance = %.3f", ratio);
+    // Same (seed, chunk) → same estimate; another seed → another one.
+    double a, b, v;
+    int k;
+    assert_int_equal(hdlm_nelbo_chunk(&d, &cfg, x, L, 7, &a, &v, &k), 0);
+    assert_int_equal(hdlm_nelbo_chunk(&d, &cfg, x, L, 7, &b, &v, &k), 0);
+    assert_true(a == b);
+    cfg.seed = 6;
+    assert_int_equal(hdlm_nelbo_chunk(&d, &cfg, x, L, 7, &b, &v, &k), 0);
+    assert_true(a != b);
+    free(t.buf);
+}
+
+// ARDM bound at zero logits: every masked CE over the N real tokens is ln N and (L/m)·m·ln N = L ln N exactly, for
+// every order and step.
+static void test_ardm_bound_at_zero_logits(void **state) {
+    (void)state;
+    const int V = 11, L = 8;
+    table_model t = {NULL, NULL, L, NULL};
+    hdlm_denoiser d = {V, table_forward, &t, NULL};
+    hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
+    cfg.kind = HDLM_NELBO_ARDM, cfg.copies = 5, cfg.rounds = 2;
+    uint32_t x[8] = {0, 9, 3, 4, 5, 6, 7, 8};
+    double nll, var;
+    int counted;
+    assert_int_equal(hdlm_nelbo_chunk(&d, &cfg, x, L, 3, &nll, &var, &counted), 0);
+    assert_float_equal(nll, L * log(10.0), 1e-9);
+    assert_true(var < 1e-20);
+    assert_int_equal(counted, 2);
+    free(t.buf);
+}
+
+static void test_bad_inputs_are_refused(void **state) {
+    (void)state;
+    const int V = 11, L = 4;
+    table_model t = {NULL, NULL, L, NULL};
+    hdlm_denoiser d = {V, table_forward, &t, NULL};
+    hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
+    uint32_t x[4] = {1, 2, 10, 3};   // 10 = MASK of this model
+    double nll, var;
+    int counted;
+    assert_int_equal(hdlm_nelbo_chunk(&d, &cfg, x, L, 0, &nll, &var, &counted), -1);
+    assert_error_contains("position 2 holds id 10");
+    x[2] = 4;
+    cfg.copies = 0;
+    assert_int_equal(hdlm_nelbo_chunk(&d, &cfg, x, L, 0, &nll, &var, &counted), -1);
+    assert_error_contains("--copies");
+    cfg = hdlm_nelbo_config_default(false);
+    cfg.floor = 1.5;
+    assert_int_equal(hdlm_nelbo_chunk(&d, &cfg, x, L, 0, &nll, &var, &counted), -1);
+    assert_error_contains("--floor");
+    free(t.buf);
+}
+
+// Hand computation: ids (5, 5, 9, 2) → p = (1/2, 1/4, 1/4), H = -(1/2 ln(1/2 + 1e-8) + 2·1/4 ln(1/4 + 1e-8))
+// = 1.0397207; one distinct id → ≈ 0; empty → 0.
+static void test_unigram_entropy(void **state) {
+    (void)state;
+    const uint32_t ids[4] = {5, 5, 9, 2};
+    assert_float_equal(hdlm_unigram_entropy(ids, 4), 1.0397207, 1e-6);
+    double expect = -(0.5 * log(0.5 + 1e-8) + 0.5 * log(0.25 + 1e-8));
+    assert_float_equal(hdlm_unigram_entropy(ids, 4), expect, 1e-15);
+    assert_float_equal(hdlm_unigram_entropy(ids, 2), -log(1 + 1e-8), 1e-15);
+    assert_float_equal(hdlm_unigram_entropy(ids, 0), 0.0, 0.0);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_masking_round_matches_numpy),
+        cmocka_unit_test(test_chunk_estimator_is_unbiased),
+        cmocka_unit_test(test_ardm_bound_at_zero_logits),
+        cmocka_unit_test(test_bad_inputs_are_refused),
+        cmocka_unit_test(test_unigram_entropy),
+    };
+    return cmocka_run_group_tests_name("likelihood", tests, NULL, NULL);
+}

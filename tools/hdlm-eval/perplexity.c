@@ -1,0 +1,141 @@
+// hdlm-eval perplexity: the Monte-Carlo likelihood bound of a prepared token set (spec §9.1, A.6; docs/evaluation.md).
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "eval.h"
+#include "hdlm/common.h"
+#include "hdlm/likelihood.h"
+
+static const char *const PERPLEXITY_USAGE =
+    "usage: hdlm-eval perplexity --ckpt DIR --data DIR [options]\n"
+    "Monte-Carlo NELBO of every L-token chunk of the token shards DIR/<split>_*.bin (hdlm-prep prepare), chunks\n"
+    "split over MPI ranks; the result does not depend on the number of ranks for a fixed seed.\n"
+    "  --ckpt DIR          checkpoint directory, or a checkpoint root (its newest valid checkpoint)\n"
+    "  --data DIR          token shards (e.g. a zero-shot set made with hdlm-prep and a detokenizer)\n"
+    "  --split NAME        shard name prefix [validation]\n"
+    "  --raw               raw weights (group params) instead of the EMA weights\n"
+    "  --estimator E       masking (the reference's, spec §9.1) | ardm (A.6)\n"
+    "                      [ardm for ARDM-trained runs, else masking]\n"
+    "  --copies N          noisy copies per round [16]\n"
+    "  --rounds R          Monte-Carlo rounds per chunk [6]\n"
+    "  --floor F           masking probability floor p = (1-F)t + F [0.001]\n"
+    "  --seed S            seed of the masks [0]\n"
+    "  --json              also print one machine-readable JSON line\n"
+    "  --help              this text\n";
+
+// What the number is (decision §11.8).
+static const char *validity(hdlm_nelbo_kind kind, hdlm_family family, bool ardm_run) {
+    if (kind == HDLM_NELBO_ARDM)
+        return "valid upper bound on -log p for an ARDM (order-agnostic) model; not the ε/γ model's bound";
+    if (ardm_run) return "masking NELBO of the ARDM network (same expectation as the ARDM bound up to the floor, A.6)";
+    if (family == HDLM_FAMILY_GAMMA)
+        return "NOT a bound for the γ model (log-scores used as logits, σ fixed at 1e-3): reference parity only";
+    return "upper bound on -log p of the ε model's masking-only reverse process (ignores the ε uniform component)";
+}
+
+int eval_perplexity_main(int argc, char **argv) {
+    static const struct option longopts[] = {
+        {"ckpt", required_argument, NULL, 'c'},   {"data", required_argument, NULL, 'd'},
+        {"split", required_argument, NULL, 'p'},  {"raw", no_argument, NULL, 'r'},
+        {"estimator", required_argument, NULL, 'e'}, {"copies", required_argument, NULL, 'n'},
+        {"rounds", required_argument, NULL, 'R'}, {"floor", required_argument, NULL, 'f'},
+        {"seed", required_argument, NULL, 's'},   {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+    };
+    const char *ckpt = NULL, *data_dir = NULL, *split = "validation", *estimator = NULL;
+    bool raw = false, json = false;
+    long copies = 16, rounds = 6, seed = 0;
+    double floor_p = 1e-3;
+    opterr = 0;
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'c': ckpt = optarg; break;
+        case 'd': data_dir = optarg; break;
+        case 'p': split = optarg; break;
+        case 'r': raw = true; break;
+        case 'e': estimator = optarg; break;
+        case 'n':
+            if (eval_parse_int("perplexity", "copies", optarg, 1, 4096, &copies)) return 2;
+            break;
+        case 'R':
+            if (eval_parse_int("perplexity", "rounds", optarg, 1, 1000000, &rounds)) return 2;
+            break;
+        case 'f':
+            if (eval_parse_double("perplexity", "floor", optarg, 1e-12, 1 - 1e-12, &floor_p)) return 2;
+            break;
+        case 's':
+            if (eval_parse_int("perplexity", "seed", optarg, 0, LONG_MAX, &seed))
+                return 2;
+            break;
+        case 'j': json = true; break;
+        case 'h': fputs(PERPLEXITY_USAGE, stdout); return 0;
+        case ':': fprintf(stderr, "hdlm-eval perplexity: option '%s' needs a value\n", argv[optind - 1]); return 2;
+        default: eval_report_bad_option("perplexity", argc, argv, optopt); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "hdlm-eval perplexity: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!ckpt || !data_dir) {
+        fprintf(stderr, "hdlm-eval perplexity: --ckpt and --data are required (see hdlm-eval perplexity --help)\n");
+        return 2;
+    }
+    if (estimator && strcmp(estimator, "masking") != 0 && strcmp(estimator, "ardm") != 0) {
+        fprintf(stderr, "hdlm-eval perplexity: --estimator expects masking or ardm, got '%s'\n", estimator);
+        return 2;
+    }
+
+    eval_model em;
+    HDLM_MUST(eval_model_load(&em, ckpt, raw, 0));
+    hdlm_family family = em.model->config.family;
+    bool ardm_run = strcmp(em.config.training.objective, "ardm") == 0;
+    hdlm_nelbo_config cfg = hdlm_nelbo_config_default(family == HDLM_FAMILY_GAMMA);
+    cfg.kind = estimator ? (strcmp(estimator, "ardm") == 0 ? HDLM_NELBO_ARDM : HDLM_NELBO_MASKING)
+                         : (ardm_run ? HDLM_NELBO_ARDM : HDLM_NELBO_MASKING);
+    cfg.copies = (int)copies, cfg.rounds = (int)rounds, cfg.floor = floor_p, cfg.seed = (uint64_t)seed;
+
+    int L = em.model->config.max_length;
+    hdlm_dataset data;
+    HDLM_MUST(hdlm_dataset_open_dir(&data, data_dir, split, (uint64_t)L, 0));
+    for (size_t s = 0; s < data.shard_count; s++)
+        if (data.shards[s].info.vocab_size > (uint64_t)(em.model->config.vocab - 1))
+            HDLM_DIE("token file %s has vocabulary %" PRIu64 ", more than the %d real tokens of the model in %s",
+                     data.shards[s].path, data.shards[s].info.vocab_size, em.model->config.vocab - 1, em.path);
+    hdlm_log("perplexity: %s (%s weights), %s, %" PRIu64 " chunks of %d tokens on %d rank(s)\n", em.path,
+             raw ? "raw" : "EMA", hdlm_nelbo_kind_name(cfg.kind), hdlm_dataset_chunk_count(&data), L,
+             hdlm_world_size());
+    hdlm_denoiser d = hdlm_denoiser_model(em.model);
+    eval_progress progress;
+    eval_progress_init(&progress, "perplexity chunks (rank 0)", 10.0);
+    hdlm_nelbo_result res;
+    double t0 = hdlm_time_now();
+    HDLM_MUST(hdlm_nelbo_dataset(&d, &cfg, &data, &res, eval_progress_report, &progress));
+    double seconds = hdlm_time_now() - t0;
+    if (hdlm_rank() == 0) {
+        printf("estimator   %s (copies %d, rounds %d, floor %g, seed %ld)\n", hdlm_nelbo_kind_name(cfg.kind),
+               cfg.copies, cfg.rounds, cfg.floor, seed);
+        printf("family      %s%s\n", hdlm_family_name(family), ardm_run ? " (ARDM objective)" : "");
+        printf("bound       %.6f nats/token (± %.6f Monte-Carlo standard error)\n", res.bound, res.std_error);
+        printf("perplexity  %.4f\n", res.perplexity);
+        printf("tokens      %" PRIu64 " scored as %" PRIu64 " chunks x %d%s\n", res.tokens, res.chunks,
+               cfg.kind == HDLM_NELBO_ARDM ? L : L - 1, cfg.kind == HDLM_NELBO_ARDM ? "" : " (L-1, reference parity)");
+        printf("validity    %s\n", validity(cfg.kind, family, ardm_run));
+        printf("time        %.2f s on %d rank(s)\n", seconds, hdlm_world_size());
+        if (json)
+            printf("{\"estimator\":\"%s\",\"family\":\"%s\",\"bound\":%.17g,\"std_error\":%.17g,\"perplexity\":%.17g,"
+                   "\"tokens\":%" PRIu64 ",\"chunks\":%" PRIu64 ",\"copies\":%d,\"rounds\":%d,\"floor\":%.17g,"
+                   "\"seed\":%ld,\"weights\":\"%s\",\"checkpoint\":\"%s\"}\n",
+                   hdlm_nelbo_kind_name(cfg.kind), hdlm_family_name(family), res.bound, res.std_error,
+                   res.perplexity, res.tokens, res.chunks, cfg.copies, cfg.rounds, cfg.floor, seed,
+                   raw ? "raw" : "ema", em.path);
+    }
+    hdlm_dataset_close(&data);
+    eval_model_free(&em);
+    return 0;
+}
