@@ -25,11 +25,13 @@ void hdlm_corruption_free(hdlm_corruption *c) {
 
 double hdlm_ce_row(const float *z, int vocab, int softmax_width, uint32_t target, double grad_scale, float *grad) {
     HDLM_ASSERT(target < (uint32_t)softmax_width, "target %u outside the softmax width %d", target, softmax_width);
+    // grad may be z itself (the model lets a loss overwrite its outputs): read z[target] before writing.
+    const double z_target = z[target];
     double zmax = -INFINITY, sum = 0;
     for (int y = 0; y < softmax_width; y++) zmax = z[y] > zmax ? z[y] : zmax;
     if (!grad) {
         for (int y = 0; y < softmax_width; y++) sum += exp(z[y] - zmax);
-        return zmax + log(sum) - z[target];
+        return zmax + log(sum) - z_target;
     }
     // One exp per entry: keep e^(z-max) in grad, then scale it into softmax·grad_scale.
     for (int y = 0; y < softmax_width; y++) {
@@ -40,8 +42,8 @@ double hdlm_ce_row(const float *z, int vocab, int softmax_width, uint32_t target
     double lse = zmax + log(sum), k = grad_scale / sum;
     for (int y = 0; y < softmax_width; y++) grad[y] = (float)(grad[y] * k);
     for (int y = softmax_width; y < vocab; y++) grad[y] = 0.0f;
-    grad[target] = (float)(grad_scale * (exp(z[target] - lse) - 1.0));
-    return lse - z[target];
+    grad[target] = (float)(grad_scale * (exp(z_target - lse) - 1.0));
+    return lse - z_target;
 }
 
 double hdlm_corruption_loss(const hdlm_corruption *c, const uint32_t *x0, const float *logits, int vocab,

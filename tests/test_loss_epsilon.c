@@ -29,6 +29,19 @@ static uint32_t *random_tokens(size_t n, int n_real, uint64_t seed) {
     return x;
 }
 
+// The gradient may overwrite the logits (the model lets a loss write d/d(out) into its outputs): same loss and
+// gradient as with a separate buffer.
+static void test_ce_row_in_place(void **state) {
+    (void)state;
+    enum { V = 37 };
+    float z[V], copy[V], grad[V];
+    for (int y = 0; y < V; y++) z[y] = copy[y] = (float)sin(0.7 * y) * 3.0f;
+    double separate = hdlm_ce_row(z, V, V - 1, 5, 0.25, grad);
+    double in_place = hdlm_ce_row(copy, V, V - 1, 5, 0.25, copy);
+    assert_true(separate == in_place);
+    assert_memory_equal(grad, copy, sizeof grad);
+}
+
 // Zero logits at V = 50258: CE = ln 50258 = 10.824925 at every position (spec §12.3), so the ε loss equals
 // ln V · Σw / (B·|A|), and the gradient of a row is coef·(1/V - onehot).
 static void test_loss_at_initialisation(void **state) {
@@ -347,6 +360,7 @@ static void test_autoregressive_special_case(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ce_row_in_place),
         cmocka_unit_test(test_loss_at_initialisation),
         cmocka_unit_test(test_corruption_marginals),
         cmocka_unit_test(test_weights),

@@ -10,6 +10,8 @@
 #include <stdint.h>
 
 static inline float hdlm_expf(float x) {
+    const float in = x;
+    x = x != x ? 0.0f : x;   // NaN: no float-to-int conversion of it below; returned as NaN at the end
     float underflow = x < -87.3f ? 0.0f : 1.0f;
     x = x < -87.3f ? -87.3f : x;
     x = x > 88.3f ? 88.3f : x;
@@ -28,7 +30,7 @@ static inline float hdlm_expf(float x) {
         int32_t i;
         float f;
     } scale = {.i = ((int32_t)n + 127) << 23};   // 2^n through the exponent field
-    return p * scale.f * underflow;
+    return in != in ? in : p * scale.f * underflow;
 }
 
 // tanh(x) = sign(x)·(1 − e)/(1 + e), e = exp(−2|x|), with x − x³/3 below 0.005 (where 1 − e cancels). Absolute error
