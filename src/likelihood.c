@@ -11,7 +11,7 @@
 #include "hdlm/rng.h"
 
 hdlm_nelbo_config hdlm_nelbo_config_default(bool gamma_family) {
-    hdlm_nelbo_config c = {HDLM_NELBO_MASKING, 16, 100 / 16, 1e-3, gamma_family, 1e-3, 0};
+    hdlm_nelbo_config c = {HDLM_NELBO_MASKING, 16, 100 / 16, 1e-3, gamma_family, 1e-3, 0, 0};
     return c;
 }
 
@@ -159,6 +159,7 @@ int hdlm_nelbo_dataset(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const hdl
                        hdlm_nelbo_result *result, hdlm_sampler_progress progress, void *progress_ctx) {
     HDLM_TRY(hdlm_nelbo_config_check(cfg));
     uint64_t n = hdlm_dataset_chunk_count(data);
+    if (cfg->max_chunks > 0 && cfg->max_chunks < n) n = cfg->max_chunks;
     int L = (int)data->chunk_len;
     HDLM_CHECK(n > 0, "likelihood: the data set has no chunk of %d tokens", L);
     int world = hdlm_world_size(), rank = hdlm_rank();

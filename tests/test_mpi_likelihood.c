@@ -61,6 +61,19 @@ static void test_two_ranks_equal_one(void **state) {
             assert_true(res.bound == nll / (double)tokens);
             assert_true(res.std_error == sqrt(var) / (double)tokens);
             assert_true(res.perplexity > 1 && res.perplexity < 1e6);
+            // --max-chunks 3: the first three chunks only, still split over the ranks.
+            cfg.max_chunks = 3;
+            assert_int_equal(hdlm_nelbo_dataset(&d, &cfg, &data, &res, NULL, NULL), 0);
+            double first3 = 0;
+            for (uint64_t c = 0; c < 3; c++) {
+                double n1, v1;
+                int counted;
+                hdlm_dataset_chunk_copy(&data, c, x);
+                assert_int_equal(hdlm_nelbo_chunk(&d, &cfg, x, L, c, &n1, &v1, &counted), 0);
+                first3 += n1;
+            }
+            assert_int_equal(res.chunks, 3);
+            assert_true(res.nll == first3);
             hdlm_model_free(m);
         }
     hdlm_dataset_close(&data);

@@ -27,6 +27,7 @@ typedef struct {
     bool sigma_input;    // γ model: condition every token on σ = sigma (reference 1e-3)
     double sigma;
     uint64_t seed;
+    uint64_t max_chunks;   // score only the first max_chunks chunks of the data set (0: all)
 } hdlm_nelbo_config;
 
 // The reference's defaults: masking, 16 copies, 6 rounds, floor 1e-3, σ 1e-3 (γ only), seed 0.

@@ -21,6 +21,7 @@ static const char *const PERPLEXITY_USAGE =
     "                      [ardm for ARDM-trained runs, else masking]\n"
     "  --copies N          noisy copies per round [16]\n"
     "  --rounds R          Monte-Carlo rounds per chunk [6]\n"
+    "  --max-chunks N      score only the first N chunks (a quick estimate) [all]\n"
     "  --floor F           masking probability floor p = (1-F)t + F [0.001]\n"
     "  --seed S            seed of the masks [0]\n"
     "  --json              also print one machine-readable JSON line\n"
@@ -43,11 +44,12 @@ int eval_perplexity_main(int argc, char **argv) {
         {"estimator", required_argument, NULL, 'e'}, {"copies", required_argument, NULL, 'n'},
         {"rounds", required_argument, NULL, 'R'}, {"floor", required_argument, NULL, 'f'},
         {"seed", required_argument, NULL, 's'},   {"json", no_argument, NULL, 'j'},
+        {"max-chunks", required_argument, NULL, 'm'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
     const char *ckpt = NULL, *data_dir = NULL, *split = "validation", *estimator = NULL;
     bool raw = false, json = false;
-    long copies = 16, rounds = 6, seed = 0;
+    long copies = 16, rounds = 6, seed = 0, max_chunks = 0;
     double floor_p = 1e-3;
     opterr = 0;
     optind = 1;
@@ -64,6 +66,9 @@ int eval_perplexity_main(int argc, char **argv) {
             break;
         case 'R':
             if (eval_parse_int("perplexity", "rounds", optarg, 1, 1000000, &rounds)) return 2;
+            break;
+        case 'm':
+            if (eval_parse_int("perplexity", "max-chunks", optarg, 1, 1000000000000L, &max_chunks)) return 2;
             break;
         case 'f':
             if (eval_parse_double("perplexity", "floor", optarg, 1e-12, 1 - 1e-12, &floor_p)) return 2;
@@ -99,6 +104,7 @@ int eval_perplexity_main(int argc, char **argv) {
     cfg.kind = estimator ? (strcmp(estimator, "ardm") == 0 ? HDLM_NELBO_ARDM : HDLM_NELBO_MASKING)
                          : (ardm_run ? HDLM_NELBO_ARDM : HDLM_NELBO_MASKING);
     cfg.copies = (int)copies, cfg.rounds = (int)rounds, cfg.floor = floor_p, cfg.seed = (uint64_t)seed;
+    cfg.max_chunks = (uint64_t)max_chunks;
 
     int L = em.model->config.max_length;
     hdlm_dataset data;
