@@ -2,20 +2,12 @@
 //   hdlm-prep tokenize   [--vocab DIR]   text on stdin -> GPT-2 token ids on stdout (one line)
 //   hdlm-prep detokenize [--vocab DIR]   token ids on stdin -> text on stdout
 //   hdlm-prep prepare --out DIR INPUT...  text files / JSONL / directories -> token shards (docs/prepare.md)
-#include <mpi.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
+#include "hdlm/cli.h"
 #include "hdlm-prep/prep.h"
 
-typedef struct {
-    const char *name;
-    int (*main)(int argc, char **argv);
-    const char *summary;
-} prep_command;
-
-static const prep_command commands[] = {
+static const hdlm_subcommand commands[] = {
     {"tokenize", prep_tokenize_main, "text on stdin -> GPT-2 token ids on stdout"},
     {"detokenize", prep_detokenize_main, "GPT-2 token ids on stdin -> text on stdout"},
     {"prepare", prep_prepare_main, "text files, JSONL, directories -> token shards + manifest (MPI-parallel)"},
@@ -26,30 +18,6 @@ const char *prep_default_vocab_dir(void) {
     return env && *env ? env : HDLM_SOURCE_DIR "/.cache/gpt2";
 }
 
-static void print_usage(FILE *f) {
-    fprintf(f, "usage: hdlm-prep COMMAND [options]   (hdlm-prep COMMAND --help for its options)\n\ncommands:\n");
-    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
-        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
-}
-
 int main(int argc, char **argv) {
-    MPI_Init(&argc, &argv);
-    int rc = 2;
-    if (argc < 2) {
-        print_usage(stderr);
-    } else if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-        print_usage(stdout);
-        rc = 0;
-    } else {
-        const prep_command *cmd = NULL;
-        for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
-            if (strcmp(argv[1], commands[i].name) == 0) cmd = &commands[i];
-        if (cmd) rc = cmd->main(argc - 1, argv + 1);
-        else {
-            fprintf(stderr, "hdlm-prep: unknown command '%s'\n", argv[1]);
-            print_usage(stderr);
-        }
-    }
-    MPI_Finalize();
-    return rc;
+    return hdlm_cli_dispatch("hdlm-prep", commands, sizeof commands / sizeof *commands, argc, argv);
 }
