@@ -285,6 +285,16 @@ void hdlm_config_write_yaml(const hdlm_config_schema *s, const void *config, FIL
     }
 }
 
+char *hdlm_config_to_yaml(const hdlm_config_schema *s, const void *config) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    HDLM_ASSERT(f, "open_memstream failed");
+    hdlm_config_write_yaml(s, config, f);
+    fclose(f);
+    return text;
+}
+
 void hdlm_config_print_help(const hdlm_config_schema *s, FILE *out) {
     for (int i = 0; i < s->n_fields; i++) {
         const hdlm_config_field *f = &s->fields[i];

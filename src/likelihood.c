@@ -44,6 +44,14 @@ static int nelbo_forward(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const u
     return status;
 }
 
+// Σ over the masked positions of copy b of CE(z, x) with the softmax over the first `width` entries.
+static double masked_ce(const float *z, const uint8_t *masked, const uint32_t *x, int b, int length, int V, int width) {
+    double sum = 0;
+    for (int i = 0; i < length; i++)
+        if (masked[(size_t)b * length + i]) sum += hdlm_ce_row(z + ((size_t)b * length + i) * V, V, width, x[i], 0, NULL);
+    return sum;
+}
+
 int hdlm_nelbo_masking_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint32_t *x, int length,
                              const uint8_t *masked, const double *p, double *value) {
     int C = cfg->copies, V = d->vocab;
@@ -55,13 +63,7 @@ int hdlm_nelbo_masking_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, con
     int status = nelbo_forward(d, cfg, xt, C, length, &z);
     if (status == 0) {
         double total = 0;
-        for (int b = 0; b < C; b++) {
-            double row = 0;
-            for (int i = 0; i < length; i++)
-                if (masked[(size_t)b * length + i])
-                    row += hdlm_ce_row(z + ((size_t)b * length + i) * V, V, V, x[i], 0, NULL);
-            total += row / p[b];
-        }
+        for (int b = 0; b < C; b++) total += masked_ce(z, masked, x, b, length, V, V) / p[b];
         *value = total / C;
     }
     free(xt);
@@ -93,13 +95,7 @@ static int ardm_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint
     int status = nelbo_forward(d, cfg, xt, C, length, &z);
     if (status == 0) {
         double total = 0;
-        for (int b = 0; b < C; b++) {
-            double row = 0;
-            for (int i = 0; i < length; i++)
-                if (masked[(size_t)b * length + i])
-                    row += hdlm_ce_row(z + ((size_t)b * length + i) * V, V, V - 1, x[i], 0, NULL);
-            total += row * length / m[b];
-        }
+        for (int b = 0; b < C; b++) total += masked_ce(z, masked, x, b, length, V, V - 1) * length / m[b];
         *value = total / C;
     }
     free(m);

@@ -1,5 +1,4 @@
 // A model's weights to and from checkpoints of the store (conventions: docs/checkpoint-format.md).
-#define _GNU_SOURCE   // open_memstream
 #include "hdlm/model_io.h"
 
 #include <stdio.h>
@@ -69,12 +68,7 @@ int hdlm_model_load_checkpoint(hdlm_model **out, hdlm_train_config *config, cons
 
 int hdlm_model_save_checkpoint(const char *root, int64_t step, const hdlm_model *m, const hdlm_train_config *config,
                                bool with_optimizer, double *seconds) {
-    char *yaml = NULL;
-    size_t yaml_len = 0;
-    FILE *f = open_memstream(&yaml, &yaml_len);
-    HDLM_ASSERT(f, "open_memstream failed");
-    hdlm_config_write_yaml(&hdlm_train_config_schema, config, f);
-    fclose(f);
+    char *yaml = hdlm_config_to_yaml(&hdlm_train_config_schema, config);
 
     hdlm_tensor_desc *descs;
     int n;

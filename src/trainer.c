@@ -1,6 +1,5 @@
 // One training run on this rank: micro-batches, corruption, forward, loss, backward, gradient reduction, clipping,
 // AdamW, EMA; validation; checkpoints and exact resume (include/hdlm/trainer.h, docs/training.md).
-#define _GNU_SOURCE   // open_memstream
 #include "hdlm/trainer.h"
 
 #include <math.h>
@@ -14,16 +13,6 @@
 
 #define BUCKET_FLOATS ((size_t)1 << 20)   // 4 MiB all-reduce buckets
 #define ARDM_CE_WEIGHT 1e-4               // λ_CE of the ARDM objective (spec §13 A.3, text8 value)
-
-char *hdlm_trainer_config_yaml(const hdlm_train_config *cfg) {
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    HDLM_ASSERT(f, "open_memstream failed");
-    hdlm_config_write_yaml(&hdlm_train_config_schema, cfg, f);
-    fclose(f);
-    return text;
-}
 
 static int setup_objective(hdlm_trainer *t) {
     const hdlm_train_config *c = &t->cfg;
@@ -333,7 +322,7 @@ int hdlm_trainer_save(hdlm_trainer *t, double *seconds) {
         {"lr_multiplier", t->lr.multiplier},
     };
     int64_t rank_state[] = {t->loader.epoch, (int64_t)t->loader.position, t->rank, t->micro_batch};
-    char *yaml = hdlm_trainer_config_yaml(&t->cfg);
+    char *yaml = hdlm_config_to_yaml(&hdlm_train_config_schema, &t->cfg);
     hdlm_ckpt_contents c = {t->desc, t->n_desc, groups, 4, scalars, (int)(sizeof scalars / sizeof scalars[0]),
                             yaml, rank_state, 4};
     hdlm_ckpt_retention keep = {(int)t->cfg.run.keep_last, t->cfg.run.keep_every};

@@ -86,7 +86,7 @@ int main(int argc, char **argv) {
     hdlm_train_config cfg;
     HDLM_MUST(hdlm_train_config_load(&cfg, config_path, overrides, n_overrides, hdlm_world_size()));
     free(overrides);
-    char *yaml = hdlm_trainer_config_yaml(&cfg);
+    char *yaml = hdlm_config_to_yaml(&hdlm_train_config_schema, &cfg);
     hdlm_log("hdlm-train: resolved configuration (%s):\n%s", config_path, yaml);
     if (hdlm_rank() == 0) {
         char ckdir[HDLM_CONFIG_STRING_MAX + 16];

@@ -45,6 +45,8 @@ int hdlm_config_set(const hdlm_config_schema *schema, void *config, const char *
 int hdlm_config_override(const hdlm_config_schema *schema, void *config, const char *assignment);
 // Writes the configuration as nested YAML that hdlm_config_load_yaml reads back to the same values.
 void hdlm_config_write_yaml(const hdlm_config_schema *schema, const void *config, FILE *out);
+// The same YAML as a malloc'ed string (stored in checkpoints and run directories).
+char *hdlm_config_to_yaml(const hdlm_config_schema *schema, const void *config);
 // Prints "key  default  help" lines (for --help).
 void hdlm_config_print_help(const hdlm_config_schema *schema, FILE *out);
 

@@ -76,7 +76,5 @@ void hdlm_trainer_update(hdlm_trainer *t, hdlm_update_stats *stats);
 double hdlm_trainer_eval(hdlm_trainer *t);
 // Writes <run.dir>/checkpoints/step_<update> (collective).
 int hdlm_trainer_save(hdlm_trainer *t, double *seconds);
-// The resolved configuration as YAML (malloc'ed).
-char *hdlm_trainer_config_yaml(const hdlm_train_config *cfg);
 
 #endif
