@@ -1,5 +1,6 @@
 // hdlm-eval — evaluation tool: one subcommand per metric (table below; each lives in tools/hdlm-eval/<name>.c).
 //   hdlm-eval mauve --p P --q Q [...]   MAUVE of two feature files
+//   hdlm-eval genppl / features          gen-PPL and MAUVE features under a GPT-2 judge
 // MPI is initialised here once for every subcommand (the model-based ones run on several ranks).
 #include <errno.h>
 #include <getopt.h>
@@ -20,6 +21,8 @@ typedef struct {
 
 static const eval_command COMMANDS[] = {
     {"mauve", "MAUVE, MAUVE*, frontier integrals of two feature files (.npy or HDF5)", eval_mauve_main},
+    {"genppl", "generative perplexity of sampled token ids under a GPT-2 judge", eval_genppl_main},
+    {"features", "MAUVE features (.npy or HDF5) of token ids from a GPT-2 judge", eval_features_main},
 };
 enum { NUM_COMMANDS = sizeof(COMMANDS) / sizeof(COMMANDS[0]) };
 

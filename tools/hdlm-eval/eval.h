@@ -7,6 +7,9 @@
 
 // hdlm-eval mauve --p P --q Q: the MAUVE score of two feature files (docs/mauve.md).
 int eval_mauve_main(int argc, char **argv);
+// hdlm-eval genppl / features: generative perplexity and MAUVE features under a GPT-2 judge (docs/evaluation-judge.md).
+int eval_genppl_main(int argc, char **argv);
+int eval_features_main(int argc, char **argv);
 
 // Strict number parsing for flags: the whole text must be a number in [lo, hi]; on failure prints
 // "hdlm-eval CMD: --FLAG expects ..." to stderr and returns -1.

@@ -1,0 +1,216 @@
+// The GPT-2 judge (spec §9.3-§9.4): a tiny random GPT-2 written as safetensors by tests/reference/gpt2_ref.py (an
+// independent float64 torch implementation) must give the same hidden states, NLL, gen-PPL and MAUVE features in C;
+// bad judges and bad samples are refused by name.
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "hdlm/common.h"
+#include "hdlm/features.h"
+#include "hdlm/gpt2.h"
+
+#define PYTHON "/usr/bin/python3"
+#define REFERENCE PYTHON " " HDLM_SOURCE_DIR "/tests/reference/gpt2_ref.py"
+#define EVAL "OMPI_MCA_ess_singleton_isolated=1 ASAN_OPTIONS=detect_leaks=0 " HDLM_BIN_DIR "/hdlm-eval"
+// fp32 forward against the float64 reference: hidden states are O(1) after ln_f, NLL O(10).
+#define HIDDEN_TOL 2e-4
+#define NLL_TOL 2e-4
+
+static const char *judge_dir;   // GPT2LMHeadModel-style keys ("transformer." prefix), vocabulary 50257
+static cJSON *reference;
+
+static char *join(const char *dir, const char *name) {
+    static char paths[8][4200];
+    static int next;
+    char *p = paths[next++ % 8];
+    snprintf(p, sizeof paths[0], "%s/%s", dir, name);
+    return p;
+}
+
+static int setup(void **state) {
+    (void)state;
+    judge_dir = test_tmp_dir("gpt2_judge");
+    if (test_run(REFERENCE " %s --prefix transformer. --max-tokens 10", judge_dir) != 0) return -1;
+    char *text;
+    size_t len;
+    if (hdlm_read_file(join(judge_dir, "reference.json"), &text, &len) != 0) return -1;
+    reference = cJSON_Parse(text);
+    free(text);
+    return reference ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    cJSON_Delete(reference);
+    return 0;
+}
+
+static double number(const cJSON *obj, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    assert_true(cJSON_IsNumber(v));
+    return v->valuedouble;
+}
+
+static const cJSON *sample(int i) {
+    return cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(reference, "samples"), i);
+}
+
+static int sample_ids(int i, uint32_t *ids) {
+    char *text;
+    size_t len;
+    assert_int_equal(hdlm_read_file(join(judge_dir, "samples.jsonl"), &text, &len), 0);
+    char *line = text;
+    for (int k = 0; k < i; k++) line = strchr(line, '\n') + 1;
+    cJSON *json = cJSON_ParseWithOpts(line, NULL, 0);
+    assert_non_null(json);
+    int n = 0;
+    for (const cJSON *it = cJSON_GetObjectItem(json, "token_ids")->child; it; it = it->next) ids[n++] = (uint32_t)it->valueint;
+    cJSON_Delete(json);
+    free(text);
+    return n;
+}
+
+static void test_forward_matches_torch_reference(void **state) {
+    (void)state;
+    hdlm_gpt2 g;
+    assert_int_equal(hdlm_gpt2_load(&g, judge_dir, 0), 0);   // heads from config.json (d / 64 would not divide 32)
+    assert_int_equal(g.n_layer, 2);
+    assert_int_equal(g.n_head, 4);
+    assert_int_equal(g.d, 32);
+    assert_int_equal(g.vocab, 50257);
+    assert_int_equal(g.n_ctx, 64);
+    double worst_h = 0, worst_nll = 0;
+    for (int i = 0; i < 4; i++) {
+        uint32_t ids[64];
+        int len = sample_ids(i, ids);
+        float *hidden = malloc((size_t)len * 32 * sizeof(float));
+        double nll[64];
+        assert_int_equal(hdlm_gpt2_forward(&g, ids, len, hidden, nll), 0);
+        const cJSON *ref_h = cJSON_GetObjectItem(sample(i), "hidden"), *ref_n = cJSON_GetObjectItem(sample(i), "nll");
+        assert_int_equal(cJSON_GetArraySize(ref_h), len * 32);
+        for (int k = 0; k < len * 32; k++) {
+            double diff = fabs(hidden[k] - cJSON_GetArrayItem(ref_h, k)->valuedouble);
+            worst_h = diff > worst_h ? diff : worst_h;
+        }
+        for (int t = 0; t < len; t++) {
+            double diff = fabs(nll[t] - cJSON_GetArrayItem(ref_n, t)->valuedouble);
+            worst_nll = diff > worst_nll ? diff : worst_nll;
+        }
+        free(hidden);
+    }
+    printf("max |hidden - ref| = %.3g, max |nll - ref| = %.3g\n", worst_h, worst_nll);
+    assert_true(worst_h < HIDDEN_TOL);
+    assert_true(worst_nll < NLL_TOL);
+    // The same weights as a bare file with an explicit head count; ids outside the vocabulary are refused.
+    hdlm_gpt2 g2;
+    assert_int_equal(hdlm_gpt2_load(&g2, join(judge_dir, "model.safetensors"), 4), 0);
+    uint32_t bad[2] = {1, 50257};
+    assert_int_equal(hdlm_gpt2_forward(&g2, bad, 2, NULL, NULL), -1);
+    assert_error_contains("token id 50257 at position 1");
+    hdlm_gpt2_free(&g2);
+    hdlm_gpt2_free(&g);
+}
+
+static void test_genppl_matches_reference_formula(void **state) {
+    (void)state;
+    const char *out = join(judge_dir, "genppl.txt");
+    assert_int_equal(test_run(EVAL " genppl --judge %s --samples %s > %s", judge_dir,
+                              join(judge_dir, "samples.jsonl"), out), 0);
+    char *text;
+    size_t len;
+    assert_int_equal(hdlm_read_file(out, &text, &len), 0);
+    double mean, std;
+    int n;
+    assert_int_equal(sscanf(text, "gen_ppl %lf std %lf n %d", &mean, &std, &n), 3);
+    free(text);
+    assert_int_equal(n, 4);
+    // PPL = exp(mean NLL): a relative error of the mean NLL's absolute error (~1e-5) at most.
+    assert_true(fabs(mean / number(reference, "ppl_mean") - 1) < 1e-4);
+    assert_true(fabs(std / number(reference, "ppl_std") - 1) < 1e-4);
+}
+
+static void test_features_files_hold_last_token_states(void **state) {
+    (void)state;
+    const char *h5 = join(judge_dir, "f.h5"), *npy = join(judge_dir, "f.npy");
+    const char *samples = join(judge_dir, "samples.jsonl");
+    assert_int_equal(test_run(EVAL " features --judge %s --samples %s --out %s --max-tokens 10 --role p_human "
+                              "> /dev/null", judge_dir, samples, h5), 0);
+    assert_int_equal(test_run(EVAL " features --judge %s --samples %s --out %s --max-tokens 10 > /dev/null",
+                              judge_dir, samples, npy), 0);
+    const char *files[2] = {h5, npy};
+    for (int f = 0; f < 2; f++) {
+        hdlm_feature_matrix m;
+        assert_int_equal(hdlm_features_read(files[f], &m), 0);
+        assert_int_equal(m.n, 4);
+        assert_int_equal(m.d, 32);
+        for (int i = 0; i < 4; i++)
+            for (int k = 0; k < 32; k++)
+                assert_true(fabs(m.data[i * 32 + k] -
+                                 cJSON_GetArrayItem(cJSON_GetObjectItem(sample(i), "feature"), k)->valuedouble) <
+                            HIDDEN_TOL);
+        hdlm_feature_matrix_free(&m);
+    }
+    // numpy and h5py read them as the MAUVE package would; lengths = min(L, 10), attributes as documented.
+    assert_int_equal(test_run(PYTHON " -c \"import json, numpy as np, h5py; r = json.load(open('%s'));"
+                              " ref = np.array([s['feature'] for s in r['samples']]);"
+                              " a = np.load('%s'); f = h5py.File('%s', 'r'); b = f['features'][:];"
+                              " assert a.dtype == np.float32 and a.shape == (4, 32) and b.shape == (4, 32);"
+                              " assert np.abs(a - ref).max() < %g and np.array_equal(a, b);"
+                              " assert list(f['lengths'][:]) == [5, 10, 10, 2], f['lengths'][:];"
+                              " assert list(f['sample_index'][:]) == [0, 1, 2, 3];"
+                              " assert f.attrs['role'] in ('p_human', b'p_human');"
+                              " assert f.attrs['max_text_length'] == 10\"",
+                              join(judge_dir, "reference.json"), npy, h5, HIDDEN_TOL), 0);
+}
+
+static void test_judge_with_other_vocabulary_is_refused(void **state) {
+    (void)state;
+    const char *dir = test_tmp_dir("gpt2_judge_small_vocab");
+    assert_int_equal(test_run(REFERENCE " %s --vocab 1000", dir), 0);
+    const char *err = join(dir, "err.txt");
+    assert_int_equal(test_run(EVAL " genppl --judge %s --samples %s 2> %s", dir, join(dir, "samples.jsonl"), err),
+                     1);
+    assert_int_equal(test_run("grep -q \"vocabulary has 1000 tokens, but samples are GPT-2 BPE ids (50257\" %s", err),
+                     0);
+    // A head count that does not divide d is refused naming both.
+    hdlm_gpt2 g;
+    assert_int_equal(hdlm_gpt2_load(&g, dir, 5), -1);
+    assert_error_contains("5 heads do not divide the width d = 32");
+}
+
+static void test_out_of_range_sample_is_refused_naming_line(void **state) {
+    (void)state;
+    const char *dir = test_tmp_dir("gpt2_judge_bad_samples");
+    const char *samples = join(dir, "s.jsonl"), *err = join(dir, "err.txt");
+    const char body[] = "{\"token_ids\": [1, 2, 3]}\n{\"token_ids\": [4, 50257]}\n";
+    test_write_file(samples, body, sizeof body - 1);
+    assert_int_equal(test_run(EVAL " features --judge %s --samples %s --out %s 2> %s", judge_dir, samples,
+                              join(dir, "f.npy"), err), 1);
+    assert_int_equal(test_run("grep -q \"s.jsonl:2: token_ids\\[1\\] = a number outside it is not a token id of the "
+                              "judge's vocabulary \\[0, 50257)\" %s", err), 0);
+    const char missing[] = "{\"text\": \"hello\"}\n";
+    test_write_file(samples, missing, sizeof missing - 1);
+    assert_int_equal(test_run(EVAL " genppl --judge %s --samples %s 2> %s", judge_dir, samples, err), 1);
+    assert_int_equal(test_run("grep -q \"s.jsonl:1: expected an object with a non-empty array 'token_ids'\" %s", err),
+                     0);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_forward_matches_torch_reference),
+        cmocka_unit_test(test_genppl_matches_reference_formula),
+        cmocka_unit_test(test_features_files_hold_last_token_states),
+        cmocka_unit_test(test_judge_with_other_vocabulary_is_refused),
+        cmocka_unit_test(test_out_of_range_sample_is_refused_naming_line),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
