@@ -21,9 +21,10 @@
 #define PYTHON "/usr/bin/python3"
 #define REFERENCE PYTHON " " HDLM_SOURCE_DIR "/tests/reference/gpt2_ref.py"
 #define EVAL "OMPI_MCA_ess_singleton_isolated=1 ASAN_OPTIONS=detect_leaks=0 " HDLM_BIN_DIR "/hdlm-eval"
-// fp32 forward against the float64 reference: hidden states are O(1) after ln_f, NLL O(10).
-#define HIDDEN_TOL 2e-4
-#define NLL_TOL 2e-4
+// fp32 forward against the float64 reference (measured: 2.6e-6 hidden, 3.7e-6 NLL); hidden states are O(1) after
+// ln_f, NLL O(10).
+#define HIDDEN_TOL 5e-5
+#define NLL_TOL 5e-5
 
 static const char *judge_dir;   // GPT2LMHeadModel-style keys ("transformer." prefix), vocabulary 50257
 static cJSON *reference;
