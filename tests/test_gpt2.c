@@ -17,6 +17,7 @@
 #include "hdlm/common.h"
 #include "hdlm/features.h"
 #include "hdlm/gpt2.h"
+#include "hdlm/shard.h"
 
 #define PYTHON "/usr/bin/python3"
 #define REFERENCE PYTHON " " HDLM_SOURCE_DIR "/tests/reference/gpt2_ref.py"
@@ -173,6 +174,36 @@ static void test_features_files_hold_last_token_states(void **state) {
                               join(judge_dir, "reference.json"), npy, h5, HIDDEN_TOL), 0);
 }
 
+static void test_features_of_token_shard_chunks(void **state) {
+    (void)state;
+    const char *dir = test_tmp_dir("gpt2_judge_shards");
+    // 37 tokens: chunks of 12 -> 3 chunks (the last token dropped); --count 2 keeps the first two.
+    uint16_t tokens[37];
+    for (int i = 0; i < 37; i++) tokens[i] = (uint16_t)((i * 7919 + 11) % 50257);
+    hdlm_shard_writer *w;
+    assert_int_equal(hdlm_shard_writer_open(&w, join(dir, "validation_000.bin"), 50257), 0);
+    assert_int_equal(hdlm_shard_writer_append(w, tokens, 37), 0);
+    assert_int_equal(hdlm_shard_writer_close(w, 1, NULL), 0);
+    const char *out = join(dir, "f.npy");
+    assert_int_equal(test_run(EVAL " features --judge %s --text-shards %s --chunk-len 12 --max-tokens 10 --count 2"
+                              " --out %s > /dev/null", judge_dir, dir, out), 0);
+    hdlm_feature_matrix m;
+    assert_int_equal(hdlm_features_read(out, &m), 0);
+    assert_int_equal(m.n, 2);
+    // Row i = the (torch-verified) forward of chunk i's first 10 ids, at its last position.
+    hdlm_gpt2 g;
+    assert_int_equal(hdlm_gpt2_load(&g, judge_dir, 0), 0);
+    for (int i = 0; i < 2; i++) {
+        uint32_t ids[10];
+        float hidden[10 * 32];
+        for (int t = 0; t < 10; t++) ids[t] = tokens[12 * i + t];
+        assert_int_equal(hdlm_gpt2_forward(&g, ids, 10, hidden, NULL), 0);
+        for (int k = 0; k < 32; k++) assert_true(fabs(m.data[i * 32 + k] - hidden[9 * 32 + k]) < 1e-6);
+    }
+    hdlm_gpt2_free(&g);
+    hdlm_feature_matrix_free(&m);
+}
+
 static void test_judge_with_other_vocabulary_is_refused(void **state) {
     (void)state;
     const char *dir = test_tmp_dir("gpt2_judge_small_vocab");
@@ -210,6 +241,7 @@ int main(void) {
         cmocka_unit_test(test_forward_matches_torch_reference),
         cmocka_unit_test(test_genppl_matches_reference_formula),
         cmocka_unit_test(test_features_files_hold_last_token_states),
+        cmocka_unit_test(test_features_of_token_shard_chunks),
         cmocka_unit_test(test_judge_with_other_vocabulary_is_refused),
         cmocka_unit_test(test_out_of_range_sample_is_refused_naming_line),
     };

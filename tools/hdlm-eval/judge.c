@@ -8,6 +8,7 @@
 
 #include "eval.h"
 #include "hdlm/common.h"
+#include "hdlm/dataset.h"
 #include "hdlm/features.h"
 #include "hdlm/gpt2.h"
 #include "hdlm/tokenizer.h"
@@ -75,6 +76,37 @@ static int read_samples(const char *path, int vocab, sample_set *s) {
     return rc;
 }
 
+// Human reference texts from token shards (hdlm-prep prepare): the first `count` chunks (all when count is 0) of
+// chunk_len tokens of split `split`, in shard order (spec §9.4; the reference takes the first N of its shuffled
+// validation loader, so the selection differs but the featurisation does not).
+static int read_shard_chunks(const char *dir, const char *split, long chunk_len, long count, int vocab,
+                             sample_set *s) {
+    memset(s, 0, sizeof *s);
+    hdlm_dataset ds;
+    HDLM_TRY(hdlm_dataset_open_dir(&ds, dir, split, (uint64_t)chunk_len, 0));
+    uint64_t n = hdlm_dataset_chunk_count(&ds);
+    if (count > 0 && (uint64_t)count < n) n = (uint64_t)count;
+    int rc = n > 0 && n <= (1u << 30) ? 0 : HDLM_FAIL("%s: split '%s' has no chunk of %ld tokens", dir, split, chunk_len);
+    if (rc == 0) {
+        s->ids = hdlm_calloc(n, sizeof(*s->ids));
+        s->lens = hdlm_calloc(n, sizeof(int));
+        s->cap = (int)n;
+    }
+    for (uint64_t i = 0; i < n && rc == 0; i++) {
+        s->ids[i] = hdlm_malloc((size_t)chunk_len * sizeof(uint32_t));
+        s->lens[i] = (int)chunk_len;
+        s->n++;
+        hdlm_dataset_chunk_copy(&ds, i, s->ids[i]);
+        for (long t = 0; t < chunk_len && rc == 0; t++)
+            if (s->ids[i][t] >= (uint32_t)vocab)
+                rc = HDLM_FAIL("%s: chunk %llu holds token id %u, outside the judge's vocabulary [0, %d)", dir,
+                               (unsigned long long)i, s->ids[i][t], vocab);
+    }
+    hdlm_dataset_close(&ds);
+    if (rc != 0) sample_set_free(s);
+    return rc;
+}
+
 // The judge must share the samples' tokenizer: GPT-2 BPE, ids 0..50256.
 static int load_judge(hdlm_gpt2 *g, const char *path, int heads) {
     HDLM_TRY(hdlm_gpt2_load(g, path, heads));
@@ -100,17 +132,19 @@ static const struct option JUDGE_OPTS[] = {
     {"judge", required_argument, NULL, 'j'},   {"samples", required_argument, NULL, 's'},
     {"heads", required_argument, NULL, 'H'},   {"out", required_argument, NULL, 'o'},
     {"max-tokens", required_argument, NULL, 'm'}, {"role", required_argument, NULL, 'r'},
+    {"text-shards", required_argument, NULL, 't'}, {"split", required_argument, NULL, 'p'},
+    {"chunk-len", required_argument, NULL, 'c'}, {"count", required_argument, NULL, 'n'},
     {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
 };
 
 typedef struct {
-    const char *judge, *samples, *out, *role;
-    long heads, max_tokens;
+    const char *judge, *samples, *out, *role, *shards, *split;
+    long heads, max_tokens, chunk_len, count;
 } judge_args;
 
 // Parses the flags `allowed` (option letters) of JUDGE_OPTS; 0 ok, 1 help printed, 2 bad usage.
 static int parse_args(const char *cmd, const char *usage, const char *allowed, int argc, char **argv, judge_args *a) {
-    *a = (judge_args){NULL, NULL, NULL, "q_model", 0, 128};
+    *a = (judge_args){NULL, NULL, NULL, "q_model", NULL, "validation", 0, 128, 0, 0};
     optind = 1;
     opterr = 0;
     int c;
@@ -124,6 +158,10 @@ static int parse_args(const char *cmd, const char *usage, const char *allowed, i
         case 's': a->samples = optarg; break;
         case 'o': a->out = optarg; break;
         case 'r': a->role = optarg; break;
+        case 't': a->shards = optarg; break;
+        case 'p': a->split = optarg; break;
+        case 'c': if (eval_parse_int(cmd, "chunk-len", optarg, 1, 1 << 20, &a->chunk_len) != 0) return 2; break;
+        case 'n': if (eval_parse_int(cmd, "count", optarg, 1, 1L << 30, &a->count) != 0) return 2; break;
         case 'H': if (eval_parse_int(cmd, "heads", optarg, 1, 1024, &a->heads) != 0) return 2; break;
         case 'm': if (eval_parse_int(cmd, "max-tokens", optarg, 1, 1 << 20, &a->max_tokens) != 0) return 2; break;
         default: printf("%s", usage); return 1;
@@ -133,9 +171,10 @@ static int parse_args(const char *cmd, const char *usage, const char *allowed, i
         fprintf(stderr, "hdlm-eval %s: unexpected argument '%s'\n", cmd, argv[optind]);
         return 2;
     }
-    if (!a->judge || !a->samples || (strchr(allowed, 'o') && !a->out)) {
-        fprintf(stderr, "hdlm-eval %s: --judge, --samples%s are required\n%s", cmd,
-                strchr(allowed, 'o') ? " and --out" : "", usage);
+    int shards = strchr(allowed, 't') != NULL;
+    if (!a->judge || !a->samples == !a->shards || (shards && !a->out)) {
+        fprintf(stderr, "hdlm-eval %s: --judge, %s are required\n%s", cmd,
+                shards ? "one of --samples / --text-shards, and --out" : "--samples", usage);
         return 2;
     }
     if (strcmp(a->role, "p_human") != 0 && strcmp(a->role, "q_model") != 0) {
@@ -192,12 +231,16 @@ int eval_genppl_main(int argc, char **argv) {
 }
 
 static const char *const FEATURES_USAGE =
-    "usage: hdlm-eval features --judge DIR_OR_FILE --samples FILE.jsonl --out F.h5|F.npy [options]\n"
+    "usage: hdlm-eval features --judge DIR_OR_FILE --samples FILE.jsonl|--text-shards DIR --out F.h5|F.npy [...]\n"
     "MAUVE features: the judge's last hidden state after ln_f at the last of each text's first <= max-tokens ids\n"
     "(no BOS/EOS), one row per JSONL line in file order; .npy: float32 (n, d); otherwise HDF5 (features.h layout,\n"
-    "sample_index = the sample's 0-based order in the file).\n"
+    "sample_index = the sample's 0-based line order, or the chunk number with --text-shards).\n"
     "  --judge P          model.safetensors or a directory holding it (see genppl)\n"
     "  --samples FILE     JSONL, one {\"token_ids\": [...]} per line\n"
+    "  --text-shards DIR  instead: token shards of hdlm-prep prepare, one text per chunk of --chunk-len tokens\n"
+    "  --split NAME       shard split [validation]\n"
+    "  --chunk-len L      tokens per chunk (the training sequence length) [--max-tokens]\n"
+    "  --count N          first N chunks only [all]\n"
     "  --out F            output file (.npy or HDF5)\n"
     "  --max-tokens M     tokens per text [128]\n"
     "  --role R           p_human or q_model (HDF5 attribute) [q_model]\n"
@@ -213,7 +256,9 @@ static int run_features(const judge_args *a) {
     hdlm_gpt2 g;
     HDLM_TRY(load_judge(&g, a->judge, (int)a->heads));
     sample_set s;
-    if (read_samples(a->samples, g.vocab, &s) != 0) {
+    long chunk_len = a->chunk_len > 0 ? a->chunk_len : a->max_tokens;
+    if (a->shards ? read_shard_chunks(a->shards, a->split, chunk_len, a->count, g.vocab, &s)
+                  : read_samples(a->samples, g.vocab, &s)) {
         hdlm_gpt2_free(&g);
         return -1;
     }
@@ -240,7 +285,7 @@ static int run_features(const judge_args *a) {
         hdlm_feature_export e = {.n = s.n, .d = g.d, .features = features, .lengths = lengths, .sample_index = index,
                                  .token_ids = ids, .max_tokens = max_tokens,
                                  .attrs = {.featurizer = featurizer, .layer = "final, after ln_f",
-                                           .position = "last token", .role = a->role, .dataset = a->samples,
+                                           .position = "last token", .role = a->role, .dataset = a->shards ? a->shards : a->samples,
                                            .max_text_length = max_tokens, .checkpoint_step = -1, .seed = -1}};
         rc = hdlm_features_write_h5(a->out, &e);
     }
@@ -253,7 +298,7 @@ static int run_features(const judge_args *a) {
 
 int eval_features_main(int argc, char **argv) {
     judge_args a;
-    int status = parse_args("features", FEATURES_USAGE, "jsHomrh", argc, argv, &a);
+    int status = parse_args("features", FEATURES_USAGE, "jsHomrtpcnh", argc, argv, &a);
     if (status != 0) return status == 1 ? 0 : 2;
     if (run_features(&a) != 0) {
         fprintf(stderr, "hdlm-eval features: %s\n", hdlm_last_error());
