@@ -31,28 +31,19 @@ static int read_tensor(const hdlm_safetensors *st, const char *key, int64_t rows
     HDLM_CHECK(t, "%s: tensor '%s' is missing (not a GPT-2 judge?)", st->path, key);
     int64_t r = transposed ? cols : rows, c = transposed ? rows : cols;
     int ok = cols == 0 ? (t->ndim == 1 && t->shape[0] == rows) : (t->ndim == 2 && t->shape[0] == r && t->shape[1] == c);
-    HDLM_CHECK(ok, "%s: tensor '%s' has shape [%lld%s%lld], expected [%lld%s%lld]", st->path, key,
-               (long long)t->shape[0], t->ndim > 1 ? ", " : "", t->ndim > 1 ? (long long)t->shape[1] : 0LL,
-               (long long)r, cols ? ", " : "", (long long)(cols ? c : 0));
-    size_t count = (size_t)rows * (size_t)(cols ? cols : 1);
-    const unsigned char *src = st->data + t->begin;
-    float *tmp = transposed ? hdlm_malloc(count * sizeof(float)) : dst;
-    for (size_t i = 0; i < count; i++) {
-        if (t->dtype == HDLM_ST_F32) {
-            memcpy(&tmp[i], src + 4 * i, 4);
-        } else {   // bf16 or f16, little-endian
-            uint16_t h;
-            memcpy(&h, src + 2 * i, 2);
-            if (t->dtype == HDLM_ST_BF16) {
-                uint32_t bits = (uint32_t)h << 16;
-                memcpy(&tmp[i], &bits, 4);
-            } else {
-                int e = (h >> 10) & 0x1f, m = h & 0x3ff;
-                float v = e == 0 ? ldexpf((float)m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexpf((float)(m | 0x400), e - 25);
-                tmp[i] = (h & 0x8000) ? -v : v;
-            }
-        }
+    if (!ok) {
+        char got[64], want[64];
+        int k = snprintf(got, sizeof got, "[%lld", (long long)t->shape[0]);
+        for (int i = 1; i < t->ndim && k < 40; i++)
+            k += snprintf(got + k, sizeof got - k, ", %lld", (long long)t->shape[i]);
+        snprintf(got + k, sizeof got - k, "]");
+        if (cols) snprintf(want, sizeof want, "[%lld, %lld]", (long long)r, (long long)c);
+        else snprintf(want, sizeof want, "[%lld]", (long long)rows);
+        return HDLM_FAIL("%s: tensor '%s' has shape %s, expected %s", st->path, key, got, want);
     }
+    size_t count = (size_t)rows * (size_t)(cols ? cols : 1);
+    float *tmp = transposed ? hdlm_malloc(count * sizeof(float)) : dst;
+    hdlm_safetensors_tensor_f32(st, t, tmp);
     if (transposed) {   // tmp is [cols, rows]
         for (int64_t i = 0; i < rows; i++)
             for (int64_t j = 0; j < cols; j++) dst[i * cols + j] = tmp[j * rows + i];
@@ -107,7 +98,7 @@ static int load_from(hdlm_gpt2 *g, const hdlm_safetensors *st, const char *confi
     do {                                                                                                               \
         HDLM_TRY(read_tensor(st, name, rows, cols, transposed, p));                                                    \
         (dst) = p;                                                                                                     \
-        p += (size_t)(rows) * (size_t)((cols) != 0 ? (cols) : 1);                                                           \
+        p += (size_t)(rows) * (size_t)((cols) != 0 ? (cols) : 1);                                                      \
     } while (0)
     int64_t D = g->d;
     TAKE(g->wte, "wte.weight", g->vocab, D, 0);

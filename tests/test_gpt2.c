@@ -21,7 +21,10 @@
 
 #define PYTHON "/usr/bin/python3"
 #define REFERENCE PYTHON " " HDLM_SOURCE_DIR "/tests/reference/gpt2_ref.py"
-#define EVAL "OMPI_MCA_ess_singleton_isolated=1 ASAN_OPTIONS=detect_leaks=0 " HDLM_BIN_DIR "/hdlm-eval"
+// One OpenMP thread: the tiny judge's kernels are too small to share, and spinning threads on a busy machine cost
+// seconds per run.
+#define EVAL                                                                                                           \
+    "OMPI_MCA_ess_singleton_isolated=1 ASAN_OPTIONS=detect_leaks=0 OMP_NUM_THREADS=1 " HDLM_BIN_DIR "/hdlm-eval"
 // fp32 forward against the float64 reference (measured: 2.6e-6 hidden, 3.7e-6 NLL); hidden states are O(1) after
 // ln_f, NLL O(10).
 #define HIDDEN_TOL 5e-5
@@ -75,7 +78,8 @@ static int sample_ids(int i, uint32_t *ids) {
     cJSON *json = cJSON_ParseWithOpts(line, NULL, 0);
     assert_non_null(json);
     int n = 0;
-    for (const cJSON *it = cJSON_GetObjectItem(json, "token_ids")->child; it; it = it->next) ids[n++] = (uint32_t)it->valueint;
+    for (const cJSON *it = cJSON_GetObjectItem(json, "token_ids")->child; it; it = it->next)
+        ids[n++] = (uint32_t)it->valueint;
     cJSON_Delete(json);
     free(text);
     return n;
@@ -237,6 +241,7 @@ static void test_out_of_range_sample_is_refused_naming_line(void **state) {
 }
 
 int main(void) {
+    setenv("OMP_NUM_THREADS", "1", 1);   // see EVAL
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_forward_matches_torch_reference),
         cmocka_unit_test(test_genppl_matches_reference_formula),

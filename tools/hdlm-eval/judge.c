@@ -1,4 +1,5 @@
-// hdlm-eval genppl / features: the GPT-2 judge (spec §9.3-§9.4, ecosystem-notes §1.5-§1.6, docs/evaluation-judge.md).
+// hdlm-eval genppl / features: the GPT-2 judge (spec §9.3-§9.4, ecosystem-notes §1.5-§1.6,
+// docs/evaluation-judge.md).
 #include <cjson/cJSON.h>
 #include <getopt.h>
 #include <math.h>
@@ -86,7 +87,8 @@ static int read_shard_chunks(const char *dir, const char *split, long chunk_len,
     HDLM_TRY(hdlm_dataset_open_dir(&ds, dir, split, (uint64_t)chunk_len, 0));
     uint64_t n = hdlm_dataset_chunk_count(&ds);
     if (count > 0 && (uint64_t)count < n) n = (uint64_t)count;
-    int rc = n > 0 && n <= (1u << 30) ? 0 : HDLM_FAIL("%s: split '%s' has no chunk of %ld tokens", dir, split, chunk_len);
+    int rc = n > 0 && n <= (1u << 30) ? 0
+                                      : HDLM_FAIL("%s: split '%s' has no chunk of %ld tokens", dir, split, chunk_len);
     if (rc == 0) {
         s->ids = hdlm_calloc(n, sizeof(*s->ids));
         s->lens = hdlm_calloc(n, sizeof(int));
@@ -285,7 +287,8 @@ static int run_features(const judge_args *a) {
         hdlm_feature_export e = {.n = s.n, .d = g.d, .features = features, .lengths = lengths, .sample_index = index,
                                  .token_ids = ids, .max_tokens = max_tokens,
                                  .attrs = {.featurizer = featurizer, .layer = "final, after ln_f",
-                                           .position = "last token", .role = a->role, .dataset = a->shards ? a->shards : a->samples,
+                                           .position = "last token", .role = a->role,
+                                           .dataset = a->shards ? a->shards : a->samples,
                                            .max_text_length = max_tokens, .checkpoint_step = -1, .seed = -1}};
         rc = hdlm_features_write_h5(a->out, &e);
     }
