@@ -208,7 +208,7 @@ static void test_features_of_token_shard_chunks(void **state) {
     hdlm_feature_matrix_free(&m);
 }
 
-static void test_judge_with_other_vocabulary_is_refused(void **state) {
+static void test_bad_judges_are_refused(void **state) {
     (void)state;
     const char *dir = test_tmp_dir("gpt2_judge_small_vocab");
     assert_int_equal(test_run(REFERENCE " %s --vocab 1000", dir), 0);
@@ -221,6 +221,21 @@ static void test_judge_with_other_vocabulary_is_refused(void **state) {
     hdlm_gpt2 g;
     assert_int_equal(hdlm_gpt2_load(&g, dir, 5), -1);
     assert_error_contains("5 heads do not divide the width d = 32");
+    // A misshapen tensor and a missing one are refused by name (the file's header rewritten by Python).
+    const char *bad = join(dir, "bad.safetensors");
+    const char *rewrite = PYTHON " -c \"import json, struct, sys; b = open('%s', 'rb').read();"
+                          " n = struct.unpack('<Q', b[:8])[0]; h = json.loads(b[8:8 + n]); %s;"
+                          " t = json.dumps(h).encode(); t += b' ' * (-len(t) %% 8);"
+                          " open('%s', 'wb').write(struct.pack('<Q', len(t)) + t + b[8 + n:])\"";
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, rewrite, join(dir, "model.safetensors"), "h['h.1.ln_2.bias']['shape'] = [4, 8]", bad);
+    assert_int_equal(test_run("%s", cmd), 0);
+    assert_int_equal(hdlm_gpt2_load(&g, bad, 4), -1);
+    assert_error_contains("tensor 'h.1.ln_2.bias' has shape [4, 8], expected [32]");
+    snprintf(cmd, sizeof cmd, rewrite, join(dir, "model.safetensors"), "h.pop('h.0.mlp.c_fc.bias')", bad);
+    assert_int_equal(test_run("%s", cmd), 0);
+    assert_int_equal(hdlm_gpt2_load(&g, bad, 4), -1);
+    assert_error_contains("tensor 'h.0.mlp.c_fc.bias' is missing");
 }
 
 static void test_out_of_range_sample_is_refused_naming_line(void **state) {
@@ -247,7 +262,7 @@ int main(void) {
         cmocka_unit_test(test_genppl_matches_reference_formula),
         cmocka_unit_test(test_features_files_hold_last_token_states),
         cmocka_unit_test(test_features_of_token_shard_chunks),
-        cmocka_unit_test(test_judge_with_other_vocabulary_is_refused),
+        cmocka_unit_test(test_bad_judges_are_refused),
         cmocka_unit_test(test_out_of_range_sample_is_refused_naming_line),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
