@@ -1,4 +1,5 @@
-// LayerNorm without bias (eps 1e-5, biased variance, fp32 statistics; spec §7.2): forward and backward.
+// LayerNorm without bias (eps 1e-5, biased variance, fp32 statistics; spec §7.2): forward and backward; and the
+// forward of the biased variant the GPT-2 judge uses (spec §9.3).
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -64,4 +65,22 @@ void hdlm_layernorm_backward(float *din, float *dw, const float *dout, const flo
     for (int t = 0; t < threads; t++)
         for (int i = 0; i < d; i++) dw[i] += partial[(size_t)t * d + i];
     free(partial);
+}
+
+void hdlm_layernorm_bias_forward(float *out, const float *in, const float *w, const float *b, int n, int d) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < n; r++) {
+        const float *x = in + (size_t)r * d;
+        float *y = out + (size_t)r * d;
+        float m = 0.0f;
+#pragma omp simd reduction(+ : m)
+        for (int i = 0; i < d; i++) m += x[i];
+        m /= (float)d;
+        float v = 0.0f;
+#pragma omp simd reduction(+ : v)
+        for (int i = 0; i < d; i++) v += (x[i] - m) * (x[i] - m);
+        v /= (float)d;
+        float s = 1.0f / sqrtf(v + LAYERNORM_EPS);
+        for (int i = 0; i < d; i++) y[i] = (x[i] - m) * s * w[i] + b[i];
+    }
 }

@@ -155,7 +155,7 @@ static float half_to_float(uint16_t h) {
     return h & 0x8000 ? -v : v;
 }
 
-static void convert(const hdlm_safetensors *st, const hdlm_st_tensor *t, float *out) {
+void hdlm_safetensors_tensor_f32(const hdlm_safetensors *st, const hdlm_st_tensor *t, float *out) {
     const unsigned char *src = st->data + t->begin;
     size_t n = (t->end - t->begin) / dtype_sizes[t->dtype];
     if (t->dtype == HDLM_ST_F32) {
@@ -193,7 +193,7 @@ static int verify_inv_freq(const hdlm_safetensors *st, const hdlm_st_tensor *t, 
     HDLM_CHECK(same_shape(t, mt->shape, mt->ndim), "%s: tensor '%s' has %lld entries, the model's has %d (another head "
                "size)", st->path, t->name, t->ndim == 1 ? (long long)t->shape[0] : -1LL, mt->shape[0]);
     float *file = hdlm_malloc(mt->numel * sizeof(float)), *want = hdlm_malloc(mt->numel * sizeof(float));
-    convert(st, t, file);
+    hdlm_safetensors_tensor_f32(st, t, file);
     hdlm_rotary_inv_freq(want, 2 * (int)mt->numel);
     // bf16 / fp16 files round the buffer: allow their precision.
     double tol = t->dtype == HDLM_ST_F32 ? 1e-6 : t->dtype == HDLM_ST_BF16 ? 8e-3 : 1e-3;
@@ -232,7 +232,7 @@ int hdlm_safetensors_load_model(const hdlm_safetensors *st, hdlm_model *m, const
             shape_text(want, sizeof want, s, mt->ndim);
             rc = HDLM_FAIL("%s: tensor '%s' has shape %s, the model expects %s", st->path, t->name, have, want);
         } else {
-            convert(st, t, m->params + mt->offset);
+            hdlm_safetensors_tensor_f32(st, t, m->params + mt->offset);
             seen[mt - m->tensors] = true;
         }
     }

@@ -2,35 +2,26 @@
 //   hdlm-eval mauve --p P --q Q [...]   MAUVE of two feature files
 //   hdlm-eval perplexity --ckpt DIR --data DIR [...]   likelihood bound of a token set
 //   hdlm-eval sample --ckpt DIR --n N --out FILE [...]  generation to JSONL
+//   hdlm-eval genppl / features          gen-PPL and MAUVE features under a GPT-2 judge
 // MPI is initialised here once for every subcommand (the model-based ones run on several ranks).
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
-#include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "hdlm/cli.h"
 #include "hdlm-eval/eval.h"
 
-typedef struct {
-    const char *name;
-    const char *summary;
-    int (*run)(int argc, char **argv);
-} eval_command;
-
-static const eval_command COMMANDS[] = {
-    {"mauve", "MAUVE, MAUVE*, frontier integrals of two feature files (.npy or HDF5)", eval_mauve_main},
-    {"perplexity", "Monte-Carlo likelihood bound (NELBO) of a token set under a checkpoint", eval_perplexity_main},
-    {"sample", "generation with the ε, γ and ARDM samplers to JSONL", eval_sample_main},
+static const hdlm_subcommand commands[] = {
+    {"mauve", eval_mauve_main, "MAUVE, MAUVE*, frontier integrals of two feature files (.npy or HDF5)"},
+    {"perplexity", eval_perplexity_main, "Monte-Carlo likelihood bound (NELBO) of a token set under a checkpoint"},
+    {"sample", eval_sample_main, "generation with the ε, γ and ARDM samplers to JSONL"},
+    {"genppl", eval_genppl_main, "generative perplexity of sampled token ids under a GPT-2 judge"},
+    {"features", eval_features_main, "MAUVE features (.npy or HDF5) of token ids from a GPT-2 judge"},
 };
-enum { NUM_COMMANDS = sizeof(COMMANDS) / sizeof(COMMANDS[0]) };
-
-static void print_usage(FILE *out) {
-    fprintf(out, "usage: hdlm-eval COMMAND [options]   (hdlm-eval COMMAND --help for its options)\n\ncommands:\n");
-    for (int i = 0; i < NUM_COMMANDS; i++) fprintf(out, "  %-12s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
-}
 
 int eval_parse_int(const char *cmd, const char *flag, const char *text, long lo, long hi, long *out) {
     char *end = NULL;
@@ -65,23 +56,5 @@ void eval_report_bad_option(const char *cmd, int argc, char **argv, int optopt_v
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-        print_usage(argc < 2 ? stderr : stdout);
-        return argc < 2 ? 2 : 0;
-    }
-    const eval_command *cmd = NULL;
-    for (int i = 0; i < NUM_COMMANDS; i++)
-        if (strcmp(argv[1], COMMANDS[i].name) == 0) cmd = &COMMANDS[i];
-    if (!cmd) {
-        fprintf(stderr, "hdlm-eval: unknown command '%s'\n", argv[1]);
-        print_usage(stderr);
-        return 2;
-    }
-    // BLIS 0.9.0 does not recognise every AVX-512 CPU (Zen 5) and then runs its generic kernels, 2-5x slower
-    // (docs/mauve.md); its skx kernels run on any AVX-512F CPU. An explicit BLIS_ARCH_TYPE wins.
-    if (__builtin_cpu_supports("avx512f")) setenv("BLIS_ARCH_TYPE", "0", 0);
-    MPI_Init(&argc, &argv);
-    int status = cmd->run(argc - 1, argv + 1);
-    MPI_Finalize();
-    return status;
+    return hdlm_cli_dispatch("hdlm-eval", commands, sizeof commands / sizeof *commands, argc, argv);
 }

@@ -24,6 +24,8 @@ void hdlm_layernorm_forward(float *out, float *mean, float *rstd, const float *i
 // din += ∂/∂in (the residual stream's gradient); dw += Σ dout·x̂.
 void hdlm_layernorm_backward(float *din, float *dw, const float *dout, const float *in, const float *w,
                              const float *mean, const float *rstd, int n, int d);
+// LayerNorm with bias (GPT-2 judge, forward only): out = (x − mean)·rstd·w + b, same eps and biased variance.
+void hdlm_layernorm_bias_forward(float *out, const float *in, const float *w, const float *b, int n, int d);
 
 // ---- rotary embedding, rotate-half over the whole head (spec §7.4) ------------------------------- layer_rotary.c
 typedef enum { HDLM_ROTARY_EXACT = 0, HDLM_ROTARY_REFERENCE = 1 } hdlm_rotary_mode;

@@ -59,6 +59,8 @@ typedef struct {
 int hdlm_safetensors_open(hdlm_safetensors **out, const char *path);
 void hdlm_safetensors_close(hdlm_safetensors *st);
 const char *hdlm_st_dtype_name(hdlm_st_dtype dtype);
+// Tensor t of st converted to fp32 into out (as many floats as t has elements).
+void hdlm_safetensors_tensor_f32(const hdlm_safetensors *st, const hdlm_st_tensor *t, float *out);
 
 // Fills the model's trainable tensors from the file (converted to fp32). Each file key, after removing `prefix`
 // (NULL or "": none; a key without it is unexpected), must name a trainable tensor of the same shape, and every

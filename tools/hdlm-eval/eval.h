@@ -7,6 +7,9 @@
 
 // hdlm-eval mauve --p P --q Q: the MAUVE score of two feature files (docs/mauve.md).
 int eval_mauve_main(int argc, char **argv);
+// hdlm-eval genppl / features: generative perplexity and MAUVE features under a GPT-2 judge (docs/evaluation-judge.md).
+int eval_genppl_main(int argc, char **argv);
+int eval_features_main(int argc, char **argv);
 
 // hdlm-eval perplexity --ckpt DIR --data DIR: Monte-Carlo likelihood bound of a token set (spec §9.1, A.6).
 int eval_perplexity_main(int argc, char **argv);
