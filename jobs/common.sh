@@ -25,10 +25,11 @@ hdlm_layout() {
     export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-$(( cores_per_node / ranks_here > 0 ? cores_per_node / ranks_here : 1 ))}
 }
 
-# mpirun with one rank per slot of the allocation (Open MPI reads the Slurm allocation itself) or of this machine.
+# Replaces the calling (sub)shell with mpirun, so that $! of `hdlm_mpirun ... &` is mpirun itself: signals
+# forwarded to it reach the ranks. Call it in a subshell or in the background. mpirun with one rank per slot of the allocation (Open MPI reads the Slurm allocation itself) or of this machine.
 hdlm_mpirun() {
     local extra=()
     [ "$(id -u)" = 0 ] && extra+=(--allow-run-as-root)
     [ -z "${SLURM_JOB_ID:-}" ] && extra+=(--oversubscribe)
-    mpirun "${extra[@]}" -np "$HDLM_RANKS" --bind-to none -x OMP_NUM_THREADS $MPIRUN_ARGS "$@"
+    exec mpirun "${extra[@]}" -np "$HDLM_RANKS" --bind-to none -x OMP_NUM_THREADS $MPIRUN_ARGS "$@"
 }
