@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by jobs/*.sbatch: the layout of the job (ranks, threads) from Slurm's variables, or from this machine when
 # the script runs without Slurm. Sourced, not run.
 
@@ -31,5 +32,6 @@ hdlm_mpirun() {
     local extra=()
     [ "$(id -u)" = 0 ] && extra+=(--allow-run-as-root)
     [ -z "${SLURM_JOB_ID:-}" ] && extra+=(--oversubscribe)
+    # shellcheck disable=SC2086  # MPIRUN_ARGS holds several flags
     exec mpirun "${extra[@]}" -np "$HDLM_RANKS" --bind-to none -x OMP_NUM_THREADS $MPIRUN_ARGS "$@"
 }
