@@ -2,6 +2,7 @@
 //   mpirun -np 2 hdlm-train --config jobs/configs/small.yaml [key=value ...] [--resume [latest|DIR]]
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <mpi.h>
 #include <omp.h>
 #include <stdio.h>
@@ -14,6 +15,54 @@
 #include "hdlm/peak.h"
 #include "hdlm/trainer.h"
 
+// Exit status after a SIGTERM/SIGUSR1: a checkpoint of the current update was written; run again with --resume.
+#define EXIT_PREEMPTED 75   // EX_TEMPFAIL (sysexits.h): "try again later"
+
+// Set by the handler only; the training loop polls it at each update boundary (docs/cluster.md).
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig) { stop_signal = sig; }
+
+static void install_stop_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+}
+
+// True on every rank when any rank got a stop signal: all ranks must take part in the collective checkpoint.
+static bool stop_requested(void) {
+    int local = stop_signal, any = 0;
+    MPI_Allreduce(&local, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    return any != 0;
+}
+
+// <run.dir>/DONE holds the number of updates of the completed run; -1 when there is none.
+static int64_t done_updates(const char *run_dir) {
+    char path[HDLM_CONFIG_STRING_MAX + 16];
+    snprintf(path, sizeof path, "%s/DONE", run_dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    long long n = -1;
+    if (fscanf(f, "update %lld", &n) != 1) n = -1;
+    fclose(f);
+    return n;
+}
+
+// Written after the final checkpoint, through a rename so that a reader never sees a partial marker.
+static int write_done(const char *run_dir, int64_t updates) {
+    char path[HDLM_CONFIG_STRING_MAX + 16], tmp[HDLM_CONFIG_STRING_MAX + 32];
+    snprintf(path, sizeof path, "%s/DONE", run_dir);
+    snprintf(tmp, sizeof tmp, "%s/DONE.tmp", run_dir);
+    FILE *f = fopen(tmp, "w");
+    HDLM_CHECK(f, "cannot write %s: %s", tmp, strerror(errno));
+    fprintf(f, "update %lld\n", (long long)updates);
+    HDLM_CHECK(fclose(f) == 0 && rename(tmp, path) == 0, "cannot write %s: %s", path, strerror(errno));
+    return 0;
+}
+
 static void usage(FILE *out) {
     fprintf(out,
             "usage: mpirun -np R hdlm-train --config FILE [key=value ...] [--resume [latest|DIR]]\n"
@@ -21,7 +70,9 @@ static void usage(FILE *out) {
             "  key=value          override one key, e.g. training.batch_size=64 annealing.width=256\n"
             "  --resume [WHAT]    continue from <run.dir>/checkpoints/latest (default) or a checkpoint directory\n"
             "  --help             this text and every configuration key\n"
-            "Writes <run.dir>/config.yaml, <run.dir>/metrics.jsonl and <run.dir>/checkpoints/.\n"
+            "Writes <run.dir>/config.yaml, <run.dir>/metrics.jsonl, <run.dir>/checkpoints/ and, once training.n_iters\n"
+            "updates are done, <run.dir>/DONE. SIGTERM or SIGUSR1: every rank saves a checkpoint at the end of the\n"
+            "current update and the job exits with status 75 (resume with --resume).\n"
             "Plot the metrics: tools/plot-metrics.sh <run.dir>/metrics.jsonl out.png\n\n");
 }
 
@@ -58,6 +109,7 @@ static int write_config(const hdlm_train_config *cfg, const char *yaml) {
 
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
+    install_stop_handlers();
     const char *config_path = NULL, *resume = NULL;
     const char **overrides = hdlm_calloc((size_t)argc, sizeof(char *));
     int n_overrides = 0;
@@ -86,6 +138,13 @@ int main(int argc, char **argv) {
     hdlm_train_config cfg;
     HDLM_MUST(hdlm_train_config_load(&cfg, config_path, overrides, n_overrides, hdlm_world_size()));
     free(overrides);
+    int64_t done = resume ? done_updates(cfg.run.dir) : -1;
+    if (done >= cfg.training.n_iters) {
+        hdlm_log("hdlm-train: %s/DONE: the run is complete (%lld updates); nothing to do\n", cfg.run.dir,
+                 (long long)done);
+        MPI_Finalize();
+        return 0;
+    }
     char *yaml = hdlm_config_to_yaml(&hdlm_train_config_schema, &cfg);
     hdlm_log("hdlm-train: resolved configuration (%s):\n%s", config_path, yaml);
     if (hdlm_rank() == 0) {
@@ -124,6 +183,7 @@ int main(int argc, char **argv) {
     double start = hdlm_time_now(), last_time = start, excluded = 0;   // excluded: evaluation and checkpoint time
     double loss_sum = 0;   // the logged loss is the mean over the updates since the previous progress line
     int loss_count = 0;
+    bool preempted = false;
     while (t->update < n_iters) {
         hdlm_update_stats s;
         hdlm_trainer_update(t, &s);
@@ -160,16 +220,23 @@ int main(int argc, char **argv) {
             loss_sum = 0;
             loss_count = 0;
         }
-        if (u % cfg.training.snapshot_freq == 0 || final) {
+        preempted = !final && stop_requested();   // collective: every rank calls it at every update
+        if (u % cfg.training.snapshot_freq == 0 || final || preempted) {
             double seconds = 0, t0 = hdlm_time_now();
             HDLM_MUST(hdlm_trainer_save(t, &seconds));
             excluded += hdlm_time_now() - t0;
             hdlm_log("checkpoint %s/checkpoints/step_%09lld (%.2f s)\n", cfg.run.dir, (long long)u, seconds);
         }
+        if (preempted) {
+            hdlm_log("stop signal: exiting with status %d after the checkpoint of update %lld; continue with "
+                     "--resume\n", EXIT_PREEMPTED, (long long)u);
+            break;
+        }
     }
+    if (!preempted && hdlm_rank() == 0) HDLM_MUST(write_done(cfg.run.dir, t->update));
     hdlm_metrics_close(&metrics);
     hdlm_trainer_free(t);
     free(t);
     MPI_Finalize();
-    return 0;
+    return preempted ? EXIT_PREEMPTED : 0;
 }
