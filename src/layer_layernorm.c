@@ -10,20 +10,27 @@
 
 #define LAYERNORM_EPS 1e-5f
 
+// Mean and 1/sqrt(var + eps) of one row (biased variance, two passes in fp32).
+static inline void row_stats(const float *x, int d, float *mean, float *rstd) {
+    float m = 0.0f;
+#pragma omp simd reduction(+ : m)
+    for (int i = 0; i < d; i++) m += x[i];
+    m /= (float)d;
+    float v = 0.0f;
+#pragma omp simd reduction(+ : v)
+    for (int i = 0; i < d; i++) v += (x[i] - m) * (x[i] - m);
+    v /= (float)d;
+    *mean = m;
+    *rstd = 1.0f / sqrtf(v + LAYERNORM_EPS);
+}
+
 void hdlm_layernorm_forward(float *out, float *mean, float *rstd, const float *in, const float *w, int n, int d) {
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < n; r++) {
         const float *x = in + (size_t)r * d;
         float *y = out + (size_t)r * d;
-        float m = 0.0f;
-#pragma omp simd reduction(+ : m)
-        for (int i = 0; i < d; i++) m += x[i];
-        m /= (float)d;
-        float v = 0.0f;
-#pragma omp simd reduction(+ : v)
-        for (int i = 0; i < d; i++) v += (x[i] - m) * (x[i] - m);
-        v /= (float)d;
-        float s = 1.0f / sqrtf(v + LAYERNORM_EPS);
+        float m, s;
+        row_stats(x, d, &m, &s);
         for (int i = 0; i < d; i++) y[i] = (x[i] - m) * s * w[i];
         mean[r] = m;
         rstd[r] = s;
@@ -72,15 +79,8 @@ void hdlm_layernorm_bias_forward(float *out, const float *in, const float *w, co
     for (int r = 0; r < n; r++) {
         const float *x = in + (size_t)r * d;
         float *y = out + (size_t)r * d;
-        float m = 0.0f;
-#pragma omp simd reduction(+ : m)
-        for (int i = 0; i < d; i++) m += x[i];
-        m /= (float)d;
-        float v = 0.0f;
-#pragma omp simd reduction(+ : v)
-        for (int i = 0; i < d; i++) v += (x[i] - m) * (x[i] - m);
-        v /= (float)d;
-        float s = 1.0f / sqrtf(v + LAYERNORM_EPS);
+        float m, s;
+        row_stats(x, d, &m, &s);
         for (int i = 0; i < d; i++) y[i] = (x[i] - m) * s * w[i] + b[i];
     }
 }
