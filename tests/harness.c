@@ -11,6 +11,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "hdlm/common.h"
 #include "harness.h"
 
@@ -62,4 +64,20 @@ void test_assert_error_contains(const char *needle, const char *file, int line) 
         print_error("%s:%d: expected the error to mention \"%s\", got \"%s\"\n", file, line, needle, msg);
         fail();
     }
+}
+
+cJSON *test_load_json(const char *path) {
+    char *text;
+    size_t len;
+    assert_int_equal(hdlm_read_file(path, &text, &len), 0);
+    cJSON *json = cJSON_Parse(text);
+    free(text);
+    assert_non_null(json);
+    return json;
+}
+
+double test_json_number(const cJSON *json, const char *key) {
+    const cJSON *item = cJSON_GetObjectItemCaseSensitive(json, key);
+    assert_true(cJSON_IsNumber(item));
+    return item->valuedouble;
 }

@@ -13,6 +13,10 @@ const char *test_tmp_dir(const char *name);
 int test_run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 // Writes `len` bytes to `path` (fails the test on error).
 void test_write_file(const char *path, const void *data, size_t len);
+// A JSON file parsed with cJSON (fails the test when it does not parse); caller frees with cJSON_Delete.
+struct cJSON *test_load_json(const char *path);
+// The number under `key` of a JSON object (fails the test when absent or not a number).
+double test_json_number(const struct cJSON *json, const char *key);
 // Asserts that the last recorded hdlm error contains `needle` (prints the message when it does not).
 #define assert_error_contains(needle) test_assert_error_contains((needle), __FILE__, __LINE__)
 void test_assert_error_contains(const char *needle, const char *file, int line);

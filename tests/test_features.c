@@ -30,22 +30,6 @@ static char *join(const char *dir, const char *name) {
     return p;
 }
 
-static cJSON *load_json(const char *path) {
-    char *text;
-    size_t len;
-    assert_int_equal(hdlm_read_file(path, &text, &len), 0);
-    cJSON *json = cJSON_Parse(text);
-    free(text);
-    assert_non_null(json);
-    return json;
-}
-
-static double json_number(const cJSON *json, const char *key) {
-    const cJSON *item = cJSON_GetObjectItemCaseSensitive(json, key);
-    assert_true(cJSON_IsNumber(item));
-    return item->valuedouble;
-}
-
 static void test_npy_round_trip_and_numpy_reads_it(void **state) {
     (void)state;
     const char *dir = test_tmp_dir("features_npy");
@@ -101,12 +85,12 @@ static void test_h5_export_read_by_h5py(void **state) {
     assert_int_equal(hdlm_features_write_h5(path, &e), 0);
     const char *out = join(dir, "h5.json");
     assert_int_equal(test_run(REFERENCE " check_h5 %s %s", path, out), 0);
-    cJSON *j = load_json(out);
+    cJSON *j = test_load_json(out);
     const cJSON *f = cJSON_GetObjectItemCaseSensitive(j, "features");
     assert_string_equal(cJSON_GetObjectItemCaseSensitive(f, "dtype")->valuestring, "float32");
     assert_int_equal(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(f, "shape"), 0)->valueint, 3);
     assert_int_equal(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(f, "shape"), 1)->valueint, 2);
-    assert_true(json_number(j, "features_sum") == 4.625);
+    assert_true(test_json_number(j, "features_sum") == 4.625);
     assert_string_equal(
         cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "lengths"), "dtype")->valuestring,
         "int32");
@@ -125,8 +109,8 @@ static void test_h5_export_read_by_h5py(void **state) {
     assert_string_equal(cJSON_GetObjectItemCaseSensitive(a, "role")->valuestring, "q_model");
     assert_string_equal(cJSON_GetObjectItemCaseSensitive(a, "layer")->valuestring, "final, after ln_f");
     assert_string_equal(cJSON_GetObjectItemCaseSensitive(a, "dtype")->valuestring, "float32");
-    assert_int_equal((int)json_number(a, "max_text_length"), 128);
-    assert_int_equal((int)json_number(a, "checkpoint_step"), 5000);
+    assert_int_equal((int)test_json_number(a, "max_text_length"), 128);
+    assert_int_equal((int)test_json_number(a, "checkpoint_step"), 5000);
     cJSON_Delete(j);
 
     hdlm_feature_matrix m;
@@ -176,12 +160,12 @@ static void test_eval_mauve_end_to_end_matches_python_on_files(void **state) {
     assert_int_equal(test_run("tail -n 1 %s > %s.json", out_path, out_path), 0);
     char json_path[4300];
     snprintf(json_path, sizeof json_path, "%s.json", out_path);
-    cJSON *ref = load_json(ref_path), *got = load_json(json_path);
-    assert_int_equal((int)json_number(got, "num_buckets"), (int)json_number(ref, "num_buckets"));
-    assert_int_equal((int)json_number(got, "pca_dim"), (int)json_number(ref, "pca_dim"));
+    cJSON *ref = test_load_json(ref_path), *got = test_load_json(json_path);
+    assert_int_equal((int)test_json_number(got, "num_buckets"), (int)test_json_number(ref, "num_buckets"));
+    assert_int_equal((int)test_json_number(got, "pca_dim"), (int)test_json_number(ref, "pca_dim"));
     const char *keys[4] = {"mauve", "mauve_star", "frontier_integral", "frontier_integral_star"};
     for (int i = 0; i < 4; i++) {
-        double a = json_number(got, keys[i]), b = json_number(ref, keys[i]);
+        double a = test_json_number(got, keys[i]), b = test_json_number(ref, keys[i]);
         if (!(fabs(a - b) <= 1e-9)) print_error("%s: hdlm-eval %.17g, reference %.17g\n", keys[i], a, b);
         assert_true(fabs(a - b) <= 1e-9);
     }

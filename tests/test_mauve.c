@@ -27,22 +27,6 @@ static void assert_close(double got, double want, double tol, const char *what) 
     }
 }
 
-static cJSON *load_json(const char *path) {
-    char *text;
-    size_t len;
-    assert_int_equal(hdlm_read_file(path, &text, &len), 0);
-    cJSON *json = cJSON_Parse(text);
-    free(text);
-    assert_non_null(json);
-    return json;
-}
-
-static double json_number(const cJSON *json, const char *key) {
-    const cJSON *item = cJSON_GetObjectItemCaseSensitive(json, key);
-    assert_true(cJSON_IsNumber(item));
-    return item->valuedouble;
-}
-
 static void assert_counts_equal(const cJSON *json, const char *key, const int64_t *counts, int k) {
     const cJSON *arr = cJSON_GetObjectItemCaseSensitive(json, key);
     assert_true(cJSON_IsArray(arr));
@@ -142,8 +126,8 @@ static void test_pca_matches_sklearn(void **state) {
     int kept = 0;
     float *z = NULL;
     assert_int_equal(hdlm_mauve_pca(x, 400, 16, 0.9, ratios, &kept, &z), 0);
-    cJSON *ref = load_json(out);
-    assert_int_equal(kept, (int)json_number(ref, "kept"));
+    cJSON *ref = test_load_json(out);
+    assert_int_equal(kept, (int)test_json_number(ref, "kept"));
     assert_int_equal(kept, 2);
     const cJSON *want = cJSON_GetObjectItemCaseSensitive(ref, "ratios");
     assert_int_equal(cJSON_GetArraySize(want), 16);
@@ -218,15 +202,15 @@ static cJSON *compare_with_reference(const char *name, int n_p, int n_q, int d, 
     hdlm_mauve_result res;
     assert_int_equal(hdlm_mauve_compute(p.data, p.n, q.data, q.n, d, &opt, &res), 0);
 
-    cJSON *ref = load_json(out);
-    assert_int_equal(res.num_buckets, (int)json_number(ref, "num_buckets"));
-    assert_int_equal(res.pca_dim, (int)json_number(ref, "pca_dim"));
+    cJSON *ref = test_load_json(out);
+    assert_int_equal(res.num_buckets, (int)test_json_number(ref, "num_buckets"));
+    assert_int_equal(res.pca_dim, (int)test_json_number(ref, "pca_dim"));
     assert_counts_equal(ref, "p_counts", res.p_counts, res.num_buckets);
     assert_counts_equal(ref, "q_counts", res.q_counts, res.num_buckets);
-    assert_close(res.mauve, json_number(ref, "mauve"), 1e-9, "MAUVE vs reference");
-    assert_close(res.mauve_star, json_number(ref, "mauve_star"), 1e-9, "MAUVE* vs reference");
-    assert_close(res.frontier_integral, json_number(ref, "frontier_integral"), 1e-9, "FI vs reference");
-    assert_close(res.frontier_integral_star, json_number(ref, "frontier_integral_star"), 1e-9, "FI* vs reference");
+    assert_close(res.mauve, test_json_number(ref, "mauve"), 1e-9, "MAUVE vs reference");
+    assert_close(res.mauve_star, test_json_number(ref, "mauve_star"), 1e-9, "MAUVE* vs reference");
+    assert_close(res.frontier_integral, test_json_number(ref, "frontier_integral"), 1e-9, "FI vs reference");
+    assert_close(res.frontier_integral_star, test_json_number(ref, "frontier_integral_star"), 1e-9, "FI* vs reference");
 
     // the k-means alone, on the same reduced points: faiss's final objective exactly (float32)
     int64_t n = p.n + q.n;
@@ -243,7 +227,7 @@ static cJSON *compare_with_reference(const char *name, int n_p, int n_q, int d, 
     int64_t *labels = hdlm_malloc((size_t)n * sizeof(int64_t));
     float objective;
     assert_int_equal(hdlm_kmeans_faiss(z, n, kept, &km, centroids, labels, &objective), 0);
-    assert_close(objective, json_number(ref, "objective"), 0, "k-means objective vs faiss");
+    assert_close(objective, test_json_number(ref, "objective"), 0, "k-means objective vs faiss");
 
     free(labels), free(centroids), free(z), free(ratios), free(x);
     hdlm_mauve_result_free(&res);
@@ -267,7 +251,7 @@ static void test_subsampled_kmeans_matches_python_reference(void **state) {
 static void test_empty_cluster_splits_match_python_reference(void **state) {
     (void)state;
     cJSON *ref = compare_with_reference("mauve_ref_splits", 300, 250, 12, "30 31");
-    assert_true(json_number(ref, "splits") > 100);
+    assert_true(test_json_number(ref, "splits") > 100);
     cJSON_Delete(ref);
 }
 
