@@ -1,0 +1,73 @@
+// src/cuda/cuda_internal.cuh — what every CUDA source of the backend shares: the C headers (with C linkage),
+// checking macros that name the call, file and line, bf16 helpers and the device twin of hdlm_rng_uniform_at.
+#ifndef HDLM_CUDA_INTERNAL_CUH
+#define HDLM_CUDA_INTERNAL_CUH
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+extern "C" {
+#include "hdlm/common.h"
+#include "hdlm/cuda.h"
+#include "hdlm/cuda_ops.h"
+}
+
+typedef __nv_bfloat16 bf16;
+
+// A failing CUDA or cuBLASLt call is a bug or a broken device: die (MPI_Abort under MPI) with the call's text.
+#define HDLM_CUDA_CHECK(call)                                                                                          \
+    do {                                                                                                               \
+        cudaError_t err_ = (call);                                                                                     \
+        if (err_ != cudaSuccess) HDLM_DIE("CUDA error %s in %s: %s", cudaGetErrorName(err_), #call,                   \
+                                          cudaGetErrorString(err_));                                                   \
+    } while (0)
+#define HDLM_CUBLAS_CHECK(call)                                                                                        \
+    do {                                                                                                               \
+        cublasStatus_t st_ = (call);                                                                                   \
+        if (st_ != CUBLAS_STATUS_SUCCESS) HDLM_DIE("cuBLASLt error %d in %s", (int)st_, #call);                       \
+    } while (0)
+// After a kernel launch: configuration errors surface here, execution errors at the next synchronisation.
+#define HDLM_CUDA_LAUNCHED() HDLM_CUDA_CHECK(cudaGetLastError())
+
+static inline int hdlm_ceil_div(size_t a, size_t b) { return (int)((a + b - 1) / b); }
+
+static inline const bf16 *as_bf16(const hdlm_bf16 *p) { return reinterpret_cast<const bf16 *>(p); }
+static inline bf16 *as_bf16(hdlm_bf16 *p) { return reinterpret_cast<bf16 *>(p); }
+
+// Philox4x32-10, bit-identical to src/rng.c, so dropout masks on the GPU equal the CPU's for the same key.
+__host__ __device__ inline void hdlm_philox4x32_dev(uint64_t key, uint64_t counter_hi, uint64_t counter_lo,
+                                                    uint32_t out[4]) {
+    const uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
+    uint32_t c0 = (uint32_t)counter_lo, c1 = (uint32_t)(counter_lo >> 32);
+    uint32_t c2 = (uint32_t)counter_hi, c3 = (uint32_t)(counter_hi >> 32);
+    uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
+    for (int round = 0; round < 10; round++) {
+        uint64_t p0 = (uint64_t)M0 * c0, p1 = (uint64_t)M1 * c2;
+        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
+        c0 = n0;
+        c1 = (uint32_t)p1;
+        c2 = n2;
+        c3 = (uint32_t)p0;
+        k0 += W0;
+        k1 += W1;
+    }
+    out[0] = c0;
+    out[1] = c1;
+    out[2] = c2;
+    out[3] = c3;
+}
+
+// = hdlm_rng_uniform_at(key, i): the i-th uniform float in [0, 1) of the random-access stream under key.
+__host__ __device__ inline float hdlm_uniform_at_dev(uint64_t key, uint64_t i) {
+    uint32_t block[4];
+    hdlm_philox4x32_dev(key, 1, i >> 2, block);
+    return (float)(block[i & 3] >> 8) * 0x1.0p-24f;
+}
+
+// The cuBLASLt handle and workspace of hdlm_cuda_init (src/cuda/runtime.cu).
+cublasLtHandle_t hdlm_cublaslt_handle(void);
+void *hdlm_cublaslt_workspace(size_t *bytes);
+
+#endif
