@@ -32,6 +32,11 @@ typedef __nv_bfloat16 bf16;
 #define HDLM_CUDA_LAUNCHED() HDLM_CUDA_CHECK(cudaGetLastError())
 
 static inline int hdlm_ceil_div(size_t a, size_t b) { return (int)((a + b - 1) / b); }
+// Blocks for an elementwise grid-stride loop over n items: one item per thread up to 65536 blocks, then striding.
+static inline int hdlm_elementwise_blocks(size_t n, int threads) {
+    size_t blocks = (n + (size_t)threads - 1) / (size_t)threads;
+    return blocks < 1 ? 1 : blocks > 65536 ? 65536 : (int)blocks;
+}
 
 static inline const bf16 *as_bf16(const hdlm_bf16 *p) { return reinterpret_cast<const bf16 *>(p); }
 static inline bf16 *as_bf16(hdlm_bf16 *p) { return reinterpret_cast<bf16 *>(p); }
