@@ -1,0 +1,347 @@
+// GPU twins of the elementwise DDiT layers (include/hdlm/cuda_ops.h; CPU twins src/layer_layernorm.c,
+// layer_rotary.c, layer_dropout.c, layer_embedding.c, layer_adaln.c, spec §7): the same fp32 math on bf16/fp32
+// storage, LayerNorm statistics in fp32, reductions over tokens in a fixed order (no float atomics).
+#include "column_reduce.cuh"
+#include "cuda_internal.cuh"
+
+#define LAYERNORM_EPS 1e-5f
+enum { WARP = 32, ROWS_PER_BLOCK = 8, EMBED_BUCKETS = 64, EMBED_BUCKETS_PER_BLOCK = 4 };
+
+__device__ inline float warp_sum(float x) {
+    for (int o = WARP / 2; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+// ---- LayerNorm (+ adaLN modulation) ------------------------------------------------------------------------------
+
+// One warp per row; two passes for the statistics (mean, then the biased variance around it) as on the CPU.
+__global__ void __launch_bounds__(WARP *ROWS_PER_BLOCK)
+    layernorm_forward_kernel(bf16 *out, bf16 *xhat_w, float *mean, float *rstd, const float *in, const float *w,
+                             const bf16 *shift, const bf16 *scale, int mod_stride, int n, int d) {
+    int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    if (row >= n) return;   // the whole warp leaves together, so the shuffles below see all 32 lanes
+    const float *x = in + (size_t)row * d;
+    float sum = 0.0f;
+    for (int i = lane; i < d; i += WARP) sum += x[i];
+    float m = warp_sum(sum) / (float)d;
+    float var = 0.0f;
+    for (int i = lane; i < d; i += WARP) var += (x[i] - m) * (x[i] - m);
+    float s = 1.0f / sqrtf(warp_sum(var) / (float)d + LAYERNORM_EPS);
+    bf16 *o = out + (size_t)row * d;
+    for (int i = lane; i < d; i += WARP) {
+        float y = (x[i] - m) * s * w[i];
+        if (scale) {
+            size_t k = (size_t)row * mod_stride + i;
+            if (xhat_w) xhat_w[(size_t)row * d + i] = __float2bfloat16_rn(y);
+            y = y * (1.0f + __bfloat162float(scale[k])) + __bfloat162float(shift[k]);
+        }
+        o[i] = __float2bfloat16_rn(y);
+    }
+    if (lane == 0) {
+        mean[row] = m;
+        rstd[row] = s;
+    }
+}
+
+void hdlm_cuda_layernorm_forward(hdlm_bf16 *out, hdlm_bf16 *xhat_w, float *mean, float *rstd, const float *in,
+                                 const float *w, const hdlm_bf16 *shift, const hdlm_bf16 *scale, int mod_stride,
+                                 int n, int d, hdlm_stream stream) {
+    HDLM_ASSERT((shift == NULL) == (scale == NULL), "layernorm: shift and scale go together");
+    if (n <= 0) return;
+    layernorm_forward_kernel<<<hdlm_ceil_div(n, ROWS_PER_BLOCK), WARP * ROWS_PER_BLOCK, 0, (cudaStream_t)stream>>>(
+        as_bf16(out), as_bf16(xhat_w), mean, rstd, in, w, as_bf16(shift), as_bf16(scale), mod_stride, n, d);
+    HDLM_CUDA_LAUNCHED();
+}
+
+// din += s·(g − mean(g) − x̂·mean(g·x̂)) with g = dout ⊙ (1 + scale) ⊙ w; dshift = dout, dscale = dout ⊙ x̂·w.
+// x̂·w is recomputed in fp32 from the row statistics (more exact than the stored bf16 xhat_w, and no extra read).
+__global__ void __launch_bounds__(WARP *ROWS_PER_BLOCK)
+    layernorm_backward_kernel(float *din, bf16 *dshift, bf16 *dscale, const bf16 *dout, const float *in,
+                              const float *w, const float *mean, const float *rstd, const bf16 *scale, int mod_stride,
+                              int n, int d) {
+    int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    if (row >= n) return;
+    const float *x = in + (size_t)row * d;
+    const bf16 *dy = dout + (size_t)row * d;
+    const bf16 *sc = scale ? scale + (size_t)row * mod_stride : NULL;
+    float m = mean[row], s = rstd[row];
+    float sum_g = 0.0f, sum_gx = 0.0f;
+    for (int i = lane; i < d; i += WARP) {
+        float g = __bfloat162float(dy[i]) * (sc ? 1.0f + __bfloat162float(sc[i]) : 1.0f) * w[i];
+        sum_g += g;
+        sum_gx += g * (x[i] - m) * s;
+    }
+    sum_g = warp_sum(sum_g) / (float)d;
+    sum_gx = warp_sum(sum_gx) / (float)d;
+    float *dx = din + (size_t)row * d;
+    for (int i = lane; i < d; i += WARP) {
+        float dyi = __bfloat162float(dy[i]);
+        float xh = (x[i] - m) * s;
+        float g = dyi * (sc ? 1.0f + __bfloat162float(sc[i]) : 1.0f) * w[i];
+        dx[i] += s * (g - sum_g - xh * sum_gx);
+        if (sc) {
+            size_t k = (size_t)row * mod_stride + i;
+            dshift[k] = dy[i];
+            dscale[k] = __float2bfloat16_rn(dyi * xh * w[i]);
+        }
+    }
+}
+
+// One term of dw[c]: dout ⊙ (1 + scale) · x̂ at (r, c).
+struct layernorm_dw_value {
+    const bf16 *dout, *scale;
+    const float *in, *mean, *rstd;
+    int mod_stride, d;
+    __device__ float operator()(int r, int c) const {
+        size_t i = (size_t)r * d + c;
+        float g = __bfloat162float(dout[i]);
+        if (scale) g *= 1.0f + __bfloat162float(scale[(size_t)r * mod_stride + c]);
+        return g * (in[i] - mean[r]) * rstd[r];
+    }
+};
+
+void hdlm_cuda_layernorm_backward(float *din, float *dw, hdlm_bf16 *dshift, hdlm_bf16 *dscale, const hdlm_bf16 *dout,
+                                  const float *in, const float *w, const float *mean, const float *rstd,
+                                  const hdlm_bf16 *xhat_w, const hdlm_bf16 *scale, int mod_stride, int n, int d,
+                                  hdlm_stream stream) {
+    (void)xhat_w;   // recomputed from the statistics (see the kernel)
+    HDLM_ASSERT(!scale || (dshift && dscale), "layernorm backward: modulated rows need dshift and dscale");
+    if (n <= 0) return;
+    cudaStream_t s = (cudaStream_t)stream;
+    layernorm_backward_kernel<<<hdlm_ceil_div(n, ROWS_PER_BLOCK), WARP * ROWS_PER_BLOCK, 0, s>>>(
+        din, as_bf16(dshift), as_bf16(dscale), as_bf16(dout), in, w, mean, rstd, as_bf16(scale), mod_stride, n, d);
+    HDLM_CUDA_LAUNCHED();
+    hdlm_column_reduce(dw, layernorm_dw_value{as_bf16(dout), as_bf16(scale), in, mean, rstd, mod_stride, d}, n, d, s);
+}
+
+// ---- rotary (rotate-half over the whole head, spec §7.4) --------------------------------------------------------
+
+// One thread per rotated pair (x[j], x[j + D/2]) of q or k; sign −1 applies the transpose (backward).
+__global__ void rotary_kernel(bf16 *qkv, const float *cos_t, const float *sin_t, int n, int len, int heads,
+                              int head_dim, float sign) {
+    int half = head_dim / 2, d = heads * head_dim;
+    size_t total = (size_t)n * 2 * heads * half;
+    for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        int j = (int)(idx % half);
+        size_t t = idx / half;
+        int h = (int)(t % heads);
+        t /= heads;
+        int part = (int)(t % 2);   // 0: q, 1: k
+        size_t r = t / 2;
+        int p = (int)(r % len);
+        bf16 *x = qkv + r * 3 * d + (size_t)part * d + (size_t)h * head_dim;
+        float a = __bfloat162float(x[j]), b = __bfloat162float(x[j + half]);
+        float c = cos_t[(size_t)p * half + j], sn = sign * sin_t[(size_t)p * half + j];
+        x[j] = __float2bfloat16_rn(a * c - b * sn);
+        x[j + half] = __float2bfloat16_rn(b * c + a * sn);
+    }
+}
+
+static void rotary_launch(hdlm_bf16 *qkv, const float *cos_t, const float *sin_t, int batch, int len, int heads,
+                          int head_dim, float sign, hdlm_stream stream) {
+    size_t total = (size_t)batch * len * 2 * heads * (head_dim / 2);
+    if (!total) return;
+    rotary_kernel<<<hdlm_elementwise_blocks(total, 256), 256, 0, (cudaStream_t)stream>>>(
+        as_bf16(qkv), cos_t, sin_t, batch * len, len, heads, head_dim, sign);
+    HDLM_CUDA_LAUNCHED();
+}
+
+void hdlm_cuda_rotary_forward(hdlm_bf16 *qkv, const float *cos_t, const float *sin_t, int batch, int len, int heads,
+                              int head_dim, hdlm_stream stream) {
+    rotary_launch(qkv, cos_t, sin_t, batch, len, heads, head_dim, 1.0f, stream);
+}
+
+void hdlm_cuda_rotary_backward(hdlm_bf16 *dqkv, const float *cos_t, const float *sin_t, int batch, int len, int heads,
+                               int head_dim, hdlm_stream stream) {
+    rotary_launch(dqkv, cos_t, sin_t, batch, len, heads, head_dim, -1.0f, stream);
+}
+
+// ---- gated residual with inverted dropout -----------------------------------------------------------------------
+
+// Element i = r·d + c is kept when hdlm_rng_uniform_at(key, i) ≥ p, as on the CPU (src/layer_dropout.c): word i % 4
+// of Philox block i / 4, so each thread takes the four elements of one block.
+__device__ inline void dropout_scales4(float scale[4], uint64_t key, size_t block, float p, float keep) {
+    if (p > 0.0f) {
+        uint32_t words[4];
+        hdlm_philox4x32_dev(key, 1, block, words);
+        for (int k = 0; k < 4; k++) scale[k] = (float)(words[k] >> 8) * 0x1.0p-24f >= p ? keep : 0.0f;
+    } else {
+        for (int k = 0; k < 4; k++) scale[k] = 1.0f;
+    }
+}
+
+__global__ void residual_forward_kernel(float *h_out, const float *h_in, const bf16 *y, const bf16 *gate,
+                                        int gate_stride, int n, int d, float p, float keep, uint64_t key) {
+    size_t total = (size_t)n * d, blocks = (total + 3) / 4;
+    for (size_t b = blockIdx.x * (size_t)blockDim.x + threadIdx.x; b < blocks; b += (size_t)gridDim.x * blockDim.x) {
+        float scale[4];
+        dropout_scales4(scale, key, b, p, keep);
+        for (int k = 0; k < 4 && 4 * b + k < total; k++) {
+            size_t i = 4 * b + k, r = i / d, c = i % d;
+            float v = __bfloat162float(y[i]) * scale[k];
+            if (gate) v *= __bfloat162float(gate[r * gate_stride + c]);
+            h_out[i] = h_in[i] + v;
+        }
+    }
+}
+
+void hdlm_cuda_residual_forward(float *h_out, const float *h_in, const hdlm_bf16 *y, const hdlm_bf16 *gate,
+                                int gate_stride, int n, int d, float p, uint64_t key, hdlm_stream stream) {
+    size_t blocks = ((size_t)n * d + 3) / 4;
+    if (!blocks) return;
+    residual_forward_kernel<<<hdlm_elementwise_blocks(blocks, 256), 256, 0, (cudaStream_t)stream>>>(
+        h_out, h_in, as_bf16(y), as_bf16(gate), gate_stride, n, d, p, 1.0f / (1.0f - p), key);
+    HDLM_CUDA_LAUNCHED();
+}
+
+__global__ void residual_backward_kernel(bf16 *dy, bf16 *dgate, const float *dh, const bf16 *y, const bf16 *gate,
+                                         int gate_stride, int n, int d, float p, float keep, uint64_t key) {
+    size_t total = (size_t)n * d, blocks = (total + 3) / 4;
+    for (size_t b = blockIdx.x * (size_t)blockDim.x + threadIdx.x; b < blocks; b += (size_t)gridDim.x * blockDim.x) {
+        float scale[4];
+        dropout_scales4(scale, key, b, p, keep);
+        for (int k = 0; k < 4 && 4 * b + k < total; k++) {
+            size_t i = 4 * b + k, r = i / d, c = i % d;
+            float g = dh[i] * scale[k];
+            if (gate) {
+                size_t gi = r * gate_stride + c;
+                dgate[gi] = __float2bfloat16_rn(g * __bfloat162float(y[i]));
+                g *= __bfloat162float(gate[gi]);
+            }
+            dy[i] = __float2bfloat16_rn(g);
+        }
+    }
+}
+
+void hdlm_cuda_residual_backward(hdlm_bf16 *dy, hdlm_bf16 *dgate, const float *dh, const hdlm_bf16 *y,
+                                 const hdlm_bf16 *gate, int gate_stride, int n, int d, float p, uint64_t key,
+                                 hdlm_stream stream) {
+    size_t blocks = ((size_t)n * d + 3) / 4;
+    if (!blocks) return;
+    residual_backward_kernel<<<hdlm_elementwise_blocks(blocks, 256), 256, 0, (cudaStream_t)stream>>>(
+        as_bf16(dy), as_bf16(dgate), dh, as_bf16(y), as_bf16(gate), gate_stride, n, d, p, 1.0f / (1.0f - p), key);
+    HDLM_CUDA_LAUNCHED();
+}
+
+// ---- token embedding (γ: mixed with the MASK row, spec §5.4) ----------------------------------------------------
+
+__global__ void embedding_forward_kernel(float *out, const float *table, const uint32_t *ids, const float *mix,
+                                         uint32_t mask_id, int n, int d) {
+    size_t total = (size_t)n * d;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = i / d, c = i % d;
+        float e = table[(size_t)ids[r] * d + c];
+        if (mix) e = mix[r] * e + (1.0f - mix[r]) * table[(size_t)mask_id * d + c];
+        out[i] = e;
+    }
+}
+
+void hdlm_cuda_embedding_forward(float *out, const float *table, const uint32_t *ids, const float *mix,
+                                 uint32_t mask_id, int n, int d, hdlm_stream stream) {
+    size_t total = (size_t)n * d;
+    if (!total) return;
+    embedding_forward_kernel<<<hdlm_elementwise_blocks(total, 256), 256, 0, (cudaStream_t)stream>>>(
+        out, table, ids, mix, mask_id, n, d);
+    HDLM_CUDA_LAUNCHED();
+}
+
+// Tokens repeat, so no two threads may own the same table row: thread (column c, bucket b) adds, in row order, the
+// rows whose id ≡ b (mod EMBED_BUCKETS). Every thread scans all ids (a warp-uniform load and branch); the sums are
+// in the CPU's order, hence deterministic.
+__global__ void __launch_bounds__(WARP *EMBED_BUCKETS_PER_BLOCK)
+    embedding_backward_kernel(float *dtable, const float *dout, const uint32_t *ids, const float *mix, int n, int d) {
+    int c = blockIdx.x * WARP + threadIdx.x;
+    uint32_t bucket = blockIdx.y * EMBED_BUCKETS_PER_BLOCK + threadIdx.y;
+    if (c >= d) return;
+    for (int r = 0; r < n; r++) {
+        uint32_t id = ids[r];
+        if (id % EMBED_BUCKETS != bucket) continue;
+        float w = mix ? mix[r] : 1.0f;
+        dtable[(size_t)id * d + c] += w * dout[(size_t)r * d + c];
+    }
+}
+
+// The MASK row's share under mixing: (1 − mix_r)·dout[r, c].
+struct embedding_mask_value {
+    const float *dout, *mix;
+    int d;
+    __device__ float operator()(int r, int c) const { return (1.0f - mix[r]) * dout[(size_t)r * d + c]; }
+};
+
+void hdlm_cuda_embedding_backward(float *dtable, const float *dout, const uint32_t *ids, const float *mix,
+                                  uint32_t mask_id, int n, int d, hdlm_stream stream) {
+    if (n <= 0 || d <= 0) return;
+    cudaStream_t s = (cudaStream_t)stream;
+    dim3 grid(hdlm_ceil_div(d, WARP), EMBED_BUCKETS / EMBED_BUCKETS_PER_BLOCK), block(WARP, EMBED_BUCKETS_PER_BLOCK);
+    embedding_backward_kernel<<<grid, block, 0, s>>>(dtable, dout, ids, mix, n, d);
+    HDLM_CUDA_LAUNCHED();
+    // Stream order puts this after the scatter, so the MASK row's two kinds of terms never race.
+    if (mix) hdlm_column_reduce(dtable + (size_t)mask_id * d, embedding_mask_value{dout, mix, d}, n, d, s);
+}
+
+// ---- γ conditioning (spec §7.2-7.3) -----------------------------------------------------------------------------
+
+__global__ void sigma_sinusoid_kernel(bf16 *freq, const float *sigma, int n, int dim) {
+    int half = dim / 2;
+    size_t total = (size_t)n * half;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = i / half;
+        int k = (int)(i % half);
+        // fp32 like the CPU and the reference: f_k = exp(−ln(10000)·k/half), argument σ·f_k
+        float fk = expf(-logf(10000.0f) * (float)k / (float)half);
+        float arg = sigma[r] * fk;
+        freq[r * dim + k] = __float2bfloat16_rn(cosf(arg));
+        freq[r * dim + half + k] = __float2bfloat16_rn(sinf(arg));
+    }
+}
+
+void hdlm_cuda_sigma_sinusoid(hdlm_bf16 *freq, const float *sigma, int n, int dim, hdlm_stream stream) {
+    size_t total = (size_t)n * (dim / 2);
+    if (!total) return;
+    sigma_sinusoid_kernel<<<hdlm_elementwise_blocks(total, 256), 256, 0, (cudaStream_t)stream>>>(as_bf16(freq), sigma,
+                                                                                                  n, dim);
+    HDLM_CUDA_LAUNCHED();
+}
+
+__global__ void silu_forward_kernel(bf16 *out, const bf16 *in, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float x = __bfloat162float(in[i]);
+        out[i] = __float2bfloat16_rn(x / (1.0f + expf(-x)));
+    }
+}
+
+__global__ void silu_backward_kernel(bf16 *din, const bf16 *dout, const bf16 *in, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float x = __bfloat162float(in[i]);
+        float s = 1.0f / (1.0f + expf(-x));
+        din[i] = __float2bfloat16_rn(__bfloat162float(dout[i]) * s * (1.0f + x * (1.0f - s)));
+    }
+}
+
+void hdlm_cuda_silu_forward(hdlm_bf16 *out, const hdlm_bf16 *in, size_t n, hdlm_stream stream) {
+    if (!n) return;
+    silu_forward_kernel<<<hdlm_elementwise_blocks(n, 256), 256, 0, (cudaStream_t)stream>>>(as_bf16(out), as_bf16(in),
+                                                                                            n);
+    HDLM_CUDA_LAUNCHED();
+}
+
+void hdlm_cuda_silu_backward(hdlm_bf16 *din, const hdlm_bf16 *dout, const hdlm_bf16 *in, size_t n,
+                             hdlm_stream stream) {
+    if (!n) return;
+    silu_backward_kernel<<<hdlm_elementwise_blocks(n, 256), 256, 0, (cudaStream_t)stream>>>(
+        as_bf16(din), as_bf16(dout), as_bf16(in), n);
+    HDLM_CUDA_LAUNCHED();
+}
+
+// mix = exp(−γσ) per token, the weight of the token's own row in the γ embedding (src/model.c).
+__global__ void gamma_mix_kernel(float *mix, const float *sigma, float gamma, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+        mix[i] = expf(-gamma * sigma[i]);
+}
+
+void hdlm_cuda_gamma_mix(float *mix, const float *sigma, float gamma, int n, hdlm_stream stream) {
+    if (n <= 0) return;
+    gamma_mix_kernel<<<hdlm_elementwise_blocks((size_t)n, 256), 256, 0, (cudaStream_t)stream>>>(mix, sigma, gamma, n);
+    HDLM_CUDA_LAUNCHED();
+}

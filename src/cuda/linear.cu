@@ -1,0 +1,198 @@
+// Linear layers through cuBLASLt (include/hdlm/cuda_ops.h; CPU twin src/layer_linear.c): bf16 inputs, fp32
+// accumulation, bias and GELU fused into the GEMM epilogue where cuBLASLt has a kernel for the shapes.
+//
+// cuBLASLt is column-major; a row-major X[r, c] is the column-major Xᵀ[c, r] with leading dimension c. So
+//   forward  out[N,o] = in·Wᵀ      is  outᵀ[o,N] = W[o,i]·inᵀ[i,N]:    A = W (op T), B = in (op N), m=o n=N k=i
+//   dW[o,i] += doutᵀ·in            is  dWᵀ[i,o] = inᵀ[i,N]·dout[N,o]:  A = in (op N), B = dout (op T), m=i n=o k=N
+//   din[N,i] = dout·W              is  dinᵀ[i,N] = Wᵀ[i,o]·doutᵀ[o,N]: A = W (op N), B = dout (op N), m=i n=N k=o
+// The bias (length m = o) is broadcast over the columns of Dᵀ, i.e. added to every row of out, as the BIAS epilogue
+// wants. cuBLASLt's GELU epilogues use the tanh form 0.5x(1 + tanh(√(2/π)(x + 0.044715x³))), the CPU's
+// (src/layer_mlp.c); tests/test_cuda_ops.c checks this at x = −3, where the erf form differs by 10 %.
+#include "column_reduce.cuh"
+#include "cuda_internal.cuh"
+
+#define GELU_K 0.7978845608028654f   // √(2/π)
+#define GELU_C 0.044715f
+
+// Largest power of two (≤ 256) dividing the address: the alignment the heuristic may assume for that matrix.
+static uint32_t pointer_alignment(const void *p) {
+    uintptr_t a = (uintptr_t)p;
+    uint32_t align = 256;
+    while (align > 1 && a % align) align /= 2;
+    return align;
+}
+
+typedef struct {
+    const void *ptr;
+    cudaDataType_t type;
+    int rows, cols, ld;   // of the stored (column-major) matrix
+} lt_matrix;
+
+typedef struct {
+    cublasLtEpilogue_t epilogue;
+    const void *bias;    // BIAS epilogues (bf16, length m)
+    const void *aux;     // GELU_AUX (written) or DGELU (read) matrix, bf16, leading dimension aux_ld
+    int64_t aux_ld;
+} lt_epilogue;
+
+// D = α·op(A)·op(B) + β·C with C = D, fp32 compute. Returns false (having done nothing) when cuBLASLt has no
+// algorithm for this combination, so the caller can fall back to an unfused epilogue.
+static bool lt_matmul(lt_matrix a, bool trans_a, lt_matrix b, bool trans_b, lt_matrix d, float beta,
+                      const lt_epilogue *ep, cudaStream_t stream) {
+    cublasLtHandle_t handle = hdlm_cublaslt_handle();
+    size_t workspace_bytes;
+    void *workspace = hdlm_cublaslt_workspace(&workspace_bytes);
+
+    cublasLtMatmulDesc_t desc;
+    HDLM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    HDLM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
+    HDLM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
+    cublasLtEpilogue_t epilogue = ep ? ep->epilogue : CUBLASLT_EPILOGUE_DEFAULT;
+    HDLM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
+    if (ep && ep->bias) {
+        cudaDataType_t bias_type = CUDA_R_16BF;
+        HDLM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                                         sizeof bias_type));
+        HDLM_CUBLAS_CHECK(
+            cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ep->bias, sizeof ep->bias));
+    }
+    if (ep && ep->aux) {
+        HDLM_CUBLAS_CHECK(
+            cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &ep->aux, sizeof ep->aux));
+        HDLM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ep->aux_ld,
+                                                         sizeof ep->aux_ld));
+    }
+
+    cublasLtMatrixLayout_t la, lb, ld;
+    HDLM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, a.type, a.rows, a.cols, a.ld));
+    HDLM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, b.type, b.rows, b.cols, b.ld));
+    HDLM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, d.type, d.rows, d.cols, d.ld));
+
+    // Tell the heuristic the real alignment of each buffer (views into flat buffers are not 256-byte aligned).
+    cublasLtMatmulPreference_t pref;
+    HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                           &workspace_bytes, sizeof workspace_bytes));
+    uint32_t align_a = pointer_alignment(a.ptr), align_b = pointer_alignment(b.ptr), align_d = pointer_alignment(d.ptr);
+    HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
+                                                           sizeof align_a));
+    HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
+                                                           sizeof align_b));
+    HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d,
+                                                           sizeof align_d));
+    HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d,
+                                                           sizeof align_d));
+
+    cublasLtMatmulHeuristicResult_t heuristic;
+    int found = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, desc, la, lb, ld, ld, pref, 1, &heuristic, &found);
+    bool ran = st == CUBLAS_STATUS_SUCCESS && found > 0;
+    if (ran) {
+        const float alpha = 1.0f;
+        HDLM_CUBLAS_CHECK(cublasLtMatmul(handle, desc, &alpha, a.ptr, la, b.ptr, lb, &beta, d.ptr, ld, (void *)d.ptr,
+                                         ld, &heuristic.algo, workspace, workspace_bytes, stream));
+    }
+    HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+    HDLM_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(ld));
+    HDLM_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(lb));
+    HDLM_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(la));
+    HDLM_CUBLAS_CHECK(cublasLtMatmulDescDestroy(desc));
+    return ran;
+}
+
+static void lt_matmul_must(lt_matrix a, bool trans_a, lt_matrix b, bool trans_b, lt_matrix d, float beta,
+                           cudaStream_t stream) {
+    if (!lt_matmul(a, trans_a, b, trans_b, d, beta, NULL, stream))
+        HDLM_DIE("cuBLASLt has no algorithm for the GEMM m=%d n=%d k=%d (op %c%c, lda %d ldb %d ldd %d)", d.rows,
+                 d.cols, trans_a ? a.rows : a.cols, trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', a.ld, b.ld, d.ld);
+}
+
+__device__ inline float gelu_tanh(float u) { return 0.5f * u * (1.0f + tanhf(GELU_K * (u + GELU_C * u * u * u))); }
+
+__device__ inline float gelu_tanh_grad(float u) {
+    float t = tanhf(GELU_K * (u + GELU_C * u * u * u));
+    return 0.5f * (1.0f + t) + 0.5f * u * (1.0f - t * t) * GELU_K * (1.0f + 3.0f * GELU_C * u * u);
+}
+
+// Unfused epilogue (when cuBLASLt has no fused kernel, e.g. out_dim not a multiple of 8): out += b, then
+// gelu_out = GELU(out) on the rounded pre-activation, as the fused epilogue does.
+__global__ void bias_gelu_kernel(bf16 *out, bf16 *gelu_out, const bf16 *b, int n, int out_dim) {
+    size_t total = (size_t)n * out_dim;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        float u = __bfloat162float(out[i]);
+        if (b) {
+            u += __bfloat162float(b[i % out_dim]);
+            out[i] = __float2bfloat16_rn(u);
+            u = __bfloat162float(out[i]);
+        }
+        if (gelu_out) gelu_out[i] = __float2bfloat16_rn(gelu_tanh(u));
+    }
+}
+
+// Unfused DGELU: din ⊙= GELU'(pre_gelu).
+__global__ void dgelu_kernel(bf16 *din, const bf16 *pre_gelu, size_t total) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x)
+        din[i] = __float2bfloat16_rn(__bfloat162float(din[i]) * gelu_tanh_grad(__bfloat162float(pre_gelu[i])));
+}
+
+// One bias-gradient term: dout[r, c] as fp32.
+struct dout_value {
+    const bf16 *dout;
+    int cols;
+    __device__ float operator()(int r, int c) const { return __bfloat162float(dout[(size_t)r * cols + c]); }
+};
+
+void hdlm_cuda_linear_forward(hdlm_bf16 *out, hdlm_bf16 *gelu_out, const hdlm_bf16 *in, const hdlm_bf16 *w,
+                              const hdlm_bf16 *b, int n, int in_dim, int out_dim, hdlm_stream stream) {
+    if (n <= 0 || out_dim <= 0) return;
+    cudaStream_t s = (cudaStream_t)stream;
+    lt_matrix A = {w, CUDA_R_16BF, in_dim, out_dim, in_dim};
+    lt_matrix B = {in, CUDA_R_16BF, in_dim, n, in_dim};
+    // With GELU, D is gelu_out and the aux matrix (the pre-activation) is out; aux ld must be a multiple of 8.
+    lt_matrix D = {gelu_out ? (const void *)gelu_out : (const void *)out, CUDA_R_16BF, out_dim, n, out_dim};
+    if (gelu_out && out_dim % 8 == 0) {
+        lt_epilogue ep = {b ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX, b, out, out_dim};
+        if (lt_matmul(A, true, B, false, D, 0.0f, &ep, s)) return;
+    } else if (!gelu_out && b) {
+        lt_epilogue ep = {CUBLASLT_EPILOGUE_BIAS, b, NULL, 0};
+        if (lt_matmul(A, true, B, false, D, 0.0f, &ep, s)) return;
+    }
+    D.ptr = out;
+    lt_matmul_must(A, true, B, false, D, 0.0f, s);
+    if (b || gelu_out) {
+        size_t total = (size_t)n * out_dim;
+        bias_gelu_kernel<<<hdlm_elementwise_blocks(total, 256), 256, 0, s>>>(as_bf16(out), as_bf16(gelu_out),
+                                                                              as_bf16(b), n, out_dim);
+        HDLM_CUDA_LAUNCHED();
+    }
+}
+
+void hdlm_cuda_linear_backward(hdlm_bf16 *din, float *dw, float *db, const hdlm_bf16 *dout, const hdlm_bf16 *in,
+                               const hdlm_bf16 *w, const hdlm_bf16 *pre_gelu, int n, int in_dim, int out_dim,
+                               bool accumulate, hdlm_stream stream) {
+    HDLM_ASSERT(!(pre_gelu && accumulate), "linear backward: DGELU with an accumulated din is not defined");
+    if (n <= 0) return;
+    cudaStream_t s = (cudaStream_t)stream;
+    // dWᵀ[i,o] += inᵀ·dout, fp32 C = D with β = 1: the accumulation over micro-batches stays in fp32.
+    lt_matmul_must((lt_matrix){in, CUDA_R_16BF, in_dim, n, in_dim}, false,
+                   (lt_matrix){dout, CUDA_R_16BF, out_dim, n, out_dim}, true,
+                   (lt_matrix){dw, CUDA_R_32F, in_dim, out_dim, in_dim}, 1.0f, s);
+    if (db) {
+        hdlm_column_reduce(db, dout_value{as_bf16(dout), out_dim}, n, out_dim, s);
+    }
+    if (!din) return;
+    lt_matrix A = {w, CUDA_R_16BF, in_dim, out_dim, in_dim};
+    lt_matrix B = {dout, CUDA_R_16BF, out_dim, n, out_dim};
+    lt_matrix D = {din, CUDA_R_16BF, in_dim, n, in_dim};
+    if (pre_gelu && in_dim % 8 == 0) {
+        lt_epilogue ep = {CUBLASLT_EPILOGUE_DGELU, NULL, pre_gelu, in_dim};
+        if (lt_matmul(A, false, B, false, D, 0.0f, &ep, s)) return;
+    }
+    lt_matmul_must(A, false, B, false, D, accumulate ? 1.0f : 0.0f, s);
+    if (pre_gelu) {
+        size_t total = (size_t)n * in_dim;
+        dgelu_kernel<<<hdlm_elementwise_blocks(total, 256), 256, 0, s>>>(as_bf16(din), as_bf16(pre_gelu), total);
+        HDLM_CUDA_LAUNCHED();
+    }
+}
