@@ -29,7 +29,7 @@ __global__ void __launch_bounds__(COLUMN_REDUCE_X *COLUMN_REDUCE_Y)
     }
 }
 
-__global__ inline void column_finish_kernel(float *out, const float *partial, int chunks, int cols) {
+static __global__ void column_finish_kernel(float *out, const float *partial, int chunks, int cols) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= cols) return;
     float total = 0.0f;

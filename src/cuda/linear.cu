@@ -14,6 +14,10 @@
 #define GELU_K 0.7978845608028654f   // √(2/π)
 #define GELU_C 0.044715f
 
+// Bias and aux pointers of fused epilogues: cuBLASLt kernels load them in 16-byte vectors, and the heuristic is
+// not told their alignment (views into the flat bf16 weight buffer can sit at any even address).
+enum { EPILOGUE_ALIGNMENT = 16 };
+
 // Largest power of two (≤ 256) dividing the address: the alignment the heuristic may assume for that matrix.
 static uint32_t pointer_alignment(const void *p) {
     uintptr_t a = (uintptr_t)p;
@@ -151,10 +155,11 @@ void hdlm_cuda_linear_forward(hdlm_bf16 *out, hdlm_bf16 *gelu_out, const hdlm_bf
     lt_matrix B = {in, CUDA_R_16BF, in_dim, n, in_dim};
     // With GELU, D is gelu_out and the aux matrix (the pre-activation) is out; aux ld must be a multiple of 8.
     lt_matrix D = {gelu_out ? (const void *)gelu_out : (const void *)out, CUDA_R_16BF, out_dim, n, out_dim};
-    if (gelu_out && out_dim % 8 == 0) {
+    bool bias_fusable = !b || pointer_alignment(b) >= EPILOGUE_ALIGNMENT;
+    if (gelu_out && out_dim % 8 == 0 && bias_fusable && pointer_alignment(out) >= EPILOGUE_ALIGNMENT) {
         lt_epilogue ep = {b ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX, b, out, out_dim};
         if (lt_matmul(A, true, B, false, D, 0.0f, &ep, s)) return;
-    } else if (!gelu_out && b) {
+    } else if (!gelu_out && b && bias_fusable) {
         lt_epilogue ep = {CUBLASLT_EPILOGUE_BIAS, b, NULL, 0};
         if (lt_matmul(A, true, B, false, D, 0.0f, &ep, s)) return;
     }
@@ -178,14 +183,12 @@ void hdlm_cuda_linear_backward(hdlm_bf16 *din, float *dw, float *db, const hdlm_
     lt_matmul_must((lt_matrix){in, CUDA_R_16BF, in_dim, n, in_dim}, false,
                    (lt_matrix){dout, CUDA_R_16BF, out_dim, n, out_dim}, true,
                    (lt_matrix){dw, CUDA_R_32F, in_dim, out_dim, in_dim}, 1.0f, s);
-    if (db) {
-        hdlm_column_reduce(db, dout_value{as_bf16(dout), out_dim}, n, out_dim, s);
-    }
+    if (db) hdlm_column_reduce(db, dout_value{as_bf16(dout), out_dim}, n, out_dim, s);
     if (!din) return;
     lt_matrix A = {w, CUDA_R_16BF, in_dim, out_dim, in_dim};
     lt_matrix B = {dout, CUDA_R_16BF, out_dim, n, out_dim};
     lt_matrix D = {din, CUDA_R_16BF, in_dim, n, in_dim};
-    if (pre_gelu && in_dim % 8 == 0) {
+    if (pre_gelu && in_dim % 8 == 0 && pointer_alignment(pre_gelu) >= EPILOGUE_ALIGNMENT) {
         lt_epilogue ep = {CUBLASLT_EPILOGUE_DGELU, NULL, pre_gelu, in_dim};
         if (lt_matmul(A, false, B, false, D, 0.0f, &ep, s)) return;
     }
