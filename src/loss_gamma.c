@@ -4,8 +4,7 @@
 #include "hdlm/common.h"
 #include "hdlm/diffusion.h"
 
-// Block weight of settled position i (spec §5.6): with nb = ⌈n_set/ω⌉ blocks, 1 when nb = 1, else ⌊i/ω⌋/(nb-1).
-static double settled_block_weight(const hdlm_step *st, int i) {
+double hdlm_gamma_settled_weight(const hdlm_step *st, int i) {
     int nb = (st->n_set + st->width - 1) / st->width;
     return nb <= 1 ? 1.0 : (double)(i / st->width) / (nb - 1);
 }
@@ -28,7 +27,7 @@ double hdlm_gamma_loss(const hdlm_gamma_config *cfg, const hdlm_step *const *ste
         diffusion[r] = ce[r] = 0.0;
         if (st->cls[i] == HDLM_POS_SETTLED) {
             // Plain CE over all V entries, averaged over the n_set settled tokens of the sequence.
-            double coef = settled_block_weight(st, i) / st->n_set / batch;
+            double coef = hdlm_gamma_settled_weight(st, i) / st->n_set / batch;
             ce[r] = coef * hdlm_ce_row(o, vocab, vocab, x0[r], cfg->ce_weight * coef, grad);
         } else {
             double t = st->t[i], coef = hdlm_loglinear_dsigma(t) * st->weight[i] / batch;

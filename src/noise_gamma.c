@@ -59,10 +59,11 @@ void hdlm_gamma_prior_sample(double gamma, int count, int vocab, uint64_t key, u
                                                    : (uint32_t)hdlm_rng_below(&rng, (uint64_t)(vocab - 1));
 }
 
-// e^σ - 1 as the reference computes it: expm1 below 0.5, exp - 1 above (spec §5.4).
-static double sigma_expm1(double sigma) { return sigma < 0.5 ? expm1(sigma) : exp(sigma) - 1.0; }
+double hdlm_gamma_sigma_expm1(double sigma) { return sigma < 0.5 ? expm1(sigma) : exp(sigma) - 1.0; }
 
-double hdlm_gamma_log_score_shift(double sigma, int vocab) { return -log(sigma_expm1(sigma)) - log(vocab - 1.0); }
+double hdlm_gamma_log_score_shift(double sigma, int vocab) {
+    return -log(hdlm_gamma_sigma_expm1(sigma)) - log(vocab - 1.0);
+}
 
 void hdlm_gamma_scale_by_sigma(const float *sigma, int length, int vocab, float *out) {
     for (int i = 0; i < length; i++) {
@@ -85,7 +86,7 @@ double hdlm_gamma_score_entropy(const float *o, int vocab, uint32_t x, uint32_t 
     const double eps0 = 1e-12;
     const int N = vocab - 1;
     HDLM_ASSERT(x0 < (uint32_t)N && x <= (uint32_t)N, "score entropy needs a real x0 (%u) and x <= MASK (%u)", x0, x);
-    double E = sigma_expm1(sigma);
+    double E = hdlm_gamma_sigma_expm1(sigma);
     double sum_s = 0, sum_o = 0;
     for (int y = 0; y < N; y++) {   // one exp per entry: s_y is kept in grad for the gradient pass
         double s = exp((double)o[y]);

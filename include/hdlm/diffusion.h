@@ -114,6 +114,9 @@ void hdlm_gamma_sigmas(const hdlm_step *st, float *sigma);
 double hdlm_gamma_prior_mask_prob(double gamma);
 void hdlm_gamma_prior_sample(double gamma, int count, int vocab, uint64_t key, uint32_t *x);
 
+// E = e^σ - 1 as the reference computes it: expm1 below σ = 0.5, exp - 1 above (spec §5.4).
+double hdlm_gamma_sigma_expm1(double sigma);
+
 // Score parametrisation (spec §5.4). Step 1, `scale_by_sigma`: o = raw - log(e^σ_i - 1) - log(V - 1), the shift
 // being hdlm_gamma_log_score_shift(σ_i, V); hdlm_gamma_scale_by_sigma applies it in place to out[L, V] of one
 // sequence. Its backward is the identity (the shift does not depend on the outputs).
@@ -145,6 +148,8 @@ typedef struct {
 // The γ loss of spec §5.6: diffusion_weight·mean_b Σ_{i not settled} σ'_i·w_i·SE_{b,i} + ce_weight·mean_b C_b,
 // C_b = Σ_{i<n_set} CE(o_{b,i}, x0)·bw_i / n_set (0 when n_set = 0). out = log-scores after scale_by_sigma.
 // Returns the loss, writes d(loss)/d(out) into dout (may be NULL) and the two terms into terms (may be NULL).
+// Block weight bw_i of settled position i (spec §5.6): with nb = ⌈n_set/ω⌉ blocks, 1 when nb = 1, else ⌊i/ω⌋/(nb-1).
+double hdlm_gamma_settled_weight(const hdlm_step *st, int i);
 double hdlm_gamma_loss(const hdlm_gamma_config *cfg, const hdlm_step *const *steps, const float *out,
                        const uint32_t *xt, const uint32_t *x0, int batch, int vocab, float *dout,
                        hdlm_gamma_terms *terms);
