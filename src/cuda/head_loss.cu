@@ -314,58 +314,74 @@ void hdlm_cuda_head_rows_cross_entropy(hdlm_cuda_head_rows *rows, const hdlm_cor
     rows_upload(rows, (int)n, vocab, count, stream);
 }
 
+// The rows of position i of a step, by current token: [0] x = MASK, [1] x = x0, [2] real x ≠ x0 (a settled position
+// has one row, in [0..2]); row, target and skip are set per row. Per position, so B sequences sharing a step (the
+// reference's sampling) pay the transcendental functions once.
+static void gamma_position_rows(const hdlm_gamma_config *cfg, const hdlm_step *st, int i, int batch, int vocab,
+                                head_row out[3]) {
+    const int N = vocab - 1;
+    const double gamma = cfg->gamma;
+    head_row h = {};
+    // scale_by_sigma as the CPU model: o = z − (float)(log E(σ_f) + log(V − 1)), σ_f from hdlm_gamma_sigmas.
+    const float sigma_f = (float)hdlm_loglinear_sigma(st->t[i]);
+    h.shift = -(float)hdlm_gamma_log_score_shift(sigma_f, vocab);
+    if (st->cls[i] == HDLM_POS_SETTLED) {   // CE over all V entries (spec §5.6), MASK pinned by post-processing
+        h.coef = cfg->ce_weight * (hdlm_gamma_settled_weight(st, i) / st->n_set / batch);
+        h.kind = i + 1 < st->n_set ? ROW_CE_PINNED : ROW_CE;
+        h.width = vocab;
+        out[0] = out[1] = out[2] = h;
+        return;
+    }
+    // σ'-weighted score entropy (spec §5.5-5.6), the constants of each branch in fp64.
+    const double t = st->t[i], E = hdlm_gamma_sigma_expm1(hdlm_loglinear_sigma(t));
+    h.coef = cfg->diffusion_weight * (hdlm_loglinear_dsigma(t) * st->weight[i] / batch);
+    h.kind = ROW_SE;
+    h.width = N;
+    out[0] = out[1] = out[2] = h;
+    const double rr = 1.0 / (E + SE_EPS0), rho = 1.0 - N / (E + N + SE_EPS0);
+    out[0].alpha = 1.0 - gamma;
+    out[0].kappa = (1.0 - gamma) * rr;
+    out[0].cst = (1.0 - gamma) * rr * (log(rr + SE_EPS0) - 1.0);
+    out[1].alpha = gamma / N;
+    out[1].beta = gamma * rho / N;
+    out[1].cst = gamma * ((N - 1.0) / N) * rho * (log(rho + SE_EPS0) - 1.0);
+    out[2].alpha = gamma / N;
+    out[2].beta = gamma / N;
+    out[2].kappa = gamma / (E + SE_EPS0);
+    out[2].cst = gamma * ((-log(rho + SE_EPS0) - 1.0) / (rho + SE_EPS0) - (N - 2.0)) / N;
+}
+
 void hdlm_cuda_head_rows_gamma(hdlm_cuda_head_rows *rows, const hdlm_gamma_config *cfg, const hdlm_step *const *steps,
                                const uint32_t *xt, const uint32_t *x0, int batch, int vocab, hdlm_stream stream) {
-    const int L = steps[0]->length, N = vocab - 1;
+    const int L = steps[0]->length;
+    const uint32_t mask = (uint32_t)(vocab - 1);
     const long n = (long)batch * L;
     HDLM_ASSERT(n <= rows->capacity, "%ld head rows for a capacity of %d", n, rows->capacity);
-    const double gamma = cfg->gamma;
+    head_row *table = (head_row *)hdlm_malloc((size_t)L * 3 * sizeof *table);
     int count = 0;
-    for (long r = 0; r < n; r++) {
-        const hdlm_step *st = steps[r / L];
-        const int i = (int)(r % L);
+    for (int b = 0; b < batch; b++) {
+        const hdlm_step *st = steps[b];
         HDLM_ASSERT(st->length == L, "steps of lengths %d and %d in one batch", st->length, L);
-        head_row h = {};
-        h.row = (int32_t)r;
-        h.target = (int32_t)x0[r];
-        h.skip = -1;
-        // scale_by_sigma as the CPU model: o = z − (float)(log E(σ_f) + log(V − 1)), σ_f from hdlm_gamma_sigmas.
-        const float sigma_f = (float)hdlm_loglinear_sigma(st->t[i]);
-        h.shift = -(float)hdlm_gamma_log_score_shift(sigma_f, vocab);
-        if (st->cls[i] == HDLM_POS_SETTLED) {   // CE over all V entries (spec §5.6), MASK pinned by post-processing
-            HDLM_ASSERT(x0[r] < (uint32_t)vocab, "target %u outside the vocabulary %d", x0[r], vocab);
-            h.coef = cfg->ce_weight * (hdlm_gamma_settled_weight(st, i) / st->n_set / batch);
-            h.kind = i + 1 < st->n_set ? ROW_CE_PINNED : ROW_CE;
-            h.width = vocab;
-        } else {   // σ'-weighted score entropy (spec §5.5-5.6), the constants of each branch in fp64
-            const double t = st->t[i], sigma = hdlm_loglinear_sigma(t), E = hdlm_gamma_sigma_expm1(sigma);
+        if (b == 0 || st != steps[b - 1])
+            for (int i = 0; i < L; i++) gamma_position_rows(cfg, st, i, batch, vocab, table + 3 * i);
+        for (int i = 0; i < L; i++) {
+            const long r = (long)b * L + i;
             const uint32_t x = xt[r];
-            HDLM_ASSERT(x0[r] < (uint32_t)N && x <= (uint32_t)N,
-                        "score entropy needs a real x0 (%u) and x <= MASK (%u)", x0[r], x);
-            h.coef = cfg->diffusion_weight * (hdlm_loglinear_dsigma(t) * st->weight[i] / batch);
-            h.kind = ROW_SE;
-            h.width = N;
-            if (x == (uint32_t)N) {
-                const double rr = 1.0 / (E + SE_EPS0);
-                h.alpha = 1.0 - gamma;
-                h.kappa = (1.0 - gamma) * rr;
-                h.cst = (1.0 - gamma) * rr * (log(rr + SE_EPS0) - 1.0);
-            } else {
-                const double rho = 1.0 - N / (E + N + SE_EPS0);
-                h.skip = (int32_t)x;
-                h.alpha = gamma / N;
-                if (x == x0[r]) {
-                    h.beta = gamma * rho / N;
-                    h.cst = gamma * ((N - 1.0) / N) * rho * (log(rho + SE_EPS0) - 1.0);
-                } else {
-                    h.beta = gamma / N;
-                    h.kappa = gamma / (E + SE_EPS0);
-                    h.cst = gamma * ((-log(rho + SE_EPS0) - 1.0) / (rho + SE_EPS0) - (N - 2.0)) / N;
-                }
-            }
+            if (st->cls[i] == HDLM_POS_SETTLED)
+                HDLM_ASSERT(x0[r] < (uint32_t)vocab, "target %u outside the vocabulary %d", x0[r], vocab);
+            else
+                HDLM_ASSERT(x0[r] < mask && x <= mask, "score entropy needs a real x0 (%u) and x <= MASK (%u)", x0[r],
+                            x);
+            const bool se = st->cls[i] != HDLM_POS_SETTLED;
+            head_row h = table[3 * i + (!se || x == mask ? 0 : x == x0[r] ? 1 : 2)];
+            if (h.coef == 0.0) continue;
+            h.row = (int32_t)r;
+            h.target = (int32_t)x0[r];
+            h.skip = se && x != mask ? (int32_t)x : -1;   // Ā and P̄ leave out the current real token
+            rows->host[count++] = h;
         }
-        if (h.coef != 0.0) rows->host[count++] = h;
     }
+    free(table);
     rows_upload(rows, (int)n, vocab, count, stream);
 }
 
