@@ -396,6 +396,7 @@ void hdlm_cuda_head_loss(double *loss, hdlm_bf16 *dx, float *dw, float *db, void
     HDLM_ASSERT(rows->n == n && rows->vocab == vocab, "head rows filled for %d rows of vocab %d, used for %d of %d",
                 rows->n, rows->vocab, n, vocab);
     HDLM_ASSERT(((uintptr_t)workspace % ALIGN) == 0, "head workspace not %zu-byte aligned", ALIGN);
+    HDLM_ASSERT(!dx || dw, "head loss with dx but no dW");
     cudaStream_t s = (cudaStream_t)stream;
     const int count = rows->count, ld = logits_stride(vocab);
     // Workspace: values[n] fp64 | logits [chunk, ld] fp32 | grad [chunk, vocab] bf16 | xg, dxg [chunk, d] bf16.
