@@ -2,7 +2,8 @@
 // x, W, b: hdlm_linear_forward, then hdlm_corruption_loss (ε, ARDM widths) or scale_by_sigma + hdlm_gamma_post_process
 // + hdlm_gamma_loss (γ rows of several steps: settled with and without the pinned MASK entry, the absorbing and both
 // uniform branches of the score entropy), their backward and hdlm_linear_backward. Weight-0 rows are mixed in; the
-// workspace is shrunk so the rows run in several chunks, the last one partial. Skips without a usable GPU.
+// workspace is shrunk so the rows run in several chunks, the last one partial; a repeated ε run must give the same
+// bits. Skips without a usable GPU.
 //
 // Tolerances. Both sides start from the same bf16 values, so z differs only by fp32 summation order. Loss: relative
 // 1e-5 — per row the GPU differs from the CPU's fp64 by fp32 exp/logit rounding, ~1e-7 of the row's terms (the
@@ -245,6 +246,14 @@ static void check_cross_entropy(int batch, int length, int d, int V, int softmax
     gpu_run(&p, rows, chunk, true, &gpu);
     assert_loss(gpu.loss, cpu.loss);
     cpu_backward_and_compare(&p, dlogits, &cpu, &gpu, scored);
+    result again;   // a second run gives the same bits (fixed-order sums, no atomics)
+    result_alloc(&again, &p);
+    gpu_run(&p, rows, chunk, true, &again);
+    assert_true(again.loss == gpu.loss);
+    assert_memory_equal(again.dx, gpu.dx, (size_t)n * d * sizeof(float));
+    assert_memory_equal(again.dw, gpu.dw, (size_t)V * d * sizeof(float));
+    assert_memory_equal(again.db, gpu.db, (size_t)V * sizeof(float));
+    result_free(&again);
 
     hdlm_cuda_head_rows_free(rows);
     result_free(&cpu), result_free(&gpu);
@@ -287,10 +296,10 @@ static void check_gamma(int length, int width, int tau, const int *ks, int batch
     hdlm_step *steps = hdlm_malloc((size_t)batch * sizeof *steps);
     const hdlm_step **step_of = hdlm_malloc((size_t)batch * sizeof *step_of);
     int n_settled = 0, n_pinned = 0;
-    for (int bi = 0; bi < batch; bi++) {
+    for (int bi = 0; bi < batch; bi++) {   // equal neighbouring k share one step, as under per-batch sampling
         hdlm_step_alloc(&steps[bi], length);
         assert_int_equal(hdlm_schedule_step(&s, ks[bi] < s.k_max ? ks[bi] : s.k_max - 1, &steps[bi]), 0);
-        step_of[bi] = &steps[bi];
+        step_of[bi] = bi > 0 && ks[bi] == ks[bi - 1] ? step_of[bi - 1] : &steps[bi];
         n_settled += steps[bi].n_set;
         n_pinned += steps[bi].n_set > 1 ? steps[bi].n_set - 1 : 0;
     }
@@ -349,12 +358,13 @@ static void check_gamma(int length, int width, int tau, const int *ks, int batch
 }
 
 // Block-autoregressive steps (ω = 4, τ = 4) with settled prefixes of 0 to 3 blocks (block weights 0, ½ and 1), the
-// active block at levels 2, 1, 0 and 1 (t down to ε_a = 10⁻³), worthless rows; chunks of 11 rows.
+// active block at levels 2, 1, 0 and 1 (t down to ε_a = 10⁻³), worthless rows, two sequences sharing one step;
+// chunks of 11 rows.
 static void test_gamma_score_entropy(void **state) {
     (void)state;
     if (!gpu_usable()) skip();
-    static const int ks[4] = {2, 7, 12, 15};
-    check_gamma(16, 4, 4, ks, 4, 64, 1000, 11, 21);
+    static const int ks[5] = {2, 7, 12, 12, 15};
+    check_gamma(16, 4, 4, ks, 5, 64, 1000, 11, 21);
 }
 
 // The model's vocabulary on two short sequences: ρ ≈ 10⁻⁸ and r ≈ 10³ at the lowest level.
