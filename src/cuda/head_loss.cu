@@ -13,6 +13,7 @@
 // log-sum-exp combination) in fp64 — ρ = 1 − N/(E + N) at σ ≈ 10⁻³ is 2·10⁻⁸ and vanishes in fp32.
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cuda_internal.cuh"
 
@@ -218,6 +219,22 @@ __global__ void sum_values(double *loss, const double *value, int count) {
 
 // ---- host -----------------------------------------------------------------------------------------------------
 
+namespace {
+struct algo_key {
+    int rows, d, vocab, ld;
+    uint32_t align_a, align_b, align_c, pad;
+    uint64_t workspace;
+};
+struct algo_entry {
+    bool used;
+    algo_key key;
+    cublasLtMatmulAlgo_t algo;
+};
+constexpr int ALGO_CACHE = 8;
+algo_entry algo_cache[ALGO_CACHE];
+unsigned algo_next;
+}   // namespace
+
 // z[rows, ld] (fp32) = xg[rows, d]·Wᵀ with W [vocab, d]: in column-major terms zᵀ (vocab × rows, ld) = Wᵀ·xgᵀ,
 // A = W stored d × vocab (transposed), B = xg stored d × rows.
 static void head_logits(float *z, int ld, const bf16 *xg, const bf16 *w, int rows, int d, int vocab,
@@ -248,15 +265,25 @@ static void head_logits(float *z, int ld, const bf16 *xg, const bf16 *w, int row
                                                            sizeof align_c));
     HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c,
                                                            sizeof align_c));
-    cublasLtMatmulHeuristicResult_t heuristic;
-    int found = 0;
-    HDLM_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, op, la, lb, lc, lc, pref, 1, &heuristic, &found));
-    if (found == 0)
-        HDLM_DIE("cuBLASLt has no algorithm for the output head (%d rows, d %d, vocab %d, bf16 -> fp32)", rows, d,
-                 vocab);
+    // A step runs the same few shapes (full chunks and the last one) over and over: remember their algorithms.
+    const algo_key key = {rows, d, vocab, ld, align_a, align_b, align_c, 0, max_ws};
+    const cublasLtMatmulAlgo_t *algo = nullptr;
+    for (const algo_entry &e : algo_cache)
+        if (e.used && memcmp(&e.key, &key, sizeof key) == 0) algo = &e.algo;
+    if (!algo) {
+        cublasLtMatmulHeuristicResult_t heuristic;
+        int found = 0;
+        HDLM_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, op, la, lb, lc, lc, pref, 1, &heuristic, &found));
+        if (found == 0)
+            HDLM_DIE("cuBLASLt has no algorithm for the output head (%d rows, d %d, vocab %d, bf16 -> fp32)", rows, d,
+                     vocab);
+        algo_entry &e = algo_cache[algo_next++ % ALGO_CACHE];
+        e = {true, key, heuristic.algo};
+        algo = &e.algo;
+    }
     const float one = 1.0f, zero = 0.0f;
-    HDLM_CUBLAS_CHECK(cublasLtMatmul(handle, op, &one, w, la, xg, lb, &zero, z, lc, z, lc, &heuristic.algo, ws,
-                                     ws_bytes, stream));
+    HDLM_CUBLAS_CHECK(cublasLtMatmul(handle, op, &one, w, la, xg, lb, &zero, z, lc, z, lc, algo, ws, ws_bytes,
+                                     stream));
     // Descriptors are host objects read at the call: destroying them does not wait for the GEMM.
     HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
     HDLM_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(lc));
