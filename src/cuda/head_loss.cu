@@ -72,7 +72,8 @@ struct hdlm_cuda_head_rows {
     int capacity;
     int n, vocab;     // rows and vocabulary of the last fill
     int count;        // scored rows
-    head_row *host;   // pageable staging: cudaMemcpyAsync copies it before returning, so a refill may follow at once
+    head_row *host;         // pinned staging, so the upload is asynchronous...
+    cudaEvent_t uploaded;   // ...and a refill waits for the previous upload (long done by then) before writing it
     head_row *dev;
 };
 
@@ -298,7 +299,8 @@ hdlm_cuda_head_rows *hdlm_cuda_head_rows_create(int capacity) {
     HDLM_ASSERT(capacity > 0, "head rows for %d rows", capacity);
     hdlm_cuda_head_rows *rows = (hdlm_cuda_head_rows *)hdlm_calloc(1, sizeof *rows);
     rows->capacity = capacity;
-    rows->host = (head_row *)hdlm_malloc((size_t)capacity * sizeof(head_row));
+    HDLM_CUDA_CHECK(cudaMallocHost((void **)&rows->host, (size_t)capacity * sizeof(head_row)));
+    HDLM_CUDA_CHECK(cudaEventCreateWithFlags(&rows->uploaded, cudaEventDisableTiming));
     rows->dev = (head_row *)hdlm_cuda_malloc((size_t)capacity * sizeof(head_row));
     return rows;
 }
@@ -306,23 +308,33 @@ hdlm_cuda_head_rows *hdlm_cuda_head_rows_create(int capacity) {
 void hdlm_cuda_head_rows_free(hdlm_cuda_head_rows *rows) {
     if (!rows) return;
     hdlm_cuda_free(rows->dev);
-    free(rows->host);
+    HDLM_CUDA_CHECK(cudaEventDestroy(rows->uploaded));
+    HDLM_CUDA_CHECK(cudaFreeHost(rows->host));
     free(rows);
 }
 
+// The staging rows, once the previous upload from them has been done.
+static head_row *rows_staging(hdlm_cuda_head_rows *rows, long n) {
+    HDLM_ASSERT(n <= rows->capacity, "%ld head rows for a capacity of %d", n, rows->capacity);
+    HDLM_CUDA_CHECK(cudaEventSynchronize(rows->uploaded));
+    return rows->host;
+}
+
+// Queues the copy on `stream`: after the previous head loss (which read rows->dev), before the next.
 static void rows_upload(hdlm_cuda_head_rows *rows, int n, int vocab, int count, hdlm_stream stream) {
     rows->n = n;
     rows->vocab = vocab;
     rows->count = count;
-    if (count > 0)
-        HDLM_CUDA_CHECK(cudaMemcpyAsync(rows->dev, rows->host, (size_t)count * sizeof(head_row),
-                                        cudaMemcpyHostToDevice, (cudaStream_t)stream));
+    if (count == 0) return;
+    HDLM_CUDA_CHECK(cudaMemcpyAsync(rows->dev, rows->host, (size_t)count * sizeof(head_row), cudaMemcpyHostToDevice,
+                                    (cudaStream_t)stream));
+    HDLM_CUDA_CHECK(cudaEventRecord(rows->uploaded, (cudaStream_t)stream));
 }
 
 void hdlm_cuda_head_rows_cross_entropy(hdlm_cuda_head_rows *rows, const hdlm_corruption *c, const uint32_t *x0,
                                        int vocab, int softmax_width, hdlm_stream stream) {
     const long n = (long)c->batch * c->length;
-    HDLM_ASSERT(n <= rows->capacity, "%ld head rows for a capacity of %d", n, rows->capacity);
+    head_row *staging = rows_staging(rows, n);
     HDLM_ASSERT(softmax_width > 0 && softmax_width <= vocab, "softmax width %d for vocab %d", softmax_width, vocab);
     const double scale = 1.0 / c->norm;   // as hdlm_corruption_loss
     int count = 0;
@@ -336,7 +348,7 @@ void hdlm_cuda_head_rows_cross_entropy(hdlm_cuda_head_rows *rows, const hdlm_cor
         h.target = (int32_t)x0[r];
         h.width = softmax_width;
         h.skip = -1;
-        rows->host[count++] = h;
+        staging[count++] = h;
     }
     rows_upload(rows, (int)n, vocab, count, stream);
 }
@@ -383,7 +395,7 @@ void hdlm_cuda_head_rows_gamma(hdlm_cuda_head_rows *rows, const hdlm_gamma_confi
     const int L = steps[0]->length;
     const uint32_t mask = (uint32_t)(vocab - 1);
     const long n = (long)batch * L;
-    HDLM_ASSERT(n <= rows->capacity, "%ld head rows for a capacity of %d", n, rows->capacity);
+    head_row *staging = rows_staging(rows, n);
     head_row *table = (head_row *)hdlm_malloc((size_t)L * 3 * sizeof *table);
     int count = 0;
     for (int b = 0; b < batch; b++) {
@@ -405,7 +417,7 @@ void hdlm_cuda_head_rows_gamma(hdlm_cuda_head_rows *rows, const hdlm_gamma_confi
             h.row = (int32_t)r;
             h.target = (int32_t)x0[r];
             h.skip = se && x != mask ? (int32_t)x : -1;   // Ā and P̄ leave out the current real token
-            rows->host[count++] = h;
+            staging[count++] = h;
         }
     }
     free(table);
