@@ -67,11 +67,11 @@ uint32_t pointer_alignment(const void *p) {
 
 }   // namespace
 
-// (The handle's rows in device memory; head_row stays private to this file.)
+// A row set: the scored rows on the device and their host staging (head_row stays private to this file).
 struct hdlm_cuda_head_rows {
     int capacity;
-    int n, vocab;     // rows and vocabulary of the last fill
-    int count;        // scored rows
+    int n, vocab;           // rows and vocabulary of the last fill
+    int count;              // scored rows
     head_row *host;         // pinned staging, so the upload is asynchronous...
     cudaEvent_t uploaded;   // ...and a refill waits for the previous upload (long done by then) before writing it
     head_row *dev;
