@@ -38,6 +38,15 @@ static inline int hdlm_elementwise_blocks(size_t n, int threads) {
     return blocks < 1 ? 1 : blocks > 65536 ? 65536 : (int)blocks;
 }
 
+// Largest power of two (≤ 256) dividing the address: the alignment cuBLASLt's heuristic may assume for a matrix
+// (views into flat buffers are not 256-byte aligned).
+static inline uint32_t hdlm_pointer_alignment(const void *p) {
+    uintptr_t a = (uintptr_t)p;
+    uint32_t align = 256;
+    while (align > 1 && a % align) align /= 2;
+    return align;
+}
+
 static inline const bf16 *as_bf16(const hdlm_bf16 *p) { return reinterpret_cast<const bf16 *>(p); }
 static inline bf16 *as_bf16(hdlm_bf16 *p) { return reinterpret_cast<bf16 *>(p); }
 

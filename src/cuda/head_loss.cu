@@ -57,14 +57,6 @@ size_t bytes_per_row(int d, int vocab) {
     return (size_t)logits_stride(vocab) * sizeof(float) + (size_t)vocab * sizeof(bf16) + 2 * (size_t)d * sizeof(bf16);
 }
 
-// Largest power of two dividing the address, up to 256 (cuBLASLt's minimum-alignment preferences).
-uint32_t pointer_alignment(const void *p) {
-    uintptr_t a = (uintptr_t)p;
-    uint32_t align = 256;
-    while (align > 1 && a % align) align /= 2;
-    return align;
-}
-
 }   // namespace
 
 // A row set: the scored rows on the device and their host staging (head_row stays private to this file).
@@ -255,7 +247,8 @@ static void head_logits(float *z, int ld, const bf16 *xg, const bf16 *w, int row
     cublasLtMatmulPreference_t pref;
     HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     const uint64_t max_ws = ws_bytes;
-    const uint32_t align_a = pointer_alignment(w), align_b = pointer_alignment(xg), align_c = pointer_alignment(z);
+    const uint32_t align_a = hdlm_pointer_alignment(w), align_b = hdlm_pointer_alignment(xg);
+    const uint32_t align_c = hdlm_pointer_alignment(z);
     HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &max_ws,
                                                            sizeof max_ws));
     HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
@@ -461,7 +454,7 @@ void hdlm_cuda_head_loss(double *loss, hdlm_bf16 *dx, float *dw, float *db, void
     for (int first = 0; first < count; first += chunk) {
         const int rows_c = count - first < chunk ? count - first : chunk;
         const head_row *hr = rows->dev + first;
-        const int copy_blocks = hdlm_ceil_div((size_t)rows_c * d, 256);
+        const int copy_blocks = hdlm_elementwise_blocks((size_t)rows_c * d, 256);
         gather_rows<<<copy_blocks, 256, 0, s>>>(xg, as_bf16(x), hr, rows_c, d);
         HDLM_CUDA_LAUNCHED();
         head_logits(logits, ld, xg, as_bf16(w), rows_c, d, vocab, s);

@@ -18,14 +18,6 @@
 // not told their alignment (views into the flat bf16 weight buffer can sit at any even address).
 enum { EPILOGUE_ALIGNMENT = 16 };
 
-// Largest power of two (≤ 256) dividing the address: the alignment the heuristic may assume for that matrix.
-static uint32_t pointer_alignment(const void *p) {
-    uintptr_t a = (uintptr_t)p;
-    uint32_t align = 256;
-    while (align > 1 && a % align) align /= 2;
-    return align;
-}
-
 typedef struct {
     const void *ptr;
     cudaDataType_t type;
@@ -78,7 +70,8 @@ static bool lt_matmul(lt_matrix a, bool trans_a, lt_matrix b, bool trans_b, lt_m
     HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                            &workspace_bytes, sizeof workspace_bytes));
-    uint32_t align_a = pointer_alignment(a.ptr), align_b = pointer_alignment(b.ptr), align_d = pointer_alignment(d.ptr);
+    uint32_t align_a = hdlm_pointer_alignment(a.ptr), align_b = hdlm_pointer_alignment(b.ptr);
+    uint32_t align_d = hdlm_pointer_alignment(d.ptr);
     HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
                                                            sizeof align_a));
     HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
@@ -155,8 +148,8 @@ void hdlm_cuda_linear_forward(hdlm_bf16 *out, hdlm_bf16 *gelu_out, const hdlm_bf
     lt_matrix B = {in, CUDA_R_16BF, in_dim, n, in_dim};
     // With GELU, D is gelu_out and the aux matrix (the pre-activation) is out; aux ld must be a multiple of 8.
     lt_matrix D = {gelu_out ? (const void *)gelu_out : (const void *)out, CUDA_R_16BF, out_dim, n, out_dim};
-    bool bias_fusable = !b || pointer_alignment(b) >= EPILOGUE_ALIGNMENT;
-    if (gelu_out && out_dim % 8 == 0 && bias_fusable && pointer_alignment(out) >= EPILOGUE_ALIGNMENT) {
+    bool bias_fusable = !b || hdlm_pointer_alignment(b) >= EPILOGUE_ALIGNMENT;
+    if (gelu_out && out_dim % 8 == 0 && bias_fusable && hdlm_pointer_alignment(out) >= EPILOGUE_ALIGNMENT) {
         lt_epilogue ep = {b ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX, b, out, out_dim};
         if (lt_matmul(A, true, B, false, D, 0.0f, &ep, s)) return;
     } else if (!gelu_out && b && bias_fusable) {
@@ -188,7 +181,7 @@ void hdlm_cuda_linear_backward(hdlm_bf16 *din, float *dw, float *db, const hdlm_
     lt_matrix A = {w, CUDA_R_16BF, in_dim, out_dim, in_dim};
     lt_matrix B = {dout, CUDA_R_16BF, out_dim, n, out_dim};
     lt_matrix D = {din, CUDA_R_16BF, in_dim, n, in_dim};
-    if (pre_gelu && in_dim % 8 == 0 && pointer_alignment(pre_gelu) >= EPILOGUE_ALIGNMENT) {
+    if (pre_gelu && in_dim % 8 == 0 && hdlm_pointer_alignment(pre_gelu) >= EPILOGUE_ALIGNMENT) {
         lt_epilogue ep = {CUBLASLT_EPILOGUE_DGELU, NULL, pre_gelu, in_dim};
         if (lt_matmul(A, false, B, false, D, 0.0f, &ep, s)) return;
     }
