@@ -502,7 +502,7 @@ int hdlm_cuda_model_forward_gamma(hdlm_cuda_model *m, const hdlm_model_input *in
     rows.sigma = m->sigma;
     rows.weights = m->weight;
     rows.row_kind = m->kind;
-    rows.gamma = c->gamma;
+    rows.gamma = (float)config->gamma;
     hdlm_cuda_head_score_entropy(m->loss_dev, backward ? m->dlnf : NULL, backward ? m->g.head_w : NULL,
                                  backward ? m->g.head_b : NULL, m->lnf, shadow(m, m->p.head_w),
                                  shadow(m, m->p.head_b), &rows, 1.0f, N, c->width, c->vocab, m->stream);

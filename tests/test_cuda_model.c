@@ -1,0 +1,317 @@
+// The GPU model (hdlm/cuda_model.h) against the CPU model: one whole training step — forward, loss, backward — for
+// the ε objective (full mask and a hyperschedule mask with settled, active and worthless positions), ARDM (MASK left
+// out of the softmax) and γ (score entropy + settled CE), with dropout 0 and 0.1 (same keys, so the same elements are
+// dropped); the loss and EVERY parameter gradient are compared. Also the grad-ready hook (same order and offsets as
+// the CPU model, one event per point) and a forward without backward leaving the gradients alone.
+//
+// Tolerances (bf16 activations and matmul inputs, fp32 accumulation, fp32 residual stream and statistics): the
+// parameters are rounded to bf16 first, so the GPU's bf16 weight shadow is exact and only activations are rounded
+// (relative error 2⁻⁹ ≈ 2e-3 per rounding). Through two blocks forward and back, a few roundings add up to ~1 % of a
+// gradient's RMS; we allow, per tensor, an RMS error of 3e-2 × the CPU gradient's RMS and a largest error of 0.1 × its
+// largest entry (bf16 errors are ~Gaussian: the worst of ~10⁵ entries is ~4.5 RMS errors). The loss is a mean over
+// rows, where rounding errors average out: relative tolerance 5e-3. A wrong row, weight, offset, dropout key or
+// missing term moves some tensor far beyond these (a swapped or missing layer gives errors of order 1).
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "hdlm/common.h"
+#include "hdlm/cuda.h"
+#ifdef HDLM_HAVE_CUDA
+#include "hdlm/cuda_model.h"
+#include "hdlm/diffusion.h"
+#include "hdlm/model.h"
+#include "hdlm/rng.h"
+#include "hdlm/schedule.h"
+#endif
+
+// Skips the test (printing why) unless a GPU is usable; initialises the runtime once.
+static bool gpu_or_skip(void) {
+#ifdef HDLM_HAVE_CUDA
+    static int ready = -1;
+    if (ready < 0) {
+        ready = hdlm_cuda_device_count() > 0 && hdlm_cuda_init(0) == 0;
+        if (!ready) print_message("no GPU: %s\n", hdlm_cuda_unavailable_reason());
+    }
+    return ready == 1;
+#else
+    print_message("built without the CUDA backend: %s\n", hdlm_cuda_unavailable_reason());
+    return false;
+#endif
+}
+
+#ifdef HDLM_HAVE_CUDA
+
+enum { B = 2, L = 64, V = 1000 };
+static const double LOSS_TOL = 5e-3, GRAD_RMS_TOL = 3e-2, GRAD_MAX_TOL = 0.1;
+
+// Width 256 with 4 heads gives head dim 64, the flash-attention fast path the real model uses.
+static hdlm_model_config small_config(hdlm_family family, float dropout) {
+    hdlm_model_config c = hdlm_model_config_ddit_small(family);
+    c.width = 256;
+    c.n_layers = 2;
+    c.n_heads = 4;
+    c.mlp_ratio = 4;
+    c.cond_dim = 64;
+    c.vocab = V;
+    c.max_length = L;
+    c.dropout = dropout;
+    c.gamma = 0.05f;   // larger than the paper's 0.01 so that the MASK mix carries a visible gradient
+    return c;
+}
+
+// Random parameters of moderate size everywhere (the §7.6 init zeroes the head and adaLN, which would hide every
+// gradient below them), rounded to bf16 so the GPU's bf16 shadow equals the fp32 master exactly.
+static void randomize_params(hdlm_model *m, uint64_t seed) {
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, hdlm_rng_key(seed, 0, 0, HDLM_RNG_INIT));
+    for (int i = 0; i < m->n_tensors; i++) {
+        const hdlm_tensor *t = &m->tensors[i];
+        if (!t->trainable) continue;
+        float *x = m->params + t->offset;
+        bool norm = t->init == HDLM_INIT_ONE;
+        float bound = t->fan_in > 0 ? 1.5f / sqrtf((float)t->fan_in) : 0.2f;
+        if (strstr(t->name, "adaLN")) bound = 0.25f;
+        for (size_t k = 0; k < t->numel; k++) {
+            float v = (norm ? 1.0f : 0.0f) + (2.0f * hdlm_rng_uniform(&rng) - 1.0f) * bound;
+            x[k] = hdlm_bf16_to_float(hdlm_bf16_from_float(v));
+        }
+    }
+}
+
+// A block step of L = 64, ω = 16: settled 0..31 (two blocks, so the γ CE block weights differ), active 32..47,
+// worthless 48..63.
+static void hyperschedule_step(hdlm_schedule *s, hdlm_step *st, hdlm_context_type context, hdlm_block_type block) {
+    assert_int_equal(hdlm_schedule_init(s, HDLM_SCHEDULE_BLOCK, L, 16, 4, HDLM_SAMPLING_EPS, context, block), 0);
+    hdlm_step_alloc(st, L);
+    for (int k = 1; k < s->k_max; k++) {
+        assert_int_equal(hdlm_schedule_step(s, k, st), 0);
+        if (st->n_set == 32 && st->n_active > 0 && st->a_end < L - 1) return;
+    }
+    fail_msg("no step with 32 settled positions, active and worthless ones");
+}
+
+// Per-tensor comparison of GPU and CPU gradients (tolerances in the header comment). Returns the worst RMS ratio.
+static double compare_grads(const hdlm_model *cpu, const float *gpu_grads, const char *label) {
+    double worst = 0;
+    const char *worst_name = "";
+    bool ok = true;
+    for (int i = 0; i < cpu->n_tensors; i++) {
+        const hdlm_tensor *t = &cpu->tensors[i];
+        if (!t->trainable) continue;
+        const float *a = cpu->grads + t->offset, *b = gpu_grads + t->offset;
+        double ss = 0, se = 0, amax = 0, emax = 0;
+        for (size_t k = 0; k < t->numel; k++) {
+            double e = fabs((double)b[k] - a[k]);
+            ss += (double)a[k] * a[k];
+            se += e * e;
+            amax = fmax(amax, fabs(a[k]));
+            emax = isnan(e) ? INFINITY : fmax(emax, e);
+        }
+        double rms = sqrt(ss / t->numel), erms = sqrt(se / t->numel);
+        double ratio = rms > 0 ? erms / rms : (emax > 0 ? INFINITY : 0);
+        bool bad = !(ratio <= GRAD_RMS_TOL) || !(emax <= GRAD_MAX_TOL * amax);
+        if (bad) {
+            print_message("  %s: %s rms %.3e, error rms %.3e (ratio %.3e), max %.3e vs largest %.3e\n", label, t->name,
+                          rms, erms, ratio, emax, amax);
+            ok = false;
+        }
+        if (ratio > worst) {
+            worst = ratio;
+            worst_name = t->name;
+        }
+    }
+    print_message("  %-28s worst gradient error %.3e of the RMS (%s)\n", label, worst, worst_name);
+    assert_true(ok);
+    return worst;
+}
+
+static void assert_loss_close(double gpu, double cpu, const char *label) {
+    print_message("  %-28s loss %.6f (CPU %.6f, relative error %.2e)\n", label, gpu, cpu, fabs(gpu - cpu) / fabs(cpu));
+    assert_true(isfinite(gpu));
+    assert_true(fabs(gpu - cpu) <= LOSS_TOL * fabs(cpu));
+}
+
+typedef enum { CASE_EPS_FULL, CASE_EPS_HYPER, CASE_ARDM, CASE_GAMMA } case_kind;
+
+// The `from` offsets of the grad-ready hook, and the events of the GPU hook.
+typedef struct {
+    hdlm_cuda_model *gpu;   // NULL for the CPU model
+    size_t from[64];
+    void *event[64];
+    int count;
+} hook_log;
+
+static void hook_record(void *ctx, size_t from) {
+    hook_log *h = ctx;
+    assert_true(h->count < 64);
+    h->event[h->count] = h->gpu ? hdlm_cuda_model_grad_event(h->gpu) : NULL;
+    h->from[h->count++] = from;
+}
+
+// One training step of `kind` on both models with the same parameters, data, mask and dropout key.
+static void run_case(case_kind kind, float dropout, const char *label) {
+    bool gamma = kind == CASE_GAMMA;
+    hdlm_model_config config = small_config(gamma ? HDLM_FAMILY_GAMMA : HDLM_FAMILY_EPSILON, dropout);
+    hdlm_model *cpu;
+    assert_int_equal(hdlm_model_create(&cpu, &config), 0);
+    randomize_params(cpu, 11 + (uint64_t)kind);
+    hdlm_cuda_model *gpu;
+    assert_int_equal(hdlm_cuda_model_create(&gpu, cpu), 0);
+    assert_int_equal(hdlm_cuda_model_n_params(gpu), cpu->n_params);
+
+    const int N = B * L;
+    uint32_t x0[B * L], xt[B * L];
+    float sigma[B * L];
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, hdlm_rng_key(5, 0, (uint64_t)kind, HDLM_RNG_NOISE));
+    for (int i = 0; i < N; i++) x0[i] = (uint32_t)hdlm_rng_below(&rng, V - 1);
+    uint64_t noise_key = hdlm_rng_key(7, 0, (uint64_t)kind, HDLM_RNG_NOISE);
+
+    hdlm_schedule sched = {0};
+    hdlm_step st = {0};
+    const hdlm_step *steps[B];
+    bool hyper = kind == CASE_EPS_HYPER || kind == CASE_GAMMA;
+    if (hyper)
+        hyperschedule_step(&sched, &st, gamma ? HDLM_CONTEXT_CAUSAL : HDLM_CONTEXT_BLOCK_CAUSAL,
+                           gamma ? HDLM_BLOCK_CAUSAL : HDLM_BLOCK_FULL);
+    for (int b = 0; b < B; b++) steps[b] = &st;
+
+    hdlm_corruption corr;
+    hdlm_corruption_alloc(&corr, B, L);
+    hdlm_eps_config eps_cfg = {HDLM_EPS_LOSS_HYBRID, 0.01, 1.0};
+    hdlm_ardm_config ardm_cfg = {1e-4, 1, 0};
+    hdlm_gamma_config gamma_cfg = {config.gamma, 1.0, 1.0};
+    int width = V;
+    switch (kind) {
+    case CASE_EPS_FULL:
+        hdlm_epsilon_corrupt_unscheduled(&eps_cfg, HDLM_SAMPLING_EPS, x0, V, noise_key, &corr, NULL);
+        break;
+    case CASE_EPS_HYPER: hdlm_epsilon_corrupt(&eps_cfg, steps, x0, V, noise_key, &corr); break;
+    case CASE_ARDM:
+        hdlm_ardm_corrupt(&ardm_cfg, x0, V, noise_key, &corr, NULL);
+        width = hdlm_ardm_softmax_width(&ardm_cfg, V);
+        assert_int_equal(width, V - 1);
+        break;
+    case CASE_GAMMA:
+        hdlm_gamma_corrupt(gamma_cfg.gamma, steps, x0, B, V, noise_key, xt);
+        for (int b = 0; b < B; b++) hdlm_gamma_sigmas(steps[b], sigma + b * L);
+        break;
+    }
+    hdlm_model_input in = {gamma ? xt : corr.xt, gamma ? sigma : NULL, hyper ? &st.mask : NULL, B, L, dropout > 0,
+                           hdlm_rng_key(9, 0, (uint64_t)kind, HDLM_RNG_DROPOUT)};
+
+    // CPU step (as src/trainer.c does it).
+    hook_log cpu_hooks = {0}, gpu_hooks = {0};
+    gpu_hooks.gpu = gpu;
+    cpu->grad_ready = hook_record;
+    cpu->grad_ready_ctx = &cpu_hooks;
+    hdlm_model_zero_grad(cpu);
+    assert_int_equal(hdlm_model_forward(cpu, &in), 0);
+    float *dout = hdlm_malloc((size_t)N * V * sizeof(float));
+    double cpu_loss;
+    if (gamma) {
+        for (int b = 0; b < B; b++) hdlm_gamma_post_process(steps[b], V, cpu->out + (size_t)b * L * V);
+        cpu_loss = hdlm_gamma_loss(&gamma_cfg, steps, cpu->out, xt, x0, B, V, dout, NULL);
+        for (int b = 0; b < B; b++) hdlm_gamma_post_process_backward(steps[b], V, dout + (size_t)b * L * V);
+    } else {
+        cpu_loss = hdlm_corruption_loss(&corr, x0, cpu->out, V, width, dout);
+    }
+    hdlm_model_backward(cpu, dout);
+
+    // A forward without backward gives the same loss and leaves the gradients alone.
+    float *grads = hdlm_malloc(cpu->n_params * sizeof(float));
+    hdlm_cuda_model_zero_grad(gpu);
+    if (gamma) assert_int_equal(hdlm_cuda_model_forward_gamma(gpu, &in, &gamma_cfg, steps, x0, false), 0);
+    else assert_int_equal(hdlm_cuda_model_forward_epsilon(gpu, &in, &corr, x0, width, false), 0);
+    double eval_loss = hdlm_cuda_model_loss(gpu);
+    hdlm_cuda_model_download_grads(gpu, grads);
+    for (size_t k = 0; k < cpu->n_params; k++) assert_true(grads[k] == 0.0f);
+
+    // GPU step.
+    hdlm_cuda_model_set_grad_ready(gpu, hook_record, &gpu_hooks);
+    if (gamma) assert_int_equal(hdlm_cuda_model_forward_gamma(gpu, &in, &gamma_cfg, steps, x0, true), 0);
+    else assert_int_equal(hdlm_cuda_model_forward_epsilon(gpu, &in, &corr, x0, width, true), 0);
+    hdlm_cuda_model_backward(gpu);
+    double gpu_loss = hdlm_cuda_model_loss(gpu);
+    hdlm_cuda_model_download_grads(gpu, grads);
+
+    assert_loss_close(gpu_loss, cpu_loss, label);
+    assert_true(fabs(eval_loss - gpu_loss) <= 1e-6 * fabs(gpu_loss));
+    compare_grads(cpu, grads, label);
+
+    // The hook: CPU order and offsets, a distinct event at each point.
+    assert_int_equal(gpu_hooks.count, config.n_layers + 1);
+    assert_int_equal(gpu_hooks.count, cpu_hooks.count);
+    for (int i = 0; i < gpu_hooks.count; i++) {
+        assert_true(gpu_hooks.from[i] == cpu_hooks.from[i]);
+        assert_non_null(gpu_hooks.event[i]);
+        for (int j = 0; j < i; j++) assert_ptr_not_equal(gpu_hooks.event[i], gpu_hooks.event[j]);
+    }
+
+    free(grads);
+    free(dout);
+    hdlm_corruption_free(&corr);
+    if (hyper) {
+        hdlm_step_free(&st);
+        hdlm_schedule_free(&sched);
+    }
+    hdlm_cuda_model_free(gpu);
+    hdlm_model_free(cpu);
+}
+
+#endif
+
+static void test_epsilon_full_mask(void **state) {
+    (void)state;
+    if (!gpu_or_skip()) skip();
+#ifdef HDLM_HAVE_CUDA
+    run_case(CASE_EPS_FULL, 0.0f, "epsilon full");
+    run_case(CASE_EPS_FULL, 0.1f, "epsilon full, dropout 0.1");
+#endif
+}
+
+static void test_epsilon_hyperschedule(void **state) {
+    (void)state;
+    if (!gpu_or_skip()) skip();
+#ifdef HDLM_HAVE_CUDA
+    run_case(CASE_EPS_HYPER, 0.0f, "epsilon hyperschedule");
+    run_case(CASE_EPS_HYPER, 0.1f, "epsilon hyperschedule, p 0.1");
+#endif
+}
+
+static void test_ardm(void **state) {
+    (void)state;
+    if (!gpu_or_skip()) skip();
+#ifdef HDLM_HAVE_CUDA
+    run_case(CASE_ARDM, 0.0f, "ardm (softmax V-1)");
+#endif
+}
+
+static void test_gamma_hyperschedule(void **state) {
+    (void)state;
+    if (!gpu_or_skip()) skip();
+#ifdef HDLM_HAVE_CUDA
+    run_case(CASE_GAMMA, 0.0f, "gamma hyperschedule");
+    run_case(CASE_GAMMA, 0.1f, "gamma hyperschedule, p 0.1");
+#endif
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_epsilon_full_mask),
+        cmocka_unit_test(test_epsilon_hyperschedule),
+        cmocka_unit_test(test_ardm),
+        cmocka_unit_test(test_gamma_hyperschedule),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
