@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "hdlm/cuda.h"
+#include "hdlm/diffusion.h"
 #include "hdlm/mask.h"
 #include "hdlm/optim.h"
 
@@ -93,35 +94,32 @@ void hdlm_cuda_attention_backward(hdlm_bf16 *dqkv, void *workspace, const hdlm_b
                                   int len, int heads, int head_dim, float dropout, uint64_t key, hdlm_stream stream);
 
 // ---- fused output head + losses (src/cuda/head_loss.cu) -------------------------------------------------------
-// The head z = x·Wᵀ + b over V = vocab outputs is computed for chunks of rows (never all N×V at once in fp32), the
-// loss of each row taken from its chunk, and — when dx is not NULL — d(loss)/dz turned at once into dx (bf16,
-// written), dW and db (fp32, +=). Only rows with weight ≠ 0 (ε/ARDM) are computed; dx of the others is 0.
-// *loss_sum (device, fp32 [1] set, not accumulated) = Σ_rows weight·CE; the caller divides by the corruption's norm.
-// inv_norm scales the gradient (d(loss/norm)).
-typedef struct {
-    const uint32_t *targets;   // [N] clean tokens x0
-    const float *weights;      // [N] loss weight per row (hdlm_corruption.weight)
-    int softmax_width;         // V, or V − 1 to leave MASK out (ARDM)
-} hdlm_cuda_ce_rows;
-void hdlm_cuda_head_cross_entropy(float *loss_sum, hdlm_bf16 *dx, float *dw, float *db, const hdlm_bf16 *x,
-                                  const hdlm_bf16 *w, const hdlm_bf16 *b, const hdlm_cuda_ce_rows *rows,
-                                  float inv_norm, int n, int d, int vocab, hdlm_stream stream);
-
-// γ score entropy (spec §5.4-5.5, the CPU's hdlm_gamma_post_process + hdlm_gamma_loss + their backward), per row:
-// o = z − shift(σ) (scale_by_sigma), post-processing of the row's kind, SE against (x, x0) with weight; rows with
-// weight 0 skipped. Per-row inputs precomputed on the host from the steps (see src/cuda/head_loss.cu for the exact
-// meaning of each field, mirrored from src/noise_gamma.c and src/loss_gamma.c).
-typedef struct {
-    const uint32_t *xt;        // [N] current tokens
-    const uint32_t *x0;        // [N] clean tokens
-    const float *sigma;        // [N] total noise σ_i
-    const float *weights;      // [N] loss weight (e.g. dσ/dt, 0 outside the scored set)
-    const uint8_t *row_kind;   // [N] post-processing rule of the row (defined in head_loss.cu, from the step)
-    float gamma;               // graph γ
-} hdlm_cuda_se_rows;
-void hdlm_cuda_head_score_entropy(float *loss_sum, hdlm_bf16 *dx, float *dw, float *db, const hdlm_bf16 *x,
-                                  const hdlm_bf16 *w, const hdlm_bf16 *b, const hdlm_cuda_se_rows *rows,
-                                  float inv_norm, int n, int d, int vocab, hdlm_stream stream);
+// loss = Σ_r coef_r·ℓ_r over the scored rows r, ℓ_r the cross-entropy or γ score entropy of the row's head output
+// z_r = x_r·Wᵀ + b (V = vocab entries). Only scored rows (coef ≠ 0) go through the head: they are gathered, z is
+// computed in fp32 for a chunk of them at a time (as many as the workspace holds, never all N×V), each row's loss
+// taken from its chunk and, when dx is not NULL, its gradient coef_r·dℓ_r/dz_r (bf16) turned at once into dx (bf16,
+// written; 0 for rows not scored), dW and db (fp32, +=). The rows and coefficients are those of the CPU losses, set
+// by the two fill functions below, so *loss is hdlm_corruption_loss or hdlm_gamma_loss of the CPU model's outputs.
+typedef struct hdlm_cuda_head_rows hdlm_cuda_head_rows;
+hdlm_cuda_head_rows *hdlm_cuda_head_rows_create(int capacity);   // for up to `capacity` rows (N = B·L)
+void hdlm_cuda_head_rows_free(hdlm_cuda_head_rows *rows);
+// ε / ARDM (hdlm_corruption_loss): rows with c->weight ≠ 0, coef = weight/norm, CE against x0 (host array) over
+// the first softmax_width entries. The rows are copied to the device on `stream` (host arrays reusable at return).
+void hdlm_cuda_head_rows_cross_entropy(hdlm_cuda_head_rows *rows, const hdlm_corruption *c, const uint32_t *x0,
+                                       int vocab, int softmax_width, hdlm_stream stream);
+// γ (spec §5.4-5.6: scale_by_sigma, hdlm_gamma_post_process, hdlm_gamma_loss and the backward of both): steps[b] of
+// sequence b, xt/x0 [batch·L] on the host. The head output z is shifted by scale_by_sigma exactly as the CPU model
+// does (the shift from hdlm_gamma_sigmas' σ), so W and b are the plain output layer.
+void hdlm_cuda_head_rows_gamma(hdlm_cuda_head_rows *rows, const hdlm_gamma_config *cfg, const hdlm_step *const *steps,
+                               const uint32_t *xt, const uint32_t *x0, int batch, int vocab, hdlm_stream stream);
+// Workspace for n rows: fp32 logits and bf16 gradients of up to 2048 rows at a time (≈ 600 MB at V = 50258).
+// A smaller workspace works with smaller chunks (at least one row must fit).
+size_t hdlm_cuda_head_workspace_bytes(int n, int d, int vocab);
+// *loss: device fp64 [1], set (a fixed-order sum: deterministic). x [n, d], w [vocab, d], b [vocab] (may be NULL);
+// workspace 256-byte aligned (as hdlm_cuda_malloc returns).
+void hdlm_cuda_head_loss(double *loss, hdlm_bf16 *dx, float *dw, float *db, void *workspace, size_t workspace_bytes,
+                         const hdlm_bf16 *x, const hdlm_bf16 *w, const hdlm_bf16 *b, const hdlm_cuda_head_rows *rows,
+                         int n, int d, int vocab, hdlm_stream stream);
 
 // ---- optimizer (src/cuda/optim.cu) ----------------------------------------------------------------------------
 // *out (device fp64 [1], set) = Σ x² over n floats, fp64 partial sums in a fixed order (deterministic).

@@ -11,10 +11,6 @@ extern "C" {
 #include "hdlm/rng.h"
 }
 
-// γ loss rows (the CPU's hdlm_gamma_post_process + hdlm_gamma_loss, src/noise_gamma.c and src/loss_gamma.c): the
-// kind of row_kind each position gets.
-enum { GAMMA_ROW_SCORE_ENTROPY = 0, GAMMA_ROW_CE = 1, GAMMA_ROW_CE_MASK_PINNED = 2 };
-
 struct hdlm_cuda_model {
     hdlm_model_config config;
     hdlm_tensor *tensors;
@@ -23,23 +19,24 @@ struct hdlm_cuda_model {
     float *params, *grads;     // device, host layout
     hdlm_bf16 *params_bf16;    // device, [n_params]
     hdlm_model_views p, g;     // device views (p.inv_freq points at the device copy of the buffer)
-    float *inv_freq;           // host copy of rotary_emb.inv_freq: rotary tables are built on the host
+    float *buffers;            // host copy of the buffers (rotary_emb.inv_freq): rotary tables are built on the host
     hdlm_stream stream;
 
     // Rotary tables of table_len positions: host scratch and device copies, [max_length, D/2].
     int table_len;
     float *cos_host, *sin_host, *cos_t, *sin_t;
 
-    // Everything sized by the token capacity: device activations, scratch and pinned input staging. Every
-    // allocation is recorded in allocs so that growing frees them all.
+    // Everything sized by the token capacity: device activations, scratch, pinned input staging and the head's
+    // loss rows. Every device allocation is recorded in allocs so that growing frees them all.
     int capacity;
     void *allocs[64];
     int n_allocs;
-    unsigned char *staging_host, *staging_dev;   // [tokens | x0 | sigma | weight] (4-byte entries), then kind
-    size_t staging_bytes;
-    uint32_t *tokens, *x0;     // device inputs [N]
-    float *sigma, *weight;     // [N]
-    uint8_t *kind;             // [N] (γ row kinds)
+    unsigned char *staging_host, *staging_dev;   // [tokens | σ], capacity entries each
+    uint32_t *tokens;                            // device inputs [N]
+    float *sigma;                                // [N] (γ)
+    hdlm_cuda_head_rows *head_rows;
+    void *head_ws;
+    size_t head_ws_bytes;
     float *mix;                                               // γ [N]
     hdlm_bf16 *freq, *sig_h1, *sig_s1, *sig_h2, *cond;        // γ [N, 256] and [N, cd]
     float *h, *h_mid;                                         // [n_layers + 1][N, d], [n_layers][N, d]
@@ -59,8 +56,7 @@ struct hdlm_cuda_model {
     float dropout;
     uint64_t key;
     bool have_head_grad;
-    double loss_scale;
-    float *loss_dev, *loss_host;   // fp32 [1], device and pinned
+    double *loss_dev, *loss_host;   // fp64 [1], device and pinned
     cudaEvent_t staged, loss_ready;
 
     hdlm_grad_ready_fn grad_ready;
@@ -121,6 +117,8 @@ static void acts_release(hdlm_cuda_model *m) {
     m->n_allocs = 0;
     if (m->staging_host) HDLM_CUDA_CHECK(cudaFreeHost(m->staging_host));
     m->staging_host = NULL;
+    hdlm_cuda_head_rows_free(m->head_rows);
+    m->head_rows = NULL;
     m->capacity = 0;
 }
 
@@ -134,14 +132,14 @@ static void acts_reserve(hdlm_cuda_model *m, int n) {
     size_t cd = (size_t)c->cond_dim, H = (size_t)c->n_heads, F4 = sizeof(float), B2 = sizeof(hdlm_bf16);
     bool gamma = c->family == HDLM_FAMILY_GAMMA;
 #define ALLOC(field, count, elem) m->field = (decltype(m->field))acts_alloc(m, (count) * (elem))
-    m->staging_bytes = N * (4 * 4 + 1);
-    HDLM_CUDA_CHECK(cudaMallocHost((void **)&m->staging_host, m->staging_bytes));
-    ALLOC(staging_dev, m->staging_bytes, 1);
+    HDLM_CUDA_CHECK(cudaMallocHost((void **)&m->staging_host, N * (sizeof(uint32_t) + F4)));
+    ALLOC(staging_dev, N * (sizeof(uint32_t) + F4), 1);
     m->tokens = (uint32_t *)m->staging_dev;
-    m->x0 = m->tokens + N;
-    m->sigma = (float *)(m->x0 + N);
-    m->weight = m->sigma + N;
-    m->kind = (uint8_t *)(m->weight + N);
+    m->sigma = (float *)(m->tokens + N);
+    m->head_rows = hdlm_cuda_head_rows_create(n);
+    // The head's workspace grows with the row count (per-row losses, then chunks of at most 2048 rows).
+    m->head_ws_bytes = hdlm_cuda_head_workspace_bytes(n, c->width, c->vocab);
+    ALLOC(head_ws, m->head_ws_bytes, 1);
     if (gamma) {
         ALLOC(mix, N, F4);
         ALLOC(freq, N * HDLM_SIGMA_FREQ_DIM, B2);
@@ -211,7 +209,8 @@ static void attn_ws_reserve(hdlm_cuda_model *m, int batch, int len) {
 static void rotary_reserve(hdlm_cuda_model *m, int len) {
     if (len == m->table_len) return;
     int half = m->config.width / m->config.n_heads / 2;
-    hdlm_rotary_tables(m->cos_host, m->sin_host, m->inv_freq, len, 2 * half, m->config.rotary);
+    const float *inv_freq = m->buffers + (m->p.inv_freq - m->params - (ptrdiff_t)m->n_params);
+    hdlm_rotary_tables(m->cos_host, m->sin_host, inv_freq, len, 2 * half, m->config.rotary);
     size_t bytes = (size_t)len * half * sizeof(float);
     HDLM_CUDA_CHECK(cudaMemcpyAsync(m->cos_t, m->cos_host, bytes, cudaMemcpyHostToDevice, m->stream));
     HDLM_CUDA_CHECK(cudaMemcpyAsync(m->sin_t, m->sin_host, bytes, cudaMemcpyHostToDevice, m->stream));
@@ -238,14 +237,14 @@ int hdlm_cuda_model_create(hdlm_cuda_model **out, const hdlm_model *host) {
     m->params_bf16 = (hdlm_bf16 *)hdlm_cuda_malloc(m->n_params * sizeof(hdlm_bf16));
     bind_views(&m->p, &host->p, host->params, m->params, c->n_layers);
     bind_views(&m->g, &host->g, host->grads, m->grads, c->n_layers);
-    m->inv_freq = (float *)hdlm_malloc((m->n_buffer ? m->n_buffer : 1) * sizeof(float));
+    m->buffers = (float *)hdlm_malloc((m->n_buffer ? m->n_buffer : 1) * sizeof(float));
     size_t table = (size_t)c->max_length * (c->width / c->n_heads / 2);
     m->cos_host = (float *)hdlm_malloc(table * sizeof(float));
     m->sin_host = (float *)hdlm_malloc(table * sizeof(float));
     m->cos_t = (float *)hdlm_cuda_malloc(table * sizeof(float));
     m->sin_t = (float *)hdlm_cuda_malloc(table * sizeof(float));
-    m->loss_dev = (float *)hdlm_cuda_malloc(sizeof(float));
-    HDLM_CUDA_CHECK(cudaMallocHost((void **)&m->loss_host, sizeof(float)));
+    m->loss_dev = (double *)hdlm_cuda_malloc(sizeof(double));
+    HDLM_CUDA_CHECK(cudaMallocHost((void **)&m->loss_host, sizeof(double)));
     HDLM_CUDA_CHECK(cudaEventCreateWithFlags(&m->staged, cudaEventDisableTiming));
     HDLM_CUDA_CHECK(cudaEventCreateWithFlags(&m->loss_ready, cudaEventDisableTiming));
     m->grad_events = (cudaEvent_t *)hdlm_calloc((size_t)c->n_layers + 1, sizeof(cudaEvent_t));
@@ -275,7 +274,7 @@ void hdlm_cuda_model_free(hdlm_cuda_model *m) {
     free(m->grad_events);
     free(m->cos_host);
     free(m->sin_host);
-    free(m->inv_freq);
+    free(m->buffers);
     free(m->p.blocks);
     free(m->g.blocks);
     free(m->tensors);
@@ -293,7 +292,7 @@ void hdlm_cuda_model_upload_params(hdlm_cuda_model *m, const float *host_params)
     HDLM_CUDA_CHECK(cudaMemcpyAsync(m->params, host_params, (m->n_params + m->n_buffer) * sizeof(float),
                                     cudaMemcpyHostToDevice, m->stream));
     hdlm_cuda_model_refresh_bf16(m);
-    if (m->n_buffer) memcpy(m->inv_freq, host_params + m->n_params, m->n_buffer * sizeof(float));
+    if (m->n_buffer) memcpy(m->buffers, host_params + m->n_params, m->n_buffer * sizeof(float));
     m->table_len = 0;   // the buffer may have changed: rebuild the rotary tables at the next forward
     HDLM_CUDA_CHECK(cudaStreamSynchronize(m->stream));
 }
@@ -320,24 +319,9 @@ void hdlm_cuda_model_zero_grad(hdlm_cuda_model *m) {
 
 // ---- inputs ----------------------------------------------------------------------------------------------------
 
-// The pinned staging area of n tokens, once the previous upload from it has completed.
-static void staging_begin(hdlm_cuda_model *m) { HDLM_CUDA_CHECK(cudaEventSynchronize(m->staged)); }
-
-// Uploads the staged inputs of n tokens ([tokens | x0 | sigma | weight] then kind, at capacity strides).
-static void staging_upload(hdlm_cuda_model *m) {
-    HDLM_CUDA_CHECK(cudaMemcpyAsync(m->staging_dev, m->staging_host, m->staging_bytes, cudaMemcpyHostToDevice,
-                                    m->stream));
-    HDLM_CUDA_CHECK(cudaEventRecord(m->staged, m->stream));
-}
-
-static uint32_t *staged_tokens(hdlm_cuda_model *m) { return (uint32_t *)m->staging_host; }
-static uint32_t *staged_x0(hdlm_cuda_model *m) { return staged_tokens(m) + m->capacity; }
-static float *staged_sigma(hdlm_cuda_model *m) { return (float *)(staged_x0(m) + m->capacity); }
-static float *staged_weight(hdlm_cuda_model *m) { return staged_sigma(m) + m->capacity; }
-static uint8_t *staged_kind(hdlm_cuda_model *m) { return (uint8_t *)(staged_weight(m) + m->capacity); }
-
 // Checks the input (as the CPU model does) and the clean tokens (ids below x0_limit: V, or V − 1 where the loss
-// needs real tokens), sizes the buffers, records the shape and stages tokens, x0 (and σ for γ).
+// needs real tokens), sizes the buffers, records the shape and uploads tokens (and σ for γ) through the pinned
+// staging area, once the previous upload from it has completed.
 static int begin_forward(hdlm_cuda_model *m, const hdlm_model_input *in, const uint32_t *x0, uint32_t x0_limit) {
     hdlm_attn_mask mask;
     HDLM_TRY(hdlm_model_check_input(&m->config, in, &mask));
@@ -355,10 +339,18 @@ static int begin_forward(hdlm_cuda_model *m, const hdlm_model_input *in, const u
     m->dropout = in->training ? m->config.dropout : 0.0f;
     m->key = in->dropout_key;
     m->have_head_grad = false;
-    staging_begin(m);
-    memcpy(staged_tokens(m), in->tokens, (size_t)N * sizeof(uint32_t));
-    memcpy(staged_x0(m), x0, (size_t)N * sizeof(uint32_t));
-    if (m->config.family == HDLM_FAMILY_GAMMA) memcpy(staged_sigma(m), in->sigma, (size_t)N * sizeof(float));
+    HDLM_CUDA_CHECK(cudaEventSynchronize(m->staged));
+    uint32_t *tokens = (uint32_t *)m->staging_host;
+    float *sigma = (float *)(tokens + m->capacity);
+    memcpy(tokens, in->tokens, (size_t)N * sizeof(uint32_t));
+    HDLM_CUDA_CHECK(cudaMemcpyAsync(m->tokens, tokens, (size_t)N * sizeof(uint32_t), cudaMemcpyHostToDevice,
+                                    m->stream));
+    if (m->config.family == HDLM_FAMILY_GAMMA) {
+        memcpy(sigma, in->sigma, (size_t)N * sizeof(float));
+        HDLM_CUDA_CHECK(cudaMemcpyAsync(m->sigma, sigma, (size_t)N * sizeof(float), cudaMemcpyHostToDevice,
+                                        m->stream));
+    }
+    HDLM_CUDA_CHECK(cudaEventRecord(m->staged, m->stream));
     return 0;
 }
 
@@ -424,11 +416,16 @@ static void forward_trunk(hdlm_cuda_model *m) {
                                 m->p.norm_final, NULL, NULL, 0, N, d, s);
 }
 
-// After the fused head wrote loss_dev: bring the sum to the host without blocking.
-static void finish_forward(hdlm_cuda_model *m, bool backward, double loss_scale) {
-    HDLM_CUDA_CHECK(cudaMemcpyAsync(m->loss_host, m->loss_dev, sizeof(float), cudaMemcpyDeviceToHost, m->stream));
+// The fused head on the rows just filled: the loss (brought to the host without blocking) and, with backward, the
+// output layer's gradients and d(loss)/d(lnf).
+static void head_loss(hdlm_cuda_model *m, bool backward) {
+    const hdlm_model_config *c = &m->config;
+    int N = m->batch * m->length;
+    hdlm_cuda_head_loss(m->loss_dev, backward ? m->dlnf : NULL, backward ? m->g.head_w : NULL,
+                        backward ? m->g.head_b : NULL, m->head_ws, m->head_ws_bytes, m->lnf, shadow(m, m->p.head_w),
+                        shadow(m, m->p.head_b), m->head_rows, N, c->width, c->vocab, m->stream);
+    HDLM_CUDA_CHECK(cudaMemcpyAsync(m->loss_host, m->loss_dev, sizeof(double), cudaMemcpyDeviceToHost, m->stream));
     HDLM_CUDA_CHECK(cudaEventRecord(m->loss_ready, m->stream));
-    m->loss_scale = loss_scale;
     m->have_head_grad = backward;
 }
 
@@ -442,44 +439,11 @@ int hdlm_cuda_model_forward_epsilon(hdlm_cuda_model *m, const hdlm_model_input *
     HDLM_CHECK(corruption->norm > 0, "CUDA model: corruption norm must be positive, got %g", corruption->norm);
     HDLM_CHECK(softmax_width >= 2 && softmax_width <= c->vocab, "CUDA model: softmax width %d outside [2, %d]",
                softmax_width, c->vocab);
-    HDLM_TRY(begin_forward(m, in, x0, (uint32_t)c->vocab));
-    int N = in->batch * in->length;
-    memcpy(staged_weight(m), corruption->weight, (size_t)N * sizeof(float));
-    staging_upload(m);
+    HDLM_TRY(begin_forward(m, in, x0, (uint32_t)softmax_width));
+    hdlm_cuda_head_rows_cross_entropy(m->head_rows, corruption, x0, c->vocab, softmax_width, m->stream);
     forward_trunk(m);
-    hdlm_cuda_ce_rows rows;
-    rows.targets = m->x0;
-    rows.weights = m->weight;
-    rows.softmax_width = softmax_width;
-    hdlm_cuda_head_cross_entropy(m->loss_dev, backward ? m->dlnf : NULL, backward ? m->g.head_w : NULL,
-                                 backward ? m->g.head_b : NULL, m->lnf, shadow(m, m->p.head_w),
-                                 shadow(m, m->p.head_b), &rows, (float)(1.0 / corruption->norm), N, c->width,
-                                 c->vocab, m->stream);
-    finish_forward(m, backward, 1.0 / corruption->norm);
+    head_loss(m, backward);
     return 0;
-}
-
-// Per-row weight and kind of the γ loss (hdlm_gamma_loss with hdlm_gamma_post_process): settled rows take the
-// block-weighted CE averaged over n_set (their MASK logit pinned to −1000 when the next position is settled, which
-// leaves MASK out of the softmax), the others σ'(t_i)·w_i-weighted score entropy; both divided by B.
-static void gamma_rows(const hdlm_gamma_config *cfg, const hdlm_step *const *steps, int batch, float *weight,
-                       uint8_t *kind) {
-    int L = steps[0]->length;
-    for (int b = 0; b < batch; b++) {
-        const hdlm_step *st = steps[b];
-        int nb = (st->n_set + st->width - 1) / st->width;
-        for (int i = 0; i < L; i++) {
-            size_t r = (size_t)b * L + i;
-            if (st->cls[i] == HDLM_POS_SETTLED) {
-                double block_weight = nb <= 1 ? 1.0 : (double)(i / st->width) / (nb - 1);
-                weight[r] = (float)(cfg->ce_weight * block_weight / st->n_set / batch);
-                kind[r] = i + 1 < st->n_set ? GAMMA_ROW_CE_MASK_PINNED : GAMMA_ROW_CE;
-            } else {
-                weight[r] = (float)(cfg->diffusion_weight * hdlm_loglinear_dsigma(st->t[i]) * st->weight[i] / batch);
-                kind[r] = GAMMA_ROW_SCORE_ENTROPY;
-            }
-        }
-    }
 }
 
 int hdlm_cuda_model_forward_gamma(hdlm_cuda_model *m, const hdlm_model_input *in, const hdlm_gamma_config *config,
@@ -492,28 +456,16 @@ int hdlm_cuda_model_forward_gamma(hdlm_cuda_model *m, const hdlm_model_input *in
                    "CUDA model: step of sequence %d has length %d, the input %d", b, steps[b] ? steps[b]->length : -1,
                    in->length);
     HDLM_TRY(begin_forward(m, in, x0, (uint32_t)(c->vocab - 1)));
-    int N = in->batch * in->length;
-    gamma_rows(config, steps, in->batch, staged_weight(m), staged_kind(m));
-    staging_upload(m);
+    hdlm_cuda_head_rows_gamma(m->head_rows, config, steps, in->tokens, x0, in->batch, c->vocab, m->stream);
     forward_trunk(m);
-    hdlm_cuda_se_rows rows;
-    rows.xt = m->tokens;
-    rows.x0 = m->x0;
-    rows.sigma = m->sigma;
-    rows.weights = m->weight;
-    rows.row_kind = m->kind;
-    rows.gamma = (float)config->gamma;
-    hdlm_cuda_head_score_entropy(m->loss_dev, backward ? m->dlnf : NULL, backward ? m->g.head_w : NULL,
-                                 backward ? m->g.head_b : NULL, m->lnf, shadow(m, m->p.head_w),
-                                 shadow(m, m->p.head_b), &rows, 1.0f, N, c->width, c->vocab, m->stream);
-    finish_forward(m, backward, 1.0);
+    head_loss(m, backward);
     return 0;
 }
 
 double hdlm_cuda_model_loss(hdlm_cuda_model *m) {
     HDLM_ASSERT(m->batch > 0, "hdlm_cuda_model_loss called before a forward");
     HDLM_CUDA_CHECK(cudaEventSynchronize(m->loss_ready));
-    return (double)*m->loss_host * m->loss_scale;
+    return *m->loss_host;
 }
 
 // ---- backward --------------------------------------------------------------------------------------------------
@@ -538,7 +490,7 @@ static void grad_ready(hdlm_cuda_model *m, int point, const float *first) {
 }
 
 // dst[i] += (float)src[i]: the per-layer cond gradients summed in fp32 (hdlm_cuda_linear_backward gives bf16).
-__global__ void accumulate_bf16_kernel(float *dst, const bf16 *src, size_t n) {
+static __global__ void accumulate_bf16_kernel(float *dst, const bf16 *src, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) dst[i] += __bfloat162float(src[i]);
 }
