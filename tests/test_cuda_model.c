@@ -5,12 +5,14 @@
 // the CPU model, one event per point) and a forward without backward leaving the gradients alone.
 //
 // Tolerances (bf16 activations and matmul inputs, fp32 accumulation, fp32 residual stream and statistics): the
-// parameters are rounded to bf16 first, so the GPU's bf16 weight shadow is exact and only activations are rounded
-// (relative error 2⁻⁹ ≈ 2e-3 per rounding). Through two blocks forward and back, a few roundings add up to ~1 % of a
-// gradient's RMS; we allow, per tensor, an RMS error of 3e-2 × the CPU gradient's RMS and a largest error of 0.1 × its
-// largest entry (bf16 errors are ~Gaussian: the worst of ~10⁵ entries is ~4.5 RMS errors). The loss is a mean over
-// rows, where rounding errors average out: relative tolerance 5e-3. A wrong row, weight, offset, dropout key or
-// missing term moves some tensor far beyond these (a swapped or missing layer gives errors of order 1).
+// parameters are rounded to bf16 first, so the GPU's bf16 weight shadow is exact and only activations and
+// activation gradients are rounded (relative error ≤ 2⁻⁹ each). Calibration on the CPU: perturbing every parameter
+// by a bf16-sized relative error (uniform ±2⁻⁸) moves the gradients by up to 1.4e-2 of a tensor's RMS (the LayerNorm
+// weights, whose gradients are sums over rows with cancellation; the others less) and the largest entries by up to
+// 1.8e-2 of the largest. The GPU rounds at ~15 places forward and back, each a perturbation of that size, so we expect
+// 1–3e-2 and allow, per tensor, an RMS error of 5e-2 × the CPU gradient's RMS and a largest error of 0.1 × its largest
+// entry. The loss is a mean over rows where rounding averages out (1.6e-4 in the calibration): relative 5e-3. A
+// wrong dropout key, gate, layer or offset gives errors of order 1; one wrong row in 128 about 0.09.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -36,23 +38,16 @@
 
 // Skips the test (printing why) unless a GPU is usable; initialises the runtime once.
 static bool gpu_or_skip(void) {
-#ifdef HDLM_HAVE_CUDA
     static int ready = -1;
-    if (ready < 0) {
-        ready = hdlm_cuda_device_count() > 0 && hdlm_cuda_init(0) == 0;
-        if (!ready) print_message("no GPU: %s\n", hdlm_cuda_unavailable_reason());
-    }
+    if (ready < 0) ready = hdlm_cuda_device_count() > 0 && hdlm_cuda_init(0) == 0;
+    if (!ready) print_message("skipped: %s\n", hdlm_cuda_unavailable_reason());
     return ready == 1;
-#else
-    print_message("built without the CUDA backend: %s\n", hdlm_cuda_unavailable_reason());
-    return false;
-#endif
 }
 
 #ifdef HDLM_HAVE_CUDA
 
 enum { B = 2, L = 64, V = 1000 };
-static const double LOSS_TOL = 5e-3, GRAD_RMS_TOL = 3e-2, GRAD_MAX_TOL = 0.1;
+static const double LOSS_TOL = 5e-3, GRAD_RMS_TOL = 5e-2, GRAD_MAX_TOL = 0.1;
 
 // Width 256 with 4 heads gives head dim 64, the flash-attention fast path the real model uses.
 static hdlm_model_config small_config(hdlm_family family, float dropout) {
@@ -88,22 +83,22 @@ static void randomize_params(hdlm_model *m, uint64_t seed) {
     }
 }
 
-// A block step of L = 64, ω = 16: settled 0..31 (two blocks, so the γ CE block weights differ), active 32..47,
-// worthless 48..63.
+// A block step of L = 64, ω = 16, τ = 4: settled 0..31 (two blocks, so the γ CE block weights differ), active
+// 32..47 at a middle level (t ≈ 0.67: masked, replaced and untouched positions all occur), worthless 48..63.
 static void hyperschedule_step(hdlm_schedule *s, hdlm_step *st, hdlm_context_type context, hdlm_block_type block) {
     assert_int_equal(hdlm_schedule_init(s, HDLM_SCHEDULE_BLOCK, L, 16, 4, HDLM_SAMPLING_EPS, context, block), 0);
     hdlm_step_alloc(st, L);
     for (int k = 1; k < s->k_max; k++) {
         assert_int_equal(hdlm_schedule_step(s, k, st), 0);
-        if (st->n_set == 32 && st->n_active > 0 && st->a_end < L - 1) return;
+        if (st->n_set == 32 && st->a_end == 47 && st->t[32] > 0.5f && st->t[32] < 0.9f) return;
     }
-    fail_msg("no step with 32 settled positions, active and worthless ones");
+    fail_msg("no step with 32 settled positions, active ones at a middle level and worthless ones");
 }
 
-// Per-tensor comparison of GPU and CPU gradients (tolerances in the header comment). Returns the worst RMS ratio.
-static double compare_grads(const hdlm_model *cpu, const float *gpu_grads, const char *label) {
-    double worst = 0;
-    const char *worst_name = "";
+// Per-tensor comparison of GPU and CPU gradients (tolerances in the header comment); prints the worst ratios.
+static void compare_grads(const hdlm_model *cpu, const float *gpu_grads, const char *label) {
+    double worst = 0, worst_max = 0;
+    const char *worst_name = "", *worst_max_name = "";
     bool ok = true;
     for (int i = 0; i < cpu->n_tensors; i++) {
         const hdlm_tensor *t = &cpu->tensors[i];
@@ -129,10 +124,14 @@ static double compare_grads(const hdlm_model *cpu, const float *gpu_grads, const
             worst = ratio;
             worst_name = t->name;
         }
+        if (amax > 0 && emax / amax > worst_max) {
+            worst_max = emax / amax;
+            worst_max_name = t->name;
+        }
     }
-    print_message("  %-28s worst gradient error %.3e of the RMS (%s)\n", label, worst, worst_name);
+    print_message("  %-28s gradient error: RMS %.2e of the RMS (%s), largest %.2e of the largest (%s)\n", label,
+                  worst, worst_name, worst_max, worst_max_name);
     assert_true(ok);
-    return worst;
 }
 
 static void assert_loss_close(double gpu, double cpu, const char *label) {
