@@ -46,7 +46,7 @@ static bool gpu_or_skip(void) {
 
 #ifdef HDLM_HAVE_CUDA
 
-enum { B = 2, L = 64, V = 1000 };
+enum { L = 64, V = 1000 };   // longest sequence (max_length) and vocabulary
 static const double LOSS_TOL = 5e-3, GRAD_RMS_TOL = 5e-2, GRAD_MAX_TOL = 0.1;
 
 // Width 256 with 4 heads gives head dim 64, the flash-attention fast path the real model uses.
@@ -157,39 +157,35 @@ static void hook_record(void *ctx, size_t from) {
     h->from[h->count++] = from;
 }
 
-// One training step of `kind` on both models with the same parameters, data, mask and dropout key.
-static void run_case(case_kind kind, float dropout, const char *label) {
-    bool gamma = kind == CASE_GAMMA;
-    hdlm_model_config config = small_config(gamma ? HDLM_FAMILY_GAMMA : HDLM_FAMILY_EPSILON, dropout);
-    hdlm_model *cpu;
-    assert_int_equal(hdlm_model_create(&cpu, &config), 0);
-    randomize_params(cpu, 11 + (uint64_t)kind);
-    hdlm_cuda_model *gpu;
-    assert_int_equal(hdlm_cuda_model_create(&gpu, cpu), 0);
-    assert_int_equal(hdlm_cuda_model_n_params(gpu), cpu->n_params);
-
-    const int N = B * L;
-    uint32_t x0[B * L], xt[B * L];
-    float sigma[B * L];
+// One training step of `kind` on both models (same parameters) with the same data, mask and dropout key, batch × len
+// tokens; compares the loss, every gradient and the grad-ready hook.
+static void step_and_compare(hdlm_model *cpu, hdlm_cuda_model *gpu, case_kind kind, int batch, int len,
+                             const char *label) {
+    const hdlm_model_config *config = &cpu->config;
+    bool gamma = kind == CASE_GAMMA, hyper = kind == CASE_EPS_HYPER || kind == CASE_GAMMA;
+    const int N = batch * len;
+    uint32_t *x0 = hdlm_malloc((size_t)N * sizeof(uint32_t)), *xt = hdlm_malloc((size_t)N * sizeof(uint32_t));
+    float *sigma = hdlm_malloc((size_t)N * sizeof(float));
     hdlm_rng rng;
-    hdlm_rng_init(&rng, hdlm_rng_key(5, 0, (uint64_t)kind, HDLM_RNG_NOISE));
+    hdlm_rng_init(&rng, hdlm_rng_key(5, (uint64_t)N, (uint64_t)kind, HDLM_RNG_NOISE));
     for (int i = 0; i < N; i++) x0[i] = (uint32_t)hdlm_rng_below(&rng, V - 1);
-    uint64_t noise_key = hdlm_rng_key(7, 0, (uint64_t)kind, HDLM_RNG_NOISE);
+    uint64_t noise_key = hdlm_rng_key(7, (uint64_t)N, (uint64_t)kind, HDLM_RNG_NOISE);
 
     hdlm_schedule sched = {0};
     hdlm_step st = {0};
-    const hdlm_step *steps[B];
-    bool hyper = kind == CASE_EPS_HYPER || kind == CASE_GAMMA;
-    if (hyper)
+    const hdlm_step **steps = hdlm_malloc((size_t)batch * sizeof *steps);
+    if (hyper) {
+        assert_int_equal(len, L);
         hyperschedule_step(&sched, &st, gamma ? HDLM_CONTEXT_CAUSAL : HDLM_CONTEXT_BLOCK_CAUSAL,
                            gamma ? HDLM_BLOCK_CAUSAL : HDLM_BLOCK_FULL);
-    for (int b = 0; b < B; b++) steps[b] = &st;
+    }
+    for (int b = 0; b < batch; b++) steps[b] = &st;
 
     hdlm_corruption corr;
-    hdlm_corruption_alloc(&corr, B, L);
+    hdlm_corruption_alloc(&corr, batch, len);
     hdlm_eps_config eps_cfg = {HDLM_EPS_LOSS_HYBRID, 0.01, 1.0};
     hdlm_ardm_config ardm_cfg = {1e-4, 1, 0};
-    hdlm_gamma_config gamma_cfg = {config.gamma, 1.0, 1.0};
+    hdlm_gamma_config gamma_cfg = {config->gamma, 1.0, 1.0};
     int width = V;
     switch (kind) {
     case CASE_EPS_FULL:
@@ -202,12 +198,12 @@ static void run_case(case_kind kind, float dropout, const char *label) {
         assert_int_equal(width, V - 1);
         break;
     case CASE_GAMMA:
-        hdlm_gamma_corrupt(gamma_cfg.gamma, steps, x0, B, V, noise_key, xt);
-        for (int b = 0; b < B; b++) hdlm_gamma_sigmas(steps[b], sigma + b * L);
+        hdlm_gamma_corrupt(gamma_cfg.gamma, steps, x0, batch, V, noise_key, xt);
+        for (int b = 0; b < batch; b++) hdlm_gamma_sigmas(steps[b], sigma + b * len);
         break;
     }
-    hdlm_model_input in = {gamma ? xt : corr.xt, gamma ? sigma : NULL, hyper ? &st.mask : NULL, B, L, dropout > 0,
-                           hdlm_rng_key(9, 0, (uint64_t)kind, HDLM_RNG_DROPOUT)};
+    hdlm_model_input in = {gamma ? xt : corr.xt, gamma ? sigma : NULL, hyper ? &st.mask : NULL, batch, len,
+                           config->dropout > 0, hdlm_rng_key(9, (uint64_t)N, (uint64_t)kind, HDLM_RNG_DROPOUT)};
 
     // CPU step (as src/trainer.c does it).
     hook_log cpu_hooks = {0}, gpu_hooks = {0};
@@ -219,9 +215,9 @@ static void run_case(case_kind kind, float dropout, const char *label) {
     float *dout = hdlm_malloc((size_t)N * V * sizeof(float));
     double cpu_loss;
     if (gamma) {
-        for (int b = 0; b < B; b++) hdlm_gamma_post_process(steps[b], V, cpu->out + (size_t)b * L * V);
-        cpu_loss = hdlm_gamma_loss(&gamma_cfg, steps, cpu->out, xt, x0, B, V, dout, NULL);
-        for (int b = 0; b < B; b++) hdlm_gamma_post_process_backward(steps[b], V, dout + (size_t)b * L * V);
+        for (int b = 0; b < batch; b++) hdlm_gamma_post_process(steps[b], V, cpu->out + (size_t)b * len * V);
+        cpu_loss = hdlm_gamma_loss(&gamma_cfg, steps, cpu->out, xt, x0, batch, V, dout, NULL);
+        for (int b = 0; b < batch; b++) hdlm_gamma_post_process_backward(steps[b], V, dout + (size_t)b * len * V);
     } else {
         cpu_loss = hdlm_corruption_loss(&corr, x0, cpu->out, V, width, dout);
     }
@@ -229,6 +225,7 @@ static void run_case(case_kind kind, float dropout, const char *label) {
 
     // A forward without backward gives the same loss and leaves the gradients alone.
     float *grads = hdlm_malloc(cpu->n_params * sizeof(float));
+    hdlm_cuda_model_set_grad_ready(gpu, NULL, NULL);
     hdlm_cuda_model_zero_grad(gpu);
     if (gamma) assert_int_equal(hdlm_cuda_model_forward_gamma(gpu, &in, &gamma_cfg, steps, x0, false), 0);
     else assert_int_equal(hdlm_cuda_model_forward_epsilon(gpu, &in, &corr, x0, width, false), 0);
@@ -249,7 +246,7 @@ static void run_case(case_kind kind, float dropout, const char *label) {
     compare_grads(cpu, grads, label);
 
     // The hook: CPU order and offsets, a distinct event at each point.
-    assert_int_equal(gpu_hooks.count, config.n_layers + 1);
+    assert_int_equal(gpu_hooks.count, config->n_layers + 1);
     assert_int_equal(gpu_hooks.count, cpu_hooks.count);
     for (int i = 0; i < gpu_hooks.count; i++) {
         assert_true(gpu_hooks.from[i] == cpu_hooks.from[i]);
@@ -264,6 +261,26 @@ static void run_case(case_kind kind, float dropout, const char *label) {
         hdlm_step_free(&st);
         hdlm_schedule_free(&sched);
     }
+    free(steps);
+    free(sigma);
+    free(xt);
+    free(x0);
+}
+
+// A CPU model with random bf16-representable parameters and its GPU twin.
+static void create_models(case_kind kind, float dropout, hdlm_model **cpu, hdlm_cuda_model **gpu) {
+    hdlm_model_config config = small_config(kind == CASE_GAMMA ? HDLM_FAMILY_GAMMA : HDLM_FAMILY_EPSILON, dropout);
+    assert_int_equal(hdlm_model_create(cpu, &config), 0);
+    randomize_params(*cpu, 11 + (uint64_t)kind);
+    assert_int_equal(hdlm_cuda_model_create(gpu, *cpu), 0);
+    assert_int_equal(hdlm_cuda_model_n_params(*gpu), (*cpu)->n_params);
+}
+
+static void run_case(case_kind kind, float dropout, const char *label) {
+    hdlm_model *cpu;
+    hdlm_cuda_model *gpu;
+    create_models(kind, dropout, &cpu, &gpu);
+    step_and_compare(cpu, gpu, kind, 2, L, label);
     hdlm_cuda_model_free(gpu);
     hdlm_model_free(cpu);
 }
@@ -305,12 +322,72 @@ static void test_gamma_hyperschedule(void **state) {
 #endif
 }
 
+// One GPU model through changing shapes: a new length (rotary tables and attention workspace rebuilt, same token
+// count), then more tokens (every buffer grown), each step still matching the CPU.
+static void test_shapes_change(void **state) {
+    (void)state;
+    if (!gpu_or_skip()) skip();
+#ifdef HDLM_HAVE_CUDA
+    hdlm_model *cpu;
+    hdlm_cuda_model *gpu;
+    create_models(CASE_EPS_FULL, 0.1f, &cpu, &gpu);
+    step_and_compare(cpu, gpu, CASE_EPS_FULL, 2, L, "shapes: 2 x 64");
+    step_and_compare(cpu, gpu, CASE_EPS_FULL, 4, L / 2, "shapes: 4 x 32");
+    step_and_compare(cpu, gpu, CASE_EPS_FULL, 3, L, "shapes: 3 x 64 (grown)");
+    hdlm_cuda_model_free(gpu);
+    hdlm_model_free(cpu);
+#endif
+}
+
+// Bad inputs are refused with the CPU model's messages, before anything is queued.
+static void test_bad_inputs_refused(void **state) {
+    (void)state;
+    if (!gpu_or_skip()) skip();
+#ifdef HDLM_HAVE_CUDA
+    hdlm_model *cpu;
+    hdlm_cuda_model *gpu;
+    create_models(CASE_EPS_FULL, 0.0f, &cpu, &gpu);
+    enum { N = 2 * L };
+    uint32_t x0[N] = {0};
+    hdlm_corruption corr;
+    hdlm_corruption_alloc(&corr, 2, L);
+    for (int i = 0; i < N; i++) {
+        corr.xt[i] = (uint32_t)i;
+        corr.weight[i] = 1.0f;
+    }
+    corr.xt[7] = V;   // out of the vocabulary
+    hdlm_model_input in = {corr.xt, NULL, NULL, 2, L, false, 0};
+    assert_int_equal(hdlm_cuda_model_forward_epsilon(gpu, &in, &corr, x0, V, true), -1);
+    assert_error_contains("token 7 has id 1000");
+    corr.xt[7] = 7;
+    in.length = L / 2;   // the corruption is for 2 x L
+    assert_int_equal(hdlm_cuda_model_forward_epsilon(gpu, &in, &corr, x0, V, true), -1);
+    assert_error_contains("corruption of shape [2, 64]");
+    in.length = L;
+    x0[3] = V - 1;   // ARDM leaves MASK out of the softmax: a MASK target is refused
+    assert_int_equal(hdlm_cuda_model_forward_epsilon(gpu, &in, &corr, x0, V - 1, true), -1);
+    assert_error_contains("clean token 3");
+    x0[3] = 0;
+    hdlm_gamma_config gamma_cfg = {0.05, 1.0, 1.0};
+    const hdlm_step *steps[2] = {NULL, NULL};
+    assert_int_equal(hdlm_cuda_model_forward_gamma(gpu, &in, &gamma_cfg, steps, x0, true), -1);
+    assert_error_contains("gamma-family model");
+    assert_int_equal(hdlm_cuda_model_forward_epsilon(gpu, &in, &corr, x0, V, false), 0);   // still usable
+    assert_true(isfinite(hdlm_cuda_model_loss(gpu)));
+    hdlm_corruption_free(&corr);
+    hdlm_cuda_model_free(gpu);
+    hdlm_model_free(cpu);
+#endif
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_epsilon_full_mask),
         cmocka_unit_test(test_epsilon_hyperschedule),
         cmocka_unit_test(test_ardm),
         cmocka_unit_test(test_gamma_hyperschedule),
+        cmocka_unit_test(test_shapes_change),
+        cmocka_unit_test(test_bad_inputs_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
