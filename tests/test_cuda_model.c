@@ -2,7 +2,8 @@
 // the ε objective (full mask and a hyperschedule mask with settled, active and worthless positions), ARDM (MASK left
 // out of the softmax) and γ (score entropy + settled CE), with dropout 0 and 0.1 (same keys, so the same elements are
 // dropped); the loss and EVERY parameter gradient are compared. Also the grad-ready hook (same order and offsets as
-// the CPU model, one event per point) and a forward without backward leaving the gradients alone.
+// the CPU model, one event per point), a forward without backward leaving the gradients alone, one model through
+// changing shapes (new length, more tokens) and the refusal of bad inputs.
 //
 // Tolerances (bf16 activations and matmul inputs, fp32 accumulation, fp32 residual stream and statistics): the
 // parameters are rounded to bf16 first, so the GPU's bf16 weight shadow is exact and only activations and
