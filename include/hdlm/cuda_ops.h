@@ -116,7 +116,8 @@ void hdlm_cuda_head_rows_gamma(hdlm_cuda_head_rows *rows, const hdlm_gamma_confi
 // A smaller workspace works with smaller chunks (at least one row must fit).
 size_t hdlm_cuda_head_workspace_bytes(int n, int d, int vocab);
 // *loss: device fp64 [1], set (a fixed-order sum: deterministic). x [n, d], w [vocab, d], b [vocab] (may be NULL);
-// workspace 256-byte aligned (as hdlm_cuda_malloc returns).
+// dx NULL: loss only (dw, db untouched); else dw is required and db may be NULL. workspace: 256-byte aligned (as
+// hdlm_cuda_malloc returns). The rows must have been filled for these n rows and this vocab, on this stream.
 void hdlm_cuda_head_loss(double *loss, hdlm_bf16 *dx, float *dw, float *db, void *workspace, size_t workspace_bytes,
                          const hdlm_bf16 *x, const hdlm_bf16 *w, const hdlm_bf16 *b, const hdlm_cuda_head_rows *rows,
                          int n, int d, int vocab, hdlm_stream stream);
