@@ -13,9 +13,6 @@
 #include "hdlm/common.h"
 #include "hdlm/rng.h"
 
-// Dropout sites of a block; each gets its own key derived from the step's dropout key and the layer.
-enum { SITE_ATTN_PROBS = 0, SITE_ATTN_RESIDUAL = 1, SITE_MLP_RESIDUAL = 2 };
-
 hdlm_model_config hdlm_model_config_ddit_small(hdlm_family family) {
     hdlm_model_config c = {
         .family = family,
@@ -373,8 +370,7 @@ static void model_flush_denormals(void) {
 
 // ---- forward ---------------------------------------------------------------------------------------------------
 
-static int model_check_input(const hdlm_model *m, const hdlm_model_input *in, hdlm_attn_mask *mask) {
-    const hdlm_model_config *c = &m->config;
+int hdlm_model_check_input(const hdlm_model_config *c, const hdlm_model_input *in, hdlm_attn_mask *mask) {
     HDLM_CHECK(in->batch > 0, "model input: batch must be positive, got %d", in->batch);
     HDLM_CHECK(in->length > 0 && in->length <= c->max_length,
                "model input: length must be in [1, max_length = %d], got %d", c->max_length, in->length);
@@ -403,8 +399,12 @@ static int model_check_input(const hdlm_model *m, const hdlm_model_input *in, hd
     return 0;
 }
 
-static uint64_t site_key(const hdlm_model *m, int layer, int site) {
-    return hdlm_rng_key(m->acts->key, (uint64_t)layer, (uint64_t)site, HDLM_RNG_DROPOUT);
+uint64_t hdlm_model_dropout_key(uint64_t step_key, int layer, hdlm_dropout_site site) {
+    return hdlm_rng_key(step_key, (uint64_t)layer, (uint64_t)site, HDLM_RNG_DROPOUT);
+}
+
+static uint64_t site_key(const hdlm_model *m, int layer, hdlm_dropout_site site) {
+    return hdlm_model_dropout_key(m->acts->key, layer, site);
 }
 
 // log(e^σ − 1) + log(V − 1) (spec §5.4 step 1), in double: expm1 below 0.5 as the reference.
@@ -415,7 +415,7 @@ static float scale_by_sigma_shift(double sigma, int vocab) {
 
 int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
     hdlm_attn_mask mask;
-    HDLM_TRY(model_check_input(m, in, &mask));
+    HDLM_TRY(hdlm_model_check_input(&m->config, in, &mask));
     const hdlm_model_config *c = &m->config;
     int B = in->batch, L = in->length, N = B * L;
     int d = c->width, f = c->mlp_ratio * d, H = c->n_heads, hd = d / H, cd = c->cond_dim, V = c->vocab;
@@ -461,10 +461,10 @@ int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
         hdlm_linear_forward(qkv, a1, w->qkv, NULL, N, d, 3 * d);
         hdlm_rotary_forward(qkv, a->cos_t, a->sin_t, B, L, H, hd);
         hdlm_attention_forward(att, a->lse + (size_t)l * N * H, qkv, &mask, B, L, H, hd, a->dropout,
-                               site_key(m, l, SITE_ATTN_PROBS));
+                               site_key(m, l, HDLM_DROPOUT_ATTN_PROBS));
         hdlm_linear_forward(att_y, att, w->attn_out, NULL, N, d, d);
         hdlm_residual_forward(h_mid, h_in, att_y, gamma ? mod + 2 * d : NULL, 6 * d, N, d, a->dropout,
-                              site_key(m, l, SITE_ATTN_RESIDUAL));
+                              site_key(m, l, HDLM_DROPOUT_ATTN_RESIDUAL));
 
         hdlm_layernorm_forward(ln2, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N, h_mid, w->norm2, N, d);
         if (gamma) hdlm_modulate_forward(a2, ln2, mod + 3 * d, mod + 4 * d, 6 * d, N, d);
@@ -472,7 +472,7 @@ int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
         hdlm_gelu_forward(gelu, fc1, (size_t)N * f);
         hdlm_linear_forward(mlp_y, gelu, w->fc2_w, w->fc2_b, N, f, d);
         hdlm_residual_forward(h_out, h_mid, mlp_y, gamma ? mod + 5 * d : NULL, 6 * d, N, d, a->dropout,
-                              site_key(m, l, SITE_MLP_RESIDUAL));
+                              site_key(m, l, HDLM_DROPOUT_MLP_RESIDUAL));
     }
 
     hdlm_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->h + (size_t)c->n_layers * Nd, m->p.norm_final, N, d);
@@ -520,7 +520,7 @@ void hdlm_model_backward(hdlm_model *m, const float *dout) {
 
         // MLP branch: h_out = h_mid + g_m ⊙ dropout(W2·GELU(W1·a2 + b1) + b2)
         hdlm_residual_backward(a->dtmp, gamma ? a->dmod + 5 * d : NULL, a->dh, mlp_y, gamma ? mod + 5 * d : NULL,
-                               6 * d, N, d, a->dropout, site_key(m, l, SITE_MLP_RESIDUAL));
+                               6 * d, N, d, a->dropout, site_key(m, l, HDLM_DROPOUT_MLP_RESIDUAL));
         hdlm_linear_backward(a->dfc, g->fc2_w, g->fc2_b, a->dtmp, gelu, w->fc2_w, N, f, d, false);
         hdlm_gelu_backward(a->dfc, a->dfc, fc1, (size_t)N * f);
         hdlm_linear_backward(a->da, g->fc1_w, g->fc1_b, a->dfc, a2, w->fc1_w, N, d, f, false);
@@ -534,10 +534,10 @@ void hdlm_model_backward(hdlm_model *m, const float *dout) {
 
         // Attention branch: h_mid = h_in + g_a ⊙ dropout(W_o · attention(RoPE(W_qkv · a1)))
         hdlm_residual_backward(a->dtmp, gamma ? a->dmod + 2 * d : NULL, a->dh, att_y, gamma ? mod + 2 * d : NULL,
-                               6 * d, N, d, a->dropout, site_key(m, l, SITE_ATTN_RESIDUAL));
+                               6 * d, N, d, a->dropout, site_key(m, l, HDLM_DROPOUT_ATTN_RESIDUAL));
         hdlm_linear_backward(a->datt, g->attn_out, NULL, a->dtmp, att, w->attn_out, N, d, d, false);
         hdlm_attention_backward(a->dqkv, a->datt, att, a->lse + (size_t)l * N * H, qkv, &a->mask, B, L, H, hd,
-                                a->dropout, site_key(m, l, SITE_ATTN_PROBS));
+                                a->dropout, site_key(m, l, HDLM_DROPOUT_ATTN_PROBS));
         hdlm_rotary_backward(a->dqkv, a->cos_t, a->sin_t, B, L, H, hd);
         hdlm_linear_backward(a->da, g->qkv, NULL, a->dqkv, a1, w->qkv, N, d, 3 * d, false);
         const float *dln1 = a->da;

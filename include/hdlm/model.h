@@ -111,6 +111,15 @@ typedef struct {
     uint64_t dropout_key;         // e.g. hdlm_rng_key(seed, rank, step, HDLM_RNG_DROPOUT)
 } hdlm_model_input;
 
+// Dropout sites of a block; each gets its own key from the step's dropout key and the layer (the GPU model uses the
+// same keys, so both drop the same elements).
+typedef enum {
+    HDLM_DROPOUT_ATTN_PROBS = 0,
+    HDLM_DROPOUT_ATTN_RESIDUAL = 1,
+    HDLM_DROPOUT_MLP_RESIDUAL = 2,
+} hdlm_dropout_site;
+uint64_t hdlm_model_dropout_key(uint64_t step_key, int layer, hdlm_dropout_site site);
+
 int hdlm_model_create(hdlm_model **out, const hdlm_model_config *config);
 void hdlm_model_free(hdlm_model *model);
 // Initialisation of spec §7.6 from a seed (counter-based: independent of threads), and zero gradients.
@@ -119,6 +128,10 @@ const hdlm_tensor *hdlm_model_find_tensor(const hdlm_model *model, const char *n
 size_t hdlm_model_embedding_params(const hdlm_model *model);   // the V×d embedding (for FLOP counts)
 void hdlm_model_zero_grad(hdlm_model *model);
 
+// Refuses bad inputs (ids ≥ V, length > max_length, mask of another length or out of range, σ missing or not positive
+// for γ) with a message; *mask receives the input's mask (full attention when input->mask is NULL). Shared with the
+// GPU model.
+int hdlm_model_check_input(const hdlm_model_config *config, const hdlm_model_input *input, hdlm_attn_mask *mask);
 // Forward pass; refuses bad inputs (ids ≥ V, length > max_length, mask of another length, σ missing for γ).
 int hdlm_model_forward(hdlm_model *model, const hdlm_model_input *input);
 // Accumulates parameter gradients for d(loss)/d(out) of the last forward.
