@@ -1,0 +1,442 @@
+// src/cuda/attention.cu — flash attention under a hyperschedule mask (spec §3.2), the GPU twin of
+// src/layer_attention.c. Shapes: qkv bf16 [N, 3d] with q | k | v of [H heads × D], out bf16 [N, d],
+// lse fp32 [B, H, L].
+//
+// Design (SIMT, fp32 in shared memory and registers; a tensor-core version is future work):
+// - Tiles of TILE = 64 rows, TILE_SPLIT = 4 threads per row (256 threads). Q/K/V/dO tiles are converted to fp32 in
+//   shared memory with rows padded to DP + 1 floats (DP = D rounded up to 32, 64 or 128, zero-filled), so every
+//   even D <= 128 runs through three instantiations. A thread owns the score columns c ≡ sub (mod 4) of its row (the
+//   four threads of a row read four consecutive padded rows of K: no bank conflicts) and the output dims ≡ sub.
+// - Masks: row i may see the keys [0, hi_i) of hdlm_mask_key_range (the ranges of all built-in rules start at key
+//   0), so a query tile visits key tiles only below the largest hi of its rows and the per-element rule is j < hi_i.
+//   A fully masked row (worthless, i > a_end) attends uniformly to all L keys with lse 0 and no score gradient,
+//   exactly as the CPU does; dropout applies to it too.
+// - Dropout: element (b, h, i, j) kept when hdlm_uniform_at_dev(key, ((b·H + h)·L + i)·L + j) >= p, the kept
+//   probabilities scaled by 1/(1 − p); lse is that of the undropped probabilities (as on the CPU).
+// - Backward (flash-attention-2 recurrences, deterministic, no atomics): delta_i = dO_i · O_i into the workspace, a
+//   dQ kernel over query tiles and a dK/dV kernel over key tiles, both recomputing P from lse.
+#include <math.h>
+
+#include "cuda_internal.cuh"
+
+namespace {
+
+constexpr int TILE = 64;                       // rows of a query tile and of a key tile
+constexpr int TILE_SPLIT = 4;                  // threads per tile row
+constexpr int THREADS = TILE * TILE_SPLIT;     // 256
+constexpr int COLS = TILE / TILE_SPLIT;        // score columns per thread
+constexpr int PSTRIDE = TILE + 1;              // padded row of a score tile in shared memory
+
+struct attn_shape {
+    int len, heads, head_dim, width;   // L, H, D, d = H·D (qkv rows have 3d elements)
+    float scale;                       // 1/sqrt(D)
+    float dropout, keep;               // p and 1/(1 − p)
+    uint64_t key;                      // dropout stream
+};
+
+// Keys [0, hi) of row i (all L for a fully masked row); 0 for the padding rows i >= L of the last tile.
+__device__ inline int row_key_end(const hdlm_attn_mask &mask, int i) {
+    if (i >= mask.length) return 0;
+    int lo, hi;
+    hdlm_mask_key_range(&mask, i, &lo, &hi);
+    return hi;
+}
+
+__device__ inline bool row_uniform(const hdlm_attn_mask &mask, int i) {
+    return i < mask.length && hdlm_mask_row_fully_masked(&mask, i);
+}
+
+// The largest key bound of the rows [i0, i0 + TILE): key tiles from there on are masked for the whole tile.
+// Without_uniform leaves fully masked rows out (their score gradient is zero).
+__device__ inline int tile_key_end(const hdlm_attn_mask &mask, int i0, bool without_uniform) {
+    int end = 0;
+    for (int r = 0; r < TILE; r++) {
+        int i = i0 + r;
+        if (without_uniform && row_uniform(mask, i)) continue;
+        end = max(end, row_key_end(mask, i));
+    }
+    return end;
+}
+
+// Dropout multiplier of probability (row_index + j): 0 or 1/(1 − p), the CPU's hdlm_dropout_scales rule.
+__device__ inline float dropout_factor(const attn_shape &sh, uint64_t index) {
+    if (sh.dropout <= 0.0f) return 1.0f;
+    return hdlm_uniform_at_dev(sh.key, index) >= sh.dropout ? sh.keep : 0.0f;
+}
+
+// Sum over the TILE_SPLIT threads of a row (adjacent lanes; the whole warp is converged here).
+__device__ inline float row_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    x += __shfl_xor_sync(0xffffffffu, x, 2);
+    return x;
+}
+__device__ inline float row_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+    return x;
+}
+
+// Rows [r0, r0 + TILE) of a bf16 matrix (row stride ld, this head's first column at src) into dst[TILE][DP + 1]
+// as fp32, zero beyond `rows` and beyond head_dim. head_dim is even and every offset even: bf16 pairs are aligned.
+template <int DP>
+__device__ inline void tile_load(float *dst, const bf16 *src, size_t ld, int r0, int rows, int head_dim) {
+    constexpr int S = DP + 1, PAIRS = DP / 2;
+    for (int idx = threadIdx.x; idx < TILE * PAIRS; idx += THREADS) {
+        int r = idx / PAIRS, e = 2 * (idx % PAIRS);
+        float2 x = make_float2(0.0f, 0.0f);
+        if (r0 + r < rows && e < head_dim)
+            x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(src + (size_t)(r0 + r) * ld + e));
+        dst[r * S + e] = x.x;
+        dst[r * S + e + 1] = x.y;
+    }
+}
+
+// Shared memory of each kernel (floats, then ints).
+template <int DP> constexpr size_t forward_smem() { return sizeof(float) * (3 * TILE * (DP + 1) + TILE * PSTRIDE); }
+template <int DP> constexpr size_t dq_smem() { return sizeof(float) * (4 * TILE * (DP + 1) + TILE * PSTRIDE); }
+template <int DP> size_t dkdv_smem(int len) {
+    return sizeof(float) * (4 * TILE * (DP + 1) + 2 * TILE * PSTRIDE + 2 * TILE) +
+           sizeof(int) * (2 * TILE + hdlm_ceil_div(len, TILE));
+}
+
+// One block per (query tile, b·H + h): online softmax over the key tiles the tile's rows may see.
+template <int DP>
+__global__ void __launch_bounds__(THREADS)
+    attention_forward_kernel(bf16 *out, float *lse, const bf16 *qkv, hdlm_attn_mask mask, attn_shape sh) {
+    constexpr int S = DP + 1, NT = DP / TILE_SPLIT;
+    extern __shared__ float smem[];
+    float *qs = smem, *ks = qs + TILE * S, *vs = ks + TILE * S, *ps = vs + TILE * S;
+    const int L = sh.len, D = sh.head_dim, bh = blockIdx.y, b = bh / sh.heads, h = bh % sh.heads;
+    const size_t ld = 3 * (size_t)sh.width;
+    const bf16 *q = qkv + (size_t)b * L * ld + (size_t)h * D, *k = q + sh.width, *v = q + 2 * sh.width;
+    const int i0 = blockIdx.x * TILE, r = threadIdx.x / TILE_SPLIT, sub = threadIdx.x % TILE_SPLIT, i = i0 + r;
+    const int kv_end = tile_key_end(mask, i0, false), hi = row_key_end(mask, i);
+    const bool uniform = row_uniform(mask, i);
+    const uint64_t row_index = ((uint64_t)bh * L + (uint64_t)i) * (uint64_t)L;
+
+    tile_load<DP>(qs, q, ld, i0, L, D);
+    float o[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) o[t] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+    for (int j0 = 0; j0 < kv_end; j0 += TILE) {
+        __syncthreads();   // the previous tile's K, V and P are read by all
+        tile_load<DP>(ks, k, ld, j0, L, D);
+        tile_load<DP>(vs, v, ld, j0, L, D);
+        __syncthreads();
+        float sc[COLS];
+#pragma unroll
+        for (int c = 0; c < COLS; c++) sc[c] = 0.0f;
+#pragma unroll 4
+        for (int e = 0; e < DP; e++) {
+            float qe = qs[r * S + e];
+#pragma unroll
+            for (int c = 0; c < COLS; c++) sc[c] += qe * ks[(sub + TILE_SPLIT * c) * S + e];
+        }
+        float tile_max = -INFINITY;
+#pragma unroll
+        for (int c = 0; c < COLS; c++) {
+            int j = j0 + sub + TILE_SPLIT * c;
+            // a fully masked row's scores are all replaced by 0 (hi = L for it): uniform weights
+            sc[c] = j < hi ? (uniform ? 0.0f : sc[c] * sh.scale) : -INFINITY;
+            tile_max = fmaxf(tile_max, sc[c]);
+        }
+        float m_new = fmaxf(m, row_max(tile_max));
+        float m_base = m_new == -INFINITY ? 0.0f : m_new;   // no allowed key yet: all weights are 0
+        float corr = expf(m - m_base), sum = 0.0f;
+#pragma unroll
+        for (int c = 0; c < COLS; c++) {
+            int col = sub + TILE_SPLIT * c;
+            float p = expf(sc[c] - m_base);
+            sum += p;
+            if (p > 0.0f) p *= dropout_factor(sh, row_index + (uint64_t)(j0 + col));
+            ps[r * PSTRIDE + col] = p;
+        }
+        l = l * corr + row_sum(sum);
+        m = m_new;
+#pragma unroll
+        for (int t = 0; t < NT; t++) o[t] *= corr;
+        __syncthreads();
+        for (int c = 0; c < TILE; c++) {
+            float p = ps[r * PSTRIDE + c];
+#pragma unroll
+            for (int t = 0; t < NT; t++) o[t] += p * vs[c * S + sub + TILE_SPLIT * t];
+        }
+    }
+    if (i >= L) return;
+    float inv = 1.0f / l;   // l > 0: key 0 is allowed to every row
+    bf16 *orow = out + ((size_t)b * L + i) * sh.width + (size_t)h * D;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        int e = sub + TILE_SPLIT * t;
+        if (e < D) orow[e] = __float2bfloat16(o[t] * inv);
+    }
+    if (sub == 0) lse[(size_t)bh * L + i] = uniform ? 0.0f : m + logf(l);
+}
+
+// delta[b, h, i] = dO_i · O_i (= Σ_j P̃_ij dP̃_ij of the backward): one warp per (token, head).
+__global__ void attention_delta_kernel(float *delta, const bf16 *dout, const bf16 *out, int batch, attn_shape sh) {
+    size_t warp = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    size_t rows = (size_t)batch * sh.len * sh.heads;
+    if (warp >= rows) return;
+    size_t n = warp / sh.heads;   // token b·L + i
+    int h = (int)(warp % sh.heads), b = (int)(n / sh.len), i = (int)(n % sh.len);
+    const bf16 *g = dout + n * sh.width + (size_t)h * sh.head_dim, *o = out + n * sh.width + (size_t)h * sh.head_dim;
+    float sum = 0.0f;
+    for (int e = lane; e < sh.head_dim; e += 32) sum += __bfloat162float(g[e]) * __bfloat162float(o[e]);
+    for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (lane == 0) delta[((size_t)b * sh.heads + h) * sh.len + i] = sum;
+}
+
+// dQ_i = scale · Σ_j dS_ij K_j with dS_ij = P_ij (dP̃_ij·m_ij − delta_i): one block per (query tile, b·H + h).
+template <int DP>
+__global__ void __launch_bounds__(THREADS)
+    attention_dq_kernel(bf16 *dqkv, const bf16 *dout, const float *lse, const float *delta, const bf16 *qkv,
+                        hdlm_attn_mask mask, attn_shape sh) {
+    constexpr int S = DP + 1, NT = DP / TILE_SPLIT;
+    extern __shared__ float smem[];
+    float *qs = smem, *gs = qs + TILE * S, *ks = gs + TILE * S, *vs = ks + TILE * S, *dss = vs + TILE * S;
+    const int L = sh.len, D = sh.head_dim, bh = blockIdx.y, b = bh / sh.heads, h = bh % sh.heads;
+    const size_t ld = 3 * (size_t)sh.width;
+    const size_t head = (size_t)b * L * ld + (size_t)h * D;
+    const bf16 *q = qkv + head, *k = q + sh.width, *v = q + 2 * sh.width;
+    const bf16 *g = dout + (size_t)b * L * sh.width + (size_t)h * D;
+    const int i0 = blockIdx.x * TILE, r = threadIdx.x / TILE_SPLIT, sub = threadIdx.x % TILE_SPLIT, i = i0 + r;
+    // fully masked rows have no score gradient: they neither widen the key range nor get a dq
+    const int kv_end = tile_key_end(mask, i0, true), hi = row_uniform(mask, i) ? 0 : row_key_end(mask, i);
+    const float row_lse = i < L ? lse[(size_t)bh * L + i] : 0.0f;
+    const float row_delta = i < L ? delta[(size_t)bh * L + i] : 0.0f;
+    const uint64_t row_index = ((uint64_t)bh * L + (uint64_t)i) * (uint64_t)L;
+
+    tile_load<DP>(qs, q, ld, i0, L, D);
+    tile_load<DP>(gs, g, sh.width, i0, L, D);
+    float dq[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) dq[t] = 0.0f;
+    for (int j0 = 0; j0 < kv_end; j0 += TILE) {
+        __syncthreads();   // the previous tile's K and dS are read by all
+        tile_load<DP>(ks, k, ld, j0, L, D);
+        tile_load<DP>(vs, v, ld, j0, L, D);
+        __syncthreads();
+        float sc[COLS], dp[COLS];
+#pragma unroll
+        for (int c = 0; c < COLS; c++) sc[c] = dp[c] = 0.0f;
+#pragma unroll 2
+        for (int e = 0; e < DP; e++) {
+            float qe = qs[r * S + e], ge = gs[r * S + e];
+#pragma unroll
+            for (int c = 0; c < COLS; c++) {
+                int kidx = (sub + TILE_SPLIT * c) * S + e;
+                sc[c] += qe * ks[kidx];
+                dp[c] += ge * vs[kidx];
+            }
+        }
+#pragma unroll
+        for (int c = 0; c < COLS; c++) {
+            int col = sub + TILE_SPLIT * c, j = j0 + col;
+            float ds = 0.0f;
+            if (j < hi) {
+                float p = expf(sc[c] * sh.scale - row_lse);
+                ds = p * (dp[c] * dropout_factor(sh, row_index + (uint64_t)j) - row_delta);
+            }
+            dss[r * PSTRIDE + col] = ds;
+        }
+        __syncthreads();
+        for (int c = 0; c < TILE; c++) {
+            float ds = dss[r * PSTRIDE + c];
+#pragma unroll
+            for (int t = 0; t < NT; t++) dq[t] += ds * ks[c * S + sub + TILE_SPLIT * t];
+        }
+    }
+    if (i >= L) return;
+    bf16 *dqrow = dqkv + head + (size_t)i * ld;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        int e = sub + TILE_SPLIT * t;
+        if (e < D) dqrow[e] = __float2bfloat16(dq[t] * sh.scale);
+    }
+}
+
+// dV_j = Σ_i P̃_ij dO_i and dK_j = scale · Σ_i dS_ij Q_i: one block per (key tile, b·H + h), looping over the query
+// tiles whose rows may see a key of the tile. Thread (c, sub) owns key j0 + c, query rows ≡ sub (mod 4) of the
+// score tile and dims ≡ sub (mod 4) of dK and dV.
+template <int DP>
+__global__ void __launch_bounds__(THREADS)
+    attention_dkdv_kernel(bf16 *dqkv, const bf16 *dout, const float *lse, const float *delta, const bf16 *qkv,
+                          hdlm_attn_mask mask, attn_shape sh) {
+    constexpr int S = DP + 1, NT = DP / TILE_SPLIT;
+    extern __shared__ float smem[];
+    float *ks = smem, *vs = ks + TILE * S, *qs = vs + TILE * S, *gs = qs + TILE * S;
+    float *pts = gs + TILE * S, *dss = pts + TILE * PSTRIDE;   // [key][query] of P̃ and dS
+    float *rlse = dss + TILE * PSTRIDE, *rdelta = rlse + TILE;
+    int *rhi = reinterpret_cast<int *>(rdelta + TILE), *runiform = rhi + TILE, *qend = runiform + TILE;
+    const int L = sh.len, D = sh.head_dim, bh = blockIdx.y, b = bh / sh.heads, h = bh % sh.heads;
+    const int n_qtiles = (L + TILE - 1) / TILE;
+    const size_t ld = 3 * (size_t)sh.width;
+    const size_t head = (size_t)b * L * ld + (size_t)h * D;
+    const bf16 *q = qkv + head, *k = q + sh.width, *v = q + 2 * sh.width;
+    const bf16 *g = dout + (size_t)b * L * sh.width + (size_t)h * D;
+    const int j0 = blockIdx.x * TILE, c = threadIdx.x / TILE_SPLIT, sub = threadIdx.x % TILE_SPLIT, j = j0 + c;
+
+    for (int t = threadIdx.x; t < n_qtiles; t += THREADS) qend[t] = tile_key_end(mask, t * TILE, false);
+    tile_load<DP>(ks, k, ld, j0, L, D);
+    tile_load<DP>(vs, v, ld, j0, L, D);
+    float dk[NT], dv[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) dk[t] = dv[t] = 0.0f;
+    __syncthreads();
+    for (int qt = 0; qt < n_qtiles; qt++) {
+        if (qend[qt] <= j0) continue;   // no row of this query tile sees the key tile (block-uniform)
+        const int i0 = qt * TILE;
+        __syncthreads();   // the previous query tile's Q, dO, P̃, dS and row data are read by all
+        tile_load<DP>(qs, q, ld, i0, L, D);
+        tile_load<DP>(gs, g, sh.width, i0, L, D);
+        if (threadIdx.x < TILE) {
+            int i = i0 + threadIdx.x;
+            rhi[threadIdx.x] = row_key_end(mask, i);
+            runiform[threadIdx.x] = row_uniform(mask, i);
+            rlse[threadIdx.x] = i < L ? lse[(size_t)bh * L + i] : 0.0f;
+            rdelta[threadIdx.x] = i < L ? delta[(size_t)bh * L + i] : 0.0f;
+        }
+        __syncthreads();
+        float sc[COLS], dp[COLS];
+#pragma unroll
+        for (int x = 0; x < COLS; x++) sc[x] = dp[x] = 0.0f;
+#pragma unroll 2
+        for (int e = 0; e < DP; e++) {
+            float ke = ks[c * S + e], ve = vs[c * S + e];
+#pragma unroll
+            for (int x = 0; x < COLS; x++) {
+                int qidx = (sub + TILE_SPLIT * x) * S + e;
+                sc[x] += qs[qidx] * ke;
+                dp[x] += gs[qidx] * ve;
+            }
+        }
+#pragma unroll
+        for (int x = 0; x < COLS; x++) {
+            int row = sub + TILE_SPLIT * x, i = i0 + row;
+            float p = 0.0f, ds = 0.0f;
+            if (runiform[row]) {
+                p = j < L ? 1.0f / (float)L : 0.0f;   // uniform row: weight 1/L on every key, no score gradient
+            } else if (j < rhi[row]) {
+                p = expf(sc[x] * sh.scale - rlse[row]);
+            }
+            float drop = p > 0.0f ? dropout_factor(sh, ((uint64_t)bh * L + (uint64_t)i) * (uint64_t)L + j) : 0.0f;
+            if (!runiform[row]) ds = p * (dp[x] * drop - rdelta[row]);
+            pts[c * PSTRIDE + row] = p * drop;
+            dss[c * PSTRIDE + row] = ds;
+        }
+        __syncthreads();
+        for (int row = 0; row < TILE; row++) {
+            float pd = pts[c * PSTRIDE + row], ds = dss[c * PSTRIDE + row];
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                int e = sub + TILE_SPLIT * t;
+                dv[t] += pd * gs[row * S + e];
+                dk[t] += ds * qs[row * S + e];
+            }
+        }
+    }
+    if (j >= L) return;
+    bf16 *dkrow = dqkv + head + (size_t)j * ld + sh.width, *dvrow = dkrow + sh.width;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        int e = sub + TILE_SPLIT * t;
+        if (e < D) {
+            dkrow[e] = __float2bfloat16(dk[t] * sh.scale);
+            dvrow[e] = __float2bfloat16(dv[t]);
+        }
+    }
+}
+
+attn_shape shape_of(int len, int heads, int head_dim, float dropout, uint64_t key) {
+    HDLM_ASSERT(head_dim >= 2 && head_dim <= 128 && head_dim % 2 == 0,
+                "attention head_dim %d: the CUDA kernels take an even head dim <= 128", head_dim);
+    HDLM_ASSERT(dropout >= 0.0f && dropout < 1.0f, "attention dropout %g outside [0, 1)", (double)dropout);
+    attn_shape sh;
+    sh.len = len;
+    sh.heads = heads;
+    sh.head_dim = head_dim;
+    sh.width = heads * head_dim;
+    sh.scale = 1.0f / sqrtf((float)head_dim);
+    sh.dropout = dropout;
+    sh.keep = 1.0f / (1.0f - dropout);   // the CPU's float 1/(1 − p)
+    sh.key = key;
+    return sh;
+}
+
+dim3 grid_of(int batch, int len, int heads) {
+    HDLM_ASSERT((long)batch * heads <= 65535, "attention batch·heads %ld exceeds the grid's y limit",
+                (long)batch * heads);
+    return dim3((unsigned)hdlm_ceil_div((size_t)len, TILE), (unsigned)(batch * heads));
+}
+
+// Opts the kernel into `bytes` of dynamic shared memory (above the default 48 KiB), dying when the device has less.
+template <typename Kernel> void set_smem(Kernel kernel, size_t bytes) {
+    int device, optin;
+    HDLM_CUDA_CHECK(cudaGetDevice(&device));
+    HDLM_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    if (bytes > (size_t)optin)
+        HDLM_DIE("attention kernel needs %zu bytes of shared memory, the device allows %d per block", bytes, optin);
+    HDLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+
+template <int DP>
+void forward_launch(bf16 *out, float *lse, const bf16 *qkv, const hdlm_attn_mask &mask, int batch,
+                    const attn_shape &sh, cudaStream_t stream) {
+    size_t smem = forward_smem<DP>();
+    set_smem(attention_forward_kernel<DP>, smem);
+    attention_forward_kernel<DP><<<grid_of(batch, sh.len, sh.heads), THREADS, smem, stream>>>(out, lse, qkv, mask, sh);
+    HDLM_CUDA_LAUNCHED();
+}
+
+template <int DP>
+void backward_launch(bf16 *dqkv, const float *delta, const bf16 *dout, const float *lse, const bf16 *qkv,
+                     const hdlm_attn_mask &mask, int batch, const attn_shape &sh, cudaStream_t stream) {
+    dim3 grid = grid_of(batch, sh.len, sh.heads);
+    size_t smem = dq_smem<DP>();
+    set_smem(attention_dq_kernel<DP>, smem);
+    attention_dq_kernel<DP><<<grid, THREADS, smem, stream>>>(dqkv, dout, lse, delta, qkv, mask, sh);
+    HDLM_CUDA_LAUNCHED();
+    smem = dkdv_smem<DP>(sh.len);
+    set_smem(attention_dkdv_kernel<DP>, smem);
+    attention_dkdv_kernel<DP><<<grid, THREADS, smem, stream>>>(dqkv, dout, lse, delta, qkv, mask, sh);
+    HDLM_CUDA_LAUNCHED();
+}
+
+}   // namespace
+
+void hdlm_cuda_attention_forward(hdlm_bf16 *out, float *lse, const hdlm_bf16 *qkv, const hdlm_attn_mask *mask,
+                                 int batch, int len, int heads, int head_dim, float dropout, uint64_t key,
+                                 hdlm_stream stream) {
+    HDLM_ASSERT(mask->length == len, "attention mask length %d for sequences of %d", mask->length, len);
+    if (batch == 0 || len == 0 || heads == 0) return;
+    attn_shape sh = shape_of(len, heads, head_dim, dropout, key);
+    if (head_dim <= 32) forward_launch<32>(as_bf16(out), lse, as_bf16(qkv), *mask, batch, sh, stream);
+    else if (head_dim <= 64) forward_launch<64>(as_bf16(out), lse, as_bf16(qkv), *mask, batch, sh, stream);
+    else forward_launch<128>(as_bf16(out), lse, as_bf16(qkv), *mask, batch, sh, stream);
+}
+
+size_t hdlm_cuda_attention_workspace_bytes(int batch, int len, int heads, int head_dim) {
+    (void)head_dim;   // dq is accumulated in registers by its own kernel: only the row sums need space
+    return (size_t)batch * len * heads * sizeof(float);
+}
+
+void hdlm_cuda_attention_backward(hdlm_bf16 *dqkv, void *workspace, const hdlm_bf16 *dout, const hdlm_bf16 *out,
+                                  const float *lse, const hdlm_bf16 *qkv, const hdlm_attn_mask *mask, int batch,
+                                  int len, int heads, int head_dim, float dropout, uint64_t key, hdlm_stream stream) {
+    HDLM_ASSERT(mask->length == len, "attention mask length %d for sequences of %d", mask->length, len);
+    if (batch == 0 || len == 0 || heads == 0) return;
+    attn_shape sh = shape_of(len, heads, head_dim, dropout, key);
+    float *delta = static_cast<float *>(workspace);
+    size_t warps = (size_t)batch * len * heads;
+    attention_delta_kernel<<<hdlm_ceil_div(warps * 32, 256), 256, 0, stream>>>(delta, as_bf16(dout), as_bf16(out),
+                                                                               batch, sh);
+    HDLM_CUDA_LAUNCHED();
+    bf16 *dx = as_bf16(dqkv);
+    const bf16 *g = as_bf16(dout), *x = as_bf16(qkv);
+    if (head_dim <= 32) backward_launch<32>(dx, delta, g, lse, x, *mask, batch, sh, stream);
+    else if (head_dim <= 64) backward_launch<64>(dx, delta, g, lse, x, *mask, batch, sh, stream);
+    else backward_launch<128>(dx, delta, g, lse, x, *mask, batch, sh, stream);
+}
