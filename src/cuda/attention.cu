@@ -427,7 +427,9 @@ __device__ inline void tc_zero(float acc[TC_NT][4]) {
 // when `dst_t` is given, transposed into dst_t[column][row]; zero beyond `rows`.
 __device__ inline void tc_tile_load(bf16 *dst, bf16 *dst_t, const bf16 *src, size_t ld, int r0, int rows) {
     for (int idx = threadIdx.x; idx < TILE * TC_D / 8; idx += TC_THREADS) {
-        int r = idx / (TC_D / 8), e = 8 * (idx % (TC_D / 8));
+        // with a transposed copy a warp takes 32 consecutive rows of one 8-column chunk (conflict-free transposed
+        // stores); otherwise 4 whole 128-byte rows (coalesced reads)
+        int r = dst_t ? idx % TILE : idx / (TC_D / 8), e = dst_t ? 8 * (idx / TILE) : 8 * (idx % (TC_D / 8));
         uint4 x = make_uint4(0u, 0u, 0u, 0u);
         if (r0 + r < rows) x = *reinterpret_cast<const uint4 *>(src + (size_t)(r0 + r) * ld + e);
         if (dst) *reinterpret_cast<uint4 *>(dst + r * TC_LDS + e) = x;
