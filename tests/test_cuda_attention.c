@@ -258,6 +258,21 @@ static void test_hyperschedule_masks(void **state) {
     run_cases(cases, 7);
 }
 
+// A single position, and sequences shorter than a tile, down to every row worthless (all uniform, no dq or dk).
+static void test_edge_shapes(void **state) {
+    (void)state;
+    const attention_case cases[] = {
+        {"tiny L1 full D64 dropout", 1, 1, 1, 64, hdlm_mask_full(1), 0.1f},
+        {"tiny L17 all worthless D64 dropout", 2, 1, 17, 64,
+         mask_of(17, 0, -1, HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_FULL, 4), 0.1f},
+        {"tiny L17 all worthless D32 dropout", 1, 1, 17, 32,
+         mask_of(17, 0, -1, HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_FULL, 4), 0.1f},
+        {"tiny L17 hyper block-causal D32", 1, 2, 17, 32,
+         mask_of(17, 3, 5, HDLM_CONTEXT_CAUSAL, HDLM_BLOCK_CAUSAL, 4), 0.0f},
+    };
+    run_cases(cases, 4);
+}
+
 static double seconds_now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -323,6 +338,7 @@ int main(void) {
         cmocka_unit_test(test_full_mask),
         cmocka_unit_test(test_context_rules),
         cmocka_unit_test(test_hyperschedule_masks),
+        cmocka_unit_test(test_edge_shapes),
         cmocka_unit_test(test_timing),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
