@@ -86,7 +86,7 @@ void hdlm_cuda_gamma_mix(float *mix, const float *sigma, float gamma, int n, hdl
 void hdlm_cuda_attention_forward(hdlm_bf16 *out, float *lse, const hdlm_bf16 *qkv, const hdlm_attn_mask *mask,
                                  int batch, int len, int heads, int head_dim, float dropout, uint64_t key,
                                  hdlm_stream stream);
-// Bytes of scratch the backward needs (row sums dO·O and fp32 dq accumulators).
+// Bytes of scratch the backward needs (the row sums dO·O, fp32 [B, H, L]).
 size_t hdlm_cuda_attention_workspace_bytes(int batch, int len, int heads, int head_dim);
 // dqkv (bf16, written) from dout; workspace of hdlm_cuda_attention_workspace_bytes bytes.
 void hdlm_cuda_attention_backward(hdlm_bf16 *dqkv, void *workspace, const hdlm_bf16 *dout, const hdlm_bf16 *out,

@@ -9,6 +9,13 @@
 
 #include <stdbool.h>
 
+// The rules below are also called by the CUDA kernels (src/cuda/attention.cu): one definition for host and device.
+#ifdef __CUDACC__
+#define HDLM_MASK_FN static inline __host__ __device__
+#else
+#define HDLM_MASK_FN static inline
+#endif
+
 typedef enum { HDLM_CONTEXT_BLOCK_CAUSAL = 0, HDLM_CONTEXT_CAUSAL = 1, HDLM_CONTEXT_FULL = 2 } hdlm_context_type;
 typedef enum { HDLM_BLOCK_FULL = 0, HDLM_BLOCK_CAUSAL = 1 } hdlm_block_type;
 
@@ -28,7 +35,7 @@ static inline hdlm_attn_mask hdlm_mask_full(int length) {
 }
 
 // May query i attend key j? (spec §3.2 rules 1-3; fully-masked rows are handled by the kernel, see below).
-static inline bool hdlm_mask_allowed(const hdlm_attn_mask *m, int i, int j) {
+HDLM_MASK_FN bool hdlm_mask_allowed(const hdlm_attn_mask *m, int i, int j) {
     if (i < m->n_set) {   // settled row: settled keys only
         if (j >= m->n_set) return false;
         switch (m->context) {
@@ -45,11 +52,11 @@ static inline bool hdlm_mask_allowed(const hdlm_attn_mask *m, int i, int j) {
 
 // A row with no allowed key (only worthless rows) attends uniformly to all L keys: the reference's kernel turns an
 // all -inf score row into all zeros (spec §3.2, "fully-masked rows").
-static inline bool hdlm_mask_row_fully_masked(const hdlm_attn_mask *m, int i) { return i > m->a_end; }
+HDLM_MASK_FN bool hdlm_mask_row_fully_masked(const hdlm_attn_mask *m, int i) { return i > m->a_end; }
 
 // For row i, the allowed keys form the contiguous range [*lo, *hi) under every built-in rule (settled and active
 // rows always start at key 0). A fully masked row returns [0, L) (the uniform rule above).
-static inline void hdlm_mask_key_range(const hdlm_attn_mask *m, int i, int *lo, int *hi) {
+HDLM_MASK_FN void hdlm_mask_key_range(const hdlm_attn_mask *m, int i, int *lo, int *hi) {
     *lo = 0;
     if (hdlm_mask_row_fully_masked(m, i)) {
         *hi = m->length;

@@ -1,0 +1,801 @@
+// src/cuda/attention.cu — flash attention under a hyperschedule mask (spec §3.2), the GPU twin of
+// src/layer_attention.c. Shapes: qkv bf16 [N, 3d] with q | k | v of [H heads × D], out bf16 [N, d],
+// lse fp32 [B, H, L].
+//
+// Head dim 64 (the models' head size) runs on tensor cores (mma.sync bf16, see "tensor-core path" below); every other
+// even D <= 128 runs the SIMT kernels. Both share the mask, dropout and uniform-row rules and the tile shape.
+// SIMT design (fp32 in shared memory and registers):
+// - Tiles of TILE = 64 rows, TILE_SPLIT = 4 threads per row (256 threads). Q/K/V/dO tiles are converted to fp32 in
+//   shared memory with rows padded to DP + 1 floats (DP = D rounded up to 32, 64 or 128, zero-filled), so every
+//   even D <= 128 runs through three instantiations. A thread owns the score columns c ≡ sub (mod 4) of its row (the
+//   four threads of a row read four consecutive padded rows of K: no bank conflicts) and the output dims ≡ sub.
+// - Masks: row i may see the keys [0, hi_i) of hdlm_mask_key_range (the ranges of all built-in rules start at key
+//   0), so a query tile visits key tiles only below the largest hi of its rows and the per-element rule is j < hi_i.
+//   A fully masked row (worthless, i > a_end) attends uniformly to all L keys with lse 0 and no score gradient,
+//   exactly as the CPU does; dropout applies to it too.
+// - Dropout: element (b, h, i, j) kept when hdlm_uniform_at_dev(key, ((b·H + h)·L + i)·L + j) >= p, the kept
+//   probabilities scaled by 1/(1 − p); lse is that of the undropped probabilities (as on the CPU).
+// - Backward (flash-attention-2 recurrences, deterministic, no atomics): delta_i = dO_i · O_i into the workspace, a
+//   dQ kernel over query tiles and a dK/dV kernel over key tiles, both recomputing P from lse.
+#include <math.h>
+
+#include "cuda_internal.cuh"
+
+namespace {
+
+constexpr int TILE = 64;                       // rows of a query tile and of a key tile
+constexpr int TILE_SPLIT = 4;                  // threads per tile row
+constexpr int THREADS = TILE * TILE_SPLIT;     // 256
+constexpr int COLS = TILE / TILE_SPLIT;        // score columns per thread
+constexpr int PSTRIDE = TILE + 1;              // padded row of a score tile in shared memory
+
+struct attn_shape {
+    int len, heads, head_dim, width;   // L, H, D, d = H·D (qkv rows have 3d elements)
+    float scale;                       // 1/sqrt(D)
+    float dropout, keep;               // p and 1/(1 − p)
+    uint64_t key;                      // dropout stream
+};
+
+// Keys [0, hi) of row i (all L for a fully masked row); 0 for the padding rows i >= L of the last tile.
+__device__ inline int row_key_end(const hdlm_attn_mask &mask, int i) {
+    if (i >= mask.length) return 0;
+    int lo, hi;
+    hdlm_mask_key_range(&mask, i, &lo, &hi);
+    return hi;
+}
+
+__device__ inline bool row_uniform(const hdlm_attn_mask &mask, int i) {
+    return i < mask.length && hdlm_mask_row_fully_masked(&mask, i);
+}
+
+// The largest key bound of the rows [i0, i0 + TILE): key tiles from there on are masked for the whole tile.
+// Without_uniform leaves fully masked rows out (their score gradient is zero).
+__device__ inline int tile_key_end(const hdlm_attn_mask &mask, int i0, bool without_uniform) {
+    int end = 0;
+    for (int r = 0; r < TILE; r++) {
+        int i = i0 + r;
+        if (without_uniform && row_uniform(mask, i)) continue;
+        end = max(end, row_key_end(mask, i));
+    }
+    return end;
+}
+
+// Dropout multiplier of probability (row_index + j): 0 or 1/(1 − p), the CPU's hdlm_dropout_scales rule.
+__device__ inline float dropout_factor(const attn_shape &sh, uint64_t index) {
+    if (sh.dropout <= 0.0f) return 1.0f;
+    return hdlm_uniform_at_dev(sh.key, index) >= sh.dropout ? sh.keep : 0.0f;
+}
+
+// Sum over the TILE_SPLIT threads of a row (adjacent lanes; the whole warp is converged here).
+__device__ inline float row_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    x += __shfl_xor_sync(0xffffffffu, x, 2);
+    return x;
+}
+__device__ inline float row_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+    return x;
+}
+
+// Rows [r0, r0 + TILE) of a bf16 matrix (row stride ld, this head's first column at src) into dst[TILE][DP + 1]
+// as fp32, zero beyond `rows` and beyond head_dim. head_dim is even and every offset even: bf16 pairs are aligned.
+template <int DP>
+__device__ inline void tile_load(float *dst, const bf16 *src, size_t ld, int r0, int rows, int head_dim) {
+    constexpr int S = DP + 1, PAIRS = DP / 2;
+    for (int idx = threadIdx.x; idx < TILE * PAIRS; idx += THREADS) {
+        int r = idx / PAIRS, e = 2 * (idx % PAIRS);
+        float2 x = make_float2(0.0f, 0.0f);
+        if (r0 + r < rows && e < head_dim)
+            x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(src + (size_t)(r0 + r) * ld + e));
+        dst[r * S + e] = x.x;
+        dst[r * S + e + 1] = x.y;
+    }
+}
+
+// Shared memory of each kernel (floats, then ints).
+template <int DP> constexpr size_t forward_smem() { return sizeof(float) * (3 * TILE * (DP + 1) + TILE * PSTRIDE); }
+template <int DP> constexpr size_t dq_smem() { return sizeof(float) * (4 * TILE * (DP + 1) + TILE * PSTRIDE); }
+template <int DP> size_t dkdv_smem(int len) {
+    return sizeof(float) * (4 * TILE * (DP + 1) + 2 * TILE * PSTRIDE + 2 * TILE) +
+           sizeof(int) * (2 * TILE + hdlm_ceil_div(len, TILE));
+}
+
+// One block per (query tile, b·H + h): online softmax over the key tiles the tile's rows may see.
+template <int DP>
+__global__ void __launch_bounds__(THREADS)
+    attention_forward_kernel(bf16 *out, float *lse, const bf16 *qkv, hdlm_attn_mask mask, attn_shape sh) {
+    constexpr int S = DP + 1, NT = DP / TILE_SPLIT;
+    extern __shared__ float smem[];
+    float *qs = smem, *ks = qs + TILE * S, *vs = ks + TILE * S, *ps = vs + TILE * S;
+    const int L = sh.len, D = sh.head_dim, bh = blockIdx.y, b = bh / sh.heads, h = bh % sh.heads;
+    const size_t ld = 3 * (size_t)sh.width;
+    const bf16 *q = qkv + (size_t)b * L * ld + (size_t)h * D, *k = q + sh.width, *v = q + 2 * sh.width;
+    const int i0 = blockIdx.x * TILE, r = threadIdx.x / TILE_SPLIT, sub = threadIdx.x % TILE_SPLIT, i = i0 + r;
+    const int kv_end = tile_key_end(mask, i0, false), hi = row_key_end(mask, i);
+    const bool uniform = row_uniform(mask, i);
+    const uint64_t row_index = ((uint64_t)bh * L + (uint64_t)i) * (uint64_t)L;
+
+    tile_load<DP>(qs, q, ld, i0, L, D);
+    float o[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) o[t] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+    for (int j0 = 0; j0 < kv_end; j0 += TILE) {
+        __syncthreads();   // the previous tile's K, V and P are read by all
+        tile_load<DP>(ks, k, ld, j0, L, D);
+        tile_load<DP>(vs, v, ld, j0, L, D);
+        __syncthreads();
+        float sc[COLS];
+#pragma unroll
+        for (int c = 0; c < COLS; c++) sc[c] = 0.0f;
+#pragma unroll 4
+        for (int e = 0; e < DP; e++) {
+            float qe = qs[r * S + e];
+#pragma unroll
+            for (int c = 0; c < COLS; c++) sc[c] += qe * ks[(sub + TILE_SPLIT * c) * S + e];
+        }
+        float tile_max = -INFINITY;
+#pragma unroll
+        for (int c = 0; c < COLS; c++) {
+            int j = j0 + sub + TILE_SPLIT * c;
+            // a fully masked row's scores are all replaced by 0 (hi = L for it): uniform weights
+            sc[c] = j < hi ? (uniform ? 0.0f : sc[c] * sh.scale) : -INFINITY;
+            tile_max = fmaxf(tile_max, sc[c]);
+        }
+        float m_new = fmaxf(m, row_max(tile_max));
+        float m_base = m_new == -INFINITY ? 0.0f : m_new;   // no allowed key yet: all weights are 0
+        float corr = expf(m - m_base), sum = 0.0f;
+#pragma unroll
+        for (int c = 0; c < COLS; c++) {
+            int col = sub + TILE_SPLIT * c;
+            float p = expf(sc[c] - m_base);
+            sum += p;
+            if (p > 0.0f) p *= dropout_factor(sh, row_index + (uint64_t)(j0 + col));
+            ps[r * PSTRIDE + col] = p;
+        }
+        l = l * corr + row_sum(sum);
+        m = m_new;
+#pragma unroll
+        for (int t = 0; t < NT; t++) o[t] *= corr;
+        __syncthreads();
+        for (int c = 0; c < TILE; c++) {
+            float p = ps[r * PSTRIDE + c];
+#pragma unroll
+            for (int t = 0; t < NT; t++) o[t] += p * vs[c * S + sub + TILE_SPLIT * t];
+        }
+    }
+    if (i >= L) return;
+    float inv = 1.0f / l;   // l > 0: key 0 is allowed to every row
+    bf16 *orow = out + ((size_t)b * L + i) * sh.width + (size_t)h * D;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        int e = sub + TILE_SPLIT * t;
+        if (e < D) orow[e] = __float2bfloat16(o[t] * inv);
+    }
+    if (sub == 0) lse[(size_t)bh * L + i] = uniform ? 0.0f : m + logf(l);
+}
+
+// delta[b, h, i] = dO_i · O_i (= Σ_j P̃_ij dP̃_ij of the backward): one warp per (token, head).
+__global__ void attention_delta_kernel(float *delta, const bf16 *dout, const bf16 *out, int batch, attn_shape sh) {
+    size_t warp = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    size_t rows = (size_t)batch * sh.len * sh.heads;
+    if (warp >= rows) return;
+    size_t n = warp / sh.heads;   // token b·L + i
+    int h = (int)(warp % sh.heads), b = (int)(n / sh.len), i = (int)(n % sh.len);
+    const bf16 *g = dout + n * sh.width + (size_t)h * sh.head_dim, *o = out + n * sh.width + (size_t)h * sh.head_dim;
+    float sum = 0.0f;
+    for (int e = lane; e < sh.head_dim; e += 32) sum += __bfloat162float(g[e]) * __bfloat162float(o[e]);
+    for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (lane == 0) delta[((size_t)b * sh.heads + h) * sh.len + i] = sum;
+}
+
+// dQ_i = scale · Σ_j dS_ij K_j with dS_ij = P_ij (dP̃_ij·m_ij − delta_i): one block per (query tile, b·H + h).
+template <int DP>
+__global__ void __launch_bounds__(THREADS)
+    attention_dq_kernel(bf16 *dqkv, const bf16 *dout, const float *lse, const float *delta, const bf16 *qkv,
+                        hdlm_attn_mask mask, attn_shape sh) {
+    constexpr int S = DP + 1, NT = DP / TILE_SPLIT;
+    extern __shared__ float smem[];
+    float *qs = smem, *gs = qs + TILE * S, *ks = gs + TILE * S, *vs = ks + TILE * S, *dss = vs + TILE * S;
+    const int L = sh.len, D = sh.head_dim, bh = blockIdx.y, b = bh / sh.heads, h = bh % sh.heads;
+    const size_t ld = 3 * (size_t)sh.width;
+    const size_t head = (size_t)b * L * ld + (size_t)h * D;
+    const bf16 *q = qkv + head, *k = q + sh.width, *v = q + 2 * sh.width;
+    const bf16 *g = dout + (size_t)b * L * sh.width + (size_t)h * D;
+    const int i0 = blockIdx.x * TILE, r = threadIdx.x / TILE_SPLIT, sub = threadIdx.x % TILE_SPLIT, i = i0 + r;
+    // fully masked rows have no score gradient: they neither widen the key range nor get a dq
+    const int kv_end = tile_key_end(mask, i0, true), hi = row_uniform(mask, i) ? 0 : row_key_end(mask, i);
+    const float row_lse = i < L ? lse[(size_t)bh * L + i] : 0.0f;
+    const float row_delta = i < L ? delta[(size_t)bh * L + i] : 0.0f;
+    const uint64_t row_index = ((uint64_t)bh * L + (uint64_t)i) * (uint64_t)L;
+
+    tile_load<DP>(qs, q, ld, i0, L, D);
+    tile_load<DP>(gs, g, sh.width, i0, L, D);
+    float dq[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) dq[t] = 0.0f;
+    for (int j0 = 0; j0 < kv_end; j0 += TILE) {
+        __syncthreads();   // the previous tile's K and dS are read by all
+        tile_load<DP>(ks, k, ld, j0, L, D);
+        tile_load<DP>(vs, v, ld, j0, L, D);
+        __syncthreads();
+        float sc[COLS], dp[COLS];
+#pragma unroll
+        for (int c = 0; c < COLS; c++) sc[c] = dp[c] = 0.0f;
+#pragma unroll 2
+        for (int e = 0; e < DP; e++) {
+            float qe = qs[r * S + e], ge = gs[r * S + e];
+#pragma unroll
+            for (int c = 0; c < COLS; c++) {
+                int kidx = (sub + TILE_SPLIT * c) * S + e;
+                sc[c] += qe * ks[kidx];
+                dp[c] += ge * vs[kidx];
+            }
+        }
+#pragma unroll
+        for (int c = 0; c < COLS; c++) {
+            int col = sub + TILE_SPLIT * c, j = j0 + col;
+            float ds = 0.0f;
+            if (j < hi) {
+                float p = expf(sc[c] * sh.scale - row_lse);
+                ds = p * (dp[c] * dropout_factor(sh, row_index + (uint64_t)j) - row_delta);
+            }
+            dss[r * PSTRIDE + col] = ds;
+        }
+        __syncthreads();
+        for (int c = 0; c < TILE; c++) {
+            float ds = dss[r * PSTRIDE + c];
+#pragma unroll
+            for (int t = 0; t < NT; t++) dq[t] += ds * ks[c * S + sub + TILE_SPLIT * t];
+        }
+    }
+    if (i >= L) return;
+    bf16 *dqrow = dqkv + head + (size_t)i * ld;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        int e = sub + TILE_SPLIT * t;
+        if (e < D) dqrow[e] = __float2bfloat16(dq[t] * sh.scale);
+    }
+}
+
+// dV_j = Σ_i P̃_ij dO_i and dK_j = scale · Σ_i dS_ij Q_i: one block per (key tile, b·H + h), looping over the query
+// tiles whose rows may see a key of the tile. Thread (c, sub) owns key j0 + c, query rows ≡ sub (mod 4) of the
+// score tile and dims ≡ sub (mod 4) of dK and dV.
+template <int DP>
+__global__ void __launch_bounds__(THREADS)
+    attention_dkdv_kernel(bf16 *dqkv, const bf16 *dout, const float *lse, const float *delta, const bf16 *qkv,
+                          hdlm_attn_mask mask, attn_shape sh) {
+    constexpr int S = DP + 1, NT = DP / TILE_SPLIT;
+    extern __shared__ float smem[];
+    float *ks = smem, *vs = ks + TILE * S, *qs = vs + TILE * S, *gs = qs + TILE * S;
+    float *pts = gs + TILE * S, *dss = pts + TILE * PSTRIDE;   // [key][query] of P̃ and dS
+    float *rlse = dss + TILE * PSTRIDE, *rdelta = rlse + TILE;
+    int *rhi = reinterpret_cast<int *>(rdelta + TILE), *runiform = rhi + TILE, *qend = runiform + TILE;
+    const int L = sh.len, D = sh.head_dim, bh = blockIdx.y, b = bh / sh.heads, h = bh % sh.heads;
+    const int n_qtiles = (L + TILE - 1) / TILE;
+    const size_t ld = 3 * (size_t)sh.width;
+    const size_t head = (size_t)b * L * ld + (size_t)h * D;
+    const bf16 *q = qkv + head, *k = q + sh.width, *v = q + 2 * sh.width;
+    const bf16 *g = dout + (size_t)b * L * sh.width + (size_t)h * D;
+    const int j0 = blockIdx.x * TILE, c = threadIdx.x / TILE_SPLIT, sub = threadIdx.x % TILE_SPLIT, j = j0 + c;
+
+    for (int t = threadIdx.x; t < n_qtiles; t += THREADS) qend[t] = tile_key_end(mask, t * TILE, false);
+    tile_load<DP>(ks, k, ld, j0, L, D);
+    tile_load<DP>(vs, v, ld, j0, L, D);
+    float dk[NT], dv[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) dk[t] = dv[t] = 0.0f;
+    __syncthreads();
+    for (int qt = 0; qt < n_qtiles; qt++) {
+        if (qend[qt] <= j0) continue;   // no row of this query tile sees the key tile (block-uniform)
+        const int i0 = qt * TILE;
+        __syncthreads();   // the previous query tile's Q, dO, P̃, dS and row data are read by all
+        tile_load<DP>(qs, q, ld, i0, L, D);
+        tile_load<DP>(gs, g, sh.width, i0, L, D);
+        if (threadIdx.x < TILE) {
+            int i = i0 + threadIdx.x;
+            rhi[threadIdx.x] = row_key_end(mask, i);
+            runiform[threadIdx.x] = row_uniform(mask, i);
+            rlse[threadIdx.x] = i < L ? lse[(size_t)bh * L + i] : 0.0f;
+            rdelta[threadIdx.x] = i < L ? delta[(size_t)bh * L + i] : 0.0f;
+        }
+        __syncthreads();
+        float sc[COLS], dp[COLS];
+#pragma unroll
+        for (int x = 0; x < COLS; x++) sc[x] = dp[x] = 0.0f;
+#pragma unroll 2
+        for (int e = 0; e < DP; e++) {
+            float ke = ks[c * S + e], ve = vs[c * S + e];
+#pragma unroll
+            for (int x = 0; x < COLS; x++) {
+                int qidx = (sub + TILE_SPLIT * x) * S + e;
+                sc[x] += qs[qidx] * ke;
+                dp[x] += gs[qidx] * ve;
+            }
+        }
+#pragma unroll
+        for (int x = 0; x < COLS; x++) {
+            int row = sub + TILE_SPLIT * x, i = i0 + row;
+            float p = 0.0f, ds = 0.0f;
+            if (runiform[row]) {
+                p = j < L ? 1.0f / (float)L : 0.0f;   // uniform row: weight 1/L on every key, no score gradient
+            } else if (j < rhi[row]) {
+                p = expf(sc[x] * sh.scale - rlse[row]);
+            }
+            float drop = p > 0.0f ? dropout_factor(sh, ((uint64_t)bh * L + (uint64_t)i) * (uint64_t)L + j) : 0.0f;
+            if (!runiform[row]) ds = p * (dp[x] * drop - rdelta[row]);
+            pts[c * PSTRIDE + row] = p * drop;
+            dss[c * PSTRIDE + row] = ds;
+        }
+        __syncthreads();
+        for (int row = 0; row < TILE; row++) {
+            float pd = pts[c * PSTRIDE + row], ds = dss[c * PSTRIDE + row];
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                int e = sub + TILE_SPLIT * t;
+                dv[t] += pd * gs[row * S + e];
+                dk[t] += ds * qs[row * S + e];
+            }
+        }
+    }
+    if (j >= L) return;
+    bf16 *dkrow = dqkv + head + (size_t)j * ld + sh.width, *dvrow = dkrow + sh.width;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        int e = sub + TILE_SPLIT * t;
+        if (e < D) {
+            dkrow[e] = __float2bfloat16(dk[t] * sh.scale);
+            dvrow[e] = __float2bfloat16(dv[t]);
+        }
+    }
+}
+
+// ---- tensor-core path for head dim 64 (mma.sync m16n8k16, bf16 operands, fp32 accumulation) ----------------------
+// Four warps per block, each owning 16 rows of the 64-row tile; every product is a warp GEMM 16×64 = A(16×64)·Yᵀ
+// with Y a 64×64 bf16 tile in shared memory stored [n][k] (k contiguous), transposed copies where the second GEMM
+// needs them. The score accumulators are reused as the A operand of the second GEMM (P·V, dS·K, P̃ᵀ·dO, dSᵀ·Q) after
+// rounding to bf16, as flash attention does. Fragment layouts (PTX ISA, mma.m16n8k16): lane = 4·g + t; A holds
+// (g, 2t..2t+1), (g+8, ·), (g, 2t+8..), (g+8, 2t+8..); B holds (k = 2t.., n = g), (k = 2t+8.., n = g); C holds
+// (g, 2t..2t+1) and (g+8, 2t..2t+1) of each 8-column n-tile.
+constexpr int TC_D = 64;                   // the head dim of this path
+constexpr int TC_THREADS = 128;            // 4 warps × 16 rows
+constexpr int TC_LDS = TC_D + 8;           // bf16 row stride in shared memory: 144 bytes, conflict-free fragments
+constexpr int TC_TILE_ELEMS = TILE * TC_LDS;
+constexpr int TC_NT = TC_D / 8;            // 8-column n-tiles of a 64-wide output
+constexpr int TC_KS = TC_D / 16;           // 16-deep k-steps of a 64-deep product
+
+__device__ inline void mma_m16n8k16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ inline uint32_t bf16_pair(float lo, float hi) {
+    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
+           (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16;
+}
+
+__device__ inline uint32_t smem_pair(const bf16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
+
+// A fragments of rows [m0, m0 + 16) × 64 of a row-major shared tile.
+__device__ inline void tc_load_a(uint32_t a[TC_KS][4], const bf16 *x, int m0) {
+    const int g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
+#pragma unroll
+    for (int ks = 0; ks < TC_KS; ks++) {
+        const bf16 *p = x + (m0 + g) * TC_LDS + ks * 16 + 2 * t;
+        a[ks][0] = smem_pair(p);
+        a[ks][1] = smem_pair(p + 8 * TC_LDS);
+        a[ks][2] = smem_pair(p + 8);
+        a[ks][3] = smem_pair(p + 8 * TC_LDS + 8);
+    }
+}
+
+// A fragments from score-shaped accumulators (16 × 64): n-tiles 2ks and 2ks + 1 are k-step ks.
+__device__ inline void tc_acc_to_a(uint32_t a[TC_KS][4], const float c[TC_NT][4]) {
+#pragma unroll
+    for (int ks = 0; ks < TC_KS; ks++) {
+        a[ks][0] = bf16_pair(c[2 * ks][0], c[2 * ks][1]);
+        a[ks][1] = bf16_pair(c[2 * ks][2], c[2 * ks][3]);
+        a[ks][2] = bf16_pair(c[2 * ks + 1][0], c[2 * ks + 1][1]);
+        a[ks][3] = bf16_pair(c[2 * ks + 1][2], c[2 * ks + 1][3]);
+    }
+}
+
+// acc (16 × 64) += A (16 × 64) · Yᵀ, Y shared [64 n][64 k].
+__device__ inline void tc_gemm(float acc[TC_NT][4], const uint32_t a[TC_KS][4], const bf16 *y) {
+    const int g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
+#pragma unroll
+    for (int nt = 0; nt < TC_NT; nt++) {
+#pragma unroll
+        for (int ks = 0; ks < TC_KS; ks++) {
+            const bf16 *p = y + (nt * 8 + g) * TC_LDS + ks * 16 + 2 * t;
+            uint32_t b[2] = {smem_pair(p), smem_pair(p + 8)};
+            mma_m16n8k16(acc[nt], a[ks], b);
+        }
+    }
+}
+
+__device__ inline void tc_zero(float acc[TC_NT][4]) {
+#pragma unroll
+    for (int nt = 0; nt < TC_NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+}
+
+// Rows [r0, r0 + TILE) × 64 of a bf16 matrix (row stride ld, 16-byte aligned rows) into shared row-major `dst` and,
+// when `dst_t` is given, transposed into dst_t[column][row]; zero beyond `rows`.
+__device__ inline void tc_tile_load(bf16 *dst, bf16 *dst_t, const bf16 *src, size_t ld, int r0, int rows) {
+    for (int idx = threadIdx.x; idx < TILE * TC_D / 8; idx += TC_THREADS) {
+        // with a transposed copy a warp takes 32 consecutive rows of one 8-column chunk (conflict-free transposed
+        // stores); otherwise 4 whole 128-byte rows (coalesced reads)
+        int r = dst_t ? idx % TILE : idx / (TC_D / 8), e = dst_t ? 8 * (idx / TILE) : 8 * (idx % (TC_D / 8));
+        uint4 x = make_uint4(0u, 0u, 0u, 0u);
+        if (r0 + r < rows) x = *reinterpret_cast<const uint4 *>(src + (size_t)(r0 + r) * ld + e);
+        if (dst) *reinterpret_cast<uint4 *>(dst + r * TC_LDS + e) = x;
+        if (dst_t) {
+            const bf16 *v = reinterpret_cast<const bf16 *>(&x);
+#pragma unroll
+            for (int q = 0; q < 8; q++) dst_t[(e + q) * TC_LDS + r] = v[q];
+        }
+    }
+}
+
+// Forward, as attention_forward_kernel: thread rows ra = i0 + 16·warp + g and rb = ra + 8, columns 2t, 2t + 1 of
+// every n-tile.
+__global__ void __launch_bounds__(TC_THREADS)
+    attention_forward_tc_kernel(bf16 *out, float *lse, const bf16 *qkv, hdlm_attn_mask mask, attn_shape sh) {
+    extern __shared__ float smem[];
+    bf16 *qs = reinterpret_cast<bf16 *>(smem), *ks = qs + TC_TILE_ELEMS, *vt = ks + TC_TILE_ELEMS;
+    const int L = sh.len, bh = blockIdx.y, b = bh / sh.heads, h = bh % sh.heads;
+    const size_t ld = 3 * (size_t)sh.width;
+    const bf16 *q = qkv + (size_t)b * L * ld + (size_t)h * TC_D, *k = q + sh.width, *v = q + 2 * sh.width;
+    const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
+    const int i0 = blockIdx.x * TILE, m0 = 16 * warp;
+    const int kv_end = tile_key_end(mask, i0, false);
+    int row[2], hi[2];
+    bool uniform[2];
+    uint64_t row_index[2];
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    for (int x = 0; x < 2; x++) {
+        row[x] = i0 + m0 + g + 8 * x;
+        hi[x] = row_key_end(mask, row[x]);
+        uniform[x] = row_uniform(mask, row[x]);
+        row_index[x] = ((uint64_t)bh * L + (uint64_t)row[x]) * (uint64_t)L;
+    }
+    tc_tile_load(qs, nullptr, q, ld, i0, L);
+    __syncthreads();
+    uint32_t qa[TC_KS][4];
+    tc_load_a(qa, qs, m0);
+    float o[TC_NT][4];
+    tc_zero(o);
+    for (int j0 = 0; j0 < kv_end; j0 += TILE) {
+        __syncthreads();   // the previous K and V tiles are read by all
+        tc_tile_load(ks, nullptr, k, ld, j0, L);
+        tc_tile_load(nullptr, vt, v, ld, j0, L);
+        __syncthreads();
+        float s[TC_NT][4];
+        tc_zero(s);
+        tc_gemm(s, qa, ks);
+        float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < TC_NT; nt++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                int x = r / 2, j = j0 + nt * 8 + 2 * t + r % 2;
+                // a fully masked row's scores are all replaced by 0 (hi = L for it): uniform weights
+                s[nt][r] = j < hi[x] ? (uniform[x] ? 0.0f : s[nt][r] * sh.scale) : -INFINITY;
+                tile_max[x] = fmaxf(tile_max[x], s[nt][r]);
+            }
+        float m_base[2], corr[2], sum[2] = {0.0f, 0.0f};
+        for (int x = 0; x < 2; x++) {
+            float m_new = fmaxf(m[x], row_max(tile_max[x]));
+            m_base[x] = m_new == -INFINITY ? 0.0f : m_new;   // no allowed key yet: all weights are 0
+            corr[x] = expf(m[x] - m_base[x]);
+            m[x] = m_new;
+        }
+#pragma unroll
+        for (int nt = 0; nt < TC_NT; nt++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                int x = r / 2, j = j0 + nt * 8 + 2 * t + r % 2;
+                float p = expf(s[nt][r] - m_base[x]);
+                sum[x] += p;
+                if (p > 0.0f) p *= dropout_factor(sh, row_index[x] + (uint64_t)j);
+                s[nt][r] = p;
+                o[nt][r] *= corr[x];
+            }
+        for (int x = 0; x < 2; x++) l[x] = l[x] * corr[x] + row_sum(sum[x]);
+        uint32_t pa[TC_KS][4];
+        tc_acc_to_a(pa, s);
+        tc_gemm(o, pa, vt);
+    }
+    for (int x = 0; x < 2; x++) {
+        if (row[x] >= L) continue;
+        float inv = 1.0f / l[x];   // l > 0: key 0 is allowed to every row
+        bf16 *orow = out + ((size_t)b * L + row[x]) * sh.width + (size_t)h * TC_D;
+#pragma unroll
+        for (int nt = 0; nt < TC_NT; nt++)
+            *reinterpret_cast<__nv_bfloat162 *>(orow + nt * 8 + 2 * t) =
+                __floats2bfloat162_rn(o[nt][2 * x] * inv, o[nt][2 * x + 1] * inv);
+        if (t == 0) lse[(size_t)bh * L + row[x]] = uniform[x] ? 0.0f : m[x] + logf(l[x]);
+    }
+}
+
+// dQ, as attention_dq_kernel.
+__global__ void __launch_bounds__(TC_THREADS)
+    attention_dq_tc_kernel(bf16 *dqkv, const bf16 *dout, const float *lse, const float *delta, const bf16 *qkv,
+                           hdlm_attn_mask mask, attn_shape sh) {
+    extern __shared__ float smem[];
+    bf16 *qs = reinterpret_cast<bf16 *>(smem), *gs = qs + TC_TILE_ELEMS, *ks = gs + TC_TILE_ELEMS;
+    bf16 *vs = ks + TC_TILE_ELEMS, *kt = vs + TC_TILE_ELEMS;
+    const int L = sh.len, bh = blockIdx.y, b = bh / sh.heads, h = bh % sh.heads;
+    const size_t ld = 3 * (size_t)sh.width, head = (size_t)b * L * ld + (size_t)h * TC_D;
+    const bf16 *q = qkv + head, *k = q + sh.width, *v = q + 2 * sh.width;
+    const bf16 *go = dout + (size_t)b * L * sh.width + (size_t)h * TC_D;
+    const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
+    const int i0 = blockIdx.x * TILE, m0 = 16 * warp;
+    // fully masked rows have no score gradient: they neither widen the key range nor get a dq
+    const int kv_end = tile_key_end(mask, i0, true);
+    int row[2], hi[2];
+    float row_lse[2], row_delta[2];
+    uint64_t row_index[2];
+    for (int x = 0; x < 2; x++) {
+        row[x] = i0 + m0 + g + 8 * x;
+        hi[x] = row_uniform(mask, row[x]) ? 0 : row_key_end(mask, row[x]);
+        row_lse[x] = row[x] < L ? lse[(size_t)bh * L + row[x]] : 0.0f;
+        row_delta[x] = row[x] < L ? delta[(size_t)bh * L + row[x]] : 0.0f;
+        row_index[x] = ((uint64_t)bh * L + (uint64_t)row[x]) * (uint64_t)L;
+    }
+    tc_tile_load(qs, nullptr, q, ld, i0, L);
+    tc_tile_load(gs, nullptr, go, sh.width, i0, L);
+    __syncthreads();
+    uint32_t qa[TC_KS][4], ga[TC_KS][4];
+    tc_load_a(qa, qs, m0);
+    tc_load_a(ga, gs, m0);
+    float dq[TC_NT][4];
+    tc_zero(dq);
+    for (int j0 = 0; j0 < kv_end; j0 += TILE) {
+        __syncthreads();   // the previous K, V tiles are read by all
+        tc_tile_load(ks, kt, k, ld, j0, L);
+        tc_tile_load(vs, nullptr, v, ld, j0, L);
+        __syncthreads();
+        float s[TC_NT][4], dp[TC_NT][4];
+        tc_zero(s);
+        tc_zero(dp);
+        tc_gemm(s, qa, ks);
+        tc_gemm(dp, ga, vs);
+#pragma unroll
+        for (int nt = 0; nt < TC_NT; nt++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                int x = r / 2, j = j0 + nt * 8 + 2 * t + r % 2;
+                float ds = 0.0f;
+                if (j < hi[x]) {
+                    float p = expf(s[nt][r] * sh.scale - row_lse[x]);
+                    ds = p * (dp[nt][r] * dropout_factor(sh, row_index[x] + (uint64_t)j) - row_delta[x]);
+                }
+                s[nt][r] = ds;
+            }
+        uint32_t dsa[TC_KS][4];
+        tc_acc_to_a(dsa, s);
+        tc_gemm(dq, dsa, kt);
+    }
+    for (int x = 0; x < 2; x++) {
+        if (row[x] >= L) continue;
+        bf16 *dqrow = dqkv + head + (size_t)row[x] * ld;
+#pragma unroll
+        for (int nt = 0; nt < TC_NT; nt++)
+            *reinterpret_cast<__nv_bfloat162 *>(dqrow + nt * 8 + 2 * t) =
+                __floats2bfloat162_rn(dq[nt][2 * x] * sh.scale, dq[nt][2 * x + 1] * sh.scale);
+    }
+}
+
+// dK and dV, as attention_dkdv_kernel, on the transposed scores Sᵀ = K·Qᵀ: thread rows are keys
+// ja = j0 + 16·warp + g and jb = ja + 8, its columns queries.
+__global__ void __launch_bounds__(TC_THREADS)
+    attention_dkdv_tc_kernel(bf16 *dqkv, const bf16 *dout, const float *lse, const float *delta, const bf16 *qkv,
+                             hdlm_attn_mask mask, attn_shape sh) {
+    extern __shared__ float smem[];
+    bf16 *ks = reinterpret_cast<bf16 *>(smem), *vs = ks + TC_TILE_ELEMS, *qs = vs + TC_TILE_ELEMS;
+    bf16 *gs = qs + TC_TILE_ELEMS, *qt = gs + TC_TILE_ELEMS, *gt = qt + TC_TILE_ELEMS;
+    float *rlse = reinterpret_cast<float *>(gt + TC_TILE_ELEMS), *rdelta = rlse + TILE;
+    int *rhi = reinterpret_cast<int *>(rdelta + TILE), *runiform = rhi + TILE, *qend = runiform + TILE;
+    const int L = sh.len, bh = blockIdx.y, b = bh / sh.heads, h = bh % sh.heads;
+    const int n_qtiles = (L + TILE - 1) / TILE;
+    const size_t ld = 3 * (size_t)sh.width, head = (size_t)b * L * ld + (size_t)h * TC_D;
+    const bf16 *q = qkv + head, *k = q + sh.width, *v = q + 2 * sh.width;
+    const bf16 *go = dout + (size_t)b * L * sh.width + (size_t)h * TC_D;
+    const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
+    const int j0 = blockIdx.x * TILE, m0 = 16 * warp;
+    const int key[2] = {j0 + m0 + g, j0 + m0 + g + 8};
+
+    for (int x = threadIdx.x; x < n_qtiles; x += TC_THREADS) qend[x] = tile_key_end(mask, x * TILE, false);
+    tc_tile_load(ks, nullptr, k, ld, j0, L);
+    tc_tile_load(vs, nullptr, v, ld, j0, L);
+    __syncthreads();
+    uint32_t ka[TC_KS][4], va[TC_KS][4];
+    tc_load_a(ka, ks, m0);
+    tc_load_a(va, vs, m0);
+    float dk[TC_NT][4], dv[TC_NT][4];
+    tc_zero(dk);
+    tc_zero(dv);
+    for (int qtile = 0; qtile < n_qtiles; qtile++) {
+        if (qend[qtile] <= j0) continue;   // no row of this query tile sees the key tile (block-uniform)
+        const int i0 = qtile * TILE;
+        __syncthreads();   // the previous query tile's Q, dO and row data are read by all
+        tc_tile_load(qs, qt, q, ld, i0, L);
+        tc_tile_load(gs, gt, go, sh.width, i0, L);
+        if (threadIdx.x < TILE) {
+            int i = i0 + threadIdx.x;
+            rhi[threadIdx.x] = row_key_end(mask, i);
+            runiform[threadIdx.x] = row_uniform(mask, i);
+            rlse[threadIdx.x] = i < L ? lse[(size_t)bh * L + i] : 0.0f;
+            rdelta[threadIdx.x] = i < L ? delta[(size_t)bh * L + i] : 0.0f;
+        }
+        __syncthreads();
+        float s[TC_NT][4], dp[TC_NT][4];
+        tc_zero(s);
+        tc_zero(dp);
+        tc_gemm(s, ka, qs);   // Sᵀ: [key][query]
+        tc_gemm(dp, va, gs);  // dP̃ᵀ
+#pragma unroll
+        for (int nt = 0; nt < TC_NT; nt++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                int x = r / 2, col = nt * 8 + 2 * t + r % 2, i = i0 + col, j = key[x];
+                float p = 0.0f;
+                if (runiform[col]) p = j < L ? 1.0f / (float)L : 0.0f;   // weight 1/L on every key, no dS
+                else if (j < rhi[col]) p = expf(s[nt][r] * sh.scale - rlse[col]);
+                float drop = p > 0.0f ? dropout_factor(sh, ((uint64_t)bh * L + (uint64_t)i) * (uint64_t)L + j) : 0.0f;
+                dp[nt][r] = runiform[col] ? 0.0f : p * (dp[nt][r] * drop - rdelta[col]);   // dSᵀ
+                s[nt][r] = p * drop;                                                       // P̃ᵀ
+            }
+        uint32_t a[TC_KS][4];
+        tc_acc_to_a(a, s);
+        tc_gemm(dv, a, gt);   // dV += P̃ᵀ·dO
+        tc_acc_to_a(a, dp);
+        tc_gemm(dk, a, qt);   // dK += dSᵀ·Q
+    }
+    for (int x = 0; x < 2; x++) {
+        if (key[x] >= L) continue;
+        bf16 *dkrow = dqkv + head + (size_t)key[x] * ld + sh.width, *dvrow = dkrow + sh.width;
+#pragma unroll
+        for (int nt = 0; nt < TC_NT; nt++) {
+            *reinterpret_cast<__nv_bfloat162 *>(dkrow + nt * 8 + 2 * t) =
+                __floats2bfloat162_rn(dk[nt][2 * x] * sh.scale, dk[nt][2 * x + 1] * sh.scale);
+            *reinterpret_cast<__nv_bfloat162 *>(dvrow + nt * 8 + 2 * t) =
+                __floats2bfloat162_rn(dv[nt][2 * x], dv[nt][2 * x + 1]);
+        }
+    }
+}
+
+constexpr size_t forward_tc_smem() { return sizeof(bf16) * 3 * TC_TILE_ELEMS; }
+constexpr size_t dq_tc_smem() { return sizeof(bf16) * 5 * TC_TILE_ELEMS; }
+size_t dkdv_tc_smem(int len) {
+    return sizeof(bf16) * 6 * TC_TILE_ELEMS + sizeof(float) * 2 * TILE +
+           sizeof(int) * (2 * TILE + hdlm_ceil_div(len, TILE));
+}
+
+attn_shape shape_of(int len, int heads, int head_dim, float dropout, uint64_t key) {
+    HDLM_ASSERT(head_dim >= 2 && head_dim <= 128 && head_dim % 2 == 0,
+                "attention head_dim %d: the CUDA kernels take an even head dim <= 128", head_dim);
+    HDLM_ASSERT(dropout >= 0.0f && dropout < 1.0f, "attention dropout %g outside [0, 1)", (double)dropout);
+    attn_shape sh;
+    sh.len = len;
+    sh.heads = heads;
+    sh.head_dim = head_dim;
+    sh.width = heads * head_dim;
+    sh.scale = 1.0f / sqrtf((float)head_dim);
+    sh.dropout = dropout;
+    sh.keep = 1.0f / (1.0f - dropout);   // the CPU's float 1/(1 − p)
+    sh.key = key;
+    return sh;
+}
+
+dim3 grid_of(int batch, int len, int heads) {
+    HDLM_ASSERT((long)batch * heads <= 65535, "attention batch·heads %ld exceeds the grid's y limit",
+                (long)batch * heads);
+    return dim3((unsigned)hdlm_ceil_div((size_t)len, TILE), (unsigned)(batch * heads));
+}
+
+// Opts the kernel into `bytes` of dynamic shared memory (above the default 48 KiB), dying when the device has less.
+template <typename Kernel> void set_smem(Kernel kernel, size_t bytes) {
+    int device, optin;
+    HDLM_CUDA_CHECK(cudaGetDevice(&device));
+    HDLM_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    if (bytes > (size_t)optin)
+        HDLM_DIE("attention kernel needs %zu bytes of shared memory, the device allows %d per block", bytes, optin);
+    HDLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+
+template <int DP>
+void forward_launch(bf16 *out, float *lse, const bf16 *qkv, const hdlm_attn_mask &mask, int batch,
+                    const attn_shape &sh, cudaStream_t stream) {
+    size_t smem = forward_smem<DP>();
+    set_smem(attention_forward_kernel<DP>, smem);
+    attention_forward_kernel<DP><<<grid_of(batch, sh.len, sh.heads), THREADS, smem, stream>>>(out, lse, qkv, mask, sh);
+    HDLM_CUDA_LAUNCHED();
+}
+
+template <int DP>
+void backward_launch(bf16 *dqkv, const float *delta, const bf16 *dout, const float *lse, const bf16 *qkv,
+                     const hdlm_attn_mask &mask, int batch, const attn_shape &sh, cudaStream_t stream) {
+    dim3 grid = grid_of(batch, sh.len, sh.heads);
+    size_t smem = dq_smem<DP>();
+    set_smem(attention_dq_kernel<DP>, smem);
+    attention_dq_kernel<DP><<<grid, THREADS, smem, stream>>>(dqkv, dout, lse, delta, qkv, mask, sh);
+    HDLM_CUDA_LAUNCHED();
+    smem = dkdv_smem<DP>(sh.len);
+    set_smem(attention_dkdv_kernel<DP>, smem);
+    attention_dkdv_kernel<DP><<<grid, THREADS, smem, stream>>>(dqkv, dout, lse, delta, qkv, mask, sh);
+    HDLM_CUDA_LAUNCHED();
+}
+
+void forward_tc_launch(bf16 *out, float *lse, const bf16 *qkv, const hdlm_attn_mask &mask, int batch,
+                       const attn_shape &sh, cudaStream_t stream) {
+    size_t smem = forward_tc_smem();
+    set_smem(attention_forward_tc_kernel, smem);
+    attention_forward_tc_kernel<<<grid_of(batch, sh.len, sh.heads), TC_THREADS, smem, stream>>>(out, lse, qkv,
+                                                                                                 mask, sh);
+    HDLM_CUDA_LAUNCHED();
+}
+
+void backward_tc_launch(bf16 *dqkv, const float *delta, const bf16 *dout, const float *lse, const bf16 *qkv,
+                        const hdlm_attn_mask &mask, int batch, const attn_shape &sh, cudaStream_t stream) {
+    dim3 grid = grid_of(batch, sh.len, sh.heads);
+    size_t smem = dq_tc_smem();
+    set_smem(attention_dq_tc_kernel, smem);
+    attention_dq_tc_kernel<<<grid, TC_THREADS, smem, stream>>>(dqkv, dout, lse, delta, qkv, mask, sh);
+    HDLM_CUDA_LAUNCHED();
+    smem = dkdv_tc_smem(sh.len);
+    set_smem(attention_dkdv_tc_kernel, smem);
+    attention_dkdv_tc_kernel<<<grid, TC_THREADS, smem, stream>>>(dqkv, dout, lse, delta, qkv, mask, sh);
+    HDLM_CUDA_LAUNCHED();
+}
+
+// The tensor-core path reads and writes rows of 64 bf16 with 16-byte accesses.
+bool tensor_core_path(int head_dim, const void *a, const void *b) {
+    return head_dim == TC_D && (uintptr_t)a % 16 == 0 && (uintptr_t)b % 16 == 0;
+}
+
+}   // namespace
+
+void hdlm_cuda_attention_forward(hdlm_bf16 *out, float *lse, const hdlm_bf16 *qkv, const hdlm_attn_mask *mask,
+                                 int batch, int len, int heads, int head_dim, float dropout, uint64_t key,
+                                 hdlm_stream stream) {
+    HDLM_ASSERT(mask->length == len, "attention mask length %d for sequences of %d", mask->length, len);
+    if (batch == 0 || len == 0 || heads == 0) return;
+    attn_shape sh = shape_of(len, heads, head_dim, dropout, key);
+    bf16 *o = as_bf16(out);
+    const bf16 *x = as_bf16(qkv);
+    if (tensor_core_path(head_dim, qkv, out)) forward_tc_launch(o, lse, x, *mask, batch, sh, stream);
+    else if (head_dim <= 32) forward_launch<32>(o, lse, x, *mask, batch, sh, stream);
+    else if (head_dim <= 64) forward_launch<64>(o, lse, x, *mask, batch, sh, stream);
+    else forward_launch<128>(o, lse, x, *mask, batch, sh, stream);
+}
+
+size_t hdlm_cuda_attention_workspace_bytes(int batch, int len, int heads, int head_dim) {
+    (void)head_dim;   // dq is accumulated in registers by its own kernel: only the row sums need space
+    return (size_t)batch * len * heads * sizeof(float);
+}
+
+void hdlm_cuda_attention_backward(hdlm_bf16 *dqkv, void *workspace, const hdlm_bf16 *dout, const hdlm_bf16 *out,
+                                  const float *lse, const hdlm_bf16 *qkv, const hdlm_attn_mask *mask, int batch,
+                                  int len, int heads, int head_dim, float dropout, uint64_t key, hdlm_stream stream) {
+    HDLM_ASSERT(mask->length == len, "attention mask length %d for sequences of %d", mask->length, len);
+    if (batch == 0 || len == 0 || heads == 0) return;
+    attn_shape sh = shape_of(len, heads, head_dim, dropout, key);
+    float *delta = static_cast<float *>(workspace);
+    size_t warps = (size_t)batch * len * heads;
+    attention_delta_kernel<<<hdlm_ceil_div(warps * 32, 256), 256, 0, stream>>>(delta, as_bf16(dout), as_bf16(out),
+                                                                               batch, sh);
+    HDLM_CUDA_LAUNCHED();
+    bf16 *dx = as_bf16(dqkv);
+    const bf16 *g = as_bf16(dout), *x = as_bf16(qkv);
+    if (tensor_core_path(head_dim, qkv, dqkv) && tensor_core_path(head_dim, dout, dout))
+        backward_tc_launch(dx, delta, g, lse, x, *mask, batch, sh, stream);
+    else if (head_dim <= 32) backward_launch<32>(dx, delta, g, lse, x, *mask, batch, sh, stream);
+    else if (head_dim <= 64) backward_launch<64>(dx, delta, g, lse, x, *mask, batch, sh, stream);
+    else backward_launch<128>(dx, delta, g, lse, x, *mask, batch, sh, stream);
+}
