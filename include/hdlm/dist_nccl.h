@@ -13,6 +13,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "hdlm/cuda.h"
+
 // The GPU this rank drives (collective over MPI_COMM_WORLD): its local rank on the node, from
 // OMPI_COMM_WORLD_LOCAL_RANK, else SLURM_LOCALID, else its rank in MPI_Comm_split_type(MPI_COMM_TYPE_SHARED). When a
 // launcher gives each rank a single visible GPU (CUDA_VISIBLE_DEVICES per task), that GPU. Returns -1 with a message
@@ -27,8 +29,10 @@ void hdlm_nccl_shutdown(void);
 typedef struct hdlm_nccl_sync hdlm_nccl_sync;
 
 // grads: the device model's fp32 gradient buffer of n floats; starts: world + 1 slice starts (host memory, kept by
-// reference); bucket_floats: all-reduce granularity. Needs hdlm_nccl_init when the world has more than one rank.
-hdlm_nccl_sync *hdlm_nccl_sync_create(float *grads, size_t n, const size_t *starts, bool zero1, size_t bucket_floats);
+// reference); bucket_floats: all-reduce granularity; compute: the stream the backward and the optimizer run on.
+// Needs hdlm_nccl_init when the world has more than one rank.
+hdlm_nccl_sync *hdlm_nccl_sync_create(float *grads, size_t n, const size_t *starts, bool zero1, size_t bucket_floats,
+                                      hdlm_stream compute);
 void hdlm_nccl_sync_free(hdlm_nccl_sync *s);
 // Arms the sync before the last backward of an update (buckets start as their gradients become final).
 void hdlm_nccl_sync_arm(hdlm_nccl_sync *s);

@@ -94,11 +94,13 @@ struct hdlm_nccl_sync {
     int n_buckets;
     int next;                 // buckets [next, n_buckets) have been queued
     bool armed;
+    cudaStream_t compute;     // the backward's and the optimizer's stream
     cudaStream_t comm;        // communication stream
     cudaEvent_t ready, done;  // compute -> comm (gradients final), comm -> compute (reduction finished)
 };
 
-hdlm_nccl_sync *hdlm_nccl_sync_create(float *grads, size_t n, const size_t *starts, bool zero1, size_t bucket_floats) {
+hdlm_nccl_sync *hdlm_nccl_sync_create(float *grads, size_t n, const size_t *starts, bool zero1, size_t bucket_floats,
+                                      hdlm_stream compute) {
     HDLM_ASSERT(bucket_floats > 0, "bucket of 0 floats");
     hdlm_nccl_sync *s = (hdlm_nccl_sync *)hdlm_calloc(1, sizeof *s);
     s->grads = grads;
@@ -107,6 +109,7 @@ hdlm_nccl_sync *hdlm_nccl_sync_create(float *grads, size_t n, const size_t *star
     s->world = hdlm_world_size();
     s->zero1 = zero1;
     s->starts = starts;
+    s->compute = (cudaStream_t)compute;
     HDLM_ASSERT(s->world == 1 || g_comm, "hdlm_nccl_sync_create before hdlm_nccl_init on %d ranks", s->world);
     s->equal_slices = true;
     for (int r = 0; r < s->world; r++)
@@ -142,15 +145,14 @@ void hdlm_nccl_sync_arm(hdlm_nccl_sync *s) {
 
 // The communication stream waits for everything queued so far on the compute stream.
 static void comm_after_compute(hdlm_nccl_sync *s) {
-    cudaStream_t compute = (cudaStream_t)hdlm_cuda_stream();
-    HDLM_CUDA_CHECK(cudaEventRecord(s->ready, compute));
+    HDLM_CUDA_CHECK(cudaEventRecord(s->ready, s->compute));
     HDLM_CUDA_CHECK(cudaStreamWaitEvent(s->comm, s->ready, 0));
 }
 
 // The compute stream waits for everything queued so far on the communication stream.
 static void compute_after_comm(hdlm_nccl_sync *s) {
     HDLM_CUDA_CHECK(cudaEventRecord(s->done, s->comm));
-    HDLM_CUDA_CHECK(cudaStreamWaitEvent((cudaStream_t)hdlm_cuda_stream(), s->done, 0));
+    HDLM_CUDA_CHECK(cudaStreamWaitEvent(s->compute, s->done, 0));
 }
 
 void hdlm_nccl_sync_ready(void *ctx, size_t from) {
