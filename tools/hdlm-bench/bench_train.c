@@ -136,9 +136,10 @@ static double time_cuda(bench_run *r, const train_opts *o, double *loss) {
 
 static void print_row(const char *impl, const train_opts *o, double sec, double flops_per_token, double ours) {
     double tok_s = o->batch * o->length / sec;
-    printf("%-18s %4dx%-6d %9.4f %11.0f %7.1f%%", impl, o->batch, o->length, sec, tok_s,
-           100.0 * flops_per_token * tok_s / o->peak);
-    if (ours > 0) printf("   hdlm is %.2fx faster", sec / ours);
+    char shape[32];
+    snprintf(shape, sizeof shape, "%dx%d", o->batch, o->length);
+    printf("%-18s %-11s %9.4f %11.0f %7.1f%%", impl, shape, sec, tok_s, 100.0 * flops_per_token * tok_s / o->peak);
+    if (ours > 0) printf("   hdlm speed-up %.2fx", sec / ours);
     printf("\n");
     fflush(stdout);
 }
