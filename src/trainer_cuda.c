@@ -66,8 +66,7 @@ void hdlm_trainer_gpu_free(hdlm_trainer *t) {
     hdlm_cuda_free(g->sum_squares);
     if (g->nccl) hdlm_nccl_shutdown();
     free(g);
-    t->gpu = NULL;
-    hdlm_cuda_shutdown();
+    t->gpu = NULL;   // the CUDA runtime stays initialised: it belongs to the process (hdlm_cuda_init is idempotent)
 }
 
 // Queues forward + loss (+ the head's gradients when backward) of a prepared micro-batch.

@@ -45,12 +45,15 @@ static int env_int(const char *name, int fallback) {
 
 int hdlm_cuda_local_device(int *device) {
     // The shared-memory split is collective: every rank takes part even when the launcher names the local rank.
-    MPI_Comm node;
-    int node_rank, node_size;
-    mpi_ok(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node), "Comm_split_type");
-    mpi_ok(MPI_Comm_rank(node, &node_rank), "Comm_rank");
-    mpi_ok(MPI_Comm_size(node, &node_size), "Comm_size");
-    mpi_ok(MPI_Comm_free(&node), "Comm_free");
+    int node_rank = 0, node_size = 1, mpi;
+    mpi_ok(MPI_Initialized(&mpi), "Initialized");
+    if (mpi) {   // else one process (in-process tests, tools without MPI)
+        MPI_Comm node;
+        mpi_ok(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node), "Comm_split_type");
+        mpi_ok(MPI_Comm_rank(node, &node_rank), "Comm_rank");
+        mpi_ok(MPI_Comm_size(node, &node_size), "Comm_size");
+        mpi_ok(MPI_Comm_free(&node), "Comm_free");
+    }
     int local = env_int("OMPI_COMM_WORLD_LOCAL_RANK", env_int("SLURM_LOCALID", node_rank));
     int count = hdlm_cuda_device_count();
     HDLM_CHECK(count > 0, "rank %d sees no usable GPU: %s", hdlm_rank(), hdlm_cuda_unavailable_reason());
