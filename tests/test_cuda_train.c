@@ -34,7 +34,7 @@
 static const double LOSS_FIRST_TOL = 5e-3, NORM_TOL = 3e-2, LOSS_EACH_TOL = 3e-2, LOSS_TAIL_TOL = 2e-2;
 static const double RESUME_TOL = 1e-4;
 
-static char data[1024], tmp[1024];
+static char tmp[1024], data[1100];
 
 static bool gpu_or_skip(void) {
     if (hdlm_cuda_device_count() > 0) return true;
@@ -59,7 +59,7 @@ static void write_corpus(const char *dir) {
 }
 
 static void load_config(hdlm_train_config *cfg, const char *device, const char *run) {
-    char train[1100], valid[1100], dev[64], dir[1100];
+    char train[1200], valid[1200], dev[64], dir[1200];
     snprintf(train, sizeof train, "data.train=%s", data);
     snprintf(valid, sizeof valid, "data.valid=%s", data);
     snprintf(dev, sizeof dev, "training.device=%s", device);
@@ -131,8 +131,8 @@ static void test_gpu_checkpoint_round_trip(void **state) {
     double seconds;
     if (hdlm_trainer_save(a, &seconds) != 0) fail_msg("%s", hdlm_last_error());
     char ckpt_a[1200], ckpt_b[1200];
-    snprintf(ckpt_a, sizeof ckpt_a, "%s/resume_a/checkpoints/step_3", tmp);
-    snprintf(ckpt_b, sizeof ckpt_b, "%s/resume_b/checkpoints/step_3", tmp);
+    snprintf(ckpt_a, sizeof ckpt_a, "%s/resume_a/checkpoints/step_000000003", tmp);
+    snprintf(ckpt_b, sizeof ckpt_b, "%s/resume_b/checkpoints/step_000000003", tmp);
     hdlm_trainer *b = create("cuda", "resume_b", ckpt_a);
     if (hdlm_trainer_save(b, &seconds) != 0) fail_msg("%s", hdlm_last_error());
     const char *groups[] = {"params", "ema", "adam_m", "adam_v"};
