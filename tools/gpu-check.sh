@@ -79,10 +79,10 @@ use_pack() {
     if [ ! -e "$src" ]; then mkdir -p "$(dirname "$src")" && ln -s "$PWD" "$src"; fi
     local multi=$PACK_DIR/usr/lib/x86_64-linux-gnu
     export LD_LIBRARY_PATH=$PACK_DIR/lib:$multi/openmpi/lib:$multi/pmix2/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-    export OPAL_PREFIX=$PACK_DIR/usr PMIX_INSTALL_PREFIX=$multi/pmix2 PATH=$PACK_DIR/usr/bin:$PATH
+    export OPAL_PREFIX=$PACK_DIR/usr PMIX_MCA_mca_base_component_path=$multi/pmix2/lib/pmix PATH=$PACK_DIR/usr/bin:$PATH
     export OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader OMPI_MCA_mca_base_component_show_load_errors=0
     # PyTorch runs in the image's own environment, without the packed libraries.
-    printf '#!/bin/sh\nunset LD_LIBRARY_PATH OPAL_PREFIX PMIX_INSTALL_PREFIX\nexec python3 "$@"\n' >"$PACK_DIR/python3"
+    printf '#!/bin/sh\nunset LD_LIBRARY_PATH OPAL_PREFIX PMIX_MCA_mca_base_component_path\nexec python3 "$@"\n' >"$PACK_DIR/python3"
     chmod +x "$PACK_DIR/python3"
     echo "using the binaries of $PACK_TAR (commit $(cat "$PACK_DIR/COMMIT" 2>/dev/null), built for $src)"
 }

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "bench.h"
 #include "hdlm/blas.h"
@@ -178,7 +179,8 @@ static void run_torch(const train_opts *o, double flops_per_token, double ours) 
         }
     }
     int status = pclose(p);
-    if (status != 0) printf("(the PyTorch baseline exited with status %d)\n", status);
+    if (status != 0)
+        printf("(the PyTorch baseline exited with status %d)\n", WIFEXITED(status) ? WEXITSTATUS(status) : status);
 }
 
 static void usage(FILE *out) {
