@@ -52,8 +52,9 @@ static void write_corpus(const char *dir) {
         char path[1200];
         snprintf(path, sizeof path, "%s/%s_000.bin", dir, splits[s]);
         hdlm_shard_writer *w;
-        if (hdlm_shard_writer_open(&w, path, HDLM_GPT2_VOCAB) ||
-            hdlm_shard_writer_append(w, tokens, sizeof tokens / sizeof tokens[0]) || hdlm_shard_writer_close(w, 1, NULL))
+        size_t n = sizeof tokens / sizeof tokens[0];
+        if (hdlm_shard_writer_open(&w, path, HDLM_GPT2_VOCAB) || hdlm_shard_writer_append(w, tokens, n) ||
+            hdlm_shard_writer_close(w, 1, NULL))
             fail_msg("%s", hdlm_last_error());
     }
 }

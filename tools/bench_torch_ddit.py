@@ -103,18 +103,19 @@ def corrupt(x0, generator):
 
 def run(variant, args):
     device = args.device
+    cuda = device == "cuda"
     torch.manual_seed(0)
     model = DDiT(args.width, args.layers, args.heads, args.length, 0.1, device).to(device)
     model.train()
     params = [p for p in model.parameters()]
-    fused = dict(fused=True) if device == "cuda" else {}   # the CUDA kernel (torch >= 2.0)
+    fused = dict(fused=True) if cuda else {}   # the CUDA kernel (torch >= 2.0)
     opt = torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, **fused)
     ema = [p.detach().clone() for p in params]
     step_model = torch.compile(model) if variant == "compile" else model
     generator = torch.Generator(device=device)
     generator.manual_seed(1)
     x0 = torch.randint(0, VOCAB - 1, (args.batch, args.length), device=device, generator=generator)
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
 
     def step():
         xt, weight, norm = corrupt(x0, generator)
@@ -135,7 +136,7 @@ def run(variant, args):
         return loss
 
     def sync():
-        if device == "cuda":
+        if cuda:
             torch.cuda.synchronize()
 
     for _ in range(args.warmup):   # compilation, autotuning, allocator warm-up

@@ -82,7 +82,8 @@ use_pack() {
     export OPAL_PREFIX=$PACK_DIR/usr PMIX_MCA_mca_base_component_path=$multi/pmix2/lib/pmix PATH=$PACK_DIR/usr/bin:$PATH
     export OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader OMPI_MCA_mca_base_component_show_load_errors=0
     # PyTorch runs in the image's own environment, without the packed libraries.
-    printf '#!/bin/sh\nunset LD_LIBRARY_PATH OPAL_PREFIX PMIX_MCA_mca_base_component_path\nexec python3 "$@"\n' >"$PACK_DIR/python3"
+    printf '#!/bin/sh\nunset LD_LIBRARY_PATH OPAL_PREFIX PMIX_MCA_mca_base_component_path\nexec python3 "$@"\n' \
+        >"$PACK_DIR/python3"
     chmod +x "$PACK_DIR/python3"
     echo "using the binaries of $PACK_TAR (commit $(cat "$PACK_DIR/COMMIT" 2>/dev/null), built for $src)"
 }
@@ -96,7 +97,9 @@ if wanted info; then
             echo "$p: $("$p" -c "import torch; print(torch.__version__, torch.cuda.is_available())" 2>&1 | tail -1)"
         done
         for x in mpicc mpirun h5pcc pkg-config; do echo "$x: $(command -v $x || echo missing)"; done
-        for p in cmocka libpcre2-8 libcjson yaml-0.1 libxxhash; do pkg-config --exists $p && echo "$p ok" || echo "$p missing"; done
+        for p in cmocka libpcre2-8 libcjson yaml-0.1 libxxhash; do
+            if pkg-config --exists $p; then echo "$p ok"; else echo "$p missing"; fi
+        done
         ls /usr/include/blis* /usr/include/hdf5* /usr/include/lapacke.h 2>&1 | head -5
         git log --oneline -1 2>/dev/null || true'
 fi
@@ -130,7 +133,10 @@ if [ ! -x "$BIN/hdlm-bench" ]; then
 else
     if wanted ctest; then
         if ((USE_PACK)); then   # no CTest files in the pack: the same GPU tests, one after the other
-            stage ctest 180 bash -c "status=0; for t in '$BIN'/test_cuda_*; do echo \"=== \$t\"; \"\$t\" || status=1; done; exit \$status"
+            stage ctest 180 bash -c "
+                status=0
+                for t in '$BIN'/test_cuda_*; do echo \"=== \$t\"; \"\$t\" || status=1; done
+                exit \$status"
         else
             stage ctest 180 bash -c "cd '$BUILD' && ctest -L gpu --output-on-failure --timeout 170"
         fi
@@ -145,7 +151,8 @@ else
             status=0
             for t in '$BIN'/test_cuda_*; do
                 echo \"=== \$t\"
-                '$SANITIZER' --tool memcheck --error-exitcode 99 --print-limit 20 \"\$t\" || { echo \"=== \$t: exit \$?\"; status=1; }
+                '$SANITIZER' --tool memcheck --error-exitcode 99 --print-limit 20 \"\$t\" ||
+                    { echo \"=== \$t: exit \$?\"; status=1; }
             done
             exit \$status"
     fi
@@ -160,12 +167,14 @@ else
 fi
 
 {
-    echo "gpu-check $(date -u +%Y-%m-%dT%H:%M:%SZ), $GPUS GPU(s), $(($(date +%s) - START)) s in all$( ((USE_PACK)) && echo ', packed binaries')"
+    packed=$( ((USE_PACK)) && echo ', packed binaries')
+    echo "gpu-check $(date -u +%Y-%m-%dT%H:%M:%SZ), $GPUS GPU(s), $(($(date +%s) - START)) s in all$packed"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/  GPU: /'
     printf '%s\n' "${RESULTS[@]}"
     if [ -f "$OUT/ctest.log" ]; then
         echo "--- GPU tests"
-        grep -E 'tests passed|tests failed|Failed|\*\*\*|SKIPPED|Not Run|PASSED|FAILED|^=== ' "$OUT/ctest.log" | head -30
+        grep -E 'tests passed|tests failed|Failed|\*\*\*|SKIPPED|Not Run|PASSED|FAILED|^=== ' "$OUT/ctest.log" |
+            head -30
     fi
     if [ -f "$OUT/memcheck.log" ]; then
         echo "--- compute-sanitizer memcheck"

@@ -34,12 +34,13 @@ cp /usr/bin/orted "$STAGE/usr/bin/orted"
 
 # Every shared library the binaries and Open MPI's programs load, except the C library's own, the C++ runtime (the
 # GPU image's newer one serves) and CUDA's (the GPU machine's toolkit and driver serve).
-skip='^(linux-vdso|ld-linux|libc\.so|libm\.so|libpthread|libdl\.so|librt\.so|libresolv|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libnccl|libnvidia)'
+skip='^(linux-vdso|ld-linux|libc\.so|libm\.so|libpthread|libdl\.so|librt\.so|libresolv|libstdc\+\+|libgcc_s)'
+skip_cuda='^(libcuda|libcudart|libcublas|libnccl|libnvidia)'
 {
     for f in "$STAGE"/bin/* "$STAGE/usr/bin/"*; do ldd "$f"; done
 } | awk '/=>/ && $3 ~ /^\// {print $3}' | sort -u | while read -r lib; do
     name=$(basename "$lib")
-    [[ $name =~ $skip ]] && continue
+    [[ $name =~ $skip || $name =~ $skip_cuda ]] && continue
     [[ $lib == /usr/local/cuda* ]] && continue
     cp -L "$lib" "$STAGE/lib/$name"
 done
