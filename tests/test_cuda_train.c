@@ -6,8 +6,9 @@
 //   and AdamW moments, and the next update of the resumed and the continuing run agree.
 // Tolerances: the first update's loss as tests/test_cuda_model.c (relative 5e-3: bf16 activations, a mean over rows);
 // the gradient norm relative 3e-2 (its RMS tolerance). Later losses drift apart as AdamW amplifies rounding in
-// parameters with tiny gradients: each update's loss within 3 % of the CPU's, and the last 5 updates' mean within 2 %
-// (the loss falls by far more than that, so a missing or doubled step shows). The checkpoint round trip is exact
+// parameters with tiny gradients: each update's loss within 5 % of the CPU's, and the last 5 updates' mean within 3 %
+// (the loss falls by 45 % over the 30 updates on the CPU, so a missing, doubled or mis-scaled step shows; the EMA
+// validation loss within 5 % — an EMA that does not move would be ~75 % off). The checkpoint round trip is exact
 // (fp32 downloads and uploads); the update after resuming agrees to 1e-4 relative (the same parameters and the same
 // data; only run-to-run differences of the GPU kernels are allowed). Skips without a GPU.
 #include <setjmp.h>
@@ -31,7 +32,7 @@
 #include "train_helpers.h"
 
 #define K_UPDATES 30
-static const double LOSS_FIRST_TOL = 5e-3, NORM_TOL = 3e-2, LOSS_EACH_TOL = 3e-2, LOSS_TAIL_TOL = 2e-2;
+static const double LOSS_FIRST_TOL = 5e-3, NORM_TOL = 3e-2, LOSS_EACH_TOL = 5e-2, LOSS_TAIL_TOL = 3e-2;
 static const double RESUME_TOL = 1e-4;
 
 static char tmp[1024], data[1100];
