@@ -41,6 +41,8 @@ static const hdlm_config_field fields[] = {
     F("training.reference_zero_grad_quirk", BOOL, training.reference_zero_grad_quirk, "false", 1, 0, NULL,
       "reproduce the reference's accumulation quirk (spec §8.3)"),
     F("training.seed", INT, training.seed, "42", 0, 9e15, NULL, "seed of every random stream"),
+    F("training.device", STRING, training.device, "cpu", 1, 0, "cpu|cuda",
+      "where the step runs: cpu (MPI ranks) or cuda (one GPU per rank, NCCL; docs/cuda.md)"),
 
     F("annealing.type", STRING, annealing.type, "block", 1, 0, "block|simple|hybrid|none", "hyperschedule"),
     F("annealing.width", INT, annealing.width, "1024", 1, 1 << 20, NULL, "ω"),

@@ -8,8 +8,10 @@
 #include <string.h>
 
 #include "hdlm/common.h"
+#include "hdlm/cuda.h"
 #include "hdlm/rng.h"
 #include "hdlm/tokenizer.h"
+#include "trainer_internal.h"
 
 #define BUCKET_FLOATS ((size_t)1 << 20)   // 4 MiB all-reduce buckets
 #define ARDM_CE_WEIGHT 1e-4               // λ_CE of the ARDM objective (spec §13 A.3, text8 value)
@@ -61,8 +63,21 @@ static void setup_optimizer(hdlm_trainer *t) {
 
 static int restore(hdlm_trainer *t, const char *resume);
 
+// training.device = cuda needs the CUDA backend and a GPU: refused before anything is allocated.
+static int check_device(const hdlm_train_config *c) {
+    if (strcmp(c->training.device, "cuda") != 0) return 0;
+    HDLM_CHECK(hdlm_cuda_compiled(),
+               "training.device = cuda, but this build has no CUDA backend (%s): configure with nvcc present "
+               "(-DHDLM_CUDA=ON) or set training.device=cpu",
+               hdlm_cuda_unavailable_reason());
+    HDLM_CHECK(hdlm_cuda_device_count() > 0, "training.device = cuda, but no GPU is usable here (%s): set "
+               "training.device=cpu", hdlm_cuda_unavailable_reason());
+    return 0;
+}
+
 int hdlm_trainer_create(hdlm_trainer *t, const hdlm_train_config *cfg, const char *resume) {
     memset(t, 0, sizeof *t);
+    HDLM_TRY(check_device(cfg));
     t->cfg = *cfg;
     t->rank = hdlm_rank();
     t->world = hdlm_world_size();
@@ -117,7 +132,9 @@ int hdlm_trainer_create(hdlm_trainer *t, const hdlm_train_config *cfg, const cha
     t->x0 = hdlm_malloc((size_t)B * L * sizeof(uint32_t));
     t->xt = hdlm_malloc((size_t)B * L * sizeof(uint32_t));
     t->sigma = hdlm_malloc((size_t)B * L * sizeof(float));
-    t->dout = hdlm_malloc((size_t)B * L * V * sizeof(float));
+    bool cuda = strcmp(cfg->training.device, "cuda") == 0;
+    if (!cuda) t->dout = hdlm_malloc((size_t)B * L * V * sizeof(float));   // the GPU fuses the loss into the head
+    t->full_mask = hdlm_mask_full(L);
     hdlm_corruption_alloc(&t->corr, B, L);
     t->steps = hdlm_calloc((size_t)B, sizeof(hdlm_step));
     for (int b = 0; b < B; b++) hdlm_step_alloc(&t->steps[b], L);
@@ -126,10 +143,12 @@ int hdlm_trainer_create(hdlm_trainer *t, const hdlm_train_config *cfg, const cha
     double non_embedding = (double)(m->n_params - hdlm_model_embedding_params(m));
     t->flops_per_token = 6.0 * non_embedding + 12.0 * mc.n_layers * mc.width * L;
     if (resume) HDLM_TRY(restore(t, resume));
+    if (cuda) HDLM_TRY(hdlm_trainer_gpu_create(t));
     return 0;
 }
 
 void hdlm_trainer_free(hdlm_trainer *t) {
+    if (t->gpu) hdlm_trainer_gpu_free(t);
     if (t->steps)
         for (int b = 0; b < t->micro_batch; b++) hdlm_step_free(&t->steps[b]);
     free(t->steps);
@@ -172,13 +191,11 @@ static void draw_steps(hdlm_trainer *t, uint64_t seed, uint64_t ms) {
     }
 }
 
-// Loss of the micro-batch in t->x0 (and d(loss)/d(outputs) into dout unless NULL). Sequence b's corruption draws
-// from the stream keyed by its index in the global micro-batch (see draw_steps).
-static double micro_batch_loss(hdlm_trainer *t, uint64_t seed, uint64_t ms, bool training, float *dout) {
+// Sequence b's corruption draws from the stream keyed by its index in the global micro-batch (see draw_steps).
+hdlm_model_input hdlm_trainer_corrupt(hdlm_trainer *t, uint64_t seed, uint64_t ms, bool training) {
     int B = t->micro_batch, L = t->length, V = t->model->config.vocab;
     uint64_t first = (uint64_t)t->rank * (uint64_t)B;
-    hdlm_attn_mask full = hdlm_mask_full(L);
-    const hdlm_attn_mask *mask = &full;
+    const hdlm_attn_mask *mask = &t->full_mask;
     if (t->scheduled) {
         draw_steps(t, seed, ms);
         mask = &t->step_of[0]->mask;
@@ -203,9 +220,17 @@ static double micro_batch_loss(hdlm_trainer *t, uint64_t seed, uint64_t ms, bool
         c->norm += one.norm;
     }
     bool gamma = t->objective == HDLM_OBJECTIVE_GAMMA;
-    hdlm_model_input in = {gamma ? t->xt : c->xt, gamma ? t->sigma : NULL, mask, B, L,
-                           training && t->cfg.model.dropout > 0,
-                           hdlm_rng_key(seed, (uint64_t)t->rank, ms, HDLM_RNG_DROPOUT)};
+    return (hdlm_model_input){gamma ? t->xt : c->xt, gamma ? t->sigma : NULL, mask, B, L,
+                              training && t->cfg.model.dropout > 0,
+                              hdlm_rng_key(seed, (uint64_t)t->rank, ms, HDLM_RNG_DROPOUT)};
+}
+
+// Loss of the micro-batch in t->x0 (and d(loss)/d(outputs) into dout unless NULL; on the GPU only without).
+static double micro_batch_loss(hdlm_trainer *t, uint64_t seed, uint64_t ms, bool training, float *dout) {
+    hdlm_model_input in = hdlm_trainer_corrupt(t, seed, ms, training);
+    if (t->gpu) return hdlm_trainer_gpu_loss(t, &in);
+    int B = t->micro_batch, L = t->length, V = t->model->config.vocab;
+    hdlm_corruption *c = &t->corr;
     HDLM_MUST(hdlm_model_forward(t->model, &in));
     float *out = t->model->out;
     size_t LV = (size_t)L * V;
@@ -233,6 +258,10 @@ static double global_grad_norm(hdlm_trainer *t) {
 }
 
 void hdlm_trainer_update(hdlm_trainer *t, hdlm_update_stats *stats) {
+    if (t->gpu) {
+        hdlm_trainer_gpu_update(t, stats);
+        return;
+    }
     hdlm_model *m = t->model;
     uint64_t seed = (uint64_t)t->cfg.training.seed;
     double loss_sum = 0;
@@ -276,10 +305,15 @@ double hdlm_trainer_eval(hdlm_trainer *t) {
     hdlm_model *m = t->model;
     size_t n = m->n_params;
     // Evaluate the EMA weights: swap them in (gathered from the slices under ZeRO-1), then restore the raw weights.
-    float *raw = hdlm_malloc(n * sizeof(float));
-    memcpy(raw, m->params, n * sizeof(float));
-    memcpy(m->params + t->lo, t->ema, (t->hi - t->lo) * sizeof(float));
-    if (t->cfg.optim.zero1) hdlm_params_allgather(&t->sync, m->params);
+    float *raw = NULL;
+    if (t->gpu) {
+        hdlm_trainer_gpu_use_ema(t, true);
+    } else {
+        raw = hdlm_malloc(n * sizeof(float));
+        memcpy(raw, m->params, n * sizeof(float));
+        memcpy(m->params + t->lo, t->ema, (t->hi - t->lo) * sizeof(float));
+        if (t->cfg.optim.zero1) hdlm_params_allgather(&t->sync, m->params);
+    }
     uint64_t seed = hdlm_rng_key((uint64_t)t->cfg.training.seed, 0, 0, HDLM_RNG_EVAL);
     uint64_t count = hdlm_dataset_chunk_count(&t->valid), G = (uint64_t)t->world * t->micro_batch;
     double sum = 0;
@@ -291,8 +325,12 @@ double hdlm_trainer_eval(hdlm_trainer *t) {
         }
         sum += micro_batch_loss(t, seed, (uint64_t)i, false, NULL);
     }
-    memcpy(m->params, raw, n * sizeof(float));
-    free(raw);
+    if (t->gpu) {
+        hdlm_trainer_gpu_use_ema(t, false);
+    } else {
+        memcpy(m->params, raw, n * sizeof(float));
+        free(raw);
+    }
     return hdlm_allreduce_sum(sum) / ((double)t->cfg.training.eval_batches * t->world);
 }
 
@@ -301,6 +339,7 @@ static void checkpoint_root(const hdlm_trainer *t, char *path, size_t size) {
 }
 
 int hdlm_trainer_save(hdlm_trainer *t, double *seconds) {
+    if (t->gpu) hdlm_trainer_gpu_download(t);
     char root[HDLM_CONFIG_STRING_MAX + 32];
     checkpoint_root(t, root, sizeof root);
     hdlm_ckpt_group groups[] = {

@@ -11,7 +11,9 @@
 
 #include "harness.h"
 #include "hdlm/common.h"
+#include "hdlm/cuda.h"
 #include "hdlm/train_config.h"
+#include "hdlm/trainer.h"
 
 static void test_paper_presets_load(void **state) {
     (void)state;
@@ -61,10 +63,44 @@ static void test_cross_field_checks(void **state) {
     assert_error_contains("'annealing.tau' = 1 is out of range");
 }
 
+static void test_device_choices(void **state) {
+    (void)state;
+    hdlm_train_config c;
+    const char *none[] = {"data.train=x"};
+    assert_int_equal(hdlm_train_config_load(&c, NULL, none, 1, 1), 0);
+    assert_string_equal(c.training.device, "cpu");
+    const char *cuda[] = {"data.train=x", "training.device=cuda"};
+    assert_int_equal(hdlm_train_config_load(&c, NULL, cuda, 2, 1), 0);
+    assert_string_equal(c.training.device, "cuda");
+    const char *gpu[] = {"data.train=x", "training.device=gpu"};
+    assert_int_equal(hdlm_train_config_load(&c, NULL, gpu, 2, 1), -1);
+    assert_error_contains("'training.device' must be one of cpu|cuda, got 'gpu'");
+}
+
+// Without a GPU (or without the CUDA backend) training.device = cuda is refused before anything is built, naming
+// the key and the reason hdlm_cuda_unavailable_reason() gives.
+static void test_device_cuda_refused_without_gpu(void **state) {
+    (void)state;
+    if (hdlm_cuda_device_count() > 0) {
+        print_message("a GPU is usable here: the refusal cannot be observed\n");
+        skip();
+    }
+    hdlm_train_config c;
+    const char *cuda[] = {"data.train=/nonexistent", "training.device=cuda"};
+    assert_int_equal(hdlm_train_config_load(&c, NULL, cuda, 2, 1), 0);
+    hdlm_trainer t;
+    assert_int_equal(hdlm_trainer_create(&t, &c, NULL), -1);
+    assert_error_contains("training.device = cuda");
+    assert_error_contains(hdlm_cuda_unavailable_reason());
+    assert_true(hdlm_cuda_unavailable_reason()[0] != '\0');
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_paper_presets_load),
         cmocka_unit_test(test_cross_field_checks),
+        cmocka_unit_test(test_device_choices),
+        cmocka_unit_test(test_device_cuda_refused_without_gpu),
     };
     return cmocka_run_group_tests_name("train_config", tests, NULL, NULL);
 }

@@ -156,15 +156,23 @@ int main(int argc, char **argv) {
     free(yaml);
     MPI_Barrier(MPI_COMM_WORLD);
 
-    // Every rank measures its own threads at once, so the sum is the peak of the cores the job uses.
-    double peak = hdlm_allreduce_sum(hdlm_fma_peak_flops(omp_get_max_threads(), 2000000));
+    // CPU: every rank measures its own threads at once, so the sum is the peak of the cores the job uses. GPU: one
+    // GPU per rank at the dense bf16 peak of an H100/H200 SXM.
+    bool cuda = strcmp(cfg.training.device, "cuda") == 0;
+    double peak = cuda ? hdlm_world_size() * HDLM_GPU_PEAK_BF16_FLOPS
+                       : hdlm_allreduce_sum(hdlm_fma_peak_flops(omp_get_max_threads(), 2000000));
     hdlm_trainer *t = hdlm_malloc(sizeof *t);
     HDLM_MUST(hdlm_trainer_create(t, &cfg, resume));
+    char peak_of[64];
+    if (cuda)
+        snprintf(peak_of, sizeof peak_of, "%d GPU(s), dense bf16", t->world);
+    else
+        snprintf(peak_of, sizeof peak_of, "%d ranks x %d threads", t->world, omp_get_max_threads());
     hdlm_log("model: %s, %zu parameters; %d ranks x micro-batch %d x accum %d = %lld sequences of %d tokens per "
-             "update; %.3g FLOP/token; peak %.1f GFLOP/s (%d ranks x %d threads)%s\n",
+             "update; %.3g FLOP/token; peak %.1f GFLOP/s (%s)%s\n",
              cfg.model.name, t->model->n_params, t->world, t->micro_batch, t->accum,
-             (long long)cfg.training.batch_size, t->length, t->flops_per_token, peak * 1e-9, t->world,
-             omp_get_max_threads(), cfg.optim.zero1 ? "; ZeRO-1" : "");
+             (long long)cfg.training.batch_size, t->length, t->flops_per_token, peak * 1e-9, peak_of,
+             cfg.optim.zero1 ? "; ZeRO-1" : "");
     if (resume)
         hdlm_log("resumed at update %lld (epoch %lld, %llu chunks into it)\n", (long long)t->update,
                  (long long)t->loader.epoch, (unsigned long long)t->loader.position);

@@ -6,4 +6,7 @@
 // `iterations` sets the run length (20e6 ≈ 0.1 s per run on the development machine).
 double hdlm_fma_peak_flops(int threads, long iterations);
 
+// The GPU denominator of MFU: dense bf16 tensor-core peak of an H100 SXM (989 TFLOP/s; the H200 has the same).
+#define HDLM_GPU_PEAK_BF16_FLOPS 989e12
+
 #endif

@@ -29,6 +29,7 @@ typedef struct {
         char step_sampling[HDLM_CONFIG_STRING_MAX];   // per_batch (reference) | per_sequence
         bool reference_zero_grad_quirk;               // spec §8.3: keep only the last micro-batch of each window
         int64_t seed;
+        char device[HDLM_CONFIG_STRING_MAX];          // cpu | cuda (docs/cuda.md)
     } training;
     struct {
         char type[HDLM_CONFIG_STRING_MAX];   // block | simple | hybrid | none (ε only: no schedule, spec §4.4)

@@ -47,10 +47,12 @@ typedef struct {
     bool has_valid;
     hdlm_loader loader;
     hdlm_grad_sync sync;
+    struct hdlm_trainer_gpu *gpu;   // training.device = cuda: device model, optimizer state, NCCL (src/trainer_cuda.c)
     int64_t update, applied, micro_step, tokens_seen;
     // per micro-batch scratch
     uint32_t *x0, *xt;
     float *sigma, *dout;
+    hdlm_attn_mask full_mask;    // the mask of unscheduled objectives
     hdlm_corruption corr;
     hdlm_step *steps;
     const hdlm_step **step_of;   // [B]: the step of each sequence
@@ -67,6 +69,9 @@ typedef struct {
 
 // Builds the run for this rank of MPI_COMM_WORLD (collective): model, data, optimizer state. With resume (a
 // checkpoint directory) everything is restored from it, at any world size that keeps the global micro-batch.
+// training.device = cuda puts the step on this rank's GPU (docs/cuda.md): the host model and optimizer state stay
+// the checkpoints' source of truth (refreshed from the device before every save); refused with the reason when the
+// build has no CUDA backend or no GPU is usable.
 int hdlm_trainer_create(hdlm_trainer *t, const hdlm_train_config *cfg, const char *resume);
 void hdlm_trainer_free(hdlm_trainer *t);
 // One optimizer update (collective).

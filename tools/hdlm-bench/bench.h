@@ -7,6 +7,7 @@ int bench_tokenizer_main(int argc, char **argv);   // tools/hdlm-bench/bench_tok
 int bench_model_main(int argc, char **argv);       // tools/hdlm-bench/bench_model.c
 int bench_checkpoint_main(int argc, char **argv);  // tools/hdlm-bench/bench_checkpoint.c
 int bench_kvcache_main(int argc, char **argv);     // tools/hdlm-bench/bench_kvcache.c
+int bench_train_main(int argc, char **argv);       // tools/hdlm-bench/bench_train.c
 
 // This machine's fp32 FMA peak in GFLOP/s with `threads` threads running independent FMA chains at once
 // (tools/hdlm-bench/fma_peak.c).
