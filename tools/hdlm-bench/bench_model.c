@@ -46,6 +46,40 @@ static double step_flops(const hdlm_model *m, bench_shape s) {
     return per_token * s.batch * s.length;
 }
 
+// The step's linear-layer and head GEMMs alone, with the shapes and transposes hdlm_linear_forward/backward use, on
+// scratch buffers: seconds (best of `reps`) and their FLOPs. Against the step time this separates BLIS's own rate on
+// these shapes from everything else the step does (attention, element-wise layers, loss, bias sums).
+static double time_gemms(const hdlm_model *m, bench_shape s, int reps, double *gemm_flops) {
+    const hdlm_model_config *c = &m->config;
+    int n = s.batch * s.length, d = c->width, f = c->mlp_ratio * d, V = c->vocab;
+    int dims[5][2] = {{d, 3 * d}, {d, d}, {d, f}, {f, d}, {d, V}};   // (in, out): qkv, attn_out, fc1, fc2, head
+    size_t most = (size_t)n * V > (size_t)n * f ? (size_t)n * V : (size_t)n * f;
+    float *x = hdlm_calloc(most, sizeof(float)), *y = hdlm_calloc(most, sizeof(float));
+    float *w = hdlm_calloc((size_t)V * d, sizeof(float)), *gw = hdlm_calloc((size_t)V * d, sizeof(float));
+    double best = INFINITY;
+    *gemm_flops = 0.0;
+    for (int r = 0; r <= reps; r++) {
+        double t0 = hdlm_time_now(), flops = 0.0;
+        for (int k = 0; k < 5; k++) {
+            int in = dims[k][0], out = dims[k][1], times = k == 4 ? 1 : c->n_layers;
+            for (int l = 0; l < times; l++) {
+                hdlm_sgemm(false, true, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);      // forward
+                hdlm_sgemm(true, false, out, in, n, 1.0f, y, out, x, in, 1.0f, gw, in);     // dW
+                hdlm_sgemm(false, false, n, in, out, 1.0f, y, out, w, in, 0.0f, x, in);     // d input
+                flops += 6.0 * n * in * out;
+            }
+        }
+        double dt = hdlm_time_now() - t0;
+        if (r > 0 && dt < best) best = dt;
+        *gemm_flops = flops;
+    }
+    free(x);
+    free(y);
+    free(w);
+    free(gw);
+    return best;
+}
+
 // Seconds per step (best of `reps` after one warm-up step).
 static double time_steps(hdlm_model *m, bench_shape s, int reps) {
     int n = s.batch * s.length;
@@ -155,6 +189,13 @@ int bench_model_main(int argc, char **argv) {
         snprintf(shape, sizeof shape, "%dx%d", shapes[i].batch, shapes[i].length);
         printf("%-10s %-8s %10.3f %6.0f tok/s %10.1f %8.1f%%\n", "hdlm", shape, sec,
                shapes[i].batch * shapes[i].length / sec, gf, 100.0 * gf / peak);
+        double gemm_flops, gemm_sec = time_gemms(m, shapes[i], reps, &gemm_flops);
+        printf("%-10s %-8s %10.3f %16s %10.1f %8.1f%%   (%.0f%% of the step's FLOPs; the rest of the step: %.3f s)\n",
+               "GEMMs only", shape, gemm_sec, "", gemm_flops / gemm_sec * 1e-9,
+               100.0 * gemm_flops / gemm_sec * 1e-9 / peak, 100.0 * gemm_flops / flops[i], sec - gemm_sec);
+        double peak_now = bench_fma_peak(threads);   // re-measured next to the step: the load may have changed
+        printf("%-10s %-8s %10s FMA peak re-measured: %.0f GFLOP/s (step at %.1f%%, GEMMs at %.1f%% of it)\n", "", shape,
+               "", peak_now, 100.0 * gf / peak_now, 100.0 * gemm_flops / gemm_sec * 1e-9 / peak_now);
         fflush(stdout);
     }
     hdlm_model_free(m);
