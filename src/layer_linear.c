@@ -39,7 +39,7 @@ static void linear_bias_backward(float *db, const float *dout, int n, int out_di
 void hdlm_linear_backward(float *din, float *dw, float *db, const float *dout, const float *in, const float *w, int n,
                           int in_dim, int out_dim, bool accumulate) {
     float din_beta = accumulate ? 1.0f : 0.0f;
-    if (din && omp_get_max_threads() == 2 && !omp_in_parallel()) {
+    if (din && hdlm_blas_threads() == 2 && !omp_in_parallel()) {
         // dW and din are independent GEMMs of equal FLOPs: on two threads, one each with single-threaded BLIS. No
         // barriers inside BLIS then, which measured ~5% faster on an idle 2-core machine and much less sensitive to
         // other jobs preempting one of the threads. Each element is computed as with BLIS's own threads (the k
