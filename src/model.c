@@ -497,12 +497,15 @@ int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
         memcpy(a->sigma, in->sigma, (size_t)N * sizeof(float));
         for (int r = 0; r < N; r++) a->mix[r] = expf(-c->gamma * a->sigma[r]);
         PROFILED(a, PROF_FWD, PROF_ADALN, hdlm_sigma_sinusoid(a->freq, a->sigma, N, HDLM_SIGMA_FREQ_DIM));
-        PROFILED(a, PROF_FWD, PROF_ADALN, hdlm_linear_forward(a->sig_h1, a->freq, m->p.sigma_w1, m->p.sigma_b1, N, HDLM_SIGMA_FREQ_DIM, cd));
+        PROFILED(a, PROF_FWD, PROF_ADALN,
+                 hdlm_linear_forward(a->sig_h1, a->freq, m->p.sigma_w1, m->p.sigma_b1, N, HDLM_SIGMA_FREQ_DIM, cd));
         PROFILED(a, PROF_FWD, PROF_ADALN, hdlm_silu_forward(a->sig_s1, a->sig_h1, (size_t)N * cd));
-        PROFILED(a, PROF_FWD, PROF_ADALN, hdlm_linear_forward(a->sig_h2, a->sig_s1, m->p.sigma_w2, m->p.sigma_b2, N, cd, cd));
+        PROFILED(a, PROF_FWD, PROF_ADALN,
+                 hdlm_linear_forward(a->sig_h2, a->sig_s1, m->p.sigma_w2, m->p.sigma_b2, N, cd, cd));
         PROFILED(a, PROF_FWD, PROF_ADALN, hdlm_silu_forward(a->cond, a->sig_h2, (size_t)N * cd));
     }
-    PROFILED(a, PROF_FWD, PROF_EMBED, hdlm_embedding_forward(a->h, m->p.embed, a->tokens, gamma ? a->mix : NULL, (uint32_t)(V - 1), N, d));
+    PROFILED(a, PROF_FWD, PROF_EMBED,
+             hdlm_embedding_forward(a->h, m->p.embed, a->tokens, gamma ? a->mix : NULL, (uint32_t)(V - 1), N, d));
 
     for (int l = 0; l < c->n_layers; l++) {
         const hdlm_block_views *w = &m->p.blocks[l];
@@ -513,7 +516,9 @@ int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
         float *mod = gamma ? a->mod + l * 6 * Nd : NULL;
         float *a1 = gamma ? a->a1 + l * Nd : ln1, *a2 = gamma ? a->a2 + l * Nd : ln2;
 
-        PROFILED(a, PROF_FWD, PROF_NORM, hdlm_layernorm_forward(ln1, a->ln1_mean + (size_t)l * N, a->ln1_rstd + (size_t)l * N, h_in, w->norm1, N, d));
+        PROFILED(a, PROF_FWD, PROF_NORM,
+                 hdlm_layernorm_forward(ln1, a->ln1_mean + (size_t)l * N, a->ln1_rstd + (size_t)l * N, h_in, w->norm1,
+                                        N, d));
         if (gamma) {
             // (shift_a | scale_a | gate_a | shift_m | scale_m | gate_m) per token (spec §7.1)
             PROFILED(a, PROF_FWD, PROF_ADALN, hdlm_linear_forward(mod, a->cond, w->ada_w, w->ada_b, N, cd, 6 * d));
@@ -521,22 +526,30 @@ int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
         }
         PROFILED(a, PROF_FWD, PROF_LINEAR, hdlm_linear_forward(qkv, a1, w->qkv, NULL, N, d, 3 * d));
         PROFILED(a, PROF_FWD, PROF_ROTARY, hdlm_rotary_forward(qkv, a->cos_t, a->sin_t, B, L, H, hd));
-        PROFILED(a, PROF_FWD, PROF_ATTENTION, hdlm_attention_forward(att, a->lse + (size_t)l * N * H, qkv, &mask, B, L, H, hd, a->dropout,
-                                   site_key(m, l, SITE_ATTN_PROBS)));
+        PROFILED(a, PROF_FWD, PROF_ATTENTION,
+                 hdlm_attention_forward(att, a->lse + (size_t)l * N * H, qkv, &mask, B, L, H, hd, a->dropout,
+                                        site_key(m, l, SITE_ATTN_PROBS)));
         PROFILED(a, PROF_FWD, PROF_LINEAR, hdlm_linear_forward(att_y, att, w->attn_out, NULL, N, d, d));
-        PROFILED(a, PROF_FWD, PROF_RESIDUAL, hdlm_residual_forward(h_mid, h_in, att_y, gamma ? mod + 2 * d : NULL, 6 * d, N, d, a->dropout,
-                                  site_key(m, l, SITE_ATTN_RESIDUAL)));
+        PROFILED(a, PROF_FWD, PROF_RESIDUAL,
+                 hdlm_residual_forward(h_mid, h_in, att_y, gamma ? mod + 2 * d : NULL, 6 * d, N, d, a->dropout,
+                                       site_key(m, l, SITE_ATTN_RESIDUAL)));
 
-        PROFILED(a, PROF_FWD, PROF_NORM, hdlm_layernorm_forward(ln2, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N, h_mid, w->norm2, N, d));
-        if (gamma) PROFILED(a, PROF_FWD, PROF_ADALN, hdlm_modulate_forward(a2, ln2, mod + 3 * d, mod + 4 * d, 6 * d, N, d));
+        PROFILED(a, PROF_FWD, PROF_NORM,
+                 hdlm_layernorm_forward(ln2, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N, h_mid, w->norm2,
+                                        N, d));
+        if (gamma)
+            PROFILED(a, PROF_FWD, PROF_ADALN, hdlm_modulate_forward(a2, ln2, mod + 3 * d, mod + 4 * d, 6 * d, N, d));
         PROFILED(a, PROF_FWD, PROF_LINEAR, hdlm_linear_forward(fc1, a2, w->fc1_w, w->fc1_b, N, d, f));
         PROFILED(a, PROF_FWD, PROF_GELU, hdlm_gelu_forward(gelu, fc1, (size_t)N * f));
         PROFILED(a, PROF_FWD, PROF_LINEAR, hdlm_linear_forward(mlp_y, gelu, w->fc2_w, w->fc2_b, N, f, d));
-        PROFILED(a, PROF_FWD, PROF_RESIDUAL, hdlm_residual_forward(h_out, h_mid, mlp_y, gamma ? mod + 5 * d : NULL, 6 * d, N, d, a->dropout,
-                                  site_key(m, l, SITE_MLP_RESIDUAL)));
+        PROFILED(a, PROF_FWD, PROF_RESIDUAL,
+                 hdlm_residual_forward(h_out, h_mid, mlp_y, gamma ? mod + 5 * d : NULL, 6 * d, N, d, a->dropout,
+                                       site_key(m, l, SITE_MLP_RESIDUAL)));
     }
 
-    PROFILED(a, PROF_FWD, PROF_NORM, hdlm_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->h + (size_t)c->n_layers * Nd, m->p.norm_final, N, d));
+    PROFILED(a, PROF_FWD, PROF_NORM,
+             hdlm_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->h + (size_t)c->n_layers * Nd, m->p.norm_final,
+                                    N, d));
     PROFILED(a, PROF_FWD, PROF_HEAD, hdlm_linear_forward(m->out, a->lnf, m->p.head_w, m->p.head_b, N, d, V));
     if (gamma) {
 #pragma omp parallel for schedule(static)
@@ -567,10 +580,12 @@ void hdlm_model_backward(hdlm_model *m, const float *dout) {
     model_flush_denormals();
 
     // Output layer (scale_by_sigma subtracts a constant per token: identity for the gradient).
-    PROFILED(a, PROF_BWD, PROF_HEAD, hdlm_linear_backward(a->da, m->g.head_w, m->g.head_b, dout, a->lnf, m->p.head_w, N, d, V, false));
+    PROFILED(a, PROF_BWD, PROF_HEAD,
+             hdlm_linear_backward(a->da, m->g.head_w, m->g.head_b, dout, a->lnf, m->p.head_w, N, d, V, false));
     memset(a->dh, 0, Nd * sizeof(float));
-    PROFILED(a, PROF_BWD, PROF_NORM, hdlm_layernorm_backward(a->dh, m->g.norm_final, a->da, a->h + (size_t)c->n_layers * Nd, m->p.norm_final,
-                                a->lnf_mean, a->lnf_rstd, N, d));
+    PROFILED(a, PROF_BWD, PROF_NORM,
+             hdlm_layernorm_backward(a->dh, m->g.norm_final, a->da, a->h + (size_t)c->n_layers * Nd, m->p.norm_final,
+                                     a->lnf_mean, a->lnf_rstd, N, d));
     if (gamma) memset(a->dcond, 0, (size_t)N * cd * sizeof(float));
     if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, (size_t)(m->g.norm_final - m->grads));
 
@@ -585,46 +600,67 @@ void hdlm_model_backward(hdlm_model *m, const float *dout) {
         float *a1 = gamma ? a->a1 + l * Nd : ln1, *a2 = gamma ? a->a2 + l * Nd : ln2;
 
         // MLP branch: h_out = h_mid + g_m ⊙ dropout(W2·GELU(W1·a2 + b1) + b2)
-        PROFILED(a, PROF_BWD, PROF_RESIDUAL, hdlm_residual_backward(a->dtmp, gamma ? a->dmod + 5 * d : NULL, a->dh, mlp_y, gamma ? mod + 5 * d : NULL,
-                                   6 * d, N, d, a->dropout, site_key(m, l, SITE_MLP_RESIDUAL)));
-        PROFILED(a, PROF_BWD, PROF_LINEAR, hdlm_linear_backward(a->dfc, g->fc2_w, g->fc2_b, a->dtmp, gelu, w->fc2_w, N, f, d, false));
+        PROFILED(a, PROF_BWD, PROF_RESIDUAL,
+                 hdlm_residual_backward(a->dtmp, gamma ? a->dmod + 5 * d : NULL, a->dh, mlp_y,
+                                        gamma ? mod + 5 * d : NULL, 6 * d, N, d, a->dropout,
+                                        site_key(m, l, SITE_MLP_RESIDUAL)));
+        PROFILED(a, PROF_BWD, PROF_LINEAR,
+                 hdlm_linear_backward(a->dfc, g->fc2_w, g->fc2_b, a->dtmp, gelu, w->fc2_w, N, f, d, false));
         PROFILED(a, PROF_BWD, PROF_GELU, hdlm_gelu_backward(a->dfc, a->dfc, fc1, (size_t)N * f));
-        PROFILED(a, PROF_BWD, PROF_LINEAR, hdlm_linear_backward(a->da, g->fc1_w, g->fc1_b, a->dfc, a2, w->fc1_w, N, d, f, false));
+        PROFILED(a, PROF_BWD, PROF_LINEAR,
+                 hdlm_linear_backward(a->da, g->fc1_w, g->fc1_b, a->dfc, a2, w->fc1_w, N, d, f, false));
         const float *dln2 = a->da;
         if (gamma) {
-            PROFILED(a, PROF_BWD, PROF_ADALN, hdlm_modulate_backward(a->dln, a->dmod + 3 * d, a->dmod + 4 * d, a->da, ln2, mod + 4 * d, 6 * d, N, d));
+            PROFILED(
+                a, PROF_BWD, PROF_ADALN,
+                hdlm_modulate_backward(a->dln, a->dmod + 3 * d, a->dmod + 4 * d, a->da, ln2, mod + 4 * d, 6 * d, N, d));
             dln2 = a->dln;
         }
-        PROFILED(a, PROF_BWD, PROF_NORM, hdlm_layernorm_backward(a->dh, g->norm2, dln2, h_mid, w->norm2, a->ln2_mean + (size_t)l * N,
-                                    a->ln2_rstd + (size_t)l * N, N, d));
+        PROFILED(a, PROF_BWD, PROF_NORM,
+                 hdlm_layernorm_backward(a->dh, g->norm2, dln2, h_mid, w->norm2, a->ln2_mean + (size_t)l * N,
+                                         a->ln2_rstd + (size_t)l * N, N, d));
 
         // Attention branch: h_mid = h_in + g_a ⊙ dropout(W_o · attention(RoPE(W_qkv · a1)))
-        PROFILED(a, PROF_BWD, PROF_RESIDUAL, hdlm_residual_backward(a->dtmp, gamma ? a->dmod + 2 * d : NULL, a->dh, att_y, gamma ? mod + 2 * d : NULL,
-                                   6 * d, N, d, a->dropout, site_key(m, l, SITE_ATTN_RESIDUAL)));
-        PROFILED(a, PROF_BWD, PROF_LINEAR, hdlm_linear_backward(a->datt, g->attn_out, NULL, a->dtmp, att, w->attn_out, N, d, d, false));
-        PROFILED(a, PROF_BWD, PROF_ATTENTION, hdlm_attention_backward(a->dqkv, a->datt, att, a->lse + (size_t)l * N * H, qkv, &a->mask, B, L, H, hd,
-                                    a->dropout, site_key(m, l, SITE_ATTN_PROBS)));
+        PROFILED(a, PROF_BWD, PROF_RESIDUAL,
+                 hdlm_residual_backward(a->dtmp, gamma ? a->dmod + 2 * d : NULL, a->dh, att_y,
+                                        gamma ? mod + 2 * d : NULL, 6 * d, N, d, a->dropout,
+                                        site_key(m, l, SITE_ATTN_RESIDUAL)));
+        PROFILED(a, PROF_BWD, PROF_LINEAR,
+                 hdlm_linear_backward(a->datt, g->attn_out, NULL, a->dtmp, att, w->attn_out, N, d, d, false));
+        PROFILED(a, PROF_BWD, PROF_ATTENTION,
+                 hdlm_attention_backward(a->dqkv, a->datt, att, a->lse + (size_t)l * N * H, qkv, &a->mask, B, L, H, hd,
+                                         a->dropout, site_key(m, l, SITE_ATTN_PROBS)));
         PROFILED(a, PROF_BWD, PROF_ROTARY, hdlm_rotary_backward(a->dqkv, a->cos_t, a->sin_t, B, L, H, hd));
-        PROFILED(a, PROF_BWD, PROF_LINEAR, hdlm_linear_backward(a->da, g->qkv, NULL, a->dqkv, a1, w->qkv, N, d, 3 * d, false));
+        PROFILED(a, PROF_BWD, PROF_LINEAR,
+                 hdlm_linear_backward(a->da, g->qkv, NULL, a->dqkv, a1, w->qkv, N, d, 3 * d, false));
         const float *dln1 = a->da;
         if (gamma) {
-            PROFILED(a, PROF_BWD, PROF_ADALN, hdlm_modulate_backward(a->dln, a->dmod, a->dmod + d, a->da, ln1, mod + d, 6 * d, N, d));
+            PROFILED(a, PROF_BWD, PROF_ADALN,
+                     hdlm_modulate_backward(a->dln, a->dmod, a->dmod + d, a->da, ln1, mod + d, 6 * d, N, d));
             dln1 = a->dln;
         }
-        PROFILED(a, PROF_BWD, PROF_NORM, hdlm_layernorm_backward(a->dh, g->norm1, dln1, h_in, w->norm1, a->ln1_mean + (size_t)l * N,
-                                    a->ln1_rstd + (size_t)l * N, N, d));
-        if (gamma) PROFILED(a, PROF_BWD, PROF_ADALN, hdlm_linear_backward(a->dcond, g->ada_w, g->ada_b, a->dmod, a->cond, w->ada_w, N, cd, 6 * d, true));
+        PROFILED(a, PROF_BWD, PROF_NORM,
+                 hdlm_layernorm_backward(a->dh, g->norm1, dln1, h_in, w->norm1, a->ln1_mean + (size_t)l * N,
+                                         a->ln1_rstd + (size_t)l * N, N, d));
+        if (gamma)
+            PROFILED(
+                a, PROF_BWD, PROF_ADALN,
+                hdlm_linear_backward(a->dcond, g->ada_w, g->ada_b, a->dmod, a->cond, w->ada_w, N, cd, 6 * d, true));
         if (m->grad_ready && l > 0) m->grad_ready(m->grad_ready_ctx, (size_t)(g->norm1 - m->grads));
     }
 
-    PROFILED(a, PROF_BWD, PROF_EMBED, hdlm_embedding_backward(m->g.embed, a->dh, a->tokens, gamma ? a->mix : NULL, (uint32_t)(V - 1), N, d));
+    PROFILED(a, PROF_BWD, PROF_EMBED,
+             hdlm_embedding_backward(m->g.embed, a->dh, a->tokens, gamma ? a->mix : NULL, (uint32_t)(V - 1), N, d));
     if (gamma) {
         // c = SiLU(W2·SiLU(W1·sinusoid(σ) + b1) + b2); σ itself is an input (no gradient)
         PROFILED(a, PROF_BWD, PROF_ADALN, hdlm_silu_backward(a->dc2, a->dcond, a->sig_h2, (size_t)N * cd));
-        PROFILED(a, PROF_BWD, PROF_ADALN, hdlm_linear_backward(a->dc1, m->g.sigma_w2, m->g.sigma_b2, a->dc2, a->sig_s1, m->p.sigma_w2, N, cd, cd, false));
+        PROFILED(a, PROF_BWD, PROF_ADALN,
+                 hdlm_linear_backward(a->dc1, m->g.sigma_w2, m->g.sigma_b2, a->dc2, a->sig_s1, m->p.sigma_w2, N, cd, cd,
+                                      false));
         PROFILED(a, PROF_BWD, PROF_ADALN, hdlm_silu_backward(a->dc1, a->dc1, a->sig_h1, (size_t)N * cd));
-        PROFILED(a, PROF_BWD, PROF_ADALN, hdlm_linear_backward(NULL, m->g.sigma_w1, m->g.sigma_b1, a->dc1, a->freq, m->p.sigma_w1, N,
-                                 HDLM_SIGMA_FREQ_DIM, cd, false));
+        PROFILED(a, PROF_BWD, PROF_ADALN,
+                 hdlm_linear_backward(NULL, m->g.sigma_w1, m->g.sigma_b1, a->dc1, a->freq, m->p.sigma_w1, N,
+                                      HDLM_SIGMA_FREQ_DIM, cd, false));
     }
     if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, 0);
     if (a->profile) profile_report(m, true);
