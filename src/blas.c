@@ -77,10 +77,10 @@ void hdlm_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, co
     }
     // Each thread computes one slice of C with single-threaded BLIS: rows when C is taller than wide, else columns,
     // so only the smaller operand is packed twice. BLIS's own threads share packed panels but meet at barriers
-    // several times per call; on a shared machine one preempted thread then stalls both (measured 3-6x slower
-    // steps under load), while on an idle machine the two forms run at the same rate. The k order of every element
-    // is that of a single-threaded call, so results do not depend on the thread count. Slices are multiples of 32
-    // rows/columns (the micro-kernel tiles) apart from the last.
+    // several times per call; on a shared machine one preempted thread then stalls both (the DDiT step's GEMMs took
+    // twice as long that way under a load average of 4), while on an idle machine the two forms run at the same
+    // rate. The k order of every element is that of a single-threaded call, so results do not depend on the thread
+    // count. Slices are multiples of 32 rows/columns (the micro-kernel tiles) apart from the last.
     bool rows = m >= n;
     int extent = rows ? m : n;
 #pragma omp parallel num_threads(threads)

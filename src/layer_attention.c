@@ -16,9 +16,7 @@
 
 // 256 query rows per tile: BLIS packs K (or V) once per tile, and with head_dim 64 the per-call packing dominates
 // smaller tiles (single-thread QKᵀ at L = 1024: 110 GFLOP/s with 64 rows, 166 with 256).
-#ifndef QUERY_BLOCK
 #define QUERY_BLOCK 256
-#endif
 
 // Per-thread scratch: score/probability tile, dropped probabilities (backward with dropout), dP, one row of
 // dropout multipliers.

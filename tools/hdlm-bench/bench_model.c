@@ -148,8 +148,8 @@ int bench_model_main(int argc, char **argv) {
     }
     omp_set_num_threads(threads);
     hdlm_blas_init(threads);
-    // The peak is measured before and after the model runs (best of both): a machine shared with other jobs shows
-    // its load in both numbers, printed with the load average.
+    // The peak is measured before the runs (the fractions use it), after each shape and at the end: a machine shared
+    // with other jobs shows its load in these numbers, printed with the load average.
     double peak = bench_fma_peak(threads);
     char load[64] = "?";
     FILE *lf = fopen("/proc/loadavg", "r");
