@@ -46,6 +46,12 @@ void hdlm_blas_init(int threads) {
     bli_thread_set_num_threads(threads > 0 ? threads : omp_get_max_threads());
 }
 
+int hdlm_blas_threads(void) {
+    if (!blas_ready) hdlm_blas_init(0);
+    int threads = (int)bli_thread_get_num_threads();
+    return threads > 1 ? threads : 1;
+}
+
 const char *hdlm_blas_arch(void) {
     if (!blas_ready) hdlm_blas_init(0);
     return bli_arch_string(bli_arch_query_id());
@@ -64,7 +70,34 @@ static void blas_gemm(rntm_t *rntm, bool trans_a, bool trans_b, int m, int n, in
 
 void hdlm_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                 const float *b, int ldb, float beta, float *c, int ldc) {
-    blas_gemm(NULL, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    int threads = hdlm_blas_threads();   // initialises BLIS outside the parallel region below
+    if (threads == 1 || omp_in_parallel()) {
+        blas_gemm(NULL, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    // Each thread computes one slice of C with single-threaded BLIS: rows when C is taller than wide, else columns,
+    // so only the smaller operand is packed twice. BLIS's own threads share packed panels but meet at barriers
+    // several times per call; on a shared machine one preempted thread then stalls both (the DDiT step's GEMMs took
+    // twice as long that way under a load average of 4), while on an idle machine the two forms run at the same
+    // rate. The k order of every element is that of a single-threaded call, so results do not depend on the thread
+    // count. Slices are multiples of 32 rows/columns (the micro-kernel tiles) apart from the last.
+    bool rows = m >= n;
+    int extent = rows ? m : n;
+#pragma omp parallel num_threads(threads)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        int lo = (int)((long)extent * t / nt) / 32 * 32;
+        int hi = t == nt - 1 ? extent : (int)((long)extent * (t + 1) / nt) / 32 * 32;
+        rntm_t rntm;
+        bli_rntm_init(&rntm);
+        bli_rntm_set_num_threads(1, &rntm);
+        if (hi > lo && rows)
+            blas_gemm(&rntm, trans_a, trans_b, hi - lo, n, k, alpha, trans_a ? a + lo : a + (size_t)lo * lda, lda, b,
+                      ldb, beta, c + (size_t)lo * ldc, ldc);
+        else if (hi > lo)
+            blas_gemm(&rntm, trans_a, trans_b, m, hi - lo, k, alpha, a, lda, trans_b ? b + (size_t)lo * ldb : b + lo,
+                      ldb, beta, c + lo, ldc);
+    }
 }
 
 void hdlm_sgemm_serial(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,

@@ -5,6 +5,7 @@
 
 #include "hdlm/common.h"
 #include "hdlm/diffusion.h"
+#include "hdlm/vecmath.h"
 
 void hdlm_corruption_alloc(hdlm_corruption *c, int batch, int length) {
     size_t n = (size_t)batch * length;
@@ -27,19 +28,27 @@ double hdlm_ce_row(const float *z, int vocab, int softmax_width, uint32_t target
     HDLM_ASSERT(target < (uint32_t)softmax_width, "target %u outside the softmax width %d", target, softmax_width);
     // grad may be z itself (the model lets a loss overwrite its outputs): read z[target] before writing.
     const double z_target = z[target];
-    double zmax = -INFINITY, sum = 0;
-    for (int y = 0; y < softmax_width; y++) zmax = z[y] > zmax ? z[y] : zmax;
+    float zmax_f = -INFINITY;
+#pragma omp simd reduction(max : zmax_f)
+    for (int y = 0; y < softmax_width; y++) zmax_f = z[y] > zmax_f ? z[y] : zmax_f;
+    // Vectorised double exp (include/hdlm/vecmath.h): a row of 50258 logits costs ~1 ns/entry instead of glibc's
+    // scalar exp at ~9; z − max is exact in double, so the loss keeps double accuracy.
+    const double zmax = zmax_f;
+    double sum = 0;
     if (!grad) {
-        for (int y = 0; y < softmax_width; y++) sum += exp(z[y] - zmax);
+#pragma omp simd reduction(+ : sum)
+        for (int y = 0; y < softmax_width; y++) sum += hdlm_exp((double)z[y] - zmax);
         return zmax + log(sum) - z_target;
     }
     // One exp per entry: keep e^(z-max) in grad, then scale it into softmax·grad_scale.
+#pragma omp simd reduction(+ : sum)
     for (int y = 0; y < softmax_width; y++) {
-        double e = exp(z[y] - zmax);
+        double e = hdlm_exp((double)z[y] - zmax);
         sum += e;
         grad[y] = (float)e;
     }
     double lse = zmax + log(sum), k = grad_scale / sum;
+#pragma omp simd
     for (int y = 0; y < softmax_width; y++) grad[y] = (float)(grad[y] * k);
     for (int y = softmax_width; y < vocab; y++) grad[y] = 0.0f;
     grad[target] = (float)(grad_scale * (exp(z_target - lse) - 1.0));

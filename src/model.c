@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__SSE__)
@@ -12,6 +13,22 @@
 
 #include "hdlm/common.h"
 #include "hdlm/rng.h"
+
+// Opt-in profile (environment HDLM_PROFILE=1, read at hdlm_model_create): wall seconds per layer kind, forward and
+// backward, printed to stderr after each backward (or each inference forward). Off, it costs one branch per layer.
+typedef enum {
+    PROF_EMBED, PROF_NORM, PROF_LINEAR, PROF_ROTARY, PROF_ATTENTION, PROF_GELU, PROF_RESIDUAL, PROF_ADALN, PROF_HEAD,
+    PROF_KINDS
+} prof_kind;
+static const char *const prof_names[PROF_KINDS] = {"embed", "layernorm", "linear", "rotary", "attention",
+                                                   "gelu", "residual+dropout", "adaln+sigma", "head"};
+enum { PROF_FWD = 0, PROF_BWD = 1 };
+#define PROFILED(acts, dir, kind, call)                                                                                \
+    do {                                                                                                               \
+        double prof_t0_ = (acts)->profile ? omp_get_wtime() : 0.0;                                                    \
+        call;                                                                                                          \
+        if ((acts)->profile) (acts)->prof[dir][kind] += omp_get_wtime() - prof_t0_;                                   \
+    } while (0)
 
 hdlm_model_config hdlm_model_config_ddit_small(hdlm_family family) {
     hdlm_model_config c = {
@@ -212,6 +229,8 @@ struct hdlm_model_acts {
     float *ln2, *ln2_mean, *ln2_rstd, *a2, *fc1, *gelu, *mlp_y;                   // per layer
     float *lnf, *lnf_mean, *lnf_rstd;
     float *dh, *da, *dln, *dtmp, *datt, *dqkv, *dfc, *dmod, *dcond, *dc1, *dc2;   // backward scratch
+    bool profile;                                 // HDLM_PROFILE=1
+    double prof[2][PROF_KINDS], prof_start, prof_fwd_end, prof_loss;
 };
 
 static void acts_release(hdlm_model_acts *a) {
@@ -299,6 +318,8 @@ int hdlm_model_create(hdlm_model **out, const hdlm_model_config *config) {
     model_bind_views(m, &m->p, m->params, true);
     model_bind_views(m, &m->g, m->grads, false);
     m->acts = hdlm_calloc(1, sizeof(hdlm_model_acts));
+    const char *profile = getenv("HDLM_PROFILE");
+    m->acts->profile = profile && *profile && strcmp(profile, "0") != 0;
     m->acts->cos_t = alloc_floats((size_t)config->max_length * (config->width / config->n_heads / 2));
     m->acts->sin_t = alloc_floats((size_t)config->max_length * (config->width / config->n_heads / 2));
     hdlm_model_init(m, 0);
@@ -368,6 +389,45 @@ static void model_flush_denormals(void) {
 #endif
 }
 
+// ---- profile (HDLM_PROFILE=1) ----------------------------------------------------------------------------------
+
+static void profile_begin(hdlm_model_acts *a) {
+    memset(a->prof, 0, sizeof a->prof);
+    a->prof_loss = 0.0;
+    a->prof_start = omp_get_wtime();
+}
+
+// One table per step on stderr: seconds per layer kind, forward and backward, its share of the step and, for the GEMM
+// kinds, GFLOP/s by the benchmark's count (block linears 2·N·params, head 2·N·d·V, attention 4·N·L·d per layer
+// forward; twice each backward), so BLIS's own rate and the non-GEMM share can be read off the same run.
+static void profile_report(const hdlm_model *m, bool backward) {
+    const hdlm_model_acts *a = m->acts;
+    const hdlm_model_config *c = &m->config;
+    double end = omp_get_wtime(), step = end - a->prof_start;
+    double fwd = a->prof_fwd_end - a->prof_start, bwd = backward ? end - a->prof_fwd_end - a->prof_loss : 0.0;
+    double n = (double)m->batch * m->length, d = c->width, f = (double)c->mlp_ratio * c->width;
+    double flops[PROF_KINDS] = {0};
+    flops[PROF_LINEAR] = 2.0 * n * c->n_layers * (4.0 * d * d + 2.0 * d * f);
+    flops[PROF_HEAD] = 2.0 * n * d * c->vocab;
+    flops[PROF_ATTENTION] = 4.0 * n * m->length * d * c->n_layers;
+    fprintf(stderr,
+            "hdlm profile %dx%d: step %.3f s = forward %.3f + between forward and backward (loss) %.3f + backward "
+            "%.3f\n  %-17s %9s %9s %7s %9s\n",
+            m->batch, m->length, step, fwd, a->prof_loss, bwd, "kind", "forward", "backward", "share", "GFLOP/s");
+    double timed = 0.0;
+    for (int k = 0; k < PROF_KINDS; k++) {
+        double t = a->prof[PROF_FWD][k] + a->prof[PROF_BWD][k];
+        timed += t;
+        if (t == 0.0) continue;
+        fprintf(stderr, "  %-17s %9.4f %9.4f %6.1f%%", prof_names[k], a->prof[PROF_FWD][k], a->prof[PROF_BWD][k],
+                100.0 * t / step);
+        if (flops[k] > 0.0) fprintf(stderr, " %9.1f", flops[k] * (backward ? 3.0 : 1.0) / t * 1e-9);
+        fputc('\n', stderr);
+    }
+    fprintf(stderr, "  %-17s %19s %6.1f%%\n", "loss (caller)", "", 100.0 * a->prof_loss / step);
+    fprintf(stderr, "  %-17s %19s %6.1f%%\n", "untimed rest", "", 100.0 * (step - a->prof_loss - timed) / step);
+}
+
 // ---- forward ---------------------------------------------------------------------------------------------------
 
 int hdlm_model_check_input(const hdlm_model_config *c, const hdlm_model_input *in, hdlm_attn_mask *mask) {
@@ -423,6 +483,7 @@ int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
     acts_reserve(m, N);
     model_flush_denormals();
     hdlm_model_acts *a = m->acts;
+    if (a->profile) profile_begin(a);
     m->batch = B;
     m->length = L;
     memcpy(a->tokens, in->tokens, (size_t)N * sizeof(uint32_t));
@@ -435,13 +496,16 @@ int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
     if (gamma) {
         memcpy(a->sigma, in->sigma, (size_t)N * sizeof(float));
         for (int r = 0; r < N; r++) a->mix[r] = expf(-c->gamma * a->sigma[r]);
-        hdlm_sigma_sinusoid(a->freq, a->sigma, N, HDLM_SIGMA_FREQ_DIM);
-        hdlm_linear_forward(a->sig_h1, a->freq, m->p.sigma_w1, m->p.sigma_b1, N, HDLM_SIGMA_FREQ_DIM, cd);
-        hdlm_silu_forward(a->sig_s1, a->sig_h1, (size_t)N * cd);
-        hdlm_linear_forward(a->sig_h2, a->sig_s1, m->p.sigma_w2, m->p.sigma_b2, N, cd, cd);
-        hdlm_silu_forward(a->cond, a->sig_h2, (size_t)N * cd);
+        PROFILED(a, PROF_FWD, PROF_ADALN, hdlm_sigma_sinusoid(a->freq, a->sigma, N, HDLM_SIGMA_FREQ_DIM));
+        PROFILED(a, PROF_FWD, PROF_ADALN,
+                 hdlm_linear_forward(a->sig_h1, a->freq, m->p.sigma_w1, m->p.sigma_b1, N, HDLM_SIGMA_FREQ_DIM, cd));
+        PROFILED(a, PROF_FWD, PROF_ADALN, hdlm_silu_forward(a->sig_s1, a->sig_h1, (size_t)N * cd));
+        PROFILED(a, PROF_FWD, PROF_ADALN,
+                 hdlm_linear_forward(a->sig_h2, a->sig_s1, m->p.sigma_w2, m->p.sigma_b2, N, cd, cd));
+        PROFILED(a, PROF_FWD, PROF_ADALN, hdlm_silu_forward(a->cond, a->sig_h2, (size_t)N * cd));
     }
-    hdlm_embedding_forward(a->h, m->p.embed, a->tokens, gamma ? a->mix : NULL, (uint32_t)(V - 1), N, d);
+    PROFILED(a, PROF_FWD, PROF_EMBED,
+             hdlm_embedding_forward(a->h, m->p.embed, a->tokens, gamma ? a->mix : NULL, (uint32_t)(V - 1), N, d));
 
     for (int l = 0; l < c->n_layers; l++) {
         const hdlm_block_views *w = &m->p.blocks[l];
@@ -452,31 +516,41 @@ int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
         float *mod = gamma ? a->mod + l * 6 * Nd : NULL;
         float *a1 = gamma ? a->a1 + l * Nd : ln1, *a2 = gamma ? a->a2 + l * Nd : ln2;
 
-        hdlm_layernorm_forward(ln1, a->ln1_mean + (size_t)l * N, a->ln1_rstd + (size_t)l * N, h_in, w->norm1, N, d);
+        PROFILED(a, PROF_FWD, PROF_NORM,
+                 hdlm_layernorm_forward(ln1, a->ln1_mean + (size_t)l * N, a->ln1_rstd + (size_t)l * N, h_in, w->norm1,
+                                        N, d));
         if (gamma) {
             // (shift_a | scale_a | gate_a | shift_m | scale_m | gate_m) per token (spec §7.1)
-            hdlm_linear_forward(mod, a->cond, w->ada_w, w->ada_b, N, cd, 6 * d);
-            hdlm_modulate_forward(a1, ln1, mod, mod + d, 6 * d, N, d);
+            PROFILED(a, PROF_FWD, PROF_ADALN, hdlm_linear_forward(mod, a->cond, w->ada_w, w->ada_b, N, cd, 6 * d));
+            PROFILED(a, PROF_FWD, PROF_ADALN, hdlm_modulate_forward(a1, ln1, mod, mod + d, 6 * d, N, d));
         }
-        hdlm_linear_forward(qkv, a1, w->qkv, NULL, N, d, 3 * d);
-        hdlm_rotary_forward(qkv, a->cos_t, a->sin_t, B, L, H, hd);
-        hdlm_attention_forward(att, a->lse + (size_t)l * N * H, qkv, &mask, B, L, H, hd, a->dropout,
-                               site_key(m, l, HDLM_DROPOUT_ATTN_PROBS));
-        hdlm_linear_forward(att_y, att, w->attn_out, NULL, N, d, d);
-        hdlm_residual_forward(h_mid, h_in, att_y, gamma ? mod + 2 * d : NULL, 6 * d, N, d, a->dropout,
-                              site_key(m, l, HDLM_DROPOUT_ATTN_RESIDUAL));
+        PROFILED(a, PROF_FWD, PROF_LINEAR, hdlm_linear_forward(qkv, a1, w->qkv, NULL, N, d, 3 * d));
+        PROFILED(a, PROF_FWD, PROF_ROTARY, hdlm_rotary_forward(qkv, a->cos_t, a->sin_t, B, L, H, hd));
+        PROFILED(a, PROF_FWD, PROF_ATTENTION,
+                 hdlm_attention_forward(att, a->lse + (size_t)l * N * H, qkv, &mask, B, L, H, hd, a->dropout,
+                                        site_key(m, l, HDLM_DROPOUT_ATTN_PROBS)));
+        PROFILED(a, PROF_FWD, PROF_LINEAR, hdlm_linear_forward(att_y, att, w->attn_out, NULL, N, d, d));
+        PROFILED(a, PROF_FWD, PROF_RESIDUAL,
+                 hdlm_residual_forward(h_mid, h_in, att_y, gamma ? mod + 2 * d : NULL, 6 * d, N, d, a->dropout,
+                                       site_key(m, l, HDLM_DROPOUT_ATTN_RESIDUAL)));
 
-        hdlm_layernorm_forward(ln2, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N, h_mid, w->norm2, N, d);
-        if (gamma) hdlm_modulate_forward(a2, ln2, mod + 3 * d, mod + 4 * d, 6 * d, N, d);
-        hdlm_linear_forward(fc1, a2, w->fc1_w, w->fc1_b, N, d, f);
-        hdlm_gelu_forward(gelu, fc1, (size_t)N * f);
-        hdlm_linear_forward(mlp_y, gelu, w->fc2_w, w->fc2_b, N, f, d);
-        hdlm_residual_forward(h_out, h_mid, mlp_y, gamma ? mod + 5 * d : NULL, 6 * d, N, d, a->dropout,
-                              site_key(m, l, HDLM_DROPOUT_MLP_RESIDUAL));
+        PROFILED(a, PROF_FWD, PROF_NORM,
+                 hdlm_layernorm_forward(ln2, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N, h_mid, w->norm2,
+                                        N, d));
+        if (gamma)
+            PROFILED(a, PROF_FWD, PROF_ADALN, hdlm_modulate_forward(a2, ln2, mod + 3 * d, mod + 4 * d, 6 * d, N, d));
+        PROFILED(a, PROF_FWD, PROF_LINEAR, hdlm_linear_forward(fc1, a2, w->fc1_w, w->fc1_b, N, d, f));
+        PROFILED(a, PROF_FWD, PROF_GELU, hdlm_gelu_forward(gelu, fc1, (size_t)N * f));
+        PROFILED(a, PROF_FWD, PROF_LINEAR, hdlm_linear_forward(mlp_y, gelu, w->fc2_w, w->fc2_b, N, f, d));
+        PROFILED(a, PROF_FWD, PROF_RESIDUAL,
+                 hdlm_residual_forward(h_out, h_mid, mlp_y, gamma ? mod + 5 * d : NULL, 6 * d, N, d, a->dropout,
+                                       site_key(m, l, HDLM_DROPOUT_MLP_RESIDUAL)));
     }
 
-    hdlm_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->h + (size_t)c->n_layers * Nd, m->p.norm_final, N, d);
-    hdlm_linear_forward(m->out, a->lnf, m->p.head_w, m->p.head_b, N, d, V);
+    PROFILED(a, PROF_FWD, PROF_NORM,
+             hdlm_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->h + (size_t)c->n_layers * Nd, m->p.norm_final,
+                                    N, d));
+    PROFILED(a, PROF_FWD, PROF_HEAD, hdlm_linear_forward(m->out, a->lnf, m->p.head_w, m->p.head_b, N, d, V));
     if (gamma) {
 #pragma omp parallel for schedule(static)
         for (int r = 0; r < N; r++) {
@@ -484,6 +558,10 @@ int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
             float *o = m->out + (size_t)r * V;
             for (int v = 0; v < V; v++) o[v] -= shift;
         }
+    }
+    if (a->profile) {
+        a->prof_fwd_end = omp_get_wtime();
+        if (!in->training) profile_report(m, false);
     }
     return 0;
 }
@@ -498,13 +576,16 @@ void hdlm_model_backward(hdlm_model *m, const float *dout) {
     int d = c->width, f = c->mlp_ratio * d, H = c->n_heads, hd = d / H, cd = c->cond_dim, V = c->vocab;
     bool gamma = c->family == HDLM_FAMILY_GAMMA;
     size_t Nd = (size_t)N * d;
+    if (a->profile) a->prof_loss = omp_get_wtime() - a->prof_fwd_end;
     model_flush_denormals();
 
     // Output layer (scale_by_sigma subtracts a constant per token: identity for the gradient).
-    hdlm_linear_backward(a->da, m->g.head_w, m->g.head_b, dout, a->lnf, m->p.head_w, N, d, V, false);
+    PROFILED(a, PROF_BWD, PROF_HEAD,
+             hdlm_linear_backward(a->da, m->g.head_w, m->g.head_b, dout, a->lnf, m->p.head_w, N, d, V, false));
     memset(a->dh, 0, Nd * sizeof(float));
-    hdlm_layernorm_backward(a->dh, m->g.norm_final, a->da, a->h + (size_t)c->n_layers * Nd, m->p.norm_final,
-                            a->lnf_mean, a->lnf_rstd, N, d);
+    PROFILED(a, PROF_BWD, PROF_NORM,
+             hdlm_layernorm_backward(a->dh, m->g.norm_final, a->da, a->h + (size_t)c->n_layers * Nd, m->p.norm_final,
+                                     a->lnf_mean, a->lnf_rstd, N, d));
     if (gamma) memset(a->dcond, 0, (size_t)N * cd * sizeof(float));
     if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, (size_t)(m->g.norm_final - m->grads));
 
@@ -519,46 +600,68 @@ void hdlm_model_backward(hdlm_model *m, const float *dout) {
         float *a1 = gamma ? a->a1 + l * Nd : ln1, *a2 = gamma ? a->a2 + l * Nd : ln2;
 
         // MLP branch: h_out = h_mid + g_m ⊙ dropout(W2·GELU(W1·a2 + b1) + b2)
-        hdlm_residual_backward(a->dtmp, gamma ? a->dmod + 5 * d : NULL, a->dh, mlp_y, gamma ? mod + 5 * d : NULL,
-                               6 * d, N, d, a->dropout, site_key(m, l, HDLM_DROPOUT_MLP_RESIDUAL));
-        hdlm_linear_backward(a->dfc, g->fc2_w, g->fc2_b, a->dtmp, gelu, w->fc2_w, N, f, d, false);
-        hdlm_gelu_backward(a->dfc, a->dfc, fc1, (size_t)N * f);
-        hdlm_linear_backward(a->da, g->fc1_w, g->fc1_b, a->dfc, a2, w->fc1_w, N, d, f, false);
+        PROFILED(a, PROF_BWD, PROF_RESIDUAL,
+                 hdlm_residual_backward(a->dtmp, gamma ? a->dmod + 5 * d : NULL, a->dh, mlp_y,
+                                        gamma ? mod + 5 * d : NULL, 6 * d, N, d, a->dropout,
+                                        site_key(m, l, HDLM_DROPOUT_MLP_RESIDUAL)));
+        PROFILED(a, PROF_BWD, PROF_LINEAR,
+                 hdlm_linear_backward(a->dfc, g->fc2_w, g->fc2_b, a->dtmp, gelu, w->fc2_w, N, f, d, false));
+        PROFILED(a, PROF_BWD, PROF_GELU, hdlm_gelu_backward(a->dfc, a->dfc, fc1, (size_t)N * f));
+        PROFILED(a, PROF_BWD, PROF_LINEAR,
+                 hdlm_linear_backward(a->da, g->fc1_w, g->fc1_b, a->dfc, a2, w->fc1_w, N, d, f, false));
         const float *dln2 = a->da;
         if (gamma) {
-            hdlm_modulate_backward(a->dln, a->dmod + 3 * d, a->dmod + 4 * d, a->da, ln2, mod + 4 * d, 6 * d, N, d);
+            PROFILED(
+                a, PROF_BWD, PROF_ADALN,
+                hdlm_modulate_backward(a->dln, a->dmod + 3 * d, a->dmod + 4 * d, a->da, ln2, mod + 4 * d, 6 * d, N, d));
             dln2 = a->dln;
         }
-        hdlm_layernorm_backward(a->dh, g->norm2, dln2, h_mid, w->norm2, a->ln2_mean + (size_t)l * N,
-                                a->ln2_rstd + (size_t)l * N, N, d);
+        PROFILED(a, PROF_BWD, PROF_NORM,
+                 hdlm_layernorm_backward(a->dh, g->norm2, dln2, h_mid, w->norm2, a->ln2_mean + (size_t)l * N,
+                                         a->ln2_rstd + (size_t)l * N, N, d));
 
         // Attention branch: h_mid = h_in + g_a ⊙ dropout(W_o · attention(RoPE(W_qkv · a1)))
-        hdlm_residual_backward(a->dtmp, gamma ? a->dmod + 2 * d : NULL, a->dh, att_y, gamma ? mod + 2 * d : NULL,
-                               6 * d, N, d, a->dropout, site_key(m, l, HDLM_DROPOUT_ATTN_RESIDUAL));
-        hdlm_linear_backward(a->datt, g->attn_out, NULL, a->dtmp, att, w->attn_out, N, d, d, false);
-        hdlm_attention_backward(a->dqkv, a->datt, att, a->lse + (size_t)l * N * H, qkv, &a->mask, B, L, H, hd,
-                                a->dropout, site_key(m, l, HDLM_DROPOUT_ATTN_PROBS));
-        hdlm_rotary_backward(a->dqkv, a->cos_t, a->sin_t, B, L, H, hd);
-        hdlm_linear_backward(a->da, g->qkv, NULL, a->dqkv, a1, w->qkv, N, d, 3 * d, false);
+        PROFILED(a, PROF_BWD, PROF_RESIDUAL,
+                 hdlm_residual_backward(a->dtmp, gamma ? a->dmod + 2 * d : NULL, a->dh, att_y,
+                                        gamma ? mod + 2 * d : NULL, 6 * d, N, d, a->dropout,
+                                        site_key(m, l, HDLM_DROPOUT_ATTN_RESIDUAL)));
+        PROFILED(a, PROF_BWD, PROF_LINEAR,
+                 hdlm_linear_backward(a->datt, g->attn_out, NULL, a->dtmp, att, w->attn_out, N, d, d, false));
+        PROFILED(a, PROF_BWD, PROF_ATTENTION,
+                 hdlm_attention_backward(a->dqkv, a->datt, att, a->lse + (size_t)l * N * H, qkv, &a->mask, B, L, H, hd,
+                                         a->dropout, site_key(m, l, HDLM_DROPOUT_ATTN_PROBS)));
+        PROFILED(a, PROF_BWD, PROF_ROTARY, hdlm_rotary_backward(a->dqkv, a->cos_t, a->sin_t, B, L, H, hd));
+        PROFILED(a, PROF_BWD, PROF_LINEAR,
+                 hdlm_linear_backward(a->da, g->qkv, NULL, a->dqkv, a1, w->qkv, N, d, 3 * d, false));
         const float *dln1 = a->da;
         if (gamma) {
-            hdlm_modulate_backward(a->dln, a->dmod, a->dmod + d, a->da, ln1, mod + d, 6 * d, N, d);
+            PROFILED(a, PROF_BWD, PROF_ADALN,
+                     hdlm_modulate_backward(a->dln, a->dmod, a->dmod + d, a->da, ln1, mod + d, 6 * d, N, d));
             dln1 = a->dln;
         }
-        hdlm_layernorm_backward(a->dh, g->norm1, dln1, h_in, w->norm1, a->ln1_mean + (size_t)l * N,
-                                a->ln1_rstd + (size_t)l * N, N, d);
-        if (gamma) hdlm_linear_backward(a->dcond, g->ada_w, g->ada_b, a->dmod, a->cond, w->ada_w, N, cd, 6 * d, true);
+        PROFILED(a, PROF_BWD, PROF_NORM,
+                 hdlm_layernorm_backward(a->dh, g->norm1, dln1, h_in, w->norm1, a->ln1_mean + (size_t)l * N,
+                                         a->ln1_rstd + (size_t)l * N, N, d));
+        if (gamma)
+            PROFILED(
+                a, PROF_BWD, PROF_ADALN,
+                hdlm_linear_backward(a->dcond, g->ada_w, g->ada_b, a->dmod, a->cond, w->ada_w, N, cd, 6 * d, true));
         if (m->grad_ready && l > 0) m->grad_ready(m->grad_ready_ctx, (size_t)(g->norm1 - m->grads));
     }
 
-    hdlm_embedding_backward(m->g.embed, a->dh, a->tokens, gamma ? a->mix : NULL, (uint32_t)(V - 1), N, d);
+    PROFILED(a, PROF_BWD, PROF_EMBED,
+             hdlm_embedding_backward(m->g.embed, a->dh, a->tokens, gamma ? a->mix : NULL, (uint32_t)(V - 1), N, d));
     if (gamma) {
         // c = SiLU(W2·SiLU(W1·sinusoid(σ) + b1) + b2); σ itself is an input (no gradient)
-        hdlm_silu_backward(a->dc2, a->dcond, a->sig_h2, (size_t)N * cd);
-        hdlm_linear_backward(a->dc1, m->g.sigma_w2, m->g.sigma_b2, a->dc2, a->sig_s1, m->p.sigma_w2, N, cd, cd, false);
-        hdlm_silu_backward(a->dc1, a->dc1, a->sig_h1, (size_t)N * cd);
-        hdlm_linear_backward(NULL, m->g.sigma_w1, m->g.sigma_b1, a->dc1, a->freq, m->p.sigma_w1, N,
-                             HDLM_SIGMA_FREQ_DIM, cd, false);
+        PROFILED(a, PROF_BWD, PROF_ADALN, hdlm_silu_backward(a->dc2, a->dcond, a->sig_h2, (size_t)N * cd));
+        PROFILED(a, PROF_BWD, PROF_ADALN,
+                 hdlm_linear_backward(a->dc1, m->g.sigma_w2, m->g.sigma_b2, a->dc2, a->sig_s1, m->p.sigma_w2, N, cd, cd,
+                                      false));
+        PROFILED(a, PROF_BWD, PROF_ADALN, hdlm_silu_backward(a->dc1, a->dc1, a->sig_h1, (size_t)N * cd));
+        PROFILED(a, PROF_BWD, PROF_ADALN,
+                 hdlm_linear_backward(NULL, m->g.sigma_w1, m->g.sigma_b1, a->dc1, a->freq, m->p.sigma_w1, N,
+                                      HDLM_SIGMA_FREQ_DIM, cd, false));
     }
     if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, 0);
+    if (a->profile) profile_report(m, true);
 }

@@ -11,11 +11,14 @@
 // Selects the kernels and sets the number of BLIS threads (threads <= 0: omp_get_max_threads()). Idempotent for the
 // kernel choice (made once per process); the thread count is updated on every call.
 void hdlm_blas_init(int threads);
+// The thread count GEMMs use (the last hdlm_blas_init's; calls hdlm_blas_init(0) when needed).
+int hdlm_blas_threads(void);
 // The name of the kernel set in use ("skx", "zen3", ...); calls hdlm_blas_init(0) when needed.
 const char *hdlm_blas_arch(void);
 
 // Row-major C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C. op(A) = A (lda = row stride of A[m,k]) or, with
-// trans_a, the transpose of a row-major A[k,m] (lda its row stride); likewise B. Uses all BLIS threads.
+// trans_a, the transpose of a row-major A[k,m] (lda its row stride); likewise B. Uses hdlm_blas_threads() threads,
+// each computing a slice of C with single-threaded BLIS (called inside an OpenMP parallel region: one thread).
 void hdlm_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                 const float *b, int ldb, float beta, float *c, int ldc);
 // The same on the calling thread only: for GEMMs issued from inside an OpenMP parallel region.
