@@ -273,10 +273,17 @@ struct allocation {
 };
 static std::map<uintptr_t, allocation> g_allocations;
 
+// HDLM_CUDA_EMU_POISON=0 fills new memory with zeros instead (to tell reads of unwritten memory from other faults).
+static int poison_byte() {
+    static int value = -1;
+    if (value < 0) value = getenv("HDLM_CUDA_EMU_POISON") && atoi(getenv("HDLM_CUDA_EMU_POISON")) == 0 ? 0 : 0xff;
+    return value;
+}
+
 static void *allocate(size_t bytes, bool device) {
     void *p = nullptr;
     if (posix_memalign(&p, 256, bytes ? bytes : 1)) return nullptr;
-    memset(p, 0xff, bytes);
+    memset(p, poison_byte(), bytes);
     g_allocations[(uintptr_t)p] = {bytes, device};
     return p;
 }
@@ -336,6 +343,24 @@ static cudaError_t copy(void *dst, const void *src, size_t bytes, cudaMemcpyKind
     if (err) return err;
     if (bytes) memmove(dst, src, bytes);
     return cudaSuccess;
+}
+
+bool tracing() {
+    static int value = -1;
+    if (value < 0) value = getenv("HDLM_CUDA_EMU_TRACE") && atoi(getenv("HDLM_CUDA_EMU_TRACE")) != 0;
+    return value;
+}
+
+void trace_output(const char *kernel, int index, const void *p, int kind) {
+    auto it = g_allocations.upper_bound((uintptr_t)p);
+    if (!p || it == g_allocations.begin()) return;
+    --it;
+    if ((uintptr_t)p >= it->first + it->second.bytes) return;
+    size_t bytes = it->first + it->second.bytes - (uintptr_t)p, nans = 0, n = 0;
+    if (kind == 0) for (n = 0; n < bytes / 4; n++) nans += isnan(((const float *)p)[n]);
+    if (kind == 1) for (n = 0; n < bytes / 8; n++) nans += isnan(((const double *)p)[n]);
+    if (kind == 2) for (n = 0; n < bytes / 2; n++) nans += isnan(__bfloat162float(((const __nv_bfloat16 *)p)[n]));
+    fprintf(stderr, "CUDA emulator trace: %s argument %d: %zu NaN of %zu\n", kernel, index, nans, n);
 }
 
 }   // namespace emu

@@ -131,6 +131,15 @@ struct launch_config {
 };
 // Runs body(ctx) as every thread of every block, after checking the configuration (errors go to cudaGetLastError).
 void run_grid(const launch_config &cfg, void (*body)(void *), void *ctx, const char *kernel);
+// HDLM_CUDA_EMU_TRACE=1: after each launch, the NaNs in every writable float, double and bf16 argument's allocation
+// (from the pointer on) are counted and reported, to find the first kernel that produces one.
+bool tracing();
+void trace_output(const char *kernel, int index, const void *p, int kind);
+template <class T> void trace_arg(const char *, int, const T &) {}
+inline void trace_arg(const char *k, int i, float *p) { trace_output(k, i, p, 0); }
+inline void trace_arg(const char *k, int i, double *p) { trace_output(k, i, p, 1); }
+inline void trace_arg(const char *k, int i, __nv_bfloat16 *p) { trace_output(k, i, p, 2); }
+
 template <class Fn> struct launcher {
     Fn fn;
     const char *kernel;
@@ -138,6 +147,10 @@ template <class Fn> struct launcher {
     template <class... Args> void operator()(Args... args) {
         auto bound = [&] { fn(args...); };
         run_grid(cfg, [](void *p) { (*static_cast<decltype(bound) *>(p))(); }, &bound, kernel);
+        if (tracing()) {
+            int index = 0;
+            (trace_arg(kernel, index++, args), ...);
+        }
     }
 };
 template <class Fn>
