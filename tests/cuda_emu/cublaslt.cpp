@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <vector>
+
 #include "emu_memory.h"
 
 namespace {
@@ -258,14 +260,18 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
     if (st != CUBLAS_STATUS_SUCCESS) return st;
     const float alpha = *(const float *)alpha_p, beta = *(const float *)beta_p;   // host pointer mode
     cudaDataType_t bias_type = d.bias_type < 0 ? o.type : (cudaDataType_t)d.bias_type;
+    // op(A) as rows of k (row i = column i of op(A)ᵀ), op(B) as columns of k: the product is then dot products.
+    std::vector<double> opa(m * k), opb(n * k);
+    for (uint64_t i = 0; i < m; i++)
+        for (uint64_t l = 0; l < k; l++)
+            opa[i * k + l] = load(A, a.type, d.trans_a == CUBLAS_OP_N ? i + l * a.ld : l + i * a.ld);
+    for (uint64_t j = 0; j < n; j++)
+        for (uint64_t l = 0; l < k; l++)
+            opb[j * k + l] = load(B, b.type, d.trans_b == CUBLAS_OP_N ? l + j * b.ld : j + l * b.ld);
     for (uint64_t j = 0; j < n; j++)
         for (uint64_t i = 0; i < m; i++) {
             double acc = 0;
-            for (uint64_t l = 0; l < k; l++) {
-                size_t ia = d.trans_a == CUBLAS_OP_N ? i + l * a.ld : l + i * a.ld;
-                size_t ib = d.trans_b == CUBLAS_OP_N ? l + j * b.ld : j + l * b.ld;
-                acc += load(A, a.type, ia) * load(B, b.type, ib);
-            }
+            for (uint64_t l = 0; l < k; l++) acc += opa[i * k + l] * opb[j * k + l];
             double x = alpha * acc;
             if (beta != 0.0f) x += beta * load(C, c.type, i + j * c.ld);   // β = 0: C is not read (may hold NaN)
             if (has_bias(d.epilogue)) x += load(d.bias, bias_type, i);
