@@ -259,6 +259,11 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
     if (st == CUBLAS_STATUS_SUCCESS) st = check_extent(D, o, 'D');
     if (st != CUBLAS_STATUS_SUCCESS) return st;
     const float alpha = *(const float *)alpha_p, beta = *(const float *)beta_p;   // host pointer mode
+    if (emu::tracing())
+        fprintf(stderr, "CUDA emulator trace: cublasLtMatmul m %llu n %llu k %llu op %c%c D %s epilogue %d beta %g\n",
+                (unsigned long long)m, (unsigned long long)n, (unsigned long long)k,
+                d.trans_a == CUBLAS_OP_N ? 'N' : 'T', d.trans_b == CUBLAS_OP_N ? 'N' : 'T',
+                o.type == CUDA_R_32F ? "fp32" : "bf16", (int)d.epilogue, beta);
     cudaDataType_t bias_type = d.bias_type < 0 ? o.type : (cudaDataType_t)d.bias_type;
     // op(A) as rows of k (row i = column i of op(A)ᵀ), op(B) as columns of k: the product is then dot products.
     std::vector<double> opa(m * k), opb(n * k);

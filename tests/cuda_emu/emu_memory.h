@@ -4,5 +4,6 @@
 #include <stddef.h>
 namespace emu {
 bool is_device_range(const void *p, size_t bytes);   // [p, p + bytes) lies inside one cudaMalloc'd block
+bool tracing();                                      // HDLM_CUDA_EMU_TRACE=1
 }
 #endif

@@ -166,6 +166,14 @@ static bool force_fibers() {
     return value;
 }
 
+// HDLM_CUDA_EMU_ORDER=reverse resumes the fibers of a block in descending thread order: a read of shared memory
+// that lacks its __syncthreads then sees unwritten data from the threads that the default order runs first.
+static bool reverse_order() {
+    static int value = -1;
+    if (value < 0) value = getenv("HDLM_CUDA_EMU_ORDER") && strcmp(getenv("HDLM_CUDA_EMU_ORDER"), "reverse") == 0;
+    return value;
+}
+
 static cudaError_t g_last_error = cudaSuccess;
 static int g_smem_optin_set;   // largest dynamic shared memory any kernel was opted into
 
@@ -184,8 +192,8 @@ static void run_block(block_state &b, uint3 bid, const launch_config &cfg) {
     }
     memset(b.smem.data(), 0xff, b.smem.size());
     if (!b.fibers) {
-        for (unsigned t = 0; t < b.threads; t++) {
-            current = b.states[t];
+        for (unsigned i = 0; i < b.threads; i++) {
+            current = b.states[reverse_order() ? b.threads - 1 - i : i];
             b.body(b.ctx);
         }
         return;
@@ -204,7 +212,8 @@ static void run_block(block_state &b, uint3 bid, const launch_config &cfg) {
     while (live) {
         unsigned long before = b.events;
         live = 0;
-        for (unsigned t = 0; t < b.threads; t++) {
+        for (unsigned i = 0; i < b.threads; i++) {
+            unsigned t = reverse_order() ? b.threads - 1 - i : i;
             if (b.done[t]) continue;
             current = b.states[t];
             swapcontext(&g_scheduler, &b.contexts[t]);
@@ -240,6 +249,9 @@ void run_grid(const launch_config &cfg, void (*body)(void *), void *ctx, const c
         g_stacks = (char *)p;
         for (int t = 0; t < MAX_THREADS; t++) mprotect(g_stacks + (size_t)t * (STACK_BYTES + 4096), 4096, PROT_NONE);
     }
+    if (tracing())
+        fprintf(stderr, "CUDA emulator trace: launch %s grid (%u,%u,%u) block (%u,%u,%u) smem %zu\n", kernel, g.x, g.y,
+                g.z, k.x, k.y, k.z, cfg.smem);
     block_state b;
     b.threads = (unsigned)threads;
     b.contexts.resize(threads);
