@@ -190,7 +190,7 @@ static void run_block(block_state &b, uint3 bid, const launch_config &cfg) {
         s.exchanges = 0;
         s.block = &b;
     }
-    memset(b.smem.data(), 0xff, b.smem.size());
+    if (!b.smem.empty()) memset(b.smem.data(), 0xff, b.smem.size());
     if (!b.fibers) {
         for (unsigned i = 0; i < b.threads; i++) {
             current = b.states[reverse_order() ? b.threads - 1 - i : i];
