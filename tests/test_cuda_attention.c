@@ -283,6 +283,10 @@ static double seconds_now(void) {
 static void test_timing(void **state) {
     (void)state;
     if (!have_gpu()) skip();
+#ifdef HDLM_CUDA_EMULATE
+    print_message("skipped: timings of the CPU emulation (tests/cuda_emu) mean nothing\n");
+    skip();
+#endif
     const int B = 8, H = 12, L = 1024, D = 64, d = H * D, reps = 5;
     const size_t n_qkv = (size_t)B * L * 3 * d, n_out = (size_t)B * L * d;
     hdlm_stream stream = hdlm_cuda_stream();

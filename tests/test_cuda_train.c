@@ -31,7 +31,13 @@
 #include "hdlm/trainer.h"
 #include "train_helpers.h"
 
+#ifdef HDLM_CUDA_EMULATE
+#define K_UPDATES 10      // the emulated backend (tests/cuda_emu) is ~1000x slower; 10 updates still show a bad step
+#define LEARNED_RATIO 0.9   // the CPU run's last-5 mean is 0.84 of its first loss after 10 updates
+#else
 #define K_UPDATES 30
+#define LEARNED_RATIO 0.8
+#endif
 static const double LOSS_FIRST_TOL = 5e-3, NORM_TOL = 3e-2, LOSS_EACH_TOL = 5e-2, LOSS_TAIL_TOL = 3e-2;
 static const double RESUME_TOL = 1e-4;
 
@@ -111,7 +117,7 @@ static void test_gpu_tracks_cpu(void **state) {
         tail_g += lg[k] / 5;
     }
     assert_true(fabs(tail_g - tail_c) <= LOSS_TAIL_TOL * tail_c);
-    assert_true(tail_g < 0.8 * lg[0]);   // it learns (the CPU run falls by more than this)
+    assert_true(tail_g < LEARNED_RATIO * lg[0]);   // it learns (the CPU run falls by more than this)
     double vc = hdlm_trainer_eval(cpu), vg = hdlm_trainer_eval(gpu);
     print_message("validation (EMA weights): cpu %.5f gpu %.5f\n", vc, vg);
     assert_true(fabs(vg - vc) <= LOSS_EACH_TOL * vc);

@@ -367,10 +367,14 @@ constexpr int TC_NT = TC_D / 8;            // 8-column n-tiles of a 64-wide outp
 constexpr int TC_KS = TC_D / 16;           // 16-deep k-steps of a 64-deep product
 
 __device__ inline void mma_m16n8k16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+#ifdef HDLM_CUDA_EMULATE   // host build of tests/cuda_emu: the same warp-wide product from the fragment layouts
+    emu::mma_m16n8k16_bf16(c, a, b);
+#else
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
                  "{%8, %9}, {%0, %1, %2, %3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
 }
 
 __device__ inline uint32_t bf16_pair(float lo, float hi) {

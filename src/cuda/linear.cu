@@ -112,25 +112,23 @@ __device__ inline float gelu_tanh_grad(float u) {
     return 0.5f * (1.0f + t) + 0.5f * u * (1.0f - t * t) * GELU_K * (1.0f + 3.0f * GELU_C * u * u);
 }
 
-// Unfused epilogue (when cuBLASLt has no fused kernel, e.g. out_dim not a multiple of 8): out += b, then
-// gelu_out = GELU(out) on the rounded pre-activation, as the fused epilogue does.
-__global__ void bias_gelu_kernel(bf16 *out, bf16 *gelu_out, const bf16 *b, int n, int out_dim) {
+// Unfused epilogues (when cuBLASLt has no fused kernel, e.g. out_dim not a multiple of 8) work on the fp32 product,
+// so every output is rounded to bf16 once, as in the fused epilogue: out = bf16(acc + b), gelu_out = bf16(GELU(acc +
+// b)). Rounding the product to bf16 first and then the sum again would cost up to two bf16 ulps.
+__global__ void bias_gelu_kernel(bf16 *out, bf16 *gelu_out, const float *acc, const bf16 *b, int n, int out_dim) {
     size_t total = (size_t)n * out_dim;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        float u = __bfloat162float(out[i]);
-        if (b) {
-            u += __bfloat162float(b[i % out_dim]);
-            out[i] = __float2bfloat16_rn(u);
-            u = __bfloat162float(out[i]);
-        }
+        float u = acc[i];
+        if (b) u += __bfloat162float(b[i % out_dim]);
+        out[i] = __float2bfloat16_rn(u);
         if (gelu_out) gelu_out[i] = __float2bfloat16_rn(gelu_tanh(u));
     }
 }
 
-// Unfused DGELU: din ⊙= GELU'(pre_gelu).
-__global__ void dgelu_kernel(bf16 *din, const bf16 *pre_gelu, size_t total) {
+// Unfused DGELU: din = bf16(acc ⊙ GELU'(pre_gelu)) from the fp32 product.
+__global__ void dgelu_kernel(bf16 *din, const float *acc, const bf16 *pre_gelu, size_t total) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x)
-        din[i] = __float2bfloat16_rn(__bfloat162float(din[i]) * gelu_tanh_grad(__bfloat162float(pre_gelu[i])));
+        din[i] = __float2bfloat16_rn(acc[i] * gelu_tanh_grad(__bfloat162float(pre_gelu[i])));
 }
 
 // One bias-gradient term: dout[r, c] as fp32.
@@ -157,13 +155,18 @@ void hdlm_cuda_linear_forward(hdlm_bf16 *out, hdlm_bf16 *gelu_out, const hdlm_bf
         if (lt_matmul(A, true, B, false, D, 0.0f, &ep, s)) return;
     }
     D.ptr = out;
-    lt_matmul_must(A, true, B, false, D, 0.0f, s);
-    if (b || gelu_out) {
-        size_t total = (size_t)n * out_dim;
-        bias_gelu_kernel<<<hdlm_elementwise_blocks(total, 256), 256, 0, s>>>(as_bf16(out), as_bf16(gelu_out),
-                                                                              as_bf16(b), n, out_dim);
-        HDLM_CUDA_LAUNCHED();
+    if (!b && !gelu_out) {
+        lt_matmul_must(A, true, B, false, D, 0.0f, s);
+        return;
     }
+    size_t total = (size_t)n * out_dim;
+    float *acc;
+    HDLM_CUDA_CHECK(cudaMallocAsync((void **)&acc, total * sizeof(float), s));
+    lt_matmul_must(A, true, B, false, (lt_matrix){acc, CUDA_R_32F, out_dim, n, out_dim}, 0.0f, s);
+    bias_gelu_kernel<<<hdlm_elementwise_blocks(total, 256), 256, 0, s>>>(as_bf16(out), as_bf16(gelu_out), acc,
+                                                                          as_bf16(b), n, out_dim);
+    HDLM_CUDA_LAUNCHED();
+    HDLM_CUDA_CHECK(cudaFreeAsync(acc, s));
 }
 
 void hdlm_cuda_linear_backward(hdlm_bf16 *din, float *dw, float *db, const hdlm_bf16 *dout, const hdlm_bf16 *in,
@@ -185,10 +188,15 @@ void hdlm_cuda_linear_backward(hdlm_bf16 *din, float *dw, float *db, const hdlm_
         lt_epilogue ep = {CUBLASLT_EPILOGUE_DGELU, NULL, pre_gelu, in_dim};
         if (lt_matmul(A, false, B, false, D, 0.0f, &ep, s)) return;
     }
-    lt_matmul_must(A, false, B, false, D, accumulate ? 1.0f : 0.0f, s);
-    if (pre_gelu) {
-        size_t total = (size_t)n * in_dim;
-        dgelu_kernel<<<hdlm_elementwise_blocks(total, 256), 256, 0, s>>>(as_bf16(din), as_bf16(pre_gelu), total);
-        HDLM_CUDA_LAUNCHED();
+    if (!pre_gelu) {
+        lt_matmul_must(A, false, B, false, D, accumulate ? 1.0f : 0.0f, s);
+        return;
     }
+    size_t total = (size_t)n * in_dim;
+    float *acc;
+    HDLM_CUDA_CHECK(cudaMallocAsync((void **)&acc, total * sizeof(float), s));
+    lt_matmul_must(A, false, B, false, (lt_matrix){acc, CUDA_R_32F, in_dim, n, in_dim}, 0.0f, s);
+    dgelu_kernel<<<hdlm_elementwise_blocks(total, 256), 256, 0, s>>>(as_bf16(din), acc, as_bf16(pre_gelu), total);
+    HDLM_CUDA_LAUNCHED();
+    HDLM_CUDA_CHECK(cudaFreeAsync(acc, s));
 }
