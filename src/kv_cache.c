@@ -21,11 +21,41 @@ void hdlm_kv_cache_init(hdlm_kv_cache *c, const hdlm_model *m, int batch) {
     c->layers = m->config.n_layers;
     c->width = m->config.width;
     c->qkv = hdlm_malloc((size_t)c->layers * batch * c->capacity * 3 * c->width * sizeof(float));
+    const hdlm_model_config *mc = &m->config;
+    int d = mc->width, f = mc->mlp_ratio * d, cd = mc->cond_dim;
+    bool gamma = mc->family == HDLM_FAMILY_GAMMA;
+    c->blocks = hdlm_calloc((size_t)c->layers, sizeof *c->blocks);
+    for (int l = 0; l < c->layers; l++) {
+        const hdlm_block_views *w = &m->p.blocks[l];
+        hdlm_kv_block_weights *p = &c->blocks[l];
+        hdlm_packed_weights_init(&p->qkv, w->qkv, 3 * d, d);
+        hdlm_packed_weights_init(&p->attn_out, w->attn_out, d, d);
+        hdlm_packed_weights_init(&p->fc1, w->fc1_w, f, d);
+        hdlm_packed_weights_init(&p->fc2, w->fc2_w, d, f);
+        if (gamma) hdlm_packed_weights_init(&p->ada, w->ada_w, 6 * d, cd);
+    }
+    hdlm_packed_weights_init(&c->head, m->p.head_w, mc->vocab, d);
+    if (gamma) {
+        hdlm_packed_weights_init(&c->sigma_w1, m->p.sigma_w1, cd, HDLM_SIGMA_FREQ_DIM);
+        hdlm_packed_weights_init(&c->sigma_w2, m->p.sigma_w2, cd, cd);
+    }
 }
 
 void hdlm_kv_cache_free(hdlm_kv_cache *c) {
     free(c->qkv);
     free(c->out);
+    for (int l = 0; l < c->layers; l++) {
+        hdlm_kv_block_weights *p = &c->blocks[l];
+        hdlm_packed_weights_free(&p->qkv);
+        hdlm_packed_weights_free(&p->attn_out);
+        hdlm_packed_weights_free(&p->fc1);
+        hdlm_packed_weights_free(&p->fc2);
+        hdlm_packed_weights_free(&p->ada);
+    }
+    free(c->blocks);
+    hdlm_packed_weights_free(&c->head);
+    hdlm_packed_weights_free(&c->sigma_w1);
+    hdlm_packed_weights_free(&c->sigma_w2);
     memset(c, 0, sizeof *c);
 }
 
@@ -101,9 +131,9 @@ int hdlm_model_forward_cached(hdlm_model *m, hdlm_kv_cache *cache, const uint32_
         mix = hdlm_malloc((size_t)N * sizeof *mix);
         for (int r = 0; r < N; r++) mix[r] = expf(-c->gamma * sigma[r]);
         hdlm_sigma_sinusoid(freq, sigma, N, HDLM_SIGMA_FREQ_DIM);
-        hdlm_linear_forward(t1, freq, m->p.sigma_w1, m->p.sigma_b1, N, HDLM_SIGMA_FREQ_DIM, cd);
+        hdlm_linear_forward_packed(t1, freq, &cache->sigma_w1, m->p.sigma_b1, N);
         hdlm_silu_forward(t2, t1, (size_t)N * cd);
-        hdlm_linear_forward(t1, t2, m->p.sigma_w2, m->p.sigma_b2, N, cd, cd);
+        hdlm_linear_forward_packed(t1, t2, &cache->sigma_w2, m->p.sigma_b2, N);
         hdlm_silu_forward(cond, t1, (size_t)N * cd);
         free(freq);
         free(t1);
@@ -113,13 +143,14 @@ int hdlm_model_forward_cached(hdlm_model *m, hdlm_kv_cache *cache, const uint32_
     size_t layer_stride = (size_t)batch * cache->capacity * 3 * d;
     for (int l = 0; l < c->n_layers; l++) {
         const hdlm_block_views *w = &m->p.blocks[l];
+        const hdlm_kv_block_weights *pw = &cache->blocks[l];
         float *a_in = gamma ? mod_in : ln;
         hdlm_layernorm_forward(ln, mean, rstd, h, w->norm1, N, d);
         if (gamma) {
-            hdlm_linear_forward(mod, cond, w->ada_w, w->ada_b, N, cd, 6 * d);
+            hdlm_linear_forward_packed(mod, cond, &pw->ada, w->ada_b, N);
             hdlm_modulate_forward(mod_in, ln, mod, mod + d, 6 * d, N, d);
         }
-        hdlm_linear_forward(qkv, a_in, w->qkv, NULL, N, d, 3 * d);
+        hdlm_linear_forward_packed(qkv, a_in, &pw->qkv, NULL, N);
         // Rotary at the absolute positions start..start+n-1: the tables from row `start` on.
         hdlm_rotary_forward(qkv, cos_t + (size_t)start * (hd / 2), sin_t + (size_t)start * (hd / 2), batch, n, H, hd);
         float *layer = cache->qkv + l * layer_stride;
@@ -127,13 +158,13 @@ int hdlm_model_forward_cached(hdlm_model *m, hdlm_kv_cache *cache, const uint32_
             memcpy(layer + ((size_t)b * cache->capacity + start) * 3 * d, qkv + (size_t)b * n * 3 * d,
                    (size_t)n * 3 * d * sizeof(float));
         cached_attention(att, layer, batch, cache->capacity, start, n, H, hd, rule);
-        hdlm_linear_forward(y, att, w->attn_out, NULL, N, d, d);
+        hdlm_linear_forward_packed(y, att, &pw->attn_out, NULL, N);
         hdlm_residual_forward(h, h, y, gamma ? mod + 2 * d : NULL, 6 * d, N, d, 0.0f, 0);
         hdlm_layernorm_forward(ln, mean, rstd, h, w->norm2, N, d);
         if (gamma) hdlm_modulate_forward(mod_in, ln, mod + 3 * d, mod + 4 * d, 6 * d, N, d);
-        hdlm_linear_forward(fc1, a_in, w->fc1_w, w->fc1_b, N, d, f);
+        hdlm_linear_forward_packed(fc1, a_in, &pw->fc1, w->fc1_b, N);
         hdlm_gelu_forward(act, fc1, (size_t)N * f);
-        hdlm_linear_forward(y, act, w->fc2_w, w->fc2_b, N, f, d);
+        hdlm_linear_forward_packed(y, act, &pw->fc2, w->fc2_b, N);
         hdlm_residual_forward(h, h, y, gamma ? mod + 5 * d : NULL, 6 * d, N, d, 0.0f, 0);
     }
     if (append) {   // a settled block's outputs are never used: only its K/V matter
@@ -144,7 +175,7 @@ int hdlm_model_forward_cached(hdlm_model *m, hdlm_kv_cache *cache, const uint32_
             cache->out_capacity = (size_t)N * V;
             cache->out = hdlm_realloc(cache->out, cache->out_capacity * sizeof(float));
         }
-        hdlm_linear_forward(cache->out, ln, m->p.head_w, m->p.head_b, N, d, V);
+        hdlm_linear_forward_packed(cache->out, ln, &cache->head, m->p.head_b, N);
         if (gamma) hdlm_gamma_scale_by_sigma(sigma, N, V, cache->out);   // spec §5.4 step 1
     }
     free(cond), free(mod), free(mix), free(cos_t), free(sin_t), free(mean), free(rstd);

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "hdlm/blas.h"
 #include "hdlm/common.h"
 #include "hdlm/diffusion.h"
 #include "hdlm/kv_cache.h"
@@ -119,6 +120,37 @@ static void test_cached_sampling_gives_the_same_tokens(void **state) {
     }
 }
 
+// The packed-weight product reproduces BLIS's bits (the cached path uses it, the uncached forward uses BLIS): every
+// row count from 1 to 70 (row tiles and their edges) and a large one, widths below, at and across BLIS's KC
+// blocking (one block, two blocks, a remainder merged into the last block, many blocks), output counts that are not
+// multiples of the 32-wide panels.
+static void test_packed_product_matches_blis_bits(void **state) {
+    (void)state;
+    const int ks[] = {16, 256, 400, 768, 900, 3072}, ns[] = {13, 77, 2304};
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, 21);
+    for (int ki = 0; ki < 6; ki++)
+        for (int ni = 0; ni < 3; ni++) {
+            int k = ks[ki], n = ns[ni], rows_max = 300;
+            float *w = hdlm_malloc((size_t)n * k * sizeof *w), *a = hdlm_malloc((size_t)rows_max * k * sizeof *a);
+            float *want = hdlm_malloc((size_t)rows_max * n * sizeof *want);
+            float *got = hdlm_malloc((size_t)rows_max * n * sizeof *got);
+            for (size_t i = 0; i < (size_t)n * k; i++) w[i] = (float)hdlm_rng_normal(&rng);
+            for (size_t i = 0; i < (size_t)rows_max * k; i++) a[i] = (float)hdlm_rng_normal(&rng);
+            hdlm_packed_weights p;
+            hdlm_packed_weights_init(&p, w, n, k);
+            for (int m = 1; m <= rows_max; m = m < 70 ? m + 1 : rows_max) {
+                hdlm_sgemm(false, true, m, n, k, 1.0f, a, k, w, k, 0.0f, want, n);
+                hdlm_sgemm_packed(m, a, k, &p, got, n);
+                if (memcmp(want, got, (size_t)m * n * sizeof *got) != 0)
+                    fail_msg("packed product differs from BLIS at m %d, n %d, k %d", m, n, k);
+                if (m == rows_max) break;
+            }
+            hdlm_packed_weights_free(&p);
+            free(w), free(a), free(want), free(got);
+        }
+}
+
 static void test_cache_needs_block_schedule(void **state) {
     (void)state;
     hdlm_model *m = small_model(HDLM_FAMILY_EPSILON, HDLM_ROTARY_EXACT);
@@ -141,6 +173,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cached_forward_matches_uncached),
         cmocka_unit_test(test_cached_sampling_gives_the_same_tokens),
+        cmocka_unit_test(test_packed_product_matches_blis_bits),
         cmocka_unit_test(test_cache_needs_block_schedule),
     };
     return cmocka_run_group_tests_name("kv_cache", tests, NULL, NULL);

@@ -9,8 +9,15 @@
 #define HDLM_KV_CACHE_H
 #include <stdbool.h>
 #include <stdint.h>
+#include "hdlm/blas.h"
 #include "hdlm/mask.h"
 #include "hdlm/model.h"
+
+// The model's linear weights packed once (hdlm_packed_weights): a cached step runs only a few dozen rows, where
+// BLIS's packing of the weights on every call costs more than the product. Same bits as the uncached forward.
+typedef struct {
+    hdlm_packed_weights qkv, attn_out, fc1, fc2, ada;   // ada: γ only
+} hdlm_kv_block_weights;
 
 typedef struct {
     int batch, capacity, layers, width;
@@ -18,8 +25,12 @@ typedef struct {
     float *qkv;    // [layers][batch][capacity][3·width] after rotary; the q part is scratch
     float *out;    // outputs of the last hdlm_model_forward_cached, [batch, n, V]
     size_t out_capacity;
+    hdlm_kv_block_weights *blocks;               // [layers]
+    hdlm_packed_weights head, sigma_w1, sigma_w2;   // sigma_*: γ only
 } hdlm_kv_cache;
 
+// Packs the model's weights (a copy as large as the model's linear weights): they must not change while the cache
+// lives.
 void hdlm_kv_cache_init(hdlm_kv_cache *cache, const hdlm_model *model, int batch);
 void hdlm_kv_cache_free(hdlm_kv_cache *cache);
 
