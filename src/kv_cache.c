@@ -39,6 +39,10 @@ void hdlm_kv_cache_init(hdlm_kv_cache *c, const hdlm_model *m, int batch) {
         hdlm_packed_weights_init(&c->sigma_w1, m->p.sigma_w1, cd, HDLM_SIGMA_FREQ_DIM);
         hdlm_packed_weights_init(&c->sigma_w2, m->p.sigma_w2, cd, cd);
     }
+    int half = d / mc->n_heads / 2;
+    c->cos_t = hdlm_malloc((size_t)c->capacity * half * sizeof(float));
+    c->sin_t = hdlm_malloc((size_t)c->capacity * half * sizeof(float));
+    hdlm_rotary_tables(c->cos_t, c->sin_t, m->p.inv_freq, c->capacity, 2 * half, mc->rotary);
 }
 
 void hdlm_kv_cache_free(hdlm_kv_cache *c) {
@@ -53,6 +57,9 @@ void hdlm_kv_cache_free(hdlm_kv_cache *c) {
         hdlm_packed_weights_free(&p->ada);
     }
     free(c->blocks);
+    free(c->cos_t);
+    free(c->sin_t);
+    free(c->work);
     hdlm_packed_weights_free(&c->head);
     hdlm_packed_weights_free(&c->sigma_w1);
     hdlm_packed_weights_free(&c->sigma_w2);
@@ -113,32 +120,32 @@ int hdlm_model_forward_cached(hdlm_model *m, hdlm_kv_cache *cache, const uint32_
 #pragma omp parallel
     _mm_setcsr(_mm_getcsr() | 0x8040);   // flush denormals, as hdlm_model_forward does
 #endif
-    size_t Nd = (size_t)N * d;
-    float *h = hdlm_malloc(Nd * sizeof *h), *ln = hdlm_malloc(Nd * sizeof *ln), *mod_in = hdlm_malloc(Nd * sizeof *ln);
-    float *qkv = hdlm_malloc(3 * Nd * sizeof *qkv), *att = hdlm_malloc(Nd * sizeof *att);
-    float *y = hdlm_malloc(Nd * sizeof *y);
-    float *fc1 = hdlm_malloc((size_t)N * f * sizeof *fc1), *act = hdlm_malloc((size_t)N * f * sizeof *act);
-    float *mean = hdlm_malloc((size_t)N * sizeof *mean), *rstd = hdlm_malloc((size_t)N * sizeof *rstd);
-    float *cos_t = hdlm_malloc((size_t)(start + n) * (hd / 2) * sizeof *cos_t);
-    float *sin_t = hdlm_malloc((size_t)(start + n) * (hd / 2) * sizeof *sin_t);
+    // Activations of this call in the cache's workspace (allocated once for the largest call, not per call).
+    size_t Nd = (size_t)N * d, need = 9 * Nd + 2 * (size_t)N * f + 2 * (size_t)N;
+    if (gamma) need += (size_t)N * (HDLM_SIGMA_FREQ_DIM + 3 * cd + 1) + 6 * Nd;
+    if (need > cache->work_capacity) {
+        free(cache->work);
+        cache->work = hdlm_malloc(need * sizeof(float));
+        cache->work_capacity = need;
+    }
+    float *next = cache->work;
+#define TAKE(count) (next += (count), next - (count))
+    float *h = TAKE(Nd), *ln = TAKE(Nd), *mod_in = TAKE(Nd), *qkv = TAKE(3 * Nd), *att = TAKE(Nd), *y = TAKE(Nd);
+    float *fc1 = TAKE((size_t)N * f), *act = TAKE((size_t)N * f), *mean = TAKE((size_t)N), *rstd = TAKE((size_t)N);
     float *cond = NULL, *mod = NULL, *mix = NULL;
-    hdlm_rotary_tables(cos_t, sin_t, m->p.inv_freq, start + n, hd, c->rotary);
     if (gamma) {   // σ conditioning and the MASK-mixed embedding (spec §5.4, §7.3)
-        float *freq = hdlm_malloc((size_t)N * HDLM_SIGMA_FREQ_DIM * sizeof *freq);
-        float *t1 = hdlm_malloc((size_t)N * cd * sizeof *t1), *t2 = hdlm_malloc((size_t)N * cd * sizeof *t2);
-        cond = hdlm_malloc((size_t)N * cd * sizeof *cond);
-        mod = hdlm_malloc(6 * Nd * sizeof *mod);
-        mix = hdlm_malloc((size_t)N * sizeof *mix);
+        float *freq = TAKE((size_t)N * HDLM_SIGMA_FREQ_DIM), *t1 = TAKE((size_t)N * cd), *t2 = TAKE((size_t)N * cd);
+        cond = TAKE((size_t)N * cd);
+        mod = TAKE(6 * Nd);
+        mix = TAKE((size_t)N);
         for (int r = 0; r < N; r++) mix[r] = expf(-c->gamma * sigma[r]);
         hdlm_sigma_sinusoid(freq, sigma, N, HDLM_SIGMA_FREQ_DIM);
         hdlm_linear_forward_packed(t1, freq, &cache->sigma_w1, m->p.sigma_b1, N);
         hdlm_silu_forward(t2, t1, (size_t)N * cd);
         hdlm_linear_forward_packed(t1, t2, &cache->sigma_w2, m->p.sigma_b2, N);
         hdlm_silu_forward(cond, t1, (size_t)N * cd);
-        free(freq);
-        free(t1);
-        free(t2);
     }
+#undef TAKE
     hdlm_embedding_forward(h, m->p.embed, tokens, mix, (uint32_t)(V - 1), N, d);
     size_t layer_stride = (size_t)batch * cache->capacity * 3 * d;
     for (int l = 0; l < c->n_layers; l++) {
@@ -152,7 +159,8 @@ int hdlm_model_forward_cached(hdlm_model *m, hdlm_kv_cache *cache, const uint32_
         }
         hdlm_linear_forward_packed(qkv, a_in, &pw->qkv, NULL, N);
         // Rotary at the absolute positions start..start+n-1: the tables from row `start` on.
-        hdlm_rotary_forward(qkv, cos_t + (size_t)start * (hd / 2), sin_t + (size_t)start * (hd / 2), batch, n, H, hd);
+        hdlm_rotary_forward(qkv, cache->cos_t + (size_t)start * (hd / 2), cache->sin_t + (size_t)start * (hd / 2),
+                            batch, n, H, hd);
         float *layer = cache->qkv + l * layer_stride;
         for (int b = 0; b < batch; b++)
             memcpy(layer + ((size_t)b * cache->capacity + start) * 3 * d, qkv + (size_t)b * n * 3 * d,
@@ -178,7 +186,5 @@ int hdlm_model_forward_cached(hdlm_model *m, hdlm_kv_cache *cache, const uint32_
         hdlm_linear_forward_packed(cache->out, ln, &cache->head, m->p.head_b, N);
         if (gamma) hdlm_gamma_scale_by_sigma(sigma, N, V, cache->out);   // spec §5.4 step 1
     }
-    free(cond), free(mod), free(mix), free(cos_t), free(sin_t), free(mean), free(rstd);
-    free(fc1), free(act), free(qkv), free(att), free(y), free(h), free(ln), free(mod_in);
     return 0;
 }

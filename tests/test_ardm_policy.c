@@ -202,7 +202,8 @@ static int toy_forward(hdlm_denoiser *d, const uint32_t *tokens, const float *si
         for (int i = 0; i < length; i++) ones += tokens[b * length + i] == 1, zeros += tokens[b * length + i] == 0;
         for (int i = 0; i < length; i++)
             for (int c = 0; c < 3; c++)   // the MASK logit is outside the softmax (A.3.3): any value
-                t->buf[((size_t)b * length + i) * 3 + c] = c == 2 ? 5.0f : (float)log(toy_prob(t->laplace, i, c, ones, zeros));
+                t->buf[((size_t)b * length + i) * 3 + c] =
+                    c == 2 ? 5.0f : (float)log(toy_prob(t->laplace, i, c, ones, zeros));
     }
     *out = t->buf;
     return 0;

@@ -27,6 +27,9 @@ typedef struct {
     size_t out_capacity;
     hdlm_kv_block_weights *blocks;               // [layers]
     hdlm_packed_weights head, sigma_w1, sigma_w2;   // sigma_*: γ only
+    float *cos_t, *sin_t;                        // rotary tables of positions [0, capacity)
+    float *work;                                 // activations of a call, kept between calls (grown when needed)
+    size_t work_capacity;
 } hdlm_kv_cache;
 
 // Packs the model's weights (a copy as large as the model's linear weights): they must not change while the cache

@@ -44,7 +44,8 @@ static double cpu_now(void) {
 // rows with outputs. Uncached: every step runs rows [0, a_end] (walker) or all L (γ NAR), all with outputs. Cached:
 // the active rows with outputs, and each settled block once, without them.
 static double linear_flops(const hdlm_model_config *c, const hdlm_schedule *s, bool nar, bool cached) {
-    double d = c->width, per_row = 2.0 * c->n_layers * (12 * d * d + (c->family == HDLM_FAMILY_GAMMA ? 12 * d * c->cond_dim : 0));
+    double d = c->width, ada = c->family == HDLM_FAMILY_GAMMA ? 12 * d * c->cond_dim : 0;
+    double per_row = 2.0 * c->n_layers * (12 * d * d + ada);
     double head = 2.0 * d * c->vocab, total = 0;
     hdlm_step st;
     hdlm_step_alloc(&st, s->length);

@@ -110,8 +110,8 @@ int eval_perplexity_main(int argc, char **argv) {
     for (int k = HDLM_NELBO_MASKING; k <= HDLM_NELBO_ARDM_ORDER && !known; k++)
         if (strcmp(estimator, hdlm_nelbo_kind_name((hdlm_nelbo_kind)k)) == 0) kind = (hdlm_nelbo_kind)k, known = true;
     if (!known) {
-        fprintf(stderr, "hdlm-eval perplexity: --estimator expects masking, ardm, ardm-policy or ardm-order, got '%s'\n",
-                estimator);
+        fprintf(stderr, "hdlm-eval perplexity: --estimator expects masking, ardm, ardm-policy or ardm-order, "
+                        "got '%s'\n", estimator);
         return 2;
     }
     bool policy_kind = kind == HDLM_NELBO_ARDM_POLICY || kind == HDLM_NELBO_ARDM_ORDER;
