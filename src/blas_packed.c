@@ -28,12 +28,16 @@ void hdlm_packed_weights_init(hdlm_packed_weights *p, const float *w, int n, int
     p->kc_max = (int)bli_cntx_get_blksz_max_dt(BLIS_FLOAT, BLIS_KC, cntx);
     int panels = (n + PANEL - 1) / PANEL;
     p->data = hdlm_malloc((size_t)panels * k * PANEL * sizeof(float));
+    // A transpose of each 32-row slab of W, in blocks of 64 columns (reads along rows, writes within an 8 KB block).
 #pragma omp parallel for schedule(static)
     for (int q = 0; q < panels; q++) {
         float *dst = p->data + (size_t)q * k * PANEL;
-        for (int j = 0; j < PANEL; j++) {
-            int o = q * PANEL + j;
-            for (int i = 0; i < k; i++) dst[(size_t)i * PANEL + j] = o < n ? w[(size_t)o * k + i] : 0.0f;
+        for (int i0 = 0; i0 < k; i0 += 64) {
+            int i1 = i0 + 64 < k ? i0 + 64 : k;
+            for (int j = 0; j < PANEL; j++) {
+                int o = q * PANEL + j;
+                for (int i = i0; i < i1; i++) dst[(size_t)i * PANEL + j] = o < n ? w[(size_t)o * k + i] : 0.0f;
+            }
         }
     }
 }

@@ -200,15 +200,16 @@ int hdlm_sampler_step_forward(hdlm_denoiser *d, hdlm_kv_cache *cache, const hdlm
     } else {
         // Blocks settled since the last step enter the cache one ω-block at a time with their final tokens and
         // settled σ (spec §3.5): full attention inside the block and to every earlier block = the block_causal rule.
-        while (status == 0 && cache->length < st->n_set) {
-            int lo = cache->length, n = st->n_set - lo < st->width ? st->n_set - lo : st->width;
-            GATHER(lo, n);
-            status = hdlm_model_forward_cached(d->model, cache, tok, sigma, batch, n, HDLM_BLOCK_FULL, true);
-        }
+        // The last of them runs in the same call as the active rows (the weights are read once for both).
         int n = st->a_end + 1 - st->n_set;
+        while (status == 0 && st->n_set - cache->length > st->width) {
+            GATHER(cache->length, st->width);
+            status = hdlm_model_forward_cached(d->model, cache, tok, sigma, batch, st->width, 0, HDLM_BLOCK_FULL);
+        }
         if (status == 0) {
-            GATHER(st->n_set, n);
-            status = hdlm_model_forward_cached(d->model, cache, tok, sigma, batch, n, st->mask.block, false);
+            int lo = cache->length;
+            GATHER(lo, st->a_end + 1 - lo);
+            status = hdlm_model_forward_cached(d->model, cache, tok, sigma, batch, st->n_set - lo, n, st->mask.block);
         }
         *first = st->n_set;
         *out = cache->out;

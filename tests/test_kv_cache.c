@@ -70,9 +70,8 @@ static void test_cached_forward_matches_uncached(void **state) {
                 for (int b = 0; b < B; b++)
                     for (int i = 0; i < W; i++) part[b * W + i] = tokens[b * n + lo + i], psig[b * W + i] = sigma[b * n + lo + i];
                 bool active = lo == 8;
-                assert_int_equal(hdlm_model_forward_cached(m, &cache, part, fam ? psig : NULL, B, W,
-                                                           active ? (hdlm_block_type)rule : HDLM_BLOCK_FULL, !active),
-                                 0);
+                assert_int_equal(hdlm_model_forward_cached(m, &cache, part, fam ? psig : NULL, B, active ? 0 : W,
+                                                           active ? W : 0, (hdlm_block_type)rule), 0);
             }
             assert_int_equal(cache.length, 8);
             double worst = 0;
@@ -83,6 +82,24 @@ static void test_cached_forward_matches_uncached(void **state) {
                         worst = diff > worst ? diff : worst;
                     }
             if (worst > 1e-4) fail_msg("family %d rule %d: cached outputs differ by %g", fam, rule, worst);
+            // Block 1 settling in the same call as the active block 2 gives the same bits as the two calls.
+            float *separate = hdlm_malloc((size_t)B * W * V * sizeof *separate);
+            memcpy(separate, cache.out, (size_t)B * W * V * sizeof *separate);
+            hdlm_kv_cache_free(&cache);
+            hdlm_kv_cache_init(&cache, m, B);
+            for (int b = 0; b < B; b++)
+                for (int i = 0; i < W; i++) part[b * W + i] = tokens[b * n + i], psig[b * W + i] = sigma[b * n + i];
+            assert_int_equal(hdlm_model_forward_cached(m, &cache, part, fam ? psig : NULL, B, W, 0, HDLM_BLOCK_FULL), 0);
+            uint32_t both[2 * 2 * W];
+            float both_sig[2 * 2 * W];
+            for (int b = 0; b < B; b++)
+                for (int i = 0; i < 2 * W; i++)
+                    both[b * 2 * W + i] = tokens[b * n + W + i], both_sig[b * 2 * W + i] = sigma[b * n + W + i];
+            assert_int_equal(hdlm_model_forward_cached(m, &cache, both, fam ? both_sig : NULL, B, W, W,
+                                                       (hdlm_block_type)rule), 0);
+            assert_int_equal(cache.length, 8);
+            assert_memory_equal(cache.out, separate, (size_t)B * W * V * sizeof *separate);
+            free(separate);
             hdlm_kv_cache_free(&cache);
             free(want);
             hdlm_step_free(&st);

@@ -37,10 +37,14 @@ typedef struct {
 void hdlm_kv_cache_init(hdlm_kv_cache *cache, const hdlm_model *model, int batch);
 void hdlm_kv_cache_free(hdlm_kv_cache *cache);
 
-// Positions [cache->length, cache->length + n) of `batch` sequences (tokens and σ [batch, n]; σ NULL for ε), eval
-// mode. Each new query sees every cached key and the new keys under `rule` (full: all of them; causal: those at or
-// before it). Outputs [batch, n, V] in cache->out. append: the new K/V stay in the cache (length += n) and no outputs
-// are computed (a settled block's outputs are never used).
+// One call over T = n_settle + n new positions [cache->length, cache->length + T) of `batch` sequences (tokens and σ
+// [batch, T]; σ NULL for ε), eval mode, weights read once for both kinds of rows:
+//  - the first n_settle positions of each sequence are a settled block entering the cache: each sees every cached key
+//    and all of the block's keys; their K/V stay (cache->length += n_settle) and no outputs are computed (a settled
+//    block's outputs are never used);
+//  - the next n positions are queries: each sees every cached key (those of the settling block too) and the query
+//    keys under `rule` (full: all of them; causal: those at or before it). Outputs [batch, n, V] in cache->out.
+// Each kind of row is computed exactly as a call with only that kind would compute it.
 int hdlm_model_forward_cached(hdlm_model *model, hdlm_kv_cache *cache, const uint32_t *tokens, const float *sigma,
-                              int batch, int n, hdlm_block_type rule, bool append);
+                              int batch, int n_settle, int n, hdlm_block_type rule);
 #endif
