@@ -5,16 +5,24 @@
 #include "hdlm/blas.h"
 #include "hdlm/layers.h"
 
-void hdlm_linear_forward(float *out, const float *in, const float *w, const float *b, int n, int in_dim,
-                         int out_dim) {
-    // out[N,o] = in[N,i] · W[o,i]ᵀ
-    hdlm_sgemm(false, true, n, out_dim, in_dim, 1.0f, in, in_dim, w, in_dim, 0.0f, out, out_dim);
-    if (!b) return;
-#pragma omp parallel for schedule(static)
+static void linear_add_bias(float *out, const float *b, int n, int out_dim) {
+#pragma omp parallel for schedule(static) if ((size_t)n * out_dim > 65536)
     for (int r = 0; r < n; r++) {
         float *row = out + (size_t)r * out_dim;
         for (int o = 0; o < out_dim; o++) row[o] += b[o];
     }
+}
+
+void hdlm_linear_forward(float *out, const float *in, const float *w, const float *b, int n, int in_dim,
+                         int out_dim) {
+    // out[N,o] = in[N,i] · W[o,i]ᵀ
+    hdlm_sgemm(false, true, n, out_dim, in_dim, 1.0f, in, in_dim, w, in_dim, 0.0f, out, out_dim);
+    if (b) linear_add_bias(out, b, n, out_dim);
+}
+
+void hdlm_linear_forward_packed(float *out, const float *in, const hdlm_packed_weights *w, const float *b, int n) {
+    hdlm_sgemm_packed(n, in, w->k, w, out, w->n);
+    if (b) linear_add_bias(out, b, n, w->n);
 }
 
 // db[o] += Σ_r dout[r, o]: threads own disjoint column ranges, so the sum order is fixed.

@@ -11,17 +11,25 @@
 #include "hdlm/rng.h"
 
 hdlm_nelbo_config hdlm_nelbo_config_default(bool gamma_family) {
-    hdlm_nelbo_config c = {HDLM_NELBO_MASKING, 16, 100 / 16, 1e-3, gamma_family, 1e-3, 0, 0};
+    hdlm_nelbo_config c = {HDLM_NELBO_MASKING, 16, 100 / 16, 1e-3, gamma_family, 1e-3, 0, 0, NULL, 0};
     return c;
 }
 
 const char *hdlm_nelbo_kind_name(hdlm_nelbo_kind kind) {
-    return kind == HDLM_NELBO_ARDM ? "ardm" : "masking";
+    static const char *const names[] = {"masking", "ardm", "ardm-policy", "ardm-order"};
+    return (unsigned)kind < 4 ? names[kind] : "?";
 }
 
 int hdlm_nelbo_config_check(const hdlm_nelbo_config *cfg) {
-    HDLM_CHECK(cfg->kind == HDLM_NELBO_MASKING || cfg->kind == HDLM_NELBO_ARDM, "likelihood: unknown estimator %d",
-               (int)cfg->kind);
+    HDLM_CHECK((unsigned)cfg->kind <= HDLM_NELBO_ARDM_ORDER, "likelihood: unknown estimator %d", (int)cfg->kind);
+    if (cfg->kind == HDLM_NELBO_ARDM_POLICY || cfg->kind == HDLM_NELBO_ARDM_ORDER) {
+        HDLM_CHECK(cfg->policy && cfg->budget >= 1, "likelihood: the %s estimator needs a policy (budget >= 1)",
+                   hdlm_nelbo_kind_name(cfg->kind));
+        HDLM_CHECK(cfg->policy[0] == 0, "likelihood: a policy starts at step 0, got %d", cfg->policy[0]);
+        for (int j = 1; j < cfg->budget; j++)
+            HDLM_CHECK(cfg->policy[j] >= cfg->policy[j - 1], "likelihood: policy entry %d (%d) is below entry %d (%d)",
+                       j, cfg->policy[j], j - 1, cfg->policy[j - 1]);
+    }
     HDLM_CHECK(cfg->copies >= 1 && cfg->copies <= 4096, "likelihood: --copies must be in [1, 4096], got %d",
                cfg->copies);
     HDLM_CHECK(cfg->rounds >= 1, "likelihood: --rounds must be >= 1, got %d", cfg->rounds);
@@ -105,6 +113,65 @@ static int ardm_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint
     return status;
 }
 
+int hdlm_ardm_policy_nll(hdlm_denoiser *d, const uint32_t *x, int length, int copies, const int *rank,
+                         const int *policy, int budget, double *policy_nll, double *order_nll) {
+    HDLM_CHECK(policy[budget - 1] < length, "likelihood: policy entry %d (%d) is not below the length %d", budget - 1,
+               policy[budget - 1], length);
+    int V = d->vocab, C = copies;
+    uint32_t *xt = hdlm_malloc((size_t)C * length * sizeof *xt);
+    for (int b = 0; b < C; b++) policy_nll[b] = order_nll[b] = 0;
+    int status = 0;
+    for (int j = 0; j < budget && status == 0; j++) {
+        int lo = policy[j], hi = j + 1 < budget ? policy[j + 1] : length;
+        if (hi <= lo) continue;   // an empty segment (reference-mode policies): no call, no cost
+        for (int b = 0; b < C; b++)
+            for (int i = 0; i < length; i++)
+                xt[(size_t)b * length + i] = rank[(size_t)b * length + i] < lo ? x[i] : (uint32_t)(V - 1);
+        const float *z;
+        status = d->forward(d, xt, NULL, NULL, C, length, &z);
+        if (status) break;
+        for (int b = 0; b < C; b++) {
+            double masked = 0, revealed = 0;
+            for (int i = 0; i < length; i++) {
+                int r = rank[(size_t)b * length + i];
+                if (r < lo) continue;
+                double ce = hdlm_ce_row(z + ((size_t)b * length + i) * V, V, V - 1, x[i], 0, NULL);
+                masked += ce;
+                if (r < hi) revealed += ce;
+            }
+            policy_nll[b] += (double)(hi - lo) / (length - lo) * masked;
+            order_nll[b] += revealed;
+        }
+    }
+    free(xt);
+    return status;
+}
+
+// One policy round (A.6 modes 3-4): C fresh uniform orders, the K calls; the mean over copies of the chosen estimate.
+static int ardm_policy_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint32_t *x, int length,
+                             hdlm_rng *rng, double *value) {
+    int C = cfg->copies;
+    int *rank = hdlm_malloc((size_t)C * length * sizeof *rank);
+    uint32_t *order = hdlm_malloc((size_t)length * sizeof *order);
+    double *pol = hdlm_malloc((size_t)C * sizeof *pol), *ord = hdlm_malloc((size_t)C * sizeof *ord);
+    for (int b = 0; b < C; b++) {
+        for (int i = 0; i < length; i++) order[i] = (uint32_t)i;
+        hdlm_rng_shuffle_u32(rng, order, (uint64_t)length);
+        for (int r = 0; r < length; r++) rank[(size_t)b * length + order[r]] = r;
+    }
+    int status = hdlm_ardm_policy_nll(d, x, length, C, rank, cfg->policy, cfg->budget, pol, ord);
+    if (status == 0) {
+        double total = 0;
+        for (int b = 0; b < C; b++) total += cfg->kind == HDLM_NELBO_ARDM_POLICY ? pol[b] : ord[b];
+        *value = total / C;
+    }
+    free(ord);
+    free(pol);
+    free(order);
+    free(rank);
+    return status;
+}
+
 int hdlm_nelbo_chunk(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint32_t *x, int length, uint64_t chunk,
                      double *nll, double *var, int *counted) {
     HDLM_TRY(hdlm_nelbo_config_check(cfg));
@@ -122,6 +189,8 @@ int hdlm_nelbo_chunk(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint3
         double value = 0;
         if (cfg->kind == HDLM_NELBO_ARDM) {
             status = ardm_round(d, cfg, x, length, &rng, &value);
+        } else if (cfg->kind != HDLM_NELBO_MASKING) {
+            status = ardm_policy_round(d, cfg, x, length, &rng, &value);
         } else {
             // Stratified times t_b = (u0 + b/C) mod 1, p_b = (1 - floor)·t_b + floor (spec §9.1).
             double u0 = hdlm_rng_uniform_double(&rng);
@@ -194,7 +263,7 @@ int hdlm_nelbo_dataset(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const hdl
     }
     free(vals);
     result->chunks = n;
-    result->tokens = n * (uint64_t)(cfg->kind == HDLM_NELBO_ARDM ? L : L - 1);
+    result->tokens = n * (uint64_t)(cfg->kind == HDLM_NELBO_MASKING ? L - 1 : L);
     HDLM_CHECK(result->tokens > 0, "likelihood: chunks of one token have no token to count (L - 1 = 0)");
     result->nll = nll;
     result->bound = nll / (double)result->tokens;

@@ -96,6 +96,7 @@ int hdlm_ardm_sample(const hdlm_sampler_config *cfg, const int *policy, int K, h
         for (int i = 0; i < length; i++) x[(size_t)b * length + i] = (uint32_t)(V - 1);
         hdlm_sampler_impose_prompt(cfg, length, x + (size_t)b * length);
     }
+    float *scratch = hdlm_malloc((size_t)V * sizeof *scratch);
     int status = 0;
     for (int j = 0; j < K && status == 0; j++) {
         int lo = policy[j] > known ? policy[j] : known, hi = j + 1 < K ? policy[j + 1] : length;
@@ -110,10 +111,11 @@ int hdlm_ardm_sample(const hdlm_sampler_config *cfg, const int *policy, int K, h
                 int r = rank[(size_t)b * length + i];
                 if (r >= lo && r < hi)
                     x[(size_t)b * length + i] =
-                        hdlm_sample_softmax(z + ((size_t)b * length + i) * V, V - 1, cfg->temperature, &rng);
+                        hdlm_sample_softmax(z + ((size_t)b * length + i) * V, V - 1, cfg->temperature, scratch, &rng);
             }
         }
     }
+    free(scratch);
     free(order);
     free(rank);
     return status;

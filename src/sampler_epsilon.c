@@ -9,6 +9,7 @@
 #include "hdlm/model.h"
 #include "hdlm/rng.h"
 #include "hdlm/sampler.h"
+#include "hdlm/vecmath.h"
 #include "sampler_internal.h"
 
 static int model_denoiser_forward(hdlm_denoiser *d, const uint32_t *tokens, const float *sigma,
@@ -80,40 +81,56 @@ int hdlm_sampler_calls(const hdlm_sampler_config *cfg) {
     return uses_schedule(cfg->kind) ? cfg->schedule->k_max - 1 : cfg->steps;
 }
 
-uint32_t hdlm_sample_softmax(const float *z, int width, double temperature, hdlm_rng *rng) {
-    double mx = -INFINITY;
-    for (int y = 0; y < width; y++)
-        if (z[y] > mx) mx = z[y];
-    double total = 0;
-    for (int y = 0; y < width; y++) total += exp((z[y] - mx) / temperature);
-    double u = hdlm_rng_uniform_double(rng) * total, acc = 0;
-    int last = 0;
-    for (int y = 0; y < width; y++) {
-        double w = exp((z[y] - mx) / temperature);
-        if (w <= 0) continue;
-        last = y;
-        acc += w;
-        if (u < acc) return (uint32_t)y;
-    }
-    return (uint32_t)last;   // u rounded onto the total: the last entry with weight
+uint32_t hdlm_sample_softmax(const float *z, int width, double temperature, float *w, hdlm_rng *rng) {
+    float mx = -INFINITY, inv_t = (float)(1.0 / temperature);
+#pragma omp simd reduction(max : mx)
+    for (int y = 0; y < width; y++) mx = z[y] > mx ? z[y] : mx;
+#pragma omp simd
+    for (int y = 0; y < width; y++) w[y] = hdlm_expf((z[y] - mx) * inv_t);
+    return hdlm_sample_weights(w, width, rng);
 }
 
-uint32_t hdlm_sample_weights(const double *p, int n, hdlm_rng *rng) {
+enum { DRAW_CHUNK = 1024 };
+
+// Σ max(w, 0) over [lo, hi): the same code (hence the same bits) for the total and for the walk.
+static double chunk_sum(const float *w, int lo, int hi) {
+    double sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int y = lo; y < hi; y++) sum += w[y] > 0 ? (double)w[y] : 0.0;
+    return sum;
+}
+
+uint32_t hdlm_sample_weights(const float *w, int n, hdlm_rng *rng) {
     double total = 0;
-    int best = 0;
-    for (int y = 0; y < n; y++) {
-        if (p[y] > 0) total += p[y];
-        if (p[y] > p[best]) best = y;
+    for (int lo = 0; lo < n; lo += DRAW_CHUNK) total += chunk_sum(w, lo, lo + DRAW_CHUNK < n ? lo + DRAW_CHUNK : n);
+    if (!(total > 0)) {
+        int best = 0;
+        for (int y = 1; y < n; y++)
+            if (w[y] > w[best]) best = y;
+        return (uint32_t)best;
     }
-    if (!(total > 0)) return (uint32_t)best;
+    // Inversion of the CDF with one uniform: find the chunk by its sum, then the entry inside it.
     double u = hdlm_rng_uniform_double(rng) * total, acc = 0;
-    int last = best;
-    for (int y = 0; y < n; y++) {
-        if (!(p[y] > 0)) continue;
+    int lo = 0;
+    for (; lo < n; lo += DRAW_CHUNK) {
+        int hi = lo + DRAW_CHUNK < n ? lo + DRAW_CHUNK : n;
+        double c = chunk_sum(w, lo, hi);
+        if (u < acc + c) break;
+        acc += c;
+    }
+    if (lo >= n) {   // u rounded onto the total: the last entry with weight
+        int y = n - 1;
+        while (!(w[y] > 0)) y--;
+        return (uint32_t)y;
+    }
+    int hi = lo + DRAW_CHUNK < n ? lo + DRAW_CHUNK : n, last = -1;
+    for (int y = lo; y < hi; y++) {
+        if (!(w[y] > 0)) continue;
         last = y;
-        acc += p[y];
+        acc += w[y];
         if (u < acc) return (uint32_t)y;
     }
+    HDLM_ASSERT(last >= 0, "categorical draw: a chunk with positive weight has no positive entry");
     return (uint32_t)last;
 }
 
@@ -121,14 +138,15 @@ uint32_t hdlm_sample_weights(const double *p, int n, hdlm_rng *rng) {
 // positions), both from the same logits z (spec §6.3). Positions with p[i] < 0 are left alone (not active).
 // Positions [first, n); z holds their rows from position `first` on.
 static void eps_update_sequence(const hdlm_sampler_config *cfg, const float *z, int vocab, int first, int n,
-                                const double *p, double eta, hdlm_rng *rng, uint32_t *x) {
+                                const double *p, double eta, float *scratch, hdlm_rng *rng, uint32_t *x) {
     uint32_t mask_id = (uint32_t)(vocab - 1);
     int width = cfg->exclude_mask ? vocab - 1 : vocab;
     for (int i = first; i < n; i++) {
         if (p[i] < 0 || (cfg->prompt && cfg->prompt_mask[i])) continue;
         double a = hdlm_rng_uniform_double(rng);
         double threshold = x[i] == mask_id ? p[i] : eta * (1 - p[i]);
-        if (a < threshold) x[i] = hdlm_sample_softmax(z + (size_t)(i - first) * vocab, width, cfg->temperature, rng);
+        if (a < threshold)
+            x[i] = hdlm_sample_softmax(z + (size_t)(i - first) * vocab, width, cfg->temperature, scratch, rng);
     }
 }
 
@@ -138,6 +156,7 @@ static int sample_full_diff(const hdlm_sampler_config *cfg, hdlm_denoiser *d, in
     int n = cfg->steps, V = d->vocab;
     double eta = cfg->kind == HDLM_SAMPLER_ACS ? cfg->eta : 0.0;
     double *p = hdlm_malloc((size_t)length * sizeof *p);
+    float *scratch = hdlm_malloc((size_t)V * sizeof *scratch);
     int status = 0;
     for (int j = 0; j < n && status == 0; j++) {
         float t = (float)(1.0 + (1e-5 - 1.0) * j / n), s = (float)(1.0 + (1e-5 - 1.0) * (j + 1) / n);
@@ -150,10 +169,12 @@ static int sample_full_diff(const hdlm_sampler_config *cfg, hdlm_denoiser *d, in
         for (int b = 0; b < batch; b++) {
             hdlm_rng rng;
             hdlm_sampler_rng(&rng, cfg, first_sample + (uint64_t)b, j + 1);
-            eps_update_sequence(cfg, z + (size_t)b * length * V, V, 0, length, p, eta, &rng, x + (size_t)b * length);
+            eps_update_sequence(cfg, z + (size_t)b * length * V, V, 0, length, p, eta, scratch, &rng,
+                                x + (size_t)b * length);
         }
         if (progress) progress(pctx, j + 1, n);
     }
+    free(scratch);
     free(p);
     return status;
 }
@@ -179,15 +200,16 @@ int hdlm_sampler_step_forward(hdlm_denoiser *d, hdlm_kv_cache *cache, const hdlm
     } else {
         // Blocks settled since the last step enter the cache one ω-block at a time with their final tokens and
         // settled σ (spec §3.5): full attention inside the block and to every earlier block = the block_causal rule.
-        while (status == 0 && cache->length < st->n_set) {
-            int lo = cache->length, n = st->n_set - lo < st->width ? st->n_set - lo : st->width;
-            GATHER(lo, n);
-            status = hdlm_model_forward_cached(d->model, cache, tok, sigma, batch, n, HDLM_BLOCK_FULL, true);
-        }
+        // The last of them runs in the same call as the active rows (the weights are read once for both).
         int n = st->a_end + 1 - st->n_set;
+        while (status == 0 && st->n_set - cache->length > st->width) {
+            GATHER(cache->length, st->width);
+            status = hdlm_model_forward_cached(d->model, cache, tok, sigma, batch, st->width, 0, HDLM_BLOCK_FULL);
+        }
         if (status == 0) {
-            GATHER(st->n_set, n);
-            status = hdlm_model_forward_cached(d->model, cache, tok, sigma, batch, n, st->mask.block, false);
+            int lo = cache->length;
+            GATHER(lo, st->a_end + 1 - lo);
+            status = hdlm_model_forward_cached(d->model, cache, tok, sigma, batch, st->n_set - lo, n, st->mask.block);
         }
         *first = st->n_set;
         *out = cache->out;
@@ -211,6 +233,7 @@ static int sample_walk(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int bat
     hdlm_step_alloc(&st, length);
     hdlm_step_alloc(&next, length);
     double *p = hdlm_malloc((size_t)length * sizeof *p);
+    float *scratch = hdlm_malloc((size_t)V * sizeof *scratch);
     hdlm_kv_cache cache;
     if (cfg->kv_cache) hdlm_kv_cache_init(&cache, d->model, batch);
     for (int k = 1; k <= calls && status == 0; k++) {
@@ -233,12 +256,13 @@ static int sample_walk(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int bat
         for (int b = 0; b < batch; b++) {
             hdlm_rng rng;
             hdlm_sampler_rng(&rng, cfg, first_sample + (uint64_t)b, k);
-            eps_update_sequence(cfg, z + (size_t)b * (n - first) * V, V, first, n, p, cfg->eta, &rng,
+            eps_update_sequence(cfg, z + (size_t)b * (n - first) * V, V, first, n, p, cfg->eta, scratch, &rng,
                                 x + (size_t)b * length);
         }
         if (progress) progress(pctx, k, calls);
     }
     if (cfg->kv_cache) hdlm_kv_cache_free(&cache);
+    free(scratch);
     free(p);
     hdlm_step_free(&next);
     hdlm_step_free(&st);

@@ -7,33 +7,47 @@
 #include "hdlm/common.h"
 #include "hdlm/diffusion.h"
 #include "hdlm/sampler.h"
+#include "hdlm/vecmath.h"
 #include "sampler_internal.h"
 
-// One active position: weights p[0..V) of the next token given log-scores o, current token x, dσ (spec §6.7).
-static void gamma_step_weights(const float *o, int V, uint32_t x, double dsigma, double gamma, bool to_denoise,
-                               hdlm_gamma_score_convention conv, double *s, double *p) {
+// One active position: the next token given log-scores o, current token x, dσ (spec §6.7), drawn from the weights
+// p_y = g_y·T_y, g = (1-γ)·a + γ·u the mixed staggered score, T the transition factor. Every real y other than x has
+// p_y = A·s_y + B with the same A, B, so the V-wide work is three vectorised fp32 passes (max, exp with its float64
+// sum, the affine map) and the draw; x and MASK are computed on their own in float64. Scores are taken relative to
+// max(o) (s_y = e^{o_y - max}): every p_y is homogeneous of degree 1 in the scores (the sedd convention's 1 for the
+// current state becomes e^{-max}), so the law is unchanged and no exp overflows.
+static uint32_t gamma_step_draw(const float *o, int V, uint32_t x, double dsigma, double gamma, bool to_denoise,
+                                hdlm_gamma_score_convention conv, float *s, float *w, hdlm_rng *rng) {
     int N = V - 1;
-    double sum_real = 0, sum_all;
-    for (int y = 0; y < V; y++) {
-        s[y] = exp((double)o[y]);
-        // sedd convention (decision §14.2): the score of the current state relative to itself is exp(0) = 1.
-        if (conv == HDLM_GAMMA_SCORE_SEDD && (uint32_t)y == x) s[y] = 1.0;
-        if (y < N) sum_real += s[y];
+    float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+    for (int y = 0; y < V; y++) mx = o[y] > mx ? o[y] : mx;
+    double sum_real = 0;
+#pragma omp simd reduction(+ : sum_real)
+    for (int y = 0; y < N; y++) {
+        s[y] = hdlm_expf(o[y] - mx);
+        sum_real += s[y];
     }
-    sum_all = sum_real + s[N];
+    s[N] = hdlm_expf(o[N] - mx);
+    // sedd convention (decision §14.2): the score of the current state relative to itself is exp(0) = 1.
+    double s_x = conv == HDLM_GAMMA_SCORE_SEDD ? exp(-(double)mx) : s[x];
+    if (x < (uint32_t)N) sum_real += s_x - s[x];
+    double s_mask = x == (uint32_t)N ? s_x : s[N], sum_all = sum_real + s_mask;
     double e_pos = exp(dsigma), e_neg = exp(-dsigma);
     double u_shift = (e_neg - 1) / (N * e_neg) * sum_real;
     double k_abs = exp(-(1 - gamma) * dsigma), k_uni = exp(-gamma * dsigma);
     bool masked = x == (uint32_t)N;
-    for (int y = 0; y < V; y++) {
-        double a = e_pos * s[y] + (y == N ? (1 - e_pos) * sum_all : 0.0);
-        double u = y < N ? u_shift + s[y] / e_neg : s[N];
-        double g = (1 - gamma) * a + gamma * u, T;
-        if (masked) T = y < N ? 1 - k_abs : 1.0;
-        else T = y < N ? k_abs * (1 - k_uni) / N + ((uint32_t)y == x ? k_abs * k_uni : 0.0) : 0.0;
-        p[y] = g * T;
-    }
-    if (to_denoise) p[N] = 0;
+    // Real y: a_y = e^{dσ}·s_y, u_y = u_shift + s_y·e^{dσ}; T_y = 1 - k_abs (x masked) or k_abs(1 - k_uni)/N, plus
+    // k_abs·k_uni at y = x. MASK: a_N = e^{dσ}·s_N + (1 - e^{dσ})·Σ_all s, u_N = s_N, T_N = 1 (x masked) or 0.
+    double t_real = masked ? 1 - k_abs : k_abs * (1 - k_uni) / N;
+    double c1 = (1 - gamma) * e_pos + gamma / e_neg, c0 = gamma * u_shift;
+    float A = (float)(t_real * c1), B = (float)(t_real * c0);
+#pragma omp simd
+    for (int y = 0; y < N; y++) w[y] = A * s[y] + B;
+    if (!masked) w[x] = (float)((c1 * s_x + c0) * (t_real + k_abs * k_uni));
+    double g_mask = (1 - gamma) * (e_pos * s_mask + (1 - e_pos) * sum_all) + gamma * s_mask;
+    w[N] = to_denoise || !masked ? 0.0f : (float)g_mask;
+    return hdlm_sample_weights(w, V, rng);
 }
 
 int hdlm_gamma_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int length, uint64_t first_sample,
@@ -54,7 +68,7 @@ int hdlm_gamma_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batc
     double *dsigma = hdlm_malloc((size_t)length * sizeof *dsigma);
     hdlm_kv_cache cache;
     if (cfg->kv_cache) hdlm_kv_cache_init(&cache, d->model, batch);
-    double *s = hdlm_malloc((size_t)V * sizeof *s), *p = hdlm_malloc((size_t)V * sizeof *p);
+    float *s = hdlm_malloc((size_t)V * sizeof *s), *w = hdlm_malloc((size_t)V * sizeof *w);
     for (int k = 1; k <= calls && status == 0; k++) {
         HDLM_ASSERT(hdlm_schedule_step(sch, k, &st) == 0, "gamma sampler step %d", k);
         hdlm_gamma_sigmas(&st, sigma_row);
@@ -79,14 +93,13 @@ int hdlm_gamma_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batc
             uint32_t *xb = x + (size_t)b * length;
             for (int i = st.n_set; i <= st.a_end; i++) {
                 if (cfg->prompt && cfg->prompt_mask[i]) continue;
-                gamma_step_weights(o + ((size_t)b * rows + (i - first)) * V, V, xb[i], dsigma[i], cfg->gamma,
-                                   st.to_denoise[i], cfg->score_convention, s, p);
-                xb[i] = hdlm_sample_weights(p, V, &rng);
+                xb[i] = gamma_step_draw(o + ((size_t)b * rows + (i - first)) * V, V, xb[i], dsigma[i], cfg->gamma,
+                                        st.to_denoise[i], cfg->score_convention, s, w, &rng);
             }
         }
         if (progress) progress(pctx, k, calls);
     }
-    free(p);
+    free(w);
     free(s);
     if (cfg->kv_cache) hdlm_kv_cache_free(&cache);
     free(dsigma);

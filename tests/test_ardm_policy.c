@@ -1,5 +1,6 @@
 // ARDM budgeted generation (spec A.5): the policy DP against the A.13 vectors and a brute-force search over all
-// policies, the naive policy, policy costs and sampling with a policy.
+// policies, the naive policy, policy costs and sampling with a policy; the policy likelihood estimators of A.6
+// (modes 3 and 4) against the A.13 toy values and a brute-force enumeration of every order.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +13,7 @@
 
 #include "harness.h"
 #include "hdlm/common.h"
+#include "hdlm/likelihood.h"
 #include "hdlm/rng.h"
 #include "hdlm/sampler.h"
 
@@ -176,12 +178,167 @@ static void test_sampling_with_a_policy(void **state) {
     free(c.buf);
 }
 
+// Toy conditionals over 2 real tokens (ids 0, 1; MASK = 2) given the known tokens of a row. laplace: the A.13
+// exchangeable model p(c | known) = (1 + #known equal to c)/(2 + #known). Otherwise a position-dependent one:
+// p(1 | known) = sigmoid(0.7·i - 1.1 + 0.9·#known ones - 0.4·#known zeros), so orders matter.
+static double toy_prob(bool laplace, int i, int c, int ones, int zeros) {
+    if (laplace) return (1.0 + (c ? ones : zeros)) / (2.0 + ones + zeros);
+    double p1 = 1.0 / (1.0 + exp(-(0.7 * i - 1.1 + 0.9 * ones - 0.4 * zeros)));
+    return c ? p1 : 1 - p1;
+}
+
+typedef struct {
+    bool laplace;
+    float *buf;
+} toy_model;
+
+static int toy_forward(hdlm_denoiser *d, const uint32_t *tokens, const float *sigma, const hdlm_attn_mask *mask,
+                       int batch, int length, const float **out) {
+    (void)sigma, (void)mask;
+    toy_model *t = d->ctx;
+    t->buf = hdlm_realloc(t->buf, (size_t)batch * length * 3 * sizeof *t->buf);
+    for (int b = 0; b < batch; b++) {
+        int ones = 0, zeros = 0;
+        for (int i = 0; i < length; i++) ones += tokens[b * length + i] == 1, zeros += tokens[b * length + i] == 0;
+        for (int i = 0; i < length; i++)
+            for (int c = 0; c < 3; c++)   // the MASK logit is outside the softmax (A.3.3): any value
+                t->buf[((size_t)b * length + i) * 3 + c] =
+                    c == 2 ? 5.0f : (float)log(toy_prob(t->laplace, i, c, ones, zeros));
+    }
+    *out = t->buf;
+    return 0;
+}
+
+// Every permutation of 0..D-1 as ranks, one per copy (D! copies).
+static int all_orders(int D, int *rank) {
+    int perm[8], count = 0;
+    for (int i = 0; i < D; i++) perm[i] = i;
+    for (;;) {
+        memcpy(rank + (size_t)count++ * D, perm, (size_t)D * sizeof *perm);
+        int k = D - 2;   // next permutation in lexicographic order
+        while (k >= 0 && perm[k] >= perm[k + 1]) k--;
+        if (k < 0) return count;
+        int l = D - 1;
+        while (perm[l] <= perm[k]) l--;
+        int tmp = perm[k];
+        perm[k] = perm[l], perm[l] = tmp;
+        for (int a = k + 1, b = D - 1; a < b; a++, b--) tmp = perm[a], perm[a] = perm[b], perm[b] = tmp;
+    }
+}
+
+// A.13: x = (1, 0, 1) under the Laplace model. The full chain (K = D) gives -log p(x | order) = ln 12 for every order
+// (exchangeable); policy [0, 2] averages (2·L_0 + L_2)/3 = 10/9 bits per token over the 6 orders, for both
+// estimators. CE comes from fp32 logits: 1e-6.
+static void test_policy_estimators_on_the_laplace_toy(void **state) {
+    (void)state;
+    const uint32_t x[3] = {1, 0, 1};
+    int rank[6 * 3];
+    assert_int_equal(all_orders(3, rank), 6);
+    toy_model t = {true, NULL};
+    hdlm_denoiser d = {3, toy_forward, &t, NULL};
+    double pol[6], ord[6];
+    const int chain[3] = {0, 1, 2}, two[2] = {0, 2};
+    assert_int_equal(hdlm_ardm_policy_nll(&d, x, 3, 6, rank, chain, 3, pol, ord), 0);
+    for (int b = 0; b < 6; b++) assert_float_equal(ord[b], log(12.0), 1e-6);
+    assert_int_equal(hdlm_ardm_policy_nll(&d, x, 3, 6, rank, two, 2, pol, ord), 0);
+    double mean_pol = 0, mean_ord = 0;
+    for (int b = 0; b < 6; b++) mean_pol += pol[b] / 6, mean_ord += ord[b] / 6;
+    assert_float_equal(mean_pol / (3 * M_LN2), 10.0 / 9.0, 1e-6);
+    assert_float_equal(mean_ord / (3 * M_LN2), 10.0 / 9.0, 1e-6);
+    free(t.buf);
+}
+
+// Brute force on the position-dependent toy, D = 5, all 120 orders, three policies (one with an empty segment, as
+// reference-mode DP policies have): each copy's two values equal a direct computation from toy_prob in float64
+// (fp32 logits: 1e-5), and their means over all orders agree (eq. 3 holds exactly under full enumeration: given the
+// known set, the revealed segment is a uniform subset of the masked positions).
+static void test_policy_estimators_match_brute_force(void **state) {
+    (void)state;
+    enum { D = 5, ORDERS = 120 };
+    const uint32_t x[D] = {0, 1, 1, 0, 1};
+    int *rank = hdlm_malloc((size_t)ORDERS * D * sizeof *rank);
+    assert_int_equal(all_orders(D, rank), ORDERS);
+    toy_model t = {false, NULL};
+    hdlm_denoiser d = {3, toy_forward, &t, NULL};
+    const int policies[3][4] = {{0, 1, 3, 4}, {0, 2, 0, 0}, {0, 0, 3, 0}}, budgets[3] = {4, 2, 3};
+    double pol[ORDERS], ord[ORDERS];
+    for (int q = 0; q < 3; q++) {
+        const int *p = policies[q], K = budgets[q];
+        assert_int_equal(hdlm_ardm_policy_nll(&d, x, D, ORDERS, rank, p, K, pol, ord), 0);
+        double mean_pol = 0, mean_ord = 0;
+        for (int b = 0; b < ORDERS; b++) {
+            const int *r = rank + (size_t)b * D;
+            double want_pol = 0, want_ord = 0;
+            for (int j = 0; j < K; j++) {
+                int lo = p[j], hi = j + 1 < K ? p[j + 1] : D, ones = 0, zeros = 0;
+                if (hi <= lo) continue;
+                for (int i = 0; i < D; i++)
+                    if (r[i] < lo) ones += x[i] == 1, zeros += x[i] == 0;
+                double masked = 0;
+                for (int i = 0; i < D; i++) {
+                    if (r[i] < lo) continue;
+                    double ce = -log(toy_prob(false, i, (int)x[i], ones, zeros));
+                    masked += ce;
+                    if (r[i] < hi) want_ord += ce;
+                }
+                want_pol += (double)(hi - lo) / (D - lo) * masked;
+            }
+            assert_float_equal(pol[b], want_pol, 1e-5);
+            assert_float_equal(ord[b], want_ord, 1e-5);
+            mean_pol += pol[b] / ORDERS, mean_ord += ord[b] / ORDERS;
+        }
+        assert_float_equal(mean_pol, mean_ord, 1e-9);
+    }
+    free(rank);
+    free(t.buf);
+}
+
+// Through hdlm_nelbo_chunk (random orders): each estimator lands within 5 Monte-Carlo standard errors of the exact
+// mean over all orders; a missing or decreasing policy is refused.
+static void test_policy_estimators_through_the_chunk_estimator(void **state) {
+    (void)state;
+    enum { D = 5, ORDERS = 120 };
+    const uint32_t x[D] = {0, 1, 1, 0, 1};
+    int *rank = hdlm_malloc((size_t)ORDERS * D * sizeof *rank);
+    all_orders(D, rank);
+    toy_model t = {false, NULL};
+    hdlm_denoiser d = {3, toy_forward, &t, NULL};
+    const int policy[3] = {0, 1, 3};
+    double pol[ORDERS], ord[ORDERS], exact = 0;
+    assert_int_equal(hdlm_ardm_policy_nll(&d, x, D, ORDERS, rank, policy, 3, pol, ord), 0);
+    for (int b = 0; b < ORDERS; b++) exact += pol[b] / ORDERS;
+    hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
+    cfg.copies = 8, cfg.rounds = 40, cfg.policy = policy, cfg.budget = 3;
+    for (int kind = HDLM_NELBO_ARDM_POLICY; kind <= HDLM_NELBO_ARDM_ORDER; kind++) {
+        cfg.kind = (hdlm_nelbo_kind)kind;
+        double nll, var;
+        int counted;
+        assert_int_equal(hdlm_nelbo_chunk(&d, &cfg, x, D, 7, &nll, &var, &counted), 0);
+        assert_int_equal(counted, 40);
+        assert_true(var > 0);
+        if (fabs(nll - exact) > 5 * sqrt(var))
+            fail_msg("%s: %g, exact %g, standard error %g", hdlm_nelbo_kind_name(cfg.kind), nll, exact, sqrt(var));
+    }
+    cfg.policy = NULL;
+    assert_int_equal(hdlm_nelbo_config_check(&cfg), -1);
+    assert_error_contains("needs a policy");
+    const int bad[3] = {0, 3, 1};
+    cfg.policy = bad;
+    assert_int_equal(hdlm_nelbo_config_check(&cfg), -1);
+    assert_error_contains("policy entry 2 (1) is below entry 1 (3)");
+    free(rank);
+    free(t.buf);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reference_vectors),
         cmocka_unit_test(test_naive_policy),
         cmocka_unit_test(test_dp_matches_brute_force),
         cmocka_unit_test(test_sampling_with_a_policy),
+        cmocka_unit_test(test_policy_estimators_on_the_laplace_toy),
+        cmocka_unit_test(test_policy_estimators_match_brute_force),
+        cmocka_unit_test(test_policy_estimators_through_the_chunk_estimator),
     };
     return cmocka_run_group_tests_name("ardm_policy", tests, NULL, NULL);
 }

@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,6 +132,41 @@ static void test_perplexity_one_and_two_ranks(void **state) {
     assert_int_equal(cJSON_GetObjectItem(a, "tokens")->valueint, 3 * LENGTH);
     assert_string_equal(cJSON_GetObjectItem(a, "weights")->valuestring, "raw");
     cJSON_Delete(a);
+    // The policy estimators (A.6 modes 3-4): L tokens per chunk, the same bound on 1 and 2 ranks, and their mean over
+    // orders is the same quantity, so they agree within their standard errors here; a γ model is refused.
+    const char *pargs = "--budget 4 --copies 4 --rounds 3 --seed 2 --json";
+    assert_int_equal(test_run(EVAL " perplexity --ckpt %s --data %s --estimator ardm-policy %s > %s", run_eps,
+                              data_dir, pargs, out1), 0);
+    assert_int_equal(test_run(MPIRUN_EVAL " perplexity --ckpt %s --data %s --estimator ardm-policy %s > %s "
+                              "2>/dev/null", run_eps, data_dir, pargs, out2), 0);
+    a = last_json(out1), b = last_json(out2);
+    assert_string_equal(cJSON_GetObjectItem(a, "estimator")->valuestring, "ardm-policy");
+    assert_int_equal(cJSON_GetObjectItem(a, "tokens")->valueint, 3 * LENGTH);
+    double policy_bound = cJSON_GetObjectItem(a, "bound")->valuedouble;
+    double policy_se = cJSON_GetObjectItem(a, "std_error")->valuedouble;
+    assert_true(policy_bound == cJSON_GetObjectItem(b, "bound")->valuedouble);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    assert_int_equal(test_run(EVAL " perplexity --ckpt %s --data %s --estimator ardm-order %s > %s", run_eps,
+                              data_dir, pargs, out1), 0);
+    a = last_json(out1);
+    double order_bound = cJSON_GetObjectItem(a, "bound")->valuedouble;
+    double order_se = cJSON_GetObjectItem(a, "std_error")->valuedouble;
+    cJSON_Delete(a);
+    if (fabs(order_bound - policy_bound) > 5 * sqrt(order_se * order_se + policy_se * policy_se))
+        fail_msg("ardm-order %g vs ardm-policy %g (standard errors %g, %g)", order_bound, policy_bound, order_se,
+                 policy_se);
+    text = slurp(out1);
+    assert_non_null(strstr(text, "estimator   ardm-order (budget 4, naive policy"));
+    free(text);
+    char err[4200];
+    snprintf(err, sizeof err, "%s/policy_err.txt", tmp);
+    assert_int_equal(test_run(EVAL " perplexity --ckpt %s --data %s --estimator ardm-policy %s 2> %s", run_gamma,
+                              data_dir, pargs, err), 1);
+    text = slurp(err);
+    assert_non_null(strstr(text, "needs a model without σ input"));
+    free(text);
+    assert_int_equal(test_run(EVAL " perplexity --ckpt %s --data %s --budget 4 2> %s", run_eps, data_dir, err), 2);
 }
 
 // Every line of a JSONL file, parsed.

@@ -144,6 +144,55 @@ static void test_genppl_matches_reference_formula(void **state) {
     assert_true(fabs(std / number(reference, "ppl_std") - 1) < 1e-4);
 }
 
+static void genppl_line(const char *samples, const char *flags, double *mean, double *std, int *n, int *dropped) {
+    const char *out = join(judge_dir, "genppl_remainder.txt");
+    assert_int_equal(test_run(EVAL " genppl --judge %s --samples %s %s > %s", judge_dir, samples, flags, out), 0);
+    char *text;
+    size_t len;
+    assert_int_equal(hdlm_read_file(out, &text, &len), 0);
+    assert_int_equal(sscanf(text, "gen_ppl %lf std %lf n %d dropped %d", mean, std, n, dropped), 4);
+    free(text);
+}
+
+// Spec §9.3 / decision §11.31: the reference scores batches of 4 and drops the last n mod 4 samples. Six samples (the
+// four reference samples, then the first two again): by default the mean and std are the four's; with
+// --keep-remainder they are those of all six per-sample perplexities of the torch reference.
+static void test_genppl_drops_the_remainder_of_four(void **state) {
+    (void)state;
+    char *text;
+    size_t len;
+    assert_int_equal(hdlm_read_file(join(judge_dir, "samples.jsonl"), &text, &len), 0);
+    const char *third = strchr(strchr(text, '\n') + 1, '\n') + 1;   // after the first two lines
+    const char *six = join(judge_dir, "six.jsonl");
+    FILE *f = fopen(six, "w");
+    assert_non_null(f);
+    fwrite(text, 1, len, f);
+    fwrite(text, 1, (size_t)(third - text), f);
+    fclose(f);
+    free(text);
+    double mean, std;
+    int n, dropped;
+    genppl_line(six, "", &mean, &std, &n, &dropped);
+    assert_int_equal(n, 4);
+    assert_int_equal(dropped, 2);
+    assert_true(fabs(mean / number(reference, "ppl_mean") - 1) < 1e-4);
+    assert_true(fabs(std / number(reference, "ppl_std") - 1) < 1e-4);
+    genppl_line(six, "--keep-remainder", &mean, &std, &n, &dropped);
+    assert_int_equal(n, 6);
+    assert_int_equal(dropped, 0);
+    double ppl[6], want_mean = 0, want_var = 0;
+    for (int i = 0; i < 6; i++) ppl[i] = number(sample(i % 4), "ppl");
+    for (int i = 0; i < 6; i++) want_mean += ppl[i] / 6;
+    for (int i = 0; i < 6; i++) want_var += (ppl[i] - want_mean) * (ppl[i] - want_mean) / 6;
+    assert_true(fabs(mean / want_mean - 1) < 1e-4);
+    assert_true(fabs(std / sqrt(want_var) - 1) < 1e-4);
+    // Fewer than four samples make no batch: refused, pointing at the flag.
+    const char *three = join(judge_dir, "three.jsonl"), *err = join(judge_dir, "three.err");
+    assert_int_equal(test_run("head -n 3 %s > %s", join(judge_dir, "samples.jsonl"), three), 0);
+    assert_int_equal(test_run(EVAL " genppl --judge %s --samples %s 2> %s", judge_dir, three, err), 1);
+    assert_int_equal(test_run("grep -q \"3 sample(s) make no batch of 4\" %s", err), 0);
+}
+
 static void test_features_files_hold_last_token_states(void **state) {
     (void)state;
     const char *h5 = join(judge_dir, "f.h5"), *npy = join(judge_dir, "f.npy");
@@ -260,6 +309,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_forward_matches_torch_reference),
         cmocka_unit_test(test_genppl_matches_reference_formula),
+        cmocka_unit_test(test_genppl_drops_the_remainder_of_four),
         cmocka_unit_test(test_features_files_hold_last_token_states),
         cmocka_unit_test(test_features_of_token_shard_chunks),
         cmocka_unit_test(test_bad_judges_are_refused),

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "hdlm/blas.h"
 #include "hdlm/common.h"
 #include "hdlm/diffusion.h"
 #include "hdlm/kv_cache.h"
@@ -69,9 +70,8 @@ static void test_cached_forward_matches_uncached(void **state) {
                 for (int b = 0; b < B; b++)
                     for (int i = 0; i < W; i++) part[b * W + i] = tokens[b * n + lo + i], psig[b * W + i] = sigma[b * n + lo + i];
                 bool active = lo == 8;
-                assert_int_equal(hdlm_model_forward_cached(m, &cache, part, fam ? psig : NULL, B, W,
-                                                           active ? (hdlm_block_type)rule : HDLM_BLOCK_FULL, !active),
-                                 0);
+                assert_int_equal(hdlm_model_forward_cached(m, &cache, part, fam ? psig : NULL, B, active ? 0 : W,
+                                                           active ? W : 0, (hdlm_block_type)rule), 0);
             }
             assert_int_equal(cache.length, 8);
             double worst = 0;
@@ -82,6 +82,24 @@ static void test_cached_forward_matches_uncached(void **state) {
                         worst = diff > worst ? diff : worst;
                     }
             if (worst > 1e-4) fail_msg("family %d rule %d: cached outputs differ by %g", fam, rule, worst);
+            // Block 1 settling in the same call as the active block 2 gives the same bits as the two calls.
+            float *separate = hdlm_malloc((size_t)B * W * V * sizeof *separate);
+            memcpy(separate, cache.out, (size_t)B * W * V * sizeof *separate);
+            hdlm_kv_cache_free(&cache);
+            hdlm_kv_cache_init(&cache, m, B);
+            for (int b = 0; b < B; b++)
+                for (int i = 0; i < W; i++) part[b * W + i] = tokens[b * n + i], psig[b * W + i] = sigma[b * n + i];
+            assert_int_equal(hdlm_model_forward_cached(m, &cache, part, fam ? psig : NULL, B, W, 0, HDLM_BLOCK_FULL), 0);
+            uint32_t both[2 * 2 * W];
+            float both_sig[2 * 2 * W];
+            for (int b = 0; b < B; b++)
+                for (int i = 0; i < 2 * W; i++)
+                    both[b * 2 * W + i] = tokens[b * n + W + i], both_sig[b * 2 * W + i] = sigma[b * n + W + i];
+            assert_int_equal(hdlm_model_forward_cached(m, &cache, both, fam ? both_sig : NULL, B, W, W,
+                                                       (hdlm_block_type)rule), 0);
+            assert_int_equal(cache.length, 8);
+            assert_memory_equal(cache.out, separate, (size_t)B * W * V * sizeof *separate);
+            free(separate);
             hdlm_kv_cache_free(&cache);
             free(want);
             hdlm_step_free(&st);
@@ -119,6 +137,37 @@ static void test_cached_sampling_gives_the_same_tokens(void **state) {
     }
 }
 
+// The packed-weight product reproduces BLIS's bits (the cached path uses it, the uncached forward uses BLIS): every
+// row count from 1 to 70 (row tiles and their edges) and a large one, widths below, at and across BLIS's KC
+// blocking (one block, two blocks, a remainder merged into the last block, many blocks), output counts that are not
+// multiples of the 32-wide panels.
+static void test_packed_product_matches_blis_bits(void **state) {
+    (void)state;
+    const int ks[] = {16, 256, 400, 768, 900, 3072}, ns[] = {13, 77, 2304};
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, 21);
+    for (int ki = 0; ki < 6; ki++)
+        for (int ni = 0; ni < 3; ni++) {
+            int k = ks[ki], n = ns[ni], rows_max = 300;
+            float *w = hdlm_malloc((size_t)n * k * sizeof *w), *a = hdlm_malloc((size_t)rows_max * k * sizeof *a);
+            float *want = hdlm_malloc((size_t)rows_max * n * sizeof *want);
+            float *got = hdlm_malloc((size_t)rows_max * n * sizeof *got);
+            for (size_t i = 0; i < (size_t)n * k; i++) w[i] = (float)hdlm_rng_normal(&rng);
+            for (size_t i = 0; i < (size_t)rows_max * k; i++) a[i] = (float)hdlm_rng_normal(&rng);
+            hdlm_packed_weights p;
+            hdlm_packed_weights_init(&p, w, n, k);
+            for (int m = 1; m <= rows_max; m = m < 70 ? m + 1 : rows_max) {
+                hdlm_sgemm(false, true, m, n, k, 1.0f, a, k, w, k, 0.0f, want, n);
+                hdlm_sgemm_packed(m, a, k, &p, got, n);
+                if (memcmp(want, got, (size_t)m * n * sizeof *got) != 0)
+                    fail_msg("packed product differs from BLIS at m %d, n %d, k %d", m, n, k);
+                if (m == rows_max) break;
+            }
+            hdlm_packed_weights_free(&p);
+            free(w), free(a), free(want), free(got);
+        }
+}
+
 static void test_cache_needs_block_schedule(void **state) {
     (void)state;
     hdlm_model *m = small_model(HDLM_FAMILY_EPSILON, HDLM_ROTARY_EXACT);
@@ -141,6 +190,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cached_forward_matches_uncached),
         cmocka_unit_test(test_cached_sampling_gives_the_same_tokens),
+        cmocka_unit_test(test_packed_product_matches_blis_bits),
         cmocka_unit_test(test_cache_needs_block_schedule),
     };
     return cmocka_run_group_tests_name("kv_cache", tests, NULL, NULL);

@@ -25,4 +25,16 @@ void hdlm_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, co
 void hdlm_sgemm_serial(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                        const float *b, int ldb, float beta, float *c, int ldc);
 
+// W[n, k] (row-major, the nn.Linear layout) packed once for many products C[m, n] = A[m, k]·Wᵀ with few rows m
+// (inference; src/blas_packed.c). The result reproduces, bit for bit, what hdlm_sgemm(false, true, ...) computes with
+// BLIS's packed kernels (one FMA chain per KC block of k, the blocks' sums added in order), so callers can mix the
+// two; tests/test_kv_cache.c checks it. Parallel over panels of W (OpenMP) when the product is not tiny.
+typedef struct {
+    int n, k;
+    int kc_def, kc_max;   // BLIS's KC blocking of k for this CPU
+    float *data;          // ⌈n/32⌉ panels [k][32], zero-padded
+} hdlm_packed_weights;
+void hdlm_packed_weights_init(hdlm_packed_weights *p, const float *w, int n, int k);
+void hdlm_packed_weights_free(hdlm_packed_weights *p);
+void hdlm_sgemm_packed(int m, const float *a, int lda, const hdlm_packed_weights *w, float *c, int ldc);
 #endif

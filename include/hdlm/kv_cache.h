@@ -9,8 +9,15 @@
 #define HDLM_KV_CACHE_H
 #include <stdbool.h>
 #include <stdint.h>
+#include "hdlm/blas.h"
 #include "hdlm/mask.h"
 #include "hdlm/model.h"
+
+// The model's linear weights packed once (hdlm_packed_weights): a cached step runs only a few dozen rows, where
+// BLIS's packing of the weights on every call costs more than the product. Same bits as the uncached forward.
+typedef struct {
+    hdlm_packed_weights qkv, attn_out, fc1, fc2, ada;   // ada: γ only
+} hdlm_kv_block_weights;
 
 typedef struct {
     int batch, capacity, layers, width;
@@ -18,15 +25,26 @@ typedef struct {
     float *qkv;    // [layers][batch][capacity][3·width] after rotary; the q part is scratch
     float *out;    // outputs of the last hdlm_model_forward_cached, [batch, n, V]
     size_t out_capacity;
+    hdlm_kv_block_weights *blocks;               // [layers]
+    hdlm_packed_weights head, sigma_w1, sigma_w2;   // sigma_*: γ only
+    float *cos_t, *sin_t;                        // rotary tables of positions [0, capacity)
+    float *work;                                 // activations of a call, kept between calls (grown when needed)
+    size_t work_capacity;
 } hdlm_kv_cache;
 
+// Packs the model's weights (a copy as large as the model's linear weights): they must not change while the cache
+// lives.
 void hdlm_kv_cache_init(hdlm_kv_cache *cache, const hdlm_model *model, int batch);
 void hdlm_kv_cache_free(hdlm_kv_cache *cache);
 
-// Positions [cache->length, cache->length + n) of `batch` sequences (tokens and σ [batch, n]; σ NULL for ε), eval
-// mode. Each new query sees every cached key and the new keys under `rule` (full: all of them; causal: those at or
-// before it). Outputs [batch, n, V] in cache->out. append: the new K/V stay in the cache (length += n) and no outputs
-// are computed (a settled block's outputs are never used).
+// One call over T = n_settle + n new positions [cache->length, cache->length + T) of `batch` sequences (tokens and σ
+// [batch, T]; σ NULL for ε), eval mode, weights read once for both kinds of rows:
+//  - the first n_settle positions of each sequence are a settled block entering the cache: each sees every cached key
+//    and all of the block's keys; their K/V stay (cache->length += n_settle) and no outputs are computed (a settled
+//    block's outputs are never used);
+//  - the next n positions are queries: each sees every cached key (those of the settling block too) and the query
+//    keys under `rule` (full: all of them; causal: those at or before it). Outputs [batch, n, V] in cache->out.
+// Each kind of row is computed exactly as a call with only that kind would compute it.
 int hdlm_model_forward_cached(hdlm_model *model, hdlm_kv_cache *cache, const uint32_t *tokens, const float *sigma,
-                              int batch, int n, hdlm_block_type rule, bool append);
+                              int batch, int n_settle, int n, hdlm_block_type rule);
 #endif

@@ -10,11 +10,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hdlm/blas.h"
 #include "hdlm/mask.h"
 
 // ---- linear (nn.Linear layout: W[out, in], y = x·Wᵀ + b) --------------------------------------- layer_linear.c
 // out[N,o] = in[N,i]·Wᵀ + b (b may be NULL).
 void hdlm_linear_forward(float *out, const float *in, const float *w, const float *b, int n, int in_dim, int out_dim);
+// The same with W packed once (hdlm_packed_weights, inference with few rows): the same bits as hdlm_linear_forward.
+void hdlm_linear_forward_packed(float *out, const float *in, const hdlm_packed_weights *w, const float *b, int n);
 // dW += doutᵀ·in; db += Σ_rows dout (db may be NULL); din = dout·W, or din += when accumulate (din may be NULL).
 void hdlm_linear_backward(float *din, float *dw, float *db, const float *dout, const float *in, const float *w, int n,
                           int in_dim, int out_dim, bool accumulate);

@@ -7,6 +7,9 @@
 //    reported only for parity with the reference. Token count L-1 per chunk while L positions are scored (§11.10).
 //  - HDLM_NELBO_ARDM (A.6 mode 1): the stochastic order-agnostic ARDM bound, a valid upper bound for ARDM-trained models
 //    (and any network without time input); L tokens per chunk, softmax over the N real tokens.
+//  - HDLM_NELBO_ARDM_POLICY / _ORDER (A.6 modes 3, 4): the same network used as the K-call parallel model of a policy
+//    (spec A.5): upper bounds on -log p of that model (the mixture over orders); ORDER's every copy is the exact
+//    -log p(x | order, policy). K forwards per round; L tokens per chunk.
 // Randomness: chunk c, round r draws from hdlm_rng_key(seed, c, r, HDLM_RNG_EVAL), so a chunk's estimate depends only on
 // (seed, c): the result does not depend on how chunks are split over ranks or batched.
 #ifndef HDLM_LIKELIHOOD_H
@@ -17,7 +20,12 @@
 #include "hdlm/dataset.h"
 #include "hdlm/sampler.h"
 
-typedef enum { HDLM_NELBO_MASKING = 0, HDLM_NELBO_ARDM = 1 } hdlm_nelbo_kind;
+typedef enum {
+    HDLM_NELBO_MASKING = 0,
+    HDLM_NELBO_ARDM = 1,          // A.6 mode 1
+    HDLM_NELBO_ARDM_POLICY = 2,   // A.6 mode 3: NELBO of the K-call parallel model (policy), averaged over orders
+    HDLM_NELBO_ARDM_ORDER = 3,    // A.6 mode 4: exact -log p(x | order, policy), one random order per copy
+} hdlm_nelbo_kind;
 
 typedef struct {
     hdlm_nelbo_kind kind;
@@ -28,6 +36,8 @@ typedef struct {
     double sigma;
     uint64_t seed;
     uint64_t max_chunks;   // score only the first max_chunks chunks of the data set (0: all)
+    const int *policy;     // ARDM_POLICY / ARDM_ORDER: p_0 = 0 <= p_1 <= ... <= p_{K-1} < L (spec A.5.1)
+    int budget;            // K
 } hdlm_nelbo_config;
 
 // The reference's defaults: masking, 16 copies, 6 rounds, floor 1e-3, σ 1e-3 (γ only), seed 0.
@@ -45,6 +55,17 @@ int hdlm_nelbo_masking_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, con
 // where nothing was masked are skipped, as in the reference).
 int hdlm_nelbo_chunk(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint32_t *x, int length, uint64_t chunk,
                      double *nll, double *var, int *counted);
+
+// Both policy estimators of spec A.6 (modes 3 and 4) from the same K forwards: copies b = 0..C-1 of x, copy b with
+// its own generation order rank[b·L + i] (the place of position i; a permutation of 0..L-1). Call j (skipped when
+// its segment [p_j, p_{j+1}) is empty) runs one forward on the copies with the positions of rank < p_j known and the
+// others MASK; CE over the N real tokens (MASK excluded, A.3.3), nats. Per copy:
+//   policy_nll[b] = Σ_j (p_{j+1} - p_j)/(L - p_j) · Σ_{rank_i >= p_j} CE_i   (A.5.4: every masked position stands
+//                   for the segment's tokens, eq. 3; its mean over orders is the policy NELBO C(p) on x)
+//   order_nll[b]  = Σ_j Σ_{p_j <= rank_i < p_{j+1}} CE_i                    (-log p(x | order, policy), the code
+//                   length of A.7; the same mean over orders)
+int hdlm_ardm_policy_nll(hdlm_denoiser *d, const uint32_t *x, int length, int copies, const int *rank,
+                         const int *policy, int budget, double *policy_nll, double *order_nll);
 
 typedef struct {
     uint64_t chunks;

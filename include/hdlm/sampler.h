@@ -74,12 +74,13 @@ typedef void (*hdlm_sampler_progress)(void *ctx, int done, int total);
 int hdlm_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int length, uint64_t first_sample,
                 uint32_t *x, hdlm_sampler_progress progress, void *progress_ctx);
 
-// One categorical draw from softmax(z/T) over z[0..width), by inversion of the float64 CDF with one uniform (spec §6.1:
-// any exact categorical sampler gives the reference's distribution; this one needs one draw instead of V).
-uint32_t hdlm_sample_softmax(const float *z, int width, double temperature, hdlm_rng *rng);
-// A draw ∝ max(p_y, 0) over p[0..n) (the γ sampler's weights, spec §6.1): entries <= 0 are never chosen; when all
-// are <= 0 the largest entry is returned.
-uint32_t hdlm_sample_weights(const double *p, int n, hdlm_rng *rng);
+// One categorical draw from softmax(z/T) over z[0..width), by inversion of the CDF with one uniform (spec §6.1:
+// any exact categorical sampler gives the reference's distribution; this one needs one draw instead of V). The
+// weights are fp32 (vectorised exp, scratch[width] receives them), the CDF is summed in float64.
+uint32_t hdlm_sample_softmax(const float *z, int width, double temperature, float *scratch, hdlm_rng *rng);
+// A draw ∝ max(w_y, 0) over w[0..n) (spec §6.1), one uniform, float64 sums over chunks of 1024 entries then inside
+// the chosen chunk: entries <= 0 are never chosen; when all are <= 0 the largest entry is returned (no draw).
+uint32_t hdlm_sample_weights(const float *w, int n, hdlm_rng *rng);
 
 // ---- ARDM budgeted generation (spec A.5) ----
 // Policy DP: L[0..D) per-step losses (the caller's values; sorted descending first, as the reference does), budget K

@@ -122,12 +122,15 @@ static int load_judge(hdlm_gpt2 *g, const char *path, int heads) {
 }
 
 static const char *const GENPPL_USAGE =
-    "usage: hdlm-eval genppl --judge DIR_OR_FILE --samples FILE.jsonl [--heads N]\n"
+    "usage: hdlm-eval genppl --judge DIR_OR_FILE --samples FILE.jsonl [--heads N] [--keep-remainder]\n"
     "Generative perplexity of sampled token ids under a GPT-2 judge: per sample exp(mean NLL over positions\n"
-    "1..L-1) of the raw ids (no BOS/EOS), then the mean and population std of those perplexities.\n"
+    "1..L-1) of the raw ids (no BOS/EOS), then the mean and population std of those perplexities over the first\n"
+    "4*floor(n/4) samples: the reference scores batches of 4 and drops the last n mod 4 samples (spec §9.3,\n"
+    "decision §11.31: reproduced for parity; the line says how many were dropped).\n"
     "  --judge P        model.safetensors (HF GPT2Model or GPT2LMHeadModel keys) or a directory holding it\n"
     "  --samples FILE   JSONL, one {\"token_ids\": [...]} per line (2 <= length <= the judge's n_ctx)\n"
     "  --heads N        head count (default: config.json's n_head next to the weights, else d / 64)\n"
+    "  --keep-remainder score every sample (the last n mod 4 too; not the reference's number)\n"
     "  --help           this text\n";
 
 static const struct option JUDGE_OPTS[] = {
@@ -136,17 +139,19 @@ static const struct option JUDGE_OPTS[] = {
     {"max-tokens", required_argument, NULL, 'm'}, {"role", required_argument, NULL, 'r'},
     {"text-shards", required_argument, NULL, 't'}, {"split", required_argument, NULL, 'p'},
     {"chunk-len", required_argument, NULL, 'c'}, {"count", required_argument, NULL, 'n'},
-    {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+    {"keep-remainder", no_argument, NULL, 'k'}, {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
 };
 
 typedef struct {
     const char *judge, *samples, *out, *role, *shards, *split;
     long heads, max_tokens, chunk_len, count;
+    bool keep_remainder;
 } judge_args;
 
 // Parses the flags `allowed` (option letters) of JUDGE_OPTS; 0 ok, 1 help printed, 2 bad usage.
 static int parse_args(const char *cmd, const char *usage, const char *allowed, int argc, char **argv, judge_args *a) {
-    *a = (judge_args){NULL, NULL, NULL, "q_model", NULL, "validation", 0, 128, 0, 0};
+    *a = (judge_args){NULL, NULL, NULL, "q_model", NULL, "validation", 0, 128, 0, 0, false};
     optind = 1;
     opterr = 0;
     int c;
@@ -162,6 +167,7 @@ static int parse_args(const char *cmd, const char *usage, const char *allowed, i
         case 'r': a->role = optarg; break;
         case 't': a->shards = optarg; break;
         case 'p': a->split = optarg; break;
+        case 'k': a->keep_remainder = true; break;
         case 'c': if (eval_parse_int(cmd, "chunk-len", optarg, 1, 1 << 20, &a->chunk_len) != 0) return 2; break;
         case 'n': if (eval_parse_int(cmd, "count", optarg, 1, 1L << 30, &a->count) != 0) return 2; break;
         case 'H': if (eval_parse_int(cmd, "heads", optarg, 1, 1024, &a->heads) != 0) return 2; break;
@@ -194,9 +200,17 @@ static int run_genppl(const judge_args *a) {
         hdlm_gpt2_free(&g);
         return -1;
     }
-    double *ppl = hdlm_malloc((size_t)s.n * sizeof(double));
+    // The reference's batches of 4 (spec §9.3): the last n mod 4 samples never reach the judge (decision §11.31).
+    int used = a->keep_remainder ? s.n : s.n / 4 * 4, dropped = s.n - used;
+    if (used == 0) {
+        sample_set_free(&s);
+        hdlm_gpt2_free(&g);
+        return HDLM_FAIL("%s: %d sample(s) make no batch of 4 (the reference scores batches of 4 and drops the "
+                         "remainder); pass --keep-remainder to score them", a->samples, dropped);
+    }
+    double *ppl = hdlm_malloc((size_t)used * sizeof(double));
     int rc = 0;
-    for (int i = 0; i < s.n && rc == 0; i++) {
+    for (int i = 0; i < used && rc == 0; i++) {
         if (s.lens[i] < 2 || s.lens[i] > g.n_ctx) {
             rc = HDLM_FAIL("%s: sample %d has %d tokens; gen-PPL needs 2..%d (the judge's n_ctx)", a->samples, i + 1,
                            s.lens[i], g.n_ctx);
@@ -211,9 +225,11 @@ static int run_genppl(const judge_args *a) {
     }
     if (rc == 0) {
         double mean = 0.0, var = 0.0;
-        for (int i = 0; i < s.n; i++) mean += ppl[i] / s.n;
-        for (int i = 0; i < s.n; i++) var += (ppl[i] - mean) * (ppl[i] - mean) / s.n;
-        printf("gen_ppl %.10g std %.10g n %d\n", mean, sqrt(var), s.n);
+        for (int i = 0; i < used; i++) mean += ppl[i] / used;
+        for (int i = 0; i < used; i++) var += (ppl[i] - mean) * (ppl[i] - mean) / used;
+        printf("gen_ppl %.10g std %.10g n %d dropped %d (%s)\n", mean, sqrt(var), used, dropped,
+               a->keep_remainder ? "--keep-remainder: every sample scored"
+                                 : "the last n mod 4: the reference's batches of 4");
     }
     free(ppl);
     sample_set_free(&s);
@@ -223,7 +239,7 @@ static int run_genppl(const judge_args *a) {
 
 int eval_genppl_main(int argc, char **argv) {
     judge_args a;
-    int status = parse_args("genppl", GENPPL_USAGE, "jsHh", argc, argv, &a);
+    int status = parse_args("genppl", GENPPL_USAGE, "jsHkh", argc, argv, &a);
     if (status != 0) return status == 1 ? 0 : 2;
     if (run_genppl(&a) != 0) {
         fprintf(stderr, "hdlm-eval genppl: %s\n", hdlm_last_error());

@@ -3,6 +3,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "eval.h"
@@ -17,8 +18,11 @@ static const char *const PERPLEXITY_USAGE =
     "  --data DIR          token shards (e.g. a zero-shot set made with hdlm-prep and a detokenizer)\n"
     "  --split NAME        shard name prefix [validation]\n"
     "  --raw               raw weights (group params) instead of the EMA weights\n"
-    "  --estimator E       masking (the reference's, spec §9.1) | ardm (A.6)\n"
-    "                      [ardm for ARDM-trained runs, else masking]\n"
+    "  --estimator E       masking (the reference's, spec §9.1) | ardm (A.6 mode 1) | ardm-policy (A.6 mode 3:\n"
+    "                      the K-call policy's NELBO) | ardm-order (A.6 mode 4: exact -log p(x | order, policy)\n"
+    "                      of one random order per copy) [ardm for ARDM-trained runs, else masking]\n"
+    "  --budget K          ardm-policy / ardm-order: network calls of the policy (K forwards per round)\n"
+    "  --losses FILE       their policy: the DP optimum of these per-step losses (as hdlm-eval sample) [naive]\n"
     "  --copies N          noisy copies per round [16]\n"
     "  --rounds R          Monte-Carlo rounds per chunk [6]\n"
     "  --max-chunks N      score only the first N chunks (a quick estimate) [all]\n"
@@ -31,6 +35,11 @@ static const char *const PERPLEXITY_USAGE =
 static const char *validity(hdlm_nelbo_kind kind, hdlm_family family, bool ardm_run) {
     if (kind == HDLM_NELBO_ARDM)
         return "valid upper bound on -log p for an ARDM (order-agnostic) model; not the ε/γ model's bound";
+    if (kind == HDLM_NELBO_ARDM_POLICY)
+        return "valid upper bound on -log p of the network run as the K-call parallel model of the policy (A.5)";
+    if (kind == HDLM_NELBO_ARDM_ORDER)
+        return "mean over random orders of the exact -log p(x | order, policy) (code length, A.7); upper bound on "
+               "-log p of the K-call parallel model";
     if (ardm_run) return "masking NELBO of the ARDM network (same expectation as the ARDM bound up to the floor, A.6)";
     if (family == HDLM_FAMILY_GAMMA)
         return "NOT a bound for the γ model (log-scores used as logits, σ fixed at 1e-3): reference parity only";
@@ -44,12 +53,13 @@ int eval_perplexity_main(int argc, char **argv) {
         {"estimator", required_argument, NULL, 'e'}, {"copies", required_argument, NULL, 'n'},
         {"rounds", required_argument, NULL, 'R'}, {"floor", required_argument, NULL, 'f'},
         {"seed", required_argument, NULL, 's'},   {"json", no_argument, NULL, 'j'},
-        {"max-chunks", required_argument, NULL, 'm'},
+        {"max-chunks", required_argument, NULL, 'm'}, {"budget", required_argument, NULL, 'k'},
+        {"losses", required_argument, NULL, 'l'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
-    const char *ckpt = NULL, *data_dir = NULL, *split = "validation", *estimator = NULL;
+    const char *ckpt = NULL, *data_dir = NULL, *split = "validation", *estimator = NULL, *losses = NULL;
     bool raw = false, json = false;
-    long copies = 16, rounds = 6, seed = 0, max_chunks = 0;
+    long copies = 16, rounds = 6, seed = 0, max_chunks = 0, budget = 0;
     double floor_p = 1e-3;
     opterr = 0;
     optind = 1;
@@ -77,6 +87,10 @@ int eval_perplexity_main(int argc, char **argv) {
             if (eval_parse_int("perplexity", "seed", optarg, 0, LONG_MAX, &seed))
                 return 2;
             break;
+        case 'k':
+            if (eval_parse_int("perplexity", "budget", optarg, 1, INT_MAX, &budget)) return 2;
+            break;
+        case 'l': losses = optarg; break;
         case 'j': json = true; break;
         case 'h': fputs(PERPLEXITY_USAGE, stdout); return 0;
         case ':': fprintf(stderr, "hdlm-eval perplexity: option '%s' needs a value\n", argv[optind - 1]); return 2;
@@ -91,8 +105,19 @@ int eval_perplexity_main(int argc, char **argv) {
         fprintf(stderr, "hdlm-eval perplexity: --ckpt and --data are required (see hdlm-eval perplexity --help)\n");
         return 2;
     }
-    if (estimator && strcmp(estimator, "masking") != 0 && strcmp(estimator, "ardm") != 0) {
-        fprintf(stderr, "hdlm-eval perplexity: --estimator expects masking or ardm, got '%s'\n", estimator);
+    hdlm_nelbo_kind kind = HDLM_NELBO_MASKING;
+    bool known = estimator == NULL;
+    for (int k = HDLM_NELBO_MASKING; k <= HDLM_NELBO_ARDM_ORDER && !known; k++)
+        if (strcmp(estimator, hdlm_nelbo_kind_name((hdlm_nelbo_kind)k)) == 0) kind = (hdlm_nelbo_kind)k, known = true;
+    if (!known) {
+        fprintf(stderr, "hdlm-eval perplexity: --estimator expects masking, ardm, ardm-policy or ardm-order, "
+                        "got '%s'\n", estimator);
+        return 2;
+    }
+    bool policy_kind = kind == HDLM_NELBO_ARDM_POLICY || kind == HDLM_NELBO_ARDM_ORDER;
+    if (policy_kind != (budget > 0) || (losses && !policy_kind)) {
+        fprintf(stderr, "hdlm-eval perplexity: --budget (and --losses) go with --estimator ardm-policy or ardm-order,"
+                        " which need --budget\n");
         return 2;
     }
 
@@ -101,12 +126,19 @@ int eval_perplexity_main(int argc, char **argv) {
     hdlm_family family = em.model->config.family;
     bool ardm_run = strcmp(em.config.training.objective, "ardm") == 0;
     hdlm_nelbo_config cfg = hdlm_nelbo_config_default(family == HDLM_FAMILY_GAMMA);
-    cfg.kind = estimator ? (strcmp(estimator, "ardm") == 0 ? HDLM_NELBO_ARDM : HDLM_NELBO_MASKING)
-                         : (ardm_run ? HDLM_NELBO_ARDM : HDLM_NELBO_MASKING);
+    cfg.kind = estimator ? kind : (ardm_run ? HDLM_NELBO_ARDM : HDLM_NELBO_MASKING);
+    if (policy_kind && family == HDLM_FAMILY_GAMMA)
+        HDLM_DIE("--estimator %s needs a model without σ input (ε family or ARDM), %s is γ", estimator, em.path);
     cfg.copies = (int)copies, cfg.rounds = (int)rounds, cfg.floor = floor_p, cfg.seed = (uint64_t)seed;
     cfg.max_chunks = (uint64_t)max_chunks;
 
     int L = em.model->config.max_length;
+    int *policy = NULL;
+    if (policy_kind) {
+        policy = hdlm_malloc((size_t)budget * sizeof *policy);
+        HDLM_MUST(eval_ardm_policy(losses, L, (int)budget, policy));
+        cfg.policy = policy, cfg.budget = (int)budget;
+    }
     hdlm_dataset data;
     HDLM_MUST(hdlm_dataset_open_dir(&data, data_dir, split, (uint64_t)L, 0));
     for (size_t s = 0; s < data.shard_count; s++)
@@ -124,13 +156,18 @@ int eval_perplexity_main(int argc, char **argv) {
     HDLM_MUST(hdlm_nelbo_dataset(&d, &cfg, &data, &res, eval_progress_report, &progress));
     double seconds = hdlm_time_now() - t0;
     if (hdlm_rank() == 0) {
-        printf("estimator   %s (copies %d, rounds %d, floor %g, seed %ld)\n", hdlm_nelbo_kind_name(cfg.kind),
-               cfg.copies, cfg.rounds, cfg.floor, seed);
+        if (policy_kind)
+            printf("estimator   %s (budget %d, %s policy, copies %d, rounds %d, seed %ld)\n",
+                   hdlm_nelbo_kind_name(cfg.kind), cfg.budget, losses ? "DP" : "naive", cfg.copies, cfg.rounds, seed);
+        else
+            printf("estimator   %s (copies %d, rounds %d, floor %g, seed %ld)\n", hdlm_nelbo_kind_name(cfg.kind),
+                   cfg.copies, cfg.rounds, cfg.floor, seed);
         printf("family      %s%s\n", hdlm_family_name(family), ardm_run ? " (ARDM objective)" : "");
         printf("bound       %.6f nats/token (± %.6f Monte-Carlo standard error)\n", res.bound, res.std_error);
         printf("perplexity  %.4f\n", res.perplexity);
         printf("tokens      %" PRIu64 " scored as %" PRIu64 " chunks x %d%s\n", res.tokens, res.chunks,
-               cfg.kind == HDLM_NELBO_ARDM ? L : L - 1, cfg.kind == HDLM_NELBO_ARDM ? "" : " (L-1, reference parity)");
+               cfg.kind == HDLM_NELBO_MASKING ? L - 1 : L,
+               cfg.kind == HDLM_NELBO_MASKING ? " (L-1, reference parity)" : "");
         printf("validity    %s\n", validity(cfg.kind, family, ardm_run));
         printf("time        %.2f s on %d rank(s)\n", seconds, hdlm_world_size());
         if (json)
@@ -142,6 +179,7 @@ int eval_perplexity_main(int argc, char **argv) {
                    raw ? "raw" : "ema", em.path);
     }
     hdlm_dataset_close(&data);
+    free(policy);
     eval_model_free(&em);
     return 0;
 }

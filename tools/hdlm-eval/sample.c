@@ -141,23 +141,6 @@ static int parse_prompt(const sample_args *a, int L, int vocab, uint32_t *prompt
     return 0;
 }
 
-static int read_losses(const char *path, int D, double *L) {
-    FILE *f = fopen(path, "r");
-    HDLM_CHECK(f, "--losses %s: %s", path, strerror(errno));
-    int n = 0;
-    double v;
-    while (n <= D && fscanf(f, "%lf", &v) == 1) {
-        if (n < D) L[n] = v;
-        n++;
-    }
-    bool clean_end = feof(f);
-    fclose(f);
-    HDLM_CHECK(clean_end && n == D, "--losses %s: expected %d numbers (one per step), found %s%d", path, D,
-               clean_end ? "" : "a non-number after ", n);
-    for (int i = 0; i < D; i++) HDLM_CHECK(L[i] >= 0, "--losses %s: entry %d is negative (%g)", path, i, L[i]);
-    return 0;
-}
-
 // Per-call progress over the whole run: call `done` of the current batch out of `calls`.
 typedef struct {
     eval_progress *progress;
@@ -168,11 +151,6 @@ static void call_progress_report(void *ctx, int done, int total) {
     (void)total;
     call_progress *c = ctx;
     eval_progress_report(c->progress, c->base + done, c->total);
-}
-
-static int compare_desc(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x < y) - (x > y);
 }
 
 static void write_json_string(FILE *f, const char *s) {
@@ -251,18 +229,7 @@ int eval_sample_main(int argc, char **argv) {
         K = (int)(a.budget ? a.budget : a.steps);
         if (K > L) HDLM_DIE("--budget %d is more than the %d positions", K, L);
         policy = hdlm_malloc((size_t)K * sizeof *policy);
-        if (a.losses) {
-            double *losses = hdlm_malloc((size_t)L * sizeof *losses);
-            HDLM_MUST(read_losses(a.losses, L, losses));
-            qsort(losses, (size_t)L, sizeof *losses, compare_desc);
-            double cost = hdlm_ardm_policy_dp(losses, L, K, true, policy), full = 0;
-            for (int i = 0; i < L; i++) full += losses[i];
-            hdlm_log("ardm policy: budget %d, DP cost %.6g per token (full chain of %d calls %.6g)\n", K, cost / L, L,
-                     full / L);
-            free(losses);
-        } else {
-            hdlm_ardm_policy_naive(L, K, policy);
-        }
+        HDLM_MUST(eval_ardm_policy(a.losses, L, K, policy));
     } else {
         HDLM_MUST(hdlm_sampler_check(&cfg, V, L));
     }

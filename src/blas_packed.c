@@ -1,0 +1,107 @@
+// Weights packed once for repeated products with few rows (the KV-cached inference forward, spec §3.5): C = A·Wᵀ
+// with W[n, k] row-major (nn.Linear layout). BLIS packs W on every call, which dominates a call with a few dozen rows
+// (the 50258-row head: 34 GFLOP/s at 64 rows); here W is packed once into panels of PANEL outputs.
+//
+// The sum for every output reproduces BLIS's own arithmetic (see include/hdlm/blas.h), so a cached step gives the
+// same bits as the uncached forward: k is cut into BLIS's KC blocks (blocks of kc_def, the rest taken whole once it
+// is <= kc_max); inside a block one FMA chain in k order starting from 0; the blocks' partial sums are added in order
+// (first block: C = sum; later blocks: C = C + sum).
+#include <blis.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "hdlm/blas.h"
+#include "hdlm/common.h"
+
+enum { PANEL = 32, ROWS = 8 };
+
+void hdlm_packed_weights_init(hdlm_packed_weights *p, const float *w, int n, int k) {
+    hdlm_blas_init(0);
+    cntx_t *cntx = (cntx_t *)bli_gks_query_cntx();
+    p->n = n;
+    p->k = k;
+    p->kc_def = (int)bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_KC, cntx);
+    p->kc_max = (int)bli_cntx_get_blksz_max_dt(BLIS_FLOAT, BLIS_KC, cntx);
+    int panels = (n + PANEL - 1) / PANEL;
+    p->data = hdlm_malloc((size_t)panels * k * PANEL * sizeof(float));
+    // A transpose of each 32-row slab of W, in blocks of 64 columns (reads along rows, writes within an 8 KB block).
+#pragma omp parallel for schedule(static)
+    for (int q = 0; q < panels; q++) {
+        float *dst = p->data + (size_t)q * k * PANEL;
+        for (int i0 = 0; i0 < k; i0 += 64) {
+            int i1 = i0 + 64 < k ? i0 + 64 : k;
+            for (int j = 0; j < PANEL; j++) {
+                int o = q * PANEL + j;
+                for (int i = i0; i < i1; i++) dst[(size_t)i * PANEL + j] = o < n ? w[(size_t)o * k + i] : 0.0f;
+            }
+        }
+    }
+}
+
+void hdlm_packed_weights_free(hdlm_packed_weights *p) {
+    free(p->data);
+    memset(p, 0, sizeof *p);
+}
+
+// Rows r0..r0+rows-1 (rows <= ROWS) of A times one panel over k in [k0, k1): C (cols valid columns) = or += the sum.
+// Rows beyond `rows` repeat the last row (computed, not stored), so the compiler keeps a fixed register tile.
+static void panel_tile(const float *a, int lda, int rows, const float *panel, int k0, int k1, float *c, int ldc,
+                       int cols, bool first) {
+    const float *ar[ROWS];
+    for (int r = 0; r < ROWS; r++) ar[r] = a + (size_t)(r < rows ? r : rows - 1) * lda;
+#if defined(__AVX512F__)
+    __m512 acc[ROWS][2];
+    for (int r = 0; r < ROWS; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int i = k0; i < k1; i++) {
+        __m512 w0 = _mm512_loadu_ps(panel + (size_t)i * PANEL), w1 = _mm512_loadu_ps(panel + (size_t)i * PANEL + 16);
+        for (int r = 0; r < ROWS; r++) {
+            __m512 x = _mm512_set1_ps(ar[r][i]);
+            acc[r][0] = _mm512_fmadd_ps(x, w0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(x, w1, acc[r][1]);
+        }
+    }
+    __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16)((1u << cols) - 1);
+    __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
+    for (int r = 0; r < rows; r++) {
+        float *cr = c + (size_t)r * ldc;
+        if (!first) {
+            acc[r][0] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cr), acc[r][0]);
+            acc[r][1] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cr + 16), acc[r][1]);
+        }
+        _mm512_mask_storeu_ps(cr, m0, acc[r][0]);
+        _mm512_mask_storeu_ps(cr + 16, m1, acc[r][1]);
+    }
+#else
+    float acc[ROWS][PANEL];
+    memset(acc, 0, sizeof acc);
+    for (int i = k0; i < k1; i++)
+        for (int r = 0; r < ROWS; r++) {
+            float x = ar[r][i];
+#pragma omp simd
+            for (int j = 0; j < PANEL; j++) acc[r][j] = fmaf(x, panel[(size_t)i * PANEL + j], acc[r][j]);
+        }
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < cols; j++) c[(size_t)r * ldc + j] = first ? acc[r][j] : c[(size_t)r * ldc + j] + acc[r][j];
+#endif
+}
+
+void hdlm_sgemm_packed(int m, const float *a, int lda, const hdlm_packed_weights *w, float *c, int ldc) {
+    int panels = (w->n + PANEL - 1) / PANEL, k = w->k;
+    // One task per panel: the panel's KC block stays in L1/L2 while every row tile passes over it.
+#pragma omp parallel for schedule(static) if ((size_t)m * w->n * k > (1u << 20))
+    for (int q = 0; q < panels; q++) {
+        const float *panel = w->data + (size_t)q * k * PANEL;
+        int cols = w->n - q * PANEL < PANEL ? w->n - q * PANEL : PANEL;
+        for (int k0 = 0; k0 < k;) {
+            int k1 = k - k0 <= w->kc_max ? k : k0 + w->kc_def;
+            for (int r0 = 0; r0 < m; r0 += ROWS)
+                panel_tile(a + (size_t)r0 * lda, lda, m - r0 < ROWS ? m - r0 : ROWS, panel, k0, k1,
+                           c + (size_t)r0 * ldc + (size_t)q * PANEL, ldc, cols, k0 == 0);
+            k0 = k1;
+        }
+    }
+}
