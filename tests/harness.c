@@ -13,7 +13,10 @@
 
 #include <cjson/cJSON.h>
 
+#include <math.h>
+
 #include "hdlm/common.h"
+#include "hdlm/rng.h"
 #include "harness.h"
 
 const char *test_cache_path(const char *rel) {
@@ -80,4 +83,19 @@ double test_json_number(const cJSON *json, const char *key) {
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(json, key);
     assert_true(cJSON_IsNumber(item));
     return item->valuedouble;
+}
+
+void test_model_randomize(hdlm_model *m, uint64_t seed) {
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, hdlm_rng_key(seed, 0, 0, HDLM_RNG_INIT));
+    for (int i = 0; i < m->n_tensors; i++) {
+        const hdlm_tensor *t = &m->tensors[i];
+        if (!t->trainable) continue;
+        float *x = m->params + t->offset;
+        bool norm = t->init == HDLM_INIT_ONE;
+        float bound = t->fan_in > 0 ? 1.5f / sqrtf((float)t->fan_in) : 0.2f;
+        if (strstr(t->name, "adaLN")) bound = 0.25f;
+        for (size_t k = 0; k < t->numel; k++)
+            x[k] = (norm ? 1.0f : 0.0f) + (2.0f * hdlm_rng_uniform(&rng) - 1.0f) * bound;
+    }
 }

@@ -3,6 +3,9 @@
 #define HDLM_TEST_HARNESS_H
 
 #include <stddef.h>
+#include <stdint.h>
+
+#include "hdlm/model.h"
 
 // Absolute path of a file in the data cache that tools/setup.sh fills (".cache/<rel>" under the source tree).
 // Fails the test, naming the file and the fix, when it is missing.
@@ -17,6 +20,9 @@ void test_write_file(const char *path, const void *data, size_t len);
 struct cJSON *test_load_json(const char *path);
 // The number under `key` of a JSON object (fails the test when absent or not a number).
 double test_json_number(const struct cJSON *json, const char *key);
+// Random parameters of moderate size in every trainable tensor (LayerNorm weights around 1): the §7.6 init zeroes
+// the head and adaLN, which would hide every gradient below them. Deterministic in seed.
+void test_model_randomize(hdlm_model *m, uint64_t seed);
 // Asserts that the last recorded hdlm error contains `needle` (prints the message when it does not).
 #define assert_error_contains(needle) test_assert_error_contains((needle), __FILE__, __LINE__)
 void test_assert_error_contains(const char *needle, const char *file, int line);

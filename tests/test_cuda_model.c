@@ -65,23 +65,10 @@ static hdlm_model_config small_config(hdlm_family family, float dropout) {
     return c;
 }
 
-// Random parameters of moderate size everywhere (the §7.6 init zeroes the head and adaLN, which would hide every
-// gradient below them), rounded to bf16 so the GPU's bf16 shadow equals the fp32 master exactly.
+// test_model_randomize's parameters rounded to bf16, so the GPU's bf16 shadow equals the fp32 master exactly.
 static void randomize_params(hdlm_model *m, uint64_t seed) {
-    hdlm_rng rng;
-    hdlm_rng_init(&rng, hdlm_rng_key(seed, 0, 0, HDLM_RNG_INIT));
-    for (int i = 0; i < m->n_tensors; i++) {
-        const hdlm_tensor *t = &m->tensors[i];
-        if (!t->trainable) continue;
-        float *x = m->params + t->offset;
-        bool norm = t->init == HDLM_INIT_ONE;
-        float bound = t->fan_in > 0 ? 1.5f / sqrtf((float)t->fan_in) : 0.2f;
-        if (strstr(t->name, "adaLN")) bound = 0.25f;
-        for (size_t k = 0; k < t->numel; k++) {
-            float v = (norm ? 1.0f : 0.0f) + (2.0f * hdlm_rng_uniform(&rng) - 1.0f) * bound;
-            x[k] = hdlm_bf16_to_float(hdlm_bf16_from_float(v));
-        }
-    }
+    test_model_randomize(m, seed);
+    for (size_t k = 0; k < m->n_params; k++) m->params[k] = hdlm_bf16_to_float(hdlm_bf16_from_float(m->params[k]));
 }
 
 // A block step of L = 64, ω = 16, τ = 4: settled 0..31 (two blocks, so the γ CE block weights differ), active

@@ -34,23 +34,6 @@ static hdlm_model_config small_config(hdlm_family family, hdlm_rotary_mode rotar
     return c;
 }
 
-// Random parameters of moderate size everywhere (the §7.6 init zeroes the head and adaLN, which would hide every
-// gradient below them).
-static void randomize_params(hdlm_model *m, uint64_t seed) {
-    hdlm_rng rng;
-    hdlm_rng_init(&rng, hdlm_rng_key(seed, 0, 0, HDLM_RNG_INIT));
-    for (int i = 0; i < m->n_tensors; i++) {
-        const hdlm_tensor *t = &m->tensors[i];
-        if (!t->trainable) continue;
-        float *x = m->params + t->offset;
-        bool norm = t->init == HDLM_INIT_ONE;
-        float bound = t->fan_in > 0 ? 1.5f / sqrtf((float)t->fan_in) : 0.2f;
-        if (strstr(t->name, "adaLN")) bound = 0.25f;
-        for (size_t k = 0; k < t->numel; k++)
-            x[k] = (norm ? 1.0f : 0.0f) + (2.0f * hdlm_rng_uniform(&rng) - 1.0f) * bound;
-    }
-}
-
 // Mean cross-entropy of out[N, V] against targets; writes d(loss)/d(out) into dout.
 static double cross_entropy(const float *out, const uint32_t *targets, int n, int vocab, float *dout) {
     double loss = 0.0;
@@ -141,7 +124,7 @@ static void case_prepare(model_case *c, int index) {
     hdlm_model_config cfg = small_config(c->family, c->rotary);
     assert_int_equal(hdlm_model_create(&c->model, &cfg), 0);
     hdlm_model *m = c->model;
-    randomize_params(m, 100 + (uint64_t)index);
+    test_model_randomize(m, 100 + (uint64_t)index);
     hdlm_rng rng;
     hdlm_rng_init(&rng, hdlm_rng_key(7, (uint64_t)index, 0, HDLM_RNG_DATA));
     int n = CASE_BATCH * CASE_LENGTH;
@@ -449,7 +432,7 @@ static void test_dropout_is_repeatable(void **state) {
     c.dropout = 0.1f;
     hdlm_model *m;
     assert_int_equal(hdlm_model_create(&m, &c), 0);
-    randomize_params(m, 5);
+    test_model_randomize(m, 5);
     enum { B = 2, L = 9 };
     uint32_t tokens[B * L];
     for (int i = 0; i < B * L; i++) tokens[i] = (uint32_t)(i * 7 % 61);
