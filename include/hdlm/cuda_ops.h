@@ -36,16 +36,16 @@ void hdlm_cuda_linear_backward(hdlm_bf16 *din, float *dw, float *db, const hdlm_
 
 // ---- elementwise layers ------------------------------------------------------------------------ src/cuda/layers.cu
 // out = LN(in)·w (no bias, eps 1e-5, biased variance), mean/rstd[N] fp32. With shift and scale (γ adaLN, rows of
-// stride mod_stride): xhat_w receives LN(in)·w and out = xhat_w ⊙ (1 + scale) + shift; else xhat_w may be NULL.
-void hdlm_cuda_layernorm_forward(hdlm_bf16 *out, hdlm_bf16 *xhat_w, float *mean, float *rstd, const float *in,
-                                 const float *w, const hdlm_bf16 *shift, const hdlm_bf16 *scale, int mod_stride,
-                                 int n, int d, hdlm_stream stream);
+// stride mod_stride): out = LN(in)·w ⊙ (1 + scale) + shift.
+void hdlm_cuda_layernorm_forward(hdlm_bf16 *out, float *mean, float *rstd, const float *in, const float *w,
+                                 const hdlm_bf16 *shift, const hdlm_bf16 *scale, int mod_stride, int n, int d,
+                                 hdlm_stream stream);
 // din += ∂loss/∂in (fp32 residual stream); dw += Σ_rows (dout⊙(1+scale))·x̂ (fp32). When modulated, dshift = dout and
-// dscale = dout ⊙ xhat_w are written (bf16, stride mod_stride). Deterministic (no float atomics on dw).
+// dscale = dout ⊙ x̂·w are written (bf16, stride mod_stride; x̂·w recomputed in fp32 from in, mean, rstd and w).
+// Deterministic (no float atomics on dw).
 void hdlm_cuda_layernorm_backward(float *din, float *dw, hdlm_bf16 *dshift, hdlm_bf16 *dscale, const hdlm_bf16 *dout,
                                   const float *in, const float *w, const float *mean, const float *rstd,
-                                  const hdlm_bf16 *xhat_w, const hdlm_bf16 *scale, int mod_stride, int n, int d,
-                                  hdlm_stream stream);
+                                  const hdlm_bf16 *scale, int mod_stride, int n, int d, hdlm_stream stream);
 
 // Rotates q and k of qkv[N, 3d] in place with tables cos/sin[L, D/2] fp32 (hdlm_rotary_tables, uploaded);
 // backward applies the inverse rotation to dq and dk of dqkv.

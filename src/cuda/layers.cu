@@ -16,8 +16,8 @@ __device__ inline float warp_sum(float x) {
 
 // One warp per row; two passes for the statistics (mean, then the biased variance around it) as on the CPU.
 __global__ void __launch_bounds__(WARP *ROWS_PER_BLOCK)
-    layernorm_forward_kernel(bf16 *out, bf16 *xhat_w, float *mean, float *rstd, const float *in, const float *w,
-                             const bf16 *shift, const bf16 *scale, int mod_stride, int n, int d) {
+    layernorm_forward_kernel(bf16 *out, float *mean, float *rstd, const float *in, const float *w, const bf16 *shift,
+                             const bf16 *scale, int mod_stride, int n, int d) {
     int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / WARP, lane = threadIdx.x % WARP;
     if (row >= n) return;   // the whole warp leaves together, so the shuffles below see all 32 lanes
     const float *x = in + (size_t)row * d;
@@ -32,7 +32,6 @@ __global__ void __launch_bounds__(WARP *ROWS_PER_BLOCK)
         float y = (x[i] - m) * s * w[i];
         if (scale) {
             size_t k = (size_t)row * mod_stride + i;
-            if (xhat_w) xhat_w[(size_t)row * d + i] = __float2bfloat16_rn(y);
             y = y * (1.0f + __bfloat162float(scale[k])) + __bfloat162float(shift[k]);
         }
         o[i] = __float2bfloat16_rn(y);
@@ -43,18 +42,18 @@ __global__ void __launch_bounds__(WARP *ROWS_PER_BLOCK)
     }
 }
 
-void hdlm_cuda_layernorm_forward(hdlm_bf16 *out, hdlm_bf16 *xhat_w, float *mean, float *rstd, const float *in,
-                                 const float *w, const hdlm_bf16 *shift, const hdlm_bf16 *scale, int mod_stride,
-                                 int n, int d, hdlm_stream stream) {
+void hdlm_cuda_layernorm_forward(hdlm_bf16 *out, float *mean, float *rstd, const float *in, const float *w,
+                                 const hdlm_bf16 *shift, const hdlm_bf16 *scale, int mod_stride, int n, int d,
+                                 hdlm_stream stream) {
     HDLM_ASSERT((shift == NULL) == (scale == NULL), "layernorm: shift and scale go together");
     if (n <= 0) return;
     layernorm_forward_kernel<<<hdlm_ceil_div(n, ROWS_PER_BLOCK), WARP * ROWS_PER_BLOCK, 0, (cudaStream_t)stream>>>(
-        as_bf16(out), as_bf16(xhat_w), mean, rstd, in, w, as_bf16(shift), as_bf16(scale), mod_stride, n, d);
+        as_bf16(out), mean, rstd, in, w, as_bf16(shift), as_bf16(scale), mod_stride, n, d);
     HDLM_CUDA_LAUNCHED();
 }
 
 // din += s·(g − mean(g) − x̂·mean(g·x̂)) with g = dout ⊙ (1 + scale) ⊙ w; dshift = dout, dscale = dout ⊙ x̂·w.
-// x̂·w is recomputed in fp32 from the row statistics (more exact than the stored bf16 xhat_w, and no extra read).
+// x̂·w is recomputed in fp32 from the row statistics, so the forward pass keeps no x̂·w activation.
 __global__ void __launch_bounds__(WARP *ROWS_PER_BLOCK)
     layernorm_backward_kernel(float *din, bf16 *dshift, bf16 *dscale, const bf16 *dout, const float *in,
                               const float *w, const float *mean, const float *rstd, const bf16 *scale, int mod_stride,
@@ -102,9 +101,7 @@ struct layernorm_dw_value {
 
 void hdlm_cuda_layernorm_backward(float *din, float *dw, hdlm_bf16 *dshift, hdlm_bf16 *dscale, const hdlm_bf16 *dout,
                                   const float *in, const float *w, const float *mean, const float *rstd,
-                                  const hdlm_bf16 *xhat_w, const hdlm_bf16 *scale, int mod_stride, int n, int d,
-                                  hdlm_stream stream) {
-    (void)xhat_w;   // recomputed from the statistics (see the kernel)
+                                  const hdlm_bf16 *scale, int mod_stride, int n, int d, hdlm_stream stream) {
     HDLM_ASSERT(!scale || (dshift && dscale), "layernorm backward: modulated rows need dshift and dscale");
     if (n <= 0) return;
     cudaStream_t s = (cudaStream_t)stream;

@@ -41,7 +41,7 @@ struct hdlm_cuda_model {
     hdlm_bf16 *freq, *sig_h1, *sig_s1, *sig_h2, *cond;        // γ [N, 256] and [N, cd]
     float *h, *h_mid;                                         // [n_layers + 1][N, d], [n_layers][N, d]
     float *ln1_mean, *ln1_rstd, *ln2_mean, *ln2_rstd, *lse;   // [n_layers][N] ([n_layers][N·H] for lse)
-    hdlm_bf16 *a1, *a2, *xhat1, *xhat2, *mod;                 // LayerNorm outputs (modulated), x̂·w (γ), adaLN
+    hdlm_bf16 *a1, *a2, *mod;                                 // LayerNorm outputs (modulated), adaLN (γ)
     hdlm_bf16 *qkv, *att, *att_y, *fc1, *gelu, *mlp_y;        // per layer
     hdlm_bf16 *lnf;                                           // [N, d]
     float *lnf_mean, *lnf_rstd;
@@ -147,8 +147,6 @@ static void acts_reserve(hdlm_cuda_model *m, int n) {
         ALLOC(sig_s1, N * cd, B2);
         ALLOC(sig_h2, N * cd, B2);
         ALLOC(cond, N * cd, B2);
-        ALLOC(xhat1, nl * N * d, B2);
-        ALLOC(xhat2, nl * N * d, B2);
         ALLOC(mod, nl * N * 6 * d, B2);
         ALLOC(dmod, N * 6 * d, B2);
         ALLOC(dcond, N * cd, F4);
@@ -386,7 +384,6 @@ static void forward_trunk(hdlm_cuda_model *m) {
         const hdlm_block_views *w = &m->p.blocks[l];
         float *h_in = m->h + l * Nd, *h_out = m->h + (l + 1) * Nd, *h_mid = m->h_mid + l * Nd;
         hdlm_bf16 *a1 = m->a1 + l * Nd, *a2 = m->a2 + l * Nd;
-        hdlm_bf16 *xhat1 = gamma ? m->xhat1 + l * Nd : NULL, *xhat2 = gamma ? m->xhat2 + l * Nd : NULL;
         hdlm_bf16 *mod = gamma ? m->mod + l * 6 * Nd : NULL;
         hdlm_bf16 *qkv = m->qkv + l * 3 * Nd, *att = m->att + l * Nd, *att_y = m->att_y + l * Nd;
         hdlm_bf16 *fc1 = m->fc1 + l * (size_t)N * f, *gelu = m->gelu + l * (size_t)N * f;
@@ -395,8 +392,8 @@ static void forward_trunk(hdlm_cuda_model *m) {
         // (shift_a | scale_a | gate_a | shift_m | scale_m | gate_m) per token (spec §7.1)
         if (gamma) hdlm_cuda_linear_forward(mod, NULL, m->cond, shadow(m, w->ada_w), shadow(m, w->ada_b), N, cd,
                                             6 * d, s);
-        hdlm_cuda_layernorm_forward(a1, xhat1, m->ln1_mean + (size_t)l * N, m->ln1_rstd + (size_t)l * N, h_in,
-                                    w->norm1, gamma ? mod : NULL, gamma ? mod + d : NULL, 6 * d, N, d, s);
+        hdlm_cuda_layernorm_forward(a1, m->ln1_mean + (size_t)l * N, m->ln1_rstd + (size_t)l * N, h_in, w->norm1,
+                                    gamma ? mod : NULL, gamma ? mod + d : NULL, 6 * d, N, d, s);
         hdlm_cuda_linear_forward(qkv, NULL, a1, shadow(m, w->qkv), NULL, N, d, 3 * d, s);
         hdlm_cuda_rotary_forward(qkv, m->cos_t, m->sin_t, B, L, H, hd, s);
         hdlm_cuda_attention_forward(att, m->lse + (size_t)l * N * H, qkv, &m->mask, B, L, H, hd, p,
@@ -405,15 +402,15 @@ static void forward_trunk(hdlm_cuda_model *m) {
         hdlm_cuda_residual_forward(h_mid, h_in, att_y, gamma ? mod + 2 * d : NULL, 6 * d, N, d, p,
                                    site_key(m, l, HDLM_DROPOUT_ATTN_RESIDUAL), s);
 
-        hdlm_cuda_layernorm_forward(a2, xhat2, m->ln2_mean + (size_t)l * N, m->ln2_rstd + (size_t)l * N, h_mid,
-                                    w->norm2, gamma ? mod + 3 * d : NULL, gamma ? mod + 4 * d : NULL, 6 * d, N, d, s);
+        hdlm_cuda_layernorm_forward(a2, m->ln2_mean + (size_t)l * N, m->ln2_rstd + (size_t)l * N, h_mid, w->norm2,
+                                    gamma ? mod + 3 * d : NULL, gamma ? mod + 4 * d : NULL, 6 * d, N, d, s);
         hdlm_cuda_linear_forward(fc1, gelu, a2, shadow(m, w->fc1_w), shadow(m, w->fc1_b), N, d, f, s);
         hdlm_cuda_linear_forward(mlp_y, NULL, gelu, shadow(m, w->fc2_w), shadow(m, w->fc2_b), N, f, d, s);
         hdlm_cuda_residual_forward(h_out, h_mid, mlp_y, gamma ? mod + 5 * d : NULL, 6 * d, N, d, p,
                                    site_key(m, l, HDLM_DROPOUT_MLP_RESIDUAL), s);
     }
-    hdlm_cuda_layernorm_forward(m->lnf, NULL, m->lnf_mean, m->lnf_rstd, m->h + (size_t)c->n_layers * Nd,
-                                m->p.norm_final, NULL, NULL, 0, N, d, s);
+    hdlm_cuda_layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, m->h + (size_t)c->n_layers * Nd, m->p.norm_final,
+                                NULL, NULL, 0, N, d, s);
 }
 
 // The fused head on the rows just filled: the loss (brought to the host without blocking) and, with backward, the
@@ -514,7 +511,7 @@ void hdlm_cuda_model_backward(hdlm_cuda_model *m) {
     // Output layer: the fused head already accumulated its weight gradients and wrote dlnf.
     hdlm_cuda_memset0(m->dh, Nd * sizeof(float), s);
     hdlm_cuda_layernorm_backward(m->dh, m->g.norm_final, NULL, NULL, m->dlnf, m->h + (size_t)c->n_layers * Nd,
-                                 m->p.norm_final, m->lnf_mean, m->lnf_rstd, NULL, NULL, 0, N, d, s);
+                                 m->p.norm_final, m->lnf_mean, m->lnf_rstd, NULL, 0, N, d, s);
     if (gamma) hdlm_cuda_memset0(m->dcond, (size_t)N * cd * sizeof(float), s);
     grad_ready(m, 0, m->g.norm_final);
 
@@ -523,7 +520,6 @@ void hdlm_cuda_model_backward(hdlm_cuda_model *m) {
         const hdlm_block_views *g = &m->g.blocks[l];
         float *h_in = m->h + l * Nd, *h_mid = m->h_mid + l * Nd;
         hdlm_bf16 *a1 = m->a1 + l * Nd, *a2 = m->a2 + l * Nd;
-        hdlm_bf16 *xhat1 = gamma ? m->xhat1 + l * Nd : NULL, *xhat2 = gamma ? m->xhat2 + l * Nd : NULL;
         hdlm_bf16 *mod = gamma ? m->mod + l * 6 * Nd : NULL, *dmod = m->dmod;
         hdlm_bf16 *qkv = m->qkv + l * 3 * Nd, *att = m->att + l * Nd, *att_y = m->att_y + l * Nd;
         hdlm_bf16 *fc1 = m->fc1 + l * (size_t)N * f, *gelu = m->gelu + l * (size_t)N * f;
@@ -537,7 +533,7 @@ void hdlm_cuda_model_backward(hdlm_cuda_model *m) {
         hdlm_cuda_linear_backward(m->da, g->fc1_w, g->fc1_b, m->dfc, a2, shadow(m, w->fc1_w), NULL, N, d, f, false,
                                   s);
         hdlm_cuda_layernorm_backward(m->dh, g->norm2, gamma ? dmod + 3 * d : NULL, gamma ? dmod + 4 * d : NULL, m->da,
-                                     h_mid, w->norm2, m->ln2_mean + (size_t)l * N, m->ln2_rstd + (size_t)l * N, xhat2,
+                                     h_mid, w->norm2, m->ln2_mean + (size_t)l * N, m->ln2_rstd + (size_t)l * N,
                                      gamma ? mod + 4 * d : NULL, 6 * d, N, d, s);
 
         // Attention branch: h_mid = h_in + g_a ⊙ dropout(W_o · attention(RoPE(W_qkv · a1)))
@@ -550,7 +546,7 @@ void hdlm_cuda_model_backward(hdlm_cuda_model *m) {
         hdlm_cuda_rotary_backward(m->dqkv, m->cos_t, m->sin_t, B, L, H, hd, s);
         hdlm_cuda_linear_backward(m->da, g->qkv, NULL, m->dqkv, a1, shadow(m, w->qkv), NULL, N, d, 3 * d, false, s);
         hdlm_cuda_layernorm_backward(m->dh, g->norm1, gamma ? dmod : NULL, gamma ? dmod + d : NULL, m->da, h_in,
-                                     w->norm1, m->ln1_mean + (size_t)l * N, m->ln1_rstd + (size_t)l * N, xhat1,
+                                     w->norm1, m->ln1_mean + (size_t)l * N, m->ln1_rstd + (size_t)l * N,
                                      gamma ? mod + d : NULL, 6 * d, N, d, s);
         if (gamma) {
             hdlm_cuda_linear_backward(m->dcond_l, g->ada_w, g->ada_b, dmod, m->cond, shadow(m, w->ada_w), NULL, N, cd,
