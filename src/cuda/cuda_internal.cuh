@@ -84,4 +84,17 @@ __host__ __device__ inline float hdlm_uniform_at_dev(uint64_t key, uint64_t i) {
 cublasLtHandle_t hdlm_cublaslt_handle(void);
 void *hdlm_cublaslt_workspace(size_t *bytes);
 
+// A matrix as cuBLASLt sees it: column-major, rows × cols with leading dimension ld (a row-major X[r, c] is the
+// column-major Xᵀ: rows = c, cols = r, ld = c).
+typedef struct {
+    const void *ptr;
+    cudaDataType_t type;
+    int rows, cols, ld;
+} hdlm_lt_matrix;
+
+// D = op(A)·op(B) + β·D through cuBLASLt (fp32 compute, no epilogue; src/cuda/linear.cu), with the algorithm the
+// heuristic picks for the problem (remembered per problem). Dies when cuBLASLt has none.
+void hdlm_lt_matmul_must(hdlm_lt_matrix a, bool trans_a, hdlm_lt_matrix b, bool trans_b, hdlm_lt_matrix d,
+                         float beta, cudaStream_t stream);
+
 #endif

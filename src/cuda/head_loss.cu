@@ -13,7 +13,6 @@
 // log-sum-exp combination) in fp64 — ρ = 1 − N/(E + N) at σ ≈ 10⁻³ is 2·10⁻⁸ and vanishes in fp32.
 #include <math.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "cuda_internal.cuh"
 
@@ -212,78 +211,13 @@ __global__ void sum_values(double *loss, const double *value, int count) {
 
 // ---- host -----------------------------------------------------------------------------------------------------
 
-namespace {
-struct algo_key {
-    int rows, d, vocab, ld;
-    uint32_t align_a, align_b, align_c, pad;
-    uint64_t workspace;
-};
-struct algo_entry {
-    bool used;
-    algo_key key;
-    cublasLtMatmulAlgo_t algo;
-};
-constexpr int ALGO_CACHE = 8;
-algo_entry algo_cache[ALGO_CACHE];
-unsigned algo_next;
-}   // namespace
-
 // z[rows, ld] (fp32) = xg[rows, d]·Wᵀ with W [vocab, d]: in column-major terms zᵀ (vocab × rows, ld) = Wᵀ·xgᵀ,
 // A = W stored d × vocab (transposed), B = xg stored d × rows.
 static void head_logits(float *z, int ld, const bf16 *xg, const bf16 *w, int rows, int d, int vocab,
                         cudaStream_t stream) {
-    cublasLtHandle_t handle = hdlm_cublaslt_handle();
-    size_t ws_bytes = 0;
-    void *ws = hdlm_cublaslt_workspace(&ws_bytes);
-    cublasLtMatmulDesc_t op;
-    HDLM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    const cublasOperation_t trans = CUBLAS_OP_T, no_trans = CUBLAS_OP_N;
-    HDLM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &trans, sizeof trans));
-    HDLM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &no_trans, sizeof no_trans));
-    cublasLtMatrixLayout_t la, lb, lc;
-    HDLM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, d, vocab, d));
-    HDLM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, d, rows, d));
-    HDLM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, vocab, rows, ld));
-    cublasLtMatmulPreference_t pref;
-    HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    const uint64_t max_ws = ws_bytes;
-    const uint32_t align_a = hdlm_pointer_alignment(w), align_b = hdlm_pointer_alignment(xg);
-    const uint32_t align_c = hdlm_pointer_alignment(z);
-    HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &max_ws,
-                                                           sizeof max_ws));
-    HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
-                                                           sizeof align_a));
-    HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
-                                                           sizeof align_b));
-    HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c,
-                                                           sizeof align_c));
-    HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c,
-                                                           sizeof align_c));
-    // A step runs the same few shapes (full chunks and the last one) over and over: remember their algorithms.
-    const algo_key key = {rows, d, vocab, ld, align_a, align_b, align_c, 0, max_ws};
-    const cublasLtMatmulAlgo_t *algo = nullptr;
-    for (const algo_entry &e : algo_cache)
-        if (e.used && memcmp(&e.key, &key, sizeof key) == 0) algo = &e.algo;
-    if (!algo) {
-        cublasLtMatmulHeuristicResult_t heuristic;
-        int found = 0;
-        HDLM_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, op, la, lb, lc, lc, pref, 1, &heuristic, &found));
-        if (found == 0)
-            HDLM_DIE("cuBLASLt has no algorithm for the output head (%d rows, d %d, vocab %d, bf16 -> fp32)", rows, d,
-                     vocab);
-        algo_entry &e = algo_cache[algo_next++ % ALGO_CACHE];
-        e = {true, key, heuristic.algo};
-        algo = &e.algo;
-    }
-    const float one = 1.0f, zero = 0.0f;
-    HDLM_CUBLAS_CHECK(cublasLtMatmul(handle, op, &one, w, la, xg, lb, &zero, z, lc, z, lc, algo, ws, ws_bytes,
-                                     stream));
-    // Descriptors are host objects read at the call: destroying them does not wait for the GEMM.
-    HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-    HDLM_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(lc));
-    HDLM_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(lb));
-    HDLM_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(la));
-    HDLM_CUBLAS_CHECK(cublasLtMatmulDescDestroy(op));
+    hdlm_lt_matmul_must((hdlm_lt_matrix){w, CUDA_R_16BF, d, vocab, d}, true,
+                        (hdlm_lt_matrix){xg, CUDA_R_16BF, d, rows, d}, false,
+                        (hdlm_lt_matrix){z, CUDA_R_32F, vocab, rows, ld}, 0.0f, stream);
 }
 
 extern "C" {

@@ -8,6 +8,8 @@
 // The bias (length m = o) is broadcast over the columns of Dᵀ, i.e. added to every row of out, as the BIAS epilogue
 // wants. cuBLASLt's GELU epilogues use the tanh form 0.5x(1 + tanh(√(2/π)(x + 0.044715x³))), the CPU's
 // (src/layer_mlp.c); tests/test_cuda_ops.c checks this at x = −3, where the erf form differs by 10 %.
+#include <string.h>
+
 #include "column_reduce.cuh"
 #include "cuda_internal.cuh"
 
@@ -19,21 +21,34 @@
 enum { EPILOGUE_ALIGNMENT = 16 };
 
 typedef struct {
-    const void *ptr;
-    cudaDataType_t type;
-    int rows, cols, ld;   // of the stored (column-major) matrix
-} lt_matrix;
-
-typedef struct {
     cublasLtEpilogue_t epilogue;
     const void *bias;    // BIAS epilogues (bf16, length m)
     const void *aux;     // GELU_AUX (written) or DGELU (read) matrix, bf16, leading dimension aux_ld
     int64_t aux_ld;
 } lt_epilogue;
 
+// Every input of cuBLASLt's heuristic for one GEMM (no padding, so memcmp compares keys).
+struct lt_problem {
+    int32_t trans_a, trans_b, epilogue, has_bias;
+    int32_t a_type, a_rows, a_cols, a_ld, b_type, b_rows, b_cols, b_ld, d_type, d_rows, d_cols, d_ld;
+    uint32_t align_a, align_b, align_d, pad;
+    int64_t aux_ld;
+    uint64_t workspace;
+};
+struct lt_algo_entry {
+    bool used, found;
+    lt_problem key;
+    cublasLtMatmulAlgo_t algo;
+};
+// The heuristic costs more than many of the GEMMs, and a step runs the same few dozen problems (every linear layer
+// forward and backward, the head's full and last chunks) over and over: remember its answer, an algorithm or none.
+enum { LT_ALGO_CACHE = 64 };
+static lt_algo_entry lt_algo_cache[LT_ALGO_CACHE];
+static unsigned lt_algo_next;
+
 // D = α·op(A)·op(B) + β·C with C = D, fp32 compute. Returns false (having done nothing) when cuBLASLt has no
 // algorithm for this combination, so the caller can fall back to an unfused epilogue.
-static bool lt_matmul(lt_matrix a, bool trans_a, lt_matrix b, bool trans_b, lt_matrix d, float beta,
+static bool lt_matmul(hdlm_lt_matrix a, bool trans_a, hdlm_lt_matrix b, bool trans_b, hdlm_lt_matrix d, float beta,
                       const lt_epilogue *ep, cudaStream_t stream) {
     cublasLtHandle_t handle = hdlm_cublaslt_handle();
     size_t workspace_bytes;
@@ -66,40 +81,53 @@ static bool lt_matmul(lt_matrix a, bool trans_a, lt_matrix b, bool trans_b, lt_m
     HDLM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, d.type, d.rows, d.cols, d.ld));
 
     // Tell the heuristic the real alignment of each buffer (views into flat buffers are not 256-byte aligned).
-    cublasLtMatmulPreference_t pref;
-    HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                           &workspace_bytes, sizeof workspace_bytes));
     uint32_t align_a = hdlm_pointer_alignment(a.ptr), align_b = hdlm_pointer_alignment(b.ptr);
     uint32_t align_d = hdlm_pointer_alignment(d.ptr);
-    HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
-                                                           sizeof align_a));
-    HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
-                                                           sizeof align_b));
-    HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d,
-                                                           sizeof align_d));
-    HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d,
-                                                           sizeof align_d));
-
-    cublasLtMatmulHeuristicResult_t heuristic;
-    int found = 0;
-    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, desc, la, lb, ld, ld, pref, 1, &heuristic, &found);
-    bool ran = st == CUBLAS_STATUS_SUCCESS && found > 0;
-    if (ran) {
+    const lt_problem key = {trans_a, trans_b, (int32_t)epilogue, ep && ep->bias,
+                            (int32_t)a.type, a.rows, a.cols, a.ld,
+                            (int32_t)b.type, b.rows, b.cols, b.ld,
+                            (int32_t)d.type, d.rows, d.cols, d.ld,
+                            align_a, align_b, align_d, 0,
+                            ep ? ep->aux_ld : 0, workspace_bytes};
+    const lt_algo_entry *entry = nullptr;
+    for (const lt_algo_entry &e : lt_algo_cache)
+        if (e.used && memcmp(&e.key, &key, sizeof key) == 0) entry = &e;
+    if (!entry) {
+        cublasLtMatmulPreference_t pref;
+        HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+        HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                               &workspace_bytes, sizeof workspace_bytes));
+        HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                                               &align_a, sizeof align_a));
+        HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                                               &align_b, sizeof align_b));
+        HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                                               &align_d, sizeof align_d));
+        HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                                               &align_d, sizeof align_d));
+        cublasLtMatmulHeuristicResult_t heuristic = {};
+        int found = 0;
+        cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, desc, la, lb, ld, ld, pref, 1, &heuristic, &found);
+        HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+        lt_algo_entry &e = lt_algo_cache[lt_algo_next++ % LT_ALGO_CACHE];
+        e = {true, st == CUBLAS_STATUS_SUCCESS && found > 0, key, heuristic.algo};
+        entry = &e;
+    }
+    if (entry->found) {
         const float alpha = 1.0f;
         HDLM_CUBLAS_CHECK(cublasLtMatmul(handle, desc, &alpha, a.ptr, la, b.ptr, lb, &beta, d.ptr, ld, (void *)d.ptr,
-                                         ld, &heuristic.algo, workspace, workspace_bytes, stream));
+                                         ld, &entry->algo, workspace, workspace_bytes, stream));
     }
-    HDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+    // Descriptors are host objects read at the call: destroying them does not wait for the GEMM.
     HDLM_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(ld));
     HDLM_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(lb));
     HDLM_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(la));
     HDLM_CUBLAS_CHECK(cublasLtMatmulDescDestroy(desc));
-    return ran;
+    return entry->found;
 }
 
-static void lt_matmul_must(lt_matrix a, bool trans_a, lt_matrix b, bool trans_b, lt_matrix d, float beta,
-                           cudaStream_t stream) {
+void hdlm_lt_matmul_must(hdlm_lt_matrix a, bool trans_a, hdlm_lt_matrix b, bool trans_b, hdlm_lt_matrix d,
+                         float beta, cudaStream_t stream) {
     if (!lt_matmul(a, trans_a, b, trans_b, d, beta, NULL, stream))
         HDLM_DIE("cuBLASLt has no algorithm for the GEMM m=%d n=%d k=%d (op %c%c, lda %d ldb %d ldd %d)", d.rows,
                  d.cols, trans_a ? a.rows : a.cols, trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', a.ld, b.ld, d.ld);
@@ -142,10 +170,10 @@ void hdlm_cuda_linear_forward(hdlm_bf16 *out, hdlm_bf16 *gelu_out, const hdlm_bf
                               const hdlm_bf16 *b, int n, int in_dim, int out_dim, hdlm_stream stream) {
     if (n <= 0 || out_dim <= 0) return;
     cudaStream_t s = (cudaStream_t)stream;
-    lt_matrix A = {w, CUDA_R_16BF, in_dim, out_dim, in_dim};
-    lt_matrix B = {in, CUDA_R_16BF, in_dim, n, in_dim};
+    hdlm_lt_matrix A = {w, CUDA_R_16BF, in_dim, out_dim, in_dim};
+    hdlm_lt_matrix B = {in, CUDA_R_16BF, in_dim, n, in_dim};
     // With GELU, D is gelu_out and the aux matrix (the pre-activation) is out; aux ld must be a multiple of 8.
-    lt_matrix D = {gelu_out ? (const void *)gelu_out : (const void *)out, CUDA_R_16BF, out_dim, n, out_dim};
+    hdlm_lt_matrix D = {gelu_out ? (const void *)gelu_out : (const void *)out, CUDA_R_16BF, out_dim, n, out_dim};
     bool bias_fusable = !b || hdlm_pointer_alignment(b) >= EPILOGUE_ALIGNMENT;
     if (gelu_out && out_dim % 8 == 0 && bias_fusable && hdlm_pointer_alignment(out) >= EPILOGUE_ALIGNMENT) {
         lt_epilogue ep = {b ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX, b, out, out_dim};
@@ -156,13 +184,13 @@ void hdlm_cuda_linear_forward(hdlm_bf16 *out, hdlm_bf16 *gelu_out, const hdlm_bf
     }
     D.ptr = out;
     if (!b && !gelu_out) {
-        lt_matmul_must(A, true, B, false, D, 0.0f, s);
+        hdlm_lt_matmul_must(A, true, B, false, D, 0.0f, s);
         return;
     }
     size_t total = (size_t)n * out_dim;
     float *acc;
     HDLM_CUDA_CHECK(cudaMallocAsync((void **)&acc, total * sizeof(float), s));
-    lt_matmul_must(A, true, B, false, (lt_matrix){acc, CUDA_R_32F, out_dim, n, out_dim}, 0.0f, s);
+    hdlm_lt_matmul_must(A, true, B, false, (hdlm_lt_matrix){acc, CUDA_R_32F, out_dim, n, out_dim}, 0.0f, s);
     bias_gelu_kernel<<<hdlm_elementwise_blocks(total, 256), 256, 0, s>>>(as_bf16(out), as_bf16(gelu_out), acc,
                                                                           as_bf16(b), n, out_dim);
     HDLM_CUDA_LAUNCHED();
@@ -176,26 +204,26 @@ void hdlm_cuda_linear_backward(hdlm_bf16 *din, float *dw, float *db, const hdlm_
     if (n <= 0) return;
     cudaStream_t s = (cudaStream_t)stream;
     // dWᵀ[i,o] += inᵀ·dout, fp32 C = D with β = 1: the accumulation over micro-batches stays in fp32.
-    lt_matmul_must((lt_matrix){in, CUDA_R_16BF, in_dim, n, in_dim}, false,
-                   (lt_matrix){dout, CUDA_R_16BF, out_dim, n, out_dim}, true,
-                   (lt_matrix){dw, CUDA_R_32F, in_dim, out_dim, in_dim}, 1.0f, s);
+    hdlm_lt_matmul_must((hdlm_lt_matrix){in, CUDA_R_16BF, in_dim, n, in_dim}, false,
+                   (hdlm_lt_matrix){dout, CUDA_R_16BF, out_dim, n, out_dim}, true,
+                   (hdlm_lt_matrix){dw, CUDA_R_32F, in_dim, out_dim, in_dim}, 1.0f, s);
     if (db) hdlm_column_reduce(db, dout_value{as_bf16(dout), out_dim}, n, out_dim, s);
     if (!din) return;
-    lt_matrix A = {w, CUDA_R_16BF, in_dim, out_dim, in_dim};
-    lt_matrix B = {dout, CUDA_R_16BF, out_dim, n, out_dim};
-    lt_matrix D = {din, CUDA_R_16BF, in_dim, n, in_dim};
+    hdlm_lt_matrix A = {w, CUDA_R_16BF, in_dim, out_dim, in_dim};
+    hdlm_lt_matrix B = {dout, CUDA_R_16BF, out_dim, n, out_dim};
+    hdlm_lt_matrix D = {din, CUDA_R_16BF, in_dim, n, in_dim};
     if (pre_gelu && in_dim % 8 == 0 && hdlm_pointer_alignment(pre_gelu) >= EPILOGUE_ALIGNMENT) {
         lt_epilogue ep = {CUBLASLT_EPILOGUE_DGELU, NULL, pre_gelu, in_dim};
         if (lt_matmul(A, false, B, false, D, 0.0f, &ep, s)) return;
     }
     if (!pre_gelu) {
-        lt_matmul_must(A, false, B, false, D, accumulate ? 1.0f : 0.0f, s);
+        hdlm_lt_matmul_must(A, false, B, false, D, accumulate ? 1.0f : 0.0f, s);
         return;
     }
     size_t total = (size_t)n * in_dim;
     float *acc;
     HDLM_CUDA_CHECK(cudaMallocAsync((void **)&acc, total * sizeof(float), s));
-    lt_matmul_must(A, false, B, false, (lt_matrix){acc, CUDA_R_32F, in_dim, n, in_dim}, 0.0f, s);
+    hdlm_lt_matmul_must(A, false, B, false, (hdlm_lt_matrix){acc, CUDA_R_32F, in_dim, n, in_dim}, 0.0f, s);
     dgelu_kernel<<<hdlm_elementwise_blocks(total, 256), 256, 0, s>>>(as_bf16(din), acc, as_bf16(pre_gelu), total);
     HDLM_CUDA_LAUNCHED();
     HDLM_CUDA_CHECK(cudaFreeAsync(acc, s));
