@@ -191,6 +191,27 @@ __global__ void attention_delta_kernel(float *delta, const bf16 *dout, const bf1
     if (lane == 0) delta[((size_t)b * sh.heads + h) * sh.len + i] = sum;
 }
 
+// The backward's two products of one row against the COLS rows ≡ sub (mod TILE_SPLIT) of two tiles:
+// a[c] = x · xs[row c], b[c] = y · ys[row c]. The dQ kernel passes a query row and its dO against K and V (scores
+// and dP̃ of its row), the dK/dV kernel a key row and its V row against Q and dO (the same values, by column).
+template <int DP>
+__device__ inline void row_dots(float a[COLS], float b[COLS], const float *x, const float *y, const float *xs,
+                                const float *ys, int sub) {
+    constexpr int S = DP + 1;
+#pragma unroll
+    for (int c = 0; c < COLS; c++) a[c] = b[c] = 0.0f;
+#pragma unroll 2
+    for (int e = 0; e < DP; e++) {
+        float xe = x[e], ye = y[e];
+#pragma unroll
+        for (int c = 0; c < COLS; c++) {
+            int idx = (sub + TILE_SPLIT * c) * S + e;
+            a[c] += xe * xs[idx];
+            b[c] += ye * ys[idx];
+        }
+    }
+}
+
 // dQ_i = scale · Σ_j dS_ij K_j with dS_ij = P_ij (dP̃_ij·m_ij − delta_i): one block per (query tile, b·H + h).
 template <int DP>
 __global__ void __launch_bounds__(THREADS)
@@ -222,18 +243,7 @@ __global__ void __launch_bounds__(THREADS)
         tile_load<DP>(vs, v, ld, j0, L, D);
         __syncthreads();
         float sc[COLS], dp[COLS];
-#pragma unroll
-        for (int c = 0; c < COLS; c++) sc[c] = dp[c] = 0.0f;
-#pragma unroll 2
-        for (int e = 0; e < DP; e++) {
-            float qe = qs[r * S + e], ge = gs[r * S + e];
-#pragma unroll
-            for (int c = 0; c < COLS; c++) {
-                int kidx = (sub + TILE_SPLIT * c) * S + e;
-                sc[c] += qe * ks[kidx];
-                dp[c] += ge * vs[kidx];
-            }
-        }
+        row_dots<DP>(sc, dp, qs + r * S, gs + r * S, ks, vs, sub);
 #pragma unroll
         for (int c = 0; c < COLS; c++) {
             int col = sub + TILE_SPLIT * c, j = j0 + col;
@@ -303,18 +313,7 @@ __global__ void __launch_bounds__(THREADS)
         }
         __syncthreads();
         float sc[COLS], dp[COLS];
-#pragma unroll
-        for (int x = 0; x < COLS; x++) sc[x] = dp[x] = 0.0f;
-#pragma unroll 2
-        for (int e = 0; e < DP; e++) {
-            float ke = ks[c * S + e], ve = vs[c * S + e];
-#pragma unroll
-            for (int x = 0; x < COLS; x++) {
-                int qidx = (sub + TILE_SPLIT * x) * S + e;
-                sc[x] += qs[qidx] * ke;
-                dp[x] += gs[qidx] * ve;
-            }
-        }
+        row_dots<DP>(sc, dp, ks + c * S, vs + c * S, qs, gs, sub);
 #pragma unroll
         for (int x = 0; x < COLS; x++) {
             int row = sub + TILE_SPLIT * x, i = i0 + row;
