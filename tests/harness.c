@@ -99,3 +99,25 @@ void test_model_randomize(hdlm_model *m, uint64_t seed) {
             x[k] = (norm ? 1.0f : 0.0f) + (2.0f * hdlm_rng_uniform(&rng) - 1.0f) * bound;
     }
 }
+
+bool test_gpu_ready(void) {
+    static int ready = -1;
+    if (ready < 0) ready = hdlm_cuda_device_count() > 0 && hdlm_cuda_init(0) == 0;
+    if (!ready) print_message("skipped: %s\n", hdlm_cuda_unavailable_reason());
+    return ready == 1;
+}
+
+float *test_cuda_upload_f32(const float *x, size_t n) {
+    float *d = hdlm_cuda_malloc(n * sizeof(float));
+    hdlm_cuda_upload(d, x, n * sizeof(float));
+    return d;
+}
+
+hdlm_bf16 *test_cuda_upload_bf16(const float *x, size_t n) {
+    hdlm_bf16 *h = hdlm_malloc(n * sizeof *h);
+    for (size_t i = 0; i < n; i++) h[i] = hdlm_bf16_from_float(x[i]);
+    hdlm_bf16 *d = hdlm_cuda_malloc(n * sizeof *d);
+    hdlm_cuda_upload(d, h, n * sizeof *d);
+    free(h);
+    return d;
+}

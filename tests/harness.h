@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hdlm/cuda.h"
 #include "hdlm/model.h"
 
 // Absolute path of a file in the data cache that tools/setup.sh fills (".cache/<rel>" under the source tree).
@@ -23,6 +24,12 @@ double test_json_number(const struct cJSON *json, const char *key);
 // Random parameters of moderate size in every trainable tensor (LayerNorm weights around 1): the §7.6 init zeroes
 // the head and adaLN, which would hide every gradient below them. Deterministic in seed.
 void test_model_randomize(hdlm_model *m, uint64_t seed);
+// GPU tests: true when a GPU is usable (the runtime is then initialised on device 0, once); otherwise prints
+// "skipped: <hdlm_cuda_unavailable_reason()>" and returns false (the caller skips).
+bool test_gpu_ready(void);
+// Device copies of host floats, as fp32 or rounded to bf16 (callers free with hdlm_cuda_free).
+float *test_cuda_upload_f32(const float *x, size_t n);
+hdlm_bf16 *test_cuda_upload_bf16(const float *x, size_t n);
 // Asserts that the last recorded hdlm error contains `needle` (prints the message when it does not).
 #define assert_error_contains(needle) test_assert_error_contains((needle), __FILE__, __LINE__)
 void test_assert_error_contains(const char *needle, const char *file, int line);

@@ -104,27 +104,13 @@ static void result_alloc(result *r, const problem *p) {
 
 static void result_free(result *r) { free(r->dx), free(r->dw), free(r->db); }
 
-static void *upload_bf16(const float *v, size_t count) {
-    hdlm_bf16 *h = hdlm_malloc(count * sizeof *h);
-    for (size_t i = 0; i < count; i++) h[i] = hdlm_bf16_from_float(v[i]);
-    void *dev = hdlm_cuda_malloc(count * sizeof *h);
-    hdlm_cuda_upload(dev, h, count * sizeof *h);
-    free(h);
-    return dev;
-}
-
-static void *upload_f32(const float *v, size_t count) {
-    void *dev = hdlm_cuda_malloc(count * sizeof *v);
-    hdlm_cuda_upload(dev, v, count * sizeof *v);
-    return dev;
-}
-
 // Runs hdlm_cuda_head_loss with a workspace for `chunk` rows at a time (0: the full workspace); with_grad false
 // passes dx = NULL and checks that dW, db are left alone.
 static void gpu_run(const problem *p, const hdlm_cuda_head_rows *rows, int chunk, bool with_grad, result *out) {
     const int n = p->n, d = p->d, V = p->V;
-    void *x = upload_bf16(p->x, (size_t)n * d), *w = upload_bf16(p->w, (size_t)V * d), *b = upload_bf16(p->b, V);
-    float *dw = upload_f32(p->dw0, (size_t)V * d), *db = upload_f32(p->db0, V);
+    hdlm_bf16 *x = test_cuda_upload_bf16(p->x, (size_t)n * d), *w = test_cuda_upload_bf16(p->w, (size_t)V * d);
+    hdlm_bf16 *b = test_cuda_upload_bf16(p->b, V);
+    float *dw = test_cuda_upload_f32(p->dw0, (size_t)V * d), *db = test_cuda_upload_f32(p->db0, V);
     hdlm_bf16 *dx = with_grad ? hdlm_cuda_malloc((size_t)n * d * sizeof(hdlm_bf16)) : NULL;
     double *loss = hdlm_cuda_malloc(sizeof *loss);
     size_t ws_bytes = hdlm_cuda_head_workspace_bytes(n, d, V);

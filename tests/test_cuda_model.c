@@ -37,14 +37,6 @@
 #include "hdlm/schedule.h"
 #endif
 
-// Skips the test (printing why) unless a GPU is usable; initialises the runtime once.
-static bool gpu_or_skip(void) {
-    static int ready = -1;
-    if (ready < 0) ready = hdlm_cuda_device_count() > 0 && hdlm_cuda_init(0) == 0;
-    if (!ready) print_message("skipped: %s\n", hdlm_cuda_unavailable_reason());
-    return ready == 1;
-}
-
 #ifdef HDLM_HAVE_CUDA
 
 enum { L = 64, V = 1000 };   // longest sequence (max_length) and vocabulary
@@ -277,7 +269,7 @@ static void run_case(case_kind kind, float dropout, const char *label) {
 
 static void test_epsilon_full_mask(void **state) {
     (void)state;
-    if (!gpu_or_skip()) skip();
+    if (!test_gpu_ready()) skip();
 #ifdef HDLM_HAVE_CUDA
     run_case(CASE_EPS_FULL, 0.0f, "epsilon full");
     run_case(CASE_EPS_FULL, 0.1f, "epsilon full, dropout 0.1");
@@ -286,7 +278,7 @@ static void test_epsilon_full_mask(void **state) {
 
 static void test_epsilon_hyperschedule(void **state) {
     (void)state;
-    if (!gpu_or_skip()) skip();
+    if (!test_gpu_ready()) skip();
 #ifdef HDLM_HAVE_CUDA
     run_case(CASE_EPS_HYPER, 0.0f, "epsilon hyperschedule");
     run_case(CASE_EPS_HYPER, 0.1f, "epsilon hyperschedule, p 0.1");
@@ -295,7 +287,7 @@ static void test_epsilon_hyperschedule(void **state) {
 
 static void test_ardm(void **state) {
     (void)state;
-    if (!gpu_or_skip()) skip();
+    if (!test_gpu_ready()) skip();
 #ifdef HDLM_HAVE_CUDA
     run_case(CASE_ARDM, 0.0f, "ardm (softmax V-1)");
 #endif
@@ -303,7 +295,7 @@ static void test_ardm(void **state) {
 
 static void test_gamma_hyperschedule(void **state) {
     (void)state;
-    if (!gpu_or_skip()) skip();
+    if (!test_gpu_ready()) skip();
 #ifdef HDLM_HAVE_CUDA
     run_case(CASE_GAMMA, 0.0f, "gamma hyperschedule");
     run_case(CASE_GAMMA, 0.1f, "gamma hyperschedule, p 0.1");
@@ -314,7 +306,7 @@ static void test_gamma_hyperschedule(void **state) {
 // count), then more tokens (every buffer grown), each step still matching the CPU.
 static void test_shapes_change(void **state) {
     (void)state;
-    if (!gpu_or_skip()) skip();
+    if (!test_gpu_ready()) skip();
 #ifdef HDLM_HAVE_CUDA
     hdlm_model *cpu;
     hdlm_cuda_model *gpu;
@@ -330,7 +322,7 @@ static void test_shapes_change(void **state) {
 // Bad inputs are refused with the CPU model's messages, before anything is queued.
 static void test_bad_inputs_refused(void **state) {
     (void)state;
-    if (!gpu_or_skip()) skip();
+    if (!test_gpu_ready()) skip();
 #ifdef HDLM_HAVE_CUDA
     hdlm_model *cpu;
     hdlm_cuda_model *gpu;

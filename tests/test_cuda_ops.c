@@ -124,21 +124,6 @@ static void round_bf16(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = hdlm_bf16_to_float(hdlm_bf16_from_float(x[i]));
 }
 
-static float *upload_f32(const float *x, size_t n) {
-    float *d = hdlm_cuda_malloc(n * sizeof(float));
-    hdlm_cuda_upload(d, x, n * sizeof(float));
-    return d;
-}
-
-// x must already hold bf16 values (round_bf16).
-static hdlm_bf16 *upload_bf16(const float *x, size_t n) {
-    hdlm_bf16 *h = hdlm_malloc(n * sizeof *h);
-    for (size_t i = 0; i < n; i++) h[i] = hdlm_bf16_from_float(x[i]);
-    hdlm_bf16 *d = hdlm_cuda_malloc(n * sizeof *d);
-    hdlm_cuda_upload(d, h, n * sizeof *d);
-    free(h);
-    return d;
-}
 
 static float *download_f32(const float *d, size_t n) {
     hdlm_cuda_synchronize();
@@ -197,7 +182,7 @@ static void test_runtime_memory_and_conversions(void **state) {
     float *x = random_floats(N, -3.0f, 3.0f);
     x[0] = INFINITY, x[1] = -0.0f, x[2] = bits_to_float(0x3f808000u), x[3] = bits_to_float(0x3f818000u);
     x[4] = 1e-40f;   // subnormal
-    float *dx = upload_f32(x, N);
+    float *dx = test_cuda_upload_f32(x, N);
     float *back = download_f32(dx, N);
     assert_memory_equal(back, x, N * sizeof(float));
     // Device float → bf16 rounds like the host (bit for bit), bf16 → float is exact.
@@ -229,8 +214,8 @@ static void check_linear_forward(int n, int in_dim, int out_dim, bool bias, bool
     float *in = random_floats((size_t)n * in_dim, -1.0f, 1.0f), *w = random_floats((size_t)out_dim * in_dim, -0.3f, 0.3f);
     float *b = random_floats(out_dim, -0.5f, 0.5f);
     round_bf16(in, (size_t)n * in_dim), round_bf16(w, (size_t)out_dim * in_dim), round_bf16(b, out_dim);
-    hdlm_bf16 *d_in = upload_bf16(in, (size_t)n * in_dim), *d_w = upload_bf16(w, (size_t)out_dim * in_dim);
-    hdlm_bf16 *d_b = upload_bf16(b, out_dim);
+    hdlm_bf16 *d_in = test_cuda_upload_bf16(in, (size_t)n * in_dim), *d_w = test_cuda_upload_bf16(w, (size_t)out_dim * in_dim);
+    hdlm_bf16 *d_b = test_cuda_upload_bf16(b, out_dim);
     hdlm_bf16 *d_out = hdlm_cuda_malloc((size_t)n * out_dim * 2), *d_gelu = hdlm_cuda_malloc((size_t)n * out_dim * 2);
     hdlm_cuda_linear_forward(d_out, gelu ? d_gelu : NULL, d_in, d_w, bias ? d_b : NULL, n, in_dim, out_dim,
                              hdlm_cuda_stream());
@@ -271,7 +256,7 @@ static void test_linear_gelu_is_tanh_form(void **state) {
     for (int i = 0; i < D; i++) w[i * D + i] = 1.0f;
     for (int r = 0; r < N; r++) in[r * D] = xs[r];
     hdlm_gelu_forward(tanh_form, xs, N);
-    hdlm_bf16 *d_in = upload_bf16(in, N * D), *d_w = upload_bf16(w, D * D);
+    hdlm_bf16 *d_in = test_cuda_upload_bf16(in, N * D), *d_w = test_cuda_upload_bf16(w, D * D);
     hdlm_bf16 *d_out = hdlm_cuda_malloc(N * D * 2), *d_gelu = hdlm_cuda_malloc(N * D * 2);
     hdlm_cuda_linear_forward(d_out, d_gelu, d_in, d_w, NULL, N, D, D, hdlm_cuda_stream());
     float *g = download_bf16(d_gelu, N * D);
@@ -297,9 +282,9 @@ static void check_linear_backward(int n, int in_dim, int out_dim, bool bias, boo
     float *dw = random_floats(nw, -1.0f, 1.0f), *db = random_floats(out_dim, -1.0f, 1.0f);
     float *din = random_floats(ni, -1.0f, 1.0f);
     round_bf16(in, ni), round_bf16(w, nw), round_bf16(dout, no), round_bf16(pre, ni), round_bf16(din, ni);
-    hdlm_bf16 *d_in = upload_bf16(in, ni), *d_w = upload_bf16(w, nw), *d_dout = upload_bf16(dout, no);
-    hdlm_bf16 *d_pre = upload_bf16(pre, ni), *d_din = upload_bf16(din, ni);
-    float *d_dw = upload_f32(dw, nw), *d_db = upload_f32(db, out_dim);
+    hdlm_bf16 *d_in = test_cuda_upload_bf16(in, ni), *d_w = test_cuda_upload_bf16(w, nw), *d_dout = test_cuda_upload_bf16(dout, no);
+    hdlm_bf16 *d_pre = test_cuda_upload_bf16(pre, ni), *d_din = test_cuda_upload_bf16(din, ni);
+    float *d_dw = test_cuda_upload_f32(dw, nw), *d_db = test_cuda_upload_f32(db, out_dim);
     hdlm_cuda_linear_backward(d_din, d_dw, bias ? d_db : NULL, d_dout, d_in, d_w, dgelu ? d_pre : NULL, n, in_dim,
                               out_dim, accumulate, hdlm_cuda_stream());
     // CPU: the same on fp32 copies; DGELU as din = GELU'(pre) ⊙ (dout·W).
@@ -343,8 +328,8 @@ static void check_layernorm(int n, int d, bool modulated) {
     float *din = random_floats(nd, -1.0f, 1.0f), *dw = random_floats(d, -1.0f, 1.0f);
     round_bf16(mod, (size_t)n * ms), round_bf16(dout, nd);
     const float *shift = mod, *scale = mod + d;
-    float *d_in = upload_f32(in, nd), *d_w = upload_f32(w, d), *d_din = upload_f32(din, nd), *d_dw = upload_f32(dw, d);
-    hdlm_bf16 *d_mod = upload_bf16(mod, (size_t)n * ms), *d_dout = upload_bf16(dout, nd);
+    float *d_in = test_cuda_upload_f32(in, nd), *d_w = test_cuda_upload_f32(w, d), *d_din = test_cuda_upload_f32(din, nd), *d_dw = test_cuda_upload_f32(dw, d);
+    hdlm_bf16 *d_mod = test_cuda_upload_bf16(mod, (size_t)n * ms), *d_dout = test_cuda_upload_bf16(dout, nd);
     hdlm_bf16 *d_out = hdlm_cuda_malloc(nd * 2);
     hdlm_bf16 *d_dmod = hdlm_cuda_malloc((size_t)n * ms * 2);
     hdlm_cuda_memset0(d_dmod, (size_t)n * ms * 2, hdlm_cuda_stream());
@@ -408,8 +393,8 @@ static void check_rotary(int batch, int len, int heads, int head_dim, hdlm_rotar
     hdlm_rotary_tables(cos_t, sin_t, inv, len, head_dim, mode);
     float *qkv = random_floats(total, -2.0f, 2.0f);
     round_bf16(qkv, total);
-    hdlm_bf16 *d_qkv = upload_bf16(qkv, total);
-    float *d_cos = upload_f32(cos_t, (size_t)len * half), *d_sin = upload_f32(sin_t, (size_t)len * half);
+    hdlm_bf16 *d_qkv = test_cuda_upload_bf16(qkv, total);
+    float *d_cos = test_cuda_upload_f32(cos_t, (size_t)len * half), *d_sin = test_cuda_upload_f32(sin_t, (size_t)len * half);
     if (backward) {
         hdlm_cuda_rotary_backward(d_qkv, d_cos, d_sin, batch, len, heads, head_dim, hdlm_cuda_stream());
         hdlm_rotary_backward(qkv, cos_t, sin_t, batch, len, heads, head_dim);
@@ -442,8 +427,8 @@ static void check_residual(int n, int d, float p, bool gated) {
     float *h = random_floats(nd, -1.0f, 1.0f), *y = random_floats(nd, 0.1f, 1.0f);
     float *gate = random_floats((size_t)n * gs, 0.5f, 1.5f), *dh = random_floats(nd, -1.0f, 1.0f);
     round_bf16(y, nd), round_bf16(gate, (size_t)n * gs);
-    float *d_h = upload_f32(h, nd), *d_dh = upload_f32(dh, nd), *d_out = hdlm_cuda_malloc(nd * 4);
-    hdlm_bf16 *d_y = upload_bf16(y, nd), *d_gate = upload_bf16(gate, (size_t)n * gs);
+    float *d_h = test_cuda_upload_f32(h, nd), *d_dh = test_cuda_upload_f32(dh, nd), *d_out = hdlm_cuda_malloc(nd * 4);
+    hdlm_bf16 *d_y = test_cuda_upload_bf16(y, nd), *d_gate = test_cuda_upload_bf16(gate, (size_t)n * gs);
     hdlm_bf16 *d_dy = hdlm_cuda_malloc(nd * 2), *d_dgate = hdlm_cuda_malloc((size_t)n * gs * 2);
     hdlm_cuda_memset0(d_dgate, (size_t)n * gs * 2, hdlm_cuda_stream());
     hdlm_cuda_residual_forward(d_out, d_h, d_y, gated ? d_gate : NULL, gs, n, d, p, key, hdlm_cuda_stream());
@@ -495,8 +480,8 @@ static void check_embedding(int vocab, int n, int d, bool mixed) {
     float *mix = random_floats(n, 0.0f, 1.0f), *dout = random_floats(nd, -1.0f, 1.0f);
     uint32_t *ids = hdlm_malloc(n * sizeof *ids);
     for (int r = 0; r < n; r++) ids[r] = r % 7 == 0 ? mask_id : (uint32_t)hdlm_rng_below(&g_rng, (uint64_t)vocab);
-    float *d_table = upload_f32(table, nv), *d_dtable = upload_f32(dtable, nv), *d_mix = upload_f32(mix, n);
-    float *d_dout = upload_f32(dout, nd), *d_out = hdlm_cuda_malloc(nd * 4);
+    float *d_table = test_cuda_upload_f32(table, nv), *d_dtable = test_cuda_upload_f32(dtable, nv), *d_mix = test_cuda_upload_f32(mix, n);
+    float *d_dout = test_cuda_upload_f32(dout, nd), *d_out = hdlm_cuda_malloc(nd * 4);
     uint32_t *d_ids = hdlm_cuda_malloc(n * sizeof *ids);
     hdlm_cuda_upload(d_ids, ids, n * sizeof *ids);
     hdlm_cuda_embedding_forward(d_out, d_table, d_ids, mixed ? d_mix : NULL, mask_id, n, d, hdlm_cuda_stream());
@@ -536,7 +521,7 @@ static void test_gamma_conditioning(void **state) {
     REQUIRE_GPU();
     enum { N = 33, DIM = 128, M = 5000 };
     float *sigma = random_floats(N, 0.0f, 20.0f);
-    float *d_sigma = upload_f32(sigma, N), *d_mix = hdlm_cuda_malloc(N * 4);
+    float *d_sigma = test_cuda_upload_f32(sigma, N), *d_mix = hdlm_cuda_malloc(N * 4);
     hdlm_bf16 *d_freq = hdlm_cuda_malloc(N * DIM * 2);
     hdlm_cuda_sigma_sinusoid(d_freq, d_sigma, N, DIM, hdlm_cuda_stream());
     const float gamma = 0.7f;
@@ -551,7 +536,7 @@ static void test_gamma_conditioning(void **state) {
 
     float *x = random_floats(M, -6.0f, 6.0f), *dout = random_floats(M, -1.0f, 1.0f);
     round_bf16(x, M), round_bf16(dout, M);
-    hdlm_bf16 *d_x = upload_bf16(x, M), *d_dout = upload_bf16(dout, M);
+    hdlm_bf16 *d_x = test_cuda_upload_bf16(x, M), *d_dout = test_cuda_upload_bf16(dout, M);
     hdlm_bf16 *d_y = hdlm_cuda_malloc(M * 2), *d_dx = hdlm_cuda_malloc(M * 2);
     hdlm_cuda_silu_forward(d_y, d_x, M, hdlm_cuda_stream());
     hdlm_cuda_silu_backward(d_dx, d_dout, d_x, M, hdlm_cuda_stream());
@@ -578,7 +563,7 @@ static void test_sum_squares(void **state) {
     for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
         size_t n = sizes[k];
         float *x = random_floats(n, -2.0f, 2.0f);
-        float *d_x = upload_f32(x, n ? n : 1);
+        float *d_x = test_cuda_upload_f32(x, n ? n : 1);
         hdlm_cuda_sum_squares(d_out, d_x, n, hdlm_cuda_stream());
         double got, again, ref = hdlm_grad_norm(x, n);
         hdlm_cuda_synchronize();
@@ -607,7 +592,7 @@ static void test_adamw_and_ema(void **state) {
     hdlm_lr_schedule sched = {HDLM_LR_WARMUP_COSINE, 3e-4, 0.0, 3, 10, 1};
     float *params = random_floats(N, -1.0f, 1.0f);
     float *m = hdlm_calloc(N, 4), *v = hdlm_calloc(N, 4);
-    float *d_params = upload_f32(params, N), *d_m = upload_f32(m, N), *d_v = upload_f32(v, N);
+    float *d_params = test_cuda_upload_f32(params, N), *d_m = test_cuda_upload_f32(m, N), *d_v = test_cuda_upload_f32(v, N);
     float *d_grads = hdlm_cuda_malloc(N * 4);
     hdlm_bf16 *d_shadow = hdlm_cuda_malloc(N * 2);
     for (int step = 1; step <= STEPS; step++) {
@@ -633,7 +618,7 @@ static void test_adamw_and_ema(void **state) {
     // EMA: the decay of call 2500 of the reference schedule, given to the GPU as a float.
     hdlm_ema_config ema = {0.9999, 2.0 / 3.0, 2000};
     float *shadow = random_floats(N, -1.0f, 1.0f);
-    float *d_ema = upload_f32(shadow, N);
+    float *d_ema = test_cuda_upload_f32(shadow, N);
     hdlm_cuda_ema_update(d_ema, d_params, N, (float)hdlm_ema_decay(&ema, 2500), hdlm_cuda_stream());
     hdlm_ema_update(shadow, g_params, N, &ema, 2500);
     float *g_ema = download_f32(d_ema, N);

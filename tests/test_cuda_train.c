@@ -43,12 +43,6 @@ static const double RESUME_TOL = 1e-4;
 
 static char tmp[1024], data[1100];
 
-static bool gpu_or_skip(void) {
-    if (hdlm_cuda_device_count() > 0) return true;
-    print_message("skipped: %s\n", hdlm_cuda_unavailable_reason());
-    return false;
-}
-
 // Token shards (train and validation) of a periodic stream: position j holds 1000 + (j mod 40), so a masked token
 // is predictable from any neighbour.
 static void write_corpus(const char *dir) {
@@ -91,7 +85,7 @@ static void destroy(hdlm_trainer *t) {
 
 static void test_gpu_tracks_cpu(void **state) {
     (void)state;
-    if (!gpu_or_skip()) skip();
+    if (!test_gpu_ready()) skip();
     hdlm_trainer *cpu = create("cpu", "cpu", NULL), *gpu = create("cuda", "gpu", NULL);
     double lc[K_UPDATES], lg[K_UPDATES];
     for (int k = 0; k < K_UPDATES; k++) {
@@ -132,7 +126,7 @@ static void test_gpu_tracks_cpu(void **state) {
 
 static void test_gpu_checkpoint_round_trip(void **state) {
     (void)state;
-    if (!gpu_or_skip()) skip();
+    if (!test_gpu_ready()) skip();
     hdlm_trainer *a = create("cuda", "resume_a", NULL);
     hdlm_update_stats s;
     for (int k = 0; k < 3; k++) hdlm_trainer_update(a, &s);
