@@ -1,8 +1,8 @@
-// The tiled attention layer (src/layer_attention.c) at lengths that span several query blocks (L = 300: four full
-// 64-row blocks and a partial one; keys padded from 300 to 320), against a direct float64 evaluation written from the spec's rules
-// (hdlm_mask_allowed, the uniform rule for fully masked rows, inverted dropout drawn with hdlm_rng_uniform_at at
-// element ((b·H + h)·L + i)·L + j): outputs, log-sum-exp and the gradients of q, k and v. The model tests use
-// L = 70, a single tile, so this is what covers the tile boundaries and the per-row dropout offsets.
+// The tiled attention layer (src/layer_attention.c) at L = 300: four full 64-query blocks and a partial one, keys
+// padded from 300 to 320, head_dim 8 padded to a whole micro-tile. Checked against a direct float64 evaluation
+// written from the spec's rules (hdlm_mask_allowed, the uniform rule for fully masked rows, inverted dropout drawn
+// with hdlm_rng_uniform_at at element ((b·H + h)·L + i)·L + j): outputs, log-sum-exp and the gradients of q, k, v.
+// This is what covers the block boundaries, the padding and the per-row dropout offsets at length.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
