@@ -1,4 +1,5 @@
-// fp32 GEMM through BLIS with the kernel set selected from cpuid (see include/hdlm/blas.h).
+// fp32 GEMM: hdlm's own kernel on AVX-512 CPUs (src/blas_kernel.c), elsewhere BLIS with the kernel set selected
+// from cpuid (see include/hdlm/blas.h).
 #include "hdlm/blas.h"
 
 #include <blis.h>
@@ -7,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "blas_internal.h"
 #include "hdlm/common.h"
 
 static int blas_ready;   // kernel choice made (first call, before any other BLIS use)
@@ -54,7 +56,11 @@ int hdlm_blas_threads(void) {
 
 const char *hdlm_blas_arch(void) {
     if (!blas_ready) hdlm_blas_init(0);
+#if defined(__AVX512F__)
+    return "hdlm avx512";
+#else
     return bli_arch_string(bli_arch_query_id());
+#endif
 }
 
 static void blas_gemm(rntm_t *rntm, bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
@@ -71,6 +77,10 @@ static void blas_gemm(rntm_t *rntm, bool trans_a, bool trans_b, int m, int n, in
 void hdlm_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                 const float *b, int ldb, float beta, float *c, int ldc) {
     int threads = hdlm_blas_threads();   // initialises BLIS outside the parallel region below
+#if defined(__AVX512F__)
+    hdlm_sgemm_kernel(omp_in_parallel() ? 1 : threads, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+#endif
     if (threads == 1 || omp_in_parallel()) {
         blas_gemm(NULL, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         return;
@@ -102,6 +112,10 @@ void hdlm_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, co
 
 void hdlm_sgemm_serial(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                        const float *b, int ldb, float beta, float *c, int ldc) {
+#if defined(__AVX512F__)
+    hdlm_sgemm_kernel(1, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+#endif
     rntm_t rntm;
     bli_rntm_init(&rntm);
     bli_rntm_set_num_threads(1, &rntm);

@@ -1,0 +1,202 @@
+// hdlm's own fp32 GEMM for AVX-512 CPUs (dispatched from src/blas.c). BLIS 0.9 has no Zen 4/5 kernels: its `skx`
+// sgemm reaches 74–85 % of a core's FMA peak on the DDiT's shapes there, this one 85–93 % (docs/model.md).
+//
+// C[m, n] = alpha · op(A) · op(B) + beta · C, row-major. C is computed in tiles of KERNEL_ROWS × KERNEL_COLS
+// accumulators held in registers (8 × 48: 24 of the 32 zmm registers). The depth k runs in blocks of DEPTH_BLOCK
+// (the last one shorter): per element one FMA chain per block, from zero in k order, and the blocks' sums added to
+// C in order. hdlm_sgemm_packed (src/blas_packed.c) does the same arithmetic, so the two give the same bits.
+//   - B is packed per 48-column panel and depth block into [depth][48] (zero-padded): the kernel reads it from L2.
+//   - A is read in place, one broadcast per row and k, when its rows run along k. A transposed A is packed first,
+//     per depth block and block of rows, into [tile][depth][8]: read in place, every k would be a new cache line.
+// Threads split the column panels (or the row tiles when there are fewer panels than threads); every element is
+// computed by one thread in the same order, so results do not depend on the thread count.
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blas_internal.h"
+#include "hdlm/common.h"
+
+#if defined(__AVX512F__)
+
+enum { LANES = 16, KERNEL_VECS = 3, KERNEL_ROWS = 8, KERNEL_COLS = LANES * KERNEL_VECS };
+// Rows of a transposed A packed at a time (with DEPTH_BLOCK: 4 MB, shared by the threads).
+enum { PACKED_A_ROWS = 128 * KERNEL_ROWS };
+
+typedef float vecf __attribute__((vector_size(LANES * sizeof(float))));
+typedef float vecf_unaligned __attribute__((vector_size(LANES * sizeof(float)), aligned(4)));
+typedef int32_t veci __attribute__((vector_size(LANES * sizeof(int32_t))));
+
+static int min_int(int a, int b) { return a < b ? a : b; }
+
+// A buffer of at least `floats` floats, 64-byte aligned, kept for the thread's later calls.
+static float *thread_buffer(float **buf, size_t *cap, size_t floats) {
+    if (floats > *cap) {
+        free(*buf);
+        *buf = aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
+        HDLM_ASSERT(*buf != NULL, "out of memory for a GEMM buffer of %zu floats", floats);
+        *cap = floats;
+    }
+    return *buf;
+}
+static _Thread_local float *packed_b, *packed_a;
+static _Thread_local size_t packed_b_cap, packed_a_cap;
+
+// C[rows, cols] = alpha · Σ_{k < depth} A(r, k) · bp[k][0:48] + (beta == 0 ? 0 : beta · C), with
+// A(r, k) = a[r·a_row + k·a_k]; rows ≤ 8, cols ≤ 48. Edge tiles compute the full tile and store the valid part.
+static inline void kernel(int depth, const float *a, size_t a_row, size_t a_k, const float *bp, float *c, size_t ldc,
+                          int rows, int cols, float alpha, float beta) {
+    const float *ar[KERNEL_ROWS];
+    for (int r = 0; r < KERNEL_ROWS; r++) ar[r] = a + (size_t)(r < rows ? r : rows - 1) * a_row;
+    vecf acc[KERNEL_ROWS][KERNEL_VECS];
+    for (int r = 0; r < KERNEL_ROWS; r++)
+        for (int v = 0; v < KERNEL_VECS; v++) acc[r][v] = (vecf){0};
+    for (int k = 0; k < depth; k++) {
+        const vecf *bk = (const vecf *)(bp + (size_t)k * KERNEL_COLS);
+        vecf bv[KERNEL_VECS];
+        for (int v = 0; v < KERNEL_VECS; v++) bv[v] = bk[v];
+        for (int r = 0; r < KERNEL_ROWS; r++) {
+            vecf x = ar[r][(size_t)k * a_k] - (vecf){0};   // broadcast
+            for (int v = 0; v < KERNEL_VECS; v++) acc[r][v] += x * bv[v];
+        }
+    }
+    // One rounding per update in every case (c + alpha·sum is one FMA), the same in the vector and scalar stores.
+    if (rows == KERNEL_ROWS && cols == KERNEL_COLS) {
+        for (int r = 0; r < KERNEL_ROWS; r++) {
+            vecf_unaligned *cr = (vecf_unaligned *)(c + (size_t)r * ldc);
+            for (int v = 0; v < KERNEL_VECS; v++)
+                cr[v] = beta == 0.0f ? alpha * acc[r][v]
+                        : beta == 1.0f ? cr[v] + alpha * acc[r][v]
+                                       : alpha * acc[r][v] + beta * cr[v];
+        }
+        return;
+    }
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < cols; j++) {
+            float sum = acc[r][j / LANES][j % LANES], *cj = c + (size_t)r * ldc + j;
+            *cj = beta == 0.0f ? alpha * sum : beta == 1.0f ? *cj + alpha * sum : alpha * sum + beta * *cj;
+        }
+}
+
+// x[r][j] ↔ x[j][r]: swaps the off-diagonal b×b blocks of every 2b×2b block, for b = LANES/2 down to 1.
+static void transpose_block(vecf x[LANES]) {
+    for (int b = LANES / 2; b >= 1; b /= 2) {
+        veci first, second;   // shuffle indices into the pair (x[r], x[r + b])
+        for (int j = 0; j < LANES; j++) {
+            bool even = (j / b) % 2 == 0;
+            first[j] = even ? j : LANES + j - b;
+            second[j] = even ? j + b : LANES + j;
+        }
+        for (int r0 = 0; r0 < LANES; r0 += 2 * b)
+            for (int r = r0; r < r0 + b; r++) {
+                vecf lo = x[r], hi = x[r + b];
+                x[r] = __builtin_shuffle(lo, hi, first);
+                x[r + b] = __builtin_shuffle(lo, hi, second);
+            }
+    }
+}
+
+// B(k, j) = b[k·b_k + j·b_j] for k in [k0, k0 + depth) and j in [j0, j0 + 48) into bp[depth][48], zero beyond n.
+static void pack_b(float *bp, const float *b, size_t b_k, size_t b_j, int n, int k0, int depth, int j0) {
+    int cols = min_int(n - j0, KERNEL_COLS);
+    if (b_j == 1) {
+        for (int k = 0; k < depth; k++) {
+            float *dst = bp + (size_t)k * KERNEL_COLS;
+            memcpy(dst, b + (size_t)(k0 + k) * b_k + j0, (size_t)cols * sizeof(float));
+            memset(dst + cols, 0, (size_t)(KERNEL_COLS - cols) * sizeof(float));
+        }
+        return;
+    }
+    // The rows of the source are columns of B: LANES × LANES blocks, one source row after the other (each read as
+    // one stream), transposed in registers.
+    int whole = cols == KERNEL_COLS ? depth / LANES * LANES : 0;
+    for (int j1 = 0; j1 < KERNEL_COLS && whole > 0; j1 += LANES)
+        for (int k = 0; k < whole; k += LANES) {
+            vecf x[LANES];
+            for (int r = 0; r < LANES; r++) memcpy(&x[r], b + (size_t)(j0 + j1 + r) * b_j + k0 + k, sizeof x[r]);
+            transpose_block(x);
+            for (int r = 0; r < LANES; r++) *(vecf *)(bp + (size_t)(k + r) * KERNEL_COLS + j1) = x[r];
+        }
+    for (int j = 0; j < KERNEL_COLS; j++)
+        for (int k = whole; k < depth; k++)
+            bp[(size_t)k * KERNEL_COLS + j] = j < cols ? b[(size_t)(j0 + j) * b_j + k0 + k] : 0.0f;
+}
+
+// Tiles [t0, t1) of a transposed A (A(r, k) = a[r + k·a_k]), rows from r_base, depths [k0, k0 + depth), into
+// ap[tile - t_base][depth][8], rows beyond m zero.
+static void pack_a_transposed(float *ap, const float *a, size_t a_k, int m, int k0, int depth, int t_base, int t0,
+                              int t1) {
+    for (int t = t0; t < t1; t++) {
+        float *dst = ap + (size_t)(t - t_base) * depth * KERNEL_ROWS;
+        int r0 = t * KERNEL_ROWS, rows = min_int(m - r0, KERNEL_ROWS);
+        for (int k = 0; k < depth; k++) {
+            const float *src = a + (size_t)(k0 + k) * a_k + r0;
+            if (rows == KERNEL_ROWS) memcpy(dst + (size_t)k * KERNEL_ROWS, src, KERNEL_ROWS * sizeof(float));
+            else
+                for (int r = 0; r < KERNEL_ROWS; r++) dst[(size_t)k * KERNEL_ROWS + r] = r < rows ? src[r] : 0.0f;
+        }
+    }
+}
+
+static void scale_c(int m, int n, float beta, float *c, int ldc) {
+    for (int r = 0; r < m; r++)
+        for (int j = 0; j < n; j++) c[(size_t)r * ldc + j] = beta == 0.0f ? 0.0f : beta * c[(size_t)r * ldc + j];
+}
+
+void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
+                       int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+    if (m == 0 || n == 0) return;
+    if (k == 0) {
+        scale_c(m, n, beta, c, ldc);
+        return;
+    }
+    size_t a_row = trans_a ? 1 : (size_t)lda, a_k = trans_a ? (size_t)lda : 1;
+    size_t b_k = trans_b ? 1 : (size_t)ldb, b_j = trans_b ? (size_t)ldb : 1;
+    int tiles = (m + KERNEL_ROWS - 1) / KERNEL_ROWS, panels = (n + KERNEL_COLS - 1) / KERNEL_COLS;
+    bool split_panels = panels >= threads;
+    // A transposed A is packed in blocks of rows; otherwise one "block" holds every row.
+    int block_tiles = trans_a ? PACKED_A_ROWS / KERNEL_ROWS : tiles;
+    float *ap = trans_a ? thread_buffer(&packed_a, &packed_a_cap,
+                                        (size_t)min_int(tiles, block_tiles) * KERNEL_ROWS * min_int(k, DEPTH_BLOCK))
+                        : NULL;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        int p0 = split_panels ? (int)((long)panels * t / nt) : 0, p1 = split_panels ? (int)((long)panels * (t + 1) / nt) : panels;
+        float *bp = thread_buffer(&packed_b, &packed_b_cap, (size_t)DEPTH_BLOCK * KERNEL_COLS);
+        for (int k0 = 0; k0 < k; k0 += DEPTH_BLOCK) {
+            int depth = min_int(k - k0, DEPTH_BLOCK);
+            float beta_now = k0 == 0 ? beta : 1.0f;
+            for (int tb0 = 0; tb0 < tiles; tb0 += block_tiles) {
+                int tb1 = min_int(tiles, tb0 + block_tiles), count = tb1 - tb0;
+                // this thread's tiles of the block
+                int q0 = split_panels ? tb0 : tb0 + (int)((long)count * t / nt);
+                int q1 = split_panels ? tb1 : tb0 + (int)((long)count * (t + 1) / nt);
+                if (trans_a) {
+                    // Shared packed block: every thread packs a share, after all have finished with the last one.
+#pragma omp barrier
+                    int s0 = tb0 + (int)((long)count * t / nt), s1 = tb0 + (int)((long)count * (t + 1) / nt);
+                    pack_a_transposed(ap, a, a_k, m, k0, depth, tb0, s0, s1);
+#pragma omp barrier
+                }
+                for (int p = p0; p < p1; p++) {
+                    int j0 = p * KERNEL_COLS, cols = min_int(n - j0, KERNEL_COLS);
+                    pack_b(bp, b, b_k, b_j, n, k0, depth, j0);
+                    for (int q = q0; q < q1; q++) {
+                        int r0 = q * KERNEL_ROWS, rows = min_int(m - r0, KERNEL_ROWS);
+                        float *ct = c + (size_t)r0 * ldc + j0;
+                        if (trans_a)
+                            kernel(depth, ap + (size_t)(q - tb0) * depth * KERNEL_ROWS, 1, KERNEL_ROWS, bp, ct, ldc,
+                                   rows, cols, alpha, beta_now);
+                        else
+                            kernel(depth, a + (size_t)r0 * a_row + k0, a_row, 1, bp, ct, ldc, rows, cols, alpha,
+                                   beta_now);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#endif
