@@ -63,9 +63,9 @@ const char *hdlm_blas_arch(void) {
 #endif
 }
 
+#if !defined(__AVX512F__)
 static void blas_gemm(rntm_t *rntm, bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
                       int lda, const float *b, int ldb, float beta, float *c, int ldc) {
-    if (!blas_ready) hdlm_blas_init(0);
     if (m == 0 || n == 0) return;
     // Transposes are expressed as strides (row-major A[m,k]: rs = lda, cs = 1; its transpose: rs = 1, cs = lda).
     inc_t rsa = trans_a ? 1 : lda, csa = trans_a ? lda : 1;
@@ -74,26 +74,17 @@ static void blas_gemm(rntm_t *rntm, bool trans_a, bool trans_b, int m, int n, in
                  &beta, c, ldc, 1, NULL, rntm);
 }
 
-void hdlm_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
-                const float *b, int ldb, float beta, float *c, int ldc) {
-    int threads = hdlm_blas_threads();   // initialises BLIS outside the parallel region below
-#if defined(__AVX512F__)
-    hdlm_sgemm_kernel(omp_in_parallel() ? 1 : threads, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    return;
-#endif
-    if (threads == 1 || omp_in_parallel()) {
-        blas_gemm(NULL, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-        return;
-    }
-    // Each thread computes one slice of C with single-threaded BLIS: rows when C is taller than wide, else columns,
-    // so only the smaller operand is packed twice. BLIS's own threads share packed panels but meet at barriers
-    // several times per call; on a shared machine one preempted thread then stalls both (the DDiT step's GEMMs took
-    // twice as long that way under a load average of 4), while on an idle machine the two forms run at the same
-    // rate. The k order of every element is that of a single-threaded call, so results do not depend on the thread
-    // count. Slices are multiples of 32 rows/columns (the micro-kernel tiles) apart from the last.
+// Each thread computes one slice of C with single-threaded BLIS: rows when C is taller than wide, else columns, so
+// only the smaller operand is packed twice. BLIS's own threads share packed panels but meet at barriers several
+// times per call; on a shared machine one preempted thread then stalls both (the DDiT step's GEMMs took twice as long
+// that way under a load average of 4), while on an idle machine the two forms run at the same rate. The k order of
+// every element is that of a single-threaded call, so results do not depend on the thread count. Slices are
+// multiples of 32 rows/columns (the micro-kernel tiles) apart from the last.
+static void blas_gemm_sliced(int threads, bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
+                             int lda, const float *b, int ldb, float beta, float *c, int ldc) {
     bool rows = m >= n;
     int extent = rows ? m : n;
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) if (threads > 1)
     {
         int t = omp_get_thread_num(), nt = omp_get_num_threads();
         int lo = (int)((long)extent * t / nt) / 32 * 32;
@@ -109,15 +100,25 @@ void hdlm_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, co
                       ldb, beta, c + lo, ldc);
     }
 }
+#endif
+
+static void gemm_on(int threads, bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
+                    int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+#if defined(__AVX512F__)
+    hdlm_sgemm_kernel(threads, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+#else
+    blas_gemm_sliced(threads, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+#endif
+}
+
+void hdlm_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                const float *b, int ldb, float beta, float *c, int ldc) {
+    int threads = hdlm_blas_threads();   // initialises BLIS outside any parallel region of the GEMM
+    gemm_on(omp_in_parallel() ? 1 : threads, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
 
 void hdlm_sgemm_serial(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                        const float *b, int ldb, float beta, float *c, int ldc) {
-#if defined(__AVX512F__)
-    hdlm_sgemm_kernel(1, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    return;
-#endif
-    rntm_t rntm;
-    bli_rntm_init(&rntm);
-    bli_rntm_set_num_threads(1, &rntm);
-    blas_gemm(&rntm, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    if (!blas_ready) hdlm_blas_init(0);
+    gemm_on(1, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }

@@ -1,5 +1,7 @@
-// hdlm/blas.h — fp32 GEMM through BLIS, with the kernel set chosen for this CPU.
+// hdlm/blas.h — fp32 GEMM with the kernels chosen for this CPU.
 //
+// AVX-512 builds use hdlm's own kernel (src/blas_kernel.c): BLIS 0.9 has no Zen 4/5 kernels, and its `skx` sgemm
+// reached 74–85 % of the FMA peak on the DDiT's shapes there against 85–93 % (docs/model.md). Other builds use BLIS.
 // BLIS 0.9.0 does not recognise every CPU: on Zen 5 it silently falls back to its generic kernels (5x slow). So
 // hdlm_blas_init() picks the kernel set from cpuid before the first BLIS call (platform notes): AVX-512 -> skx;
 // otherwise BLIS's own choice, unless that is `generic` on an AVX2+FMA CPU -> zen3.
@@ -13,12 +15,14 @@
 void hdlm_blas_init(int threads);
 // The thread count GEMMs use (the last hdlm_blas_init's; calls hdlm_blas_init(0) when needed).
 int hdlm_blas_threads(void);
-// The name of the kernel set in use ("skx", "zen3", ...); calls hdlm_blas_init(0) when needed.
+// The name of the kernel set in use ("hdlm avx512", or BLIS's "skx", "zen3", ...); calls hdlm_blas_init(0) when
+// needed.
 const char *hdlm_blas_arch(void);
 
 // Row-major C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C. op(A) = A (lda = row stride of A[m,k]) or, with
 // trans_a, the transpose of a row-major A[k,m] (lda its row stride); likewise B. Uses hdlm_blas_threads() threads,
-// each computing a slice of C with single-threaded BLIS (called inside an OpenMP parallel region: one thread).
+// each computing a slice of C (called inside an OpenMP parallel region: one thread); the bits do not depend on the
+// thread count.
 void hdlm_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                 const float *b, int ldb, float beta, float *c, int ldc);
 // The same on the calling thread only: for GEMMs issued from inside an OpenMP parallel region.
@@ -26,12 +30,13 @@ void hdlm_sgemm_serial(bool trans_a, bool trans_b, int m, int n, int k, float al
                        const float *b, int ldb, float beta, float *c, int ldc);
 
 // W[n, k] (row-major, the nn.Linear layout) packed once for many products C[m, n] = A[m, k]·Wᵀ with few rows m
-// (inference; src/blas_packed.c). The result reproduces, bit for bit, what hdlm_sgemm(false, true, ...) computes with
-// BLIS's packed kernels (one FMA chain per KC block of k, the blocks' sums added in order), so callers can mix the
-// two; tests/test_kv_cache.c checks it. Parallel over panels of W (OpenMP) when the product is not tiny.
+// (inference; src/blas_packed.c). The result reproduces, bit for bit, what hdlm_sgemm(false, true, ...) computes
+// (one FMA chain per depth block of k, the blocks' sums added in order; the blocks are hdlm's or BLIS's KC), so
+// callers can mix the two; tests/test_kv_cache.c checks it. Parallel over panels of W (OpenMP) when the product is
+// not tiny.
 typedef struct {
     int n, k;
-    int kc_def, kc_max;   // BLIS's KC blocking of k for this CPU
+    int kc_def, kc_max;   // the depth blocking of hdlm_sgemm's kernel for this CPU
     float *data;          // ⌈n/32⌉ panels [k][32], zero-padded
 } hdlm_packed_weights;
 void hdlm_packed_weights_init(hdlm_packed_weights *p, const float *w, int n, int k);
