@@ -380,7 +380,7 @@ void hdlm_model_zero_grad(hdlm_model *m) {
 }
 
 // Tiny gradients (probabilities ~1e-30 times loss gradients ~1e-9) fall into the denormal range, where x86
-// arithmetic, BLIS kernels included, runs ~100x slower. Flush them to zero (FTZ/DAZ) on every OpenMP thread (BLIS runs
+// arithmetic, GEMM kernels included, runs ~100x slower. Flush them to zero (FTZ/DAZ) on every OpenMP thread (GEMMs run
 // on the same threads); the values involved are below 1e-38, far under fp32 resolution of anything they are added to.
 static void model_flush_denormals(void) {
 #if defined(__SSE__)

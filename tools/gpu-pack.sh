@@ -16,7 +16,7 @@ STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
 
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DHDLM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-    -DCMAKE_C_FLAGS_RELEASE="-O3 -march=x86-64-v3 -DNDEBUG" >/dev/null
+    -DHDLM_MARCH=x86-64-v3 >/dev/null
 targets=(hdlm-bench test_mpi_cuda_nccl)
 for t in tests/test_cuda_*.c; do targets+=("$(basename "$t" .c)"); done
 cmake --build "$BUILD" -j"$(nproc)" --target "${targets[@]}"

@@ -35,8 +35,8 @@ typedef struct {
 
 // One pass of the step's linear-layer and head GEMMs alone, with the shapes and transposes hdlm_linear_forward and
 // hdlm_linear_backward use, on scratch buffers: seconds, and their FLOPs in *flops. Against the step time this
-// separates BLIS's own rate on these shapes from everything else the step does (attention, element-wise layers,
-// loss, bias sums).
+// separates the GEMM kernels' own rate on these shapes from everything else the step does (attention, element-wise
+// layers, loss, bias sums).
 static double gemm_pass(const hdlm_model *m, bench_shape s, const gemm_scratch *g, double *flops) {
     const hdlm_model_config *c = &m->config;
     int n = s.batch * s.length, d = c->width, f = c->mlp_ratio * d, V = c->vocab;
@@ -158,7 +158,7 @@ int bench_model_main(int argc, char **argv) {
         load[strcspn(load, "\n")] = '\0';
         fclose(lf);
     }
-    printf("machine: %d threads, BLIS kernels %s, fp32 FMA peak %.0f GFLOP/s (measured), load average %s\n", threads,
+    printf("machine: %d threads, GEMM kernels %s, fp32 FMA peak %.0f GFLOP/s (measured), load average %s\n", threads,
            hdlm_blas_arch(), peak, load);
 
     hdlm_model_config cfg = hdlm_model_config_ddit_small(HDLM_FAMILY_EPSILON);
