@@ -47,11 +47,13 @@ static void linear_bias_backward(float *db, const float *dout, int n, int out_di
 void hdlm_linear_backward(float *din, float *dw, float *db, const float *dout, const float *in, const float *w, int n,
                           int in_dim, int out_dim, bool accumulate) {
     float din_beta = accumulate ? 1.0f : 0.0f;
+#if !defined(__AVX512F__)
     if (din && hdlm_blas_threads() == 2 && !omp_in_parallel()) {
-        // dW and din are independent GEMMs of equal FLOPs: on two threads, one each with single-threaded BLIS. No
-        // barriers inside BLIS then, which measured ~5% faster on an idle 2-core machine and much less sensitive to
-        // other jobs preempting one of the threads. Each element is computed as with BLIS's own threads (the k
-        // order does not depend on how BLIS splits m and n), so results do not change.
+        // With BLIS (include/hdlm/blas.h): dW and din are independent GEMMs of equal FLOPs, so on two threads one
+        // each with single-threaded BLIS. No barriers inside BLIS then, which measured ~5% faster on an idle 2-core
+        // machine and much less sensitive to other jobs preempting one of the threads. hdlm's AVX-512 kernel is
+        // faster the other way (both GEMMs on both threads: linear backward 0.80–0.82 s against 0.86–0.88 s per
+        // 4×256 step). Results are the same either way (the k order of each element does not depend on the split).
 #pragma omp parallel num_threads(2)
         {
             if (omp_get_thread_num() == 0)
@@ -63,6 +65,7 @@ void hdlm_linear_backward(float *din, float *dw, float *db, const float *dout, c
         if (db) linear_bias_backward(db, dout, n, out_dim);
         return;
     }
+#endif
     // dW[o,i] += dout[N,o]ᵀ · in[N,i]
     hdlm_sgemm(true, false, out_dim, in_dim, n, 1.0f, dout, out_dim, in, in_dim, 1.0f, dw, in_dim);
     if (db) linear_bias_backward(db, dout, n, out_dim);
