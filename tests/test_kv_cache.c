@@ -137,16 +137,15 @@ static void test_cached_sampling_gives_the_same_tokens(void **state) {
     }
 }
 
-// The packed-weight product reproduces BLIS's bits (the cached path uses it, the uncached forward uses BLIS): every
-// row count from 1 to 70 (row tiles and their edges) and a large one, widths below, at and across BLIS's KC
-// blocking (one block, two blocks, a remainder merged into the last block, many blocks), output counts that are not
-// multiples of the 32-wide panels.
-static void test_packed_product_matches_blis_bits(void **state) {
+// The packed-weight product reproduces hdlm_sgemm's bits (the cached path uses it, the uncached forward hdlm_sgemm):
+// every row count from 1 to 70 (row tiles and their edges) and a large one, depths below, at and across the depth
+// blocking (one block, two blocks, a remainder, many blocks), output counts that are not multiples of the panels.
+static void test_packed_product_matches_sgemm_bits(void **state) {
     (void)state;
-    const int ks[] = {16, 256, 400, 768, 900, 3072}, ns[] = {13, 77, 2304};
+    const int ks[] = {16, 256, 400, 768, 900, 1500, 3072}, ns[] = {13, 77, 2304};
     hdlm_rng rng;
     hdlm_rng_init(&rng, 21);
-    for (int ki = 0; ki < 6; ki++)
+    for (int ki = 0; ki < 7; ki++)
         for (int ni = 0; ni < 3; ni++) {
             int k = ks[ki], n = ns[ni], rows_max = 300;
             float *w = hdlm_malloc((size_t)n * k * sizeof *w), *a = hdlm_malloc((size_t)rows_max * k * sizeof *a);
@@ -160,7 +159,7 @@ static void test_packed_product_matches_blis_bits(void **state) {
                 hdlm_sgemm(false, true, m, n, k, 1.0f, a, k, w, k, 0.0f, want, n);
                 hdlm_sgemm_packed(m, a, k, &p, got, n);
                 if (memcmp(want, got, (size_t)m * n * sizeof *got) != 0)
-                    fail_msg("packed product differs from BLIS at m %d, n %d, k %d", m, n, k);
+                    fail_msg("packed product differs from hdlm_sgemm at m %d, n %d, k %d", m, n, k);
                 if (m == rows_max) break;
             }
             hdlm_packed_weights_free(&p);
@@ -190,7 +189,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cached_forward_matches_uncached),
         cmocka_unit_test(test_cached_sampling_gives_the_same_tokens),
-        cmocka_unit_test(test_packed_product_matches_blis_bits),
+        cmocka_unit_test(test_packed_product_matches_sgemm_bits),
         cmocka_unit_test(test_cache_needs_block_schedule),
     };
     return cmocka_run_group_tests_name("kv_cache", tests, NULL, NULL);
