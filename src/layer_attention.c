@@ -85,6 +85,8 @@ static float vec_max(const float *x, int n) {
 
 // C[rows, TILE_COLS] = alpha · Σ_{k < depth} A(r, k) · B[k, 0:TILE_COLS] (+ C when accumulate), with
 // A(r, k) = a[r·a_row + k·a_k] (so A may be read transposed) and rows ≤ TILE_ROWS. B and C rows are vector-aligned.
+// The GEMM's kernel (src/blas_kernel.c) has the same inner loop but 48-column tiles over packed B panels; here the
+// tile is 64 columns wide, one head, and B is read where the per-head copies put it.
 static inline void tile_product(int rows, int depth, const float *a, size_t a_row, size_t a_k, const float *b,
                                 size_t ldb, float *c, size_t ldc, float alpha, bool accumulate) {
     const float *ar[TILE_ROWS];
