@@ -163,7 +163,8 @@ void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, in
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        int p0 = split_panels ? (int)((long)panels * t / nt) : 0, p1 = split_panels ? (int)((long)panels * (t + 1) / nt) : panels;
+        int p0 = split_panels ? (int)((long)panels * t / nt) : 0;
+        int p1 = split_panels ? (int)((long)panels * (t + 1) / nt) : panels;
         float *bp = thread_buffer(&packed_b, &packed_b_cap, (size_t)DEPTH_BLOCK * KERNEL_COLS);
         for (int k0 = 0; k0 < k; k0 += DEPTH_BLOCK) {
             int depth = min_int(k - k0, DEPTH_BLOCK);

@@ -323,7 +323,8 @@ void hdlm_attention_backward(float *dqkv, const float *dout, const float *out, c
                     } else {
                         hv = mask_row_tail(p, hi);
                         vecf l = vec_broadcast(lse_bh[i]);
-                        for (int j = 0; j < hv; j += LANES) *(vecf *)(p + j) = vec_exp_nonpositive(*(vecf *)(p + j) - l);
+                        for (int j = 0; j < hv; j += LANES)
+                            *(vecf *)(p + j) = vec_exp_nonpositive(*(vecf *)(p + j) - l);
                     }
                     for (int j = hv; j < kvp; j++) p[j] = 0.0f;
                     if (drop) {

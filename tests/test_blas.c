@@ -73,7 +73,8 @@ static void case_check(const gemm_case *g, const float *c) {
             }
             double c0 = g->c0[(size_t)r * g->ldc + j];
             double want = g->alpha * sum + (g->beta == 0.0f ? 0.0 : g->beta * c0);
-            double tol = (g->k + 2) * 0x1p-24 * (fabs(g->alpha) * mag + (g->beta == 0.0f ? 0.0 : fabs(g->beta * c0))) + 1e-30;
+            double scale = fabs(g->alpha) * mag + (g->beta == 0.0f ? 0.0 : fabs(g->beta * c0));
+            double tol = (g->k + 2) * 0x1p-24 * scale + 1e-30;
             double got = c[(size_t)r * g->ldc + j];
             if (!(fabs(got - want) <= tol))
                 fail_msg("ta %d tb %d m %d n %d k %d alpha %g beta %g: C[%d][%d] = %.9g, want %.9g (tolerance %.2g)",
@@ -97,7 +98,8 @@ static void test_sgemm_matches_float64(void **state) {
         for (int mi = 0; mi < 5; mi++)
             for (int ni = 0; ni < 5; ni++)
                 for (int ki = 0; ki < 4; ki++) {
-                    gemm_case g = case_make(&rng, t & 1, t & 2, ms[mi], ns[ni], ks[ki], -1.25f, betas[(mi + ni + ki) % 3]);
+                    float beta = betas[(mi + ni + ki) % 3];
+                    gemm_case g = case_make(&rng, t & 1, t & 2, ms[mi], ns[ni], ks[ki], -1.25f, beta);
                     float *c = case_run(&g, 2, false);
                     case_check(&g, c);
                     free(c);
@@ -113,7 +115,8 @@ static void test_sgemm_large_blocks(void **state) {
     const int shapes[][3] = {{20, 100, 2500}, {1100, 50, 70}, {1030, 97, 1100}};
     for (int s = 0; s < 3; s++)
         for (int t = 0; t < 4; t++) {
-            gemm_case g = case_make(&rng, t & 1, t & 2, shapes[s][0], shapes[s][1], shapes[s][2], 1.0f, t == 3 ? 1.0f : 0.0f);
+            float beta = t == 3 ? 1.0f : 0.0f;
+            gemm_case g = case_make(&rng, t & 1, t & 2, shapes[s][0], shapes[s][1], shapes[s][2], 1.0f, beta);
             float *c = case_run(&g, 2, false);
             case_check(&g, c);
             free(c);
