@@ -102,23 +102,37 @@ static void blas_gemm_sliced(int threads, bool trans_a, bool trans_b, int m, int
 }
 #endif
 
+void hdlm_add_bias_rows(float *c, int ldc, int m, int n, const float *bias) {
+#pragma omp parallel for schedule(static) if ((size_t)m * n > 65536 && !omp_in_parallel())
+    for (int r = 0; r < m; r++) {
+        float *row = c + (size_t)r * ldc;
+        for (int j = 0; j < n; j++) row[j] += bias[j];
+    }
+}
+
 static void gemm_on(int threads, bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
-                    int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+                    int lda, const float *b, int ldb, float beta, float *c, int ldc, const float *bias) {
 #if defined(__AVX512F__)
-    hdlm_sgemm_kernel(threads, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    hdlm_sgemm_kernel(threads, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias);
 #else
     blas_gemm_sliced(threads, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    if (bias) hdlm_add_bias_rows(c, ldc, m, n, bias);
 #endif
 }
 
 void hdlm_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                 const float *b, int ldb, float beta, float *c, int ldc) {
+    hdlm_sgemm_bias(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, NULL);
+}
+
+void hdlm_sgemm_bias(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                     const float *b, int ldb, float beta, float *c, int ldc, const float *bias) {
     int threads = hdlm_blas_threads();   // initialises BLIS outside any parallel region of the GEMM
-    gemm_on(omp_in_parallel() ? 1 : threads, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    gemm_on(omp_in_parallel() ? 1 : threads, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias);
 }
 
 void hdlm_sgemm_serial(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                        const float *b, int ldb, float beta, float *c, int ldc) {
     if (!blas_ready) hdlm_blas_init(0);
-    gemm_on(1, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    gemm_on(1, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, NULL);
 }

@@ -7,7 +7,11 @@
 // Depth blocking of hdlm_sgemm_kernel: one FMA chain per element and block of this many k (the last one shorter).
 enum { DEPTH_BLOCK = 1024 };
 
-// hdlm's own GEMM (src/blas_kernel.c, AVX-512 builds only), same contract as hdlm_sgemm, on `threads` threads.
+// hdlm's own GEMM (src/blas_kernel.c, AVX-512 builds only), same contract as hdlm_sgemm, on `threads` threads;
+// bias (NULL: none) as in hdlm_sgemm_bias.
 void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
-                       int lda, const float *b, int ldb, float beta, float *c, int ldc);
+                       int lda, const float *b, int ldb, float beta, float *c, int ldc, const float *bias);
+
+// Adds bias[j] to every row of C[m, n] (OpenMP when large and not inside a parallel region).
+void hdlm_add_bias_rows(float *c, int ldc, int m, int n, const float *bias);
 #endif

@@ -43,10 +43,11 @@ static float *thread_buffer(float **buf, size_t *cap, size_t floats) {
 static _Thread_local float *packed_b, *packed_a;
 static _Thread_local size_t packed_b_cap, packed_a_cap;
 
-// C[rows, cols] = alpha · Σ_{k < depth} A(r, k) · bp[k][0:48] + (beta == 0 ? 0 : beta · C), with
-// A(r, k) = a[r·a_row + k·a_k]; rows ≤ 8, cols ≤ 48. Edge tiles compute the full tile and store the valid part.
+// C[rows, cols] = alpha · Σ_{k < depth} A(r, k) · bp[k][0:48] + (beta == 0 ? 0 : beta · C), then + bias[j] when
+// bias is given (a second rounding, as a separate bias pass would do), with A(r, k) = a[r·a_row + k·a_k]; rows ≤ 8,
+// cols ≤ 48. Edge tiles compute the full tile and store the valid part.
 static inline void kernel(int depth, const float *a, size_t a_row, size_t a_k, const float *bp, float *c, size_t ldc,
-                          int rows, int cols, float alpha, float beta) {
+                          int rows, int cols, float alpha, float beta, const float *bias) {
     const float *ar[KERNEL_ROWS];
     for (int r = 0; r < KERNEL_ROWS; r++) ar[r] = a + (size_t)(r < rows ? r : rows - 1) * a_row;
     vecf acc[KERNEL_ROWS][KERNEL_VECS];
@@ -65,10 +66,12 @@ static inline void kernel(int depth, const float *a, size_t a_row, size_t a_k, c
     if (rows == KERNEL_ROWS && cols == KERNEL_COLS) {
         for (int r = 0; r < KERNEL_ROWS; r++) {
             vecf_unaligned *cr = (vecf_unaligned *)(c + (size_t)r * ldc);
-            for (int v = 0; v < KERNEL_VECS; v++)
+            for (int v = 0; v < KERNEL_VECS; v++) {
                 cr[v] = beta == 0.0f ? alpha * acc[r][v]
                         : beta == 1.0f ? cr[v] + alpha * acc[r][v]
                                        : alpha * acc[r][v] + beta * cr[v];
+                if (bias) cr[v] += ((const vecf_unaligned *)bias)[v];
+            }
         }
         return;
     }
@@ -76,6 +79,7 @@ static inline void kernel(int depth, const float *a, size_t a_row, size_t a_k, c
         for (int j = 0; j < cols; j++) {
             float sum = acc[r][j / LANES][j % LANES], *cj = c + (size_t)r * ldc + j;
             *cj = beta == 0.0f ? alpha * sum : beta == 1.0f ? *cj + alpha * sum : alpha * sum + beta * *cj;
+            if (bias) *cj += bias[j];
         }
 }
 
@@ -139,16 +143,20 @@ static void pack_a_transposed(float *ap, const float *a, size_t a_k, int m, int 
     }
 }
 
-static void scale_c(int m, int n, float beta, float *c, int ldc) {
+static void scale_c(int m, int n, float beta, float *c, int ldc, const float *bias) {
     for (int r = 0; r < m; r++)
-        for (int j = 0; j < n; j++) c[(size_t)r * ldc + j] = beta == 0.0f ? 0.0f : beta * c[(size_t)r * ldc + j];
+        for (int j = 0; j < n; j++) {
+            float *cj = c + (size_t)r * ldc + j;
+            *cj = beta == 0.0f ? 0.0f : beta * *cj;
+            if (bias) *cj += bias[j];
+        }
 }
 
 void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
-                       int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+                       int lda, const float *b, int ldb, float beta, float *c, int ldc, const float *bias) {
     if (m == 0 || n == 0) return;
     if (k == 0) {
-        scale_c(m, n, beta, c, ldc);
+        scale_c(m, n, beta, c, ldc, bias);
         return;
     }
     size_t a_row = trans_a ? 1 : (size_t)lda, a_k = trans_a ? (size_t)lda : 1;
@@ -169,6 +177,7 @@ void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, in
         for (int k0 = 0; k0 < k; k0 += DEPTH_BLOCK) {
             int depth = min_int(k - k0, DEPTH_BLOCK);
             float beta_now = k0 == 0 ? beta : 1.0f;
+            bool last = k0 + depth == k;   // the bias goes on after the last depth block
             for (int tb0 = 0; tb0 < tiles; tb0 += block_tiles) {
                 int tb1 = min_int(tiles, tb0 + block_tiles), count = tb1 - tb0;
                 // this thread's tiles of the block
@@ -189,10 +198,10 @@ void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, in
                         float *ct = c + (size_t)r0 * ldc + j0;
                         if (trans_a)
                             kernel(depth, ap + (size_t)(q - tb0) * depth * KERNEL_ROWS, 1, KERNEL_ROWS, bp, ct, ldc,
-                                   rows, cols, alpha, beta_now);
+                                   rows, cols, alpha, beta_now, last && bias ? bias + j0 : NULL);
                         else
                             kernel(depth, a + (size_t)r0 * a_row + k0, a_row, 1, bp, ct, ldc, rows, cols, alpha,
-                                   beta_now);
+                                   beta_now, last && bias ? bias + j0 : NULL);
                     }
                 }
             }

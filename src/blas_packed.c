@@ -94,7 +94,8 @@ static void panel_tile(const float *a, int lda, int rows, const float *panel, in
 #endif
 }
 
-void hdlm_sgemm_packed(int m, const float *a, int lda, const hdlm_packed_weights *w, float *c, int ldc) {
+void hdlm_sgemm_packed(int m, const float *a, int lda, const hdlm_packed_weights *w, const float *bias, float *c,
+                       int ldc) {
     int panels = (w->n + PANEL - 1) / PANEL, k = w->k;
     // One task per panel: the panel's KC block stays in L1/L2 while every row tile passes over it.
 #pragma omp parallel for schedule(static) if ((size_t)m * w->n * k > (1u << 20))
@@ -109,4 +110,5 @@ void hdlm_sgemm_packed(int m, const float *a, int lda, const hdlm_packed_weights
             k0 = k1;
         }
     }
+    if (bias) hdlm_add_bias_rows(c, ldc, m, w->n, bias);
 }

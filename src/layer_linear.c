@@ -1,28 +1,18 @@
-// Linear layer (nn.Linear layout W[out, in]): forward and backward through BLIS GEMMs (spec §7.1).
+// Linear layer (nn.Linear layout W[out, in]): forward and backward through hdlm_sgemm (spec §7.1).
 #include <omp.h>
 #include <string.h>
 
 #include "hdlm/blas.h"
 #include "hdlm/layers.h"
 
-static void linear_add_bias(float *out, const float *b, int n, int out_dim) {
-#pragma omp parallel for schedule(static) if ((size_t)n * out_dim > 65536)
-    for (int r = 0; r < n; r++) {
-        float *row = out + (size_t)r * out_dim;
-        for (int o = 0; o < out_dim; o++) row[o] += b[o];
-    }
-}
-
 void hdlm_linear_forward(float *out, const float *in, const float *w, const float *b, int n, int in_dim,
                          int out_dim) {
-    // out[N,o] = in[N,i] · W[o,i]ᵀ
-    hdlm_sgemm(false, true, n, out_dim, in_dim, 1.0f, in, in_dim, w, in_dim, 0.0f, out, out_dim);
-    if (b) linear_add_bias(out, b, n, out_dim);
+    // out[N,o] = in[N,i] · W[o,i]ᵀ + b
+    hdlm_sgemm_bias(false, true, n, out_dim, in_dim, 1.0f, in, in_dim, w, in_dim, 0.0f, out, out_dim, b);
 }
 
 void hdlm_linear_forward_packed(float *out, const float *in, const hdlm_packed_weights *w, const float *b, int n) {
-    hdlm_sgemm_packed(n, in, w->k, w, out, w->n);
-    if (b) linear_add_bias(out, b, n, w->n);
+    hdlm_sgemm_packed(n, in, w->k, w, b, out, w->n);
 }
 
 // db[o] += Σ_r dout[r, o]: threads own disjoint column ranges, so the sum order is fixed.

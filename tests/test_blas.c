@@ -2,7 +2,8 @@
 // float64 product: every transpose combination; sizes at, below and above the 8 × 48 register tile, the depth
 // blocks and the packed row blocks of a transposed A; leading dimensions larger than the matrix; alpha ≠ 1 and
 // beta 0, 1 and 0.5 (beta 0 must not read C: it starts as NaN); k = 0. Also: the same bits for 1 and 2 threads
-// and from inside a parallel region, which the model's results rely on.
+// and from inside a parallel region, which the model's results rely on, and hdlm_sgemm_bias against a separate
+// bias pass.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -140,6 +141,30 @@ static void test_sgemm_empty_depth(void **state) {
     }
 }
 
+// hdlm_sgemm_bias: the bits of hdlm_sgemm followed by a separate bias pass (the kernel adds it as tiles are stored),
+// at tile and panel edges and across depth blocks.
+static void test_sgemm_bias_equals_separate_pass(void **state) {
+    (void)state;
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, 9);
+    const int shapes[][3] = {{13, 50, 70}, {100, 97, 1500}, {8, 48, 1}};
+    for (int s = 0; s < 3; s++) {
+        gemm_case g = case_make(&rng, false, true, shapes[s][0], shapes[s][1], shapes[s][2], 1.0f, 0.0f);
+        float *bias = hdlm_malloc((size_t)g.n * sizeof(float));
+        for (int j = 0; j < g.n; j++) bias[j] = (float)hdlm_rng_normal(&rng);
+        float *want = case_run(&g, 2, false), *got = hdlm_malloc((size_t)g.m * g.ldc * sizeof(float));
+        memcpy(got, g.c0, (size_t)g.m * g.ldc * sizeof(float));
+        hdlm_sgemm_bias(false, true, g.m, g.n, g.k, 1.0f, g.a, g.lda, g.b, g.ldb, 0.0f, got, g.ldc, bias);
+        for (int r = 0; r < g.m; r++)
+            for (int j = 0; j < g.n; j++) {
+                float sum = want[(size_t)r * g.ldc + j] + bias[j];
+                assert_memory_equal(&sum, &got[(size_t)r * g.ldc + j], sizeof sum);
+            }
+        free(bias), free(want), free(got);
+        case_free(&g);
+    }
+}
+
 // 1 thread, 2 threads and hdlm_sgemm_serial inside a parallel region: the same bits.
 static void test_sgemm_thread_count_invariant(void **state) {
     (void)state;
@@ -167,6 +192,7 @@ int main(void) {
         cmocka_unit_test(test_sgemm_large_blocks),
         cmocka_unit_test(test_sgemm_empty_depth),
         cmocka_unit_test(test_sgemm_thread_count_invariant),
+        cmocka_unit_test(test_sgemm_bias_equals_separate_pass),
     };
     printf("GEMM kernels: %s\n", hdlm_blas_arch());
     return cmocka_run_group_tests(tests, NULL, NULL);

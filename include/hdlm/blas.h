@@ -25,6 +25,10 @@ const char *hdlm_blas_arch(void);
 // thread count.
 void hdlm_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                 const float *b, int ldb, float beta, float *c, int ldc);
+// hdlm_sgemm, then bias[j] added to every row of C (bias NULL: none) with its own rounding, as a separate pass would:
+// the nn.Linear forward. hdlm's kernel adds it as each tile is stored, which saves that pass over C.
+void hdlm_sgemm_bias(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                     const float *b, int ldb, float beta, float *c, int ldc, const float *bias);
 // The same on the calling thread only: for GEMMs issued from inside an OpenMP parallel region.
 void hdlm_sgemm_serial(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                        const float *b, int ldb, float beta, float *c, int ldc);
@@ -41,5 +45,7 @@ typedef struct {
 } hdlm_packed_weights;
 void hdlm_packed_weights_init(hdlm_packed_weights *p, const float *w, int n, int k);
 void hdlm_packed_weights_free(hdlm_packed_weights *p);
-void hdlm_sgemm_packed(int m, const float *a, int lda, const hdlm_packed_weights *w, float *c, int ldc);
+// C = A·Wᵀ, then + bias[j] on every row (bias NULL: none), as hdlm_sgemm_bias(false, true, ...) computes it.
+void hdlm_sgemm_packed(int m, const float *a, int lda, const hdlm_packed_weights *w, const float *bias, float *c,
+                       int ldc);
 #endif
