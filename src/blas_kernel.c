@@ -29,13 +29,14 @@ typedef float vecf_unaligned __attribute__((vector_size(LANES * sizeof(float)), 
 typedef int32_t veci __attribute__((vector_size(LANES * sizeof(int32_t))));
 
 static int min_int(int a, int b) { return a < b ? a : b; }
+// Where thread t of nt starts in a range of `count` items.
+static int share_start(int count, int t, int nt) { return (int)((long)count * t / nt); }
 
 // A buffer of at least `floats` floats, 64-byte aligned, kept for the thread's later calls.
 static float *thread_buffer(float **buf, size_t *cap, size_t floats) {
     if (floats > *cap) {
         free(*buf);
-        *buf = aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
-        HDLM_ASSERT(*buf != NULL, "out of memory for a GEMM buffer of %zu floats", floats);
+        *buf = hdlm_aligned_malloc(floats * sizeof(float));
         *cap = floats;
     }
     return *buf;
@@ -171,22 +172,21 @@ void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, in
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        int p0 = split_panels ? (int)((long)panels * t / nt) : 0;
-        int p1 = split_panels ? (int)((long)panels * (t + 1) / nt) : panels;
+        int p0 = split_panels ? share_start(panels, t, nt) : 0;
+        int p1 = split_panels ? share_start(panels, t + 1, nt) : panels;
         float *bp = thread_buffer(&packed_b, &packed_b_cap, (size_t)DEPTH_BLOCK * KERNEL_COLS);
         for (int k0 = 0; k0 < k; k0 += DEPTH_BLOCK) {
             int depth = min_int(k - k0, DEPTH_BLOCK);
             float beta_now = k0 == 0 ? beta : 1.0f;
-            bool last = k0 + depth == k;   // the bias goes on after the last depth block
+            const float *bias_now = k0 + depth == k ? bias : NULL;   // on after the last depth block
             for (int tb0 = 0; tb0 < tiles; tb0 += block_tiles) {
                 int tb1 = min_int(tiles, tb0 + block_tiles), count = tb1 - tb0;
-                // this thread's tiles of the block
-                int q0 = split_panels ? tb0 : tb0 + (int)((long)count * t / nt);
-                int q1 = split_panels ? tb1 : tb0 + (int)((long)count * (t + 1) / nt);
+                // this thread's share of the block's tiles: what it packs, and what it computes when splitting tiles
+                int s0 = tb0 + share_start(count, t, nt), s1 = tb0 + share_start(count, t + 1, nt);
+                int q0 = split_panels ? tb0 : s0, q1 = split_panels ? tb1 : s1;
                 if (trans_a) {
-                    // Shared packed block: every thread packs a share, after all have finished with the last one.
+                    // Shared packed block: every thread packs its share, after all have finished with the last one.
 #pragma omp barrier
-                    int s0 = tb0 + (int)((long)count * t / nt), s1 = tb0 + (int)((long)count * (t + 1) / nt);
                     pack_a_transposed(ap, a, a_k, m, k0, depth, tb0, s0, s1);
 #pragma omp barrier
                 }
@@ -198,10 +198,10 @@ void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, in
                         float *ct = c + (size_t)r0 * ldc + j0;
                         if (trans_a)
                             kernel(depth, ap + (size_t)(q - tb0) * depth * KERNEL_ROWS, 1, KERNEL_ROWS, bp, ct, ldc,
-                                   rows, cols, alpha, beta_now, last && bias ? bias + j0 : NULL);
+                                   rows, cols, alpha, beta_now, bias_now ? bias_now + j0 : NULL);
                         else
                             kernel(depth, a + (size_t)r0 * a_row + k0, a_row, 1, bp, ct, ldc, rows, cols, alpha,
-                                   beta_now, last && bias ? bias + j0 : NULL);
+                                   beta_now, bias_now ? bias_now + j0 : NULL);
                     }
                 }
             }

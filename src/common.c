@@ -76,6 +76,13 @@ void *hdlm_calloc_at(size_t count, size_t size, const char *file, int line) {
     return p;
 }
 
+void *hdlm_aligned_malloc_at(size_t bytes, const char *file, int line) {
+    size_t rounded = bytes ? (bytes + 63) / 64 * 64 : 64;
+    void *p = aligned_alloc(64, rounded);
+    if (!p) hdlm_die(file, line, "out of memory allocating %zu bytes (%.1f MiB)", bytes, bytes / 1048576.0);
+    return p;
+}
+
 void *hdlm_realloc_at(void *ptr, size_t bytes, const char *file, int line) {
     void *p = realloc(ptr, bytes ? bytes : 1);
     if (!p) hdlm_die(file, line, "out of memory reallocating to %zu bytes (%.1f MiB)", bytes, bytes / 1048576.0);

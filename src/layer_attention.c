@@ -40,7 +40,7 @@ static inline vecf vec_broadcast(float x) { return x - (vecf){0}; }
 static inline vecf vec_select(veci mask, vecf yes, vecf no) { return (vecf)(((veci)yes & mask) | ((veci)no & ~mask)); }
 
 // hdlm_expf (include/hdlm/vecmath.h) on LANES values at once, for arguments <= 0 (scores minus their maximum or
-// their log-sum-exp): the same steps, so the same results; −inf gives 0, NaN stays NaN.
+// their log-sum-exp): the same range reduction and polynomial; −inf gives 0, NaN stays NaN.
 static inline vecf vec_exp_nonpositive(vecf x) {
     veci underflow = x < -87.3f;
     x = vec_select(underflow, vec_broadcast(-87.3f), x);
@@ -92,13 +92,14 @@ static inline void tile_product(int rows, int depth, const float *a, size_t a_ro
     const float *ar[TILE_ROWS];
     for (int r = 0; r < TILE_ROWS; r++) ar[r] = a + (size_t)(r < rows ? r : rows - 1) * a_row;   // fixed tile shape
     vecf acc[TILE_ROWS][TILE_VECS];
-    memset(acc, 0, sizeof acc);
+    for (int r = 0; r < TILE_ROWS; r++)
+        for (int v = 0; v < TILE_VECS; v++) acc[r][v] = (vecf){0};   // in registers (a memset() here is a call)
     for (int k = 0; k < depth; k++) {
         const vecf *bk = (const vecf *)(b + (size_t)k * ldb);
         vecf bv[TILE_VECS];
         for (int v = 0; v < TILE_VECS; v++) bv[v] = bk[v];
         for (int r = 0; r < TILE_ROWS; r++) {
-            vecf x = ar[r][(size_t)k * a_k] - (vecf){0};   // broadcast
+            vecf x = vec_broadcast(ar[r][(size_t)k * a_k]);
             for (int v = 0; v < TILE_VECS; v++) acc[r][v] += x * bv[v];
         }
     }
@@ -135,10 +136,8 @@ typedef struct {
 } attention_work;
 
 static float *alloc_zeroed(size_t floats) {
-    size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
-    float *x = aligned_alloc(64, bytes ? bytes : 64);
-    HDLM_ASSERT(x != NULL);
-    memset(x, 0, bytes);
+    float *x = hdlm_aligned_malloc(floats * sizeof(float));
+    memset(x, 0, floats * sizeof(float));
     return x;
 }
 

@@ -59,6 +59,9 @@ void *hdlm_realloc_at(void *ptr, size_t bytes, const char *file, int line);
 #define hdlm_malloc(bytes) hdlm_malloc_at((bytes), __FILE__, __LINE__)
 #define hdlm_calloc(count, size) hdlm_calloc_at((count), (size), __FILE__, __LINE__)
 #define hdlm_realloc(ptr, bytes) hdlm_realloc_at((ptr), (bytes), __FILE__, __LINE__)
+// 64-byte aligned (whole vectors and cache lines), the size rounded up to 64 bytes; released with free().
+void *hdlm_aligned_malloc_at(size_t bytes, const char *file, int line);
+#define hdlm_aligned_malloc(bytes) hdlm_aligned_malloc_at((bytes), __FILE__, __LINE__)
 char *hdlm_strdup(const char *s);
 
 // Messages for people: printed by rank 0 only (every rank when MPI is not initialised). hdlm_warn goes to stderr.
