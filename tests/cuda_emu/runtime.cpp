@@ -1,7 +1,7 @@
 // The host side of the CUDA emulation (tests/cuda_emu/README.md): kernel launches as fibers, and the subset of the
 // CUDA runtime API the backend calls, synchronously, on one emulated sm_90 device.
 //
-// Launch: blocks run one after another. The threads of a block are ucontext fibers on a pool of stacks; a fiber
+// Launch: blocks run one after another. The threads of a block are fibers on a pool of stacks; a fiber
 // runs until it reaches __syncthreads, a warp exchange (shuffle, mma.sync) or its end, then the scheduler resumes
 // the next one in thread order. A barrier that some thread never reaches (it exited, or waits at another barrier)
 // is reported as a deadlock, since it is undefined behaviour on the GPU. Once block 0 of a launch finished without
@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 
 #include <map>
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,13 +43,26 @@ thread_state current;
 
 enum { MAX_THREADS = 1024, STACK_BYTES = 256 << 10 };
 
+// Fiber t runs thread t of every block: started once (makecontext, setcontext), it loops over the blocks it is
+// resumed for. Switches are _setjmp/_longjmp pairs, which, unlike swapcontext and a fresh context per block, make no
+// sigprocmask system call: on VMs with slow system calls those made the emulated training test 10× slower.
+// AddressSanitizer builds switch with swapcontext, which ASan follows.
+#if defined(__SANITIZE_ADDRESS__)
+#define EMU_SWAPCONTEXT 1
+#endif
+
+struct fiber {
+    ucontext_t context;
+    jmp_buf at;   // where it yielded
+    bool started;
+};
+
 struct barrier {
     unsigned arrived = 0, generation = 0;
 };
 
 struct block_state {
     unsigned threads;
-    std::vector<ucontext_t> contexts;
     std::vector<thread_state> states;
     std::vector<char> done;
     barrier block_bar;
@@ -64,21 +78,54 @@ struct block_state {
     void *ctx;
 };
 
+#ifdef EMU_SWAPCONTEXT
 static ucontext_t g_scheduler;
-static char *g_stacks;
+#else
+static jmp_buf g_scheduler_jump;
+#endif
+static char *g_stacks;   // MAX_THREADS stacks, a guard page below each
+static fiber g_fibers[MAX_THREADS];
 static block_state *g_block;
 
-static void fiber_entry() {
-    block_state &b = *g_block;
-    b.body(b.ctx);
-    b.done[current.linear] = 1;
-    b.events++;
-    // returning resumes uc_link (the scheduler)
+// The running fiber hands control back to the scheduler until resume() picks it again.
+static void yield() {
+    fiber &f = g_fibers[current.linear];
+#ifdef EMU_SWAPCONTEXT
+    swapcontext(&f.context, &g_scheduler);
+#else
+    if (!_setjmp(f.at)) _longjmp(g_scheduler_jump, 1);
+#endif
 }
 
-static void yield() {
-    block_state &b = *current.block;
-    swapcontext(&b.contexts[current.linear], &g_scheduler);
+[[noreturn]] static void fiber_entry() {
+    for (;;) {   // thread current.linear of the block g_block, then of the next block it is resumed for
+        block_state &b = *g_block;
+        b.body(b.ctx);
+        b.done[current.linear] = 1;
+        b.events++;
+        yield();
+    }
+}
+
+// Runs thread t's fiber until it yields (a barrier, or the end of its thread).
+static void resume(unsigned t) {
+    fiber &f = g_fibers[t];
+    if (!f.started) {
+        f.started = true;
+        getcontext(&f.context);
+        f.context.uc_stack.ss_sp = g_stacks + (size_t)t * (STACK_BYTES + 4096) + 4096;
+        f.context.uc_stack.ss_size = STACK_BYTES;
+        f.context.uc_link = nullptr;   // fiber_entry never returns
+        makecontext(&f.context, fiber_entry, 0);
+#ifdef EMU_SWAPCONTEXT
+    }
+    swapcontext(&g_scheduler, &f.context);
+#else
+        if (!_setjmp(g_scheduler_jump)) setcontext(&f.context);
+        return;
+    }
+    if (!_setjmp(g_scheduler_jump)) _longjmp(f.at, 1);
+#endif
 }
 
 static void wait(barrier &bar, unsigned expected, const char *what) {
@@ -199,14 +246,6 @@ static void run_block(block_state &b, uint3 bid, const launch_config &cfg) {
         return;
     }
     std::fill(b.done.begin(), b.done.end(), 0);
-    for (unsigned t = 0; t < b.threads; t++) {
-        ucontext_t &c = b.contexts[t];
-        getcontext(&c);
-        c.uc_stack.ss_sp = g_stacks + (size_t)t * (STACK_BYTES + 4096) + 4096;   // a guard page below each stack
-        c.uc_stack.ss_size = STACK_BYTES;
-        c.uc_link = &g_scheduler;
-        makecontext(&c, fiber_entry, 0);
-    }
     g_block = &b;
     unsigned live = b.threads;
     while (live) {
@@ -216,7 +255,7 @@ static void run_block(block_state &b, uint3 bid, const launch_config &cfg) {
             unsigned t = reverse_order() ? b.threads - 1 - i : i;
             if (b.done[t]) continue;
             current = b.states[t];
-            swapcontext(&g_scheduler, &b.contexts[t]);
+            resume(t);
             b.states[t] = current;
             live += !b.done[t];
         }
@@ -254,7 +293,6 @@ void run_grid(const launch_config &cfg, void (*body)(void *), void *ctx, const c
                 g.z, k.x, k.y, k.z, cfg.smem);
     block_state b;
     b.threads = (unsigned)threads;
-    b.contexts.resize(threads);
     b.states.resize(threads);
     b.done.resize(threads);
     b.warp_bars.resize((threads + warpSize - 1) / warpSize);
