@@ -2,7 +2,8 @@
 // inputs, under every mask rule of spec §3.2 (full, causal, block-causal with a partial block, hyperschedule masks
 // with settled / active / worthless rows and both block rules), lengths that are not multiples of the 64-row tile,
 // batch and heads > 1, head dim 64 (the tensor-core path) and 32, 48, 80 (the SIMT path, padded to 32/64/128),
-// dropout 0 and 0.1.
+// dropout 0 and 0.1 (on the tensor-core path with L % 4 = 0, where lanes share their Philox draws, and otherwise).
+// The backward reads the forward's dropout keep bits; the CPU draws every element again.
 //
 // Both sides get the same bf16-rounded qkv and dout (as floats on the CPU); the backward reference is given the GPU's
 // own out (bf16) and lse, so the comparison sees only the kernels' own rounding: the bf16 outputs and fp32
@@ -129,13 +130,14 @@ static void run_case(const attention_case *tc) {
     float *lse_d = hdlm_cuda_malloc(n_lse * sizeof(float));
     size_t ws_bytes = hdlm_cuda_attention_workspace_bytes(B, L, H, D);
     void *ws = hdlm_cuda_malloc(ws_bytes);
+    uint32_t *keep = hdlm_cuda_malloc(hdlm_cuda_attention_keep_bytes(B, L, H));
     hdlm_cuda_upload(qkv_d, qkv_b, n_qkv * sizeof(hdlm_bf16));
     hdlm_cuda_upload(dout_d, dout_b, n_out * sizeof(hdlm_bf16));
     poison(out_d, lse_d, dqkv_d, n_out, n_lse, n_qkv);
 
     // forward
     hdlm_attention_forward(out_ref, lse_ref, qkv, &tc->mask, B, L, H, D, tc->dropout, key);
-    hdlm_cuda_attention_forward(out_d, lse_d, qkv_d, &tc->mask, B, L, H, D, tc->dropout, key, stream);
+    hdlm_cuda_attention_forward(out_d, lse_d, keep, qkv_d, &tc->mask, B, L, H, D, tc->dropout, key, stream);
     hdlm_cuda_synchronize();
     hdlm_cuda_download(out_b, out_d, n_out * sizeof(hdlm_bf16));
     hdlm_cuda_download(lse_gpu, lse_d, n_lse * sizeof(float));
@@ -156,8 +158,8 @@ static void run_case(const attention_case *tc) {
     // backward: the reference sees the GPU's out and lse
     for (size_t x = 0; x < n_out; x++) out_gpu[x] = hdlm_bf16_to_float(out_b[x]);
     hdlm_attention_backward(dqkv_ref, dout, out_gpu, lse_gpu, qkv, &tc->mask, B, L, H, D, tc->dropout, key);
-    hdlm_cuda_attention_backward(dqkv_d, ws, dout_d, out_d, lse_d, qkv_d, &tc->mask, B, L, H, D, tc->dropout, key,
-                                 stream);
+    hdlm_cuda_attention_backward(dqkv_d, ws, dout_d, out_d, lse_d, keep, qkv_d, &tc->mask, B, L, H, D, tc->dropout,
+                                 key, stream);
     hdlm_cuda_synchronize();
     hdlm_cuda_download(dqkv_b, dqkv_d, n_qkv * sizeof(hdlm_bf16));
     const char *part_name[3] = {"dq", "dk", "dv"};
@@ -173,6 +175,7 @@ static void run_case(const attention_case *tc) {
     hdlm_cuda_free(dout_d);
     hdlm_cuda_free(lse_d);
     hdlm_cuda_free(ws);
+    hdlm_cuda_free(keep);
     free(qkv_b);
     free(dout_b);
     free(out_b);
@@ -215,8 +218,10 @@ static void test_full_mask(void **state) {
     const attention_case cases[] = {
         {"full L77 B2 H3 D64", 2, 3, 77, 64, hdlm_mask_full(77), 0.0f},
         {"full L130 B2 H2 D32 dropout", 2, 2, 130, 32, hdlm_mask_full(130), 0.1f},
+        {"full L192 B2 H2 D64 dropout", 2, 2, 192, 64, hdlm_mask_full(192), 0.1f},
+        {"full L132 B1 H3 D64 dropout 0.3", 1, 3, 132, 64, hdlm_mask_full(132), 0.3f},
     };
-    run_cases(cases, 2);
+    run_cases(cases, 4);
 }
 
 // All rows settled: causal and block-causal context (ω = 48 over L = 130 leaves a partial block of 34).
@@ -298,6 +303,7 @@ static void test_timing(void **state) {
     hdlm_bf16 *out = hdlm_cuda_malloc(n_out * sizeof(hdlm_bf16)), *dout = hdlm_cuda_malloc(n_out * sizeof(hdlm_bf16));
     float *lse = hdlm_cuda_malloc((size_t)B * H * L * sizeof(float));
     void *ws = hdlm_cuda_malloc(hdlm_cuda_attention_workspace_bytes(B, L, H, D));
+    uint32_t *keep = hdlm_cuda_malloc(hdlm_cuda_attention_keep_bytes(B, L, H));
     hdlm_cuda_upload(qkv, host, n_qkv * sizeof(hdlm_bf16));
     hdlm_cuda_upload(dout, host, n_out * sizeof(hdlm_bf16));
     const double flops = 4.0 * B * H * (double)L * L * D;
@@ -313,15 +319,15 @@ static void test_timing(void **state) {
     for (int r = 0; r < 3; r++) {
         const hdlm_attn_mask *m = &runs[r].mask;
         float p = runs[r].dropout;
-        hdlm_cuda_attention_forward(out, lse, qkv, m, B, L, H, D, p, 7, stream);   // warm-up
-        hdlm_cuda_attention_backward(dqkv, ws, dout, out, lse, qkv, m, B, L, H, D, p, 7, stream);
+        hdlm_cuda_attention_forward(out, lse, keep, qkv, m, B, L, H, D, p, 7, stream);   // warm-up
+        hdlm_cuda_attention_backward(dqkv, ws, dout, out, lse, keep, qkv, m, B, L, H, D, p, 7, stream);
         hdlm_cuda_synchronize();
         double t0 = seconds_now();
-        for (int i = 0; i < reps; i++) hdlm_cuda_attention_forward(out, lse, qkv, m, B, L, H, D, p, 7, stream);
+        for (int i = 0; i < reps; i++) hdlm_cuda_attention_forward(out, lse, keep, qkv, m, B, L, H, D, p, 7, stream);
         hdlm_cuda_synchronize();
         double t1 = seconds_now();
         for (int i = 0; i < reps; i++)
-            hdlm_cuda_attention_backward(dqkv, ws, dout, out, lse, qkv, m, B, L, H, D, p, 7, stream);
+            hdlm_cuda_attention_backward(dqkv, ws, dout, out, lse, keep, qkv, m, B, L, H, D, p, 7, stream);
         hdlm_cuda_synchronize();
         double t2 = seconds_now(), fwd = (t1 - t0) / reps, bwd = (t2 - t1) / reps;
         printf("attention B=%d H=%d L=%d D=%d %-18s forward %.3f ms (%.1f TFLOP/s), backward %.3f ms "
@@ -334,6 +340,7 @@ static void test_timing(void **state) {
     hdlm_cuda_free(dout);
     hdlm_cuda_free(lse);
     hdlm_cuda_free(ws);
+    hdlm_cuda_free(keep);
     free(host);
 }
 

@@ -83,15 +83,21 @@ void hdlm_cuda_gamma_mix(float *mix, const float *sigma, float gamma, int n, hdl
 // fully masked rows, which attend uniformly to all L keys as on the CPU). Tiles no key of which is allowed are
 // skipped (hdlm_mask_key_range). Dropout p on the probabilities: element (b, h, i, j) dropped when
 // hdlm_rng_uniform_at(key, ((b·H + h)·L + i)·L + j) < p. Head dim 64 is the fast path; any even D ≤ 128 works.
-void hdlm_cuda_attention_forward(hdlm_bf16 *out, float *lse, const hdlm_bf16 *qkv, const hdlm_attn_mask *mask,
-                                 int batch, int len, int heads, int head_dim, float dropout, uint64_t key,
-                                 hdlm_stream stream);
+// keep_bits (hdlm_cuda_attention_keep_bytes bytes, or NULL when no backward follows): where the forward drops
+// probabilities it records which ones, for the backward of the same call, which then needs that buffer.
+void hdlm_cuda_attention_forward(hdlm_bf16 *out, float *lse, uint32_t *keep_bits, const hdlm_bf16 *qkv,
+                                 const hdlm_attn_mask *mask, int batch, int len, int heads, int head_dim,
+                                 float dropout, uint64_t key, hdlm_stream stream);
+// Bytes of the dropout keep bits of one forward (one bit per probability of every 64 × 64 tile).
+size_t hdlm_cuda_attention_keep_bytes(int batch, int len, int heads);
 // Bytes of scratch the backward needs (the row sums dO·O, fp32 [B, H, L]).
 size_t hdlm_cuda_attention_workspace_bytes(int batch, int len, int heads, int head_dim);
-// dqkv (bf16, written) from dout; workspace of hdlm_cuda_attention_workspace_bytes bytes.
+// dqkv (bf16, written) from dout; workspace of hdlm_cuda_attention_workspace_bytes bytes; keep_bits as the forward
+// of out and lse left them.
 void hdlm_cuda_attention_backward(hdlm_bf16 *dqkv, void *workspace, const hdlm_bf16 *dout, const hdlm_bf16 *out,
-                                  const float *lse, const hdlm_bf16 *qkv, const hdlm_attn_mask *mask, int batch,
-                                  int len, int heads, int head_dim, float dropout, uint64_t key, hdlm_stream stream);
+                                  const float *lse, const uint32_t *keep_bits, const hdlm_bf16 *qkv,
+                                  const hdlm_attn_mask *mask, int batch, int len, int heads, int head_dim,
+                                  float dropout, uint64_t key, hdlm_stream stream);
 
 // ---- fused output head + losses (src/cuda/head_loss.cu) -------------------------------------------------------
 // loss = Σ_r coef_r·ℓ_r over the scored rows r, ℓ_r the cross-entropy or γ score entropy of the row's head output

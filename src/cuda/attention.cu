@@ -33,6 +33,7 @@ struct attn_shape {
     int len, heads, head_dim, width;   // L, H, D, d = H·D (qkv rows have 3d elements)
     float scale;                       // 1/sqrt(D)
     float dropout, keep;               // p and 1/(1 − p)
+    uint32_t keep_min;                 // u >= p exactly when the uniform's Philox word is >= keep_min
     uint64_t key;                      // dropout stream
 };
 
@@ -60,10 +61,18 @@ __device__ inline int tile_key_end(const hdlm_attn_mask &mask, int i0, bool with
     return end;
 }
 
-// Dropout multiplier of probability (row_index + j): 0 or 1/(1 − p), the CPU's hdlm_dropout_scales rule.
+// Whether probability `index` survives dropout: hdlm_uniform_at_dev(key, index) >= p, the CPU's
+// hdlm_dropout_scales rule, compared on the Philox word (u = (word >> 8)·2⁻²⁴).
+__device__ inline bool kept_at(const attn_shape &sh, uint64_t index) {
+    uint32_t block[4];
+    hdlm_philox4x32_dev(sh.key, 1, index >> 2, block);
+    return block[index & 3] >= sh.keep_min;
+}
+
+// Dropout multiplier of probability (row_index + j): 0 or 1/(1 − p).
 __device__ inline float dropout_factor(const attn_shape &sh, uint64_t index) {
     if (sh.dropout <= 0.0f) return 1.0f;
-    return hdlm_uniform_at_dev(sh.key, index) >= sh.dropout ? sh.keep : 0.0f;
+    return kept_at(sh, index) ? sh.keep : 0.0f;
 }
 
 // Sum over the TILE_SPLIT threads of a row (adjacent lanes; the whole warp is converged here).
@@ -426,6 +435,54 @@ __device__ inline void tc_zero(float acc[TC_NT][4]) {
     for (int nt = 0; nt < TC_NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
 }
 
+// Dropout keep bits. The forward draws, per 64×64 tile, which probabilities survive and stores the decisions, one bit
+// each, for both backward kernels, which would otherwise draw all B·H·L² Philox words twice more. Word 32·w + 4g + t
+// of a tile (warp w, lane 4g + t of the forward) holds bit 4·nt + 2·x + c for query row 16w + g + 8x and key column
+// 8·nt + 2t + c: bit 4·nt + r belongs to that lane's accumulator s[nt][r].
+constexpr int TC_KEEP_WORDS = TC_THREADS;   // words per tile
+
+__device__ inline size_t keep_tile(const attn_shape &sh, int bh, int qtile, int ktile) {
+    const size_t tiles = (size_t)((sh.len + TILE - 1) / TILE);
+    return (((size_t)bh * tiles + qtile) * tiles + ktile) * TC_KEEP_WORDS;
+}
+
+// This lane's 32 keep bits of key tile j0 (row_index[x] = ((b·H + h)·L + row x)·L). With L % 4 = 0 the 8 columns of
+// an n-tile row are two whole Philox blocks, so the 4 lanes of a row group draw their 16 elements' 4 blocks once
+// (lane t: row t / 2, columns 4·(t % 2) + 0..3) and exchange the bits; otherwise every element draws its own block.
+__device__ inline uint32_t tc_keep_bits(const attn_shape &sh, const uint64_t row_index[2], int j0) {
+    const int lane = threadIdx.x % 32, t = lane % 4;
+    uint32_t bits = 0;
+    if (sh.len % 4 == 0) {
+        const uint64_t first = row_index[t / 2] + (uint64_t)(j0 + 4 * (t % 2));
+        uint32_t drawn = 0;   // bit 4·nt + q: column 8·nt + 4·(t % 2) + q of row t / 2
+#pragma unroll
+        for (int nt = 0; nt < TC_NT; nt++) {
+            uint32_t w[4];
+            hdlm_philox4x32_dev(sh.key, 1, (first + 8 * nt) >> 2, w);
+#pragma unroll
+            for (int q = 0; q < 4; q++) drawn |= (uint32_t)(w[q] >= sh.keep_min) << (4 * nt + q);
+        }
+        // columns 2t and 2t + 1 of row x are words 2·(t % 2) and 2·(t % 2) + 1 drawn by lane 2x + t / 2
+        const int shift = 2 * (t % 2);
+        uint32_t row_a = __shfl_sync(0xffffffffu, drawn, (lane & ~3) + t / 2);
+        uint32_t row_b = __shfl_sync(0xffffffffu, drawn, (lane & ~3) + 2 + t / 2);
+        bits = ((row_a >> shift) & 0x33333333u) | ((row_b >> shift) & 0x33333333u) << 2;
+    } else {
+        for (int nt = 0; nt < TC_NT; nt++)
+            for (int r = 0; r < 4; r++) {
+                uint64_t index = row_index[r / 2] + (uint64_t)(j0 + nt * 8 + 2 * t + r % 2);
+                bits |= (uint32_t)kept_at(sh, index) << (4 * nt + r);
+            }
+    }
+    return bits;
+}
+
+// Dropout multiplier of keep bit `bit`: 0 or 1/(1 − p) (1 without dropout, when the bits are not read).
+__device__ inline float keep_factor(const attn_shape &sh, uint32_t bits, int bit) {
+    if (sh.dropout <= 0.0f) return 1.0f;
+    return (bits >> bit) & 1u ? sh.keep : 0.0f;
+}
+
 // Rows [r0, r0 + TILE) × 64 of a bf16 matrix (row stride ld, 16-byte aligned rows) into shared row-major `dst` and,
 // when `dst_t` is given, transposed into dst_t[column][row]; zero beyond `rows`.
 __device__ inline void tc_tile_load(bf16 *dst, bf16 *dst_t, const bf16 *src, size_t ld, int r0, int rows) {
@@ -445,9 +502,10 @@ __device__ inline void tc_tile_load(bf16 *dst, bf16 *dst_t, const bf16 *src, siz
 }
 
 // Forward, as attention_forward_kernel: thread rows ra = i0 + 16·warp + g and rb = ra + 8, columns 2t, 2t + 1 of
-// every n-tile.
+// every n-tile. With dropout, the keep bits of every visited tile go to keep_bits when it is not NULL.
 __global__ void __launch_bounds__(TC_THREADS)
-    attention_forward_tc_kernel(bf16 *out, float *lse, const bf16 *qkv, hdlm_attn_mask mask, attn_shape sh) {
+    attention_forward_tc_kernel(bf16 *out, float *lse, uint32_t *keep_bits, const bf16 *qkv, hdlm_attn_mask mask,
+                                attn_shape sh) {
     extern __shared__ float smem[];
     bf16 *qs = reinterpret_cast<bf16 *>(smem), *ks = qs + TC_TILE_ELEMS, *vt = ks + TC_TILE_ELEMS;
     const int L = sh.len, bh = blockIdx.y, b = bh / sh.heads, h = bh % sh.heads;
@@ -480,6 +538,11 @@ __global__ void __launch_bounds__(TC_THREADS)
         float s[TC_NT][4];
         tc_zero(s);
         tc_gemm(s, qa, ks);
+        uint32_t keep = 0;
+        if (sh.dropout > 0.0f) {
+            keep = tc_keep_bits(sh, row_index, j0);
+            if (keep_bits) keep_bits[keep_tile(sh, bh, blockIdx.x, j0 / TILE) + threadIdx.x] = keep;
+        }
         float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int nt = 0; nt < TC_NT; nt++)
@@ -501,11 +564,10 @@ __global__ void __launch_bounds__(TC_THREADS)
         for (int nt = 0; nt < TC_NT; nt++)
 #pragma unroll
             for (int r = 0; r < 4; r++) {
-                int x = r / 2, j = j0 + nt * 8 + 2 * t + r % 2;
+                int x = r / 2;
                 float p = expf(s[nt][r] - m_base[x]);
                 sum[x] += p;
-                if (p > 0.0f) p *= dropout_factor(sh, row_index[x] + (uint64_t)j);
-                s[nt][r] = p;
+                s[nt][r] = p * keep_factor(sh, keep, 4 * nt + r);
                 o[nt][r] *= corr[x];
             }
         for (int x = 0; x < 2; x++) l[x] = l[x] * corr[x] + row_sum(sum[x]);
@@ -525,10 +587,10 @@ __global__ void __launch_bounds__(TC_THREADS)
     }
 }
 
-// dQ, as attention_dq_kernel.
+// dQ, as attention_dq_kernel, with the forward's keep bits (the same tiles and lanes).
 __global__ void __launch_bounds__(TC_THREADS)
-    attention_dq_tc_kernel(bf16 *dqkv, const bf16 *dout, const float *lse, const float *delta, const bf16 *qkv,
-                           hdlm_attn_mask mask, attn_shape sh) {
+    attention_dq_tc_kernel(bf16 *dqkv, const bf16 *dout, const float *lse, const float *delta,
+                           const uint32_t *keep_bits, const bf16 *qkv, hdlm_attn_mask mask, attn_shape sh) {
     extern __shared__ float smem[];
     bf16 *qs = reinterpret_cast<bf16 *>(smem), *gs = qs + TC_TILE_ELEMS, *ks = gs + TC_TILE_ELEMS;
     bf16 *vs = ks + TC_TILE_ELEMS, *kt = vs + TC_TILE_ELEMS;
@@ -542,13 +604,11 @@ __global__ void __launch_bounds__(TC_THREADS)
     const int kv_end = tile_key_end(mask, i0, true);
     int row[2], hi[2];
     float row_lse[2], row_delta[2];
-    uint64_t row_index[2];
     for (int x = 0; x < 2; x++) {
         row[x] = i0 + m0 + g + 8 * x;
         hi[x] = row_uniform(mask, row[x]) ? 0 : row_key_end(mask, row[x]);
         row_lse[x] = row[x] < L ? lse[(size_t)bh * L + row[x]] : 0.0f;
         row_delta[x] = row[x] < L ? delta[(size_t)bh * L + row[x]] : 0.0f;
-        row_index[x] = ((uint64_t)bh * L + (uint64_t)row[x]) * (uint64_t)L;
     }
     tc_tile_load(qs, nullptr, q, ld, i0, L);
     tc_tile_load(gs, nullptr, go, sh.width, i0, L);
@@ -568,6 +628,8 @@ __global__ void __launch_bounds__(TC_THREADS)
         tc_zero(dp);
         tc_gemm(s, qa, ks);
         tc_gemm(dp, ga, vs);
+        const uint32_t keep =
+            sh.dropout > 0.0f ? keep_bits[keep_tile(sh, bh, blockIdx.x, j0 / TILE) + threadIdx.x] : 0u;
 #pragma unroll
         for (int nt = 0; nt < TC_NT; nt++)
 #pragma unroll
@@ -576,7 +638,7 @@ __global__ void __launch_bounds__(TC_THREADS)
                 float ds = 0.0f;
                 if (j < hi[x]) {
                     float p = expf(s[nt][r] * sh.scale - row_lse[x]);
-                    ds = p * (dp[nt][r] * dropout_factor(sh, row_index[x] + (uint64_t)j) - row_delta[x]);
+                    ds = p * (dp[nt][r] * keep_factor(sh, keep, 4 * nt + r) - row_delta[x]);
                 }
                 s[nt][r] = ds;
             }
@@ -595,15 +657,18 @@ __global__ void __launch_bounds__(TC_THREADS)
 }
 
 // dK and dV, as attention_dkdv_kernel, on the transposed scores Sᵀ = K·Qᵀ: thread rows are keys
-// ja = j0 + 16·warp + g and jb = ja + 8, its columns queries.
+// ja = j0 + 16·warp + g and jb = ja + 8, its columns queries; the forward's keep bits of each query tile are
+// staged in shared memory and read transposed.
 __global__ void __launch_bounds__(TC_THREADS)
-    attention_dkdv_tc_kernel(bf16 *dqkv, const bf16 *dout, const float *lse, const float *delta, const bf16 *qkv,
-                             hdlm_attn_mask mask, attn_shape sh) {
+    attention_dkdv_tc_kernel(bf16 *dqkv, const bf16 *dout, const float *lse, const float *delta,
+                             const uint32_t *keep_bits, const bf16 *qkv, hdlm_attn_mask mask, attn_shape sh) {
     extern __shared__ float smem[];
     bf16 *ks = reinterpret_cast<bf16 *>(smem), *vs = ks + TC_TILE_ELEMS, *qs = vs + TC_TILE_ELEMS;
     bf16 *gs = qs + TC_TILE_ELEMS, *qt = gs + TC_TILE_ELEMS, *gt = qt + TC_TILE_ELEMS;
     float *rlse = reinterpret_cast<float *>(gt + TC_TILE_ELEMS), *rdelta = rlse + TILE;
-    int *rhi = reinterpret_cast<int *>(rdelta + TILE), *runiform = rhi + TILE, *qend = runiform + TILE;
+    int *rhi = reinterpret_cast<int *>(rdelta + TILE), *runiform = rhi + TILE;
+    uint32_t *skeep = reinterpret_cast<uint32_t *>(runiform + TILE);
+    int *qend = reinterpret_cast<int *>(skeep + TC_KEEP_WORDS);
     const int L = sh.len, bh = blockIdx.y, b = bh / sh.heads, h = bh % sh.heads;
     const int n_qtiles = (L + TILE - 1) / TILE;
     const size_t ld = 3 * (size_t)sh.width, head = (size_t)b * L * ld + (size_t)h * TC_D;
@@ -636,6 +701,7 @@ __global__ void __launch_bounds__(TC_THREADS)
             rlse[threadIdx.x] = i < L ? lse[(size_t)bh * L + i] : 0.0f;
             rdelta[threadIdx.x] = i < L ? delta[(size_t)bh * L + i] : 0.0f;
         }
+        if (sh.dropout > 0.0f) skeep[threadIdx.x] = keep_bits[keep_tile(sh, bh, qtile, blockIdx.x) + threadIdx.x];
         __syncthreads();
         float s[TC_NT][4], dp[TC_NT][4];
         tc_zero(s);
@@ -646,11 +712,15 @@ __global__ void __launch_bounds__(TC_THREADS)
         for (int nt = 0; nt < TC_NT; nt++)
 #pragma unroll
             for (int r = 0; r < 4; r++) {
-                int x = r / 2, col = nt * 8 + 2 * t + r % 2, i = i0 + col, j = key[x];
+                int x = r / 2, col = nt * 8 + 2 * t + r % 2, j = key[x];
                 float p = 0.0f;
                 if (runiform[col]) p = j < L ? 1.0f / (float)L : 0.0f;   // weight 1/L on every key, no dS
                 else if (j < rhi[col]) p = expf(s[nt][r] * sh.scale - rlse[col]);
-                float drop = p > 0.0f ? dropout_factor(sh, ((uint64_t)bh * L + (uint64_t)i) * (uint64_t)L + j) : 0.0f;
+                // the forward's bit of (query col, key 16·warp + g + 8x): its word 32·(nt / 2) + 4·(2t + r % 2) + g / 2
+                float drop = 1.0f;
+                if (sh.dropout > 0.0f)
+                    drop = keep_factor(sh, skeep[32 * (nt / 2) + 4 * (2 * t + r % 2) + g / 2],
+                                       4 * (2 * warp + x) + 2 * (nt % 2) + g % 2);
                 dp[nt][r] = runiform[col] ? 0.0f : p * (dp[nt][r] * drop - rdelta[col]);   // dSᵀ
                 s[nt][r] = p * drop;                                                       // P̃ᵀ
             }
@@ -676,7 +746,7 @@ __global__ void __launch_bounds__(TC_THREADS)
 constexpr size_t forward_tc_smem() { return sizeof(bf16) * 3 * TC_TILE_ELEMS; }
 constexpr size_t dq_tc_smem() { return sizeof(bf16) * 5 * TC_TILE_ELEMS; }
 size_t dkdv_tc_smem(int len) {
-    return sizeof(bf16) * 6 * TC_TILE_ELEMS + sizeof(float) * 2 * TILE +
+    return sizeof(bf16) * 6 * TC_TILE_ELEMS + sizeof(float) * 2 * TILE + sizeof(uint32_t) * TC_KEEP_WORDS +
            sizeof(int) * (2 * TILE + hdlm_ceil_div(len, TILE));
 }
 
@@ -692,6 +762,8 @@ attn_shape shape_of(int len, int heads, int head_dim, float dropout, uint64_t ke
     sh.scale = 1.0f / sqrtf((float)head_dim);
     sh.dropout = dropout;
     sh.keep = 1.0f / (1.0f - dropout);   // the CPU's float 1/(1 − p)
+    // (word >> 8)·2⁻²⁴ >= p  ⇔  word >= ⌈p·2²⁴⌉·2⁸ (exact: p is a float below 1)
+    sh.keep_min = (uint32_t)ceil((double)dropout * 16777216.0) << 8;
     sh.key = key;
     return sh;
 }
@@ -735,47 +807,56 @@ void backward_launch(bf16 *dqkv, const float *delta, const bf16 *dout, const flo
     HDLM_CUDA_LAUNCHED();
 }
 
-void forward_tc_launch(bf16 *out, float *lse, const bf16 *qkv, const hdlm_attn_mask &mask, int batch,
-                       const attn_shape &sh, cudaStream_t stream) {
+void forward_tc_launch(bf16 *out, float *lse, uint32_t *keep_bits, const bf16 *qkv, const hdlm_attn_mask &mask,
+                       int batch, const attn_shape &sh, cudaStream_t stream) {
     size_t smem = forward_tc_smem();
     set_smem(attention_forward_tc_kernel, smem);
-    attention_forward_tc_kernel<<<grid_of(batch, sh.len, sh.heads), TC_THREADS, smem, stream>>>(out, lse, qkv,
-                                                                                                 mask, sh);
+    attention_forward_tc_kernel<<<grid_of(batch, sh.len, sh.heads), TC_THREADS, smem, stream>>>(out, lse, keep_bits,
+                                                                                                 qkv, mask, sh);
     HDLM_CUDA_LAUNCHED();
 }
 
-void backward_tc_launch(bf16 *dqkv, const float *delta, const bf16 *dout, const float *lse, const bf16 *qkv,
-                        const hdlm_attn_mask &mask, int batch, const attn_shape &sh, cudaStream_t stream) {
+void backward_tc_launch(bf16 *dqkv, const float *delta, const bf16 *dout, const float *lse, const uint32_t *keep_bits,
+                        const bf16 *qkv, const hdlm_attn_mask &mask, int batch, const attn_shape &sh,
+                        cudaStream_t stream) {
     dim3 grid = grid_of(batch, sh.len, sh.heads);
     size_t smem = dq_tc_smem();
     set_smem(attention_dq_tc_kernel, smem);
-    attention_dq_tc_kernel<<<grid, TC_THREADS, smem, stream>>>(dqkv, dout, lse, delta, qkv, mask, sh);
+    attention_dq_tc_kernel<<<grid, TC_THREADS, smem, stream>>>(dqkv, dout, lse, delta, keep_bits, qkv, mask, sh);
     HDLM_CUDA_LAUNCHED();
     smem = dkdv_tc_smem(sh.len);
     set_smem(attention_dkdv_tc_kernel, smem);
-    attention_dkdv_tc_kernel<<<grid, TC_THREADS, smem, stream>>>(dqkv, dout, lse, delta, qkv, mask, sh);
+    attention_dkdv_tc_kernel<<<grid, TC_THREADS, smem, stream>>>(dqkv, dout, lse, delta, keep_bits, qkv, mask, sh);
     HDLM_CUDA_LAUNCHED();
 }
 
-// The tensor-core path reads and writes rows of 64 bf16 with 16-byte accesses.
-bool tensor_core_path(int head_dim, const void *a, const void *b) {
-    return head_dim == TC_D && (uintptr_t)a % 16 == 0 && (uintptr_t)b % 16 == 0;
+bool aligned16(const void *p) { return (uintptr_t)p % 16 == 0; }
+
+// The tensor-core path reads and writes rows of 64 bf16 with 16-byte accesses. Its backward is taken only where the
+// forward of the same qkv and out took it too: it reads the keep bits that forward wrote.
+bool forward_on_tensor_cores(int head_dim, const void *qkv, const void *out) {
+    return head_dim == TC_D && aligned16(qkv) && aligned16(out);
 }
 
 }   // namespace
 
-void hdlm_cuda_attention_forward(hdlm_bf16 *out, float *lse, const hdlm_bf16 *qkv, const hdlm_attn_mask *mask,
-                                 int batch, int len, int heads, int head_dim, float dropout, uint64_t key,
-                                 hdlm_stream stream) {
+void hdlm_cuda_attention_forward(hdlm_bf16 *out, float *lse, uint32_t *keep_bits, const hdlm_bf16 *qkv,
+                                 const hdlm_attn_mask *mask, int batch, int len, int heads, int head_dim,
+                                 float dropout, uint64_t key, hdlm_stream stream) {
     HDLM_ASSERT(mask->length == len, "attention mask length %d for sequences of %d", mask->length, len);
     if (batch == 0 || len == 0 || heads == 0) return;
     attn_shape sh = shape_of(len, heads, head_dim, dropout, key);
     bf16 *o = as_bf16(out);
     const bf16 *x = as_bf16(qkv);
-    if (tensor_core_path(head_dim, qkv, out)) forward_tc_launch(o, lse, x, *mask, batch, sh, stream);
+    if (forward_on_tensor_cores(head_dim, qkv, out)) forward_tc_launch(o, lse, keep_bits, x, *mask, batch, sh, stream);
     else if (head_dim <= 32) forward_launch<32>(o, lse, x, *mask, batch, sh, stream);
     else if (head_dim <= 64) forward_launch<64>(o, lse, x, *mask, batch, sh, stream);
     else forward_launch<128>(o, lse, x, *mask, batch, sh, stream);
+}
+
+size_t hdlm_cuda_attention_keep_bytes(int batch, int len, int heads) {
+    size_t tiles = hdlm_ceil_div((size_t)len, TILE);
+    return (size_t)batch * heads * tiles * tiles * TC_KEEP_WORDS * sizeof(uint32_t);
 }
 
 size_t hdlm_cuda_attention_workspace_bytes(int batch, int len, int heads, int head_dim) {
@@ -784,8 +865,9 @@ size_t hdlm_cuda_attention_workspace_bytes(int batch, int len, int heads, int he
 }
 
 void hdlm_cuda_attention_backward(hdlm_bf16 *dqkv, void *workspace, const hdlm_bf16 *dout, const hdlm_bf16 *out,
-                                  const float *lse, const hdlm_bf16 *qkv, const hdlm_attn_mask *mask, int batch,
-                                  int len, int heads, int head_dim, float dropout, uint64_t key, hdlm_stream stream) {
+                                  const float *lse, const uint32_t *keep_bits, const hdlm_bf16 *qkv,
+                                  const hdlm_attn_mask *mask, int batch, int len, int heads, int head_dim,
+                                  float dropout, uint64_t key, hdlm_stream stream) {
     HDLM_ASSERT(mask->length == len, "attention mask length %d for sequences of %d", mask->length, len);
     if (batch == 0 || len == 0 || heads == 0) return;
     attn_shape sh = shape_of(len, heads, head_dim, dropout, key);
@@ -796,8 +878,12 @@ void hdlm_cuda_attention_backward(hdlm_bf16 *dqkv, void *workspace, const hdlm_b
     HDLM_CUDA_LAUNCHED();
     bf16 *dx = as_bf16(dqkv);
     const bf16 *g = as_bf16(dout), *x = as_bf16(qkv);
-    if (tensor_core_path(head_dim, qkv, dqkv) && tensor_core_path(head_dim, dout, dout))
-        backward_tc_launch(dx, delta, g, lse, x, *mask, batch, sh, stream);
+    if (forward_on_tensor_cores(head_dim, qkv, out) && aligned16(dqkv) && aligned16(dout)) {
+        HDLM_ASSERT(dropout == 0.0f || keep_bits != NULL,
+                    "attention backward with dropout %g: keep_bits must be the buffer its forward filled",
+                    (double)dropout);
+        backward_tc_launch(dx, delta, g, lse, keep_bits, x, *mask, batch, sh, stream);
+    }
     else if (head_dim <= 32) backward_launch<32>(dx, delta, g, lse, x, *mask, batch, sh, stream);
     else if (head_dim <= 64) backward_launch<64>(dx, delta, g, lse, x, *mask, batch, sh, stream);
     else backward_launch<128>(dx, delta, g, lse, x, *mask, batch, sh, stream);

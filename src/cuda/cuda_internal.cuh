@@ -97,4 +97,10 @@ typedef struct {
 void hdlm_lt_matmul_must(hdlm_lt_matrix a, bool trans_a, hdlm_lt_matrix b, bool trans_b, hdlm_lt_matrix d,
                          float beta, cudaStream_t stream);
 
+// hdlm_cuda_linear_backward with dout rows dout_ld elements apart (the head pads them to 16-byte multiples, which
+// cuBLASLt's fast Hopper kernels require of a leading dimension).
+void hdlm_linear_backward_strided(hdlm_bf16 *din, float *dw, float *db, const hdlm_bf16 *dout, int dout_ld,
+                                  const hdlm_bf16 *in, const hdlm_bf16 *w, const hdlm_bf16 *pre_gelu, int n,
+                                  int in_dim, int out_dim, bool accumulate, cudaStream_t stream);
+
 #endif

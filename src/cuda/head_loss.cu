@@ -49,11 +49,12 @@ static_assert(sizeof(head_row) == 64, "head_row is uploaded as raw bytes");
 
 size_t align_up(size_t x) { return (x + ALIGN - 1) / ALIGN * ALIGN; }
 
-// Row stride of the fp32 logits: 32 floats (128 bytes) so every row starts on a cache line.
-int logits_stride(int vocab) { return (vocab + 31) / 32 * 32; }
+// Row stride of the fp32 logits and of their bf16 gradient: 64 entries, so every row starts on a cache line and the
+// strides suit cuBLASLt's Hopper kernels (16-byte multiples; V = 50,258 itself is not one).
+int logits_stride(int vocab) { return (vocab + 63) / 64 * 64; }
 
 size_t bytes_per_row(int d, int vocab) {
-    return (size_t)logits_stride(vocab) * sizeof(float) + (size_t)vocab * sizeof(bf16) + 2 * (size_t)d * sizeof(bf16);
+    return (size_t)logits_stride(vocab) * (sizeof(float) + sizeof(bf16)) + 2 * (size_t)d * sizeof(bf16);
 }
 
 }   // namespace
@@ -133,7 +134,7 @@ __global__ void scatter_rows(bf16 *dx, const bf16 *dxg, const head_row *rows, in
 }
 
 // One block per row of the chunk: z = logits + b, o = z − shift (pinned MASK entry −1000), the row's loss
-// coef·ℓ into value[i] and, when grad is not NULL, coef·dℓ/dz (bf16) into grad[i·vocab ..].
+// coef·ℓ into value[i] and, when grad is not NULL, coef·dℓ/dz (bf16) into grad[i·ld ..].
 __global__ void __launch_bounds__(ROW_THREADS)
 head_rows_loss(double *value, bf16 *grad, const float *logits, int ld, const bf16 *bias, const head_row *rows,
                int vocab) {
@@ -142,7 +143,7 @@ head_rows_loss(double *value, bf16 *grad, const float *logits, int ld, const bf1
     const int i = blockIdx.x, tid = threadIdx.x;
     const head_row h = rows[i];
     const float *z = logits + (size_t)i * ld;
-    bf16 *g = grad ? grad + (size_t)i * vocab : nullptr;
+    bf16 *g = grad ? grad + (size_t)i * ld : nullptr;
     const int pinned = h.kind == ROW_CE_PINNED ? vocab - 1 : -1;
     auto o_at = [&](int y) -> float {
         if (y == pinned) return -1000.0f;
@@ -365,7 +366,7 @@ void hdlm_cuda_head_loss(double *loss, hdlm_bf16 *dx, float *dw, float *db, void
     HDLM_ASSERT(!dx || dw, "head loss with dx but no dW");
     cudaStream_t s = (cudaStream_t)stream;
     const int count = rows->count, ld = logits_stride(vocab);
-    // Workspace: values[n] fp64 | logits [chunk, ld] fp32 | grad [chunk, vocab] bf16 | xg, dxg [chunk, d] bf16.
+    // Workspace: values[n] fp64 | logits [chunk, ld] fp32 | grad [chunk, ld] bf16 | xg, dxg [chunk, d] bf16.
     const size_t values_bytes = align_up((size_t)n * sizeof(double));
     HDLM_ASSERT(workspace_bytes >= values_bytes + 4 * ALIGN + bytes_per_row(d, vocab),
                 "head workspace of %zu bytes holds no row (d %d, vocab %d)", workspace_bytes, d, vocab);
@@ -377,7 +378,7 @@ void hdlm_cuda_head_loss(double *loss, hdlm_bf16 *dx, float *dw, float *db, void
     float *logits = (float *)p;
     p += align_up((size_t)chunk * ld * sizeof(float));
     bf16 *grad = (bf16 *)p;
-    p += align_up((size_t)chunk * vocab * sizeof(bf16));
+    p += align_up((size_t)chunk * ld * sizeof(bf16));
     bf16 *xg = (bf16 *)p;
     p += align_up((size_t)chunk * d * sizeof(bf16));
     bf16 *dxg = (bf16 *)p;
@@ -396,8 +397,8 @@ void hdlm_cuda_head_loss(double *loss, hdlm_bf16 *dx, float *dw, float *db, void
                                                       b ? as_bf16(b) : nullptr, hr, vocab);
         HDLM_CUDA_LAUNCHED();
         if (!dx) continue;
-        hdlm_cuda_linear_backward((hdlm_bf16 *)dxg, dw, db, (const hdlm_bf16 *)grad, (const hdlm_bf16 *)xg, w, NULL,
-                                  rows_c, d, vocab, false, stream);
+        hdlm_linear_backward_strided((hdlm_bf16 *)dxg, dw, db, (const hdlm_bf16 *)grad, ld, (const hdlm_bf16 *)xg, w,
+                                     NULL, rows_c, d, vocab, false, s);
         scatter_rows<<<copy_blocks, 256, 0, s>>>(as_bf16(dx), dxg, hr, rows_c, d);
         HDLM_CUDA_LAUNCHED();
     }

@@ -159,11 +159,11 @@ __global__ void dgelu_kernel(bf16 *din, const float *acc, const bf16 *pre_gelu, 
         din[i] = __float2bfloat16_rn(acc[i] * gelu_tanh_grad(__bfloat162float(pre_gelu[i])));
 }
 
-// One bias-gradient term: dout[r, c] as fp32.
+// One bias-gradient term: dout[r, c] (row stride ld) as fp32.
 struct dout_value {
     const bf16 *dout;
-    int cols;
-    __device__ float operator()(int r, int c) const { return __bfloat162float(dout[(size_t)r * cols + c]); }
+    int ld;
+    __device__ float operator()(int r, int c) const { return __bfloat162float(dout[(size_t)r * ld + c]); }
 };
 
 void hdlm_cuda_linear_forward(hdlm_bf16 *out, hdlm_bf16 *gelu_out, const hdlm_bf16 *in, const hdlm_bf16 *w,
@@ -200,17 +200,24 @@ void hdlm_cuda_linear_forward(hdlm_bf16 *out, hdlm_bf16 *gelu_out, const hdlm_bf
 void hdlm_cuda_linear_backward(hdlm_bf16 *din, float *dw, float *db, const hdlm_bf16 *dout, const hdlm_bf16 *in,
                                const hdlm_bf16 *w, const hdlm_bf16 *pre_gelu, int n, int in_dim, int out_dim,
                                bool accumulate, hdlm_stream stream) {
+    hdlm_linear_backward_strided(din, dw, db, dout, out_dim, in, w, pre_gelu, n, in_dim, out_dim, accumulate,
+                                 (cudaStream_t)stream);
+}
+
+void hdlm_linear_backward_strided(hdlm_bf16 *din, float *dw, float *db, const hdlm_bf16 *dout, int dout_ld,
+                                  const hdlm_bf16 *in, const hdlm_bf16 *w, const hdlm_bf16 *pre_gelu, int n,
+                                  int in_dim, int out_dim, bool accumulate, cudaStream_t s) {
     HDLM_ASSERT(!(pre_gelu && accumulate), "linear backward: DGELU with an accumulated din is not defined");
+    HDLM_ASSERT(dout_ld >= out_dim, "linear backward: dout row stride %d below its %d columns", dout_ld, out_dim);
     if (n <= 0) return;
-    cudaStream_t s = (cudaStream_t)stream;
     // dWᵀ[i,o] += inᵀ·dout, fp32 C = D with β = 1: the accumulation over micro-batches stays in fp32.
     hdlm_lt_matmul_must((hdlm_lt_matrix){in, CUDA_R_16BF, in_dim, n, in_dim}, false,
-                   (hdlm_lt_matrix){dout, CUDA_R_16BF, out_dim, n, out_dim}, true,
+                   (hdlm_lt_matrix){dout, CUDA_R_16BF, out_dim, n, dout_ld}, true,
                    (hdlm_lt_matrix){dw, CUDA_R_32F, in_dim, out_dim, in_dim}, 1.0f, s);
-    if (db) hdlm_column_reduce(db, dout_value{as_bf16(dout), out_dim}, n, out_dim, s);
+    if (db) hdlm_column_reduce(db, dout_value{as_bf16(dout), dout_ld}, n, out_dim, s);
     if (!din) return;
     hdlm_lt_matrix A = {w, CUDA_R_16BF, in_dim, out_dim, in_dim};
-    hdlm_lt_matrix B = {dout, CUDA_R_16BF, out_dim, n, out_dim};
+    hdlm_lt_matrix B = {dout, CUDA_R_16BF, out_dim, n, dout_ld};
     hdlm_lt_matrix D = {din, CUDA_R_16BF, in_dim, n, in_dim};
     if (pre_gelu && in_dim % 8 == 0 && hdlm_pointer_alignment(pre_gelu) >= EPILOGUE_ALIGNMENT) {
         lt_epilogue ep = {CUBLASLT_EPILOGUE_DGELU, NULL, pre_gelu, in_dim};

@@ -49,6 +49,8 @@ struct hdlm_cuda_model {
     hdlm_bf16 *dlnf, *da, *dtmp, *datt, *dqkv, *dfc, *dmod, *dcond_l, *dc2, *dc1, *dc1s;
     void *attn_ws;
     size_t attn_ws_bytes;
+    uint32_t *keep_bits;         // [n_layers][keep_bytes]: attention dropout decisions of the training forward
+    size_t keep_bytes, keep_bytes_have;
 
     // The last forward.
     int batch, length;
@@ -181,25 +183,34 @@ static void acts_reserve(hdlm_cuda_model *m, int n) {
     ALLOC(dqkv, N * 3 * d, B2);
     ALLOC(dfc, N * f, B2);
 #undef ALLOC
-    m->attn_ws = NULL;   // sized per (batch, length) by the forward
-    m->attn_ws_bytes = 0;
+    m->attn_ws = m->keep_bits = NULL;   // sized per (batch, length) by the forward
+    m->attn_ws_bytes = m->keep_bytes_have = 0;
     m->capacity = n;
 }
 
-// The flash-attention backward scratch depends on (batch, length), not only on the token count.
-static void attn_ws_reserve(hdlm_cuda_model *m, int batch, int len) {
-    size_t bytes = hdlm_cuda_attention_workspace_bytes(batch, len, m->config.n_heads,
-                                                       m->config.width / m->config.n_heads);
-    if (bytes <= m->attn_ws_bytes && m->attn_ws) return;
+// *buf holds at least `bytes` (it had *have): a smaller one is replaced once the queued work no longer uses it.
+static void *attn_reserve(hdlm_cuda_model *m, void *buf, size_t *have, size_t bytes) {
+    if (bytes <= *have && buf) return buf;
     HDLM_CUDA_CHECK(cudaStreamSynchronize(m->stream));
     for (int i = 0; i < m->n_allocs; i++)
-        if (m->allocs[i] == m->attn_ws) {   // drop the old workspace from the list
-            hdlm_cuda_free(m->attn_ws);
+        if (m->allocs[i] == buf) {   // drop the old buffer from the list
+            hdlm_cuda_free(buf);
             m->allocs[i] = m->allocs[--m->n_allocs];
             break;
         }
-    m->attn_ws = acts_alloc(m, bytes);
-    m->attn_ws_bytes = bytes;
+    *have = bytes;
+    return acts_alloc(m, bytes);
+}
+
+// The flash-attention backward scratch and, for a training forward with dropout, the keep bits of every layer depend
+// on (batch, length), not only on the token count.
+static void attn_reserve_all(hdlm_cuda_model *m, int batch, int len, bool training) {
+    const hdlm_model_config *c = &m->config;
+    m->attn_ws = attn_reserve(m, m->attn_ws, &m->attn_ws_bytes,
+                              hdlm_cuda_attention_workspace_bytes(batch, len, c->n_heads, c->width / c->n_heads));
+    m->keep_bytes = hdlm_cuda_attention_keep_bytes(batch, len, c->n_heads);
+    if (training && c->dropout > 0.0f)
+        m->keep_bits = (uint32_t *)attn_reserve(m, m->keep_bits, &m->keep_bytes_have, c->n_layers * m->keep_bytes);
 }
 
 // cos/sin [L, D/2] from the host's rotary tables (the CPU's exact or reference rounding), uploaded when L changes.
@@ -329,7 +340,7 @@ static int begin_forward(hdlm_cuda_model *m, const hdlm_model_input *in, const u
         HDLM_CHECK(x0[i] < x0_limit, "CUDA model: clean token %d has id %u, the loss needs ids below %u", i, x0[i],
                    x0_limit);
     acts_reserve(m, N);
-    attn_ws_reserve(m, in->batch, in->length);
+    attn_reserve_all(m, in->batch, in->length, in->training);
     rotary_reserve(m, in->length);
     m->batch = in->batch;
     m->length = in->length;
@@ -356,6 +367,11 @@ static int begin_forward(hdlm_cuda_model *m, const hdlm_model_input *in, const u
 
 static uint64_t site_key(const hdlm_cuda_model *m, int layer, hdlm_dropout_site site) {
     return hdlm_model_dropout_key(m->key, layer, site);
+}
+
+// Layer l's attention keep bits (NULL without dropout).
+static uint32_t *keep_bits(const hdlm_cuda_model *m, int layer) {
+    return m->dropout > 0.0f ? m->keep_bits + (size_t)layer * (m->keep_bytes / sizeof(uint32_t)) : NULL;
 }
 
 // Embedding, blocks and final LayerNorm, in hdlm_model_forward's order; leaves lnf for the fused head.
@@ -396,7 +412,7 @@ static void forward_trunk(hdlm_cuda_model *m) {
                                     gamma ? mod : NULL, gamma ? mod + d : NULL, 6 * d, N, d, s);
         hdlm_cuda_linear_forward(qkv, NULL, a1, shadow(m, w->qkv), NULL, N, d, 3 * d, s);
         hdlm_cuda_rotary_forward(qkv, m->cos_t, m->sin_t, B, L, H, hd, s);
-        hdlm_cuda_attention_forward(att, m->lse + (size_t)l * N * H, qkv, &m->mask, B, L, H, hd, p,
+        hdlm_cuda_attention_forward(att, m->lse + (size_t)l * N * H, keep_bits(m, l), qkv, &m->mask, B, L, H, hd, p,
                                     site_key(m, l, HDLM_DROPOUT_ATTN_PROBS), s);
         hdlm_cuda_linear_forward(att_y, NULL, att, shadow(m, w->attn_out), NULL, N, d, d, s);
         hdlm_cuda_residual_forward(h_mid, h_in, att_y, gamma ? mod + 2 * d : NULL, 6 * d, N, d, p,
@@ -541,8 +557,8 @@ void hdlm_cuda_model_backward(hdlm_cuda_model *m) {
                                     6 * d, N, d, p, site_key(m, l, HDLM_DROPOUT_ATTN_RESIDUAL), s);
         hdlm_cuda_linear_backward(m->datt, g->attn_out, NULL, m->dtmp, att, shadow(m, w->attn_out), NULL, N, d, d,
                                   false, s);
-        hdlm_cuda_attention_backward(m->dqkv, m->attn_ws, m->datt, att, m->lse + (size_t)l * N * H, qkv, &m->mask, B,
-                                     L, H, hd, p, site_key(m, l, HDLM_DROPOUT_ATTN_PROBS), s);
+        hdlm_cuda_attention_backward(m->dqkv, m->attn_ws, m->datt, att, m->lse + (size_t)l * N * H, keep_bits(m, l),
+                                     qkv, &m->mask, B, L, H, hd, p, site_key(m, l, HDLM_DROPOUT_ATTN_PROBS), s);
         hdlm_cuda_rotary_backward(m->dqkv, m->cos_t, m->sin_t, B, L, H, hd, s);
         hdlm_cuda_linear_backward(m->da, g->qkv, NULL, m->dqkv, a1, shadow(m, w->qkv), NULL, N, d, 3 * d, false, s);
         hdlm_cuda_layernorm_backward(m->dh, g->norm1, gamma ? dmod : NULL, gamma ? dmod + d : NULL, m->da, h_in,
