@@ -64,9 +64,11 @@ __device__ inline int tile_key_end(const hdlm_attn_mask &mask, int i0, bool with
 // Whether probability `index` survives dropout: hdlm_uniform_at_dev(key, index) >= p, the CPU's
 // hdlm_dropout_scales rule, compared on the Philox word (u = (word >> 8)·2⁻²⁴).
 __device__ inline bool kept_at(const attn_shape &sh, uint64_t index) {
-    uint32_t block[4];
-    hdlm_philox4x32_dev(sh.key, 1, index >> 2, block);
-    return block[index & 3] >= sh.keep_min;
+    uint32_t w[4];
+    hdlm_philox4x32_dev(sh.key, 1, index >> 2, w);
+    // selected without indexing the array by a run-time value, which would put it in local memory
+    uint32_t word = index & 2 ? (index & 1 ? w[3] : w[2]) : (index & 1 ? w[1] : w[0]);
+    return word >= sh.keep_min;
 }
 
 // Dropout multiplier of probability (row_index + j): 0 or 1/(1 − p).
@@ -453,7 +455,7 @@ __device__ inline uint32_t tc_keep_bits(const attn_shape &sh, const uint64_t row
     const int lane = threadIdx.x % 32, t = lane % 4;
     uint32_t bits = 0;
     if (sh.len % 4 == 0) {
-        const uint64_t first = row_index[t / 2] + (uint64_t)(j0 + 4 * (t % 2));
+        const uint64_t first = (t < 2 ? row_index[0] : row_index[1]) + (uint64_t)(j0 + 4 * (t % 2));
         uint32_t drawn = 0;   // bit 4·nt + q: column 8·nt + 4·(t % 2) + q of row t / 2
 #pragma unroll
         for (int nt = 0; nt < TC_NT; nt++) {
