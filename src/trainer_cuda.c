@@ -59,7 +59,10 @@ void hdlm_trainer_gpu_free(hdlm_trainer *t) {
     struct hdlm_trainer_gpu *g = t->gpu;
     hdlm_cuda_synchronize();
     hdlm_nccl_sync_free(g->sync);
-    if (g->model) hdlm_cuda_model_free(g->model);
+    if (g->model) {
+        hdlm_cuda_model_profile_report(g->model, stderr, 0.0);   // HDLM_PROFILE=1: the whole run's table
+        hdlm_cuda_model_free(g->model);
+    }
     hdlm_cuda_free(g->adam_m);
     hdlm_cuda_free(g->adam_v);
     hdlm_cuda_free(g->ema);
@@ -122,7 +125,9 @@ void hdlm_trainer_gpu_update(hdlm_trainer *t, hdlm_update_stats *stats) {
     double scale = 1.0 / ((double)t->accum * t->world);
     float *params = hdlm_cuda_model_params(dm), *grads = hdlm_cuda_model_grads(dm);
     size_t n = t->hi - t->lo;
+    hdlm_cuda_model_profile_optimizer_begin(dm);
     hdlm_cuda_sum_squares(g->sum_squares, grads + t->lo, n, stream);
+    hdlm_cuda_model_profile_optimizer_end(dm);
     double sum_squares;
     hdlm_cuda_synchronize();
     hdlm_cuda_download(&sum_squares, g->sum_squares, sizeof sum_squares);
@@ -137,10 +142,12 @@ void hdlm_trainer_gpu_update(hdlm_trainer *t, hdlm_update_stats *stats) {
     } else {
         double clip = 1.0, factor = t->cfg.optim.grad_clip / (stats->grad_norm + 1e-6);   // hdlm_grad_clip's rule
         if (t->cfg.optim.grad_clip > 0 && factor < 1.0) clip = factor;
+        hdlm_cuda_model_profile_optimizer_begin(dm);
         hdlm_cuda_adamw_update(params + t->lo, hdlm_cuda_model_params_bf16(dm) + t->lo, grads + t->lo, g->adam_m,
                                g->adam_v, n, &t->adamw, (float)stats->lr, t->applied + 1, (float)(scale * clip),
                                stream);
         hdlm_cuda_ema_update(g->ema, params + t->lo, n, (float)hdlm_ema_decay(&t->ema_cfg, t->applied + 1), stream);
+        hdlm_cuda_model_profile_optimizer_end(dm);
         if (t->cfg.optim.zero1) {
             hdlm_nccl_params_allgather(g->sync, params);
             hdlm_cuda_model_refresh_bf16(dm);   // the other ranks' slices arrived in fp32 only

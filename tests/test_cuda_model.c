@@ -3,7 +3,7 @@
 // out of the softmax) and γ (score entropy + settled CE), with dropout 0 and 0.1 (same keys, so the same elements are
 // dropped); the loss and EVERY parameter gradient are compared. Also the grad-ready hook (same order and offsets as
 // the CPU model, one event per point), a forward without backward leaving the gradients alone, one model through
-// changing shapes (new length, more tokens) and the refusal of bad inputs.
+// changing shapes (new length, more tokens), the refusal of bad inputs and the profile (HDLM_PROFILE=1).
 //
 // Tolerances (bf16 activations and matmul inputs, fp32 accumulation, fp32 residual stream and statistics): the
 // parameters are rounded to bf16 first, so the GPU's bf16 weight shadow is exact and only activations and
@@ -360,6 +360,62 @@ static void test_bad_inputs_refused(void **state) {
 #endif
 }
 
+// HDLM_PROFILE=1 at create: the step still matches the CPU, and the report has every kind the γ model runs plus the
+// caller's optimizer span, with positive times. A model created without it reports nothing.
+static void test_profile(void **state) {
+    (void)state;
+    if (!test_gpu_ready()) skip();
+#ifdef HDLM_HAVE_CUDA
+    hdlm_model *cpu;
+    hdlm_cuda_model *gpu;
+    hdlm_model_config config = small_config(HDLM_FAMILY_GAMMA, 0.1f);
+    assert_int_equal(hdlm_model_create(&cpu, &config), 0);
+    randomize_params(cpu, 11 + CASE_GAMMA);
+    setenv("HDLM_PROFILE", "1", 1);   // for the GPU model only: the CPU model would print its own table per step
+    assert_int_equal(hdlm_cuda_model_create(&gpu, cpu), 0);
+    unsetenv("HDLM_PROFILE");
+    assert_true(hdlm_cuda_model_profiling(gpu));
+    step_and_compare(cpu, gpu, CASE_GAMMA, 2, L, "gamma, profiled");   // a forward alone, then a training step
+    hdlm_cuda_model_profile_optimizer_begin(gpu);
+    hdlm_cuda_model_zero_grad(gpu);
+    hdlm_cuda_model_profile_optimizer_end(gpu);
+    char *text;
+    size_t size;
+    FILE *f = open_memstream(&text, &size);
+    hdlm_cuda_model_profile_report(gpu, f, 10.0);
+    fclose(f);
+    printf("%s", text);
+    assert_non_null(strstr(text, "2 forwards, 1 backwards, 1 optimizer spans (last 2x64)"));
+    static const char *const kinds[] = {"adaln+sigma", "embed", "layernorm", "linear qkv", "rotary", "attention",
+                                        "linear attn_out", "residual+dropout", "linear fc1+gelu", "linear fc2",
+                                        "head+loss", "optimizer"};
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+        char row[32];
+        snprintf(row, sizeof row, "\n  %s ", kinds[k]);
+        assert_non_null(strstr(text, row));
+    }
+    double total = 0, share = 0;
+    const char *t = strstr(text, "\n  total ");
+    assert_non_null(t);
+    assert_int_equal(sscanf(t, " total %lf %lf%%", &total, &share), 2);
+    assert_true(total > 0 && share == 100.0);
+    free(text);
+    hdlm_cuda_model_profile_reset(gpu);
+    hdlm_cuda_model_free(gpu);
+    hdlm_model_free(cpu);
+
+    create_models(CASE_EPS_FULL, 0.0f, &cpu, &gpu);
+    assert_false(hdlm_cuda_model_profiling(gpu));
+    f = open_memstream(&text, &size);
+    hdlm_cuda_model_profile_report(gpu, f, 0.0);
+    fclose(f);
+    assert_int_equal(size, 0);
+    free(text);
+    hdlm_cuda_model_free(gpu);
+    hdlm_model_free(cpu);
+#endif
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_epsilon_full_mask),
@@ -368,6 +424,7 @@ int main(void) {
         cmocka_unit_test(test_gamma_hyperschedule),
         cmocka_unit_test(test_shapes_change),
         cmocka_unit_test(test_bad_inputs_refused),
+        cmocka_unit_test(test_profile),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

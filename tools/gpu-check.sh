@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # tools/gpu-check.sh — every GPU check of the CUDA backend in one run on a GPU machine (docs/cuda.md, "Verifying on a
 # GPU"): configure and build (Release, sm_90), the GPU tests (ctest -L gpu), `hdlm-bench train` with the PyTorch
-# baseline, compute-sanitizer memcheck of every tests/test_cuda_* binary, and the 2-rank NCCL test when the machine has
-# two GPUs. Each stage has its own time limit and the whole run stays within GPU_CHECK_BUDGET seconds (default 510,
-# under 9 minutes): a stage that would start without enough time left is reported as skipped.
+# baseline, a short `HDLM_PROFILE=1 hdlm-bench train` (the time per kernel kind), compute-sanitizer memcheck of every
+# tests/test_cuda_* binary, and the 2-rank NCCL test when the machine has two GPUs. Each stage has its own time limit
+# and the whole run stays within GPU_CHECK_BUDGET seconds (default 510, under 9 minutes): a stage that would start
+# without enough time left is reported as skipped.
 #
 # When the project cannot be configured there (an image without MPI, parallel HDF5, BLIS, cmocka, ...), the binaries
 # built here by tools/gpu-pack.sh are used instead, if gpu-pack/pack.tar.xz was carried (GPU_CHECK_PACK=1 forces it).
@@ -12,14 +13,15 @@
 #   GPU_CHECK_STAGES="bench" tools/gpu-check.sh     # a subset again, reusing the build directory
 #
 # Environment: OUT, GPU_CHECK_BUILD (build directory, default build-gpu), GPU_CHECK_BUDGET, GPU_CHECK_STAGES (any of:
-# info configure build ctest bench memcheck nccl; default all, run in that order), GPU_CHECK_PACK, BENCH_ARGS (more
-# arguments of hdlm-bench train, e.g. "--batch 64"). Exit status 0 when no stage failed or timed out.
+# info configure build ctest bench profile memcheck nccl; default all, run in that order), GPU_CHECK_PACK, BENCH_ARGS
+# (more arguments of hdlm-bench train, bench and profile stages, e.g. "--batch 64"). Exit status 0 when no stage failed
+# or timed out.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-./gpu-check-out}
 BUILD=${GPU_CHECK_BUILD:-build-gpu}
 BUDGET=${GPU_CHECK_BUDGET:-510}
-STAGES=${GPU_CHECK_STAGES:-"info configure build ctest bench memcheck nccl"}
+STAGES=${GPU_CHECK_STAGES:-"info configure build ctest bench profile memcheck nccl"}
 USE_PACK=${GPU_CHECK_PACK:-0}
 PACK_TAR=gpu-pack/pack.tar.xz
 PACK_DIR=/tmp/hdlm-gpu-pack
@@ -129,7 +131,7 @@ elif wanted build; then
 fi
 
 if [ ! -x "$BIN/hdlm-bench" ]; then
-    for s in ctest bench memcheck nccl; do wanted $s && skipped $s "no binaries"; done
+    for s in ctest bench profile memcheck nccl; do wanted $s && skipped $s "no binaries"; done
 else
     if wanted ctest; then
         if ((USE_PACK)); then   # no CTest files in the pack: the same GPU tests, one after the other
@@ -144,6 +146,11 @@ else
     if wanted bench; then
         # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
         stage bench 200 "$BIN/hdlm-bench" train --device cuda "${PYTHON_ARG[@]}" ${BENCH_ARGS:-}
+    fi
+    if wanted profile; then
+        # shellcheck disable=SC2086  # as above
+        stage profile 90 env HDLM_PROFILE=1 "$BIN/hdlm-bench" train --device cuda --no-torch --steps 3 --warmup 2 \
+            ${BENCH_ARGS:-}
     fi
     if wanted memcheck; then
         # Every GPU test binary under memcheck (their shapes are small); the limit is shared among them.
@@ -183,6 +190,14 @@ fi
     if [ -f "$OUT/bench.log" ]; then
         echo "--- hdlm-bench train"
         grep -vE '^\s*$' "$OUT/bench.log" | tail -12
+    fi
+    if [ -f "$OUT/profile.log" ]; then
+        echo "--- HDLM_PROFILE=1 hdlm-bench train (ms per step by kernel kind)"
+        if grep -q '^hdlm cuda profile' "$OUT/profile.log"; then
+            sed -n '/^impl /,$p' "$OUT/profile.log" | head -30
+        else
+            tail -5 "$OUT/profile.log"
+        fi
     fi
 } | tee "$OUT/summary.txt"
 exit $FAILED

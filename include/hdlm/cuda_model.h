@@ -19,6 +19,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "hdlm/cuda.h"
 #include "hdlm/diffusion.h"
@@ -76,5 +77,23 @@ void hdlm_cuda_model_backward(hdlm_cuda_model *model);
 // backward. fn NULL: no hook.
 void hdlm_cuda_model_set_grad_ready(hdlm_cuda_model *model, hdlm_grad_ready_fn fn, void *ctx);
 void *hdlm_cuda_model_grad_event(hdlm_cuda_model *model);
+
+// Profile by kernel kind, the GPU twin of the CPU model's (environment HDLM_PROFILE=1, read at create): CUDA events
+// on the compute stream between the kernel groups of the forward, head and backward, grouped as adaLN + σ
+// conditioning, embedding, LayerNorm, each block linear, rotary, attention, residual + dropout, head + loss, and the
+// caller's optimizer spans. The times are read at the next forward, which then first waits for the previous step's
+// events (profiling serialises host and device once per step), or by the report. Off, each group costs one branch.
+bool hdlm_cuda_model_profiling(const hdlm_cuda_model *model);
+// The work the caller queues on the compute stream between these two calls counts as "optimizer" (global norm,
+// AdamW, EMA, zero_grad); host waits between spans are not counted. No-ops when not profiling.
+void hdlm_cuda_model_profile_optimizer_begin(hdlm_cuda_model *model);
+void hdlm_cuda_model_profile_optimizer_end(hdlm_cuda_model *model);
+// Forgets what was measured so far (e.g. the warm-up steps).
+void hdlm_cuda_model_profile_reset(hdlm_cuda_model *model);
+// Waits for the stream and prints the accumulated table to `out`: ms per forward (a training step when each forward
+// has its backward) by kind, forward and backward, share of the timed GPU time and TFLOP/s of the GEMM kinds and
+// attention (the CPU profile's counts). wall_step_s > 0: also how much of that wall time per step the events cover.
+// Prints nothing when not profiling.
+void hdlm_cuda_model_profile_report(hdlm_cuda_model *model, FILE *out, double wall_step_s);
 
 #endif

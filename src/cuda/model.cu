@@ -11,6 +11,17 @@ extern "C" {
 #include "hdlm/rng.h"
 }
 
+// Profile kinds (HDLM_PROFILE=1), in forward order. GELU is fused into fc1's forward and fc2's backward (cuBLASLt
+// epilogues); the head computes its gradients inside the forward call, so its backward shows in the forward column.
+typedef enum {
+    PROF_SIGMA, PROF_EMBED, PROF_NORM, PROF_QKV, PROF_ROTARY, PROF_ATTENTION, PROF_ATTN_OUT, PROF_RESIDUAL,
+    PROF_FC1, PROF_FC2, PROF_HEAD, PROF_OPTIMIZER, PROF_KINDS
+} prof_kind;
+static const char *const prof_names[PROF_KINDS] = {
+    "adaln+sigma", "embed", "layernorm", "linear qkv", "rotary", "attention", "linear attn_out", "residual+dropout",
+    "linear fc1+gelu", "linear fc2", "head+loss", "optimizer"};
+enum { PROF_FWD, PROF_BWD, PROF_CALLER, PROF_DIRS };   // span directions; the caller's spans are the optimizer's
+
 struct hdlm_cuda_model {
     hdlm_model_config config;
     hdlm_tensor *tensors;
@@ -65,7 +76,130 @@ struct hdlm_cuda_model {
     void *grad_ready_ctx;
     cudaEvent_t *grad_events;   // one per hook point, n_layers + 1
     cudaEvent_t grad_event_now;
+
+    // Profile: a pool of timing events recorded in order; codes[i] = dir · PROF_KINDS + kind of the work between
+    // events i − 1 and i, or −1 where a span starts (the time before it is not counted).
+    bool prof;
+    int prof_n, prof_cap, prof_dir;
+    cudaEvent_t *prof_events;
+    int *prof_codes;
+    double prof_ms[PROF_DIRS * PROF_KINDS], prof_flops[PROF_DIRS * PROF_KINDS];
+    long prof_spans[PROF_DIRS];
+    int prof_batch, prof_length;
 };
+
+// ---- profile (HDLM_PROFILE=1) ----------------------------------------------------------------------------------
+
+static void prof_grow(hdlm_cuda_model *m, int cap) {
+    m->prof_events = (cudaEvent_t *)hdlm_realloc(m->prof_events, (size_t)cap * sizeof(cudaEvent_t));
+    m->prof_codes = (int *)hdlm_realloc(m->prof_codes, (size_t)cap * sizeof(int));
+    for (int i = m->prof_cap; i < cap; i++) HDLM_CUDA_CHECK(cudaEventCreate(&m->prof_events[i]));
+    m->prof_cap = cap;
+}
+
+static void prof_record(hdlm_cuda_model *m, int code, double flops) {
+    if (m->prof_n == m->prof_cap) prof_grow(m, 2 * m->prof_cap);
+    HDLM_CUDA_CHECK(cudaEventRecord(m->prof_events[m->prof_n], m->stream));
+    m->prof_codes[m->prof_n++] = code;
+    if (code >= 0) m->prof_flops[code] += flops;
+}
+
+// Adds the times between the recorded events (waiting for the last one) and empties the pool.
+static void prof_collect(hdlm_cuda_model *m) {
+    if (m->prof_n == 0) return;
+    HDLM_CUDA_CHECK(cudaEventSynchronize(m->prof_events[m->prof_n - 1]));
+    for (int i = 1; i < m->prof_n; i++) {
+        if (m->prof_codes[i] < 0) continue;
+        float ms;
+        HDLM_CUDA_CHECK(cudaEventElapsedTime(&ms, m->prof_events[i - 1], m->prof_events[i]));
+        m->prof_ms[m->prof_codes[i]] += ms;
+    }
+    m->prof_n = 0;
+}
+
+// Starts a span of direction dir; a forward first collects the previous step's events.
+static inline void prof_begin(hdlm_cuda_model *m, int dir) {
+    if (!m->prof) return;
+    if (dir == PROF_FWD) {
+        prof_collect(m);
+        m->prof_batch = m->batch;
+        m->prof_length = m->length;
+    }
+    m->prof_dir = dir;
+    m->prof_spans[dir]++;
+    prof_record(m, -1, 0.0);
+}
+
+// FLOPs of one kernel group by the CPU profile's count: 2·rows·in·out per linear, 4·N·L·d per layer's attention,
+// twice each in the backward; the head (2·N·d·V) three times when its gradients are computed in the same call.
+static double prof_flops(const hdlm_cuda_model *m, int kind) {
+    double n = (double)m->batch * m->length, d = m->config.width, f = (double)m->config.mlp_ratio * d;
+    double fwd = kind == PROF_QKV ? 6.0 * n * d * d
+               : kind == PROF_ATTN_OUT ? 2.0 * n * d * d
+               : kind == PROF_FC1 || kind == PROF_FC2 ? 2.0 * n * d * f
+               : kind == PROF_ATTENTION ? 4.0 * n * m->length * d
+               : kind == PROF_HEAD ? 2.0 * n * d * m->config.vocab * (m->have_head_grad ? 3.0 : 1.0)
+               : 0.0;
+    return m->prof_dir == PROF_BWD ? 2.0 * fwd : fwd;
+}
+
+// Ends a kernel group of `kind`: the work queued since the previous event.
+static inline void prof_mark(hdlm_cuda_model *m, int kind) {
+    if (m->prof) prof_record(m, m->prof_dir * PROF_KINDS + kind, prof_flops(m, kind));
+}
+
+bool hdlm_cuda_model_profiling(const hdlm_cuda_model *m) { return m->prof; }
+void hdlm_cuda_model_profile_optimizer_begin(hdlm_cuda_model *m) { prof_begin(m, PROF_CALLER); }
+void hdlm_cuda_model_profile_optimizer_end(hdlm_cuda_model *m) { prof_mark(m, PROF_OPTIMIZER); }
+
+void hdlm_cuda_model_profile_reset(hdlm_cuda_model *m) {
+    if (!m->prof) return;
+    prof_collect(m);
+    memset(m->prof_ms, 0, sizeof m->prof_ms);
+    memset(m->prof_flops, 0, sizeof m->prof_flops);
+    memset(m->prof_spans, 0, sizeof m->prof_spans);
+}
+
+static void prof_cell(FILE *out, double value, const char *format) {
+    if (value > 0.0) fprintf(out, format, value);
+    else fprintf(out, " %9s", "-");
+}
+
+void hdlm_cuda_model_profile_report(hdlm_cuda_model *m, FILE *out, double wall_step_s) {
+    if (!m->prof) return;
+    prof_collect(m);
+    double steps = (double)m->prof_spans[PROF_FWD], total = 0.0, flops = 0.0;
+    if (steps == 0) {
+        fprintf(out, "hdlm cuda profile: no forward measured\n");
+        return;
+    }
+    for (int i = 0; i < PROF_DIRS * PROF_KINDS; i++) total += m->prof_ms[i], flops += m->prof_flops[i];
+    fprintf(out,
+            "hdlm cuda profile: %ld forwards, %ld backwards, %ld optimizer spans (last %dx%d); GPU time between "
+            "events, ms per forward\n  %-17s %9s %9s %9s %7s %9s %9s\n",
+            m->prof_spans[PROF_FWD], m->prof_spans[PROF_BWD], m->prof_spans[PROF_CALLER], m->prof_batch,
+            m->prof_length, "kind", "forward", "backward", "ms/step", "share", "TFLOP/s f", "TFLOP/s b");
+    for (int k = 0; k < PROF_KINDS; k++) {
+        const double *ms = m->prof_ms + k, *fl = m->prof_flops + k;   // stride PROF_KINDS between directions
+        double t = ms[PROF_FWD * PROF_KINDS] + ms[PROF_BWD * PROF_KINDS] + ms[PROF_CALLER * PROF_KINDS];
+        if (t == 0.0) continue;
+        fprintf(out, "  %-17s", prof_names[k]);
+        prof_cell(out, ms[PROF_FWD * PROF_KINDS] / steps, " %9.3f");
+        prof_cell(out, ms[PROF_BWD * PROF_KINDS] / steps, " %9.3f");
+        fprintf(out, " %9.3f %6.1f%%", t / steps, 100.0 * t / total);
+        for (int dir = PROF_FWD; dir <= PROF_BWD; dir++) {
+            double tf = ms[dir * PROF_KINDS];
+            prof_cell(out, tf > 0.0 ? fl[dir * PROF_KINDS] / tf * 1e-9 : 0.0, " %9.1f");
+        }
+        fputc('\n', out);
+    }
+    fprintf(out, "  %-17s %19s %9.3f %6.1f%% %9.1f (all counted FLOPs over all the time)\n", "total", "",
+            total / steps, 100.0, flops / total * 1e-9);
+    if (wall_step_s > 0)
+        fprintf(out, "  the events cover %.1f%% of the %.3f ms wall step (the rest: host waits, copies, gaps)\n",
+                100.0 * total / steps / (wall_step_s * 1e3), wall_step_s * 1e3);
+    fflush(out);
+}
 
 // ---- views, buffers ------------------------------------------------------------------------------------------
 
@@ -259,6 +393,9 @@ int hdlm_cuda_model_create(hdlm_cuda_model **out, const hdlm_model *host) {
     m->grad_events = (cudaEvent_t *)hdlm_calloc((size_t)c->n_layers + 1, sizeof(cudaEvent_t));
     for (int i = 0; i <= c->n_layers; i++)
         HDLM_CUDA_CHECK(cudaEventCreateWithFlags(&m->grad_events[i], cudaEventDisableTiming));
+    const char *profile = getenv("HDLM_PROFILE");
+    m->prof = profile && *profile && strcmp(profile, "0") != 0;
+    if (m->prof) prof_grow(m, 32 * (c->n_layers + 1));   // a step takes about 25 events per layer
     hdlm_cuda_model_upload_params(m, host->params);
     hdlm_cuda_model_zero_grad(m);
     HDLM_CUDA_CHECK(cudaStreamSynchronize(m->stream));
@@ -271,6 +408,9 @@ void hdlm_cuda_model_free(hdlm_cuda_model *m) {
     HDLM_CUDA_CHECK(cudaStreamSynchronize(m->stream));
     acts_release(m);
     for (int i = 0; i <= m->config.n_layers; i++) HDLM_CUDA_CHECK(cudaEventDestroy(m->grad_events[i]));
+    for (int i = 0; i < m->prof_cap; i++) HDLM_CUDA_CHECK(cudaEventDestroy(m->prof_events[i]));
+    free(m->prof_events);
+    free(m->prof_codes);
     HDLM_CUDA_CHECK(cudaEventDestroy(m->staged));
     HDLM_CUDA_CHECK(cudaEventDestroy(m->loss_ready));
     HDLM_CUDA_CHECK(cudaFreeHost(m->loss_host));
@@ -384,6 +524,7 @@ static void forward_trunk(hdlm_cuda_model *m) {
     float p = m->dropout;
     hdlm_stream s = m->stream;
 
+    prof_begin(m, PROF_FWD);
     if (gamma) {
         hdlm_cuda_gamma_mix(m->mix, m->sigma, c->gamma, N, s);
         hdlm_cuda_sigma_sinusoid(m->freq, m->sigma, N, HDLM_SIGMA_FREQ_DIM, s);
@@ -393,8 +534,10 @@ static void forward_trunk(hdlm_cuda_model *m) {
         hdlm_cuda_linear_forward(m->sig_h2, NULL, m->sig_s1, shadow(m, m->p.sigma_w2), shadow(m, m->p.sigma_b2), N,
                                  cd, cd, s);
         hdlm_cuda_silu_forward(m->cond, m->sig_h2, (size_t)N * cd, s);
+        prof_mark(m, PROF_SIGMA);
     }
     hdlm_cuda_embedding_forward(m->h, m->p.embed, m->tokens, gamma ? m->mix : NULL, (uint32_t)(V - 1), N, d, s);
+    prof_mark(m, PROF_EMBED);
 
     for (int l = 0; l < c->n_layers; l++) {
         const hdlm_block_views *w = &m->p.blocks[l];
@@ -406,27 +549,40 @@ static void forward_trunk(hdlm_cuda_model *m) {
         hdlm_bf16 *mlp_y = m->mlp_y + l * Nd;
 
         // (shift_a | scale_a | gate_a | shift_m | scale_m | gate_m) per token (spec §7.1)
-        if (gamma) hdlm_cuda_linear_forward(mod, NULL, m->cond, shadow(m, w->ada_w), shadow(m, w->ada_b), N, cd,
-                                            6 * d, s);
+        if (gamma) {
+            hdlm_cuda_linear_forward(mod, NULL, m->cond, shadow(m, w->ada_w), shadow(m, w->ada_b), N, cd, 6 * d, s);
+            prof_mark(m, PROF_SIGMA);
+        }
         hdlm_cuda_layernorm_forward(a1, m->ln1_mean + (size_t)l * N, m->ln1_rstd + (size_t)l * N, h_in, w->norm1,
                                     gamma ? mod : NULL, gamma ? mod + d : NULL, 6 * d, N, d, s);
+        prof_mark(m, PROF_NORM);
         hdlm_cuda_linear_forward(qkv, NULL, a1, shadow(m, w->qkv), NULL, N, d, 3 * d, s);
+        prof_mark(m, PROF_QKV);
         hdlm_cuda_rotary_forward(qkv, m->cos_t, m->sin_t, B, L, H, hd, s);
+        prof_mark(m, PROF_ROTARY);
         hdlm_cuda_attention_forward(att, m->lse + (size_t)l * N * H, keep_bits(m, l), qkv, &m->mask, B, L, H, hd, p,
                                     site_key(m, l, HDLM_DROPOUT_ATTN_PROBS), s);
+        prof_mark(m, PROF_ATTENTION);
         hdlm_cuda_linear_forward(att_y, NULL, att, shadow(m, w->attn_out), NULL, N, d, d, s);
+        prof_mark(m, PROF_ATTN_OUT);
         hdlm_cuda_residual_forward(h_mid, h_in, att_y, gamma ? mod + 2 * d : NULL, 6 * d, N, d, p,
                                    site_key(m, l, HDLM_DROPOUT_ATTN_RESIDUAL), s);
+        prof_mark(m, PROF_RESIDUAL);
 
         hdlm_cuda_layernorm_forward(a2, m->ln2_mean + (size_t)l * N, m->ln2_rstd + (size_t)l * N, h_mid, w->norm2,
                                     gamma ? mod + 3 * d : NULL, gamma ? mod + 4 * d : NULL, 6 * d, N, d, s);
+        prof_mark(m, PROF_NORM);
         hdlm_cuda_linear_forward(fc1, gelu, a2, shadow(m, w->fc1_w), shadow(m, w->fc1_b), N, d, f, s);
+        prof_mark(m, PROF_FC1);
         hdlm_cuda_linear_forward(mlp_y, NULL, gelu, shadow(m, w->fc2_w), shadow(m, w->fc2_b), N, f, d, s);
+        prof_mark(m, PROF_FC2);
         hdlm_cuda_residual_forward(h_out, h_mid, mlp_y, gamma ? mod + 5 * d : NULL, 6 * d, N, d, p,
                                    site_key(m, l, HDLM_DROPOUT_MLP_RESIDUAL), s);
+        prof_mark(m, PROF_RESIDUAL);
     }
     hdlm_cuda_layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, m->h + (size_t)c->n_layers * Nd, m->p.norm_final,
                                 NULL, NULL, 0, N, d, s);
+    prof_mark(m, PROF_NORM);
 }
 
 // The fused head on the rows just filled: the loss (brought to the host without blocking) and, with backward, the
@@ -434,12 +590,13 @@ static void forward_trunk(hdlm_cuda_model *m) {
 static void head_loss(hdlm_cuda_model *m, bool backward) {
     const hdlm_model_config *c = &m->config;
     int N = m->batch * m->length;
+    m->have_head_grad = backward;
     hdlm_cuda_head_loss(m->loss_dev, backward ? m->dlnf : NULL, backward ? m->g.head_w : NULL,
                         backward ? m->g.head_b : NULL, m->head_ws, m->head_ws_bytes, m->lnf, shadow(m, m->p.head_w),
                         shadow(m, m->p.head_b), m->head_rows, N, c->width, c->vocab, m->stream);
+    prof_mark(m, PROF_HEAD);
     HDLM_CUDA_CHECK(cudaMemcpyAsync(m->loss_host, m->loss_dev, sizeof(double), cudaMemcpyDeviceToHost, m->stream));
     HDLM_CUDA_CHECK(cudaEventRecord(m->loss_ready, m->stream));
-    m->have_head_grad = backward;
 }
 
 int hdlm_cuda_model_forward_epsilon(hdlm_cuda_model *m, const hdlm_model_input *in, const hdlm_corruption *corruption,
@@ -525,10 +682,15 @@ void hdlm_cuda_model_backward(hdlm_cuda_model *m) {
     hdlm_stream s = m->stream;
 
     // Output layer: the fused head already accumulated its weight gradients and wrote dlnf.
+    prof_begin(m, PROF_BWD);
     hdlm_cuda_memset0(m->dh, Nd * sizeof(float), s);
     hdlm_cuda_layernorm_backward(m->dh, m->g.norm_final, NULL, NULL, m->dlnf, m->h + (size_t)c->n_layers * Nd,
                                  m->p.norm_final, m->lnf_mean, m->lnf_rstd, NULL, 0, N, d, s);
-    if (gamma) hdlm_cuda_memset0(m->dcond, (size_t)N * cd * sizeof(float), s);
+    prof_mark(m, PROF_NORM);
+    if (gamma) {
+        hdlm_cuda_memset0(m->dcond, (size_t)N * cd * sizeof(float), s);
+        prof_mark(m, PROF_SIGMA);
+    }
     grad_ready(m, 0, m->g.norm_final);
 
     for (int l = c->n_layers - 1; l >= 0; l--) {
@@ -544,35 +706,47 @@ void hdlm_cuda_model_backward(hdlm_cuda_model *m) {
         // MLP branch: h_out = h_mid + g_m ⊙ dropout(W2·GELU(W1·a2 + b1) + b2)
         hdlm_cuda_residual_backward(m->dtmp, gamma ? dmod + 5 * d : NULL, m->dh, mlp_y, gamma ? mod + 5 * d : NULL,
                                     6 * d, N, d, p, site_key(m, l, HDLM_DROPOUT_MLP_RESIDUAL), s);
+        prof_mark(m, PROF_RESIDUAL);
         hdlm_cuda_linear_backward(m->dfc, g->fc2_w, g->fc2_b, m->dtmp, gelu, shadow(m, w->fc2_w), fc1, N, f, d,
                                   false, s);
+        prof_mark(m, PROF_FC2);
         hdlm_cuda_linear_backward(m->da, g->fc1_w, g->fc1_b, m->dfc, a2, shadow(m, w->fc1_w), NULL, N, d, f, false,
                                   s);
+        prof_mark(m, PROF_FC1);
         hdlm_cuda_layernorm_backward(m->dh, g->norm2, gamma ? dmod + 3 * d : NULL, gamma ? dmod + 4 * d : NULL, m->da,
                                      h_mid, w->norm2, m->ln2_mean + (size_t)l * N, m->ln2_rstd + (size_t)l * N,
                                      gamma ? mod + 4 * d : NULL, 6 * d, N, d, s);
+        prof_mark(m, PROF_NORM);
 
         // Attention branch: h_mid = h_in + g_a ⊙ dropout(W_o · attention(RoPE(W_qkv · a1)))
         hdlm_cuda_residual_backward(m->dtmp, gamma ? dmod + 2 * d : NULL, m->dh, att_y, gamma ? mod + 2 * d : NULL,
                                     6 * d, N, d, p, site_key(m, l, HDLM_DROPOUT_ATTN_RESIDUAL), s);
+        prof_mark(m, PROF_RESIDUAL);
         hdlm_cuda_linear_backward(m->datt, g->attn_out, NULL, m->dtmp, att, shadow(m, w->attn_out), NULL, N, d, d,
                                   false, s);
+        prof_mark(m, PROF_ATTN_OUT);
         hdlm_cuda_attention_backward(m->dqkv, m->attn_ws, m->datt, att, m->lse + (size_t)l * N * H, keep_bits(m, l),
                                      qkv, &m->mask, B, L, H, hd, p, site_key(m, l, HDLM_DROPOUT_ATTN_PROBS), s);
+        prof_mark(m, PROF_ATTENTION);
         hdlm_cuda_rotary_backward(m->dqkv, m->cos_t, m->sin_t, B, L, H, hd, s);
+        prof_mark(m, PROF_ROTARY);
         hdlm_cuda_linear_backward(m->da, g->qkv, NULL, m->dqkv, a1, shadow(m, w->qkv), NULL, N, d, 3 * d, false, s);
+        prof_mark(m, PROF_QKV);
         hdlm_cuda_layernorm_backward(m->dh, g->norm1, gamma ? dmod : NULL, gamma ? dmod + d : NULL, m->da, h_in,
                                      w->norm1, m->ln1_mean + (size_t)l * N, m->ln1_rstd + (size_t)l * N,
                                      gamma ? mod + d : NULL, 6 * d, N, d, s);
+        prof_mark(m, PROF_NORM);
         if (gamma) {
             hdlm_cuda_linear_backward(m->dcond_l, g->ada_w, g->ada_b, dmod, m->cond, shadow(m, w->ada_w), NULL, N, cd,
                                       6 * d, false, s);
             accumulate_bf16(m->dcond, m->dcond_l, (size_t)N * cd, s);
+            prof_mark(m, PROF_SIGMA);
         }
         if (l > 0) grad_ready(m, c->n_layers - l, g->norm1);
     }
 
     hdlm_cuda_embedding_backward(m->g.embed, m->dh, m->tokens, gamma ? m->mix : NULL, (uint32_t)(V - 1), N, d, s);
+    prof_mark(m, PROF_EMBED);
     if (gamma) {
         // c = SiLU(W2·SiLU(W1·sinusoid(σ) + b1) + b2); σ itself is an input (no gradient)
         size_t Nc = (size_t)N * cd;
@@ -583,6 +757,7 @@ void hdlm_cuda_model_backward(hdlm_cuda_model *m) {
         hdlm_cuda_silu_backward(m->dc1s, m->dc1, m->sig_h1, Nc, s);
         hdlm_cuda_linear_backward(NULL, m->g.sigma_w1, m->g.sigma_b1, m->dc1s, m->freq, shadow(m, m->p.sigma_w1),
                                   NULL, N, HDLM_SIGMA_FREQ_DIM, cd, false, s);
+        prof_mark(m, PROF_SIGMA);
     }
     grad_ready(m, c->n_layers, m->grads);
 }

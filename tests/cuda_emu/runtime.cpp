@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <ucontext.h>
 #include <unistd.h>
 #include <vector>
@@ -516,13 +517,33 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) { return release(stream, fals
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
 cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
-cudaError_t cudaEventCreate(cudaEvent_t *event) {
-    *event = (cudaEvent_t)allocate(1, false);
+// An event keeps the host time of its last record (the work before it is done by then) for cudaEventElapsedTime,
+// which refuses, as the runtime does, events never recorded or created with cudaEventDisableTiming.
+struct emu_event {
+    double ms;   // < 0: never recorded
+    unsigned flags;
+};
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned flags) {
+    emu_event *e = (emu_event *)allocate(sizeof(emu_event), false);
+    *e = {-1.0, flags};
+    *event = (cudaEvent_t)e;
     return cudaSuccess;
 }
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned) { return cudaEventCreate(event); }
+cudaError_t cudaEventCreate(cudaEvent_t *event) { return cudaEventCreateWithFlags(event, cudaEventDefault); }
 cudaError_t cudaEventDestroy(cudaEvent_t event) { return release(event, false); }
-cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
+    timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    ((emu_event *)event)->ms = now.tv_sec * 1e3 + now.tv_nsec * 1e-6;
+    return cudaSuccess;
+}
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end) {
+    const emu_event *a = (const emu_event *)start, *b = (const emu_event *)end;
+    if (a->ms < 0 || b->ms < 0 || ((a->flags | b->flags) & cudaEventDisableTiming))
+        return g_last_error = cudaErrorInvalidResourceHandle;
+    *ms = (float)(b->ms - a->ms);
+    return cudaSuccess;
+}
 cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
 cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
 

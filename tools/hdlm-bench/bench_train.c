@@ -87,8 +87,9 @@ static double time_cpu(bench_run *r, const train_opts *o, double *loss) {
 }
 
 #ifdef HDLM_HAVE_CUDA
-// The same steps on GPU 0, as hdlm-train's training.device = cuda runs them (src/trainer_cuda.c).
-static double time_cuda(bench_run *r, const train_opts *o, double *loss) {
+// The same steps on GPU 0, as hdlm-train's training.device = cuda runs them (src/trainer_cuda.c). With HDLM_PROFILE=1,
+// *profile: the device model's table of the timed steps (the optimizer's kernels included), for after the timing row.
+static double time_cuda(bench_run *r, const train_opts *o, double *loss, char **profile) {
     HDLM_MUST(hdlm_cuda_init(0));
     hdlm_cuda_model *dm;
     HDLM_MUST(hdlm_cuda_model_create(&dm, r->m));
@@ -105,6 +106,7 @@ static double time_cuda(bench_run *r, const train_opts *o, double *loss) {
     double t0 = 0;
     for (int s = 0; s < o->warmup + o->steps; s++) {
         if (s == o->warmup) {
+            hdlm_cuda_model_profile_reset(dm);
             hdlm_cuda_synchronize();
             t0 = hdlm_time_now();
         }
@@ -112,16 +114,20 @@ static double time_cuda(bench_run *r, const train_opts *o, double *loss) {
         hdlm_model_input in = step_input(r, s);
         HDLM_MUST(hdlm_cuda_model_forward_epsilon(dm, &in, &r->corr, r->x0, r->m->config.vocab, true));
         hdlm_cuda_model_backward(dm);
+        hdlm_cuda_model_profile_optimizer_begin(dm);
         hdlm_cuda_sum_squares(sum_squares, grads, n, stream);
+        hdlm_cuda_model_profile_optimizer_end(dm);
         *loss = hdlm_cuda_model_loss(dm);
         double ss;
         hdlm_cuda_synchronize();
         hdlm_cuda_download(&ss, sum_squares, sizeof ss);
         double norm = sqrt(ss), clip = CLIP / (norm + 1e-6);
+        hdlm_cuda_model_profile_optimizer_begin(dm);
         hdlm_cuda_adamw_update(params, hdlm_cuda_model_params_bf16(dm), grads, adam_m, adam_v, n, &ADAMW, (float)LR,
                                s + 1, clip < 1.0 ? (float)clip : 1.0f, stream);
         hdlm_cuda_ema_update(ema, params, n, (float)hdlm_ema_decay(&EMA, s + 1), stream);
         hdlm_cuda_model_zero_grad(dm);
+        hdlm_cuda_model_profile_optimizer_end(dm);
     }
     hdlm_cuda_synchronize();
     double sec = (hdlm_time_now() - t0) / o->steps;
@@ -129,6 +135,12 @@ static double time_cuda(bench_run *r, const train_opts *o, double *loss) {
     hdlm_cuda_free(adam_v);
     hdlm_cuda_free(ema);
     hdlm_cuda_free(sum_squares);
+    if (hdlm_cuda_model_profiling(dm)) {
+        size_t size;
+        FILE *f = open_memstream(profile, &size);
+        hdlm_cuda_model_profile_report(dm, f, sec);
+        fclose(f);
+    }
     hdlm_cuda_model_free(dm);
     hdlm_cuda_shutdown();
     return sec;
@@ -268,15 +280,18 @@ int bench_train_main(int argc, char **argv) {
            o.warmup);
     printf("%-18s %-11s %9s %11s %8s\n", "impl", "BxT", "s/step", "tok/s", "MFU");
     double loss = NAN, sec = NAN;
+    char *profile = NULL;
     if (o.cuda) {
 #ifdef HDLM_HAVE_CUDA
-        sec = time_cuda(&r, &o, &loss);
+        sec = time_cuda(&r, &o, &loss, &profile);
 #endif
     } else {
         sec = time_cpu(&r, &o, &loss);
     }
     print_row(o.cuda ? "hdlm cuda" : "hdlm cpu", &o, sec, flops_per_token, 0);
     printf("(last step's loss %.4f)\n", loss);
+    if (profile) fputs(profile, stdout);
+    free(profile);
     hdlm_corruption_free(&r.corr);
     free(r.x0);
     hdlm_model_free(r.m);
