@@ -363,12 +363,13 @@ __global__ void __launch_bounds__(THREADS)
 }
 
 // ---- tensor-core path for head dim 64 (mma.sync m16n8k16, bf16 operands, fp32 accumulation) ----------------------
-// Four warps per block, each owning 16 rows of the 64-row tile; every product is a warp GEMM 16×64 = A(16×64)·Yᵀ
-// with Y a 64×64 bf16 tile in shared memory stored [n][k] (k contiguous), transposed copies where the second GEMM
-// needs them. The score accumulators are reused as the A operand of the second GEMM (P·V, dS·K, P̃ᵀ·dO, dSᵀ·Q) after
-// rounding to bf16, as flash attention does. Fragment layouts (PTX ISA, mma.m16n8k16): lane = 4·g + t; A holds
-// (g, 2t..2t+1), (g+8, ·), (g, 2t+8..), (g+8, 2t+8..); B holds (k = 2t.., n = g), (k = 2t+8.., n = g); C holds
-// (g, 2t..2t+1) and (g+8, 2t..2t+1) of each 8-column n-tile.
+// Four warps per block, each owning 16 rows of the 64-row tile; every product is a warp GEMM 16×64 = A(16×64)·Y
+// with Y a 64×64 bf16 tile of Q, K, V or dO in shared memory, row-major as in memory: stored [n][k] for the score
+// products (Q·Kᵀ, dO·Vᵀ, K·Qᵀ, V·dOᵀ; fragments by ldmatrix) and [k][n] for the others (P·V, dS·K, P̃ᵀ·dO, dSᵀ·Q;
+// ldmatrix.trans). The score accumulators are reused as the A operand of the second GEMM after rounding to bf16,
+// as flash attention does. Fragment layouts (PTX ISA, mma.m16n8k16): lane = 4·g + t; A holds (g, 2t..2t+1),
+// (g+8, ·), (g, 2t+8..), (g+8, 2t+8..); B holds (k = 2t.., n = g), (k = 2t+8.., n = g); C holds (g, 2t..2t+1) and
+// (g+8, 2t..2t+1) of each 8-column n-tile.
 constexpr int TC_D = 64;                   // the head dim of this path
 constexpr int TC_THREADS = 128;            // 4 warps × 16 rows
 constexpr int TC_LDS = TC_D + 8;           // bf16 row stride in shared memory: 144 bytes, conflict-free fragments
@@ -394,17 +395,31 @@ __device__ inline uint32_t bf16_pair(float lo, float hi) {
 
 __device__ inline uint32_t smem_pair(const bf16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
 
-// A fragments of rows [m0, m0 + 16) × 64 of a row-major shared tile.
+// ldmatrix.x4: four 8×8 bf16 matrices of shared memory, lane 8i + q giving the address of row q of matrix i; lane
+// 4g + t receives in r[i] the elements 2t, 2t + 1 of row g of matrix i, or with trans of its column g.
+template <bool trans> __device__ inline void ldmatrix_x4(uint32_t r[4], const bf16 *row) {
+#ifdef HDLM_CUDA_EMULATE
+    emu::ldmatrix_x4_b16(r, row, trans);
+#else
+    const uint32_t address = (uint32_t)__cvta_generic_to_shared(row);
+    if (trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(address));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(address));
+#endif
+}
+
+// A fragments of rows [m0, m0 + 16) × 64 of a row-major shared tile: matrix i of k-step ks is rows m0 + 8·(i % 2),
+// columns 16·ks + 8·(i / 2).
 __device__ inline void tc_load_a(uint32_t a[TC_KS][4], const bf16 *x, int m0) {
-    const int g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
+    const int lane = threadIdx.x % 32, i = lane / 8, q = lane % 8;
 #pragma unroll
-    for (int ks = 0; ks < TC_KS; ks++) {
-        const bf16 *p = x + (m0 + g) * TC_LDS + ks * 16 + 2 * t;
-        a[ks][0] = smem_pair(p);
-        a[ks][1] = smem_pair(p + 8 * TC_LDS);
-        a[ks][2] = smem_pair(p + 8);
-        a[ks][3] = smem_pair(p + 8 * TC_LDS + 8);
-    }
+    for (int ks = 0; ks < TC_KS; ks++)
+        ldmatrix_x4<false>(a[ks], x + (m0 + 8 * (i % 2) + q) * TC_LDS + ks * 16 + 8 * (i / 2));
 }
 
 // A fragments from score-shaped accumulators (16 × 64): n-tiles 2ks and 2ks + 1 are k-step ks.
@@ -428,6 +443,22 @@ __device__ inline void tc_gemm(float acc[TC_NT][4], const uint32_t a[TC_KS][4], 
             const bf16 *p = y + (nt * 8 + g) * TC_LDS + ks * 16 + 2 * t;
             uint32_t b[2] = {smem_pair(p), smem_pair(p + 8)};
             mma_m16n8k16(acc[nt], a[ks], b);
+        }
+    }
+}
+
+// acc (16 × 64) += A (16 × 64) · Y, Y shared [64 k][64 n]: one ldmatrix.trans gives the B fragments of n-tiles nt and
+// nt + 1 at k-step ks (matrix i: rows 16·ks + 8·(i % 2).., columns 8·(nt + i / 2)).
+__device__ inline void tc_gemm_kn(float acc[TC_NT][4], const uint32_t a[TC_KS][4], const bf16 *y) {
+    const int lane = threadIdx.x % 32, i = lane / 8, q = lane % 8;
+#pragma unroll
+    for (int ks = 0; ks < TC_KS; ks++) {
+#pragma unroll
+        for (int nt = 0; nt < TC_NT; nt += 2) {
+            uint32_t b[4];
+            ldmatrix_x4<true>(b, y + (ks * 16 + 8 * (i % 2) + q) * TC_LDS + 8 * (nt + i / 2));
+            mma_m16n8k16(acc[nt], a[ks], b);
+            mma_m16n8k16(acc[nt + 1], a[ks], b + 2);
         }
     }
 }
@@ -485,21 +516,22 @@ __device__ inline float keep_factor(const attn_shape &sh, uint32_t bits, int bit
     return (bits >> bit) & 1u ? sh.keep : 0.0f;
 }
 
-// Rows [r0, r0 + TILE) × 64 of a bf16 matrix (row stride ld, 16-byte aligned rows) into shared row-major `dst` and,
-// when `dst_t` is given, transposed into dst_t[column][row]; zero beyond `rows`.
-__device__ inline void tc_tile_load(bf16 *dst, bf16 *dst_t, const bf16 *src, size_t ld, int r0, int rows) {
+// Rows [r0, r0 + TILE) × 64 of a bf16 matrix (row stride ld, 16-byte aligned rows) into the shared row-major tile
+// `dst` or, when `transposed`, into dst[column][row]; zero beyond `rows`.
+__device__ inline void tc_tile_load(bf16 *dst, const bf16 *src, size_t ld, int r0, int rows, bool transposed = false) {
     for (int idx = threadIdx.x; idx < TILE * TC_D / 8; idx += TC_THREADS) {
-        // with a transposed copy a warp takes 32 consecutive rows of one 8-column chunk (conflict-free transposed
-        // stores); otherwise 4 whole 128-byte rows (coalesced reads)
-        int r = dst_t ? idx % TILE : idx / (TC_D / 8), e = dst_t ? 8 * (idx / TILE) : 8 * (idx % (TC_D / 8));
+        // transposed, a warp takes 32 consecutive rows of one 8-column chunk (conflict-free transposed stores);
+        // otherwise 4 whole 128-byte rows (coalesced reads)
+        int r = transposed ? idx % TILE : idx / (TC_D / 8), e = transposed ? 8 * (idx / TILE) : 8 * (idx % (TC_D / 8));
         uint4 x = make_uint4(0u, 0u, 0u, 0u);
         if (r0 + r < rows) x = *reinterpret_cast<const uint4 *>(src + (size_t)(r0 + r) * ld + e);
-        if (dst) *reinterpret_cast<uint4 *>(dst + r * TC_LDS + e) = x;
-        if (dst_t) {
-            const bf16 *v = reinterpret_cast<const bf16 *>(&x);
-#pragma unroll
-            for (int q = 0; q < 8; q++) dst_t[(e + q) * TC_LDS + r] = v[q];
+        if (!transposed) {
+            *reinterpret_cast<uint4 *>(dst + r * TC_LDS + e) = x;
+            continue;
         }
+        const bf16 *v = reinterpret_cast<const bf16 *>(&x);
+#pragma unroll
+        for (int q = 0; q < 8; q++) dst[(e + q) * TC_LDS + r] = v[q];
     }
 }
 
@@ -526,7 +558,7 @@ __global__ void __launch_bounds__(TC_THREADS)
         uniform[x] = row_uniform(mask, row[x]);
         row_index[x] = ((uint64_t)bh * L + (uint64_t)row[x]) * (uint64_t)L;
     }
-    tc_tile_load(qs, nullptr, q, ld, i0, L);
+    tc_tile_load(qs, q, ld, i0, L);
     __syncthreads();
     uint32_t qa[TC_KS][4];
     tc_load_a(qa, qs, m0);
@@ -534,8 +566,8 @@ __global__ void __launch_bounds__(TC_THREADS)
     tc_zero(o);
     for (int j0 = 0; j0 < kv_end; j0 += TILE) {
         __syncthreads();   // the previous K and V tiles are read by all
-        tc_tile_load(ks, nullptr, k, ld, j0, L);
-        tc_tile_load(nullptr, vt, v, ld, j0, L);
+        tc_tile_load(ks, k, ld, j0, L);
+        tc_tile_load(vt, v, ld, j0, L, true);
         __syncthreads();
         float s[TC_NT][4];
         tc_zero(s);
@@ -575,7 +607,7 @@ __global__ void __launch_bounds__(TC_THREADS)
         for (int x = 0; x < 2; x++) l[x] = l[x] * corr[x] + row_sum(sum[x]);
         uint32_t pa[TC_KS][4];
         tc_acc_to_a(pa, s);
-        tc_gemm(o, pa, vt);
+        tc_gemm(o, pa, vt);   // P·V with Vᵀ stored: the ldmatrix.trans form needs ~45 more registers here
     }
     for (int x = 0; x < 2; x++) {
         if (row[x] >= L) continue;
@@ -595,7 +627,7 @@ __global__ void __launch_bounds__(TC_THREADS)
                            const uint32_t *keep_bits, const bf16 *qkv, hdlm_attn_mask mask, attn_shape sh) {
     extern __shared__ float smem[];
     bf16 *qs = reinterpret_cast<bf16 *>(smem), *gs = qs + TC_TILE_ELEMS, *ks = gs + TC_TILE_ELEMS;
-    bf16 *vs = ks + TC_TILE_ELEMS, *kt = vs + TC_TILE_ELEMS;
+    bf16 *vs = ks + TC_TILE_ELEMS;
     const int L = sh.len, bh = blockIdx.y, b = bh / sh.heads, h = bh % sh.heads;
     const size_t ld = 3 * (size_t)sh.width, head = (size_t)b * L * ld + (size_t)h * TC_D;
     const bf16 *q = qkv + head, *k = q + sh.width, *v = q + 2 * sh.width;
@@ -612,8 +644,8 @@ __global__ void __launch_bounds__(TC_THREADS)
         row_lse[x] = row[x] < L ? lse[(size_t)bh * L + row[x]] : 0.0f;
         row_delta[x] = row[x] < L ? delta[(size_t)bh * L + row[x]] : 0.0f;
     }
-    tc_tile_load(qs, nullptr, q, ld, i0, L);
-    tc_tile_load(gs, nullptr, go, sh.width, i0, L);
+    tc_tile_load(qs, q, ld, i0, L);
+    tc_tile_load(gs, go, sh.width, i0, L);
     __syncthreads();
     uint32_t qa[TC_KS][4], ga[TC_KS][4];
     tc_load_a(qa, qs, m0);
@@ -622,8 +654,8 @@ __global__ void __launch_bounds__(TC_THREADS)
     tc_zero(dq);
     for (int j0 = 0; j0 < kv_end; j0 += TILE) {
         __syncthreads();   // the previous K, V tiles are read by all
-        tc_tile_load(ks, kt, k, ld, j0, L);
-        tc_tile_load(vs, nullptr, v, ld, j0, L);
+        tc_tile_load(ks, k, ld, j0, L);
+        tc_tile_load(vs, v, ld, j0, L);
         __syncthreads();
         float s[TC_NT][4], dp[TC_NT][4];
         tc_zero(s);
@@ -646,7 +678,7 @@ __global__ void __launch_bounds__(TC_THREADS)
             }
         uint32_t dsa[TC_KS][4];
         tc_acc_to_a(dsa, s);
-        tc_gemm(dq, dsa, kt);
+        tc_gemm_kn(dq, dsa, ks);
     }
     for (int x = 0; x < 2; x++) {
         if (row[x] >= L) continue;
@@ -666,8 +698,8 @@ __global__ void __launch_bounds__(TC_THREADS)
                              const uint32_t *keep_bits, const bf16 *qkv, hdlm_attn_mask mask, attn_shape sh) {
     extern __shared__ float smem[];
     bf16 *ks = reinterpret_cast<bf16 *>(smem), *vs = ks + TC_TILE_ELEMS, *qs = vs + TC_TILE_ELEMS;
-    bf16 *gs = qs + TC_TILE_ELEMS, *qt = gs + TC_TILE_ELEMS, *gt = qt + TC_TILE_ELEMS;
-    float *rlse = reinterpret_cast<float *>(gt + TC_TILE_ELEMS), *rdelta = rlse + TILE;
+    bf16 *gs = qs + TC_TILE_ELEMS;
+    float *rlse = reinterpret_cast<float *>(gs + TC_TILE_ELEMS), *rdelta = rlse + TILE;
     int *rhi = reinterpret_cast<int *>(rdelta + TILE), *runiform = rhi + TILE;
     uint32_t *skeep = reinterpret_cast<uint32_t *>(runiform + TILE);
     int *qend = reinterpret_cast<int *>(skeep + TC_KEEP_WORDS);
@@ -681,8 +713,8 @@ __global__ void __launch_bounds__(TC_THREADS)
     const int key[2] = {j0 + m0 + g, j0 + m0 + g + 8};
 
     for (int x = threadIdx.x; x < n_qtiles; x += TC_THREADS) qend[x] = tile_key_end(mask, x * TILE, false);
-    tc_tile_load(ks, nullptr, k, ld, j0, L);
-    tc_tile_load(vs, nullptr, v, ld, j0, L);
+    tc_tile_load(ks, k, ld, j0, L);
+    tc_tile_load(vs, v, ld, j0, L);
     __syncthreads();
     uint32_t ka[TC_KS][4], va[TC_KS][4];
     tc_load_a(ka, ks, m0);
@@ -694,8 +726,8 @@ __global__ void __launch_bounds__(TC_THREADS)
         if (qend[qtile] <= j0) continue;   // no row of this query tile sees the key tile (block-uniform)
         const int i0 = qtile * TILE;
         __syncthreads();   // the previous query tile's Q, dO and row data are read by all
-        tc_tile_load(qs, qt, q, ld, i0, L);
-        tc_tile_load(gs, gt, go, sh.width, i0, L);
+        tc_tile_load(qs, q, ld, i0, L);
+        tc_tile_load(gs, go, sh.width, i0, L);
         if (threadIdx.x < TILE) {
             int i = i0 + threadIdx.x;
             rhi[threadIdx.x] = row_key_end(mask, i);
@@ -728,9 +760,9 @@ __global__ void __launch_bounds__(TC_THREADS)
             }
         uint32_t a[TC_KS][4];
         tc_acc_to_a(a, s);
-        tc_gemm(dv, a, gt);   // dV += P̃ᵀ·dO
+        tc_gemm_kn(dv, a, gs);   // dV += P̃ᵀ·dO
         tc_acc_to_a(a, dp);
-        tc_gemm(dk, a, qt);   // dK += dSᵀ·Q
+        tc_gemm_kn(dk, a, qs);   // dK += dSᵀ·Q
     }
     for (int x = 0; x < 2; x++) {
         if (key[x] >= L) continue;
@@ -746,9 +778,9 @@ __global__ void __launch_bounds__(TC_THREADS)
 }
 
 constexpr size_t forward_tc_smem() { return sizeof(bf16) * 3 * TC_TILE_ELEMS; }
-constexpr size_t dq_tc_smem() { return sizeof(bf16) * 5 * TC_TILE_ELEMS; }
+constexpr size_t dq_tc_smem() { return sizeof(bf16) * 4 * TC_TILE_ELEMS; }
 size_t dkdv_tc_smem(int len) {
-    return sizeof(bf16) * 6 * TC_TILE_ELEMS + sizeof(float) * 2 * TILE + sizeof(uint32_t) * TC_KEEP_WORDS +
+    return sizeof(bf16) * 4 * TC_TILE_ELEMS + sizeof(float) * 2 * TILE + sizeof(uint32_t) * TC_KEEP_WORDS +
            sizeof(int) * (2 * TILE + hdlm_ceil_div(len, TILE));
 }
 

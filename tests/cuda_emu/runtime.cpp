@@ -208,6 +208,28 @@ void mma_m16n8k16_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
     }
 }
 
+void ldmatrix_x4_b16(uint32_t r[4], const void *row, bool trans) {
+    if ((uintptr_t)row % 16)
+        fail("kernel %s: ldmatrix row address %p is not 16-byte aligned", current.block->kernel, row);
+    const uint64_t *warp = warp_exchange((uint64_t)(uintptr_t)row, 0xffffffffu);
+    if (warp_lanes(*current.block, current.linear / warpSize) != 32)
+        fail("kernel %s: ldmatrix in a partial warp", current.block->kernel);
+    // lane 8i + q addresses row q of matrix i; lane 4g + t receives elements 2t, 2t + 1 of row g (.trans: of column g)
+    unsigned lane = current.linear % warpSize, g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 4; i++) {
+        uint16_t lo, hi;
+        if (!trans) {
+            const uint16_t *p = (const uint16_t *)(uintptr_t)warp[8 * i + g];
+            lo = p[2 * t];
+            hi = p[2 * t + 1];
+        } else {
+            lo = ((const uint16_t *)(uintptr_t)warp[8 * i + 2 * t])[g];
+            hi = ((const uint16_t *)(uintptr_t)warp[8 * i + 2 * t + 1])[g];
+        }
+        r[i] = (uint32_t)lo | (uint32_t)hi << 16;
+    }
+}
+
 static bool force_fibers() {
     static int value = -1;
     if (value < 0) value = getenv("HDLM_CUDA_EMU_FIBERS") && atoi(getenv("HDLM_CUDA_EMU_FIBERS")) != 0;

@@ -91,6 +91,10 @@ template <class T> T __shfl_sync(unsigned mask, T var, int src_lane, int width =
 // Products of bf16 values are exact in fp32; the sum runs in k order (the hardware's order is unspecified).
 namespace emu {
 void mma_m16n8k16_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]);
+// ldmatrix.sync.aligned.m8n8.x4(.trans).shared.b16 (PTX ISA): lane 8i + q gives the address of row q of 8×8 matrix
+// i (16-byte aligned); lane 4g + t receives in r[i] the elements 2t and 2t + 1 of row g of matrix i — with .trans,
+// of column g (rows 2t and 2t + 1), low half first.
+void ldmatrix_x4_b16(uint32_t r[4], const void *row, bool trans);
 }
 
 // Round-to-nearest intrinsics: each a separate rounded operation (no contraction into an FMA).
