@@ -182,8 +182,9 @@ fi
     printf '%s\n' "${RESULTS[@]}"
     if [ -f "$OUT/ctest.log" ]; then
         echo "--- GPU tests"
-        grep -E 'tests passed|tests failed|Failed|\*\*\*|SKIPPED|Not Run|PASSED|FAILED|^=== ' "$OUT/ctest.log" |
-            head -30
+        # each test's verdict and cmocka's counts (the log is verbose), every failed case
+        grep -E '^ *[0-9]+/[0-9]+ Test|tests passed|tests failed|Not Run|\[  FAILED  \]|^=== |(PASSED|SKIPPED) *\] [0-9]+ test' \
+            "$OUT/ctest.log" | head -40
         grep -E 'attention B=' "$OUT/ctest.log" | sed 's/^[0-9]*: //'
     fi
     if [ -f "$OUT/memcheck.log" ]; then
