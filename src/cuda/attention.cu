@@ -607,7 +607,7 @@ __global__ void __launch_bounds__(TC_THREADS)
         for (int x = 0; x < 2; x++) l[x] = l[x] * corr[x] + row_sum(sum[x]);
         uint32_t pa[TC_KS][4];
         tc_acc_to_a(pa, s);
-        tc_gemm(o, pa, vt);   // P·V with Vᵀ stored: the ldmatrix.trans form needs ~45 more registers here
+        tc_gemm(o, pa, vt);   // P·V with Vᵀ stored: through ldmatrix.trans, 40–50 more registers
     }
     for (int x = 0; x < 2; x++) {
         if (row[x] >= L) continue;
