@@ -13,7 +13,7 @@
 //   0), so a query tile visits key tiles only below the largest hi of its rows and the per-element rule is j < hi_i.
 //   A fully masked row (worthless, i > a_end) attends uniformly to all L keys with lse 0 and no score gradient,
 //   exactly as the CPU does; dropout applies to it too.
-// - Dropout: element (b, h, i, j) kept when hdlm_uniform_at_dev(key, ((b·H + h)·L + i)·L + j) >= p, the kept
+// - Dropout: element (b, h, i, j) kept when hdlm_rng_uniform_at(key, ((b·H + h)·L + i)·L + j) >= p, the kept
 //   probabilities scaled by 1/(1 − p); lse is that of the undropped probabilities (as on the CPU).
 // - Backward (flash-attention-2 recurrences, deterministic, no atomics): delta_i = dO_i · O_i into the workspace, a
 //   dQ kernel over query tiles and a dK/dV kernel over key tiles, both recomputing P from lse.
@@ -61,7 +61,7 @@ __device__ inline int tile_key_end(const hdlm_attn_mask &mask, int i0, bool with
     return end;
 }
 
-// Whether probability `index` survives dropout: hdlm_uniform_at_dev(key, index) >= p, the CPU's
+// Whether probability `index` survives dropout: hdlm_rng_uniform_at(key, index) >= p, the CPU's
 // hdlm_dropout_scales rule, compared on the Philox word (u = (word >> 8)·2⁻²⁴).
 __device__ inline bool kept_at(const attn_shape &sh, uint64_t index) {
     uint32_t w[4];

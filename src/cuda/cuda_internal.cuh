@@ -73,13 +73,6 @@ __host__ __device__ inline void hdlm_philox4x32_dev(uint64_t key, uint64_t count
     out[3] = c3;
 }
 
-// = hdlm_rng_uniform_at(key, i): the i-th uniform float in [0, 1) of the random-access stream under key.
-__host__ __device__ inline float hdlm_uniform_at_dev(uint64_t key, uint64_t i) {
-    uint32_t block[4];
-    hdlm_philox4x32_dev(key, 1, i >> 2, block);
-    return (float)(block[i & 3] >> 8) * 0x1.0p-24f;
-}
-
 // The cuBLASLt handle and workspace of hdlm_cuda_init (src/cuda/runtime.cu).
 cublasLtHandle_t hdlm_cublaslt_handle(void);
 void *hdlm_cublaslt_workspace(size_t *bytes);

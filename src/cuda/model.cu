@@ -60,8 +60,8 @@ struct hdlm_cuda_model {
     hdlm_bf16 *dlnf, *da, *dtmp, *datt, *dqkv, *dfc, *dmod, *dcond_l, *dc2, *dc1, *dc1s;
     void *attn_ws;
     size_t attn_ws_bytes;
-    uint32_t *keep_bits;         // [n_layers][keep_bytes]: attention dropout decisions of the training forward
-    size_t keep_bytes, keep_bytes_have;
+    uint32_t *keep_bits;   // [n_layers][hdlm_cuda_attention_keep_bytes]: dropout decisions of the training forward
+    size_t keep_bytes_have;
 
     // The last forward.
     int batch, length;
@@ -85,7 +85,6 @@ struct hdlm_cuda_model {
     int *prof_codes;
     double prof_ms[PROF_DIRS * PROF_KINDS], prof_flops[PROF_DIRS * PROF_KINDS];
     long prof_spans[PROF_DIRS];
-    int prof_batch, prof_length;
 };
 
 // ---- profile (HDLM_PROFILE=1) ----------------------------------------------------------------------------------
@@ -122,8 +121,6 @@ static inline void prof_begin(hdlm_cuda_model *m, int dir) {
     if (!m->prof) return;
     if (dir == PROF_FWD) {
         prof_collect(m);
-        m->prof_batch = m->batch;
-        m->prof_length = m->length;
     }
     m->prof_dir = dir;
     m->prof_spans[dir]++;
@@ -177,8 +174,8 @@ void hdlm_cuda_model_profile_report(hdlm_cuda_model *m, FILE *out, double wall_s
     fprintf(out,
             "hdlm cuda profile: %ld forwards, %ld backwards, %ld optimizer spans (last %dx%d); GPU time between "
             "events, ms per forward\n  %-17s %9s %9s %9s %7s %9s %9s\n",
-            m->prof_spans[PROF_FWD], m->prof_spans[PROF_BWD], m->prof_spans[PROF_CALLER], m->prof_batch,
-            m->prof_length, "kind", "forward", "backward", "ms/step", "share", "TFLOP/s f", "TFLOP/s b");
+            m->prof_spans[PROF_FWD], m->prof_spans[PROF_BWD], m->prof_spans[PROF_CALLER], m->batch,
+            m->length, "kind", "forward", "backward", "ms/step", "share", "TFLOP/s f", "TFLOP/s b");
     for (int k = 0; k < PROF_KINDS; k++) {
         const double *ms = m->prof_ms + k, *fl = m->prof_flops + k;   // stride PROF_KINDS between directions
         double t = ms[PROF_FWD * PROF_KINDS] + ms[PROF_BWD * PROF_KINDS] + ms[PROF_CALLER * PROF_KINDS];
@@ -342,9 +339,9 @@ static void attn_reserve_all(hdlm_cuda_model *m, int batch, int len, bool traini
     const hdlm_model_config *c = &m->config;
     m->attn_ws = attn_reserve(m, m->attn_ws, &m->attn_ws_bytes,
                               hdlm_cuda_attention_workspace_bytes(batch, len, c->n_heads, c->width / c->n_heads));
-    m->keep_bytes = hdlm_cuda_attention_keep_bytes(batch, len, c->n_heads);
     if (training && c->dropout > 0.0f)
-        m->keep_bits = (uint32_t *)attn_reserve(m, m->keep_bits, &m->keep_bytes_have, c->n_layers * m->keep_bytes);
+        m->keep_bits = (uint32_t *)attn_reserve(m, m->keep_bits, &m->keep_bytes_have,
+                                                c->n_layers * hdlm_cuda_attention_keep_bytes(batch, len, c->n_heads));
 }
 
 // cos/sin [L, D/2] from the host's rotary tables (the CPU's exact or reference rounding), uploaded when L changes.
@@ -511,7 +508,9 @@ static uint64_t site_key(const hdlm_cuda_model *m, int layer, hdlm_dropout_site 
 
 // Layer l's attention keep bits (NULL without dropout).
 static uint32_t *keep_bits(const hdlm_cuda_model *m, int layer) {
-    return m->dropout > 0.0f ? m->keep_bits + (size_t)layer * (m->keep_bytes / sizeof(uint32_t)) : NULL;
+    if (m->dropout <= 0.0f) return NULL;
+    size_t words = hdlm_cuda_attention_keep_bytes(m->batch, m->length, m->config.n_heads) / sizeof(uint32_t);
+    return m->keep_bits + (size_t)layer * words;
 }
 
 // Embedding, blocks and final LayerNorm, in hdlm_model_forward's order; leaves lnf for the fused head.
