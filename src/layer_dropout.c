@@ -45,26 +45,30 @@ static void philox_lanes(uint64_t key, uint64_t first, uint32_t out[4][PHILOX_LA
     }
 }
 
-// Element i is kept when hdlm_rng_uniform_at(key, i) >= p: word i % 4 of Philox block i / 4 (counter_hi 1), so
-// masks depend neither on the thread count nor on the tiling.
+// Element i is kept when hdlm_rng_u16_at(key, i) >= hdlm_dropout_keep_min(p): half i % 2 of word (i / 2) % 4 of
+// Philox block i / 8 (counter_hi 1), so masks depend neither on the thread count nor on the tiling.
 void hdlm_dropout_scales(float *scale, uint64_t key, uint64_t start, int count, float p) {
-    float keep = 1.0f / (1.0f - p);
+    const float keep = 1.0f / (1.0f - p);
+    const uint32_t keep_min = hdlm_dropout_keep_min(p);
     uint64_t i = start, end = start + (uint64_t)count;
     while (i < end) {
-        if ((i & 3) == 0 && end - i >= 4 * PHILOX_LANES) {
+        if ((i & 7) == 0 && end - i >= 8 * PHILOX_LANES) {
             uint32_t words[4][PHILOX_LANES];
-            philox_lanes(key, i >> 2, words);
+            philox_lanes(key, i >> 3, words);
             float *s = scale + (i - start);
             for (int j = 0; j < PHILOX_LANES; j++)
-                for (int w = 0; w < 4; w++) s[4 * j + w] = (float)(words[w][j] >> 8) * 0x1.0p-24f >= p ? keep : 0.0f;
-            i += 4 * PHILOX_LANES;
+                for (int w = 0; w < 4; w++) {
+                    s[8 * j + 2 * w] = (words[w][j] & 0xffffu) >= keep_min ? keep : 0.0f;
+                    s[8 * j + 2 * w + 1] = words[w][j] >> 16 >= keep_min ? keep : 0.0f;
+                }
+            i += 8 * PHILOX_LANES;
             continue;
         }
         uint32_t block[4];
-        hdlm_philox4x32(key, 1, i >> 2, block);
-        for (uint64_t k = i & 3; k < 4 && i < end; k++, i++) {
-            float u = (float)(block[k] >> 8) * 0x1.0p-24f;
-            scale[i - start] = u >= p ? keep : 0.0f;
+        hdlm_philox4x32(key, 1, i >> 3, block);
+        for (uint64_t block_end = (i | 7) + 1; i < end && i < block_end; i++) {
+            uint32_t u16 = (block[(i >> 1) & 3] >> (16 * (i & 1))) & 0xffffu;   // hdlm_rng_u16_at
+            scale[i - start] = u16 >= keep_min ? keep : 0.0f;
         }
     }
 }

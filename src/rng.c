@@ -97,8 +97,8 @@ void hdlm_rng_shuffle_u32(hdlm_rng *rng, uint32_t *items, uint64_t n) {
     }
 }
 
-float hdlm_rng_uniform_at(uint64_t key, uint64_t i) {
+uint32_t hdlm_rng_u16_at(uint64_t key, uint64_t i) {
     uint32_t block[4];
-    hdlm_philox4x32(key, 1, i >> 2, block);   // counter_hi = 1 keeps these apart from the sequential stream
-    return (float)(block[i & 3] >> 8) * 0x1.0p-24f;
+    hdlm_philox4x32(key, 1, i >> 3, block);   // counter_hi = 1 keeps these apart from the sequential stream
+    return (block[(i >> 1) & 3] >> (16 * (i & 1))) & 0xffffu;
 }

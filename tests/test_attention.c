@@ -1,7 +1,8 @@
 // The tiled attention layer (src/layer_attention.c) at L = 300: four full 64-query blocks and a partial one, keys
 // padded from 300 to 320, head_dim 8 padded to a whole micro-tile. Checked against a direct float64 evaluation
 // written from the spec's rules (hdlm_mask_allowed, the uniform rule for fully masked rows, inverted dropout drawn
-// with hdlm_rng_uniform_at at element ((b·H + h)·L + i)·L + j): outputs, log-sum-exp and the gradients of q, k, v.
+// with the uniform hdlm_rng_u16_at·2⁻¹⁶ at element ((b·H + h)·L + i)·L + j): outputs, log-sum-exp and the gradients
+// of q, k, v.
 // This is what covers the block boundaries, the padding and the per-row dropout offsets at length.
 #include <setjmp.h>
 #include <stdarg.h>
@@ -41,7 +42,7 @@ static void reference(const float *qkv, const float *dout, const hdlm_attn_mask 
         for (int j = 0; j < L; j++) {
             prob[(size_t)i * L + j] = exp(prob[(size_t)i * L + j] - mx) / sum;
             uint64_t index = (((uint64_t)b * H + h) * L + i) * L + j;
-            scale[(size_t)i * L + j] = p > 0 ? (hdlm_rng_uniform_at(key, index) >= p ? 1.0 / (1.0 - p) : 0.0) : 1.0;
+            scale[(size_t)i * L + j] = p > 0 ? (hdlm_rng_u16_at(key, index) * 0x1p-16 >= p ? 1.0 / (1.0 - p) : 0.0) : 1.0;
         }
         for (int e = 0; e < D; e++) {
             double o = 0;

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "hdlm/common.h"
+#include "hdlm/layers.h"
 #include "hdlm/mask.h"
 #include "hdlm/rng.h"
 #include "harness.h"
@@ -98,9 +99,27 @@ static void test_rng_below_and_shuffle(void **state) {
     }
     for (int i = 0; i < 100; i++) assert_int_equal(seen[i], 1);
     assert_true(moved > 90);
-    // Random access agrees with itself and stays in [0, 1).
-    assert_true(hdlm_rng_uniform_at(5, 17) == hdlm_rng_uniform_at(5, 17));
-    assert_true(hdlm_rng_uniform_at(5, 17) != hdlm_rng_uniform_at(5, 18));
+    // Random access: element i is half i % 2 of word (i / 2) % 4 of block i / 8 of the counter_hi = 1 stream.
+    for (uint64_t i = 0; i < 40; i++) {
+        uint32_t block[4];
+        hdlm_philox4x32(5, 1, i / 8, block);
+        uint32_t word = block[(i % 8) / 2];
+        assert_int_equal(hdlm_rng_u16_at(5, i), i % 2 ? word >> 16 : word & 0xffff);
+    }
+}
+
+// Dropout keeps u16 >= ⌈p·2¹⁶⌉ exactly when the uniform u16·2⁻¹⁶ >= p, for every 16-bit value.
+static void test_dropout_keep_min(void **state) {
+    (void)state;
+    assert_int_equal(hdlm_dropout_keep_min(0.0f), 0);
+    assert_int_equal(hdlm_dropout_keep_min(0.1f), 6554);
+    assert_int_equal(hdlm_dropout_keep_min(0.5f), 32768);
+    const float ps[] = {0.1f, 0.25f, 0.3f, 1e-6f, 0x1p-16f, 0.99999f};
+    for (size_t k = 0; k < sizeof ps / sizeof ps[0]; k++) {
+        uint32_t keep_min = hdlm_dropout_keep_min(ps[k]);
+        for (uint32_t u = 0; u < 65536; u++)
+            if (((float)u * 0x1p-16f >= ps[k]) != (u >= keep_min)) fail_msg("p = %g, u16 = %u", (double)ps[k], u);
+    }
 }
 
 // The worked example of spec §3.2: simple schedule, L = 8, ω = τ = 3, step 5 (n_set = 2, a_end = 4).
@@ -131,6 +150,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_error_message_names_field_and_place),
         cmocka_unit_test(test_philox_known_answers),
+        cmocka_unit_test(test_dropout_keep_min),
         cmocka_unit_test(test_rng_uniform_statistics_and_resume),
         cmocka_unit_test(test_rng_below_and_shuffle),
         cmocka_unit_test(test_mask_worked_example),

@@ -2,7 +2,8 @@
 // inputs, under every mask rule of spec §3.2 (full, causal, block-causal with a partial block, hyperschedule masks
 // with settled / active / worthless rows and both block rules), lengths that are not multiples of the 64-row tile,
 // batch and heads > 1, head dim 64 (the tensor-core path) and 32, 48, 80 (the SIMT path, padded to 32/64/128),
-// dropout 0 and 0.1 (on the tensor-core path with L % 4 = 0, where lanes share their Philox draws, and otherwise).
+// dropout 0, 0.1 and 0.3 (on the tensor-core path with L % 8 = 0, where lanes share their Philox draws, with a whole
+// and a partial last tile, and otherwise).
 // The backward reads the forward's dropout keep bits; the CPU draws every element again.
 //
 // Both sides get the same bf16-rounded qkv and dout (as floats on the CPU); the backward reference is given the GPU's
@@ -219,9 +220,10 @@ static void test_full_mask(void **state) {
         {"full L77 B2 H3 D64", 2, 3, 77, 64, hdlm_mask_full(77), 0.0f},
         {"full L130 B2 H2 D32 dropout", 2, 2, 130, 32, hdlm_mask_full(130), 0.1f},
         {"full L192 B2 H2 D64 dropout", 2, 2, 192, 64, hdlm_mask_full(192), 0.1f},
+        {"full L200 B1 H2 D64 dropout 0.3", 1, 2, 200, 64, hdlm_mask_full(200), 0.3f},
         {"full L132 B1 H3 D64 dropout 0.3", 1, 3, 132, 64, hdlm_mask_full(132), 0.3f},
     };
-    run_cases(cases, 4);
+    run_cases(cases, 5);
 }
 
 // All rows settled: causal and block-causal context (ω = 48 over L = 130 leaves a partial block of 34).

@@ -408,7 +408,7 @@ static void test_bad_inputs_are_refused(void **state) {
     hdlm_model_free(m);
 }
 
-// Dropout multipliers follow hdlm_rng_uniform_at element by element (any start, any count), so masks do not depend
+// Dropout multipliers follow the uniforms hdlm_rng_u16_at·2⁻¹⁶ element by element (any start, any count), so masks do not depend
 // on tiling or threads; the kept fraction is 1 − p and the scale 1/(1 − p).
 static void test_dropout_mask_is_counter_based(void **state) {
     (void)state;
@@ -418,7 +418,7 @@ static void test_dropout_mask_is_counter_based(void **state) {
     hdlm_dropout_scales(s, key, 7, N, 0.1f);
     int kept = 0;
     for (int i = 0; i < N; i++) {
-        float expect = hdlm_rng_uniform_at(key, 7 + (uint64_t)i) >= 0.1f ? 1.0f / 0.9f : 0.0f;
+        float expect = (float)hdlm_rng_u16_at(key, 7 + (uint64_t)i) * 0x1p-16f >= 0.1f ? 1.0f / 0.9f : 0.0f;
         assert_true(s[i] == expect);
         kept += s[i] != 0.0f;
     }

@@ -55,7 +55,7 @@ void hdlm_cuda_rotary_backward(hdlm_bf16 *dqkv, const float *cos_t, const float 
                                int head_dim, hdlm_stream stream);
 
 // h_out = h_in + gate ⊙ dropout(y) (fp32 stream; y, gate bf16; gate rows stride gate_stride, NULL: 1).
-// h_out may equal h_in. Element (r, c) is dropped when hdlm_rng_uniform_at(key, r·d + c) < p.
+// h_out may equal h_in. Element (r, c) is dropped by the CPU's rule (hdlm_dropout_keep_min) at index r·d + c.
 void hdlm_cuda_residual_forward(float *h_out, const float *h_in, const hdlm_bf16 *y, const hdlm_bf16 *gate,
                                 int gate_stride, int n, int d, float p, uint64_t key, hdlm_stream stream);
 // dy = dh ⊙ gate ⊙ mask/(1−p); dgate = dh ⊙ dropout(y) when gate is given (written, same stride as gate).
@@ -82,7 +82,7 @@ void hdlm_cuda_gamma_mix(float *mix, const float *sigma, float gamma, int n, hdl
 // qkv bf16 [N, 3d] (rotated), out bf16 [N, d], lse fp32 [B, H, L] (natural log-sum-exp of the scaled scores; 0 for
 // fully masked rows, which attend uniformly to all L keys as on the CPU). Tiles no key of which is allowed are
 // skipped (hdlm_mask_key_range). Dropout p on the probabilities: element (b, h, i, j) dropped when
-// hdlm_rng_uniform_at(key, ((b·H + h)·L + i)·L + j) < p. Head dim 64 is the fast path; any even D ≤ 128 works.
+// hdlm_rng_u16_at(key, ((b·H + h)·L + i)·L + j) < ⌈p·2¹⁶⌉. Head dim 64 is the fast path; any even D ≤ 128 works.
 // keep_bits (hdlm_cuda_attention_keep_bytes bytes, or NULL when no backward follows): where the forward drops
 // probabilities it records which ones, for the backward of the same call, which then needs that buffer.
 void hdlm_cuda_attention_forward(hdlm_bf16 *out, float *lse, uint32_t *keep_bits, const hdlm_bf16 *qkv,

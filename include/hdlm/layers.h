@@ -58,7 +58,15 @@ void hdlm_gelu_forward(float *out, const float *in, size_t n);
 void hdlm_gelu_backward(float *din, const float *dout, const float *in, size_t n);
 
 // ---- inverted dropout and the gated residual add ------------------------------------------------ layer_dropout.c
-// Multipliers (0 or 1/(1-p)) of elements start..start+count-1: kept when hdlm_rng_uniform_at(key, i) >= p.
+// Element i of a dropout site is kept when hdlm_rng_u16_at(key, i) >= hdlm_dropout_keep_min(p) = ⌈p·2¹⁶⌉, i.e. when
+// its uniform u16·2⁻¹⁶ is >= p (p realised to 2⁻¹⁶: 6554/65536 for 0.1); kept elements are scaled by 1/(1 − p).
+// 16-bit draws: one Philox block serves 8 elements (the GPU draws B·H·L² of them per attention layer).
+static inline uint32_t hdlm_dropout_keep_min(float p) {
+    double m = (double)p * 65536.0;   // exact; ⌈m⌉ without libm
+    uint32_t k = p > 0.0f ? (uint32_t)m : 0u;
+    return k < m ? k + 1 : k;
+}
+// Multipliers (0 or 1/(1-p)) of elements start..start+count-1 by the rule above.
 void hdlm_dropout_scales(float *scale, uint64_t key, uint64_t start, int count, float p);
 // h_out[N,d] = h_in + gate ⊙ dropout(y); gate rows have stride gate_stride (gate NULL: 1). h_out may equal h_in.
 void hdlm_residual_forward(float *h_out, const float *h_in, const float *y, const float *gate, int gate_stride, int n,

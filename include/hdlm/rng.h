@@ -47,8 +47,9 @@ double hdlm_rng_normal(hdlm_rng *rng);
 // In-place Fisher-Yates shuffle of n indices.
 void hdlm_rng_shuffle_u32(hdlm_rng *rng, uint32_t *items, uint64_t n);
 
-// Random access: the i-th uniform float of the stream keyed by `key` (element i of a tensor, say), independent of
-// every other element. Used for dropout masks, where each element needs its own draw in any thread.
-float hdlm_rng_uniform_at(uint64_t key, uint64_t i);
+// Random access: the i-th 16-bit draw of the stream keyed by `key` (element i of a tensor, say), independent of every
+// other element and of the thread or tile that asks: half i % 2 (low half first) of word (i / 2) % 4 of Philox block
+// i / 8 (counter_hi 1), so one block serves 8 elements. Dropout masks use it (hdlm_dropout_keep_min, layers.h).
+uint32_t hdlm_rng_u16_at(uint64_t key, uint64_t i);
 
 #endif

@@ -13,7 +13,7 @@
 //   0), so a query tile visits key tiles only below the largest hi of its rows and the per-element rule is j < hi_i.
 //   A fully masked row (worthless, i > a_end) attends uniformly to all L keys with lse 0 and no score gradient,
 //   exactly as the CPU does; dropout applies to it too.
-// - Dropout: element (b, h, i, j) kept when hdlm_rng_uniform_at(key, ((b·H + h)·L + i)·L + j) >= p, the kept
+// - Dropout: element (b, h, i, j) kept when hdlm_rng_u16_at(key, ((b·H + h)·L + i)·L + j) >= ⌈p·2¹⁶⌉, the kept
 //   probabilities scaled by 1/(1 − p); lse is that of the undropped probabilities (as on the CPU).
 // - Backward (flash-attention-2 recurrences, deterministic, no atomics): delta_i = dO_i · O_i into the workspace, a
 //   dQ kernel over query tiles and a dK/dV kernel over key tiles, both recomputing P from lse.
@@ -33,7 +33,7 @@ struct attn_shape {
     int len, heads, head_dim, width;   // L, H, D, d = H·D (qkv rows have 3d elements)
     float scale;                       // 1/sqrt(D)
     float dropout, keep;               // p and 1/(1 − p)
-    uint32_t keep_min;                 // u >= p exactly when the uniform's Philox word is >= keep_min
+    uint32_t keep_min;                 // hdlm_dropout_keep_min(p): an element is kept when its 16-bit draw is >= this
     uint64_t key;                      // dropout stream
 };
 
@@ -61,14 +61,11 @@ __device__ inline int tile_key_end(const hdlm_attn_mask &mask, int i0, bool with
     return end;
 }
 
-// Whether probability `index` survives dropout: hdlm_rng_uniform_at(key, index) >= p, the CPU's
-// hdlm_dropout_scales rule, compared on the Philox word (u = (word >> 8)·2⁻²⁴).
+// Whether probability `index` survives dropout: the CPU's hdlm_dropout_scales rule.
 __device__ inline bool kept_at(const attn_shape &sh, uint64_t index) {
     uint32_t w[4];
-    hdlm_philox4x32_dev(sh.key, 1, index >> 2, w);
-    // selected without indexing the array by a run-time value, which would put it in local memory
-    uint32_t word = index & 2 ? (index & 1 ? w[3] : w[2]) : (index & 1 ? w[1] : w[0]);
-    return word >= sh.keep_min;
+    hdlm_philox4x32_dev(sh.key, 1, index >> 3, w);
+    return hdlm_u16_of_block(w, (unsigned)(index & 7)) >= sh.keep_min;
 }
 
 // Dropout multiplier of probability (row_index + j): 0 or 1/(1 − p).
@@ -479,27 +476,30 @@ __device__ inline size_t keep_tile(const attn_shape &sh, int bh, int qtile, int 
     return (((size_t)bh * tiles + qtile) * tiles + ktile) * TC_KEEP_WORDS;
 }
 
-// This lane's 32 keep bits of key tile j0 (row_index[x] = ((b·H + h)·L + row x)·L). With L % 4 = 0 the 8 columns of
-// an n-tile row are two whole Philox blocks, so the 4 lanes of a row group draw their 16 elements' 4 blocks once
-// (lane t: row t / 2, columns 4·(t % 2) + 0..3) and exchange the bits; otherwise every element draws its own block.
+// This lane's 32 keep bits of key tile j0 (row_index[x] = ((b·H + h)·L + row x)·L). With L % 8 = 0 the 8 columns
+// of an n-tile row are one whole Philox block, so the 4 lanes of a row group draw the 4 blocks of two n-tiles once
+// (lane s: row s % 2, n-tile 2q + s / 2) and exchange their decisions; otherwise every element draws its own block.
 __device__ inline uint32_t tc_keep_bits(const attn_shape &sh, const uint64_t row_index[2], int j0) {
     const int lane = threadIdx.x % 32, t = lane % 4;
     uint32_t bits = 0;
-    if (sh.len % 4 == 0) {
-        const uint64_t first = (t < 2 ? row_index[0] : row_index[1]) + (uint64_t)(j0 + 4 * (t % 2));
-        uint32_t drawn = 0;   // bit 4·nt + q: column 8·nt + 4·(t % 2) + q of row t / 2
+    if (sh.len % 8 == 0) {
+        // (row_index[t % 2] selected, not indexed at run time: the array would go to local memory)
+        const uint64_t first = (t % 2 ? row_index[1] : row_index[0]) + (uint64_t)(j0 + 8 * (t / 2));
+        uint32_t drawn = 0;   // bit 8q + 2k + c: column 2k + c (word k, half c) of this lane's block of pair q
 #pragma unroll
-        for (int nt = 0; nt < TC_NT; nt++) {
+        for (int q = 0; q < TC_NT / 2; q++) {
             uint32_t w[4];
-            hdlm_philox4x32_dev(sh.key, 1, (first + 8 * nt) >> 2, w);
+            hdlm_philox4x32_dev(sh.key, 1, (first + 16 * q) >> 3, w);
 #pragma unroll
-            for (int q = 0; q < 4; q++) drawn |= (uint32_t)(w[q] >= sh.keep_min) << (4 * nt + q);
+            for (int k = 0; k < 4; k++) {
+                uint32_t low = (w[k] & 0xffffu) >= sh.keep_min, high = w[k] >> 16 >= sh.keep_min;
+                drawn |= (low | high << 1) << (8 * q + 2 * k);
+            }
         }
-        // columns 2t and 2t + 1 of row x are words 2·(t % 2) and 2·(t % 2) + 1 drawn by lane 2x + t / 2
-        const int shift = 2 * (t % 2);
-        uint32_t row_a = __shfl_sync(0xffffffffu, drawn, (lane & ~3) + t / 2);
-        uint32_t row_b = __shfl_sync(0xffffffffu, drawn, (lane & ~3) + 2 + t / 2);
-        bits = ((row_a >> shift) & 0x33333333u) | ((row_b >> shift) & 0x33333333u) << 2;
+        // columns 2t, 2t + 1 (word t) of lane s's blocks: this lane's bits 4·nt + 2x + c = 8q + 2s + c
+#pragma unroll
+        for (int s = 0; s < 4; s++)
+            bits |= (__shfl_sync(0xffffffffu, drawn, (lane & ~3) + s) >> (2 * t) & 0x03030303u) << (2 * s);
     } else {
         for (int nt = 0; nt < TC_NT; nt++)
             for (int r = 0; r < 4; r++) {
@@ -796,8 +796,7 @@ attn_shape shape_of(int len, int heads, int head_dim, float dropout, uint64_t ke
     sh.scale = 1.0f / sqrtf((float)head_dim);
     sh.dropout = dropout;
     sh.keep = 1.0f / (1.0f - dropout);   // the CPU's float 1/(1 − p)
-    // (word >> 8)·2⁻²⁴ >= p  ⇔  word >= ⌈p·2²⁴⌉·2⁸ (exact: p is a float below 1)
-    sh.keep_min = (uint32_t)ceil((double)dropout * 16777216.0) << 8;
+    sh.keep_min = hdlm_dropout_keep_min(dropout);
     sh.key = key;
     return sh;
 }

@@ -1,5 +1,5 @@
 // src/cuda/cuda_internal.cuh — what every CUDA source of the backend shares: the C headers (with C linkage),
-// checking macros that name the call, file and line, bf16 helpers and the device twin of hdlm_rng_uniform_at.
+// checking macros that name the call, file and line, bf16 helpers and the device twin of the dropout rule.
 #ifndef HDLM_CUDA_INTERNAL_CUH
 #define HDLM_CUDA_INTERNAL_CUH
 
@@ -12,6 +12,7 @@ extern "C" {
 #include "hdlm/common.h"
 #include "hdlm/cuda.h"
 #include "hdlm/cuda_ops.h"
+#include "hdlm/layers.h"   // hdlm_dropout_keep_min
 }
 
 typedef __nv_bfloat16 bf16;
@@ -71,6 +72,13 @@ __host__ __device__ inline void hdlm_philox4x32_dev(uint64_t key, uint64_t count
     out[1] = c1;
     out[2] = c2;
     out[3] = c3;
+}
+
+// Draw `pos` (0..7) of a Philox block on the dropout stream, the CPU's hdlm_rng_u16_at: half pos % 2 of word pos / 2,
+// selected without indexing the array by a run-time value (which would put it in local memory).
+__device__ inline uint32_t hdlm_u16_of_block(const uint32_t w[4], unsigned pos) {
+    uint32_t word = pos & 4 ? (pos & 2 ? w[3] : w[2]) : (pos & 2 ? w[1] : w[0]);
+    return pos & 1 ? word >> 16 : word & 0xffffu;
 }
 
 // The cuBLASLt handle and workspace of hdlm_cuda_init (src/cuda/runtime.cu).

@@ -156,26 +156,38 @@ void hdlm_cuda_rotary_backward(hdlm_bf16 *dqkv, const float *cos_t, const float 
 
 // ---- gated residual with inverted dropout -----------------------------------------------------------------------
 
-// Element i = r·d + c is kept when hdlm_rng_uniform_at(key, i) ≥ p, as on the CPU (src/layer_dropout.c): word i % 4
-// of Philox block i / 4, so each thread takes the four elements of one block.
-__device__ inline void dropout_scales4(float scale[4], uint64_t key, size_t block, float p, float keep) {
-    if (p > 0.0f) {
-        uint32_t words[4];
-        hdlm_philox4x32_dev(key, 1, block, words);
-        for (int k = 0; k < 4; k++) scale[k] = (float)(words[k] >> 8) * 0x1.0p-24f >= p ? keep : 0.0f;
+// Element i = r·d + c is kept when hdlm_rng_u16_at(key, i) >= ⌈p·2¹⁶⌉, as on the CPU (src/layer_dropout.c): half
+// i % 2 of word (i / 2) % 4 of Philox block i / 8, so each thread takes the eight elements of one block.
+constexpr int DROP_GROUP = 8;
+
+struct dropout_rule {
+    uint64_t key;
+    uint32_t keep_min;   // hdlm_dropout_keep_min(p); 0: no dropout
+    float keep;          // 1/(1 − p)
+};
+
+static dropout_rule dropout_rule_of(float p, uint64_t key) {
+    return {key, hdlm_dropout_keep_min(p), 1.0f / (1.0f - p)};
+}
+
+__device__ inline void dropout_scales8(float scale[DROP_GROUP], const dropout_rule &rule, size_t block) {
+    if (rule.keep_min) {
+        uint32_t w[4];
+        hdlm_philox4x32_dev(rule.key, 1, block, w);
+        for (int k = 0; k < DROP_GROUP; k++) scale[k] = hdlm_u16_of_block(w, k) >= rule.keep_min ? rule.keep : 0.0f;
     } else {
-        for (int k = 0; k < 4; k++) scale[k] = 1.0f;
+        for (int k = 0; k < DROP_GROUP; k++) scale[k] = 1.0f;
     }
 }
 
 __global__ void residual_forward_kernel(float *h_out, const float *h_in, const bf16 *y, const bf16 *gate,
-                                        int gate_stride, int n, int d, float p, float keep, uint64_t key) {
-    size_t total = (size_t)n * d, blocks = (total + 3) / 4;
+                                        int gate_stride, int n, int d, dropout_rule rule) {
+    size_t total = (size_t)n * d, blocks = (total + DROP_GROUP - 1) / DROP_GROUP;
     for (size_t b = blockIdx.x * (size_t)blockDim.x + threadIdx.x; b < blocks; b += (size_t)gridDim.x * blockDim.x) {
-        float scale[4];
-        dropout_scales4(scale, key, b, p, keep);
-        for (int k = 0; k < 4 && 4 * b + k < total; k++) {
-            size_t i = 4 * b + k, r = i / d, c = i % d;
+        float scale[DROP_GROUP];
+        dropout_scales8(scale, rule, b);
+        for (int k = 0; k < DROP_GROUP && DROP_GROUP * b + k < total; k++) {
+            size_t i = DROP_GROUP * b + k, r = i / d, c = i % d;
             float v = __bfloat162float(y[i]) * scale[k];
             if (gate) v *= __bfloat162float(gate[r * gate_stride + c]);
             h_out[i] = h_in[i] + v;
@@ -185,21 +197,21 @@ __global__ void residual_forward_kernel(float *h_out, const float *h_in, const b
 
 void hdlm_cuda_residual_forward(float *h_out, const float *h_in, const hdlm_bf16 *y, const hdlm_bf16 *gate,
                                 int gate_stride, int n, int d, float p, uint64_t key, hdlm_stream stream) {
-    size_t blocks = ((size_t)n * d + 3) / 4;
+    size_t blocks = ((size_t)n * d + DROP_GROUP - 1) / DROP_GROUP;
     if (!blocks) return;
     residual_forward_kernel<<<hdlm_elementwise_blocks(blocks, 256), 256, 0, (cudaStream_t)stream>>>(
-        h_out, h_in, as_bf16(y), as_bf16(gate), gate_stride, n, d, p, 1.0f / (1.0f - p), key);
+        h_out, h_in, as_bf16(y), as_bf16(gate), gate_stride, n, d, dropout_rule_of(p, key));
     HDLM_CUDA_LAUNCHED();
 }
 
 __global__ void residual_backward_kernel(bf16 *dy, bf16 *dgate, const float *dh, const bf16 *y, const bf16 *gate,
-                                         int gate_stride, int n, int d, float p, float keep, uint64_t key) {
-    size_t total = (size_t)n * d, blocks = (total + 3) / 4;
+                                         int gate_stride, int n, int d, dropout_rule rule) {
+    size_t total = (size_t)n * d, blocks = (total + DROP_GROUP - 1) / DROP_GROUP;
     for (size_t b = blockIdx.x * (size_t)blockDim.x + threadIdx.x; b < blocks; b += (size_t)gridDim.x * blockDim.x) {
-        float scale[4];
-        dropout_scales4(scale, key, b, p, keep);
-        for (int k = 0; k < 4 && 4 * b + k < total; k++) {
-            size_t i = 4 * b + k, r = i / d, c = i % d;
+        float scale[DROP_GROUP];
+        dropout_scales8(scale, rule, b);
+        for (int k = 0; k < DROP_GROUP && DROP_GROUP * b + k < total; k++) {
+            size_t i = DROP_GROUP * b + k, r = i / d, c = i % d;
             float g = dh[i] * scale[k];
             if (gate) {
                 size_t gi = r * gate_stride + c;
@@ -214,10 +226,10 @@ __global__ void residual_backward_kernel(bf16 *dy, bf16 *dgate, const float *dh,
 void hdlm_cuda_residual_backward(hdlm_bf16 *dy, hdlm_bf16 *dgate, const float *dh, const hdlm_bf16 *y,
                                  const hdlm_bf16 *gate, int gate_stride, int n, int d, float p, uint64_t key,
                                  hdlm_stream stream) {
-    size_t blocks = ((size_t)n * d + 3) / 4;
+    size_t blocks = ((size_t)n * d + DROP_GROUP - 1) / DROP_GROUP;
     if (!blocks) return;
     residual_backward_kernel<<<hdlm_elementwise_blocks(blocks, 256), 256, 0, (cudaStream_t)stream>>>(
-        as_bf16(dy), as_bf16(dgate), dh, as_bf16(y), as_bf16(gate), gate_stride, n, d, p, 1.0f / (1.0f - p), key);
+        as_bf16(dy), as_bf16(dgate), dh, as_bf16(y), as_bf16(gate), gate_stride, n, d, dropout_rule_of(p, key));
     HDLM_CUDA_LAUNCHED();
 }
 
