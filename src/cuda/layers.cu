@@ -1,6 +1,8 @@
 // GPU twins of the elementwise DDiT layers (include/hdlm/cuda_ops.h; CPU twins src/layer_layernorm.c,
 // layer_rotary.c, layer_dropout.c, layer_embedding.c, layer_adaln.c, spec §7): the same fp32 math on bf16/fp32
 // storage, LayerNorm statistics in fp32, reductions over tokens in a fixed order (no float atomics).
+#include <initializer_list>
+
 #include "column_reduce.cuh"
 #include "cuda_internal.cuh"
 
@@ -180,16 +182,59 @@ __device__ inline void dropout_scales8(float scale[DROP_GROUP], const dropout_ru
     }
 }
 
+// Eight consecutive elements as 16-byte vectors (bf16: one, fp32: two).
+__device__ inline void load8(float x[8], const bf16 *p) {
+    const uint4 u = *reinterpret_cast<const uint4 *>(p);
+    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
+    for (int k = 0; k < 4; k++) {
+        float2 f = __bfloat1622float2(h[k]);
+        x[2 * k] = f.x, x[2 * k + 1] = f.y;
+    }
+}
+__device__ inline void load8(float x[8], const float *p) {
+    const float4 a = reinterpret_cast<const float4 *>(p)[0], b = reinterpret_cast<const float4 *>(p)[1];
+    x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
+}
+__device__ inline void store8(bf16 *p, const float x[8]) {
+    uint4 u;
+    __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&u);
+    for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(x[2 * k], x[2 * k + 1]);
+    *reinterpret_cast<uint4 *>(p) = u;
+}
+__device__ inline void store8(float *p, const float x[8]) {
+    reinterpret_cast<float4 *>(p)[0] = make_float4(x[0], x[1], x[2], x[3]);
+    reinterpret_cast<float4 *>(p)[1] = make_float4(x[4], x[5], x[6], x[7]);
+}
+
+// Whether a residual kernel may move its 8 elements as vectors: they lie in one row (d % 8 = 0, so the gate's too)
+// and every row start is 16-byte aligned. Otherwise element by element (the same arithmetic).
+static bool residual_vectorised(int d, int gate_stride, std::initializer_list<const void *> pointers) {
+    if (d % DROP_GROUP || gate_stride % DROP_GROUP) return false;
+    for (const void *p : pointers)
+        if (p && hdlm_pointer_alignment(p) < 16) return false;
+    return true;
+}
+
 __global__ void residual_forward_kernel(float *h_out, const float *h_in, const bf16 *y, const bf16 *gate,
-                                        int gate_stride, int n, int d, dropout_rule rule) {
+                                        int gate_stride, int n, int d, dropout_rule rule, bool vectorised) {
     size_t total = (size_t)n * d, blocks = (total + DROP_GROUP - 1) / DROP_GROUP;
     for (size_t b = blockIdx.x * (size_t)blockDim.x + threadIdx.x; b < blocks; b += (size_t)gridDim.x * blockDim.x) {
         float scale[DROP_GROUP];
         dropout_scales8(scale, rule, b);
-        for (int k = 0; k < DROP_GROUP && DROP_GROUP * b + k < total; k++) {
-            size_t i = DROP_GROUP * b + k, r = i / d, c = i % d;
+        const size_t i0 = DROP_GROUP * b, r = i0 / d, c0 = i0 % d;
+        if (vectorised) {
+            float yv[8], hv[8], gv[8];
+            load8(yv, y + i0);
+            load8(hv, h_in + i0);
+            if (gate) load8(gv, gate + r * gate_stride + c0);
+            for (int k = 0; k < 8; k++) hv[k] += gate ? yv[k] * scale[k] * gv[k] : yv[k] * scale[k];
+            store8(h_out + i0, hv);
+            continue;
+        }
+        for (int k = 0; k < DROP_GROUP && i0 + k < total; k++) {
+            size_t i = i0 + k, ri = i / d, c = i % d;
             float v = __bfloat162float(y[i]) * scale[k];
-            if (gate) v *= __bfloat162float(gate[r * gate_stride + c]);
+            if (gate) v *= __bfloat162float(gate[ri * gate_stride + c]);
             h_out[i] = h_in[i] + v;
         }
     }
@@ -199,22 +244,40 @@ void hdlm_cuda_residual_forward(float *h_out, const float *h_in, const hdlm_bf16
                                 int gate_stride, int n, int d, float p, uint64_t key, hdlm_stream stream) {
     size_t blocks = ((size_t)n * d + DROP_GROUP - 1) / DROP_GROUP;
     if (!blocks) return;
+    bool vectorised = residual_vectorised(d, gate ? gate_stride : 0, {h_out, h_in, y, gate});
     residual_forward_kernel<<<hdlm_elementwise_blocks(blocks, 256), 256, 0, (cudaStream_t)stream>>>(
-        h_out, h_in, as_bf16(y), as_bf16(gate), gate_stride, n, d, dropout_rule_of(p, key));
+        h_out, h_in, as_bf16(y), as_bf16(gate), gate_stride, n, d, dropout_rule_of(p, key), vectorised);
     HDLM_CUDA_LAUNCHED();
 }
 
 __global__ void residual_backward_kernel(bf16 *dy, bf16 *dgate, const float *dh, const bf16 *y, const bf16 *gate,
-                                         int gate_stride, int n, int d, dropout_rule rule) {
+                                         int gate_stride, int n, int d, dropout_rule rule, bool vectorised) {
     size_t total = (size_t)n * d, blocks = (total + DROP_GROUP - 1) / DROP_GROUP;
     for (size_t b = blockIdx.x * (size_t)blockDim.x + threadIdx.x; b < blocks; b += (size_t)gridDim.x * blockDim.x) {
         float scale[DROP_GROUP];
         dropout_scales8(scale, rule, b);
-        for (int k = 0; k < DROP_GROUP && DROP_GROUP * b + k < total; k++) {
-            size_t i = DROP_GROUP * b + k, r = i / d, c = i % d;
+        const size_t i0 = DROP_GROUP * b, r = i0 / d, c0 = i0 % d;
+        if (vectorised) {
+            float g[8], yv[8], gv[8], dg[8];
+            load8(g, dh + i0);
+            for (int k = 0; k < 8; k++) g[k] *= scale[k];
+            if (gate) {
+                load8(yv, y + i0);
+                load8(gv, gate + r * gate_stride + c0);
+                for (int k = 0; k < 8; k++) {
+                    dg[k] = g[k] * yv[k];
+                    g[k] *= gv[k];
+                }
+                store8(dgate + r * gate_stride + c0, dg);
+            }
+            store8(dy + i0, g);
+            continue;
+        }
+        for (int k = 0; k < DROP_GROUP && i0 + k < total; k++) {
+            size_t i = i0 + k, ri = i / d, c = i % d;
             float g = dh[i] * scale[k];
             if (gate) {
-                size_t gi = r * gate_stride + c;
+                size_t gi = ri * gate_stride + c;
                 dgate[gi] = __float2bfloat16_rn(g * __bfloat162float(y[i]));
                 g *= __bfloat162float(gate[gi]);
             }
@@ -228,8 +291,10 @@ void hdlm_cuda_residual_backward(hdlm_bf16 *dy, hdlm_bf16 *dgate, const float *d
                                  hdlm_stream stream) {
     size_t blocks = ((size_t)n * d + DROP_GROUP - 1) / DROP_GROUP;
     if (!blocks) return;
+    bool vectorised = residual_vectorised(d, gate ? gate_stride : 0, {dy, dgate, dh, y, gate});
     residual_backward_kernel<<<hdlm_elementwise_blocks(blocks, 256), 256, 0, (cudaStream_t)stream>>>(
-        as_bf16(dy), as_bf16(dgate), dh, as_bf16(y), as_bf16(gate), gate_stride, n, d, dropout_rule_of(p, key));
+        as_bf16(dy), as_bf16(dgate), dh, as_bf16(y), as_bf16(gate), gate_stride, n, d, dropout_rule_of(p, key),
+        vectorised);
     HDLM_CUDA_LAUNCHED();
 }
 
