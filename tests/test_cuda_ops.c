@@ -413,7 +413,8 @@ static void test_rotary(void **state) {
     REQUIRE_GPU();
     check_rotary(2, 13, 3, 20, HDLM_ROTARY_EXACT, false);
     check_rotary(2, 13, 3, 20, HDLM_ROTARY_REFERENCE, true);
-    check_rotary(1, 64, 4, 64, HDLM_ROTARY_REFERENCE, false);
+    check_rotary(1, 64, 4, 64, HDLM_ROTARY_REFERENCE, false);   // D/2 even: bf16 pairs
+    check_rotary(3, 5, 2, 6, HDLM_ROTARY_EXACT, true);          // D/2 odd: single values
 }
 
 // ---- residual + gate + dropout ----------------------------------------------------------------------------------

@@ -115,34 +115,53 @@ void hdlm_cuda_layernorm_backward(float *din, float *dw, hdlm_bf16 *dshift, hdlm
 
 // ---- rotary (rotate-half over the whole head, spec §7.4) --------------------------------------------------------
 
-// One thread per rotated pair (x[j], x[j + D/2]) of q or k; sign −1 applies the transpose (backward).
-__global__ void rotary_kernel(bf16 *qkv, const float *cos_t, const float *sin_t, int n, int len, int heads,
-                              int head_dim, float sign) {
-    int half = head_dim / 2, d = heads * head_dim;
-    size_t total = (size_t)n * 2 * heads * half;
-    for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total;
-         idx += (size_t)gridDim.x * blockDim.x) {
-        int j = (int)(idx % half);
-        size_t t = idx / half;
-        int h = (int)(t % heads);
-        t /= heads;
-        int part = (int)(t % 2);   // 0: q, 1: k
-        size_t r = t / 2;
-        int p = (int)(r % len);
-        bf16 *x = qkv + r * 3 * d + (size_t)part * d + (size_t)h * head_dim;
-        float a = __bfloat162float(x[j]), b = __bfloat162float(x[j + half]);
-        float c = cos_t[(size_t)p * half + j], sn = sign * sin_t[(size_t)p * half + j];
-        x[j] = __float2bfloat16_rn(a * c - b * sn);
-        x[j + half] = __float2bfloat16_rn(b * c + a * sn);
+// One block per token row (position p = row % L); sign −1 applies the transpose (backward). q | k of a row are 2H
+// consecutive heads of D; a thread rotates the pairs (x[j], x[j + D/2]) of one head for J adjacent j: J = 2 moves
+// bf16 pairs (D/2 even), J = 1 single values. Row-level indices keep 64-bit division out of the per-pair work.
+template <int J>
+__global__ void rotary_kernel(bf16 *qkv, const float *cos_t, const float *sin_t, int len, int heads, int head_dim,
+                              float sign) {
+    const int half = head_dim / 2, units_per_head = half / J, units = 2 * heads * units_per_head;
+    const int p = blockIdx.x % len;
+    bf16 *row = qkv + (size_t)blockIdx.x * 3 * heads * head_dim;
+    const float *cos_p = cos_t + (size_t)p * half, *sin_p = sin_t + (size_t)p * half;
+    for (int u = threadIdx.x; u < units; u += blockDim.x) {
+        const int j = J * (u % units_per_head);
+        bf16 *x = row + (size_t)(u / units_per_head) * head_dim + j;
+        float a[J], b[J], c[J], sn[J];
+        if constexpr (J == 2) {
+            float2 a2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(x));
+            float2 b2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(x + half));
+            float2 c2 = *reinterpret_cast<const float2 *>(cos_p + j), s2 = *reinterpret_cast<const float2 *>(sin_p + j);
+            a[0] = a2.x, a[1] = a2.y, b[0] = b2.x, b[1] = b2.y, c[0] = c2.x, c[1] = c2.y, sn[0] = s2.x, sn[1] = s2.y;
+        } else {
+            a[0] = __bfloat162float(x[0]), b[0] = __bfloat162float(x[half]), c[0] = cos_p[j], sn[0] = sin_p[j];
+        }
+        float ra[J], rb[J];
+        for (int k = 0; k < J; k++) {
+            sn[k] *= sign;
+            ra[k] = a[k] * c[k] - b[k] * sn[k];
+            rb[k] = b[k] * c[k] + a[k] * sn[k];
+        }
+        if constexpr (J == 2) {
+            *reinterpret_cast<__nv_bfloat162 *>(x) = __floats2bfloat162_rn(ra[0], ra[1]);
+            *reinterpret_cast<__nv_bfloat162 *>(x + half) = __floats2bfloat162_rn(rb[0], rb[1]);
+        } else {
+            x[0] = __float2bfloat16_rn(ra[0]);
+            x[half] = __float2bfloat16_rn(rb[0]);
+        }
     }
 }
 
 static void rotary_launch(hdlm_bf16 *qkv, const float *cos_t, const float *sin_t, int batch, int len, int heads,
                           int head_dim, float sign, hdlm_stream stream) {
-    size_t total = (size_t)batch * len * 2 * heads * (head_dim / 2);
-    if (!total) return;
-    rotary_kernel<<<hdlm_elementwise_blocks(total, 256), 256, 0, (cudaStream_t)stream>>>(
-        as_bf16(qkv), cos_t, sin_t, batch * len, len, heads, head_dim, sign);
+    const int rows = batch * len;
+    if (rows <= 0 || head_dim < 2) return;
+    cudaStream_t s = (cudaStream_t)stream;
+    if (head_dim % 4 == 0)
+        rotary_kernel<2><<<rows, 128, 0, s>>>(as_bf16(qkv), cos_t, sin_t, len, heads, head_dim, sign);
+    else
+        rotary_kernel<1><<<rows, 128, 0, s>>>(as_bf16(qkv), cos_t, sin_t, len, heads, head_dim, sign);
     HDLM_CUDA_LAUNCHED();
 }
 
