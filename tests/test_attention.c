@@ -42,7 +42,8 @@ static void reference(const float *qkv, const float *dout, const hdlm_attn_mask 
         for (int j = 0; j < L; j++) {
             prob[(size_t)i * L + j] = exp(prob[(size_t)i * L + j] - mx) / sum;
             uint64_t index = (((uint64_t)b * H + h) * L + i) * L + j;
-            scale[(size_t)i * L + j] = p > 0 ? (hdlm_rng_u16_at(key, index) * 0x1p-16 >= p ? 1.0 / (1.0 - p) : 0.0) : 1.0;
+            bool kept = p <= 0 || hdlm_rng_u16_at(key, index) * 0x1p-16 >= p;
+            scale[(size_t)i * L + j] = kept ? (p > 0 ? 1.0 / (1.0 - p) : 1.0) : 0.0;
         }
         for (int e = 0; e < D; e++) {
             double o = 0;
