@@ -158,7 +158,9 @@ static void rotary_launch(hdlm_bf16 *qkv, const float *cos_t, const float *sin_t
     const int rows = batch * len;
     if (rows <= 0 || head_dim < 2) return;
     cudaStream_t s = (cudaStream_t)stream;
-    if (head_dim % 4 == 0)
+    // pairs need 4-byte aligned bf16 pairs and 8-byte aligned float pairs (views may sit anywhere)
+    if (head_dim % 4 == 0 && hdlm_pointer_alignment(qkv) >= 4 && hdlm_pointer_alignment(cos_t) >= 8 &&
+        hdlm_pointer_alignment(sin_t) >= 8)
         rotary_kernel<2><<<rows, 128, 0, s>>>(as_bf16(qkv), cos_t, sin_t, len, heads, head_dim, sign);
     else
         rotary_kernel<1><<<rows, 128, 0, s>>>(as_bf16(qkv), cos_t, sin_t, len, heads, head_dim, sign);
