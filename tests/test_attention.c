@@ -14,7 +14,7 @@
 #include <stdlib.h>
 
 #include "hdlm/common.h"
-#include "hdlm/layers.h"
+#include "model/layers.h"
 #include "hdlm/mask.h"
 #include "hdlm/rng.h"
 

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "hdlm/common.h"
-#include "hdlm/layers.h"
+#include "model/layers.h"
 #include "hdlm/mask.h"
 #include "hdlm/rng.h"
 #include "harness.h"

@@ -111,9 +111,9 @@ static void test_export_import_round_trip_is_bit_exact(void **state) {
         FILE *y = open_memstream(&yaml, &yaml_len);
         hdlm_config_write_yaml(&hdlm_train_config_schema, &c, y);
         fclose(y);
-        hdlm_tensor_desc *descs;
+        hdlm_tensor *descs;
         int n;
-        hdlm_model_tensor_descs(m, &descs, &n);
+        hdlm_model_trainable_tensors(m, &descs, &n);
         hdlm_ckpt_group groups[] = {{"params", m->params, 0}, {"ema", ema, 0}};
         hdlm_ckpt_contents cc = {descs, n, groups, 2, NULL, 0, yaml, NULL, 0};
         hdlm_ckpt_retention keep = {1, 0};
@@ -448,7 +448,7 @@ static void test_kill_during_save_keeps_previous_checkpoint(void **state) {
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
-        static const hdlm_tensor_desc big[] = {{"big.weight", 2, {16384, 4096}, 0}};
+        static const hdlm_tensor big[] = {{.name = "big.weight", .ndim = 2, .shape = {16384, 4096}, .offset = 0}};
         size_t n = (size_t)16384 * 4096;
         float *data = hdlm_calloc(n, sizeof(float));
         hdlm_ckpt_group groups[] = {{"params", data, 0}, {"ema", data, 0}, {"adam_m", data, 0},

@@ -24,8 +24,8 @@
 #include "harness.h"
 #include "hdlm/common.h"
 #include "hdlm/cuda.h"
-#include "hdlm/cuda_ops.h"
-#include "hdlm/layers.h"
+#include "cuda/cuda_ops.h"
+#include "model/layers.h"
 #include "hdlm/mask.h"
 #include "hdlm/rng.h"
 

@@ -30,7 +30,7 @@
 #include "hdlm/common.h"
 #include "hdlm/cuda.h"
 #ifdef HDLM_HAVE_CUDA
-#include "hdlm/cuda_model.h"
+#include "cuda/cuda_model.h"
 #include "hdlm/diffusion.h"
 #include "hdlm/model.h"
 #include "hdlm/rng.h"

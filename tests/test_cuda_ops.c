@@ -27,11 +27,11 @@
 #include "harness.h"
 #include "hdlm/common.h"
 #include "hdlm/cuda.h"
-#include "hdlm/layers.h"
-#include "hdlm/optim.h"
+#include "model/layers.h"
+#include "train/optim.h"
 #include "hdlm/rng.h"
 #ifdef HDLM_HAVE_CUDA
-#include "hdlm/cuda_ops.h"
+#include "cuda/cuda_ops.h"
 #endif
 
 #define BF16_TOL 5e-3

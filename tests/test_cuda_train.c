@@ -1,4 +1,4 @@
-// training.device = cuda (src/trainer_cuda.c) against the CPU trainer on the tiny preset (dropout 0, so both run
+// training.device = cuda (src/train/step_cuda.c) against the CPU trainer on the tiny preset (dropout 0, so both run
 // the same computation up to bf16 rounding) over a synthetic periodic corpus the model learns quickly:
 // - the loss curve of K updates tracks the CPU run's, the first update's loss and gradient norm match, the GPU run
 //   learns, and the validation loss of the EMA weights matches;
@@ -28,7 +28,7 @@
 #include "hdlm/cuda.h"
 #include "hdlm/shard.h"
 #include "hdlm/tokenizer.h"
-#include "hdlm/trainer.h"
+#include "train/trainer_internal.h"
 #include "train_helpers.h"
 
 #ifdef HDLM_CUDA_EMULATE
@@ -73,14 +73,13 @@ static void load_config(hdlm_train_config *cfg, const char *device, const char *
 static hdlm_trainer *create(const char *device, const char *run, const char *resume) {
     hdlm_train_config cfg;
     load_config(&cfg, device, run);
-    hdlm_trainer *t = malloc(sizeof *t);
-    if (hdlm_trainer_create(t, &cfg, resume) != 0) fail_msg("%s", hdlm_last_error());
+    hdlm_trainer *t;
+    if (hdlm_trainer_create(&t, &cfg, resume) != 0) fail_msg("%s", hdlm_last_error());
     return t;
 }
 
 static void destroy(hdlm_trainer *t) {
     hdlm_trainer_free(t);
-    free(t);
 }
 
 static void test_gpu_tracks_cpu(void **state) {

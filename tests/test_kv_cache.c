@@ -14,7 +14,7 @@
 #include "hdlm/blas.h"
 #include "hdlm/common.h"
 #include "hdlm/diffusion.h"
-#include "hdlm/kv_cache.h"
+#include "model/kv_cache.h"
 #include "hdlm/sampler.h"
 
 enum { L = 16, W = 4, V = 13 };

@@ -14,7 +14,7 @@
 #include "harness.h"
 #include "hdlm/diffusion.h"
 #include "hdlm/tokenizer.h"
-#include "hdlm/vecmath.h"
+#include "core/vecmath.h"
 #include "loss_check.h"
 
 static void init_schedule(hdlm_schedule *s, hdlm_schedule_type type, int L, int w, int tau) {

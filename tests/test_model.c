@@ -14,6 +14,7 @@
 
 #include "hdlm/common.h"
 #include "hdlm/model.h"
+#include "model/layers.h"
 #include "hdlm/rng.h"
 #include "harness.h"
 
@@ -161,8 +162,8 @@ static void case_prepare(model_case *c, int index) {
     assert_non_null(f);
     for (int i = 0; i < m->n_tensors; i++) {
         const hdlm_tensor *t = &m->tensors[i];
-        fprintf(f, "%s %zu %zu %d", t->name, t->offset, t->numel, t->shape[0]);
-        if (t->ndim == 2) fprintf(f, " %d", t->shape[1]);
+        fprintf(f, "%s %zu %zu %lld", t->name, t->offset, t->numel, (long long)t->shape[0]);
+        if (t->ndim == 2) fprintf(f, " %lld", (long long)t->shape[1]);
         fprintf(f, "\n");
     }
     fclose(f);

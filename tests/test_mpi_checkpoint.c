@@ -16,9 +16,12 @@
 #include "hdlm/checkpoint.h"
 #include "hdlm/common.h"
 
-static const hdlm_tensor_desc tensors[] = {
-    {"embed.weight", 2, {7, 3}, 0},   {"blocks.0.norm.weight", 1, {5}, 21}, {"blocks.0.qkv.weight", 3, {4, 2, 3}, 26},
-    {"head.weight", 2, {10, 4}, 50}, {"head.bias", 1, {1}, 90},
+static const hdlm_tensor tensors[] = {
+    {.name = "embed.weight", .ndim = 2, .shape = {7, 3}, .offset = 0},
+    {.name = "blocks.0.norm.weight", .ndim = 1, .shape = {5}, .offset = 21},
+    {.name = "blocks.0.qkv.weight", .ndim = 3, .shape = {4, 2, 3}, .offset = 26},
+    {.name = "head.weight", .ndim = 2, .shape = {10, 4}, .offset = 50},
+    {.name = "head.bias", .ndim = 1, .shape = {1}, .offset = 90},
 };
 enum { T = 5, N = 91 };
 
@@ -94,7 +97,7 @@ static void test_save_and_read_at_any_world_size(void **state) {
     assert_int_equal(rs[4], 101);
     free(rs);
     // A model of another shape is refused, naming the tensor.
-    hdlm_tensor_desc other[T];
+    hdlm_tensor other[T];
     memcpy(other, tensors, sizeof other);
     other[3].shape[1] = 5;
     assert_int_equal(hdlm_checkpoint_read(ck, "params", other, T, 0, N, out), -1);

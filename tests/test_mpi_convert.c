@@ -67,9 +67,9 @@ static void test_collective_model_save_and_load(void **state) {
     }
     float *zeros = hdlm_calloc(m->n_params, sizeof(float)), *adam = hdlm_malloc(m->n_params * sizeof(float));
     assert_int_equal(hdlm_model_read_checkpoint(m, dir, "params"), 0);
-    hdlm_tensor_desc *descs;
+    hdlm_tensor *descs;
     int n;
-    hdlm_model_tensor_descs(m, &descs, &n);
+    hdlm_model_trainable_tensors(m, &descs, &n);
     assert_int_equal(hdlm_checkpoint_open(&ck, dir), 0);
     assert_int_equal(hdlm_checkpoint_read(ck, "adam_v", descs, n, 0, m->n_params, adam), 0);
     assert_memory_equal(adam, zeros, m->n_params * sizeof(float));

@@ -16,7 +16,7 @@
 #include "hdlm/common.h"
 #include "hdlm/cuda.h"
 #ifdef HDLM_HAVE_CUDA
-#include "hdlm/dist_nccl.h"
+#include "cuda/dist_nccl.h"
 #endif
 
 static bool have_gpus(void) {

@@ -12,7 +12,7 @@
 
 #include "harness.h"
 #include "hdlm/common.h"
-#include "hdlm/optim.h"
+#include "train/optim.h"
 
 static void *read_golden(const char *dir, const char *name, size_t bytes) {
     char path[4096];

@@ -88,7 +88,7 @@ static void test_device_cuda_refused_without_gpu(void **state) {
     hdlm_train_config c;
     const char *cuda[] = {"data.train=/nonexistent", "training.device=cuda"};
     assert_int_equal(hdlm_train_config_load(&c, NULL, cuda, 2, 1), 0);
-    hdlm_trainer t;
+    hdlm_trainer *t;
     assert_int_equal(hdlm_trainer_create(&t, &c, NULL), -1);
     assert_error_contains("training.device = cuda");
     assert_error_contains(hdlm_cuda_unavailable_reason());

@@ -9,8 +9,8 @@
 #include <cmocka.h>
 
 #include "harness.h"
-#include "hdlm/dataloader.h"
-#include "hdlm/trainer.h"
+#include "data/dataloader.h"
+#include "train/trainer_internal.h"
 #include "train_helpers.h"
 
 static const char *data;
@@ -71,8 +71,8 @@ static void test_non_finite_gradient_skips_update(void **state) {
     const char *over[] = {train, "data.valid=", "optim.scheduler=linear", "optim.total=10"};
     hdlm_train_config cfg;
     assert_int_equal(hdlm_train_config_load(&cfg, TINY, over, 4, 1), 0);
-    hdlm_trainer *t = malloc(sizeof *t);
-    assert_int_equal(hdlm_trainer_create(t, &cfg, NULL), 0);
+    hdlm_trainer *t;
+    assert_int_equal(hdlm_trainer_create(&t, &cfg, NULL), 0);
     hdlm_update_stats s;
     hdlm_trainer_update(t, &s);
     assert_false(s.skipped);
@@ -84,15 +84,15 @@ static void test_non_finite_gradient_skips_update(void **state) {
     t->model->params[w->offset] = NAN;
     size_t n = t->model->n_params;
     float *m = malloc(n * sizeof(float)), *ema = malloc(n * sizeof(float));
-    memcpy(m, t->adam_m, n * sizeof(float));
-    memcpy(ema, t->ema, n * sizeof(float));
+    memcpy(m, t->state.adam_m, n * sizeof(float));
+    memcpy(ema, t->state.ema, n * sizeof(float));
     hdlm_trainer_update(t, &s);
     assert_true(s.skipped);
     assert_false(isfinite(s.grad_norm));
     assert_int_equal(t->update, 2);
     assert_int_equal(t->applied, 1);
-    assert_memory_equal(m, t->adam_m, n * sizeof(float));
-    assert_memory_equal(ema, t->ema, n * sizeof(float));
+    assert_memory_equal(m, t->state.adam_m, n * sizeof(float));
+    assert_memory_equal(ema, t->state.ema, n * sizeof(float));
     // The next good update uses the learning rate the skipped one would have used (the schedule did not move).
     t->model->params[w->offset] = saved;
     hdlm_trainer_update(t, &s);
@@ -103,7 +103,6 @@ static void test_non_finite_gradient_skips_update(void **state) {
     free(m);
     free(ema);
     hdlm_trainer_free(t);
-    free(t);
 }
 
 static int setup(void **state) {

@@ -33,7 +33,7 @@ static inline const char *prepare_sotu(const char *dir) {
 }
 
 // The tensor table of the tiny preset (names point into *tensors, freed by the caller with free_table).
-static inline hdlm_tensor_desc *tiny_table(int *n, size_t *n_params, hdlm_tensor **tensors) {
+static inline hdlm_tensor *tiny_table(int *n, size_t *n_params, hdlm_tensor **tensors) {
     hdlm_train_config cfg;
     const char *over[] = {"data.train=unused"};
     assert_int_equal(hdlm_train_config_load(&cfg, TINY, over, 1, 1), 0);
@@ -42,12 +42,12 @@ static inline hdlm_tensor_desc *tiny_table(int *n, size_t *n_params, hdlm_tensor
     int count;
     size_t n_buffer;
     assert_int_equal(hdlm_model_tensor_table(&mc, tensors, &count, n_params, &n_buffer), 0);
-    hdlm_tensor_desc *d = calloc((size_t)count, sizeof *d);
+    hdlm_tensor *d = calloc((size_t)count, sizeof *d);
     *n = 0;
     for (int i = 0; i < count; i++) {
         const hdlm_tensor *x = &(*tensors)[i];
         if (!x->trainable) continue;
-        d[*n] = (hdlm_tensor_desc){x->name, x->ndim, {x->shape[0], x->shape[1], 0, 0}, x->offset};
+        d[*n] = *x;
         (*n)++;
     }
     return d;
@@ -58,7 +58,7 @@ static inline float *read_group(const char *ckpt_dir, const char *group, size_t 
     int n;
     size_t n_params;
     hdlm_tensor *tensors;
-    hdlm_tensor_desc *d = tiny_table(&n, &n_params, &tensors);
+    hdlm_tensor *d = tiny_table(&n, &n_params, &tensors);
     hdlm_ckpt *ck;
     if (hdlm_checkpoint_open(&ck, ckpt_dir) != 0) fail_msg("%s", hdlm_last_error());
     float *x = malloc(n_params * sizeof(float));

@@ -65,6 +65,7 @@ static int cmd_import(const char *in, const char *config_path, char **overrides,
     HDLM_TRY(hdlm_config_defaults(&hdlm_train_config_schema, &c));
     HDLM_TRY(hdlm_config_load_yaml(&hdlm_train_config_schema, &c, config_path));
     for (int i = 0; i < n_overrides; i++) HDLM_TRY(hdlm_config_override(&hdlm_train_config_schema, &c, overrides[i]));
+    HDLM_TRY(hdlm_train_config_resolve(&c));
     hdlm_model_config mc;
     HDLM_TRY(hdlm_train_config_model(&c, &mc));
     // The checkpoint records where it lives, so a run or the evaluation tool started on it finds its directory.

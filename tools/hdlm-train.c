@@ -158,31 +158,32 @@ int main(int argc, char **argv) {
 
     // CPU: every rank measures its own threads at once, so the sum is the peak of the cores the job uses. GPU: one
     // GPU per rank at the dense bf16 peak of an H100/H200 SXM.
-    bool cuda = strcmp(cfg.training.device, "cuda") == 0;
+    bool cuda = cfg.kind.device == HDLM_DEVICE_CUDA;
     double peak = cuda ? hdlm_world_size() * HDLM_GPU_PEAK_BF16_FLOPS
                        : hdlm_allreduce_sum(hdlm_fma_peak_flops(omp_get_max_threads(), 2000000));
-    hdlm_trainer *t = hdlm_malloc(sizeof *t);
-    HDLM_MUST(hdlm_trainer_create(t, &cfg, resume));
+    hdlm_trainer *t;
+    HDLM_MUST(hdlm_trainer_create(&t, &cfg, resume));
+    hdlm_trainer_info info = hdlm_trainer_state(t);
     char peak_of[64];
     if (cuda)
-        snprintf(peak_of, sizeof peak_of, "%d GPU(s), dense bf16", t->world);
+        snprintf(peak_of, sizeof peak_of, "%d GPU(s), dense bf16", info.world);
     else
-        snprintf(peak_of, sizeof peak_of, "%d ranks x %d threads", t->world, omp_get_max_threads());
+        snprintf(peak_of, sizeof peak_of, "%d ranks x %d threads", info.world, omp_get_max_threads());
     hdlm_log("model: %s, %zu parameters; %d ranks x micro-batch %d x accum %d = %lld sequences of %d tokens per "
              "update; %.3g FLOP/token; peak %.1f GFLOP/s (%s)%s\n",
-             cfg.model.name, t->model->n_params, t->world, t->micro_batch, t->accum,
-             (long long)cfg.training.batch_size, t->length, t->flops_per_token, peak * 1e-9, peak_of,
+             cfg.model.name, info.n_params, info.world, info.micro_batch, info.accum,
+             (long long)cfg.training.batch_size, info.length, info.flops_per_token, peak * 1e-9, peak_of,
              cfg.optim.zero1 ? "; ZeRO-1" : "");
     if (resume)
-        hdlm_log("resumed at update %lld (epoch %lld, %llu chunks into it)\n", (long long)t->update,
-                 (long long)t->loader.epoch, (unsigned long long)t->loader.position);
+        hdlm_log("resumed at update %lld (epoch %lld, %llu chunks into it)\n", (long long)info.update,
+                 (long long)info.epoch, (unsigned long long)info.position);
     char metrics_path[HDLM_CONFIG_STRING_MAX + 16];
     snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", cfg.run.dir);
     hdlm_metrics metrics;
     HDLM_MUST(hdlm_metrics_open(&metrics, metrics_path, resume != NULL));
 
-    int64_t n_iters = cfg.training.n_iters, first = t->update, skipped = 0, last_tokens = t->tokens_seen;
-    if (!resume && t->has_valid) {   // the untrained model's validation loss: the baseline of the run
+    int64_t n_iters = cfg.training.n_iters, first = info.update, skipped = 0, last_tokens = info.tokens_seen;
+    if (!resume && info.has_valid) {   // the untrained model's validation loss: the baseline of the run
         double val = hdlm_trainer_eval(t);
         hdlm_metrics_record r = {0, 0, 0, 0, NAN, NAN, NAN, NAN, NAN, 0, NAN, val, 0};
         hdlm_metrics_write(&metrics, &r);
@@ -192,13 +193,14 @@ int main(int argc, char **argv) {
     double loss_sum = 0;   // the logged loss is the mean over the updates since the previous progress line
     int loss_count = 0;
     bool preempted = false;
-    while (t->update < n_iters) {
+    while (info.update < n_iters) {
         hdlm_update_stats s;
         hdlm_trainer_update(t, &s);
+        info = hdlm_trainer_state(t);
         skipped += s.skipped;
         loss_sum += s.loss;
         loss_count++;
-        int64_t u = t->update;
+        int64_t u = info.update;
         bool final = u == n_iters;
         double val = NAN;
         if (u % cfg.training.eval_freq == 0 || final) {
@@ -208,11 +210,11 @@ int main(int argc, char **argv) {
         }
         if (u % cfg.training.log_freq == 0 || final || isfinite(val)) {
             double now = hdlm_time_now(), elapsed = now - start;
-            double tok_s = (double)(t->tokens_seen - last_tokens) / fmax(now - last_time - excluded, 1e-9);
+            double tok_s = (double)(info.tokens_seen - last_tokens) / fmax(now - last_time - excluded, 1e-9);
             double eta = elapsed / (double)(u - first) * (double)(n_iters - u);
             double loss = loss_sum / loss_count;
-            hdlm_metrics_record r = {u, t->loader.epoch, t->micro_step, t->tokens_seen, loss, s.lr, s.grad_norm,
-                                     tok_s, tok_s * t->flops_per_token / peak, elapsed, eta, val, skipped};
+            hdlm_metrics_record r = {u, info.epoch, info.micro_step, info.tokens_seen, loss, s.lr, s.grad_norm,
+                                     tok_s, tok_s * info.flops_per_token / peak, elapsed, eta, val, skipped};
             hdlm_metrics_write(&metrics, &r);
             char el[32], et[32], vl[48] = "";
             format_duration(elapsed, el, sizeof el);
@@ -220,10 +222,10 @@ int main(int argc, char **argv) {
             if (isfinite(val)) snprintf(vl, sizeof vl, " | val %.4f", val);
             hdlm_log("update %lld/%lld | epoch %lld | loss %.4f | lr %.3e | grad %.3f | %.0f tok/s | %.1f%% of peak | "
                      "%s elapsed | ETA %s%s\n",
-                     (long long)u, (long long)n_iters, (long long)t->loader.epoch, loss, s.lr, s.grad_norm, tok_s,
+                     (long long)u, (long long)n_iters, (long long)info.epoch, loss, s.lr, s.grad_norm, tok_s,
                      100.0 * r.flops_fraction, el, et, vl);
             last_time = hdlm_time_now();
-            last_tokens = t->tokens_seen;
+            last_tokens = info.tokens_seen;
             excluded = 0;
             loss_sum = 0;
             loss_count = 0;
@@ -241,10 +243,9 @@ int main(int argc, char **argv) {
             break;
         }
     }
-    if (!preempted && hdlm_rank() == 0) HDLM_MUST(write_done(cfg.run.dir, t->update));
+    if (!preempted && hdlm_rank() == 0) HDLM_MUST(write_done(cfg.run.dir, info.update));
     hdlm_metrics_close(&metrics);
     hdlm_trainer_free(t);
-    free(t);
     MPI_Finalize();
     return preempted ? EXIT_PREEMPTED : 0;
 }

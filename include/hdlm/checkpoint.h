@@ -11,21 +11,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hdlm/tensor.h"
+
 #define HDLM_CHECKPOINT_SCHEMA 1
 
-// A named tensor inside the flat buffers (row-major, shape[0] rows).
-typedef struct {
-    const char *name;   // state-dict key, e.g. "blocks.0.attn_qkv.weight"
-    int ndim;           // 1..4
-    int64_t shape[4];
-    size_t offset;      // element offset in the flat buffer
-} hdlm_tensor_desc;
 
-size_t hdlm_tensor_numel(const hdlm_tensor_desc *t);
+size_t hdlm_tensor_numel(const hdlm_tensor *t);
 
 // Splits the flat range covered by the tensors (contiguous, in offset order) into `world` slices whose boundaries
 // fall on row boundaries: rank r owns [starts[r], starts[r+1]). starts has world + 1 entries.
-void hdlm_partition_rows(const hdlm_tensor_desc *tensors, int n_tensors, int world, size_t *starts);
+void hdlm_partition_rows(const hdlm_tensor *tensors, int n_tensors, int world, size_t *starts);
 
 typedef struct {
     const char *name;     // group name: "params", "ema", "adam_m", "adam_v", ...
@@ -39,7 +34,7 @@ typedef struct {
 } hdlm_ckpt_scalar;
 
 typedef struct {
-    const hdlm_tensor_desc *tensors;
+    const hdlm_tensor *tensors;
     int n_tensors;
     const hdlm_ckpt_group *groups;
     int n_groups;
@@ -75,7 +70,7 @@ const char *hdlm_checkpoint_path(const hdlm_ckpt *ck);
 int hdlm_checkpoint_world_size(const hdlm_ckpt *ck);
 // Reads flat elements [lo, hi) of a group into out[0 .. hi-lo). The checkpoint's tensor names and shapes must match
 // `tensors` (else refused naming the first difference); each tensor read is verified against its CRC-32.
-int hdlm_checkpoint_read(hdlm_ckpt *ck, const char *group, const hdlm_tensor_desc *tensors, int n_tensors, size_t lo,
+int hdlm_checkpoint_read(hdlm_ckpt *ck, const char *group, const hdlm_tensor *tensors, int n_tensors, size_t lo,
                          size_t hi, float *out);
 int hdlm_checkpoint_scalar(hdlm_ckpt *ck, const char *key, int64_t *value);
 // The stored configuration (malloc'ed, NUL-terminated).

@@ -70,6 +70,8 @@ void hdlm_warn(const char *fmt, ...) HDLM_PRINTF(1, 2);
 // This process's MPI rank and world size (0 and 1 when MPI is not initialised).
 int hdlm_rank(void);
 int hdlm_world_size(void);
+// Sum of a double over the ranks of MPI_COMM_WORLD (collective; x itself without MPI).
+double hdlm_allreduce_sum(double x);
 
 // Monotonic wall-clock time in seconds.
 double hdlm_time_now(void);

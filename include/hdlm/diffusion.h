@@ -154,4 +154,15 @@ double hdlm_gamma_loss(const hdlm_gamma_config *cfg, const hdlm_step *const *ste
                        const uint32_t *xt, const uint32_t *x0, int batch, int vocab, float *dout,
                        hdlm_gamma_terms *terms);
 
+// What the loss of one corrupted micro-batch compares the model's outputs with: the ε and ARDM losses take the
+// corruption record (hdlm_corruption_loss), the γ loss the steps (hdlm_gamma_loss). Both backends' combined
+// forward + loss calls take it, so the objective decides the loss in one place (the trainer's corruption).
+typedef struct {
+    const uint32_t *x0;                 // [B*L] clean tokens
+    const hdlm_corruption *corruption;  // ε, ARDM: weights and normaliser; NULL for γ
+    int softmax_width;                  // ε: V; ARDM: hdlm_ardm_softmax_width
+    const hdlm_gamma_config *gamma;     // γ: loss weights; NULL for ε and ARDM
+    const hdlm_step *const *steps;      // γ: [B] the step of each sequence
+} hdlm_loss_target;
+
 #endif

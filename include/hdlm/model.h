@@ -14,10 +14,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "hdlm/layers.h"
+#include "hdlm/diffusion.h"
 #include "hdlm/mask.h"
+#include "hdlm/tensor.h"
 
 typedef enum { HDLM_FAMILY_EPSILON = 0, HDLM_FAMILY_GAMMA = 1 } hdlm_family;
+// Rotary angles: fp32 (exact) or the reference's fp16-rounded table (method §7.4).
+typedef enum { HDLM_ROTARY_EXACT = 0, HDLM_ROTARY_REFERENCE = 1 } hdlm_rotary_mode;
 
 #define HDLM_SIGMA_FREQ_DIM 256   // width of the sinusoidal σ embedding (spec §7.3)
 
@@ -41,24 +44,6 @@ hdlm_model_config hdlm_model_config_ddit_small(hdlm_family family);
 int hdlm_model_config_check(const hdlm_model_config *config);
 const char *hdlm_family_name(hdlm_family family);
 
-typedef enum {
-    HDLM_INIT_UNIFORM_FAN_IN = 0,   // U(−1/√fan_in, 1/√fan_in) (nn.Linear and the embedding, spec §7.6)
-    HDLM_INIT_ZERO = 1,             // output head, adaLN
-    HDLM_INIT_ONE = 2,              // LayerNorm weights
-    HDLM_INIT_INV_FREQ = 3,         // rotary_emb.inv_freq buffer
-} hdlm_init_rule;
-
-typedef struct {
-    char name[64];      // state-dict key, e.g. "blocks.3.attn_qkv.weight"
-    int ndim;
-    int shape[2];
-    size_t offset;      // in floats, into params (and grads when trainable)
-    size_t numel;
-    hdlm_init_rule init;
-    int fan_in;
-    bool decay;         // weight decay applies (the reference decays every parameter, spec §11 item 26)
-    bool trainable;     // false for buffers (stored after all parameters, no gradient)
-} hdlm_tensor;
 
 // Builds the tensor table of a configuration (checked first). *n_params counts trainable floats, *n_buffer the
 // buffers stored after them. The caller frees *tensors.
@@ -126,6 +111,9 @@ void hdlm_model_free(hdlm_model *model);
 void hdlm_model_init(hdlm_model *model, uint64_t seed);
 const hdlm_tensor *hdlm_model_find_tensor(const hdlm_model *model, const char *name);
 size_t hdlm_model_embedding_params(const hdlm_model *model);   // the V×d embedding (for FLOP counts)
+// Training FLOPs per token at sequence length L, forward and backward: 6 × non-embedding parameters + 12 · layers ·
+// width · L (attention). The one definition behind every tokens/s → MFU figure.
+double hdlm_model_flops_per_token(const hdlm_model *model, int length);
 void hdlm_model_zero_grad(hdlm_model *model);
 
 // Refuses bad inputs (ids ≥ V, length > max_length, mask of another length or out of range, σ missing or not positive
@@ -134,6 +122,11 @@ void hdlm_model_zero_grad(hdlm_model *model);
 int hdlm_model_check_input(const hdlm_model_config *config, const hdlm_model_input *input, hdlm_attn_mask *mask);
 // Forward pass; refuses bad inputs (ids ≥ V, length > max_length, mask of another length, σ missing for γ).
 int hdlm_model_forward(hdlm_model *model, const hdlm_model_input *input);
+// Forward pass and the loss of a corrupted micro-batch against target (docs/method.md §4.3, §5.4-5.6, §13 A.3) into
+// *loss; with dout (B·L·V floats, may be m->out), d(loss)/d(outputs) for hdlm_model_backward. The CUDA model's
+// twin is hdlm_cuda_model_forward_loss.
+int hdlm_model_forward_loss(hdlm_model *model, const hdlm_model_input *input, const hdlm_loss_target *target,
+                            float *dout, double *loss);
 // Accumulates parameter gradients for d(loss)/d(out) of the last forward.
 void hdlm_model_backward(hdlm_model *model, const float *dout);
 

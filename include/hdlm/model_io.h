@@ -12,9 +12,8 @@
 #include "hdlm/model.h"
 #include "hdlm/train_config.h"
 
-// The model's trainable tensors in table order as the checkpoint tensor table (names point into model->tensors).
-// The caller frees *descs.
-void hdlm_model_tensor_descs(const hdlm_model *model, hdlm_tensor_desc **descs, int *n_descs);
+// The model's trainable tensors in table order (the checkpoint's tensor table); the caller frees *descs.
+void hdlm_model_trainable_tensors(const hdlm_model *model, hdlm_tensor **descs, int *n_descs);
 
 // Reads a group ("ema" or "params") of the checkpoint directory `dir` into the model's parameters. A checkpoint of
 // another model shape is refused with the store's message naming the first differing tensor.

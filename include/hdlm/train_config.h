@@ -7,7 +7,31 @@
 #include <stdint.h>
 
 #include "hdlm/config.h"
+#include "hdlm/diffusion.h"
 #include "hdlm/model.h"
+#include "hdlm/schedule.h"
+
+typedef enum { HDLM_DEVICE_CPU, HDLM_DEVICE_CUDA } hdlm_device;
+// What one training step computes (docs/method.md §4, §5, §13): the ε family with a hyperschedule or without one
+// (annealing.type = none), the γ family, or ARDM's count-based objective.
+typedef enum { HDLM_OBJECTIVE_EPSILON, HDLM_OBJECTIVE_EPSILON_UNSCHEDULED, HDLM_OBJECTIVE_GAMMA, HDLM_OBJECTIVE_ARDM }
+hdlm_objective;
+typedef enum { HDLM_LR_CONSTANT, HDLM_LR_COSINE, HDLM_LR_WARMUP_COSINE, HDLM_LR_LINEAR } hdlm_lr_kind;
+
+// The configuration's string choices as enums: the only place they are compared (hdlm_train_config_resolve).
+typedef struct {
+    hdlm_family family;             // model.name
+    hdlm_objective objective;       // model.name, annealing.type, training.objective
+    bool scheduled;                 // a hyperschedule drives the step (ε or γ with annealing.type != none)
+    hdlm_schedule_type schedule;    // annealing.type (when scheduled)
+    hdlm_context_type context;      // annealing.attention.context_type
+    hdlm_block_type block;          // annealing.attention.block_type
+    hdlm_step_sampling sampling;    // training.step_sampling
+    hdlm_eps_loss_type eps_loss;    // training.loss_type
+    hdlm_lr_kind lr;                // optim.scheduler
+    hdlm_rotary_mode rotary;        // model.rotary
+    hdlm_device device;             // training.device
+} hdlm_train_kinds;
 
 typedef struct {
     struct {
@@ -56,14 +80,25 @@ typedef struct {
         char dir[HDLM_CONFIG_STRING_MAX];   // run directory: config, metrics.jsonl, checkpoints/
         int64_t keep_last, keep_every;
     } run;
+    hdlm_train_kinds kind;   // resolved from the strings above by hdlm_train_config_resolve (not a YAML key)
 } hdlm_train_config;
 
 extern const hdlm_config_schema hdlm_train_config_schema;
 
 // Defaults, then the YAML file (NULL: none), then the key=value overrides; then the cross-field checks
-// (batch divisible by world x accum, width and heads consistent, ...) for a job of `world` ranks.
+// (batch divisible by world x accum, width and heads consistent, ...) for a job of `world` ranks; then
+// hdlm_train_config_resolve.
 int hdlm_train_config_load(hdlm_train_config *c, const char *yaml_path, const char *const *overrides, int n_overrides,
                            int world);
+
+// Fills c->kind from the string fields (needed after loading a configuration any other way, e.g. from a checkpoint);
+// an unknown value is an error naming its key.
+int hdlm_train_config_resolve(hdlm_train_config *c);
+
+// The hyperschedule of a scheduled configuration (c->kind.scheduled) for sequences of `length` tokens, with tau > 0
+// replacing annealing.tau. for_sampling: the schedule generation walks (`hybrid` trains only: sampling walks `block`,
+// docs/method.md §2.5). The caller frees it with hdlm_schedule_free.
+int hdlm_train_config_schedule(const hdlm_train_config *c, int length, int tau, bool for_sampling, hdlm_schedule *s);
 
 // The model configuration a training configuration describes (vocabulary 50258 with MASK, spec §1).
 int hdlm_train_config_model(const hdlm_train_config *c, hdlm_model_config *model);

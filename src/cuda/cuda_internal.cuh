@@ -11,8 +11,8 @@
 extern "C" {
 #include "hdlm/common.h"
 #include "hdlm/cuda.h"
-#include "hdlm/cuda_ops.h"
-#include "hdlm/layers.h"   // hdlm_dropout_keep_min
+#include "cuda/cuda_ops.h"
+#include "model/layers.h"   // hdlm_dropout_keep_min
 }
 
 typedef __nv_bfloat16 bf16;

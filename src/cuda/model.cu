@@ -7,7 +7,7 @@
 #include <string.h>
 
 extern "C" {
-#include "hdlm/cuda_model.h"
+#include "cuda/cuda_model.h"
 #include "hdlm/rng.h"
 }
 
@@ -613,6 +613,12 @@ int hdlm_cuda_model_forward_epsilon(hdlm_cuda_model *m, const hdlm_model_input *
     forward_trunk(m);
     head_loss(m, backward);
     return 0;
+}
+
+int hdlm_cuda_model_forward_loss(hdlm_cuda_model *m, const hdlm_model_input *in, const hdlm_loss_target *target,
+                                 bool backward) {
+    if (target->gamma) return hdlm_cuda_model_forward_gamma(m, in, target->gamma, target->steps, target->x0, backward);
+    return hdlm_cuda_model_forward_epsilon(m, in, target->corruption, target->x0, target->softmax_width, backward);
 }
 
 int hdlm_cuda_model_forward_gamma(hdlm_cuda_model *m, const hdlm_model_input *in, const hdlm_gamma_config *config,

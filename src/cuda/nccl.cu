@@ -10,7 +10,7 @@
 #include "cuda_internal.cuh"
 
 extern "C" {
-#include "hdlm/dist_nccl.h"
+#include "cuda/dist_nccl.h"
 }
 
 static ncclComm_t g_comm;   // the world's communicator (NULL with one rank or before hdlm_nccl_init)

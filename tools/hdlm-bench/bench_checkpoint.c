@@ -108,16 +108,10 @@ static int bench(const char *dir, hdlm_family family) {
     int nt;
     size_t n_params, n_buffer;
     HDLM_TRY(hdlm_model_tensor_table(&mc, &tt, &nt, &n_params, &n_buffer));
-    hdlm_tensor_desc *descs = hdlm_calloc((size_t)nt, sizeof *descs);
+    hdlm_tensor *descs = hdlm_calloc((size_t)nt, sizeof *descs);
     int n = 0;
     for (int i = 0; i < nt; i++)
-        if (tt[i].trainable) {
-            descs[n].name = tt[i].name;
-            descs[n].ndim = tt[i].ndim;
-            for (int k = 0; k < tt[i].ndim; k++) descs[n].shape[k] = tt[i].shape[k];
-            descs[n].offset = tt[i].offset;
-            n++;
-        }
+        if (tt[i].trainable) descs[n++] = tt[i];
     size_t *starts = hdlm_malloc(((size_t)world + 1) * sizeof *starts);
     hdlm_partition_rows(descs, n, world, starts);
     size_t lo = starts[rank], hi = starts[rank + 1];

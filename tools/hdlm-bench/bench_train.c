@@ -1,9 +1,9 @@
-// hdlm-bench train: full training steps of DDiT-small (ε, dropout 0.1, full attention, MDLM-hybrid corruption so
-// every position carries a loss) at B×T — corruption, forward, loss, backward, global norm and clipping, AdamW, EMA —
-// on one GPU (--device cuda, the default) or on the CPU, with tok/s and MFU; then, in the same run, the same steps of
-// the same model in PyTorch (tools/bench_torch_ddit.py: eager and torch.compile with bf16 autocast on the GPU).
-// FLOPs per token: 6 × non-embedding parameters + 12 · n_layers · width · T (forward + backward, spec'd in
-// docs/cuda.md; the optimizer's O(N) work is not counted). MFU = FLOPs per token × tok/s / peak.
+// hdlm-bench train: training updates of DDiT-small (ε, dropout 0.1, no hyperschedule: MDLM-hybrid corruption, so
+// every position carries a loss) at B×T through the trainer's own step — the code of hdlm-train: corruption, forward,
+// loss, backward, global norm and clipping, AdamW, EMA — on one GPU (--device cuda, the default) or on the CPU, with
+// tok/s and MFU; then, in the same run, the same steps of the same model in PyTorch (tools/bench_torch_ddit.py: eager
+// and torch.compile with bf16 autocast on the GPU). FLOPs per token: hdlm_model_flops_per_token (the optimizer's O(N)
+// work is not counted). MFU = FLOPs per token × tok/s / peak. The tokens are random, written once as a token shard.
 #include <getopt.h>
 #include <math.h>
 #include <omp.h>
@@ -12,20 +12,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "bench.h"
 #include "hdlm/blas.h"
 #include "hdlm/common.h"
 #include "hdlm/cuda.h"
-#include "hdlm/diffusion.h"
-#include "hdlm/model.h"
-#include "hdlm/optim.h"
 #include "hdlm/peak.h"
 #include "hdlm/rng.h"
-#ifdef HDLM_HAVE_CUDA
-#include "hdlm/cuda_model.h"
-#include "hdlm/cuda_ops.h"
-#endif
+#include "hdlm/shard.h"
+#include "hdlm/tokenizer.h"
+#include "hdlm/trainer.h"
 
 typedef struct {
     bool cuda;
@@ -35,117 +32,63 @@ typedef struct {
     const char *python;     // NULL: the first of python3, /usr/bin/python3 that imports torch
 } train_opts;
 
-// The optimizer as hdlm-train runs it (paper presets: AdamW β = (0.9, 0.95), wd 0.1, clip 1, EMA 0.9999).
-static const hdlm_adamw_config ADAMW = {0.9, 0.95, 1e-8, 0.1};
-static const hdlm_ema_config EMA = {0.9999, 2.0 / 3.0, 0};
-static const double LR = 3e-4, CLIP = 1.0;
-
-typedef struct {
-    hdlm_model *m;
-    uint32_t *x0;
-    hdlm_corruption corr;
-    hdlm_eps_config eps;
-} bench_run;
-
-static void corrupt(bench_run *r, int step) {
-    hdlm_epsilon_corrupt_unscheduled(&r->eps, 1e-4, r->x0, r->m->config.vocab,
-                                     hdlm_rng_key(1, 0, (uint64_t)step, HDLM_RNG_NOISE), &r->corr, NULL);
-}
-
-static hdlm_model_input step_input(const bench_run *r, int step) {
-    return (hdlm_model_input){.tokens = r->corr.xt, .batch = r->corr.batch, .length = r->corr.length,
-                              .training = true, .dropout_key = hdlm_rng_key(1, 0, (uint64_t)step, HDLM_RNG_DROPOUT)};
-}
-
-// Seconds per step on the CPU (mean over o->steps after o->warmup); *loss: the last step's loss.
-static double time_cpu(bench_run *r, const train_opts *o, double *loss) {
-    hdlm_model *m = r->m;
-    size_t n = m->n_params;
-    float *adam_m = hdlm_calloc(n, sizeof(float)), *adam_v = hdlm_calloc(n, sizeof(float));
-    float *ema = hdlm_malloc(n * sizeof(float));
-    memcpy(ema, m->params, n * sizeof(float));
-    double t0 = 0;
-    for (int s = 0; s < o->warmup + o->steps; s++) {
-        if (s == o->warmup) t0 = hdlm_time_now();
-        corrupt(r, s);
-        hdlm_model_input in = step_input(r, s);
-        HDLM_MUST(hdlm_model_forward(m, &in));
-        int V = m->config.vocab;
-        *loss = hdlm_corruption_loss(&r->corr, r->x0, m->out, V, V, m->out);
-        hdlm_model_backward(m, m->out);
-        double norm = hdlm_grad_norm(m->grads, n);
-        hdlm_grad_clip(m->grads, n, norm, CLIP);
-        hdlm_adamw_update(m->params, m->grads, adam_m, adam_v, n, &ADAMW, LR, s + 1);
-        hdlm_ema_update(ema, m->params, n, &EMA, s + 1);
-        hdlm_model_zero_grad(m);
+// Random tokens for `chunks` sequences of the training length, as a one-shard data directory.
+static int write_tokens(const char *dir, const train_opts *o, int chunks) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/train_000000.bin", dir);
+    hdlm_shard_writer *w;
+    HDLM_TRY(hdlm_shard_writer_open(&w, path, HDLM_GPT2_VOCAB));
+    size_t n = (size_t)chunks * o->length;
+    uint16_t *tokens = hdlm_malloc(n * sizeof *tokens);
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, hdlm_rng_key(1, 0, 0, HDLM_RNG_DATA));
+    for (size_t i = 0; i < n; i++) tokens[i] = (uint16_t)hdlm_rng_below(&rng, HDLM_GPT2_VOCAB);
+    int rc = hdlm_shard_writer_append(w, tokens, n);
+    free(tokens);
+    if (rc != 0) {
+        hdlm_shard_writer_abort(w);
+        return -1;
     }
-    double sec = (hdlm_time_now() - t0) / o->steps;
-    free(adam_m);
-    free(adam_v);
-    free(ema);
-    return sec;
+    return hdlm_shard_writer_close(w, 1, NULL);
 }
 
-#ifdef HDLM_HAVE_CUDA
-// The same steps on GPU 0, as hdlm-train's training.device = cuda runs them (src/trainer_cuda.c). With HDLM_PROFILE=1,
-// *profile: the device model's table of the timed steps (the optimizer's kernels included), for after the timing row.
-static double time_cuda(bench_run *r, const train_opts *o, double *loss, char **profile) {
-    HDLM_MUST(hdlm_cuda_init(0));
-    hdlm_cuda_model *dm;
-    HDLM_MUST(hdlm_cuda_model_create(&dm, r->m));
-    size_t n = r->m->n_params;
-    hdlm_stream stream = hdlm_cuda_model_stream(dm);
-    float *adam_m = hdlm_cuda_malloc(n * sizeof(float)), *adam_v = hdlm_cuda_malloc(n * sizeof(float));
-    float *ema = hdlm_cuda_malloc(n * sizeof(float));
-    double *sum_squares = hdlm_cuda_malloc(sizeof(double));
-    hdlm_cuda_memset0(adam_m, n * sizeof(float), stream);
-    hdlm_cuda_memset0(adam_v, n * sizeof(float), stream);
-    hdlm_cuda_synchronize();
-    hdlm_cuda_upload(ema, r->m->params, n * sizeof(float));
-    float *params = hdlm_cuda_model_params(dm), *grads = hdlm_cuda_model_grads(dm);
+// The paper's optimizer settings (AdamW β = (0.9, 0.95), wd 0.1, clip 1, EMA 0.9999) at a constant learning rate.
+static int bench_config(const train_opts *o, const char *dir, hdlm_train_config *cfg) {
+    char v[8][4200];
+    snprintf(v[0], sizeof v[0], "data.train=%s", dir);
+    snprintf(v[1], sizeof v[1], "run.dir=%s", dir);
+    snprintf(v[2], sizeof v[2], "model.length=%d", o->length);
+    snprintf(v[3], sizeof v[3], "model.n_blocks=%d", o->layers);
+    snprintf(v[4], sizeof v[4], "training.batch_size=%d", o->batch);
+    snprintf(v[5], sizeof v[5], "training.device=%s", o->cuda ? "cuda" : "cpu");
+    snprintf(v[6], sizeof v[6], "annealing.type=none");
+    snprintf(v[7], sizeof v[7], "training.seed=1");
+    const char *overrides[] = {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], "training.accum=1",
+                               "training.ema_update_after=0", "optim.scheduler=constant", "data.valid="};
+    return hdlm_train_config_load(cfg, NULL, overrides, (int)(sizeof overrides / sizeof overrides[0]), 1);
+}
+
+// Seconds per update (mean over o->steps after o->warmup) of the trainer; *loss: the last update's loss. With
+// HDLM_PROFILE=1 on the GPU, *profile: the backend's table of the timed updates, for after the timing row.
+static double time_updates(hdlm_trainer *t, const train_opts *o, double *loss, char **profile) {
     double t0 = 0;
     for (int s = 0; s < o->warmup + o->steps; s++) {
         if (s == o->warmup) {
-            hdlm_cuda_model_profile_reset(dm);
-            hdlm_cuda_synchronize();
+            hdlm_trainer_profile(t, NULL, 0, true);   // also waits for the device
             t0 = hdlm_time_now();
         }
-        corrupt(r, s);
-        hdlm_model_input in = step_input(r, s);
-        HDLM_MUST(hdlm_cuda_model_forward_epsilon(dm, &in, &r->corr, r->x0, r->m->config.vocab, true));
-        hdlm_cuda_model_backward(dm);
-        hdlm_cuda_model_profile_optimizer_begin(dm);
-        hdlm_cuda_sum_squares(sum_squares, grads, n, stream);
-        hdlm_cuda_model_profile_optimizer_end(dm);
-        *loss = hdlm_cuda_model_loss(dm);
-        double ss;
-        hdlm_cuda_synchronize();
-        hdlm_cuda_download(&ss, sum_squares, sizeof ss);
-        double norm = sqrt(ss), clip = CLIP / (norm + 1e-6);
-        hdlm_cuda_model_profile_optimizer_begin(dm);
-        hdlm_cuda_adamw_update(params, hdlm_cuda_model_params_bf16(dm), grads, adam_m, adam_v, n, &ADAMW, (float)LR,
-                               s + 1, clip < 1.0 ? (float)clip : 1.0f, stream);
-        hdlm_cuda_ema_update(ema, params, n, (float)hdlm_ema_decay(&EMA, s + 1), stream);
-        hdlm_cuda_model_zero_grad(dm);
-        hdlm_cuda_model_profile_optimizer_end(dm);
+        hdlm_update_stats stats;
+        hdlm_trainer_update(t, &stats);
+        *loss = stats.loss;
     }
-    hdlm_cuda_synchronize();
+    if (o->cuda) hdlm_cuda_synchronize();
     double sec = (hdlm_time_now() - t0) / o->steps;
-    hdlm_cuda_free(adam_m);
-    hdlm_cuda_free(adam_v);
-    hdlm_cuda_free(ema);
-    hdlm_cuda_free(sum_squares);
-    if (hdlm_cuda_model_profiling(dm)) {
-        size_t size;
-        FILE *f = open_memstream(profile, &size);
-        hdlm_cuda_model_profile_report(dm, f, sec);
-        fclose(f);
-    }
-    hdlm_cuda_model_free(dm);
-    hdlm_cuda_shutdown();
+    size_t size;
+    FILE *f = open_memstream(profile, &size);
+    hdlm_trainer_profile(t, f, sec, false);
+    fclose(f);
     return sec;
 }
-#endif
 
 static void print_row(const char *impl, const train_opts *o, double sec, double flops_per_token, double ours) {
     double tok_s = o->batch * o->length / sec;
@@ -253,48 +196,39 @@ int bench_train_main(int argc, char **argv) {
         peak_what = o.cuda ? "dense bf16 of an H100/H200 SXM" : "fp32 FMA, measured";
     }
 
-    hdlm_model_config cfg = hdlm_model_config_ddit_small(HDLM_FAMILY_EPSILON);
-    cfg.n_layers = o.layers;
-    if (o.length > cfg.max_length) cfg.max_length = o.length;
-    bench_run r = {0};
-    HDLM_MUST(hdlm_model_create(&r.m, &cfg));
-    hdlm_model_init(r.m, 1);
-    // The zero-initialised head would make every upstream gradient zero; give it values so the step is realistic.
-    const hdlm_tensor *head = hdlm_model_find_tensor(r.m, "output_layer.linear.weight");
-    for (size_t i = 0; i < head->numel; i++) r.m->params[head->offset + i] = 0.01f * (float)((int)(i % 7) - 3);
-    size_t n_tokens = (size_t)o.batch * o.length;
-    r.x0 = hdlm_malloc(n_tokens * sizeof(uint32_t));
-    hdlm_rng rng;
-    hdlm_rng_init(&rng, hdlm_rng_key(1, 0, 0, HDLM_RNG_DATA));
-    for (size_t i = 0; i < n_tokens; i++) r.x0[i] = (uint32_t)hdlm_rng_below(&rng, (uint64_t)cfg.vocab - 1);
-    hdlm_corruption_alloc(&r.corr, o.batch, o.length);
-    r.eps = (hdlm_eps_config){HDLM_EPS_LOSS_HYBRID, 0.01, 1.0};
-
-    double non_embedding = (double)(r.m->n_params - hdlm_model_embedding_params(r.m));
-    double flops_per_token = 6.0 * non_embedding + 12.0 * cfg.n_layers * cfg.width * (double)o.length;
-    printf("DDiT-small ε: width %d, %d layers, %d heads, V %d; %zu parameters (%.0f non-embedding); dropout %.1f, "
-           "full attention\n",
-           cfg.width, cfg.n_layers, cfg.n_heads, cfg.vocab, r.m->n_params, non_embedding, cfg.dropout);
+    char dir[] = "/tmp/hdlm-bench-train-XXXXXX";
+    if (!mkdtemp(dir)) HDLM_DIE("cannot create a temporary directory under /tmp");
+    hdlm_train_config cfg;
+    hdlm_model_config mc;
+    hdlm_trainer *t = NULL;
+    int rc = write_tokens(dir, &o, 4 * o.batch);
+    if (rc == 0) rc = bench_config(&o, dir, &cfg);
+    if (rc == 0) rc = hdlm_train_config_model(&cfg, &mc);
+    if (rc == 0) rc = hdlm_trainer_create(&t, &cfg, NULL);
+    char cleanup[4300];
+    snprintf(cleanup, sizeof cleanup, "rm -rf '%s'", dir);
+    if (rc != 0) {
+        if (system(cleanup) != 0) fprintf(stderr, "hdlm-bench train: could not remove %s\n", dir);
+        HDLM_DIE("hdlm-bench train: %s", hdlm_last_error());
+    }
+    hdlm_trainer_info info = hdlm_trainer_state(t);
+    double flops_per_token = info.flops_per_token;
+    printf("DDiT-small ε: width %d, %d layers, %d heads, V %d; %zu parameters; dropout %.1f, full attention; "
+           "the trainer's update (hdlm-train's code)\n",
+           mc.width, mc.n_layers, mc.n_heads, mc.vocab, info.n_params, mc.dropout);
     printf("%s, B x T = %d x %d; %.1f MFLOP per token; peak %.1f TFLOP/s (%s); %d steps after %d warm-up\n",
            o.cuda ? "GPU 0" : "CPU", o.batch, o.length, flops_per_token * 1e-6, o.peak * 1e-12, peak_what, o.steps,
            o.warmup);
     printf("%-18s %-11s %9s %11s %8s\n", "impl", "BxT", "s/step", "tok/s", "MFU");
-    double loss = NAN, sec = NAN;
+    double loss = NAN;
     char *profile = NULL;
-    if (o.cuda) {
-#ifdef HDLM_HAVE_CUDA
-        sec = time_cuda(&r, &o, &loss, &profile);
-#endif
-    } else {
-        sec = time_cpu(&r, &o, &loss);
-    }
+    double sec = time_updates(t, &o, &loss, &profile);
     print_row(o.cuda ? "hdlm cuda" : "hdlm cpu", &o, sec, flops_per_token, 0);
     printf("(last step's loss %.4f)\n", loss);
     if (profile) fputs(profile, stdout);
     free(profile);
-    hdlm_corruption_free(&r.corr);
-    free(r.x0);
-    hdlm_model_free(r.m);
+    hdlm_trainer_free(t);
+    if (system(cleanup) != 0) fprintf(stderr, "hdlm-bench train: could not remove %s\n", dir);
     if (o.torch) run_torch(&o, flops_per_token, sec);
     return isfinite(loss) ? 0 : 1;
 }

@@ -16,22 +16,8 @@ int eval_model_load(eval_model *em, const char *ckpt, bool raw, int tau) {
     if (stat(latest, &st) == 0) HDLM_TRY(hdlm_checkpoint_find_latest(ckpt, em->path, sizeof em->path));
     else snprintf(em->path, sizeof em->path, "%s", ckpt);
     HDLM_TRY(hdlm_model_load_checkpoint(&em->model, &em->config, em->path, raw ? "params" : "ema"));
-    const char *type = em->config.annealing.type;
-    if (strcmp(type, "none") == 0) return 0;
-    hdlm_schedule_type stype;
-    hdlm_context_type context;
-    hdlm_block_type block;
-    int rc = hdlm_schedule_type_parse(type, "annealing.type", &stype);
-    if (rc == 0) rc = hdlm_context_type_parse(em->config.annealing.context_type, "annealing.context_type", &context);
-    if (rc == 0) rc = hdlm_block_type_parse(em->config.annealing.block_type, "annealing.block_type", &block);
-    if (stype == HDLM_SCHEDULE_HYBRID) stype = HDLM_SCHEDULE_BLOCK;
-    int length = em->model->config.max_length;
-    if (rc == 0)
-        rc = hdlm_schedule_init(&em->schedule, stype, length, (int)(em->config.annealing.width < length
-                                                                        ? em->config.annealing.width : length),
-                                tau > 0 ? tau : (int)em->config.annealing.tau, em->config.annealing.sampling_eps,
-                                context, block);
-    if (rc != 0) {
+    if (!em->config.kind.scheduled) return 0;
+    if (hdlm_train_config_schedule(&em->config, em->model->config.max_length, tau, true, &em->schedule) != 0) {
         hdlm_model_free(em->model);
         em->model = NULL;
         return -1;

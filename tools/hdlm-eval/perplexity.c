@@ -124,7 +124,7 @@ int eval_perplexity_main(int argc, char **argv) {
     eval_model em;
     HDLM_MUST(eval_model_load(&em, ckpt, raw, 0));
     hdlm_family family = em.model->config.family;
-    bool ardm_run = strcmp(em.config.training.objective, "ardm") == 0;
+    bool ardm_run = em.config.kind.objective == HDLM_OBJECTIVE_ARDM;
     hdlm_nelbo_config cfg = hdlm_nelbo_config_default(family == HDLM_FAMILY_GAMMA);
     cfg.kind = estimator ? kind : (ardm_run ? HDLM_NELBO_ARDM : HDLM_NELBO_MASKING);
     if (policy_kind && family == HDLM_FAMILY_GAMMA)

@@ -1,0 +1,284 @@
+// ε samplers (spec §6.2, §6.3 and the hyperschedule walker of decision §11.19), the sampler configuration, the
+// categorical draws and the model denoiser shared by every sampler.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hdlm/common.h"
+#include "hdlm/diffusion.h"
+#include "hdlm/model.h"
+#include "hdlm/rng.h"
+#include "hdlm/sampler.h"
+#include "core/vecmath.h"
+#include "sampler_internal.h"
+
+static int model_denoiser_forward(hdlm_denoiser *d, const uint32_t *tokens, const float *sigma,
+                                  const hdlm_attn_mask *mask, int batch, int length, const float **out) {
+    hdlm_model *m = d->ctx;
+    hdlm_model_input in = {tokens, sigma, mask, batch, length, false, 0};
+    HDLM_TRY(hdlm_model_forward(m, &in));
+    *out = m->out;
+    return 0;
+}
+
+hdlm_denoiser hdlm_denoiser_model(hdlm_model *model) {
+    hdlm_denoiser d = {model->config.vocab, model_denoiser_forward, model, model};
+    return d;
+}
+
+static const char *const KIND_NAMES[] = {"ancestral", "acs", "gamma-nar", "gamma-sar", "walk"};
+
+const char *hdlm_sampler_kind_name(hdlm_sampler_kind kind) {
+    return (unsigned)kind < sizeof KIND_NAMES / sizeof KIND_NAMES[0] ? KIND_NAMES[kind] : "?";
+}
+
+int hdlm_sampler_kind_parse(const char *name, const char *field, hdlm_sampler_kind *kind) {
+    for (int i = 0; i < (int)(sizeof KIND_NAMES / sizeof KIND_NAMES[0]); i++)
+        if (strcmp(name, KIND_NAMES[i]) == 0) {
+            *kind = (hdlm_sampler_kind)i;
+            return 0;
+        }
+    return HDLM_FAIL("%s: unknown sampler '%s' (expected ancestral, acs, gamma-nar, gamma-sar or walk)", field, name);
+}
+
+static bool uses_schedule(hdlm_sampler_kind kind) {
+    return kind == HDLM_SAMPLER_GAMMA_NAR || kind == HDLM_SAMPLER_GAMMA_SAR || kind == HDLM_SAMPLER_WALK;
+}
+
+int hdlm_sampler_check(const hdlm_sampler_config *cfg, int vocab, int length) {
+    HDLM_CHECK((unsigned)cfg->kind <= HDLM_SAMPLER_WALK, "sampler: unknown kind %d", (int)cfg->kind);
+    HDLM_CHECK(vocab >= 2, "sampler: vocabulary %d too small (need real tokens and MASK)", vocab);
+    HDLM_CHECK(length >= 1, "sampler: length %d must be positive", length);
+    if (!uses_schedule(cfg->kind)) HDLM_CHECK(cfg->steps >= 1, "sampler: --steps must be >= 1, got %d", cfg->steps);
+    HDLM_CHECK(cfg->eta >= 0 && cfg->eta <= 1, "sampler: --eta must be in [0, 1], got %g", cfg->eta);
+    HDLM_CHECK(cfg->temperature > 0 && isfinite(cfg->temperature), "sampler: --temperature must be > 0, got %g",
+               cfg->temperature);
+    if (cfg->kind == HDLM_SAMPLER_GAMMA_NAR || cfg->kind == HDLM_SAMPLER_GAMMA_SAR)
+        HDLM_CHECK(cfg->gamma >= 0 && cfg->gamma <= 1, "sampler: graph gamma must be in [0, 1], got %g", cfg->gamma);
+    if (uses_schedule(cfg->kind)) {
+        HDLM_CHECK(cfg->schedule != NULL, "sampler: %s needs a hyperschedule", hdlm_sampler_kind_name(cfg->kind));
+        HDLM_CHECK(cfg->schedule->length == length, "sampler: schedule length %d differs from the sample length %d",
+                   cfg->schedule->length, length);
+    }
+    if (cfg->kv_cache) {
+        HDLM_CHECK(uses_schedule(cfg->kind), "sampler: --kv-cache applies to the walk and gamma samplers, not %s",
+                   hdlm_sampler_kind_name(cfg->kind));
+        HDLM_CHECK(cfg->schedule->type == HDLM_SCHEDULE_BLOCK && cfg->schedule->context == HDLM_CONTEXT_BLOCK_CAUSAL,
+                   "sampler: --kv-cache needs the block schedule with the block_causal context (spec §3.5), not %s/%s",
+                   hdlm_schedule_type_name(cfg->schedule->type),
+                   cfg->schedule->context == HDLM_CONTEXT_FULL ? "full" : "causal");
+    }
+    HDLM_CHECK((cfg->prompt == NULL) == (cfg->prompt_mask == NULL), "sampler: prompt ids and prompt mask go together");
+    if (cfg->prompt)
+        for (int i = 0; i < length; i++)
+            HDLM_CHECK(!cfg->prompt_mask[i] || cfg->prompt[i] < (uint32_t)(vocab - 1),
+                       "sampler: prompt id %u at position %d is not a real token (< %d)", cfg->prompt[i], i,
+                       vocab - 1);
+    return 0;
+}
+
+int hdlm_sampler_calls(const hdlm_sampler_config *cfg) {
+    return uses_schedule(cfg->kind) ? cfg->schedule->k_max - 1 : cfg->steps;
+}
+
+uint32_t hdlm_sample_softmax(const float *z, int width, double temperature, float *w, hdlm_rng *rng) {
+    float mx = -INFINITY, inv_t = (float)(1.0 / temperature);
+#pragma omp simd reduction(max : mx)
+    for (int y = 0; y < width; y++) mx = z[y] > mx ? z[y] : mx;
+#pragma omp simd
+    for (int y = 0; y < width; y++) w[y] = hdlm_expf((z[y] - mx) * inv_t);
+    return hdlm_sample_weights(w, width, rng);
+}
+
+enum { DRAW_CHUNK = 1024 };
+
+// Σ max(w, 0) over [lo, hi): the same code (hence the same bits) for the total and for the walk.
+static double chunk_sum(const float *w, int lo, int hi) {
+    double sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int y = lo; y < hi; y++) sum += w[y] > 0 ? (double)w[y] : 0.0;
+    return sum;
+}
+
+uint32_t hdlm_sample_weights(const float *w, int n, hdlm_rng *rng) {
+    double total = 0;
+    for (int lo = 0; lo < n; lo += DRAW_CHUNK) total += chunk_sum(w, lo, lo + DRAW_CHUNK < n ? lo + DRAW_CHUNK : n);
+    if (!(total > 0)) {
+        int best = 0;
+        for (int y = 1; y < n; y++)
+            if (w[y] > w[best]) best = y;
+        return (uint32_t)best;
+    }
+    // Inversion of the CDF with one uniform: find the chunk by its sum, then the entry inside it.
+    double u = hdlm_rng_uniform_double(rng) * total, acc = 0;
+    int lo = 0;
+    for (; lo < n; lo += DRAW_CHUNK) {
+        int hi = lo + DRAW_CHUNK < n ? lo + DRAW_CHUNK : n;
+        double c = chunk_sum(w, lo, hi);
+        if (u < acc + c) break;
+        acc += c;
+    }
+    if (lo >= n) {   // u rounded onto the total: the last entry with weight
+        int y = n - 1;
+        while (!(w[y] > 0)) y--;
+        return (uint32_t)y;
+    }
+    int hi = lo + DRAW_CHUNK < n ? lo + DRAW_CHUNK : n, last = -1;
+    for (int y = lo; y < hi; y++) {
+        if (!(w[y] > 0)) continue;
+        last = y;
+        acc += w[y];
+        if (u < acc) return (uint32_t)y;
+    }
+    HDLM_ASSERT(last >= 0, "categorical draw: a chunk with positive weight has no positive entry");
+    return (uint32_t)last;
+}
+
+// Unmask with probability p[i] (masked positions), correct with probability η·(1 - p[i]) (revealed, non-prompt
+// positions), both from the same logits z (spec §6.3). Positions with p[i] < 0 are left alone (not active).
+// Positions [first, n); z holds their rows from position `first` on.
+static void eps_update_sequence(const hdlm_sampler_config *cfg, const float *z, int vocab, int first, int n,
+                                const double *p, double eta, float *scratch, hdlm_rng *rng, uint32_t *x) {
+    uint32_t mask_id = (uint32_t)(vocab - 1);
+    int width = cfg->exclude_mask ? vocab - 1 : vocab;
+    for (int i = first; i < n; i++) {
+        if (p[i] < 0 || (cfg->prompt && cfg->prompt_mask[i])) continue;
+        double a = hdlm_rng_uniform_double(rng);
+        double threshold = x[i] == mask_id ? p[i] : eta * (1 - p[i]);
+        if (a < threshold)
+            x[i] = hdlm_sample_softmax(z + (size_t)(i - first) * vocab, width, cfg->temperature, scratch, rng);
+    }
+}
+
+// MDLM ancestral / ACS (spec §6.2-6.3): full attention, time grid linspace(1, 1e-5, n+1) in float32.
+static int sample_full_diff(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int length,
+                            uint64_t first_sample, uint32_t *x, hdlm_sampler_progress progress, void *pctx) {
+    int n = cfg->steps, V = d->vocab;
+    double eta = cfg->kind == HDLM_SAMPLER_ACS ? cfg->eta : 0.0;
+    double *p = hdlm_malloc((size_t)length * sizeof *p);
+    float *scratch = hdlm_malloc((size_t)V * sizeof *scratch);
+    int status = 0;
+    for (int j = 0; j < n && status == 0; j++) {
+        float t = (float)(1.0 + (1e-5 - 1.0) * j / n), s = (float)(1.0 + (1e-5 - 1.0) * (j + 1) / n);
+        if (j + 1 == n) s = 1e-5f;
+        double pj = j < n - 1 ? 1.0 - (double)s / (double)t : 1.0;
+        for (int i = 0; i < length; i++) p[i] = pj;
+        const float *z;
+        status = d->forward(d, x, NULL, NULL, batch, length, &z);
+        if (status) break;
+        for (int b = 0; b < batch; b++) {
+            hdlm_rng rng;
+            hdlm_sampler_rng(&rng, cfg, first_sample + (uint64_t)b, j + 1);
+            eps_update_sequence(cfg, z + (size_t)b * length * V, V, 0, length, p, eta, scratch, &rng,
+                                x + (size_t)b * length);
+        }
+        if (progress) progress(pctx, j + 1, n);
+    }
+    free(scratch);
+    free(p);
+    return status;
+}
+
+int hdlm_sampler_step_forward(hdlm_denoiser *d, hdlm_kv_cache *cache, const hdlm_step *st, const uint32_t *x,
+                              const float *sigma_row, int batch, int length, int window, int *first,
+                              const float **out) {
+    uint32_t *tok = hdlm_malloc((size_t)batch * length * sizeof *tok);
+    float *sigma = sigma_row ? hdlm_malloc((size_t)batch * length * sizeof *sigma) : NULL;
+    int status = 0;
+    // Gathers positions [lo, lo + n) of every sequence into tok/sigma [batch, n].
+#define GATHER(lo, n)                                                                                                  \
+    for (int b = 0; b < batch; b++) {                                                                                  \
+        memcpy(tok + (size_t)b * (n), x + (size_t)b * length + (lo), (size_t)(n) * sizeof *tok);                     \
+        if (sigma) memcpy(sigma + (size_t)b * (n), sigma_row + (lo), (size_t)(n) * sizeof *sigma);                   \
+    }
+    if (!cache) {
+        GATHER(0, window);
+        hdlm_attn_mask mask = st->mask;
+        mask.length = window;
+        *first = 0;
+        status = d->forward(d, tok, sigma, &mask, batch, window, out);
+    } else {
+        // Blocks settled since the last step enter the cache one ω-block at a time with their final tokens and
+        // settled σ (spec §3.5): full attention inside the block and to every earlier block = the block_causal rule.
+        // The last of them runs in the same call as the active rows (the weights are read once for both).
+        int n = st->a_end + 1 - st->n_set;
+        while (status == 0 && st->n_set - cache->length > st->width) {
+            GATHER(cache->length, st->width);
+            status = hdlm_model_forward_cached(d->model, cache, tok, sigma, batch, st->width, 0, HDLM_BLOCK_FULL);
+        }
+        if (status == 0) {
+            int lo = cache->length;
+            GATHER(lo, st->a_end + 1 - lo);
+            status = hdlm_model_forward_cached(d->model, cache, tok, sigma, batch, st->n_set - lo, n, st->mask.block);
+        }
+        *first = st->n_set;
+        *out = cache->out;
+    }
+#undef GATHER
+    free(sigma);
+    free(tok);
+    return status;
+}
+
+// Hyperschedule walker (extension, decision §11.19): step k uses the training mask of step k on the prefix that ends
+// at the last active position (worthless rows never reach other rows, spec §3.5), or the KV cache of the settled
+// blocks. Active position i moves from its time t_i to its time at step k+1 (0 when it is settled then, or at the
+// last step): unmasking probability p_i = 1 - t_next/t_i (clamped at 0), correction η·(1 - p_i), as the ancestral
+// sampler does with one shared time.
+static int sample_walk(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int length, uint64_t first_sample,
+                       uint32_t *x, hdlm_sampler_progress progress, void *pctx) {
+    const hdlm_schedule *s = cfg->schedule;
+    int V = d->vocab, calls = s->k_max - 1, status = 0;
+    hdlm_step st, next;
+    hdlm_step_alloc(&st, length);
+    hdlm_step_alloc(&next, length);
+    double *p = hdlm_malloc((size_t)length * sizeof *p);
+    float *scratch = hdlm_malloc((size_t)V * sizeof *scratch);
+    hdlm_kv_cache cache;
+    if (cfg->kv_cache) hdlm_kv_cache_init(&cache, d->model, batch);
+    for (int k = 1; k <= calls && status == 0; k++) {
+        HDLM_ASSERT(hdlm_schedule_step(s, k, &st) == 0, "walker step %d", k);
+        bool has_next = k < calls;
+        if (has_next) HDLM_ASSERT(hdlm_schedule_step(s, k + 1, &next) == 0, "walker step %d", k + 1);
+        for (int i = 0; i < length; i++) {
+            if (st.cls[i] != HDLM_POS_ACTIVE) {
+                p[i] = -1;
+                continue;
+            }
+            double t_next = has_next && next.cls[i] == HDLM_POS_ACTIVE ? next.t[i] : 0.0;
+            p[i] = st.to_denoise[i] || t_next <= 0 ? 1.0 : fmax(0.0, 1.0 - t_next / st.t[i]);
+        }
+        int n = st.a_end + 1, first;
+        const float *z;
+        status = hdlm_sampler_step_forward(d, cfg->kv_cache ? &cache : NULL, &st, x, NULL, batch, length, n,
+                                           &first, &z);
+        if (status) break;
+        for (int b = 0; b < batch; b++) {
+            hdlm_rng rng;
+            hdlm_sampler_rng(&rng, cfg, first_sample + (uint64_t)b, k);
+            eps_update_sequence(cfg, z + (size_t)b * (n - first) * V, V, first, n, p, cfg->eta, scratch, &rng,
+                                x + (size_t)b * length);
+        }
+        if (progress) progress(pctx, k, calls);
+    }
+    if (cfg->kv_cache) hdlm_kv_cache_free(&cache);
+    free(scratch);
+    free(p);
+    hdlm_step_free(&next);
+    hdlm_step_free(&st);
+    return status;
+}
+
+int hdlm_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int length, uint64_t first_sample,
+                uint32_t *x, hdlm_sampler_progress progress, void *progress_ctx) {
+    HDLM_TRY(hdlm_sampler_check(cfg, d->vocab, length));
+    HDLM_CHECK(batch >= 1, "sampler: batch %d must be positive", batch);
+    HDLM_CHECK(!cfg->kv_cache || d->model, "sampler: the KV cache needs a model denoiser");
+    if (cfg->kind == HDLM_SAMPLER_GAMMA_NAR || cfg->kind == HDLM_SAMPLER_GAMMA_SAR)
+        return hdlm_gamma_sample(cfg, d, batch, length, first_sample, x, progress, progress_ctx);
+    for (size_t r = 0; r < (size_t)batch * length; r++) x[r] = (uint32_t)(d->vocab - 1);
+    for (int b = 0; b < batch; b++) hdlm_sampler_impose_prompt(cfg, length, x + (size_t)b * length);
+    if (cfg->kind == HDLM_SAMPLER_WALK)
+        return sample_walk(cfg, d, batch, length, first_sample, x, progress, progress_ctx);
+    return sample_full_diff(cfg, d, batch, length, first_sample, x, progress, progress_ctx);
+}

@@ -1,0 +1,29 @@
+// Helpers shared by the sampler sources (not part of the public API).
+#ifndef HDLM_SAMPLER_INTERNAL_H
+#define HDLM_SAMPLER_INTERNAL_H
+#include "model/kv_cache.h"
+#include "hdlm/rng.h"
+#include "hdlm/sampler.h"
+
+// The stream of sequence `sample` at network call `call` (call 0: the γ prior / the ARDM order).
+static inline void hdlm_sampler_rng(hdlm_rng *rng, const hdlm_sampler_config *cfg, uint64_t sample, int call) {
+    hdlm_rng_init(rng, hdlm_rng_key(cfg->seed, sample, (uint64_t)call, HDLM_RNG_SAMPLE));
+}
+
+static inline void hdlm_sampler_impose_prompt(const hdlm_sampler_config *cfg, int length, uint32_t *x) {
+    if (!cfg->prompt) return;
+    for (int i = 0; i < length; i++)
+        if (cfg->prompt_mask[i]) x[i] = cfg->prompt[i];
+}
+
+// The network outputs of one schedule step for positions [*first, a_end] of every sequence: rows [b][i - *first] of
+// *out (cache NULL: *first = 0 and positions [0, window) run under the step's mask). With a cache, blocks settled since
+// the last call are appended first (tokens x, σ sigma_row at their positions; sigma_row NULL for ε).
+int hdlm_sampler_step_forward(hdlm_denoiser *d, hdlm_kv_cache *cache, const hdlm_step *st, const uint32_t *x,
+                              const float *sigma_row, int batch, int length, int window, int *first,
+                              const float **out);
+
+// The γ analytic sampler (sampler_gamma.c), called by hdlm_sample after the checks.
+int hdlm_gamma_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int length, uint64_t first_sample,
+                      uint32_t *x, hdlm_sampler_progress progress, void *pctx);
+#endif

@@ -1,0 +1,209 @@
+// The cached inference forward (spec §3.5): the DDiT layers of hdlm_model_forward (spec §7.2) on the new positions
+// only, attention against the settled keys/values kept in the cache.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
+
+#include "hdlm/blas.h"
+#include "hdlm/common.h"
+#include "hdlm/diffusion.h"
+#include "model/kv_cache.h"
+#include "model/layers.h"
+#include "core/vecmath.h"
+
+void hdlm_kv_cache_init(hdlm_kv_cache *c, const hdlm_model *m, int batch) {
+    memset(c, 0, sizeof *c);
+    c->batch = batch;
+    c->capacity = m->config.max_length;
+    c->layers = m->config.n_layers;
+    c->width = m->config.width;
+    c->qkv = hdlm_malloc((size_t)c->layers * batch * c->capacity * 3 * c->width * sizeof(float));
+    const hdlm_model_config *mc = &m->config;
+    int d = mc->width, f = mc->mlp_ratio * d, cd = mc->cond_dim;
+    bool gamma = mc->family == HDLM_FAMILY_GAMMA;
+    c->blocks = hdlm_calloc((size_t)c->layers, sizeof *c->blocks);
+    for (int l = 0; l < c->layers; l++) {
+        const hdlm_block_views *w = &m->p.blocks[l];
+        hdlm_kv_block_weights *p = &c->blocks[l];
+        hdlm_packed_weights_init(&p->qkv, w->qkv, 3 * d, d);
+        hdlm_packed_weights_init(&p->attn_out, w->attn_out, d, d);
+        hdlm_packed_weights_init(&p->fc1, w->fc1_w, f, d);
+        hdlm_packed_weights_init(&p->fc2, w->fc2_w, d, f);
+        if (gamma) hdlm_packed_weights_init(&p->ada, w->ada_w, 6 * d, cd);
+    }
+    hdlm_packed_weights_init(&c->head, m->p.head_w, mc->vocab, d);
+    if (gamma) {
+        hdlm_packed_weights_init(&c->sigma_w1, m->p.sigma_w1, cd, HDLM_SIGMA_FREQ_DIM);
+        hdlm_packed_weights_init(&c->sigma_w2, m->p.sigma_w2, cd, cd);
+    }
+    int half = d / mc->n_heads / 2;
+    c->cos_t = hdlm_malloc((size_t)c->capacity * half * sizeof(float));
+    c->sin_t = hdlm_malloc((size_t)c->capacity * half * sizeof(float));
+    hdlm_rotary_tables(c->cos_t, c->sin_t, m->p.inv_freq, c->capacity, 2 * half, mc->rotary);
+}
+
+void hdlm_kv_cache_free(hdlm_kv_cache *c) {
+    free(c->qkv);
+    free(c->out);
+    for (int l = 0; l < c->layers; l++) {
+        hdlm_kv_block_weights *p = &c->blocks[l];
+        hdlm_packed_weights_free(&p->qkv);
+        hdlm_packed_weights_free(&p->attn_out);
+        hdlm_packed_weights_free(&p->fc1);
+        hdlm_packed_weights_free(&p->fc2);
+        hdlm_packed_weights_free(&p->ada);
+    }
+    free(c->blocks);
+    free(c->cos_t);
+    free(c->sin_t);
+    free(c->work);
+    hdlm_packed_weights_free(&c->head);
+    hdlm_packed_weights_free(&c->sigma_w1);
+    hdlm_packed_weights_free(&c->sigma_w2);
+    memset(c, 0, sizeof *c);
+}
+
+// Attention of the rows of one (sequence, head) group [r0, r0 + n) at positions start + r0 .. over keys [0, kv): rule
+// among the group's own keys (full: all, causal: those at or before the query), everything before them. The
+// arithmetic is that of hdlm_attention_forward's rows (score GEMM over the same keys, max / log-sum-exp / exp in the
+// same loops, zero probabilities beyond a row's keys), so the outputs match the uncached forward in practice bit for
+// bit. s: scratch [n, kv].
+static void attention_group(float *out, int ldo, const float *base, int ld, int start, int r0, int n, int kv,
+                            int head_dim, hdlm_block_type rule, float *s) {
+    float scale = 1.0f / sqrtf((float)head_dim);
+    const float *q = base + (size_t)(start + r0) * ld, *k = base + ld / 3, *v = base + 2 * (ld / 3);
+    hdlm_sgemm_serial(false, true, n, kv, head_dim, scale, q, ld, k, ld, 0.0f, s, kv);
+    for (int r = 0; r < n; r++) {
+        float *p = s + (size_t)r * kv;
+        int hi = rule == HDLM_BLOCK_CAUSAL ? start + r0 + r + 1 : kv;
+        float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+        for (int j = 0; j < hi; j++) m = p[j] > m ? p[j] : m;
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < hi; j++) sum += hdlm_expf(p[j] - m);
+        float lse = m + logf(sum);
+#pragma omp simd
+        for (int j = 0; j < hi; j++) p[j] = hdlm_expf(p[j] - lse);
+        for (int j = hi; j < kv; j++) p[j] = 0.0f;
+    }
+    hdlm_sgemm_serial(false, false, n, head_dim, kv, 1.0f, s, kv, v, ld, 0.0f, out + (size_t)r0 * ldo, ldo);
+}
+
+// Attention of the T = n_settle + n new rows of every sequence (cache rows start..start+T-1): the settling rows over
+// keys [0, start + n_settle) (full), the query rows over keys [0, start + T) under `rule` — each group exactly as its
+// own call would compute it. One (sequence, head) per task; out[B·T, d].
+static void cached_attention(float *out, const float *cache_qkv, int batch, int capacity, int start, int n_settle,
+                             int n, int heads, int head_dim, hdlm_block_type rule) {
+    int d = heads * head_dim, ld = 3 * d, T = n_settle + n;
+#pragma omp parallel
+    {
+        float *s = hdlm_malloc((size_t)T * (start + T) * sizeof *s);
+#pragma omp for schedule(static) collapse(2)
+        for (int b = 0; b < batch; b++)
+            for (int h = 0; h < heads; h++) {
+                const float *base = cache_qkv + (size_t)b * capacity * ld + (size_t)h * head_dim;
+                float *o = out + (size_t)b * T * d + (size_t)h * head_dim;
+                if (n_settle > 0)
+                    attention_group(o, d, base, ld, start, 0, n_settle, start + n_settle, head_dim, HDLM_BLOCK_FULL, s);
+                if (n > 0) attention_group(o, d, base, ld, start, n_settle, n, start + T, head_dim, rule, s);
+            }
+        free(s);
+    }
+}
+
+int hdlm_model_forward_cached(hdlm_model *m, hdlm_kv_cache *cache, const uint32_t *tokens, const float *sigma,
+                              int batch, int n_settle, int n, hdlm_block_type rule) {
+    const hdlm_model_config *c = &m->config;
+    bool gamma = c->family == HDLM_FAMILY_GAMMA;
+    int start = cache->length, d = c->width, f = c->mlp_ratio * d, H = c->n_heads, hd = d / H, cd = c->cond_dim;
+    int V = c->vocab, T = n_settle + n, N = batch * T;
+    HDLM_CHECK(batch == cache->batch, "cached forward: batch %d, cache made for %d", batch, cache->batch);
+    HDLM_CHECK(n_settle >= 0 && n >= 0 && T >= 1 && start + T <= cache->capacity,
+               "cached forward: positions [%d, %d) (%d settling, %d queries) beyond the model's %d", start, start + T,
+               n_settle, n, cache->capacity);
+    HDLM_CHECK(!gamma || sigma, "cached forward: the γ model needs σ");
+    for (int r = 0; r < N; r++)
+        HDLM_CHECK(tokens[r] < (uint32_t)V, "cached forward: token id %u at row %d is not below %d", tokens[r], r, V);
+#if defined(__SSE__)
+#pragma omp parallel
+    _mm_setcsr(_mm_getcsr() | 0x8040);   // flush denormals, as hdlm_model_forward does
+#endif
+    // Activations of this call in the cache's workspace (allocated once for the largest call, not per call).
+    size_t Nd = (size_t)N * d, need = 9 * Nd + 2 * (size_t)N * f + 3 * (size_t)N;
+    if (gamma) need += (size_t)N * (HDLM_SIGMA_FREQ_DIM + 3 * cd + 1) + 6 * Nd;
+    if (need > cache->work_capacity) {
+        free(cache->work);
+        cache->work = hdlm_malloc(need * sizeof(float));
+        cache->work_capacity = need;
+    }
+    float *next = cache->work;
+#define TAKE(count) (next += (count), next - (count))
+    float *h = TAKE(Nd), *ln = TAKE(Nd), *mod_in = TAKE(Nd), *qkv = TAKE(3 * Nd), *att = TAKE(Nd), *y = TAKE(Nd);
+    float *fc1 = TAKE((size_t)N * f), *act = TAKE((size_t)N * f), *mean = TAKE((size_t)N), *rstd = TAKE((size_t)N);
+    float *query_sigma = TAKE((size_t)N);
+    float *cond = NULL, *mod = NULL, *mix = NULL;
+    if (gamma) {   // σ conditioning and the MASK-mixed embedding (spec §5.4, §7.3)
+        float *freq = TAKE((size_t)N * HDLM_SIGMA_FREQ_DIM), *t1 = TAKE((size_t)N * cd), *t2 = TAKE((size_t)N * cd);
+        cond = TAKE((size_t)N * cd);
+        mod = TAKE(6 * Nd);
+        mix = TAKE((size_t)N);
+        for (int r = 0; r < N; r++) mix[r] = expf(-c->gamma * sigma[r]);
+        hdlm_sigma_sinusoid(freq, sigma, N, HDLM_SIGMA_FREQ_DIM);
+        hdlm_linear_forward_packed(t1, freq, &cache->sigma_w1, m->p.sigma_b1, N);
+        hdlm_silu_forward(t2, t1, (size_t)N * cd);
+        hdlm_linear_forward_packed(t1, t2, &cache->sigma_w2, m->p.sigma_b2, N);
+        hdlm_silu_forward(cond, t1, (size_t)N * cd);
+    }
+#undef TAKE
+    hdlm_embedding_forward(h, m->p.embed, tokens, mix, (uint32_t)(V - 1), N, d);
+    size_t layer_stride = (size_t)batch * cache->capacity * 3 * d;
+    for (int l = 0; l < c->n_layers; l++) {
+        const hdlm_block_views *w = &m->p.blocks[l];
+        const hdlm_kv_block_weights *pw = &cache->blocks[l];
+        float *a_in = gamma ? mod_in : ln;
+        hdlm_layernorm_forward(ln, mean, rstd, h, w->norm1, N, d);
+        if (gamma) {
+            hdlm_linear_forward_packed(mod, cond, &pw->ada, w->ada_b, N);
+            hdlm_modulate_forward(mod_in, ln, mod, mod + d, 6 * d, N, d);
+        }
+        hdlm_linear_forward_packed(qkv, a_in, &pw->qkv, NULL, N);
+        // Rotary at the absolute positions start..start+T-1: the tables from row `start` on.
+        hdlm_rotary_forward(qkv, cache->cos_t + (size_t)start * (hd / 2), cache->sin_t + (size_t)start * (hd / 2),
+                            batch, T, H, hd);
+        float *layer = cache->qkv + l * layer_stride;
+        for (int b = 0; b < batch; b++)
+            memcpy(layer + ((size_t)b * cache->capacity + start) * 3 * d, qkv + (size_t)b * T * 3 * d,
+                   (size_t)T * 3 * d * sizeof(float));
+        cached_attention(att, layer, batch, cache->capacity, start, n_settle, n, H, hd, rule);
+        hdlm_linear_forward_packed(y, att, &pw->attn_out, NULL, N);
+        hdlm_residual_forward(h, h, y, gamma ? mod + 2 * d : NULL, 6 * d, N, d, 0.0f, 0);
+        hdlm_layernorm_forward(ln, mean, rstd, h, w->norm2, N, d);
+        if (gamma) hdlm_modulate_forward(mod_in, ln, mod + 3 * d, mod + 4 * d, 6 * d, N, d);
+        hdlm_linear_forward_packed(fc1, a_in, &pw->fc1, w->fc1_b, N);
+        hdlm_gelu_forward(act, fc1, (size_t)N * f);
+        hdlm_linear_forward_packed(y, act, &pw->fc2, w->fc2_b, N);
+        hdlm_residual_forward(h, h, y, gamma ? mod + 5 * d : NULL, 6 * d, N, d, 0.0f, 0);
+    }
+    cache->length = start + n_settle;   // the settling rows' K/V stay; their outputs are never used
+    if (n > 0) {
+        // The query rows of every sequence, gathered (y is free here), through the final norm and the head.
+        float *sig = n_settle > 0 && gamma ? query_sigma : NULL;   // their σ, when not already contiguous
+        for (int b = 0; b < batch; b++) {
+            memcpy(y + (size_t)b * n * d, h + ((size_t)b * T + n_settle) * d, (size_t)n * d * sizeof(float));
+            if (sig) memcpy(sig + (size_t)b * n, sigma + (size_t)b * T + n_settle, (size_t)n * sizeof(float));
+        }
+        int rows = batch * n;
+        hdlm_layernorm_forward(ln, mean, rstd, y, m->p.norm_final, rows, d);
+        if ((size_t)rows * V > cache->out_capacity) {
+            cache->out_capacity = (size_t)rows * V;
+            cache->out = hdlm_realloc(cache->out, cache->out_capacity * sizeof(float));
+        }
+        hdlm_linear_forward_packed(cache->out, ln, &cache->head, m->p.head_b, rows);
+        if (gamma) hdlm_gamma_scale_by_sigma(sig ? sig : sigma, rows, V, cache->out);   // spec §5.4 step 1
+    }
+    return 0;
+}
