@@ -333,6 +333,76 @@ static void test_step_sampling(void **state) {
     hdlm_schedule_free(&s);
 }
 
+// K_max of `hybrid` against the reference's construction (docs/method.md §2.5): ⌈L/ω⌉ blocks of τ + min(ω, L) − 1
+// steps each, so ω > L counts the one block's L positions, not ω; every position reaches level 0 at the last step.
+static void test_hybrid_k_max_width_beyond_length(void **state) {
+    (void)state;
+    static const struct { int L, w, tau, k_max; } cases[] = {
+        {5, 8, 2, 7},     // hdlm-schedule --type hybrid --length 5 --width 8 --tau 2 (10 before the fix)
+        {5, 5, 2, 7},     {4, 16, 3, 7}, {1, 4, 2, 3}, {8, 3, 3, 16}, {10, 4, 2, 16}, {6, 1024, 4, 10},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        hdlm_schedule s;
+        init(&s, HDLM_SCHEDULE_HYBRID, cases[c].L, cases[c].w, cases[c].tau);
+        assert_int_equal(s.k_max, cases[c].k_max);
+        int levels[16], n_set;
+        hdlm_schedule_levels(&s, s.k_max - 1, levels, &n_set);
+        int first_block = cases[c].w < cases[c].L ? cases[c].w : cases[c].L;
+        for (int i = (int)((cases[c].L - 1) / cases[c].w) * cases[c].w; i < cases[c].L; i++)
+            assert_int_equal(levels[i], 0);
+        if (cases[c].w >= cases[c].L) {   // one block: the step before the last still has its last position active
+            hdlm_schedule_levels(&s, s.k_max - 2, levels, &n_set);
+            assert_int_equal(levels[first_block - 1], 1);
+        }
+        hdlm_schedule_free(&s);
+    }
+    const char *dir = test_tmp_dir("schedule_hybrid");
+    assert_int_equal(test_run("%s/hdlm-schedule --type hybrid --length 5 --width 8 --tau 2 --summary > %s/out.txt",
+                              HDLM_BIN_DIR, dir), 0);
+    char path[4200], *text;
+    size_t len;
+    snprintf(path, sizeof path, "%s/out.txt", dir);
+    assert_int_equal(hdlm_read_file(path, &text, &len), 0);
+    assert_non_null(strstr(text, "K_max=7"));
+    free(text);
+}
+
+// Level times equal the reference's float32 computation ε_a + ℓ·Δ — a float32 product, then a float32 sum, then the
+// clamp — bit for bit at τ ∈ {2, 3, 1024, 2048} (tests/reference/level_times.py, PyTorch). A build that contracts
+// the two operations into one FMA differs by one ulp on some levels (272 of 1024 at τ = 1024).
+static void test_level_times_match_reference(void **state) {
+    (void)state;
+    const char *dir = test_tmp_dir("level_times");
+    static const int taus[] = {2, 3, 1024, 2048};
+    assert_int_equal(test_run("/usr/bin/python3 %s/tests/reference/level_times.py %g 2 3 1024 2048 > %s/times.txt",
+                              HDLM_SOURCE_DIR, HDLM_SAMPLING_EPS, dir), 0);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/times.txt", dir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    int checked = 0;
+    for (size_t k = 0; k < sizeof taus / sizeof taus[0]; k++) {
+        hdlm_schedule s;
+        init(&s, HDLM_SCHEDULE_BLOCK, 8, 8, taus[k]);
+        for (int level = 0; level < taus[k]; level++) {
+            int tau, lv;
+            unsigned bits;
+            assert_int_equal(fscanf(f, "%d %d %x", &tau, &lv, &bits), 3);
+            assert_int_equal(tau, taus[k]);
+            assert_int_equal(lv, level);
+            float t = hdlm_schedule_level_time(&s, level);
+            uint32_t got;
+            memcpy(&got, &t, sizeof got);
+            if (got != bits) fail_msg("tau %d level %d: t = %.9g (0x%08x), the reference has 0x%08x", tau, level, t,
+                                      got, bits);
+            checked++;
+        }
+        hdlm_schedule_free(&s);
+    }
+    fclose(f);
+    assert_int_equal(checked, 2 + 3 + 1024 + 2048);
+}
+
 // The tool prints the spec's table and mask (docs/hyperschedules.md relies on it) and refuses bad flags.
 static void test_tool_output(void **state) {
     (void)state;
@@ -365,6 +435,8 @@ int main(void) {
         cmocka_unit_test(test_mask_block_causal_context),
         cmocka_unit_test(test_special_cases),
         cmocka_unit_test(test_hybrid_schedule),
+        cmocka_unit_test(test_hybrid_k_max_width_beyond_length),
+        cmocka_unit_test(test_level_times_match_reference),
         cmocka_unit_test(test_rejects_degenerate_parameters),
         cmocka_unit_test(test_step_sampling),
         cmocka_unit_test(test_tool_output),

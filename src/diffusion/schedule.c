@@ -38,10 +38,16 @@ static void block_levels(const hdlm_schedule *s, int k, int *levels, int *n_set)
     for (int i = 0; i < L; i++) levels[i] = i < start ? 0 : (i < end ? tau - step_in_block : tau);
 }
 
-// Levels of the `hybrid` schedule (spec §2.5): a diagonal sweep of P = τ+ω-1 sub-steps inside each block.
+// Sub-steps per block of the `hybrid` schedule: τ + min(ω, L) − 1, the first block's size as in the reference
+// (docs/method.md §2.5; with ω > L the one block is only L long).
+static int hybrid_period(const hdlm_schedule *s) {
+    return s->tau + (s->width < s->length ? s->width : s->length) - 1;
+}
+
+// Levels of the `hybrid` schedule (docs/method.md §2.5): a diagonal sweep of hybrid_period sub-steps in each block.
 static void hybrid_levels(const hdlm_schedule *s, int k, int *levels, int *n_set) {
     int L = s->length, w = s->width, tau = s->tau;
-    int period = tau + w - 1, k_last = period * ceil_div(L, w);
+    int period = hybrid_period(s), k_last = period * ceil_div(L, w);
     if (k < 1) k = 1;
     if (k > k_last) k = k_last;
     int b = (k - 1) / period, sub = (k - 1) % period;
@@ -111,7 +117,7 @@ int hdlm_schedule_init(hdlm_schedule *s, hdlm_schedule_type type, int length, in
     s->worthless_level = tau;
     switch (type) {
     case HDLM_SCHEDULE_BLOCK: s->k_max = tau * ceil_div(length, width) + 1; break;
-    case HDLM_SCHEDULE_HYBRID: s->k_max = (tau + width - 1) * ceil_div(length, width) + 1; break;
+    case HDLM_SCHEDULE_HYBRID: s->k_max = hybrid_period(s) * ceil_div(length, width) + 1; break;
     case HDLM_SCHEDULE_SIMPLE:
         s->main_tuple = hdlm_malloc((size_t)width * sizeof *s->main_tuple);
         simple_main_tuple(width, tau, s->main_tuple);
