@@ -1,4 +1,4 @@
-// Order-agnostic ARDM objective (spec §13, A.3): count-based masks, the D/m weight, values at initialisation, the
+// Order-agnostic ARDM objective (method §13, A.3): count-based masks, the D/m weight, values at initialisation, the
 // exact-enumeration toy of A.13 and finite-difference gradients.
 #include <setjmp.h>
 #include <stdarg.h>

@@ -1,4 +1,4 @@
-// ARDM budgeted generation (spec A.5): the policy DP against the A.13 vectors and a brute-force search over all
+// ARDM budgeted generation (method §13 A.5): the policy DP against the A.13 vectors and a brute-force search over all
 // policies, the naive policy, policy costs and sampling with a policy; the policy likelihood estimators of A.6
 // (modes 3 and 4) against the A.13 toy values and a brute-force enumeration of every order.
 #include <setjmp.h>

@@ -1,8 +1,8 @@
-// The tiled attention layer (src/layer_attention.c) at L = 300: four full 64-query blocks and a partial one, keys
+// The tiled attention layer (src/model/layer_attention.c) at L = 300: four full 64-query blocks and a partial one, keys
 // padded from 300 to 320, head_dim 8 padded to a whole micro-tile. Checked against a direct float64 evaluation
-// written from the spec's rules (hdlm_mask_allowed, the uniform rule for fully masked rows, inverted dropout drawn
-// with the uniform hdlm_rng_u16_at·2⁻¹⁶ at element ((b·H + h)·L + i)·L + j): outputs, log-sum-exp and the gradients
-// of q, k, v.
+// written from the rules of method §3.2 (hdlm_mask_allowed, the uniform rule for fully masked rows, inverted dropout
+// drawn with the uniform hdlm_rng_u16_at·2⁻¹⁶ at element ((b·H + h)·L + i)·L + j): outputs, log-sum-exp and the
+// gradients of q, k, v.
 // This is what covers the block boundaries, the padding and the per-row dropout offsets at length.
 #include <setjmp.h>
 #include <stdarg.h>

@@ -1,4 +1,4 @@
-// Errors, the counter-based RNG and the attention-mask rules (spec §3.2).
+// Errors, the counter-based RNG and the attention-mask rules (method §3.2).
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -122,7 +122,7 @@ static void test_dropout_keep_min(void **state) {
     }
 }
 
-// The worked example of spec §3.2: simple schedule, L = 8, ω = τ = 3, step 5 (n_set = 2, a_end = 4).
+// The worked example of method §3.2: simple schedule, L = 8, ω = τ = 3, step 5 (n_set = 2, a_end = 4).
 static void test_mask_worked_example(void **state) {
     (void)state;
     hdlm_attn_mask m = {8, 2, 4, HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_FULL, 3};

@@ -1,5 +1,5 @@
 // CUDA flash attention (src/cuda/attention.cu) against its CPU twin hdlm_attention_forward/backward on random bf16
-// inputs, under every mask rule of spec §3.2 (full, causal, block-causal with a partial block, hyperschedule masks
+// inputs, under every mask rule of method §3.2 (full, causal, block-causal with a partial block, hyperschedule masks
 // with settled / active / worthless rows and both block rules), lengths that are not multiples of the 64-row tile,
 // batch and heads > 1, head dim 64 (the tensor-core path) and 32, 48, 80 (the SIMT path, padded to 32/64/128),
 // dropout 0, 0.1 and 0.3 (on the tensor-core path with L % 8 = 0, where lanes share their Philox draws, with a whole

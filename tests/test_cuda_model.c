@@ -1,4 +1,4 @@
-// The GPU model (hdlm/cuda_model.h) against the CPU model: one whole training step — forward, loss, backward — for
+// The GPU model (cuda/cuda_model.h) against the CPU model: one whole training step — forward, loss, backward — for
 // the ε objective (full mask and a hyperschedule mask with settled, active and worthless positions), ARDM (MASK left
 // out of the softmax) and γ (score entropy + settled CE), with dropout 0 and 0.1 (same keys, so the same elements are
 // dropped); the loss and EVERY parameter gradient are compared. Also the grad-ready hook (same order and offsets as
@@ -185,7 +185,7 @@ static void step_and_compare(hdlm_model *cpu, hdlm_cuda_model *gpu, case_kind ki
     hdlm_model_input in = {gamma ? xt : corr.xt, gamma ? sigma : NULL, hyper ? &st.mask : NULL, batch, len,
                            config->dropout > 0, hdlm_rng_key(9, (uint64_t)N, (uint64_t)kind, HDLM_RNG_DROPOUT)};
 
-    // CPU step (as src/trainer.c does it).
+    // CPU step (as src/train/trainer.c does it).
     hook_log cpu_hooks = {0}, gpu_hooks = {0};
     gpu_hooks.gpu = gpu;
     cpu->grad_ready = hook_record;

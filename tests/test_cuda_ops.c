@@ -530,7 +530,7 @@ static void test_gamma_conditioning(void **state) {
     hdlm_cuda_gamma_mix(d_mix, d_sigma, gamma, N, hdlm_cuda_stream());
     float freq[N * DIM], mix[N];
     hdlm_sigma_sinusoid(freq, sigma, N, DIM);
-    for (int r = 0; r < N; r++) mix[r] = expf(-gamma * sigma[r]);   // src/model.c
+    for (int r = 0; r < N; r++) mix[r] = expf(-gamma * sigma[r]);   // src/model/model.c
     float *g_freq = download_bf16(d_freq, N * DIM), *g_mix = download_f32(d_mix, N);
     print_message(" sigma sinusoid, γ mix, SiLU\n");
     expect_close("freq", g_freq, freq, N * DIM, BF16_TOL);

@@ -1,4 +1,4 @@
-// Detokenisers of spec §9.2: hand-derived expectations on small samples of each format, then agreement with an
+// Detokenisers of method §9.2: hand-derived expectations on small samples of each format, then agreement with an
 // independent Python implementation (tests/reference/detokenize_ref.py, Python's own str.replace and re).
 #include <setjmp.h>
 #include <stdarg.h>

@@ -1,4 +1,4 @@
-// MAUVE feature files (ecosystem-notes §1.6): .npy and HDF5 writers read back by numpy / h5py, the MAUVE reference
+// MAUVE feature files (docs/mauve.md): .npy and HDF5 writers read back by numpy / h5py, the MAUVE reference
 // run on those very files, the validating reader on bad files, and `hdlm-eval mauve` end to end.
 #include <setjmp.h>
 #include <stdarg.h>

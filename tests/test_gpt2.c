@@ -1,4 +1,4 @@
-// The GPT-2 judge (spec §9.3-§9.4): a tiny random GPT-2 written as safetensors by tests/reference/gpt2_ref.py (an
+// The GPT-2 judge (method §9.3-§9.4): a tiny random GPT-2 written as safetensors by tests/reference/gpt2_ref.py (an
 // independent float64 torch implementation) must give the same hidden states, NLL, gen-PPL and MAUVE features in C;
 // bad judges and bad samples are refused by name.
 #include <setjmp.h>
@@ -154,7 +154,7 @@ static void genppl_line(const char *samples, const char *flags, double *mean, do
     free(text);
 }
 
-// Spec §9.3 / decision §11.31: the reference scores batches of 4 and drops the last n mod 4 samples. Six samples (the
+// Method §9.3 / §11 item 31: the reference scores batches of 4 and drops the last n mod 4 samples. Six samples (the
 // four reference samples, then the first two again): by default the mean and std are the four's; with
 // --keep-remainder they are those of all six per-sample perplexities of the torch reference.
 static void test_genppl_drops_the_remainder_of_four(void **state) {

@@ -1,5 +1,5 @@
-// KV cache of settled blocks (spec §3.5): the cached forward reproduces the uncached forward's active outputs, and the
-// walker / γ samplers give the same tokens with and without the cache for the same seed.
+// KV cache of settled blocks (method §3.5): the cached forward reproduces the uncached forward's active outputs, and
+// the walker / γ samplers give the same tokens with and without the cache for the same seed.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

@@ -1,4 +1,4 @@
-// Likelihood estimators (spec §9.1, A.6) and the unigram entropy (spec §9.3): one masking round against an
+// Likelihood estimators (method §9.1, A.6) and the unigram entropy (method §9.3): one masking round against an
 // independent numpy computation on the same masks, unbiasedness of the chunk estimator on a model with known CE, the
 // ARDM bound at zero logits, determinism, and refusal of bad inputs.
 #include <setjmp.h>

@@ -1,5 +1,5 @@
-// ε-hybrid forward process and losses (spec §4): values at initialisation, corruption marginals, weights,
-// finite-difference gradients, thread-count independence and the autoregressive special case (spec §2.8).
+// ε-hybrid forward process and losses (method §4): values at initialisation, corruption marginals, weights,
+// finite-difference gradients, thread-count independence and the autoregressive special case (method §2.8).
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -73,7 +73,7 @@ static void test_ce_row_matches_glibc_exp(void **state) {
     free(grad);
 }
 
-// Zero logits at V = 50258: CE = ln 50258 = 10.824925 at every position (spec §12.3), so the ε loss equals
+// Zero logits at V = 50258: CE = ln 50258 = 10.824925 at every position (method §12.3), so the ε loss equals
 // ln V · Σw / (B·|A|), and the gradient of a row is coef·(1/V - onehot).
 static void test_loss_at_initialisation(void **state) {
     (void)state;
@@ -111,7 +111,7 @@ static void test_loss_at_initialisation(void **state) {
     hdlm_schedule_free(&s);
 }
 
-// Corruption marginals on the hyperschedule path (spec §4.2): for an active position with time t, P(MASK) = t,
+// Corruption marginals on the hyperschedule path (method §4.2): for an active position with time t, P(MASK) = t,
 // P(replaced) = (1-t)ε, P(untouched) = (1-t)(1-ε) (chi-square, 2 dof); replacement tokens are uniform over the N real
 // tokens (chi-square); settled and worthless positions are never touched and carry no loss.
 static void test_corruption_marginals(void **state) {
@@ -165,7 +165,7 @@ static void test_corruption_marginals(void **state) {
     hdlm_schedule_free(&s);
 }
 
-// Loss weights of spec §4.3: hybrid 1/t, λ(1-ε), λε, 0 outside A; standard: masked only, no replacement.
+// Loss weights of method §4.3: hybrid 1/t, λ(1-ε), λε, 0 outside A; standard: masked only, no replacement.
 static void test_weights(void **state) {
     (void)state;
     const int V = 9, B = 4, L = 24;
@@ -244,7 +244,7 @@ static void test_gradients_finite_differences(void **state) {
     hdlm_schedule_free(&s);
 }
 
-// No-schedule MDLM path (spec §4.4): p_b = (1-ε_s)t_b + ε_s per sequence; the masked fraction of each sequence is
+// No-schedule MDLM path (method §4.4): p_b = (1-ε_s)t_b + ε_s per sequence; the masked fraction of each sequence is
 // within 5 binomial standard deviations of p_b, replacements among unmasked positions have rate ε; weights carry
 // 1/(1-p_b) on unmasked positions and norm = B·L.
 static void test_unscheduled_path(void **state) {
@@ -320,7 +320,7 @@ static void test_thread_count_independence(void **state) {
     hdlm_schedule_free(&s);
 }
 
-// The autoregressive limit (spec §2.8): `simple` with ω = τ = 2. Step k puts position p = k-1 at level 1 (t = 0.999)
+// The autoregressive limit (method §2.8): `simple` with ω = τ = 2. Step k puts position p = k-1 at level 1 (t = 0.999)
 // with the clean prefix 0..p-1 settled or at level 0, and everything after p worthless. Shown here: (1) the mask rows
 // of the predicted positions, stacked over the steps, are exactly the causal (next-token) mask; (2) with the
 // `standard` loss the only target of step k is x0[p], read at position p whose input is MASK, while every key that
@@ -369,7 +369,7 @@ static void test_autoregressive_special_case(void **state) {
         for (int j = 0; j < L; j++) assert_int_equal(stacked[i * L + j], j <= i);   // causal mask
     }
     // Over many draws the steps differ from next-token training only when the level-1 token stays visible
-    // (probability 0.001) or the level-0 token is masked (0.001): spec §14.3 item 3. Expected deviating steps per walk:
+    // (probability 0.001) or the level-0 token is masked (0.001): method §14.3. Expected deviating steps per walk:
     // 0.001 (k = 1) + (L-1)·(1 - 0.999²) (k = 2..L) + 0.001 (k = L+1).
     const int walks = 4000;
     long deviations = 0;

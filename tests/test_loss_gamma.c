@@ -1,4 +1,4 @@
-// γ-hybrid noise, forward sampling, score entropy and loss (spec §5) against the spec's vectors (§12.3), plus
+// γ-hybrid noise, forward sampling, score entropy and loss (method §5) against the vectors of method §12.3, plus
 // marginal statistics and finite-difference gradients.
 #include <setjmp.h>
 #include <stdarg.h>
@@ -28,7 +28,7 @@ static void init_schedule(hdlm_schedule *s, hdlm_schedule_type type, int L, int 
                                         HDLM_BLOCK_FULL), 0);
 }
 
-// Log-linear σ(t), σ'(t) at the reference values of spec §5.2 / §12.3.
+// Log-linear σ(t), σ'(t) at the reference values of method §5.2 / §12.3.
 static void test_loglinear_noise(void **state) {
     (void)state;
     static const double v[][3] = {{1e-4, 9.95050e-5, 0.995099}, {1e-3, 9.95495e-4, 0.995991},
@@ -44,7 +44,7 @@ static void test_loglinear_noise(void **state) {
                    hdlm_loglinear_dsigma(t), 1e-7);
 }
 
-// Forward marginal at t = 0.9999, γ = 0.01 (spec §12.3) and the sampler prior ρ_abs (spec §6.7, §12.3).
+// Forward marginal at t = 0.9999, γ = 0.01 (method §12.3) and the sampler prior ρ_abs (method §6.7, §12.3).
 static void test_forward_probabilities_and_prior(void **state) {
     (void)state;
     double p_mask, p_uniform;
@@ -70,7 +70,7 @@ static void test_forward_probabilities_and_prior(void **state) {
     free(x);
 }
 
-// Forward sampling marginals (spec §5.3), chi-square over {MASK, x0, each other real token}: P(MASK) = 1-a,
+// Forward sampling marginals (method §5.3), chi-square over {MASK, x0, each other real token}: P(MASK) = 1-a,
 // P(x0) = ag + a(1-g)/N, P(y ≠ x0) = a(1-g)/N. Uses every class of position of a block step (settled t = ε_s,
 // active, worthless t = 1-ε_s); MASK inputs stay MASK.
 static void test_forward_sampling_marginals(void **state) {
@@ -122,7 +122,7 @@ static void test_forward_sampling_marginals(void **state) {
     hdlm_schedule_free(&s);
 }
 
-// Zero test of spec §12.3: with the exact pure-process scores the score entropy vanishes (up to the 1e-12 guards),
+// Zero test of method §12.3: with the exact pure-process scores the score entropy vanishes (up to the 1e-12 guards),
 // in every branch, at the full vocabulary and a small one, at several noise levels.
 static void test_score_entropy_zero(void **state) {
     (void)state;
@@ -171,7 +171,7 @@ static void test_score_entropy_zero(void **state) {
     }
 }
 
-// At initialisation (zero output layer, spec §12.3): raw outputs 0 become o_y = -log(e^σ-1) - log(V-1) after
+// At initialisation (zero output layer, method §12.3): raw outputs 0 become o_y = -log(e^σ-1) - log(V-1) after
 // scale_by_sigma. SE is finite and the same for every token of the same (σ, case); the absorbing case equals
 // (1-γ)·log(N)/(e^σ-1) (up to the 1e-12 guard); the settled-prefix CE is ln 50258 = 10.824925.
 static void test_values_at_initialisation(void **state) {
@@ -202,7 +202,7 @@ static void test_values_at_initialisation(void **state) {
     free(o);
 }
 
-// Score parametrisation (spec §5.4): scale_by_sigma adds -log(e^σ-1) - log(V-1) per row (log 50257 = 10.824905;
+// Score parametrisation (method §5.4): scale_by_sigma adds -log(e^σ-1) - log(V-1) per row (log 50257 = 10.824905;
 // e^σ-1 by expm1 below σ = 0.5); post-processing pins o_i[MASK] = -1000 exactly for i with i+1 settled, and its
 // backward zeroes those gradient entries.
 static void test_score_parametrisation(void **state) {
@@ -251,7 +251,7 @@ static double gamma_loss_fn(void *ctx, const float *out, float *grad) {
     return hdlm_gamma_loss(&k->cfg, k->steps, out, k->xt, k->x0, k->batch, k->vocab, grad, NULL);
 }
 
-// The loss of spec §5.6 assembled by hand from its parts on a step with settled (3 blocks: block weights 0, ½, 1),
+// The loss of method §5.6 assembled by hand from its parts on a step with settled (3 blocks: block weights 0, ½, 1),
 // active and worthless positions: D_b = Σ_{not settled} σ'·w·SE, C_b = Σ_settled CE·bw / n_set, means over b.
 static void test_loss_composition(void **state) {
     (void)state;

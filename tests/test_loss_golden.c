@@ -113,7 +113,7 @@ typedef struct {
     size_t n;
 } hdlm_result;
 
-// ε hybrid loss (spec §4.3) on a block-AR step and a plain-diffusion step, one per sequence; writes the case file.
+// ε hybrid loss (method §4.3) on a block-AR step and a plain-diffusion step, one per sequence; writes the case file.
 static hdlm_result epsilon_case(int V, const char *path) {
     const int B = 2, L = 12;
     hdlm_schedule s1, s2;
@@ -158,7 +158,7 @@ static hdlm_result epsilon_case(int V, const char *path) {
     return res;
 }
 
-// γ loss (spec §5.6) on a step with three settled blocks, active and worthless positions, and a plain-diffusion step;
+// γ loss (method §5.6) on a step with three settled blocks, active and worthless positions, and a plain-diffusion step;
 // outputs are realistic log-scores (the scale_by_sigma shift plus noise); every SE case occurs.
 static hdlm_result gamma_case(int V, const char *path) {
     const int B = 2, L = 10, N = V - 1;

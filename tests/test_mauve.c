@@ -1,4 +1,4 @@
-// MAUVE (spec §9.4) against the test ladder of ecosystem-notes §1.7: histogram goldens, mt19937 and faiss-1.7.3
+// MAUVE (method §9.4) against the test ladder of docs/mauve.md: histogram goldens, mt19937 and faiss-1.7.3
 // rand_perm values, PCA vs sklearn, the closed-form fixture's golden counts and score, and agreement with an
 // independent Python implementation (Debian's python3-faiss 1.7.3 + python3-sklearn, tests/reference/mauve_reference.py)
 // on other fixtures (more points and dimensions, n_p != n_q, the faiss subsampling path).
@@ -34,7 +34,7 @@ static void assert_counts_equal(const cJSON *json, const char *key, const int64_
     for (int i = 0; i < k; i++) assert_int_equal(cJSON_GetArrayItem(arr, i)->valueint, counts[i]);
 }
 
-// The first closed-form fixture of ecosystem-notes §1.7 (n = 200 per side, d = 16).
+// The first closed-form fixture of docs/mauve.md (n = 200 per side, d = 16).
 static void closed_form_fixture(double *p, double *q) {
     for (int i = 0; i < 200; i++)
         for (int j = 0; j < 16; j++) {
@@ -43,7 +43,7 @@ static void closed_form_fixture(double *p, double *q) {
         }
 }
 
-// (a) KL / curve / AUC / FI from fixed histograms: golden values of the reference (ecosystem-notes §1.7).
+// (a) KL / curve / AUC / FI from fixed histograms: golden values of the reference (docs/mauve.md).
 static void test_histogram_goldens(void **state) {
     (void)state;
     const double p1[4] = {0.1, 0.2, 0.3, 0.4}, q1[4] = {0.25, 0.25, 0.25, 0.25};
@@ -147,7 +147,7 @@ static void test_pca_matches_sklearn(void **state) {
     free(x);
 }
 
-// (d) + (e): the closed-form fixture's histograms and scores (golden values of the reference, ecosystem-notes §1.7).
+// (d) + (e): the closed-form fixture's histograms and scores (golden values of the reference, docs/mauve.md).
 static void test_closed_form_fixture_golden(void **state) {
     (void)state;
     double *p = hdlm_malloc(200 * 16 * sizeof(double)), *q = hdlm_malloc(200 * 16 * sizeof(double));

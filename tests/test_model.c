@@ -1,4 +1,4 @@
-// DDiT model (spec §7): forward outputs, loss and every parameter gradient against the independent float64 PyTorch
+// DDiT model (method §7): forward outputs, loss and every parameter gradient against the independent float64 PyTorch
 // model of tests/reference/ddit.py for both families under full, block-causal and hyperschedule masks; parameter
 // counts of the paper configurations; the initial loss ln V; refusal of bad configurations and inputs.
 #include <setjmp.h>
@@ -272,7 +272,7 @@ static const hdlm_tensor *table_find(const hdlm_tensor *t, int n, const char *na
     return NULL;
 }
 
-// State-dict names and shapes of spec §7.1 (γ paper configuration).
+// State-dict names and shapes of method §7.1 (γ paper configuration).
 static void test_tensor_names_and_shapes(void **state) {
     (void)state;
     hdlm_model_config c = hdlm_model_config_ddit_small(HDLM_FAMILY_GAMMA);
@@ -321,7 +321,7 @@ static void test_initial_loss_is_log_vocab(void **state) {
         hdlm_model *m;
         assert_int_equal(hdlm_model_create(&m, &c), 0);
         hdlm_model_init(m, 42);
-        // init rules of spec §7.6; the views agree with the table
+        // init rules of method §7.6; the views agree with the table
         float bound = 1.0f / sqrtf(64.0f), emax = 0.0f;
         for (size_t i = 0; i < (size_t)50258 * 64; i++) emax = fmaxf(emax, fabsf(m->p.embed[i]));
         assert_true(emax <= bound && emax > 0.99f * bound);

@@ -1,4 +1,4 @@
-// NCCL data parallelism (include/hdlm/dist_nccl.h) on 2 ranks with one GPU each: bucketed all-reduce started by the
+// NCCL data parallelism (src/cuda/dist_nccl.h) on 2 ranks with one GPU each: bucketed all-reduce started by the
 // grad-ready hook (and without it), ZeRO-1 reduction onto equal and unequal slices, and the parameter all-gather.
 // Values are small integers, so every sum is exact in fp32 whatever order NCCL adds in: the comparisons are exact.
 // Skips (with the reason) without the CUDA backend or with fewer GPUs than ranks: NCCL needs one GPU per rank.

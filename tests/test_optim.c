@@ -1,4 +1,4 @@
-// AdamW, learning-rate schedules, clipping and EMA against PyTorch (tests/reference/optim_golden.py) and spec §8.
+// AdamW, learning-rate schedules, clipping and EMA against PyTorch (tests/reference/optim_golden.py) and method §8.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -63,17 +63,17 @@ static void test_adamw_matches_pytorch(void **state) {
     free(norm_expected), free(m), free(v);
 }
 
-// Closed forms of spec §8.2 at chosen points.
+// Closed forms of method §8.2 at chosen points.
 static void test_lr_schedules(void **state) {
     (void)state;
     hdlm_lr_schedule eps = {HDLM_LR_COSINE, 3e-4, 4e-5, 0, 1000000, 2};
     assert_true(fabs(hdlm_lr_at(&eps, 0) - 3e-4) < 1e-18);
     assert_true(fabs(hdlm_lr_at(&eps, 250000) - (4e-5 + 2.6e-4 * 0.5)) < 1e-15);   // e = 500k: halfway
-    assert_true(fabs(hdlm_lr_at(&eps, 125000) - 2.619e-4) < 1e-7);                // spec: final ε lr ≈ 2.619e-4
+    assert_true(fabs(hdlm_lr_at(&eps, 125000) - 2.619e-4) < 1e-7);                // method §8.2: final ε lr ≈ 2.619e-4
     assert_true(fabs(hdlm_lr_at(&eps, 500000) - 4e-5) < 1e-18);
     hdlm_lr_schedule gamma = {HDLM_LR_WARMUP_COSINE, 3e-4, 0, 10000, 1000000, 4};
     assert_true(fabs(hdlm_lr_at(&gamma, 1250) - 1.5e-4) < 1e-15);                 // e = 5000: half of warm-up
-    assert_true(fabs(hdlm_lr_at(&gamma, 125000) / 3e-4 - 0.508) < 1e-3);           // spec: final factor ≈ 0.508
+    assert_true(fabs(hdlm_lr_at(&gamma, 125000) / 3e-4 - 0.508) < 1e-3);           // method §8.2: final factor ≈ 0.508
     hdlm_lr_schedule lin = {HDLM_LR_LINEAR, 1e-3, 0, 0, 100, 1};
     assert_true(fabs(hdlm_lr_at(&lin, 25) - 7.5e-4) < 1e-15);
     assert_true(hdlm_lr_at(&lin, 200) == 0.0);
@@ -99,7 +99,7 @@ static void test_grad_norm_and_clip(void **state) {
     free(g);
 }
 
-// Spec §8.5: the shadow copies the weights until call 2001; d = 0.999 near 31.6k calls; 0.99989987 at 1e6.
+// Method §8.5: the shadow copies the weights until call 2001; d = 0.999 near 31.6k calls; 0.99989987 at 1e6.
 static void test_ema_decay_and_update(void **state) {
     (void)state;
     hdlm_ema_config c = {0.9999, 2.0 / 3.0, 2000};

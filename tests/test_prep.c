@@ -22,7 +22,7 @@
 #define PREP "ASAN_OPTIONS=detect_leaks=0 OMPI_MCA_pml=ob1 '" HDLM_BIN_DIR "/hdlm-prep' prepare"
 #define EOS HDLM_TOKEN_EOT
 
-// GPT-2 ids (platform notes: "Hello world! The quick brown fox." -> 15496 995 0 383 2068 7586 21831 13).
+// GPT-2 ids ("Hello world! The quick brown fox." -> 15496 995 0 383 2068 7586 21831 13).
 #define HELLO_WORLD 15496, 995
 #define FOX_SENTENCE 15496, 995, 0, 383, 2068, 7586, 21831, 13
 

@@ -300,7 +300,7 @@ static void test_determinism_batches_and_prompts(void **state) {
     }
 }
 
-// Without exclude_mask the ε samplers may draw MASK, as the reference does (decision §11.20): with a MASK logit far
+// Without exclude_mask the ε samplers may draw MASK, as the reference does (§11 item 20): with a MASK logit far
 // above the rest, MASK ids remain at the end; with the flag, none.
 static void test_mask_draws_follow_the_flag(void **state) {
     (void)state;

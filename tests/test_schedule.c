@@ -1,4 +1,4 @@
-// Hyperschedules (spec §2), times (§2.6), masks (§3.2) and step sampling (§2.7), against the spec's vectors (§12.3).
+// Hyperschedules (method §2), times (§2.6), masks (§3.2) and step sampling (§2.7), against the vectors of method §12.3.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,7 +18,7 @@ static void init(hdlm_schedule *s, hdlm_schedule_type type, int L, int w, int ta
                                         HDLM_BLOCK_FULL), 0);
 }
 
-// Checks every step of a schedule against rows written as in spec §2.9: one character per position, 'S' settled,
+// Checks every step of a schedule against rows written as in method §2.9: one character per position, 'S' settled,
 // 'W' worthless, a digit = level of an active position; n_set must be the number of leading 'S'.
 static void assert_table(hdlm_schedule_type type, int L, int w, int tau, int k_max, const char *const *rows) {
     hdlm_schedule s;
@@ -43,8 +43,8 @@ static void assert_table(hdlm_schedule_type type, int L, int w, int tau, int k_m
     hdlm_schedule_free(&s);
 }
 
-// The five tables of spec §2.9.
-static void test_tables_of_spec(void **state) {
+// The five tables of method §2.9.
+static void test_tables_of_method(void **state) {
     (void)state;
     static const char *a[] = {"2WWWWWWW", "12WWWWWW", "012WWWWW", "S012WWWW", "SS012WWW",
                               "SSS012WW", "SSSS012W", "SSSSS012", "SSSSSS01", "SSSSSSS0"};
@@ -60,7 +60,7 @@ static void test_tables_of_spec(void **state) {
     assert_table(HDLM_SCHEDULE_SIMPLE, 8, 4, 2, 8, e);
 }
 
-// Main tuples of spec §2.4, including the half-to-even tie (ω=3, τ=2) → (0,0,1), and the rate z.
+// Main tuples of method §2.4, including the half-to-even tie (ω=3, τ=2) → (0,0,1), and the rate z.
 static void test_simple_main_tuples(void **state) {
     (void)state;
     static const struct { int w, tau, rate, m[8]; } cases[] = {
@@ -72,7 +72,7 @@ static void test_simple_main_tuples(void **state) {
         init(&s, HDLM_SCHEDULE_SIMPLE, 16, cases[c].w, cases[c].tau);
         for (int i = 0; i < cases[c].w; i++) assert_int_equal(s.main_tuple[i], cases[c].m[i]);
         assert_int_equal(s.rate, cases[c].rate);
-        // z = ⌊(ω-1)/(2(τ-1))⌋ + 1 (spec §2.4).
+        // z = ⌊(ω-1)/(2(τ-1))⌋ + 1 (method §2.4).
         assert_int_equal(s.rate, (cases[c].w - 1) / (2 * (cases[c].tau - 1)) + 1);
         hdlm_schedule_free(&s);
     }
@@ -91,7 +91,7 @@ static void test_block_k_max(void **state) {
     }
 }
 
-// Grid vectors of spec §12.3 and the per-position times, classes and weights of §2.6.
+// Grid vectors of method §12.3 and the per-position times, classes and weights of §2.6.
 static void test_time_grid(void **state) {
     (void)state;
     hdlm_schedule s;
@@ -154,8 +154,8 @@ static void assert_mask_rows(const hdlm_attn_mask *m, const char *const *rows) {
     }
 }
 
-// The 8x8 example of spec §3.2 (simple ω=τ=3, L=8, step 5) and its causal / block-causal variants.
-static void test_mask_of_spec(void **state) {
+// The 8x8 example of method §3.2 (simple ω=τ=3, L=8, step 5) and its causal / block-causal variants.
+static void test_mask_of_method(void **state) {
     (void)state;
     hdlm_schedule s;
     init(&s, HDLM_SCHEDULE_SIMPLE, 8, 3, 3);
@@ -197,7 +197,7 @@ static void test_mask_block_causal_context(void **state) {
     hdlm_schedule_free(&s);
 }
 
-// Special cases come from the same code (spec §2.8): ω >= L is plain diffusion (every step all-visible, nothing
+// Special cases come from the same code (method §2.8): ω >= L is plain diffusion (every step all-visible, nothing
 // settled or worthless, one level for all positions); 1 < ω < L is block-autoregressive.
 static void test_special_cases(void **state) {
     (void)state;
@@ -230,7 +230,7 @@ static void test_special_cases(void **state) {
     hdlm_schedule_free(&s);
 }
 
-// The hybrid schedule of spec §2.5: in each block, position j is at level max(0, τ-1 - max(0, s-j)); levels never
+// The hybrid schedule of method §2.5: in each block, position j is at level max(0, τ-1 - max(0, s-j)); levels never
 // rise along a position's trajectory, each block starts all at τ-1 and ends all at 0.
 static void test_hybrid_schedule(void **state) {
     (void)state;
@@ -261,7 +261,7 @@ static void test_hybrid_schedule(void **state) {
     hdlm_schedule_free(&s);
 }
 
-// Degenerate parameters are refused with a message naming the field (decision §11.24); step range is checked.
+// Degenerate parameters are refused with a message naming the field (§11 item 24); step range is checked.
 static void test_rejects_degenerate_parameters(void **state) {
     (void)state;
     hdlm_schedule s;
@@ -303,7 +303,7 @@ static void test_rejects_degenerate_parameters(void **state) {
     hdlm_schedule_free(&s);
 }
 
-// Step sampling (spec §2.7): uniform over 1..K_max-1 (chi-square), one k per micro-batch or one per sequence, and a
+// Step sampling (method §2.7): uniform over 1..K_max-1 (chi-square), one k per micro-batch or one per sequence, and a
 // pure function of (seed, rank, train step).
 static void test_step_sampling(void **state) {
     (void)state;
@@ -333,7 +333,7 @@ static void test_step_sampling(void **state) {
     hdlm_schedule_free(&s);
 }
 
-// K_max of `hybrid` against the reference's construction (docs/method.md §2.5): ⌈L/ω⌉ blocks of τ + min(ω, L) − 1
+// K_max of `hybrid` against the reference's construction (method §2.5): ⌈L/ω⌉ blocks of τ + min(ω, L) − 1
 // steps each, so ω > L counts the one block's L positions, not ω; every position reaches level 0 at the last step.
 static void test_hybrid_k_max_width_beyond_length(void **state) {
     (void)state;
@@ -403,7 +403,7 @@ static void test_level_times_match_reference(void **state) {
     assert_int_equal(checked, 2 + 3 + 1024 + 2048);
 }
 
-// The tool prints the spec's table and mask (docs/hyperschedules.md relies on it) and refuses bad flags.
+// The tool prints method §2.9's table and mask (docs/hyperschedules.md relies on it) and refuses bad flags.
 static void test_tool_output(void **state) {
     (void)state;
     const char *dir = test_tmp_dir("schedule_tool");
@@ -427,11 +427,11 @@ static void test_tool_output(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_tables_of_spec),
+        cmocka_unit_test(test_tables_of_method),
         cmocka_unit_test(test_simple_main_tuples),
         cmocka_unit_test(test_block_k_max),
         cmocka_unit_test(test_time_grid),
-        cmocka_unit_test(test_mask_of_spec),
+        cmocka_unit_test(test_mask_of_method),
         cmocka_unit_test(test_mask_block_causal_context),
         cmocka_unit_test(test_special_cases),
         cmocka_unit_test(test_hybrid_schedule),

@@ -1,4 +1,4 @@
-// GPT-2 BPE tokenizer (ecosystem notes §2): golden vectors of gpt-tokenizer's TestPlans.txt, the notes' examples,
+// GPT-2 BPE tokenizer (docs/tokenizer.md): golden vectors of gpt-tokenizer's TestPlans.txt, the notes' examples,
 // whole-corpus agreement with the npm encoders (run with node), an independent Python reference for the whitespace
 // characters on which the regex engines differ, round trips, bad input and malformed vocabulary files, threads and
 // the hdlm-prep tool.
@@ -110,7 +110,7 @@ static void test_testplans_r50k_vectors(void **state) {
     free(data);
 }
 
-// The examples of ecosystem notes §2.2 and the platform notes (verified there against three encoders and Python).
+// The examples of docs/tokenizer.md (checked against three encoders and Python).
 static void test_reference_examples(void **state) {
     (void)state;
     static const struct {
@@ -136,7 +136,7 @@ static void test_reference_examples(void **state) {
     hdlm_tokens_free(&got);
 }
 
-// The id of byte b's one-byte token, from the rule of ecosystem notes §2.3 (independent of encoder.json): printable
+// The id of byte b's one-byte token, from the rule of docs/tokenizer.md (independent of encoder.json): printable
 // bytes 33-126, 161-172, 174-255 are ids 0..187 in order, the other 68 bytes ids 188..255 in order.
 static uint32_t gpt2_byte_id(int b) {
     if (b >= 33 && b <= 126) return (uint32_t)(b - 33);
@@ -306,7 +306,7 @@ static void test_corpus_round_trip_and_js_ids(void **state) {
     free_files(files, n);
 }
 
-// Characters on which regex engines disagree about \s (ecosystem notes §2.2): Python's `regex` (OpenAI's reference)
+// Characters on which regex engines disagree about \s (docs/tokenizer.md): Python's `regex` (OpenAI's reference)
 // uses Unicode White_Space, which has U+0085 and U+2028 but not U+FEFF, U+180E or U+001C..U+001F; JavaScript's \s
 // has U+FEFF but not U+0085. hdlm follows Python.
 static const char *const whitespace_cases[] = {
@@ -587,7 +587,7 @@ static void test_malformed_vocab_refused(void **state) {
     free(bpe);
 }
 
-// Open MPI's own allocations show up as leaks under LeakSanitizer (platform notes), so the tool runs without it.
+// Open MPI's own allocations show up as leaks under LeakSanitizer, so the tool runs without it.
 static const char *const hdlm_prep = "ASAN_OPTIONS=detect_leaks=0 '" HDLM_BIN_DIR "/hdlm-prep'";
 
 // hdlm-prep tokenize | hdlm-prep detokenize gives the input back, with the library's ids in between; an unknown flag

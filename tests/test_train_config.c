@@ -28,7 +28,7 @@ static void test_paper_presets_load(void **state) {
         assert_int_equal(c.model.hidden_size, 768);
         assert_int_equal(c.annealing.tau, i == 0 ? 1024 : 2048);
         assert_true(c.optim.beta2 == (i == 0 ? 0.95 : 0.999));
-        // The model they describe is the paper's DDiT-small (parameter counts of spec §0).
+        // The model they describe is the paper's DDiT-small (parameter counts of method §0).
         hdlm_model_config m;
         assert_int_equal(hdlm_train_config_model(&c, &m), 0);
         hdlm_tensor *tensors;

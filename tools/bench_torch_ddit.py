@@ -92,7 +92,7 @@ class DDiT(nn.Module):
 
 
 def corrupt(x0, generator):
-    """MDLM masking (spec §4.4, standard loss): p_b ~ U(0,1) per sequence; weights 1/p_b on masked positions."""
+    """MDLM masking (method §4.4, standard loss): p_b ~ U(0,1) per sequence; weights 1/p_b on masked positions."""
     B, L = x0.shape
     p = torch.rand(B, 1, device=x0.device, generator=generator) * (1 - 1e-4) + 1e-4
     masked = torch.rand(B, L, device=x0.device, generator=generator) < p

@@ -1,5 +1,5 @@
 // hdlm-convert: model weights between hdlm checkpoints and safetensors files with the reference's state-dict keys
-// (spec §7.1, §8.6; docs/checkpoint-format.md).
+// (method §7.1, §8.6; docs/checkpoint-format.md).
 //   hdlm-convert export CKPT_DIR OUT.safetensors [--raw] [--prefix P]
 //   hdlm-convert import IN.safetensors --config CONFIG.yaml [key=value ...] --out RUN_DIR [--prefix P] [--weights-only]
 //   hdlm-convert info CKPT_DIR|FILE.safetensors

@@ -1,5 +1,5 @@
-// hdlm-schedule: prints what a hyperschedule does (spec §2.9 tables): per step the settled prefix and the level of
-// every position, optionally the level → time map and the attention mask of one step (spec §3.2).
+// hdlm-schedule: prints what a hyperschedule does (method §2.9 tables): per step the settled prefix and the level of
+// every position, optionally the level → time map and the attention mask of one step (method §3.2).
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -28,7 +28,7 @@ mpirun -np 2 --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 "$bin/hdlm-prep
 mpirun -np 2 --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 "$bin/hdlm-train" --config "$root/jobs/configs/small.yaml" \
   data.train="$run/data/sotu" data.valid="$run/data/sotu" run.dir="$run/small"
 "$root/tools/plot-metrics.sh" "$run/small/metrics.jsonl" "$run/small/metrics.png"
-# Evaluate the newest checkpoint (EMA weights): the masking NELBO perplexity bound (spec §9.1) on the held-out
+# Evaluate the newest checkpoint (EMA weights): the masking NELBO perplexity bound (method §9.1) on the held-out
 # addresses after 2000 and, zero-shot, on Moby-Dick (first 256 chunks of each, a quick estimate); then 4 samples with the MDLM ancestral sampler (64 steps).
 ckpt="$run/small/checkpoints"
 for data in sotu moby-dick; do

@@ -1,9 +1,9 @@
 // hdlm/blas.h — fp32 GEMM with the kernels chosen for this CPU.
 //
-// AVX-512 builds use hdlm's own kernel (src/blas_kernel.c): BLIS 0.9 has no Zen 4/5 kernels, and its `skx` sgemm
+// AVX-512 builds use hdlm's own kernel (src/core/blas_kernel.c): BLIS 0.9 has no Zen 4/5 kernels, and its `skx` sgemm
 // reached 74–85 % of the FMA peak on the DDiT's shapes there against 85–93 % (docs/model.md). Other builds use BLIS.
 // BLIS 0.9.0 does not recognise every CPU: on Zen 5 it silently falls back to its generic kernels (5x slow). So
-// hdlm_blas_init() picks the kernel set from cpuid before the first BLIS call (platform notes): AVX-512 -> skx;
+// hdlm_blas_init() picks the kernel set from cpuid before the first BLIS call: AVX-512 -> skx;
 // otherwise BLIS's own choice, unless that is `generic` on an AVX2+FMA CPU -> zen3.
 #ifndef HDLM_BLAS_H
 #define HDLM_BLAS_H
@@ -34,7 +34,7 @@ void hdlm_sgemm_serial(bool trans_a, bool trans_b, int m, int n, int k, float al
                        const float *b, int ldb, float beta, float *c, int ldc);
 
 // W[n, k] (row-major, the nn.Linear layout) packed once for many products C[m, n] = A[m, k]·Wᵀ with few rows m
-// (inference; src/blas_packed.c). The result reproduces, bit for bit, what hdlm_sgemm(false, true, ...) computes
+// (inference; src/core/blas_packed.c). The result reproduces, bit for bit, what hdlm_sgemm(false, true, ...) computes
 // (one FMA chain per depth block of k, the blocks' sums added in order; the blocks are hdlm's or BLIS's KC), so
 // callers can mix the two; tests/test_kv_cache.c checks it. Parallel over panels of W (OpenMP) when the product is
 // not tiny.

@@ -1,6 +1,6 @@
 // hdlm/cuda.h — the CUDA runtime of the GPU backend: device discovery, memory, streams, bf16 storage.
 //
-// Every function here exists in every build. Without nvcc (HDLM_HAVE_CUDA undefined) src/cuda_none.c supplies
+// Every function here exists in every build. Without nvcc (HDLM_HAVE_CUDA undefined) src/cuda/cuda_none.c supplies
 // them: hdlm_cuda_compiled() is false, hdlm_cuda_device_count() is 0 and the rest die with a message saying the
 // build has no CUDA backend. With nvcc but no GPU or driver, hdlm_cuda_device_count() is 0 and
 // hdlm_cuda_unavailable_reason() says why, so tests skip with that message instead of failing.

@@ -1,6 +1,6 @@
 // hdlm/dataset.h — a set of token shards seen as numbered chunks of L tokens, for the training and evaluation loaders.
 //
-// Chunking rule (spec §8.1 "wrap", per shard): shard s contributes floor(tokens_s / L) chunks, cut from its token
+// Chunking rule (method §8.1 "wrap", per shard): shard s contributes floor(tokens_s / L) chunks, cut from its token
 // stream at offsets 0, L, 2L, ...; the last tokens_s mod L tokens of every shard are dropped (chunks never straddle
 // shards). Chunk numbers run over the shards in the order given (a directory: file names sorted bytewise).
 #ifndef HDLM_DATASET_H

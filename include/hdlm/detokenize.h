@@ -1,9 +1,9 @@
-// hdlm/detokenize.h — the zero-shot evaluation detokenisers (spec §9.2): string rewrites that undo the tokenised
+// hdlm/detokenize.h — the zero-shot evaluation detokenisers (method §9.2): string rewrites that undo the tokenised
 // spelling of WikiText, PTB, LM1B and LAMBADA before GPT-2 BPE encoding.
 //
-// Each is applied exactly as the spec lists it: plain replacements are Python str.replace (left to right,
-// non-overlapping); regexes follow Python `re` (\s = Unicode whitespace as str.isspace, \w = letters, numbers and '_',
-// `$` = end of text or before a final newline). Input and output are UTF-8; invalid UTF-8 is refused.
+// Each is applied exactly as method §9.2 and docs/prepare.md list it: plain replacements are Python str.replace
+// (left to right, non-overlapping); regexes follow Python `re` (\s = Unicode whitespace as str.isspace, \w = letters,
+// numbers and '_', `$` = end of text or before a final newline). Input and output are UTF-8; invalid UTF-8 is refused.
 #ifndef HDLM_DETOKENIZE_H
 #define HDLM_DETOKENIZE_H
 
@@ -11,7 +11,7 @@
 
 typedef enum {
     HDLM_DETOK_NONE = 0,
-    HDLM_DETOK_WIKITEXT,   // "wt" in the spec
+    HDLM_DETOK_WIKITEXT,   // "wt" in method §9.2
     HDLM_DETOK_PTB,
     HDLM_DETOK_LM1B,
     HDLM_DETOK_LAMBADA,

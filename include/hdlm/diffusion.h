@@ -1,5 +1,5 @@
-// hdlm/diffusion.h — forward processes and training losses: ε-hybrid (spec §4), γ-hybrid (spec §5) and the
-// order-agnostic ARDM objective (spec §13, A.3).
+// hdlm/diffusion.h — forward processes and training losses: ε-hybrid (method §4), γ-hybrid (method §5) and the
+// order-agnostic ARDM objective (method §13, A.3).
 //
 // Shape letters: B = sequences, L = positions, V = output width (vocabulary incl. MASK). Token ids 0..V-2 are real
 // tokens (N = V-1 of them) and V-1 is MASK, as in the model (HDLM_MODEL_VOCAB = 50258, HDLM_TOKEN_MASK = 50257);
@@ -48,7 +48,7 @@ double hdlm_corruption_loss(const hdlm_corruption *c, const uint32_t *x0, const 
 // NULL, writes grad_scale·(softmax(z) - onehot(target)) into grad[0..V) (entries >= softmax_width get 0).
 double hdlm_ce_row(const float *z, int vocab, int softmax_width, uint32_t target, double grad_scale, float *grad);
 
-// ---- ε-hybrid (spec §4) ----
+// ---- ε-hybrid (method §4) ----
 
 typedef enum { HDLM_EPS_LOSS_HYBRID = 0, HDLM_EPS_LOSS_STANDARD = 1 } hdlm_eps_loss_type;
 
@@ -58,20 +58,20 @@ typedef struct {
     double lambda;             // training.lambda: weight of the unmasked terms (1.0 in the shipped config)
 } hdlm_eps_config;
 
-// Hyperschedule path (spec §4.2-4.3): sequence b uses steps[b] (the same pointer for every b under the reference's
+// Hyperschedule path (method §4.2-4.3): sequence b uses steps[b] (the same pointer for every b under the reference's
 // one-step-per-micro-batch sampling). Active positions are masked with probability t_i, else (hybrid only) replaced
 // by a uniform real token with probability ε; weights 1/max(t,1e-4) (masked), λ(1-ε) (replaced), λε (untouched),
 // 0 outside the active set (standard: masked only); norm = Σ_b |A_b|.
 void hdlm_epsilon_corrupt(const hdlm_eps_config *cfg, const hdlm_step *const *steps, const uint32_t *x0, int vocab,
                           uint64_t key, hdlm_corruption *c);
 
-// No-schedule MDLM path (spec §4.4): per sequence t_b ~ U(0,1), p_b = (1-ε_s)t_b + ε_s, every position masked with
+// No-schedule MDLM path (method §4.4): per sequence t_b ~ U(0,1), p_b = (1-ε_s)t_b + ε_s, every position masked with
 // probability p_b, else (hybrid) replaced with probability ε. Weights 1/max(p_b,1e-4) (masked), λ(1-ε)/(1-p_b)
 // (replaced), λε/(1-p_b) (untouched); norm = B·L. p[B] receives p_b (may be NULL).
 void hdlm_epsilon_corrupt_unscheduled(const hdlm_eps_config *cfg, double sampling_eps, const uint32_t *x0, int vocab,
                                       uint64_t key, hdlm_corruption *c, float *p);
 
-// ---- ARDM (spec §13 A.3) ----
+// ---- ARDM (method §13 A.3) ----
 
 typedef struct {
     double ce_weight;   // λ_CE of the auxiliary term (1e-4 for text8)
@@ -91,17 +91,17 @@ void hdlm_ardm_corrupt(const hdlm_ardm_config *cfg, const uint32_t *x0, int voca
 // The softmax width the ARDM loss uses for this config (V - 1 when MASK is excluded).
 int hdlm_ardm_softmax_width(const hdlm_ardm_config *cfg, int vocab);
 
-// ---- γ-hybrid (spec §5) ----
+// ---- γ-hybrid (method §5) ----
 
-// Log-linear noise with eps_n = 5e-3 (spec §5.2): σ(t) = -log1p(-(1-eps_n)t), σ'(t) = (1-eps_n)/(1-(1-eps_n)t).
+// Log-linear noise with eps_n = 5e-3 (method §5.2): σ(t) = -log1p(-(1-eps_n)t), σ'(t) = (1-eps_n)/(1-(1-eps_n)t).
 double hdlm_loglinear_sigma(double t);
 double hdlm_loglinear_dsigma(double t);
 
-// Forward marginal from a real token after total noise σ (spec §5.3): P(MASK) = 1-a and P(uniform branch) = a(1-g),
+// Forward marginal from a real token after total noise σ (method §5.3): P(MASK) = 1-a and P(uniform branch) = a(1-g),
 // a = e^{-(1-γ)σ}, g = e^{-γσ}.
 void hdlm_gamma_forward_probs(double sigma, double gamma, double *p_mask, double *p_uniform);
 
-// Forward sampling of every position with its own σ_i = σ(t_i) of steps[b] (spec §5.3): r < 1-a → MASK, else
+// Forward sampling of every position with its own σ_i = σ(t_i) of steps[b] (method §5.3): r < 1-a → MASK, else
 // r < (1-a)+a(1-g) → uniform real token, else keep. MASK inputs stay MASK. xt[B*L].
 void hdlm_gamma_corrupt(double gamma, const hdlm_step *const *steps, const uint32_t *x0, int batch, int vocab,
                         uint64_t key, uint32_t *xt);
@@ -109,26 +109,26 @@ void hdlm_gamma_corrupt(double gamma, const hdlm_step *const *steps, const uint3
 // Per-token σ_i = σ(t_i) for the model's conditioning, sigma[L].
 void hdlm_gamma_sigmas(const hdlm_step *st, float *sigma);
 
-// The sampler prior (spec §6.7): MASK with probability ρ_abs = A/(A+U), A = 1-e^{-4(1-γ)}, U = (1-e^{-4γ})e^{-4(1-γ)}
-// (σ_max = 4 hard-coded, decision §11.12), else a uniform real token.
+// The sampler prior (method §6.7): MASK with probability ρ_abs = A/(A+U), A = 1-e^{-4(1-γ)}, U = (1-e^{-4γ})e^{-4(1-γ)}
+// (σ_max = 4 hard-coded, §11 item 12), else a uniform real token.
 double hdlm_gamma_prior_mask_prob(double gamma);
 void hdlm_gamma_prior_sample(double gamma, int count, int vocab, uint64_t key, uint32_t *x);
 
-// E = e^σ - 1 as the reference computes it: expm1 below σ = 0.5, exp - 1 above (spec §5.4).
+// E = e^σ - 1 as the reference computes it: expm1 below σ = 0.5, exp - 1 above (method §5.4).
 double hdlm_gamma_sigma_expm1(double sigma);
 
-// Score parametrisation (spec §5.4). Step 1, `scale_by_sigma`: o = raw - log(e^σ_i - 1) - log(V - 1), the shift
+// Score parametrisation (method §5.4). Step 1, `scale_by_sigma`: o = raw - log(e^σ_i - 1) - log(V - 1), the shift
 // being hdlm_gamma_log_score_shift(σ_i, V); hdlm_gamma_scale_by_sigma applies it in place to out[L, V] of one
 // sequence. Its backward is the identity (the shift does not depend on the outputs).
 double hdlm_gamma_log_score_shift(double sigma, int vocab);
 void hdlm_gamma_scale_by_sigma(const float *sigma, int length, int vocab, float *out);
-// Step 2, `post_process_logits` with the settled mask (parity switch, decision §11.14): o_i[MASK] = -1000 for every
+// Step 2, `post_process_logits` with the settled mask (parity switch, §11 item 14): o_i[MASK] = -1000 for every
 // i <= L-2 whose next position i+1 is settled (the reference's off-by-one). Those entries are constants, so the
 // backward pass zeroes their gradient: hdlm_gamma_post_process_backward on d(loss)/d(out) of the same sequence.
 void hdlm_gamma_post_process(const hdlm_step *st, int vocab, float *out);
 void hdlm_gamma_post_process_backward(const hdlm_step *st, int vocab, float *dout);
 
-// Per-position score entropy SE exactly as spec §5.5, for log-scores o[0..V) (the MASK entry o[V-1] is not used),
+// Per-position score entropy SE exactly as method §5.5, for log-scores o[0..V) (the MASK entry o[V-1] is not used),
 // current token x, clean token x0, total noise σ. Returns SE; when grad is not NULL it receives grad_scale·dSE/do
 // (grad[V-1] = 0, and grad[x] = 0 for a real x: o_x cancels out).
 double hdlm_gamma_score_entropy(const float *o, int vocab, uint32_t x, uint32_t x0, double sigma, double gamma,
@@ -145,10 +145,10 @@ typedef struct {
     double ce;          // mean_b C_b
 } hdlm_gamma_terms;
 
-// The γ loss of spec §5.6: diffusion_weight·mean_b Σ_{i not settled} σ'_i·w_i·SE_{b,i} + ce_weight·mean_b C_b,
+// The γ loss of method §5.6: diffusion_weight·mean_b Σ_{i not settled} σ'_i·w_i·SE_{b,i} + ce_weight·mean_b C_b,
 // C_b = Σ_{i<n_set} CE(o_{b,i}, x0)·bw_i / n_set (0 when n_set = 0). out = log-scores after scale_by_sigma.
 // Returns the loss, writes d(loss)/d(out) into dout (may be NULL) and the two terms into terms (may be NULL).
-// Block weight bw_i of settled position i (spec §5.6): with nb = ⌈n_set/ω⌉ blocks, 1 when nb = 1, else ⌊i/ω⌋/(nb-1).
+// Block weight bw_i of settled position i (method §5.6): with nb = ⌈n_set/ω⌉ blocks, 1 when nb = 1, else ⌊i/ω⌋/(nb-1).
 double hdlm_gamma_settled_weight(const hdlm_step *st, int i);
 double hdlm_gamma_loss(const hdlm_gamma_config *cfg, const hdlm_step *const *steps, const float *out,
                        const uint32_t *xt, const uint32_t *x0, int batch, int vocab, float *dout,

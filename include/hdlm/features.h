@@ -1,4 +1,4 @@
-// hdlm/features.h — MAUVE feature files (ecosystem-notes §1.6): an (n, d) matrix of text features plus what produced it.
+// hdlm/features.h — MAUVE feature files (docs/mauve.md): an (n, d) matrix of text features plus what produced it.
 //
 // Two formats, both readable by the MAUVE reference package without conversion:
 //  - .npy (numpy format v1.0): '<f4' or '<f8', C order, shape (n, d). np.load(path).

@@ -1,4 +1,4 @@
-// hdlm/gpt2.h — the GPT-2 judge of the evaluation (spec §9.3-§9.4, ecosystem-notes §1.2, §1.5): HF GPT2Model
+// hdlm/gpt2.h — the GPT-2 judge of the evaluation (method §9.3-§9.4, docs/mauve.md): HF GPT2Model
 // weights from a safetensors file, forward only, on the project's CPU kernels (layers.h).
 //
 // Layout: wte [V, d] (also the tied LM head), wpe [n_ctx, d], h.i.{ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc,

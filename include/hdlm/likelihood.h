@@ -1,14 +1,14 @@
-// hdlm/likelihood.h — likelihood estimators (spec §9.1, A.6) and the unigram entropy of samples (spec §9.3).
+// hdlm/likelihood.h — likelihood estimators (method §9.1, A.6) and the unigram entropy of samples (method §9.3).
 //
-// Which number bounds what (decision §11.8, docs/evaluation.md):
+// Which number bounds what (§11 item 8, docs/evaluation.md):
 //  - HDLM_NELBO_MASKING (the reference's estimator, §9.1): the continuous-time NELBO of a pure masking process with
 //    α(t) = 1 - t. For an ε model it is a valid upper bound on -log p under the model's *masking-only* reverse process
 //    (it ignores the ε uniform component); for a γ model it is NOT a bound (log-scores used as logits, σ ≡ 1e-3) and is
-//    reported only for parity with the reference. Token count L-1 per chunk while L positions are scored (§11.10).
+//    reported only for parity with the reference. Token count L-1 per chunk while L positions are scored (§11 item 10).
 //  - HDLM_NELBO_ARDM (A.6 mode 1): the stochastic order-agnostic ARDM bound, a valid upper bound for ARDM-trained models
 //    (and any network without time input); L tokens per chunk, softmax over the N real tokens.
 //  - HDLM_NELBO_ARDM_POLICY / _ORDER (A.6 modes 3, 4): the same network used as the K-call parallel model of a policy
-//    (spec A.5): upper bounds on -log p of that model (the mixture over orders); ORDER's every copy is the exact
+//    (method §13 A.5): upper bounds on -log p of that model (the mixture over orders); ORDER's every copy is the exact
 //    -log p(x | order, policy). K forwards per round; L tokens per chunk.
 // Randomness: chunk c, round r draws from hdlm_rng_key(seed, c, r, HDLM_RNG_EVAL), so a chunk's estimate depends only on
 // (seed, c): the result does not depend on how chunks are split over ranks or batched.
@@ -36,7 +36,7 @@ typedef struct {
     double sigma;
     uint64_t seed;
     uint64_t max_chunks;   // score only the first max_chunks chunks of the data set (0: all)
-    const int *policy;     // ARDM_POLICY / ARDM_ORDER: p_0 = 0 <= p_1 <= ... <= p_{K-1} < L (spec A.5.1)
+    const int *policy;     // ARDM_POLICY / ARDM_ORDER: p_0 = 0 <= p_1 <= ... <= p_{K-1} < L (method §13 A.5.1)
     int budget;            // K
 } hdlm_nelbo_config;
 
@@ -45,7 +45,7 @@ hdlm_nelbo_config hdlm_nelbo_config_default(bool gamma_family);
 int hdlm_nelbo_config_check(const hdlm_nelbo_config *cfg);
 const char *hdlm_nelbo_kind_name(hdlm_nelbo_kind kind);
 
-// One masking round on given masks (spec §9.1): copies b = 0..C-1 of x, masked[b*L + i] != 0 → MASK, masking
+// One masking round on given masks (method §9.1): copies b = 0..C-1 of x, masked[b*L + i] != 0 → MASK, masking
 // probability p[b]. Returns (1/C)·Σ_b Σ_{i masked} CE(z_{b,i}, x_i)/p_b (CE over all V entries) in *value.
 int hdlm_nelbo_masking_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint32_t *x, int length,
                              const uint8_t *masked, const double *p, double *value);
@@ -56,8 +56,8 @@ int hdlm_nelbo_masking_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, con
 int hdlm_nelbo_chunk(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint32_t *x, int length, uint64_t chunk,
                      double *nll, double *var, int *counted);
 
-// Both policy estimators of spec A.6 (modes 3 and 4) from the same K forwards: copies b = 0..C-1 of x, copy b with
-// its own generation order rank[b·L + i] (the place of position i; a permutation of 0..L-1). Call j (skipped when
+// Both policy estimators of method §13 A.6 (modes 3 and 4) from the same K forwards: copies b = 0..C-1 of x, copy b
+// with its own generation order rank[b·L + i] (the place of position i; a permutation of 0..L-1). Call j (skipped when
 // its segment [p_j, p_{j+1}) is empty) runs one forward on the copies with the positions of rank < p_j known and the
 // others MASK; CE over the N real tokens (MASK excluded, A.3.3), nats. Per copy:
 //   policy_nll[b] = Σ_j (p_{j+1} - p_j)/(L - p_j) · Σ_{rank_i >= p_j} CE_i   (A.5.4: every masked position stands
@@ -82,7 +82,7 @@ typedef struct {
 int hdlm_nelbo_dataset(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const hdlm_dataset *data,
                        hdlm_nelbo_result *result, hdlm_sampler_progress progress, void *progress_ctx);
 
-// Unigram entropy of one token list (spec §9.3): H = -Σ_k p_k·ln(p_k + 1e-8), p_k = count_k/n over distinct ids;
+// Unigram entropy of one token list (method §9.3): H = -Σ_k p_k·ln(p_k + 1e-8), p_k = count_k/n over distinct ids;
 // 0 for an empty list.
 double hdlm_unigram_entropy(const uint32_t *ids, size_t n);
 #endif

@@ -1,4 +1,4 @@
-// hdlm/mask.h — the attention mask of one hyperschedule step in compact form (spec §3.2).
+// hdlm/mask.h — the attention mask of one hyperschedule step in compact form (method §3.2).
 //
 // A step's mask is fully described by the settled prefix [0, n_set), the active range [n_set, a_end] and two rules;
 // positions after a_end are worthless. Attention kernels consume this struct directly (never an L x L tensor):
@@ -34,7 +34,7 @@ static inline hdlm_attn_mask hdlm_mask_full(int length) {
     return m;
 }
 
-// May query i attend key j? (spec §3.2 rules 1-3; fully-masked rows are handled by the kernel, see below).
+// May query i attend key j? (method §3.2 rules 1-3; fully-masked rows are handled by the kernel, see below).
 HDLM_MASK_FN bool hdlm_mask_allowed(const hdlm_attn_mask *m, int i, int j) {
     if (i < m->n_set) {   // settled row: settled keys only
         if (j >= m->n_set) return false;
@@ -51,7 +51,7 @@ HDLM_MASK_FN bool hdlm_mask_allowed(const hdlm_attn_mask *m, int i, int j) {
 }
 
 // A row with no allowed key (only worthless rows) attends uniformly to all L keys: the reference's kernel turns an
-// all -inf score row into all zeros (spec §3.2, "fully-masked rows").
+// all -inf score row into all zeros (method §3.2, "fully-masked rows").
 HDLM_MASK_FN bool hdlm_mask_row_fully_masked(const hdlm_attn_mask *m, int i) { return i > m->a_end; }
 
 // For row i, the allowed keys form the contiguous range [*lo, *hi) under every built-in rule (settled and active

@@ -1,6 +1,6 @@
 // hdlm/mauve.h — the MAUVE score of two feature matrices (Pillutla et al., 2021; mauve-text 0.4.0 defaults).
 //
-// Pipeline (spec §9.4, ecosystem-notes §1.3-§1.4): stack [Q; P], L2-normalise rows, PCA keeping the smallest number of
+// Pipeline (method §9.4, docs/mauve.md): stack [Q; P], L2-normalise rows, PCA keeping the smallest number of
 // components that explain `explained_var` of the variance, k-means exactly as faiss 1.7.3 (Debian 12) runs it,
 // histograms of the cluster labels, divergence curve, MAUVE / MAUVE* (Krichevsky-Trofimov smoothed) and the frontier
 // integrals FI / FI*. The k-means seed alone moves the score by up to 0.08, so the clustering reproduces faiss 1.7.3's
@@ -45,7 +45,7 @@ void hdlm_mauve_result_free(hdlm_mauve_result *res);
 // MAUVE from two histograms of k buckets (each summing to 1): 25 mixture weights in [1e-6, 1 - 1e-6], curve
 // exp(-c (KL(q||r), KL(p||r))) with the extreme points, 0.5 (AUC over x + AUC over y) by the trapezoid rule.
 double hdlm_mauve_from_histograms(const double *p, const double *q, int k, double scaling);
-// Frontier integral (scaling 2): closed form per bucket (ecosystem-notes §1.4).
+// Frontier integral (scaling 2): closed form per bucket (docs/mauve.md).
 double hdlm_mauve_frontier_integral(const double *p, const double *q, int k);
 // Histograms from counts: plain counts / sum and smoothed (counts + 0.5) / sum(counts + 0.5).
 void hdlm_mauve_histograms(const int64_t *counts, int k, double *hist, double *hist_smoothed);

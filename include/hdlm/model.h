@@ -1,11 +1,11 @@
-// hdlm/model.h — the DDiT transformer of both families on the CPU (spec §7): configuration, the tensor table, the
+// hdlm/model.h — the DDiT transformer of both families on the CPU (method §7): configuration, the tensor table, the
 // flat parameter/gradient buffers and forward/backward.
 //
 // Every parameter is a named view into one contiguous fp32 buffer (gradients: a second buffer with the same layout).
-// Names and shapes are the reference's state-dict keys (spec §7.1), so importers, exporters and checkpoints map one
+// Names and shapes are the reference's state-dict keys (method §7.1), so importers, exporters and checkpoints map one
 // to one. The table is built once from the configuration and drives allocation, initialisation and the views.
 //
-// Outputs: fp32 [B, L, V] row-major — ε: logits; γ: log-scores after scale_by_sigma (spec §5.4 step 1).
+// Outputs: fp32 [B, L, V] row-major — ε: logits; γ: log-scores after scale_by_sigma (method §5.4 step 1).
 // hdlm_model_backward takes d(loss)/d(outputs) in the same layout (it may be m->out itself, overwritten by a loss).
 #ifndef HDLM_MODEL_H
 #define HDLM_MODEL_H
@@ -22,7 +22,7 @@ typedef enum { HDLM_FAMILY_EPSILON = 0, HDLM_FAMILY_GAMMA = 1 } hdlm_family;
 // Rotary angles: fp32 (exact) or the reference's fp16-rounded table (method §7.4).
 typedef enum { HDLM_ROTARY_EXACT = 0, HDLM_ROTARY_REFERENCE = 1 } hdlm_rotary_mode;
 
-#define HDLM_SIGMA_FREQ_DIM 256   // width of the sinusoidal σ embedding (spec §7.3)
+#define HDLM_SIGMA_FREQ_DIM 256   // width of the sinusoidal σ embedding (method §7.3)
 
 typedef struct {
     hdlm_family family;
@@ -34,7 +34,7 @@ typedef struct {
     int vocab;        // V; the last id (V − 1) is MASK
     int max_length;   // longest sequence a forward accepts
     float dropout;    // p of the three dropout sites, in [0, 1)
-    float gamma;      // γ family: graph γ of the embedding mix w = exp(−γσ) (spec §5.4)
+    float gamma;      // γ family: graph γ of the embedding mix w = exp(−γσ) (method §5.4)
     hdlm_rotary_mode rotary;
 } hdlm_model_config;
 
@@ -107,7 +107,7 @@ uint64_t hdlm_model_dropout_key(uint64_t step_key, int layer, hdlm_dropout_site 
 
 int hdlm_model_create(hdlm_model **out, const hdlm_model_config *config);
 void hdlm_model_free(hdlm_model *model);
-// Initialisation of spec §7.6 from a seed (counter-based: independent of threads), and zero gradients.
+// Initialisation of method §7.6 from a seed (counter-based: independent of threads), and zero gradients.
 void hdlm_model_init(hdlm_model *model, uint64_t seed);
 const hdlm_tensor *hdlm_model_find_tensor(const hdlm_model *model, const char *name);
 size_t hdlm_model_embedding_params(const hdlm_model *model);   // the V×d embedding (for FLOP counts)
@@ -122,7 +122,7 @@ void hdlm_model_zero_grad(hdlm_model *model);
 int hdlm_model_check_input(const hdlm_model_config *config, const hdlm_model_input *input, hdlm_attn_mask *mask);
 // Forward pass; refuses bad inputs (ids ≥ V, length > max_length, mask of another length, σ missing for γ).
 int hdlm_model_forward(hdlm_model *model, const hdlm_model_input *input);
-// Forward pass and the loss of a corrupted micro-batch against target (docs/method.md §4.3, §5.4-5.6, §13 A.3) into
+// Forward pass and the loss of a corrupted micro-batch against target (method §4.3, §5.4-5.6, §13 A.3) into
 // *loss; with dout (B·L·V floats, may be m->out), d(loss)/d(outputs) for hdlm_model_backward. The CUDA model's
 // twin is hdlm_cuda_model_forward_loss.
 int hdlm_model_forward_loss(hdlm_model *model, const hdlm_model_input *input, const hdlm_loss_target *target,

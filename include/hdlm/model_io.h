@@ -1,5 +1,5 @@
 // hdlm/model_io.h — a model's weights in and out of files: checkpoints of the store (include/hdlm/checkpoint.h) and
-// safetensors files with the reference's state-dict keys (spec §7.1, §8.6), so PyTorch users can load our models and
+// safetensors files with the reference's state-dict keys (method §7.1, §8.6), so PyTorch users can load our models and
 // we can start from published weights. Commands: tools/hdlm-convert.c; format notes: docs/checkpoint-format.md.
 #ifndef HDLM_MODEL_IO_H
 #define HDLM_MODEL_IO_H

@@ -1,5 +1,5 @@
-// hdlm/sampler.h — generation (spec §6): the ε samplers (MDLM ancestral, ACS, and a hyperschedule walker for ω < L),
-// the γ analytic sampler (NAR and SAR forms) and ARDM budgeted generation (spec A.5).
+// hdlm/sampler.h — generation (method §6): the ε samplers (MDLM ancestral, ACS, and a hyperschedule walker for ω < L),
+// the γ analytic sampler (NAR and SAR forms) and ARDM budgeted generation (method §13 A.5).
 //
 // Samplers see the network through hdlm_denoiser: a callback that maps tokens [B, n] (+ γ σ [B, n], + an attention
 // mask) to outputs [B, n, V] (ε logits, γ log-scores). hdlm_denoiser_model() wraps a model; tests wrap hand-set
@@ -31,11 +31,11 @@ typedef struct hdlm_denoiser {
 hdlm_denoiser hdlm_denoiser_model(hdlm_model *model);
 
 typedef enum {
-    HDLM_SAMPLER_ANCESTRAL = 0,   // ε full_diff `original` (spec §6.2)
-    HDLM_SAMPLER_ACS = 1,         // ε full_diff `acs` (spec §6.3)
-    HDLM_SAMPLER_GAMMA_NAR = 2,   // γ analytic sampler over the hyperschedule (spec §6.7)
-    HDLM_SAMPLER_GAMMA_SAR = 3,   // its SAR form (spec §6.8)
-    HDLM_SAMPLER_WALK = 4,        // ε hyperschedule walker with the training masks (extension, decision §11.19)
+    HDLM_SAMPLER_ANCESTRAL = 0,   // ε full_diff `original` (method §6.2)
+    HDLM_SAMPLER_ACS = 1,         // ε full_diff `acs` (method §6.3)
+    HDLM_SAMPLER_GAMMA_NAR = 2,   // γ analytic sampler over the hyperschedule (method §6.7)
+    HDLM_SAMPLER_GAMMA_SAR = 3,   // its SAR form (method §6.8)
+    HDLM_SAMPLER_WALK = 4,        // ε hyperschedule walker with the training masks (extension, §11 item 19)
 } hdlm_sampler_kind;
 
 // γ score at the current token (decision §14.2): parity keeps the network's value; sedd sets it to exp(0) = 1.
@@ -46,7 +46,7 @@ typedef struct {
     int steps;                 // ancestral / ACS: number of steps n (γ and walk: the schedule decides, K_max - 1)
     double eta;                // ACS / walk: correction strength η (0.01)
     double temperature;        // ε samplers: T (1.0)
-    bool exclude_mask;         // ε samplers: never draw MASK (decision §11.20); off = reference behaviour
+    bool exclude_mask;         // ε samplers: never draw MASK (§11 item 20); off = reference behaviour
     double gamma;              // γ samplers: graph γ
     hdlm_gamma_score_convention score_convention;
     const hdlm_schedule *schedule;   // γ and walk samplers: the (eval) hyperschedule
@@ -55,8 +55,8 @@ typedef struct {
     const uint32_t *prompt;
     const uint8_t *prompt_mask;
     uint64_t seed;
-    // walk / γ samplers on a model denoiser: keep settled blocks' K/V and run only the active positions (spec §3.5,
-    // include/hdlm/kv_cache.h); needs the block schedule with the block_causal context. Same tokens as without.
+    // walk / γ samplers on a model denoiser: keep settled blocks' K/V and run only the active positions (method §3.5,
+    // src/model/kv_cache.h); needs the block schedule with the block_causal context. Same tokens as without.
     bool kv_cache;
 } hdlm_sampler_config;
 
@@ -74,15 +74,15 @@ typedef void (*hdlm_sampler_progress)(void *ctx, int done, int total);
 int hdlm_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int length, uint64_t first_sample,
                 uint32_t *x, hdlm_sampler_progress progress, void *progress_ctx);
 
-// One categorical draw from softmax(z/T) over z[0..width), by inversion of the CDF with one uniform (spec §6.1:
+// One categorical draw from softmax(z/T) over z[0..width), by inversion of the CDF with one uniform (method §6.1:
 // any exact categorical sampler gives the reference's distribution; this one needs one draw instead of V). The
 // weights are fp32 (vectorised exp, scratch[width] receives them), the CDF is summed in float64.
 uint32_t hdlm_sample_softmax(const float *z, int width, double temperature, float *scratch, hdlm_rng *rng);
-// A draw ∝ max(w_y, 0) over w[0..n) (spec §6.1), one uniform, float64 sums over chunks of 1024 entries then inside
+// A draw ∝ max(w_y, 0) over w[0..n) (method §6.1), one uniform, float64 sums over chunks of 1024 entries then inside
 // the chosen chunk: entries <= 0 are never chosen; when all are <= 0 the largest entry is returned (no draw).
 uint32_t hdlm_sample_weights(const float *w, int n, hdlm_rng *rng);
 
-// ---- ARDM budgeted generation (spec A.5) ----
+// ---- ARDM budgeted generation (method §13 A.5) ----
 // Policy DP: L[0..D) per-step losses (the caller's values; sorted descending first, as the reference does), budget K
 // (1 <= K <= D). `strict` restricts predecessors to k-1 <= u <= v-1 (every entry distinct, the recommended default);
 // otherwise the reference's argmin rule (smallest u over 0..v). policy[K] receives p_0..p_{K-1}; returns the cost

@@ -1,9 +1,9 @@
-// hdlm/schedule.h — hyperschedules (spec §2): level vectors per step, the level → time map, position classes,
+// hdlm/schedule.h — hyperschedules (method §2): level vectors per step, the level → time map, position classes,
 // γ position weights, the attention mask of a step (§3.2) and step sampling (§2.7).
 //
 // One code path covers every configuration: plain diffusion is `block` with ω >= L, block-autoregression is `block`
-// with 1 < ω < L and autoregression is `simple` with ω = τ = 2 (spec §2.8). Levels run from τ-1 (noisiest active level)
-// down to 0 (must be clean now); level W = τ means "not started" (worthless).
+// with 1 < ω < L and autoregression is `simple` with ω = τ = 2 (method §2.8). Levels run from τ-1 (noisiest active
+// level) down to 0 (must be clean now); level W = τ means "not started" (worthless).
 // Shape letters: B = sequences in a micro-batch, L = sequence length.
 #ifndef HDLM_SCHEDULE_H
 #define HDLM_SCHEDULE_H
@@ -15,7 +15,7 @@
 
 typedef enum { HDLM_SCHEDULE_BLOCK = 0, HDLM_SCHEDULE_SIMPLE = 1, HDLM_SCHEDULE_HYBRID = 2 } hdlm_schedule_type;
 
-// Per-position class at one step (spec §2.1).
+// Per-position class at one step (method §2.1).
 typedef enum { HDLM_POS_SETTLED = 0, HDLM_POS_ACTIVE = 1, HDLM_POS_WORTHLESS = 2 } hdlm_pos_class;
 
 // Default ε_s (`annealing.sampling_eps`); ε_a = 10·ε_s.
@@ -48,7 +48,7 @@ const char *hdlm_schedule_type_name(hdlm_schedule_type type);
 int hdlm_context_type_parse(const char *name, const char *field, hdlm_context_type *type);
 int hdlm_block_type_parse(const char *name, const char *field, hdlm_block_type *type);
 
-// ε_a = 10·ε_s and the grid spacing Δ = (1 - 2ε_a)/(W - 1) (spec §2.6), in double precision.
+// ε_a = 10·ε_s and the grid spacing Δ = (1 - 2ε_a)/(W - 1) (method §2.6), in double precision.
 double hdlm_schedule_active_eps(const hdlm_schedule *s);
 double hdlm_schedule_delta(const hdlm_schedule *s);
 // The float32 time of an active position at `level` (ε_a + level·Δ, clamped into [ε_s, 1-ε_s]).
@@ -57,7 +57,7 @@ float hdlm_schedule_level_time(const hdlm_schedule *s, int level);
 // Levels of step k (1 <= k < K_max) by the closed forms of §2.3-§2.5: levels[L], *n_set.
 void hdlm_schedule_levels(const hdlm_schedule *s, int k, int *levels, int *n_set);
 
-// Everything a step means for the forward process, the losses and the model (spec §2.6, §3.2). All arrays have L
+// Everything a step means for the forward process, the losses and the model (method §2.6, §3.2). All arrays have L
 // entries and are owned by the struct.
 typedef struct {
     int step;                // k
@@ -83,8 +83,8 @@ int hdlm_schedule_step(const hdlm_schedule *s, int k, hdlm_step *st);
 // §3.2). Fully-masked (worthless) rows are left all 0; the attention kernel turns them into uniform rows.
 void hdlm_mask_expand(const hdlm_attn_mask *m, uint8_t *allowed);
 
-// Step sampling (spec §2.7). HDLM_STEPS_PER_BATCH is the reference: one k for the whole micro-batch of this rank;
-// HDLM_STEPS_PER_SEQUENCE draws one k per sequence (decision §11.2). steps[B] receives k in [1, K_max-1].
+// Step sampling (method §2.7). HDLM_STEPS_PER_BATCH is the reference: one k for the whole micro-batch of this rank;
+// HDLM_STEPS_PER_SEQUENCE draws one k per sequence (§11 item 2). steps[B] receives k in [1, K_max-1].
 // The draws come from the stream keyed by (seed, rank, micro_step, HDLM_RNG_STEP) — micro_step counts loss calls,
 // so every micro-batch of an accumulation window gets its own k — and never depend on the thread count.
 typedef enum { HDLM_STEPS_PER_BATCH = 0, HDLM_STEPS_PER_SEQUENCE = 1 } hdlm_step_sampling;

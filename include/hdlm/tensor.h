@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 typedef enum {
-    HDLM_INIT_UNIFORM_FAN_IN = 0,   // U(−1/√fan_in, 1/√fan_in) (nn.Linear and the embedding, docs/method.md §7.6)
+    HDLM_INIT_UNIFORM_FAN_IN = 0,   // U(−1/√fan_in, 1/√fan_in) (nn.Linear and the embedding, method §7.6)
     HDLM_INIT_ZERO = 1,             // output head, adaLN
     HDLM_INIT_ONE = 2,              // LayerNorm weights
     HDLM_INIT_INV_FREQ = 3,         // rotary_emb.inv_freq buffer
@@ -22,7 +22,7 @@ typedef struct {
     size_t numel;       // product of the shape (0: compute it with hdlm_tensor_numel)
     hdlm_init_rule init;
     int fan_in;
-    bool decay;         // weight decay applies (the reference decays every parameter, docs/method.md §11 item 26)
+    bool decay;         // weight decay applies (the reference decays every parameter, method §11 item 26)
     bool trainable;     // false for buffers (stored after all parameters, no gradient)
 } hdlm_tensor;
 

@@ -1,6 +1,6 @@
 // hdlm/tokenizer.h — GPT-2 byte-level BPE (r50k_base), loading the standard encoder.json + vocab.bpe pair.
 //
-// Algorithm: ../docs/tokenizer.md and the ecosystem notes §2.3 — byte-to-unicode table, the GPT-2 pre-tokenizer
+// Algorithm: ../docs/tokenizer.md and docs/tokenizer.md — byte-to-unicode table, the GPT-2 pre-tokenizer
 // regex with Unicode classes (PCRE2, UTF + UCP), merges by rank. The tokenizer never produces special tokens:
 // <|endoftext|> in the text is encoded as plain text; the data pipeline appends HDLM_TOKEN_EOT by id.
 #ifndef HDLM_TOKENIZER_H

@@ -12,11 +12,15 @@
 #include "hdlm/schedule.h"
 
 typedef enum { HDLM_DEVICE_CPU, HDLM_DEVICE_CUDA } hdlm_device;
-// What one training step computes (docs/method.md §4, §5, §13): the ε family with a hyperschedule or without one
+// What one training step computes (method §4, §5, §13): the ε family with a hyperschedule or without one
 // (annealing.type = none), the γ family, or ARDM's count-based objective.
 typedef enum { HDLM_OBJECTIVE_EPSILON, HDLM_OBJECTIVE_EPSILON_UNSCHEDULED, HDLM_OBJECTIVE_GAMMA, HDLM_OBJECTIVE_ARDM }
 hdlm_objective;
 typedef enum { HDLM_LR_CONSTANT, HDLM_LR_COSINE, HDLM_LR_WARMUP_COSINE, HDLM_LR_LINEAR } hdlm_lr_kind;
+// AdamW's hyperparameters (optim.beta1, beta2, eps, weight_decay), shared by the CPU and CUDA optimizers.
+typedef struct {
+    double beta1, beta2, eps, weight_decay;
+} hdlm_adamw_config;
 
 // The configuration's string choices as enums: the only place they are compared (hdlm_train_config_resolve).
 typedef struct {
@@ -38,32 +42,32 @@ typedef struct {
         char name[HDLM_CONFIG_STRING_MAX];      // epsilon_hdlm | gamma_hdlm: the family
         int64_t hidden_size, n_blocks, n_heads, cond_dim, length, mlp_ratio;
         double dropout;
-        char rotary[HDLM_CONFIG_STRING_MAX];    // exact | reference (fp16-emulated angles, spec §7.4)
+        char rotary[HDLM_CONFIG_STRING_MAX];    // exact | reference (fp16-emulated angles, method §7.4)
     } model;
     struct {
         int64_t batch_size;   // global sequences per optimizer update = world x micro-batch x accum
         int64_t accum;        // micro-batches per update on each rank
         int64_t n_iters;      // optimizer updates
         int64_t log_freq, eval_freq, snapshot_freq, eval_batches;
-        double ema;           // EMA decay ceiling (spec §8.5)
+        double ema;           // EMA decay ceiling (method §8.5)
         int64_t ema_update_after;
         char objective[HDLM_CONFIG_STRING_MAX];       // hdlm | ardm
-        char loss_type[HDLM_CONFIG_STRING_MAX];       // hybrid | standard (ε, spec §4.3)
+        char loss_type[HDLM_CONFIG_STRING_MAX];       // hybrid | standard (ε, method §4.3)
         double epsilon, lambda;                       // ε-hybrid corruption and weights
         char step_sampling[HDLM_CONFIG_STRING_MAX];   // per_batch (reference) | per_sequence
-        bool reference_zero_grad_quirk;               // spec §8.3: keep only the last micro-batch of each window
+        bool reference_zero_grad_quirk;               // method §8.3: keep only the last micro-batch of each window
         int64_t seed;
         char device[HDLM_CONFIG_STRING_MAX];          // cpu | cuda (docs/cuda.md)
     } training;
     struct {
-        char type[HDLM_CONFIG_STRING_MAX];   // block | simple | hybrid | none (ε only: no schedule, spec §4.4)
+        char type[HDLM_CONFIG_STRING_MAX];   // block | simple | hybrid | none (ε only: no schedule, method §4.4)
         int64_t width, tau;
         double sampling_eps;
         char context_type[HDLM_CONFIG_STRING_MAX], block_type[HDLM_CONFIG_STRING_MAX];
-        double diffusion_loss_weight, ce_loss_weight;   // γ loss (spec §5.6)
+        double diffusion_loss_weight, ce_loss_weight;   // γ loss (method §5.6)
     } annealing;
     struct {
-        double gamma;   // γ family: mixture of absorbing and uniform rates (spec §5.1)
+        double gamma;   // γ family: mixture of absorbing and uniform rates (method §5.1)
     } graph;
     struct {
         double lr, min_lr, beta1, beta2, eps, weight_decay, grad_clip;
@@ -97,10 +101,10 @@ int hdlm_train_config_resolve(hdlm_train_config *c);
 
 // The hyperschedule of a scheduled configuration (c->kind.scheduled) for sequences of `length` tokens, with tau > 0
 // replacing annealing.tau. for_sampling: the schedule generation walks (`hybrid` trains only: sampling walks `block`,
-// docs/method.md §2.5). The caller frees it with hdlm_schedule_free.
+// method §2.5). The caller frees it with hdlm_schedule_free.
 int hdlm_train_config_schedule(const hdlm_train_config *c, int length, int tau, bool for_sampling, hdlm_schedule *s);
 
-// The model configuration a training configuration describes (vocabulary 50258 with MASK, spec §1).
+// The model configuration a training configuration describes (vocabulary 50258 with MASK, method §1).
 int hdlm_train_config_model(const hdlm_train_config *c, hdlm_model_config *model);
 
 #endif

@@ -1,4 +1,4 @@
-// fp32 GEMM: hdlm's own kernel on AVX-512 CPUs (src/blas_kernel.c), elsewhere BLIS with the kernel set selected
+// fp32 GEMM: hdlm's own kernel on AVX-512 CPUs (src/core/blas_kernel.c), elsewhere BLIS with the kernel set selected
 // from cpuid (see include/hdlm/blas.h).
 #include "hdlm/blas.h"
 

@@ -1,4 +1,4 @@
-// Internal to the GEMM files (src/blas.c, src/blas_kernel.c, src/blas_packed.c).
+// Internal to the GEMM files (src/core/blas.c, src/core/blas_kernel.c, src/core/blas_packed.c).
 #ifndef HDLM_BLAS_INTERNAL_H
 #define HDLM_BLAS_INTERNAL_H
 
@@ -7,7 +7,7 @@
 // Depth blocking of hdlm_sgemm_kernel: one FMA chain per element and block of this many k (the last one shorter).
 enum { DEPTH_BLOCK = 1024 };
 
-// hdlm's own GEMM (src/blas_kernel.c, AVX-512 builds only), same contract as hdlm_sgemm, on `threads` threads;
+// hdlm's own GEMM (src/core/blas_kernel.c, AVX-512 builds only), same contract as hdlm_sgemm, on `threads` threads;
 // bias (NULL: none) as in hdlm_sgemm_bias.
 void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
                        int lda, const float *b, int ldb, float beta, float *c, int ldc, const float *bias);

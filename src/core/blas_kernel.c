@@ -1,10 +1,10 @@
-// hdlm's own fp32 GEMM for AVX-512 CPUs (dispatched from src/blas.c). BLIS 0.9 has no Zen 4/5 kernels: its `skx`
+// hdlm's own fp32 GEMM for AVX-512 CPUs (dispatched from src/core/blas.c). BLIS 0.9 has no Zen 4/5 kernels: its `skx`
 // sgemm reaches 74–85 % of a core's FMA peak on the DDiT's shapes there, this one 85–93 % (docs/model.md).
 //
 // C[m, n] = alpha · op(A) · op(B) + beta · C, row-major. C is computed in tiles of KERNEL_ROWS × KERNEL_COLS
 // accumulators held in registers (8 × 48: 24 of the 32 zmm registers). The depth k runs in blocks of DEPTH_BLOCK
 // (the last one shorter): per element one FMA chain per block, from zero in k order, and the blocks' sums added to
-// C in order. hdlm_sgemm_packed (src/blas_packed.c) does the same arithmetic, so the two give the same bits.
+// C in order. hdlm_sgemm_packed (src/core/blas_packed.c) does the same arithmetic, so the two give the same bits.
 //   - B is packed per 48-column panel and depth block into [depth][48] (zero-padded): the kernel reads it from L2.
 //   - A is read in place, one broadcast per row and k, when its rows run along k. A transposed A is packed first,
 //     per depth block and block of rows, into [tile][depth][8]: read in place, every k would be a new cache line.

@@ -1,4 +1,4 @@
-// Weights packed once for repeated products with few rows (the KV-cached inference forward, spec §3.5): C = A·Wᵀ
+// Weights packed once for repeated products with few rows (the KV-cached inference forward, method §3.5): C = A·Wᵀ
 // with W[n, k] row-major (nn.Linear layout). BLIS packs W on every call, which dominates a call with a few dozen rows
 // (the 50258-row head: 34 GFLOP/s at 64 rows); here W is packed once into panels of PANEL outputs.
 //

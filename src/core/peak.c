@@ -1,4 +1,4 @@
-// The machine's fp32 FMA peak: every thread runs independent chains of vector FMAs at once (platform notes: the two
+// The machine's fp32 FMA peak: every thread runs independent chains of vector FMAs at once (the two
 // vCPUs of one machine kind share execution units, so the all-cores figure is what a GEMM can reach).
 #include "hdlm/peak.h"
 

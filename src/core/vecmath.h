@@ -1,4 +1,4 @@
-// hdlm/vecmath.h — exp and tanh written so that loops calling them vectorise (glibc's exp/expf/tanhf are scalar
+// core/vecmath.h — exp and tanh written so that loops calling them vectorise (glibc's exp/expf/tanhf are scalar
 // calls).
 //
 // exp: Cody-Waite reduction x = n·ln2 + r, |r| <= ln2/2, then the classic degree-7 minimax polynomial of the Cephes

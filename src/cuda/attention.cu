@@ -1,5 +1,5 @@
-// src/cuda/attention.cu — flash attention under a hyperschedule mask (spec §3.2), the GPU twin of
-// src/layer_attention.c. Shapes: qkv bf16 [N, 3d] with q | k | v of [H heads × D], out bf16 [N, d],
+// src/cuda/attention.cu — flash attention under a hyperschedule mask (method §3.2), the GPU twin of
+// src/model/layer_attention.c. Shapes: qkv bf16 [N, 3d] with q | k | v of [H heads × D], out bf16 [N, d],
 // lse fp32 [B, H, L].
 //
 // Head dim 64 (the models' head size) runs on tensor cores (mma.sync bf16, see "tensor-core path" below); every other

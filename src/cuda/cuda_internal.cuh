@@ -51,7 +51,7 @@ static inline uint32_t hdlm_pointer_alignment(const void *p) {
 static inline const bf16 *as_bf16(const hdlm_bf16 *p) { return reinterpret_cast<const bf16 *>(p); }
 static inline bf16 *as_bf16(hdlm_bf16 *p) { return reinterpret_cast<bf16 *>(p); }
 
-// Philox4x32-10, bit-identical to src/rng.c, so dropout masks on the GPU equal the CPU's for the same key.
+// Philox4x32-10, bit-identical to src/core/rng.c, so dropout masks on the GPU equal the CPU's for the same key.
 __host__ __device__ inline void hdlm_philox4x32_dev(uint64_t key, uint64_t counter_hi, uint64_t counter_lo,
                                                     uint32_t out[4]) {
     const uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;

@@ -1,9 +1,9 @@
-// hdlm/cuda_model.h — the DDiT on one GPU (src/cuda/model.cu), the twin of hdlm/model.h.
+// cuda/cuda_model.h — the DDiT on one GPU (src/cuda/model.cu), the twin of hdlm/model.h.
 //
 // Created from a host hdlm_model: same configuration, same tensor table, and flat device buffers with the host's
 // layout — params fp32 [n_params + n_buffer], grads fp32 [n_params], params_bf16 [n_params] (the bf16 shadow the
 // matmuls read) — so all-reduce, checkpoints and the optimizer use the host's tensor offsets unchanged.
-// Precision as in hdlm/cuda_ops.h: fp32 master weights, gradients and residual stream; bf16 activations.
+// Precision as in cuda/cuda_ops.h: fp32 master weights, gradients and residual stream; bf16 activations.
 //
 // A training micro-step: zero_grad (once per update), forward_epsilon or forward_gamma with backward = true (the
 // fused head computes the output layer's gradients during the loss), hdlm_cuda_model_backward, then read the loss
@@ -58,7 +58,7 @@ void hdlm_cuda_model_zero_grad(hdlm_cuda_model *model);
 int hdlm_cuda_model_forward_epsilon(hdlm_cuda_model *model, const hdlm_model_input *input,
                                     const hdlm_corruption *corruption, const uint32_t *x0, int softmax_width,
                                     bool backward);
-// Forward pass and γ loss (hdlm_gamma_post_process + hdlm_gamma_loss of the CPU model's outputs, spec §5.4-5.6):
+// Forward pass and γ loss (hdlm_gamma_post_process + hdlm_gamma_loss of the CPU model's outputs, method §5.4-5.6):
 // input->tokens = xt, input->sigma from hdlm_gamma_sigmas of each sequence's step, steps[b] of sequence b.
 int hdlm_cuda_model_forward_gamma(hdlm_cuda_model *model, const hdlm_model_input *input,
                                   const hdlm_gamma_config *config, const hdlm_step *const *steps, const uint32_t *x0,

@@ -1,4 +1,4 @@
-// The CUDA runtime API (include/hdlm/cuda.h, hdlm/cuda_ops.h) in builds without nvcc: nothing is usable, every call
+// The CUDA runtime API (include/hdlm/cuda.h, cuda/cuda_ops.h) in builds without nvcc: nothing is usable, every call
 // that would need a GPU ends the job saying so, and tests skip on hdlm_cuda_device_count() == 0.
 #ifndef HDLM_HAVE_CUDA
 #include "hdlm/common.h"

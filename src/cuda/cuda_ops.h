@@ -1,6 +1,6 @@
-// hdlm/cuda_ops.h — GPU twins of the CPU layers (hdlm/layers.h), the fused output head + losses, and the optimizer.
+// cuda/cuda_ops.h — GPU twins of the CPU layers (model/layers.h), the fused output head + losses, and the optimizer.
 //
-// All pointers are device pointers, all work is queued on `stream` (asynchronous), shapes as in hdlm/layers.h:
+// All pointers are device pointers, all work is queued on `stream` (asynchronous), shapes as in model/layers.h:
 // N tokens (B·L rows, row-major [B, L]), d width, F MLP hidden, V vocabulary, H heads, D head dim.
 // Precision: the residual stream h and every gradient of a parameter are fp32; matmul inputs and activations
 // between layers are bf16 (hdlm_bf16); LayerNorm/softmax statistics fp32. Weights come from the bf16 shadow of the
@@ -20,7 +20,7 @@
 #include "hdlm/cuda.h"
 #include "hdlm/diffusion.h"
 #include "hdlm/mask.h"
-#include "train/optim.h"
+#include "hdlm/train_config.h"   // hdlm_adamw_config
 
 // ---- linear through cuBLASLt (nn.Linear layout W[out, in]) ------------------------------------ src/cuda/linear.cu
 // out[N,o] = in[N,i]·Wᵀ + b (b may be NULL). With gelu_out: out receives the pre-activation and
@@ -78,7 +78,7 @@ void hdlm_cuda_silu_backward(hdlm_bf16 *din, const hdlm_bf16 *dout, const hdlm_b
                              hdlm_stream stream);
 void hdlm_cuda_gamma_mix(float *mix, const float *sigma, float gamma, int n, hdlm_stream stream);
 
-// ---- flash attention under a hyperschedule mask (spec §3.2) ----------------------------------- src/cuda/attention.cu
+// ---- flash attention under a hyperschedule mask (method §3.2) --------------------------------- src/cuda/attention.cu
 // qkv bf16 [N, 3d] (rotated), out bf16 [N, d], lse fp32 [B, H, L] (natural log-sum-exp of the scaled scores; 0 for
 // fully masked rows, which attend uniformly to all L keys as on the CPU). Tiles no key of which is allowed are
 // skipped (hdlm_mask_key_range). Dropout p on the probabilities: element (b, h, i, j) dropped when
@@ -113,7 +113,7 @@ void hdlm_cuda_head_rows_free(hdlm_cuda_head_rows *rows);
 // the first softmax_width entries. The rows are copied to the device on `stream` (host arrays reusable at return).
 void hdlm_cuda_head_rows_cross_entropy(hdlm_cuda_head_rows *rows, const hdlm_corruption *c, const uint32_t *x0,
                                        int vocab, int softmax_width, hdlm_stream stream);
-// γ (spec §5.4-5.6: scale_by_sigma, hdlm_gamma_post_process, hdlm_gamma_loss and the backward of both): steps[b] of
+// γ (method §5.4-5.6: scale_by_sigma, hdlm_gamma_post_process, hdlm_gamma_loss and the backward of both): steps[b] of
 // sequence b, xt/x0 [batch·L] on the host. The head output z is shifted by scale_by_sigma exactly as the CPU model
 // does (the shift from hdlm_gamma_sigmas' σ), so W and b are the plain output layer.
 void hdlm_cuda_head_rows_gamma(hdlm_cuda_head_rows *rows, const hdlm_gamma_config *cfg, const hdlm_step *const *steps,

@@ -1,10 +1,10 @@
-// hdlm/dist_nccl.h — data parallelism of the CUDA backend: one MPI rank per GPU, the NCCL communicator bootstrapped
-// over MPI_COMM_WORLD, and the GPU twin of hdlm/dist.h's hdlm_grad_sync: gradients all-reduced in the same buckets,
+// cuda/dist_nccl.h — data parallelism of the CUDA backend: one MPI rank per GPU, the NCCL communicator bootstrapped
+// over MPI_COMM_WORLD, and the GPU twin of train/dist.h's hdlm_grad_sync: gradients all-reduced in the same buckets,
 // started from the end of the buffer as the backward pass finishes them (the model's grad-ready hook), on a
 // communication stream that overlaps the backward; or, for ZeRO-1, reduced onto the same row-aligned slices
 // (hdlm_partition_rows) and the updated parameter slices gathered back.
 //
-// Only CUDA builds have these functions (src/cuda/nccl.cu); CPU ranks keep using MPI (hdlm/dist.h). All buffers are
+// Only CUDA builds have these functions (src/cuda/nccl.cu); CPU ranks keep using MPI (train/dist.h). All buffers are
 // device pointers. Every NCCL failure dies through MPI_Abort naming the call; a peer that stops answering is detected
 // by polling (ncclCommGetAsyncError, HDLM_NCCL_TIMEOUT seconds, default 600) instead of hanging.
 #ifndef HDLM_DIST_NCCL_H

@@ -1,5 +1,5 @@
-// Fused output head + losses (include/hdlm/cuda_ops.h): the GPU twin of hdlm_linear_forward on the head, then
-// hdlm_corruption_loss (ε, ARDM) or scale_by_sigma + hdlm_gamma_post_process + hdlm_gamma_loss (γ, spec §5.4-5.6),
+// Fused output head + losses (src/cuda/cuda_ops.h): the GPU twin of hdlm_linear_forward on the head, then
+// hdlm_corruption_loss (ε, ARDM) or scale_by_sigma + hdlm_gamma_post_process + hdlm_gamma_loss (γ, method §5.4-5.6),
 // their backward and hdlm_linear_backward, without ever holding N×V logits.
 //
 // Per chunk of scored rows: gather x → z = x·Wᵀ in fp32 (cuBLASLt, bf16 in, fp32 accumulate and out) → one thread
@@ -21,7 +21,7 @@ namespace {
 constexpr int ROW_THREADS = 512;      // per-row kernel; a multiple of 32 (the block reductions assume it)
 constexpr int CHUNK_ROWS = 2048;      // rows per chunk with a full workspace: a GEMM large enough to run at speed
 constexpr size_t ALIGN = 256;         // every workspace region (cuBLASLt prefers 256-byte aligned operands)
-constexpr double SE_EPS0 = 1e-12;     // ε0 of spec §5.5
+constexpr double SE_EPS0 = 1e-12;     // ε0 of method §5.5
 
 enum : int32_t {
     ROW_CE = 0,          // CE = logsumexp(z[0..width)) − z[target]
@@ -29,7 +29,7 @@ enum : int32_t {
     ROW_SE = 2,          // γ score entropy ℓ = α·Σ e^o_y − β·Σ o_y − κ·o_target + cst over real y ≠ skip
 };
 
-// One scored row (64 bytes). The score entropy of spec §5.5 in this common form, per branch:
+// One scored row (64 bytes). The score entropy of method §5.5 in this common form, per branch:
 //   x = MASK:        α = 1−γ, β = 0, κ = (1−γ)·r, cst = (1−γ)·r·(log(r+ε0) − 1), r = 1/(E+ε0), no skip;
 //   x real, x = x0:  α = γ/N, β = γρ/N, κ = 0, cst = γ·((N−1)/N)·ρ·(log(ρ+ε0) − 1), skip x;
 //   x real, x ≠ x0:  α = γ/N, β = γ/N, κ = γ/(E+ε0), cst = γ·((−log(ρ+ε0) − 1)/(ρ+ε0) − (N−2))/N, skip x;
@@ -292,14 +292,14 @@ static void gamma_position_rows(const hdlm_gamma_config *cfg, const hdlm_step *s
     // scale_by_sigma as the CPU model: o = z − (float)(log E(σ_f) + log(V − 1)), σ_f from hdlm_gamma_sigmas.
     const float sigma_f = (float)hdlm_loglinear_sigma(st->t[i]);
     h.shift = -(float)hdlm_gamma_log_score_shift(sigma_f, vocab);
-    if (st->cls[i] == HDLM_POS_SETTLED) {   // CE over all V entries (spec §5.6), MASK pinned by post-processing
+    if (st->cls[i] == HDLM_POS_SETTLED) {   // CE over all V entries (method §5.6), MASK pinned by post-processing
         h.coef = cfg->ce_weight * (hdlm_gamma_settled_weight(st, i) / st->n_set / batch);
         h.kind = i + 1 < st->n_set ? ROW_CE_PINNED : ROW_CE;
         h.width = vocab;
         out[0] = out[1] = out[2] = h;
         return;
     }
-    // σ'-weighted score entropy (spec §5.5-5.6), the constants of each branch in fp64.
+    // σ'-weighted score entropy (method §5.5-5.6), the constants of each branch in fp64.
     const double t = st->t[i], E = hdlm_gamma_sigma_expm1(hdlm_loglinear_sigma(t));
     h.coef = cfg->diffusion_weight * (hdlm_loglinear_dsigma(t) * st->weight[i] / batch);
     h.kind = ROW_SE;

@@ -1,5 +1,5 @@
-// GPU twins of the elementwise DDiT layers (include/hdlm/cuda_ops.h; CPU twins src/layer_layernorm.c,
-// layer_rotary.c, layer_dropout.c, layer_embedding.c, layer_adaln.c, spec §7): the same fp32 math on bf16/fp32
+// GPU twins of the elementwise DDiT layers (src/cuda/cuda_ops.h; CPU twins src/model/layer_layernorm.c,
+// layer_rotary.c, layer_dropout.c, layer_embedding.c, layer_adaln.c, method §7): the same fp32 math on bf16/fp32
 // storage, LayerNorm statistics in fp32, reductions over tokens in a fixed order (no float atomics).
 #include <initializer_list>
 
@@ -113,7 +113,7 @@ void hdlm_cuda_layernorm_backward(float *din, float *dw, hdlm_bf16 *dshift, hdlm
     hdlm_column_reduce(dw, layernorm_dw_value{as_bf16(dout), as_bf16(scale), in, mean, rstd, mod_stride, d}, n, d, s);
 }
 
-// ---- rotary (rotate-half over the whole head, spec §7.4) --------------------------------------------------------
+// ---- rotary (rotate-half over the whole head, method §7.4) --------------------------------------------------------
 
 // One block per token row (position p = row % L); sign −1 applies the transpose (backward). q | k of a row are 2H
 // consecutive heads of D; a thread rotates the pairs (x[j], x[j + D/2]) of one head for J adjacent j: J = 2 moves
@@ -179,7 +179,7 @@ void hdlm_cuda_rotary_backward(hdlm_bf16 *dqkv, const float *cos_t, const float 
 
 // ---- gated residual with inverted dropout -----------------------------------------------------------------------
 
-// Element i = r·d + c is kept when hdlm_rng_u16_at(key, i) >= ⌈p·2¹⁶⌉, as on the CPU (src/layer_dropout.c): half
+// Element i = r·d + c is kept when hdlm_rng_u16_at(key, i) >= ⌈p·2¹⁶⌉, as on the CPU (src/model/layer_dropout.c): half
 // i % 2 of word (i / 2) % 4 of Philox block i / 8, so each thread takes the eight elements of one block.
 constexpr int DROP_GROUP = 8;
 
@@ -319,7 +319,7 @@ void hdlm_cuda_residual_backward(hdlm_bf16 *dy, hdlm_bf16 *dgate, const float *d
     HDLM_CUDA_LAUNCHED();
 }
 
-// ---- token embedding (γ: mixed with the MASK row, spec §5.4) ----------------------------------------------------
+// ---- token embedding (γ: mixed with the MASK row, method §5.4) ----------------------------------------------------
 
 __global__ void embedding_forward_kernel(float *out, const float *table, const uint32_t *ids, const float *mix,
                                          uint32_t mask_id, int n, int d) {
@@ -375,7 +375,7 @@ void hdlm_cuda_embedding_backward(float *dtable, const float *dout, const uint32
     if (mix) hdlm_column_reduce(dtable + (size_t)mask_id * d, embedding_mask_value{dout, mix, d}, n, d, s);
 }
 
-// ---- γ conditioning (spec §7.2-7.3) -----------------------------------------------------------------------------
+// ---- γ conditioning (method §7.2-7.3) -----------------------------------------------------------------------------
 
 __global__ void sigma_sinusoid_kernel(bf16 *freq, const float *sigma, int n, int dim) {
     int half = dim / 2;
@@ -429,7 +429,7 @@ void hdlm_cuda_silu_backward(hdlm_bf16 *din, const hdlm_bf16 *dout, const hdlm_b
     HDLM_CUDA_LAUNCHED();
 }
 
-// mix = exp(−γσ) per token, the weight of the token's own row in the γ embedding (src/model.c).
+// mix = exp(−γσ) per token, the weight of the token's own row in the γ embedding (src/model/model.c).
 __global__ void gamma_mix_kernel(float *mix, const float *sigma, float gamma, int n) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
         mix[i] = expf(-gamma * sigma[i]);

@@ -1,4 +1,4 @@
-// Linear layers through cuBLASLt (include/hdlm/cuda_ops.h; CPU twin src/layer_linear.c): bf16 inputs, fp32
+// Linear layers through cuBLASLt (src/cuda/cuda_ops.h; CPU twin src/model/layer_linear.c): bf16 inputs, fp32
 // accumulation, bias and GELU fused into the GEMM epilogue where cuBLASLt has a kernel for the shapes.
 //
 // cuBLASLt is column-major; a row-major X[r, c] is the column-major Xᵀ[c, r] with leading dimension c. So
@@ -7,7 +7,7 @@
 //   din[N,i] = dout·W              is  dinᵀ[i,N] = Wᵀ[i,o]·doutᵀ[o,N]: A = W (op N), B = dout (op N), m=i n=N k=o
 // The bias (length m = o) is broadcast over the columns of Dᵀ, i.e. added to every row of out, as the BIAS epilogue
 // wants. cuBLASLt's GELU epilogues use the tanh form 0.5x(1 + tanh(√(2/π)(x + 0.044715x³))), the CPU's
-// (src/layer_mlp.c); tests/test_cuda_ops.c checks this at x = −3, where the erf form differs by 10 %.
+// (src/model/layer_mlp.c); tests/test_cuda_ops.c checks this at x = −3, where the erf form differs by 10 %.
 #include <string.h>
 
 #include "column_reduce.cuh"

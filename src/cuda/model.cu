@@ -1,5 +1,5 @@
-// The DDiT on one GPU (hdlm/cuda_model.h), the twin of src/model.c: the same layers in the same order, the same
-// dropout keys, the host's flat parameter layout; bf16 activations around an fp32 residual stream (hdlm/cuda_ops.h).
+// The DDiT on one GPU (cuda/cuda_model.h), the twin of src/model/model.c: the same layers in the same order, the same
+// dropout keys, the host's flat parameter layout; bf16 activations around an fp32 residual stream (cuda/cuda_ops.h).
 #include "cuda_internal.cuh"
 
 #include <math.h>
@@ -547,7 +547,7 @@ static void forward_trunk(hdlm_cuda_model *m) {
         hdlm_bf16 *fc1 = m->fc1 + l * (size_t)N * f, *gelu = m->gelu + l * (size_t)N * f;
         hdlm_bf16 *mlp_y = m->mlp_y + l * Nd;
 
-        // (shift_a | scale_a | gate_a | shift_m | scale_m | gate_m) per token (spec §7.1)
+        // (shift_a | scale_a | gate_a | shift_m | scale_m | gate_m) per token (method §7.1)
         if (gamma) {
             hdlm_cuda_linear_forward(mod, NULL, m->cond, shadow(m, w->ada_w), shadow(m, w->ada_b), N, cd, 6 * d, s);
             prof_mark(m, PROF_SIGMA);

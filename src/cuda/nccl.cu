@@ -1,4 +1,4 @@
-// NCCL data parallelism of the CUDA backend (include/hdlm/dist_nccl.h): the GPU twin of src/dist.c, with the same
+// NCCL data parallelism of the CUDA backend (src/cuda/dist_nccl.h): the GPU twin of src/train/dist.c, with the same
 // buckets (started from the end of the buffer) and the same ZeRO-1 slices.
 #define OMPI_SKIP_MPICXX 1   // C bindings only
 #include <mpi.h>

@@ -1,4 +1,4 @@
-// The optimizer on the GPU (include/hdlm/cuda_ops.h; CPU twin src/optim.c, spec §8.2, §8.5): the squared gradient
+// The optimizer on the GPU (src/cuda/cuda_ops.h; CPU twin src/train/optim.c, method §8.2, §8.5): the squared gradient
 // norm in fp64, AdamW with torch semantics and the bf16 weight shadow, and the EMA update.
 #include <math.h>
 
@@ -56,7 +56,7 @@ typedef struct {
     float decay, b1, b2, eps, step_size, bc2_sqrt, grad_scale;
 } adamw_step;
 
-// Same fp32 operations in the same order as src/optim.c (torch.optim.AdamW's single-tensor path). The _rn
+// Same fp32 operations in the same order as src/train/optim.c (torch.optim.AdamW's single-tensor path). The _rn
 // intrinsics keep nvcc from fusing multiply-adds, so each operation rounds as the C code says.
 __global__ void adamw_kernel(float *params, bf16 *params_bf16, const float *grads, float *m, float *v, size_t n,
                              adamw_step k) {

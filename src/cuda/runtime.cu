@@ -27,7 +27,7 @@ static int built_arch_min(void) {
 }
 
 int hdlm_cuda_device_count(void) {
-    // Without a driver cudaGetDeviceCount returns an error and leaves the count alone (docs/platform-notes.md).
+    // Without a driver cudaGetDeviceCount returns an error and leaves the count alone.
     int count = 0;
     cudaError_t err = cudaGetDeviceCount(&count);
     if (err != cudaSuccess) {

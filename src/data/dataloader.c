@@ -1,4 +1,4 @@
-// Shuffled, rank-partitioned micro-batches over a token-shard set (include/hdlm/dataloader.h).
+// Shuffled, rank-partitioned micro-batches over a token-shard set (src/data/dataloader.h).
 #include "data/dataloader.h"
 
 #include <stdlib.h>

@@ -1,4 +1,4 @@
-// hdlm/dataloader.h — the training data loader: L-token chunks of a token-shard set, a seeded shuffle per epoch, a
+// data/dataloader.h — the training data loader: L-token chunks of a token-shard set, a seeded shuffle per epoch, a
 // disjoint share per rank, and a position that checkpoints store (docs/training.md, "Data order").
 //
 // Data order rule: epoch e visits the chunks in the order of a Fisher-Yates shuffle keyed by (seed, e); that order is

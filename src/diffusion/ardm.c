@@ -1,4 +1,4 @@
-// Order-agnostic ARDM corruption: count-based absorbing masks with the D/m weight (spec §13, A.3.1).
+// Order-agnostic ARDM corruption: count-based absorbing masks with the D/m weight (method §13, A.3.1).
 #include <math.h>
 #include <stdlib.h>
 

@@ -31,7 +31,7 @@ double hdlm_ce_row(const float *z, int vocab, int softmax_width, uint32_t target
     float zmax_f = -INFINITY;
 #pragma omp simd reduction(max : zmax_f)
     for (int y = 0; y < softmax_width; y++) zmax_f = z[y] > zmax_f ? z[y] : zmax_f;
-    // Vectorised double exp (include/hdlm/vecmath.h): a row of 50258 logits costs ~1 ns/entry instead of glibc's
+    // Vectorised double exp (src/core/vecmath.h): a row of 50258 logits costs ~1 ns/entry instead of glibc's
     // scalar exp at ~9; z − max is exact in double, so the loss keeps double accuracy.
     const double zmax = zmax_f;
     double sum = 0;

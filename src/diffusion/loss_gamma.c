@@ -1,4 +1,4 @@
-// γ-hybrid training loss: σ'-weighted score entropy plus the settled-prefix cross-entropy (spec §5.6).
+// γ-hybrid training loss: σ'-weighted score entropy plus the settled-prefix cross-entropy (method §5.6).
 #include <stdlib.h>
 
 #include "hdlm/common.h"

@@ -1,10 +1,10 @@
-// ε-hybrid forward corruption on the hyperschedule path and the no-schedule MDLM path (spec §4.2-§4.4).
+// ε-hybrid forward corruption on the hyperschedule path and the no-schedule MDLM path (method §4.2-§4.4).
 #include "hdlm/common.h"
 #include "hdlm/diffusion.h"
 #include "hdlm/rng.h"
 
-// Loss weight of a position by what happened to it (spec §4.3); p is t_i (schedule) or p_b (no schedule), and
-// `unmasked_scale` is 1 on the schedule path and 1/(1-p_b) on the no-schedule path (decision §11.6).
+// Loss weight of a position by what happened to it (method §4.3); p is t_i (schedule) or p_b (no schedule), and
+// `unmasked_scale` is 1 on the schedule path and 1/(1-p_b) on the no-schedule path (§11 item 6).
 static float epsilon_weight(const hdlm_eps_config *cfg, hdlm_corrupt_kind kind, double p, double unmasked_scale) {
     switch (kind) {
     case HDLM_CORRUPT_MASKED: return (float)(1.0 / (p > 1e-4 ? p : 1e-4));
@@ -15,7 +15,7 @@ static float epsilon_weight(const hdlm_eps_config *cfg, hdlm_corrupt_kind kind, 
     }
 }
 
-// Masks with probability p, else (hybrid only) replaces with probability ε (spec §4.2). The replacement draw comes
+// Masks with probability p, else (hybrid only) replaces with probability ε (method §4.2). The replacement draw comes
 // before the MASK overwrite in the reference, so it is made for every position that is not masked.
 static hdlm_corrupt_kind epsilon_corrupt_position(const hdlm_eps_config *cfg, hdlm_rng *rng, float p, int vocab,
                                                   uint32_t clean, uint32_t *xt) {

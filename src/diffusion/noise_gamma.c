@@ -1,11 +1,11 @@
-// γ-hybrid noise: log-linear schedule, forward marginal and sampling, sampler prior, σ scaling (spec §5.2-§5.4).
+// γ-hybrid noise: log-linear schedule, forward marginal and sampling, sampler prior, σ scaling (method §5.2-§5.4).
 #include <math.h>
 
 #include "hdlm/common.h"
 #include "hdlm/diffusion.h"
 #include "hdlm/rng.h"
 
-// LogLinearNoise's built-in eps (the YAML sigma_min/sigma_max are ignored, decision §11.13).
+// LogLinearNoise's built-in eps (the YAML sigma_min/sigma_max are ignored, §11 item 13).
 #define LOGLINEAR_EPS 5e-3
 
 double hdlm_loglinear_sigma(double t) { return -log1p(-(1.0 - LOGLINEAR_EPS) * t); }

@@ -9,13 +9,13 @@
 
 static int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
-// `simple` main tuple M_i = round_half_even(i·(τ-1)/(ω-1)) in double precision (spec §2.4); rint() rounds half to
+// `simple` main tuple M_i = round_half_even(i·(τ-1)/(ω-1)) in double precision (method §2.4); rint() rounds half to
 // even under the default rounding mode, like Python's round.
 static void simple_main_tuple(int width, int tau, int *m) {
     for (int i = 0; i < width; i++) m[i] = (int)rint((double)i * (tau - 1) / (width - 1));
 }
 
-// Levels of the `simple` schedule at step k (spec §2.4): bootstrap steps slide M in from the left, later steps shift
+// Levels of the `simple` schedule at step k (method §2.4): bootstrap steps slide M in from the left, later steps shift
 // it right by z positions per step.
 static void simple_levels(const hdlm_schedule *s, int k, int *levels, int *n_set) {
     int L = s->length, w = s->width, W = s->worthless_level;
@@ -29,7 +29,7 @@ static void simple_levels(const hdlm_schedule *s, int k, int *levels, int *n_set
     for (int i = 0; i < L; i++) levels[i] = i < o ? 0 : (i < o + w ? s->main_tuple[i - o] : W);
 }
 
-// Levels of the `block` schedule (spec §2.3): block blk walks through τ-1 … 0, earlier blocks are settled.
+// Levels of the `block` schedule (method §2.3): block blk walks through τ-1 … 0, earlier blocks are settled.
 static void block_levels(const hdlm_schedule *s, int k, int *levels, int *n_set) {
     int L = s->length, w = s->width, tau = s->tau;
     int blk = (k - 1) / tau, step_in_block = k - blk * tau;
@@ -39,12 +39,12 @@ static void block_levels(const hdlm_schedule *s, int k, int *levels, int *n_set)
 }
 
 // Sub-steps per block of the `hybrid` schedule: τ + min(ω, L) − 1, the first block's size as in the reference
-// (docs/method.md §2.5; with ω > L the one block is only L long).
+// (method §2.5; with ω > L the one block is only L long).
 static int hybrid_period(const hdlm_schedule *s) {
     return s->tau + (s->width < s->length ? s->width : s->length) - 1;
 }
 
-// Levels of the `hybrid` schedule (docs/method.md §2.5): a diagonal sweep of hybrid_period sub-steps in each block.
+// Levels of the `hybrid` schedule (method §2.5): a diagonal sweep of hybrid_period sub-steps in each block.
 static void hybrid_levels(const hdlm_schedule *s, int k, int *levels, int *n_set) {
     int L = s->length, w = s->width, tau = s->tau;
     int period = hybrid_period(s), k_last = period * ceil_div(L, w);
@@ -73,7 +73,7 @@ void hdlm_schedule_levels(const hdlm_schedule *s, int k, int *levels, int *n_set
     }
 }
 
-// `simple` K_max: one past the first step at which every level is 0; the reference scans k = 1 … L+τ+ω (spec §2.4).
+// `simple` K_max: one past the first step at which every level is 0; the reference scans k = 1 … L+τ+ω (method §2.4).
 static int simple_k_max(const hdlm_schedule *s) {
     int limit = s->length + s->tau + s->width;
     int *levels = hdlm_malloc((size_t)s->length * sizeof *levels);
@@ -94,10 +94,10 @@ int hdlm_schedule_init(hdlm_schedule *s, hdlm_schedule_type type, int length, in
     HDLM_CHECK(type == HDLM_SCHEDULE_BLOCK || type == HDLM_SCHEDULE_SIMPLE || type == HDLM_SCHEDULE_HYBRID,
                "annealing.type: unknown schedule type %d", (int)type);
     HDLM_CHECK(length >= 1, "model.length must be >= 1, got %d", length);
-    // τ = 1 makes Δ = (1-2ε_a)/(W-1) a division by zero (spec §2.6, decision §11.24).
+    // τ = 1 makes Δ = (1-2ε_a)/(W-1) a division by zero (method §2.6, §11 item 24).
     HDLM_CHECK(tau >= 2, "annealing.tau must be >= 2 (tau = 1 leaves a one-point time grid), got %d", tau);
     HDLM_CHECK(width >= 1, "annealing.width must be >= 1, got %d", width);
-    // simple with ω = 1 never settles anything (the reference's "some step starts with 0" assertion, §11.24).
+    // simple with ω = 1 never settles anything (the reference's "some step starts with 0" assertion, §11 item 24).
     HDLM_CHECK(type != HDLM_SCHEDULE_SIMPLE || width >= 2,
                "annealing.width must be >= 2 for the simple schedule (width 1 never settles a token), got %d", width);
     HDLM_CHECK(sampling_eps > 0 && 10 * sampling_eps < 0.5,
@@ -187,7 +187,7 @@ static float clamp_time(const hdlm_schedule *s, float t) {
     return t < lo ? lo : (t > hi ? hi : t);
 }
 
-// Float32 arithmetic as in the reference (spec §2.6).
+// Float32 arithmetic as in the reference (method §2.6).
 float hdlm_schedule_level_time(const hdlm_schedule *s, int level) {
     return clamp_time(s, (float)hdlm_schedule_active_eps(s) + (float)level * (float)hdlm_schedule_delta(s));
 }
@@ -232,7 +232,7 @@ int hdlm_schedule_step(const hdlm_schedule *s, int k, hdlm_step *st) {
             st->t[i] = t_worthless;
             st->weight[i] = 0.001f;
         } else {
-            // Active positions are contiguous after the settled prefix for every built-in schedule (spec §3.2).
+            // Active positions are contiguous after the settled prefix for every built-in schedule (method §3.2).
             HDLM_ASSERT(st->a_end == i - 1, "active positions of step %d are not contiguous at %d", k, i);
             st->cls[i] = HDLM_POS_ACTIVE;
             st->t[i] = hdlm_schedule_level_time(s, st->level[i]);

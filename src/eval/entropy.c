@@ -1,4 +1,4 @@
-// Unigram entropy of a sample (spec §9.3).
+// Unigram entropy of a sample (method §9.3).
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,4 +1,4 @@
-// MAUVE feature files (ecosystem-notes §1.6): .npy v1.0 and the HDF5 export, writers and a validating reader.
+// MAUVE feature files (docs/mauve.md): .npy v1.0 and the HDF5 export, writers and a validating reader.
 #include <errno.h>
 #include <hdf5.h>
 #include <inttypes.h>

@@ -1,4 +1,4 @@
-// The GPT-2 judge (spec §9.3-§9.4): loading HF GPT2Model safetensors and the forward pass on the layers.h kernels.
+// The GPT-2 judge (method §9.3-§9.4): loading HF GPT2Model safetensors and the forward pass on the layers.h kernels.
 #include "hdlm/gpt2.h"
 
 #include <cjson/cJSON.h>

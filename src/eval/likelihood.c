@@ -1,5 +1,5 @@
-// Monte-Carlo likelihood bounds: the reference's masking NELBO (spec §9.1) and the stochastic ARDM bound (spec A.6),
-// per chunk and over a data set split across MPI ranks.
+// Monte-Carlo likelihood bounds: the reference's masking NELBO (method §9.1) and the stochastic ARDM bound
+// (method §13 A.6), per chunk and over a data set split across MPI ranks.
 #include <math.h>
 #include <stdlib.h>
 #include <mpi.h>
@@ -192,7 +192,7 @@ int hdlm_nelbo_chunk(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint3
         } else if (cfg->kind != HDLM_NELBO_MASKING) {
             status = ardm_policy_round(d, cfg, x, length, &rng, &value);
         } else {
-            // Stratified times t_b = (u0 + b/C) mod 1, p_b = (1 - floor)·t_b + floor (spec §9.1).
+            // Stratified times t_b = (u0 + b/C) mod 1, p_b = (1 - floor)·t_b + floor (method §9.1).
             double u0 = hdlm_rng_uniform_double(&rng);
             bool any = false;
             for (int b = 0; b < C; b++) {

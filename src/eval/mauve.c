@@ -1,4 +1,4 @@
-// MAUVE from features (spec §9.4; ecosystem-notes §1.3-§1.4): histograms of k-means labels, divergence curve, the area
+// MAUVE from features (method §9.4; docs/mauve.md): histograms of k-means labels, divergence curve, the area
 // under it, and the frontier integral. Sums and sorts follow numpy's order (pairwise summation, the introsort of
 // np.argsort) so that the score matches mauve-text 0.4.0 to the last bits, ties on the curve included.
 //

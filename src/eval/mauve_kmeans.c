@@ -1,4 +1,4 @@
-// k-means exactly as faiss 1.7.3 (Debian 12) trains it for MAUVE (ecosystem-notes §1.3): mt19937, rand_perm with
+// k-means exactly as faiss 1.7.3 (Debian 12) trains it for MAUVE (docs/mauve.md): mt19937, rand_perm with
 // modulo draws, random distinct initial centroids per redo, float32 distances ||x||^2 + ||c||^2 - 2 x.c from an sgemm,
 // objective before the update, mean update by multiplying with 1/count, split of empty clusters.
 //

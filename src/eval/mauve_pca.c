@@ -1,4 +1,4 @@
-// The MAUVE feature reduction (ecosystem-notes §1.3 steps 2-3): row-wise L2 normalisation and PCA in double, keeping
+// The MAUVE feature reduction (docs/mauve.md steps 2-3): row-wise L2 normalisation and PCA in double, keeping
 // the smallest number of components whose cumulative explained-variance ratio reaches the threshold, projected and cast
 // to float32 for the k-means. The reference (sklearn) takes an SVD of the centred data; the eigen-decomposition of
 // X^T X gives the same components (up to sign, which distances ignore) and ratios s_i^2 / sum s^2.

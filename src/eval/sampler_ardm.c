@@ -1,4 +1,4 @@
-// ARDM budgeted parallel generation (spec A.5): the policy dynamic programme, policy costs, the naive policy and
+// ARDM budgeted parallel generation (method §13 A.5): the policy dynamic programme, policy costs, the naive policy and
 // sampling with a policy.
 #include <math.h>
 #include <stdlib.h>
@@ -8,8 +8,8 @@
 #include "hdlm/sampler.h"
 #include "sampler_internal.h"
 
-// C[k][v] = min_u C[k-1][u] + (v-u)·L_u with two rolling cost rows and K×(D+1) back-pointers (spec A.5.3). Reference
-// mode scans u = 0..v (the smallest argmin wins; u > v never improves for L >= 0); strict mode u = k-1..v-1.
+// C[k][v] = min_u C[k-1][u] + (v-u)·L_u with two rolling cost rows and K×(D+1) back-pointers (method §13 A.5.3).
+// Reference mode scans u = 0..v (the smallest argmin wins; u > v never improves for L >= 0); strict mode u = k-1..v-1.
 double hdlm_ardm_policy_dp(const double *L, int D, int K, bool strict, int *policy) {
     HDLM_ASSERT(D >= 1 && K >= 1 && K <= D, "policy DP: budget %d for %d steps", K, D);
     double *prev = hdlm_malloc((size_t)(D + 1) * sizeof *prev), *cur = hdlm_malloc((size_t)(D + 1) * sizeof *cur);

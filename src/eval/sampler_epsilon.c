@@ -1,4 +1,4 @@
-// ε samplers (spec §6.2, §6.3 and the hyperschedule walker of decision §11.19), the sampler configuration, the
+// ε samplers (method §6.2, §6.3 and the hyperschedule walker of §11 item 19), the sampler configuration, the
 // categorical draws and the model denoiser shared by every sampler.
 #include <math.h>
 #include <stdlib.h>
@@ -64,7 +64,8 @@ int hdlm_sampler_check(const hdlm_sampler_config *cfg, int vocab, int length) {
         HDLM_CHECK(uses_schedule(cfg->kind), "sampler: --kv-cache applies to the walk and gamma samplers, not %s",
                    hdlm_sampler_kind_name(cfg->kind));
         HDLM_CHECK(cfg->schedule->type == HDLM_SCHEDULE_BLOCK && cfg->schedule->context == HDLM_CONTEXT_BLOCK_CAUSAL,
-                   "sampler: --kv-cache needs the block schedule with the block_causal context (spec §3.5), not %s/%s",
+                   "sampler: --kv-cache needs the block schedule with the block_causal context (method §3.5), "
+                   "not %s/%s",
                    hdlm_schedule_type_name(cfg->schedule->type),
                    cfg->schedule->context == HDLM_CONTEXT_FULL ? "full" : "causal");
     }
@@ -135,7 +136,7 @@ uint32_t hdlm_sample_weights(const float *w, int n, hdlm_rng *rng) {
 }
 
 // Unmask with probability p[i] (masked positions), correct with probability η·(1 - p[i]) (revealed, non-prompt
-// positions), both from the same logits z (spec §6.3). Positions with p[i] < 0 are left alone (not active).
+// positions), both from the same logits z (method §6.3). Positions with p[i] < 0 are left alone (not active).
 // Positions [first, n); z holds their rows from position `first` on.
 static void eps_update_sequence(const hdlm_sampler_config *cfg, const float *z, int vocab, int first, int n,
                                 const double *p, double eta, float *scratch, hdlm_rng *rng, uint32_t *x) {
@@ -150,7 +151,7 @@ static void eps_update_sequence(const hdlm_sampler_config *cfg, const float *z, 
     }
 }
 
-// MDLM ancestral / ACS (spec §6.2-6.3): full attention, time grid linspace(1, 1e-5, n+1) in float32.
+// MDLM ancestral / ACS (method §6.2-6.3): full attention, time grid linspace(1, 1e-5, n+1) in float32.
 static int sample_full_diff(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int length,
                             uint64_t first_sample, uint32_t *x, hdlm_sampler_progress progress, void *pctx) {
     int n = cfg->steps, V = d->vocab;
@@ -199,7 +200,7 @@ int hdlm_sampler_step_forward(hdlm_denoiser *d, hdlm_kv_cache *cache, const hdlm
         status = d->forward(d, tok, sigma, &mask, batch, window, out);
     } else {
         // Blocks settled since the last step enter the cache one ω-block at a time with their final tokens and
-        // settled σ (spec §3.5): full attention inside the block and to every earlier block = the block_causal rule.
+        // settled σ (method §3.5): full attention inside the block and to every earlier block = the block_causal rule.
         // The last of them runs in the same call as the active rows (the weights are read once for both).
         int n = st->a_end + 1 - st->n_set;
         while (status == 0 && st->n_set - cache->length > st->width) {
@@ -220,8 +221,8 @@ int hdlm_sampler_step_forward(hdlm_denoiser *d, hdlm_kv_cache *cache, const hdlm
     return status;
 }
 
-// Hyperschedule walker (extension, decision §11.19): step k uses the training mask of step k on the prefix that ends
-// at the last active position (worthless rows never reach other rows, spec §3.5), or the KV cache of the settled
+// Hyperschedule walker (extension, §11 item 19): step k uses the training mask of step k on the prefix that ends
+// at the last active position (worthless rows never reach other rows, method §3.5), or the KV cache of the settled
 // blocks. Active position i moves from its time t_i to its time at step k+1 (0 when it is settled then, or at the
 // last step): unmasking probability p_i = 1 - t_next/t_i (clamped at 0), correction η·(1 - p_i), as the ancestral
 // sampler does with one shared time.

@@ -1,5 +1,5 @@
-// γ analytic sampler over the hyperschedule (spec §6.7 NAR, §6.8 SAR): Tweedie τ-leaping with the convex mix of the
-// absorbing and uniform staggered scores, reproduced as the reference computes it (decision §11.11).
+// γ analytic sampler over the hyperschedule (method §6.7 NAR, §6.8 SAR): Tweedie τ-leaping with the convex mix of the
+// absorbing and uniform staggered scores, reproduced as the reference computes it (§11 item 11).
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,7 +10,7 @@
 #include "core/vecmath.h"
 #include "sampler_internal.h"
 
-// One active position: the next token given log-scores o, current token x, dσ (spec §6.7), drawn from the weights
+// One active position: the next token given log-scores o, current token x, dσ (method §6.7), drawn from the weights
 // p_y = g_y·T_y, g = (1-γ)·a + γ·u the mixed staggered score, T the transition factor. Every real y other than x has
 // p_y = A·s_y + B with the same A, B, so the V-wide work is three vectorised fp32 passes (max, exp with its float64
 // sum, the affine map) and the draw; x and MASK are computed on their own in float64. Scores are taken relative to
@@ -57,7 +57,7 @@ int hdlm_gamma_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batc
     bool sar = cfg->kind == HDLM_SAMPLER_GAMMA_SAR;
     double factor = sar ? 0.9 : 0.99, eps_s = sch->sampling_eps, eps_a = hdlm_schedule_active_eps(sch);
     double delta = hdlm_schedule_delta(sch);
-    for (int b = 0; b < batch; b++) {   // the prior (spec §6.7), one pre-drawn tensor for NAR and SAR alike
+    for (int b = 0; b < batch; b++) {   // the prior (method §6.7), one pre-drawn tensor for NAR and SAR alike
         uint64_t key = hdlm_rng_key(cfg->seed, first_sample + (uint64_t)b, 0, HDLM_RNG_SAMPLE);
         hdlm_gamma_prior_sample(cfg->gamma, length, V, key, x + (size_t)b * length);
         hdlm_sampler_impose_prompt(cfg, length, x + (size_t)b * length);
@@ -79,7 +79,7 @@ int hdlm_gamma_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batc
             h = fmin(fmax(h, factor * eps_s), delta);
             dsigma[i] = hdlm_loglinear_sigma(st.t[i]) - hdlm_loglinear_sigma(st.t[i] - h);
         }
-        // SAR drops the worthless tail (spec §6.8); that changes no other output (spec §3.5). With the KV cache
+        // SAR drops the worthless tail (method §6.8); that changes no other output (method §3.5). With the KV cache
         // only the active positions run.
         int n = sar ? st.a_end + 1 : length, first;
         const float *o;

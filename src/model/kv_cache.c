@@ -1,4 +1,4 @@
-// The cached inference forward (spec §3.5): the DDiT layers of hdlm_model_forward (spec §7.2) on the new positions
+// The cached inference forward (method §3.5): the DDiT layers of hdlm_model_forward (method §7.2) on the new positions
 // only, attention against the settled keys/values kept in the cache.
 #include <math.h>
 #include <stdlib.h>
@@ -146,7 +146,7 @@ int hdlm_model_forward_cached(hdlm_model *m, hdlm_kv_cache *cache, const uint32_
     float *fc1 = TAKE((size_t)N * f), *act = TAKE((size_t)N * f), *mean = TAKE((size_t)N), *rstd = TAKE((size_t)N);
     float *query_sigma = TAKE((size_t)N);
     float *cond = NULL, *mod = NULL, *mix = NULL;
-    if (gamma) {   // σ conditioning and the MASK-mixed embedding (spec §5.4, §7.3)
+    if (gamma) {   // σ conditioning and the MASK-mixed embedding (method §5.4, §7.3)
         float *freq = TAKE((size_t)N * HDLM_SIGMA_FREQ_DIM), *t1 = TAKE((size_t)N * cd), *t2 = TAKE((size_t)N * cd);
         cond = TAKE((size_t)N * cd);
         mod = TAKE(6 * Nd);
@@ -203,7 +203,7 @@ int hdlm_model_forward_cached(hdlm_model *m, hdlm_kv_cache *cache, const uint32_
             cache->out = hdlm_realloc(cache->out, cache->out_capacity * sizeof(float));
         }
         hdlm_linear_forward_packed(cache->out, ln, &cache->head, m->p.head_b, rows);
-        if (gamma) hdlm_gamma_scale_by_sigma(sig ? sig : sigma, rows, V, cache->out);   // spec §5.4 step 1
+        if (gamma) hdlm_gamma_scale_by_sigma(sig ? sig : sigma, rows, V, cache->out);   // method §5.4 step 1
     }
     return 0;
 }

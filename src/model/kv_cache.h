@@ -1,5 +1,5 @@
-// hdlm/kv_cache.h — keys/values of settled blocks kept across sampler steps (spec §3.5) and the model forward that runs
-// only the new query positions against them.
+// model/kv_cache.h — keys/values of settled blocks kept across sampler steps (method §3.5) and the model forward that
+// runs only the new query positions against them.
 //
 // Valid for the `block` schedule with the block_causal context (the settled prefix is always whole ω-blocks, and a
 // settled block's K/V depend only on itself and earlier blocks). The sampler appends each block once, when it becomes

@@ -1,4 +1,4 @@
-// γ-family conditioning: sinusoidal σ embedding, SiLU and the per-token adaLN modulation (spec §7.2, §7.3).
+// γ-family conditioning: sinusoidal σ embedding, SiLU and the per-token adaLN modulation (method §7.2, §7.3).
 #include <math.h>
 
 #include "model/layers.h"

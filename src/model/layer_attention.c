@@ -1,4 +1,4 @@
-// Multi-head attention under a hyperschedule mask (spec §3.2, §7.2), tiled over blocks of queries.
+// Multi-head attention under a hyperschedule mask (method §3.2, §7.2), tiled over blocks of queries.
 //
 // Each (batch, head) is one thread's task. Its Q, K, V (and dO) are first copied into per-thread buffers, zero-padded
 // to whole micro-tiles and with K and V also transposed, so that every product below is one register-tiled kernel
@@ -6,7 +6,7 @@
 // may see, softmax row by row, product with V. Only [QUERY_BLOCK, L] tiles exist (never B×H×L×L) and they stay in
 // L2; keys beyond the block's last allowed key are skipped, so causal and block-causal masks cost about half.
 // Backward recomputes the probabilities from the saved log-sum-exp, as flash attention does. Fully-masked rows
-// (worthless queries) attend uniformly to all L keys with zero score gradient (spec §3.2).
+// (worthless queries) attend uniformly to all L keys with zero score gradient (method §3.2).
 //
 // BLIS is not used here: with head_dim 64 its per-call packing of both operands cost more than the products (the
 // layer ran at a third of the FMA peak through it).
@@ -39,7 +39,7 @@ static int round_up(int n, int m) { return (n + m - 1) / m * m; }
 static inline vecf vec_broadcast(float x) { return x - (vecf){0}; }
 static inline vecf vec_select(veci mask, vecf yes, vecf no) { return (vecf)(((veci)yes & mask) | ((veci)no & ~mask)); }
 
-// hdlm_expf (include/hdlm/vecmath.h) on LANES values at once, for arguments <= 0 (scores minus their maximum or
+// hdlm_expf (src/core/vecmath.h) on LANES values at once, for arguments <= 0 (scores minus their maximum or
 // their log-sum-exp): the same range reduction and polynomial; −inf gives 0, NaN stays NaN.
 static inline vecf vec_exp_nonpositive(vecf x) {
     veci underflow = x < -87.3f;
@@ -85,7 +85,7 @@ static float vec_max(const float *x, int n) {
 
 // C[rows, TILE_COLS] = alpha · Σ_{k < depth} A(r, k) · B[k, 0:TILE_COLS] (+ C when accumulate), with
 // A(r, k) = a[r·a_row + k·a_k] (so A may be read transposed) and rows ≤ TILE_ROWS. B and C rows are vector-aligned.
-// The GEMM's kernel (src/blas_kernel.c) has the same inner loop but 48-column tiles over packed B panels; here the
+// The GEMM's kernel (src/core/blas_kernel.c) has the same inner loop but 48-column tiles over packed B panels; here the
 // tile is 64 columns wide, one head, and B is read where the per-head copies put it.
 static inline void tile_product(int rows, int depth, const float *a, size_t a_row, size_t a_k, const float *b,
                                 size_t ldb, float *c, size_t ldc, float alpha, bool accumulate) {

@@ -1,4 +1,4 @@
-// Inverted dropout (scale 1/(1-p) on kept elements, spec §7.2) with counter-based masks, and the gated residual add
+// Inverted dropout (scale 1/(1-p) on kept elements, method §7.2) with counter-based masks, and the gated residual add
 // h + g ⊙ dropout(y) that every DDiT branch ends with.
 #include <stdlib.h>
 #include <string.h>

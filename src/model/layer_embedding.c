@@ -1,4 +1,4 @@
-// Token embedding; the γ family mixes each row with the MASK row, e = w·E[x] + (1−w)·E[MASK] (spec §5.4).
+// Token embedding; the γ family mixes each row with the MASK row, e = w·E[x] + (1−w)·E[MASK] (method §5.4).
 #include <omp.h>
 
 #include "model/layers.h"

@@ -1,4 +1,4 @@
-// Linear layer (nn.Linear layout W[out, in]): forward and backward through hdlm_sgemm (spec §7.1).
+// Linear layer (nn.Linear layout W[out, in]): forward and backward through hdlm_sgemm (method §7.1).
 #include <omp.h>
 #include <string.h>
 

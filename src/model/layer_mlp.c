@@ -1,4 +1,4 @@
-// GELU, tanh approximation (spec §7.2): the MLP's nonlinearity, forward and backward.
+// GELU, tanh approximation (method §7.2): the MLP's nonlinearity, forward and backward.
 #include "model/layers.h"
 #include "core/vecmath.h"
 

@@ -1,4 +1,4 @@
-// Rotary position embedding, rotate-half (GPT-NeoX) convention over the whole head (spec §7.4).
+// Rotary position embedding, rotate-half (GPT-NeoX) convention over the whole head (method §7.4).
 #include <math.h>
 #include <string.h>
 

@@ -1,4 +1,4 @@
-// hdlm/layers.h — CPU forward and backward of the DDiT layers (spec §7), one file per layer in src/layer_*.c.
+// model/layers.h — CPU forward and backward of the DDiT layers (method §7), one file per layer in src/model/layer_*.c.
 //
 // Shape letters: N tokens (B·L, row-major [B, L]), d width, F MLP hidden, c cond_dim, V vocabulary, H heads,
 // D head dim. Every backward *accumulates* into parameter gradients; input gradients are written (=) unless the
@@ -31,7 +31,7 @@ void hdlm_layernorm_backward(float *din, float *dw, const float *dout, const flo
 // LayerNorm with bias (GPT-2 judge, forward only): out = (x − mean)·rstd·w + b, same eps and biased variance.
 void hdlm_layernorm_bias_forward(float *out, const float *in, const float *w, const float *b, int n, int d);
 
-// ---- rotary embedding, rotate-half over the whole head (spec §7.4) ------------------------------- layer_rotary.c
+// ---- rotary embedding, rotate-half over the whole head (method §7.4) ------------------------------- layer_rotary.c
 // inv_freq[D/2] = 1 / 10000^(2k/D) in fp32 (the state-dict buffer rotary_emb.inv_freq).
 void hdlm_rotary_inv_freq(float *inv_freq, int head_dim);
 // cos/sin[L, D/2] for positions 0..L-1: exact = fp32 angles; reference = the fp16 angle and fp16→bf16 tables.
@@ -43,7 +43,7 @@ void hdlm_rotary_forward(float *qkv, const float *cos_t, const float *sin_t, int
 void hdlm_rotary_backward(float *dqkv, const float *cos_t, const float *sin_t, int batch, int len, int heads,
                           int head_dim);
 
-// ---- attention under a hyperschedule mask (spec §3.2), tiled over query blocks ------------------ layer_attention.c
+// ---- attention under a hyperschedule mask (method §3.2), tiled over query blocks ------------------ layer_attention.c
 // out[N, d] (heads concatenated), lse[B, H, L] (log-sum-exp of the scaled scores; 0 for fully masked rows).
 // Dropout p on the probabilities, mask element (b, h, i, j) drawn at index ((b·H + h)·L + i)·L + j under key.
 void hdlm_attention_forward(float *out, float *lse, const float *qkv, const hdlm_attn_mask *mask, int batch, int len,
@@ -75,7 +75,7 @@ void hdlm_residual_forward(float *h_out, const float *h_in, const float *y, cons
 void hdlm_residual_backward(float *dy, float *dgate, const float *dh, const float *y, const float *gate,
                             int gate_stride, int n, int d, float p, uint64_t key);
 
-// ---- γ conditioning: σ embedding, SiLU, adaLN modulation (spec §7.2-7.3) ------------------------ layer_adaln.c
+// ---- γ conditioning: σ embedding, SiLU, adaLN modulation (method §7.2-7.3) ------------------------ layer_adaln.c
 // freq[N, dim] = [cos(σ·f_k) | sin(σ·f_k)], f_k = exp(−ln(10000)·k/(dim/2)).
 void hdlm_sigma_sinusoid(float *freq, const float *sigma, int n, int dim);
 void hdlm_silu_forward(float *out, const float *in, size_t n);
@@ -88,7 +88,7 @@ void hdlm_modulate_forward(float *out, const float *x, const float *shift, const
 void hdlm_modulate_backward(float *dx, float *dshift, float *dscale, const float *dout, const float *x,
                             const float *scale, int mod_stride, int n, int d);
 
-// ---- token embedding (γ: mixed with the MASK row, spec §5.4) ----------------------------------- layer_embedding.c
+// ---- token embedding (γ: mixed with the MASK row, method §5.4) ----------------------------------- layer_embedding.c
 // out[N,d] = E[id] or, with mix, mix·E[id] + (1 − mix)·E[mask_id].
 void hdlm_embedding_forward(float *out, const float *table, const uint32_t *ids, const float *mix, uint32_t mask_id,
                             int n, int d);

@@ -1,5 +1,5 @@
-// The DDiT model on the CPU (spec §7): configuration, tensor table, flat buffers, initialisation and the
-// forward/backward driver that strings the layers of src/layer_*.c together.
+// The DDiT model on the CPU (method §7): configuration, tensor table, flat buffers, initialisation and the
+// forward/backward driver that strings the layers of src/model/layer_*.c together.
 #include "hdlm/model.h"
 
 #include <math.h>
@@ -118,7 +118,7 @@ int hdlm_model_tensor_table(const hdlm_model_config *c, hdlm_tensor **tensors, i
     bool gamma = c->family == HDLM_FAMILY_GAMMA;
     table_builder t = {0};
     char name[64];
-    // Reference state-dict order (spec §7.1): embedding, σ map, rotary buffer, blocks, output layer.
+    // Reference state-dict order (method §7.1): embedding, σ map, rotary buffer, blocks, output layer.
     table_add(&t, "vocab_embed.embedding", c->vocab, d, HDLM_INIT_UNIFORM_FAN_IN, d, true);
     if (gamma) {
         table_add(&t, "sigma_map.mlp.0.weight", cd, HDLM_SIGMA_FREQ_DIM, HDLM_INIT_UNIFORM_FAN_IN,
@@ -473,7 +473,7 @@ static uint64_t site_key(const hdlm_model *m, int layer, hdlm_dropout_site site)
     return hdlm_model_dropout_key(m->acts->key, layer, site);
 }
 
-// log(e^σ − 1) + log(V − 1) (spec §5.4 step 1), in double: expm1 below 0.5 as the reference.
+// log(e^σ − 1) + log(V − 1) (method §5.4 step 1), in double: expm1 below 0.5 as the reference.
 static float scale_by_sigma_shift(double sigma, int vocab) {
     double e = sigma < 0.5 ? expm1(sigma) : exp(sigma) - 1.0;
     return (float)(log(e) + log((double)vocab - 1.0));
@@ -526,7 +526,7 @@ int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
                  hdlm_layernorm_forward(ln1, a->ln1_mean + (size_t)l * N, a->ln1_rstd + (size_t)l * N, h_in, w->norm1,
                                         N, d));
         if (gamma) {
-            // (shift_a | scale_a | gate_a | shift_m | scale_m | gate_m) per token (spec §7.1)
+            // (shift_a | scale_a | gate_a | shift_m | scale_m | gate_m) per token (method §7.1)
             PROFILED(a, PROF_FWD, PROF_ADALN, hdlm_linear_forward(mod, a->cond, w->ada_w, w->ada_b, N, cd, 6 * d));
             PROFILED(a, PROF_FWD, PROF_ADALN, hdlm_modulate_forward(a1, ln1, mod, mod + d, 6 * d, N, d));
         }

@@ -190,8 +190,9 @@ static void shape_text(char *buf, size_t n, const int64_t *shape, int ndim) {
 static int verify_inv_freq(const hdlm_safetensors *st, const hdlm_st_tensor *t, const hdlm_model *m) {
     const hdlm_tensor *mt = hdlm_model_find_tensor(m, "rotary_emb.inv_freq");
     HDLM_ASSERT(mt, "model without rotary_emb.inv_freq");
-    HDLM_CHECK(same_shape(t, mt->shape, mt->ndim), "%s: tensor '%s' has %lld entries, the model's has %lld (another head "
-               "size)", st->path, t->name, t->ndim == 1 ? (long long)t->shape[0] : -1LL, (long long)mt->shape[0]);
+    HDLM_CHECK(same_shape(t, mt->shape, mt->ndim),
+               "%s: tensor '%s' has %lld entries, the model's has %lld (another head size)", st->path, t->name,
+               t->ndim == 1 ? (long long)t->shape[0] : -1LL, (long long)mt->shape[0]);
     float *file = hdlm_malloc(mt->numel * sizeof(float)), *want = hdlm_malloc(mt->numel * sizeof(float));
     hdlm_safetensors_tensor_f32(st, t, file);
     hdlm_rotary_inv_freq(want, 2 * (int)mt->numel);

@@ -20,7 +20,7 @@ static const hdlm_config_field fields[] = {
     F("model.length", INT, model.length, "1024", 2, 1 << 20, NULL, "sequence length L"),
     F("model.mlp_ratio", INT, model.mlp_ratio, "4", 1, 64, NULL, "MLP hidden = mlp_ratio x hidden_size"),
     F("model.dropout", DOUBLE, model.dropout, "0.1", 0, 0.99, NULL, "dropout probability"),
-    F("model.rotary", STRING, model.rotary, "exact", 1, 0, "exact|reference", "rotary angle precision (spec §7.4)"),
+    F("model.rotary", STRING, model.rotary, "exact", 1, 0, "exact|reference", "rotary angle precision (method §7.4)"),
 
     F("training.batch_size", INT, training.batch_size, "512", 1, 1e9, NULL, "global sequences per update"),
     F("training.accum", INT, training.accum, "8", 1, 1e6, NULL, "micro-batches per update and rank"),
@@ -31,15 +31,15 @@ static const hdlm_config_field fields[] = {
     F("training.eval_batches", INT, training.eval_batches, "8", 1, 1e9, NULL, "validation micro-batches per rank"),
     F("training.ema", DOUBLE, training.ema, "0.9999", 0, 1, NULL, "EMA decay ceiling"),
     F("training.ema_update_after", INT, training.ema_update_after, "250", 0, 1e12, NULL,
-      "updates before the EMA starts averaging (spec §8.5)"),
+      "updates before the EMA starts averaging (method §8.5)"),
     F("training.objective", STRING, training.objective, "hdlm", 1, 0, "hdlm|ardm", "training objective"),
-    F("training.loss_type", STRING, training.loss_type, "hybrid", 1, 0, "hybrid|standard", "ε loss (spec §4.3)"),
+    F("training.loss_type", STRING, training.loss_type, "hybrid", 1, 0, "hybrid|standard", "ε loss (method §4.3)"),
     F("training.epsilon", DOUBLE, training.epsilon, "0.01", 0, 1, NULL, "ε: uniform replacement probability"),
     F("training.lambda", DOUBLE, training.lambda, "1.0", 0, 1e6, NULL, "ε: weight of the unmasked terms"),
     F("training.step_sampling", STRING, training.step_sampling, "per_batch", 1, 0, "per_batch|per_sequence",
       "hyperschedule steps per micro-batch or per sequence"),
     F("training.reference_zero_grad_quirk", BOOL, training.reference_zero_grad_quirk, "false", 1, 0, NULL,
-      "reproduce the reference's accumulation quirk (spec §8.3)"),
+      "reproduce the reference's accumulation quirk (method §8.3)"),
     F("training.seed", INT, training.seed, "42", 0, 9e15, NULL, "seed of every random stream"),
     F("training.device", STRING, training.device, "cpu", 1, 0, "cpu|cuda",
       "where the step runs: cpu (MPI ranks) or cuda (one GPU per rank, NCCL; docs/cuda.md)"),
@@ -98,7 +98,7 @@ static int check_cross_fields(const hdlm_train_config *c, int world) {
     HDLM_CHECK(!(gamma && !k->scheduled),
                "annealing.type = none (no schedule) exists only for the ε family (model.name = epsilon_hdlm)");
     HDLM_CHECK(!k->scheduled || k->schedule != HDLM_SCHEDULE_SIMPLE || c->annealing.width >= 2,
-               "annealing.width must be at least 2 for the simple schedule (docs/method.md §11 item 24)");
+               "annealing.width must be at least 2 for the simple schedule (method §11 item 24)");
     HDLM_CHECK(c->optim.min_lr <= c->optim.lr, "optim.min_lr = %g exceeds optim.lr = %g", c->optim.min_lr,
                c->optim.lr);
     HDLM_CHECK(c->data.train[0], "data.train is not set: the directory of training token shards (hdlm-prep prepare)");

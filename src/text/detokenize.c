@@ -1,4 +1,4 @@
-// Zero-shot detokenisers, rule by rule as spec §9.2 lists them (semantics in include/hdlm/detokenize.h).
+// Zero-shot detokenisers, rule by rule as method §9.2 lists them (semantics in include/hdlm/detokenize.h).
 #define _GNU_SOURCE   // memmem
 #include "hdlm/detokenize.h"
 

@@ -1,4 +1,4 @@
-// GPT-2 BPE vocabulary: loading and checking encoder.json + vocab.bpe (ecosystem notes §2.3, steps 1-2).
+// GPT-2 BPE vocabulary: loading and checking encoder.json + vocab.bpe (docs/tokenizer.md, steps 1-2).
 //
 // The two files must agree: encoder.json holds exactly the ids 0..50256 (50256 = "<|endoftext|>", 0..255 the bytes
 // in GPT-2's order), and merge line r of vocab.bpe joins two existing tokens into the token with id 256 + r. Anything

@@ -1,4 +1,4 @@
-// GPT-2 BPE decoding (ecosystem notes §2.3, step 6): token bytes concatenated, then read as UTF-8 with every
+// GPT-2 BPE decoding (docs/tokenizer.md, step 6): token bytes concatenated, then read as UTF-8 with every
 // ill-formed part replaced by U+FFFD, as Python's bytes.decode("utf-8", "replace") does for GPT-2.
 #include <stdlib.h>
 #include <string.h>

@@ -1,4 +1,4 @@
-// GPT-2 BPE encoding (ecosystem notes §2.3, steps 3-4): UTF-8 check, pre-tokenizer regex, per-piece merges by rank,
+// GPT-2 BPE encoding (docs/tokenizer.md, steps 3-4): UTF-8 check, pre-tokenizer regex, per-piece merges by rank,
 // with a cache of recent pieces.
 //
 // Thread safety: an encode call takes one of the tokenizer's cache slots (an atomic busy flag) for its whole

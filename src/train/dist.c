@@ -1,4 +1,4 @@
-// Gradient reduction across MPI ranks (include/hdlm/dist.h).
+// Gradient reduction across MPI ranks (src/train/dist.h).
 #include "train/dist.h"
 
 #include <stdlib.h>

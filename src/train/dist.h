@@ -1,4 +1,4 @@
-// hdlm/dist.h — data parallelism over MPI_COMM_WORLD: the sum of every rank's gradients, reduced in buckets that
+// train/dist.h — data parallelism over MPI_COMM_WORLD: the sum of every rank's gradients, reduced in buckets that
 // start while the backward pass is still running (hdlm_model.grad_ready), or reduce-scattered onto the ranks' slices
 // for ZeRO-1, and the all-gather of the updated parameter slices.
 #ifndef HDLM_DIST_H

@@ -1,4 +1,4 @@
-// AdamW, learning-rate schedules, gradient clipping and EMA (spec §8.2, §8.5; include/hdlm/optim.h).
+// AdamW, learning-rate schedules, gradient clipping and EMA (method §8.2, §8.5; src/train/optim.h).
 #include "train/optim.h"
 
 #include <math.h>

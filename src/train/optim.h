@@ -1,5 +1,5 @@
-// hdlm/optim.h — AdamW with PyTorch semantics, learning-rate schedules, gradient-norm clipping and the EMA of
-// spec §8.2 and §8.5, all over flat fp32 buffers (parameters, gradients and each moment are one contiguous array).
+// train/optim.h — AdamW with PyTorch semantics, learning-rate schedules, gradient-norm clipping and the EMA of
+// method §8.2 and §8.5, all over flat fp32 buffers (parameters, gradients and each moment are one contiguous array).
 #ifndef HDLM_OPTIM_H
 #define HDLM_OPTIM_H
 
@@ -7,10 +7,6 @@
 #include <stdint.h>
 
 #include "hdlm/train_config.h"
-
-typedef struct {
-    double beta1, beta2, eps, weight_decay;
-} hdlm_adamw_config;
 
 // One AdamW update of n parameters at learning rate lr; `update` counts optimizer updates from 1 (bias
 // corrections). Decoupled weight decay on every parameter (the reference has no parameter groups).
@@ -25,7 +21,7 @@ typedef struct {
     hdlm_lr_kind kind;
     double lr, min_lr;
     int64_t warmup, total;   // in scheduler counts e
-    int64_t multiplier;      // e = optimizer updates x multiplier (the reference: number of processes, spec §8.2)
+    int64_t multiplier;      // e = optimizer updates x multiplier (the reference: number of processes, method §8.2)
 } hdlm_lr_schedule;
 
 // Learning rate for the given number of completed optimizer updates.
@@ -47,7 +43,7 @@ typedef struct {
     int64_t update_after;      // 2000: the shadow copies the weights until then
 } hdlm_ema_config;
 
-// Decay used at the n-th EMA call (n from 1), spec §8.5.
+// Decay used at the n-th EMA call (n from 1), method §8.5.
 double hdlm_ema_decay(const hdlm_ema_config *c, int64_t n);
 // shadow <- shadow - (1 - d)(shadow - params) with d = hdlm_ema_decay(c, n).
 void hdlm_ema_update(float *shadow, const float *params, size_t n_params, const hdlm_ema_config *c, int64_t n);

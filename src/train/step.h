@@ -39,7 +39,7 @@ typedef struct hdlm_step_backend hdlm_step_backend;
 typedef struct {
     // Forward and loss of a corrupted micro-batch; with backward, its parameter gradients too (accumulated). last: the
     // last micro-batch of the update, whose gradients are reduced across ranks as they become final; discard: the
-    // gradients accumulated so far are erased first (the reference's quirk, docs/method.md §8.3). May return before
+    // gradients accumulated so far are erased first (the reference's quirk, method §8.3). May return before
     // the device is done: the loss is read with `loss`.
     void (*micro_batch)(hdlm_step_backend *b, const hdlm_model_input *in, const hdlm_loss_target *target,
                         bool backward, bool last, bool discard);

@@ -15,7 +15,7 @@
 #include "hdlm/tokenizer.h"
 #include "train/dist.h"
 
-#define ARDM_CE_WEIGHT 1e-4   // λ_CE of the ARDM objective (docs/method.md §13 A.3, the text8 value)
+#define ARDM_CE_WEIGHT 1e-4   // λ_CE of the ARDM objective (method §13 A.3, the text8 value)
 
 static int setup_objective(hdlm_trainer *t) {
     const hdlm_train_config *c = &t->cfg;
@@ -178,7 +178,7 @@ static void draw_steps(hdlm_trainer *t, uint64_t seed, uint64_t ms) {
 }
 
 // Corrupts the micro-batch in t->x0 for micro-step ms: the model input and what its loss compares the outputs with.
-// The one switch over the objective (docs/method.md §4.2, §4.4, §5.3, §13 A.3). Sequence b draws from the stream
+// The one switch over the objective (method §4.2, §4.4, §5.3, §13 A.3). Sequence b draws from the stream
 // keyed by its index in the global micro-batch (see draw_steps).
 static hdlm_model_input corrupt(hdlm_trainer *t, uint64_t seed, uint64_t ms, bool training, hdlm_loss_target *target) {
     int B = t->micro_batch, L = t->length, V = t->model->config.vocab;
@@ -243,7 +243,8 @@ void hdlm_trainer_update(hdlm_trainer *t, hdlm_update_stats *stats) {
         hdlm_warn("update %lld: non-finite gradient norm (%g): update skipped, LR schedule not advanced\n",
                   (long long)t->update + 1, stats->grad_norm);
     } else {
-        hdlm_step_apply apply = {stats->lr, t->applied + 1, hdlm_grad_clip_factor(stats->grad_norm, t->cfg.optim.grad_clip),
+        hdlm_step_apply apply = {stats->lr, t->applied + 1,
+                                 hdlm_grad_clip_factor(stats->grad_norm, t->cfg.optim.grad_clip),
                                  hdlm_ema_decay(&t->ema_cfg, t->applied + 1)};
         b->ops->apply(b, &apply);
         t->applied++;

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Independent float64 PyTorch implementation of the DDiT model (spec §7; γ inputs/outputs §5.4; masks §3.2).
+"""Independent float64 PyTorch implementation of the DDiT model (method §7; γ inputs/outputs §5.4; masks §3.2).
 
 Used by tests/test_model.c as the golden reference: for every case directory given on the command line it reads
 config.json, tensors.txt (state-dict name, offset, numel, shape), params.f32 (the C model's flat buffer), tokens.i32,

@@ -1,4 +1,4 @@
-"""Golden detokenisers for tests/test_detokenize.c, written from spec §9.2 with Python's own str.replace and re.
+"""Golden detokenisers for tests/test_detokenize.c, written from method §9.2 with Python's own str.replace and re.
 
 Usage: detokenize_ref.py IN.jsonl OUT.jsonl   (lines {"detok": name, "text": s} -> lines {"text": result})
 """

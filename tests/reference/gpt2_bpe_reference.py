@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Independent GPT-2 byte-level BPE encoder in Python, written from the algorithm of OpenAI's GPT-2 encoder
-(ecosystem notes §2.3): byte-to-unicode map, the pre-tokenizer regex evaluated by the `regex` module (whose \\s is
+(docs/tokenizer.md): byte-to-unicode map, the pre-tokenizer regex evaluated by the `regex` module (whose \\s is
 Unicode White_Space, like OpenAI's), and the plain "merge every occurrence of the lowest-ranked pair" loop.
 
 Usage: gpt2_bpe_reference.py ENCODER_JSON VOCAB_BPE < strings.json > ids.json

@@ -1,4 +1,4 @@
-"""Level times of a hyperschedule as the reference computes them (docs/method.md §2.6), independently of the C code:
+"""Level times of a hyperschedule as the reference computes them (method §2.6), independently of the C code:
 a float32 tensor of levels times the Python-double step Δ = (1 − 2ε_a)/(τ − 1), plus ε_a = 10·ε_s, clamped into
 [ε_s, 1 − ε_s]; PyTorch evaluates the product and the sum as two float32 operations.
 

@@ -1,4 +1,4 @@
-"""Golden values for the ε-hybrid and γ-hybrid losses (spec §4.3, §5.5, §5.6), written independently of the C code:
+"""Golden values for the ε-hybrid and γ-hybrid losses (method §4.3, §5.5, §5.6), written independently of the C code:
 vectorised PyTorch in float64, gradients by autograd.
 
 Usage: /usr/bin/python3 losses.py IN OUT [IN OUT ...] (one PyTorch start-up for several cases). IN (little endian):
@@ -52,7 +52,7 @@ def epsilon_loss(c, out):
 
 
 def score_entropy(o, x, x0, sigma, gamma):
-    # SEDD's absorbing and uniform score entropies with the full σ, scaled by (1-γ) and γ (spec §5.5).
+    # SEDD's absorbing and uniform score entropies with the full σ, scaled by (1-γ) and γ (method §5.5).
     N = o.shape[-1] - 1
     eps0 = 1e-12
     E = torch.where(sigma < 0.5, torch.expm1(sigma), torch.exp(sigma) - 1)

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Independent MAUVE reference for tests/test_mauve.c and tests/test_features.c: Debian's python3-faiss (1.7.3) and
-python3-sklearn (1.2.1), following the algorithm of mauve-text 0.4.0 (ecosystem-notes §1.3-§1.4).
+python3-sklearn (1.2.1), following the algorithm of mauve-text 0.4.0 (docs/mauve.md).
 
 Usage:
   mauve_reference.py fixture OUT_DIR N_P N_Q D [M_P M_Q]

@@ -1,4 +1,4 @@
-"""Independent computation of one masking round of the spec §9.1 NELBO estimator for a hand-set denoiser.
+"""Independent computation of one masking round of the method §9.1 NELBO estimator for a hand-set denoiser.
 
 The denoiser's logits are z[b, i, y] = W[input token of (b, i), y] + P[i, y]. Input: a JSON file with V, L, C, x[L],
 masked[C*L], p[C], W[V*V], P[L*V]. Output: the value (1/C)·Σ_b Σ_{i masked} CE(z_{b,i}, x_i)/p_b written to argv[2].

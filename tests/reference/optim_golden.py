@@ -23,7 +23,7 @@ grads = np.stack([rng.normal(0, s, n) for s in (0.01, 0.1, 0.02, 0.05, 0.003, 0.
 
 p = torch.nn.Parameter(torch.from_numpy(params0.copy()))
 opt = torch.optim.AdamW([p], lr=peak, betas=(beta1, beta2), eps=eps, weight_decay=wd)
-# warm-up + cosine to zero (the γ schedule of spec §8.2), one scheduler step per update
+# warm-up + cosine to zero (the γ schedule of method §8.2), one scheduler step per update
 factor = lambda e: e / warmup if e < warmup else max(0.0, 0.5 * (1 + math.cos(math.pi * (e - warmup) / (total - warmup))))
 sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
 after, lrs, norms = [], [], []

@@ -1,4 +1,4 @@
-// hdlm-bench kvcache: generation time with and without the KV cache of settled blocks (spec §3.5) for ω = L/16 and
+// hdlm-bench kvcache: generation time with and without the KV cache of settled blocks (method §3.5) for ω = L/16 and
 // L/4 on the block schedule: the ε hyperschedule walker (its uncached forward already drops the worthless tail, as
 // the γ SAR sampler does) and the γ NAR sampler (uncached: full-length forward every step, as the reference). Also
 // checks that both paths give the same tokens. Prints wall and process CPU time (on a shared machine run it with

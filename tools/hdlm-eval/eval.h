@@ -11,15 +11,15 @@ int eval_mauve_main(int argc, char **argv);
 int eval_genppl_main(int argc, char **argv);
 int eval_features_main(int argc, char **argv);
 
-// hdlm-eval perplexity --ckpt DIR --data DIR: Monte-Carlo likelihood bound of a token set (spec §9.1, A.6).
+// hdlm-eval perplexity --ckpt DIR --data DIR: Monte-Carlo likelihood bound of a token set (method §9.1, A.6).
 int eval_perplexity_main(int argc, char **argv);
-// hdlm-eval sample --ckpt DIR --n N --out FILE: generation to JSONL (spec §6, A.5).
+// hdlm-eval sample --ckpt DIR --n N --out FILE: generation to JSONL (method §6, A.5).
 int eval_sample_main(int argc, char **argv);
 
 // A model loaded for evaluation, with its training configuration and (unless annealing.type is none) its
 // hyperschedule. eval_model_load reads `ckpt` (a checkpoint directory, or a checkpoint root: its newest valid
 // checkpoint), EMA weights unless raw. tau > 0 replaces annealing.tau (the reference's eval_tau); `hybrid` training
-// schedules are evaluated with the block schedule (spec §2.5).
+// schedules are evaluated with the block schedule (method §2.5).
 #include <stdbool.h>
 #include "hdlm/model.h"
 #include "hdlm/schedule.h"
@@ -34,8 +34,8 @@ typedef struct {
 int eval_model_load(eval_model *em, const char *ckpt, bool raw, int tau);
 void eval_model_free(eval_model *em);
 
-// The ARDM policy of budget K over L steps (spec A.5): with losses_path (L numbers L_0..L_{L-1}, one per line) the
-// strict DP optimum of the losses sorted descending (logged with its cost), else the naive policy.
+// The ARDM policy of budget K over L steps (method §13 A.5): with losses_path (L numbers L_0..L_{L-1}, one per line)
+// the strict DP optimum of the losses sorted descending (logged with its cost), else the naive policy.
 int eval_ardm_policy(const char *losses_path, int L, int K, int *policy);
 
 // Progress on stderr with the elapsed time and an ETA, at most every `every` seconds (rank 0 only).

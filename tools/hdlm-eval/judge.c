@@ -1,4 +1,4 @@
-// hdlm-eval genppl / features: the GPT-2 judge (spec §9.3-§9.4, ecosystem-notes §1.5-§1.6,
+// hdlm-eval genppl / features: the GPT-2 judge (method §9.3-§9.4, docs/mauve.md,
 // docs/evaluation-judge.md).
 #include <cjson/cJSON.h>
 #include <getopt.h>
@@ -78,7 +78,7 @@ static int read_samples(const char *path, int vocab, sample_set *s) {
 }
 
 // Human reference texts from token shards (hdlm-prep prepare): the first `count` chunks (all when count is 0) of
-// chunk_len tokens of split `split`, in shard order (spec §9.4; the reference takes the first N of its shuffled
+// chunk_len tokens of split `split`, in shard order (method §9.4; the reference takes the first N of its shuffled
 // validation loader, so the selection differs but the featurisation does not).
 static int read_shard_chunks(const char *dir, const char *split, long chunk_len, long count, int vocab,
                              sample_set *s) {
@@ -125,8 +125,8 @@ static const char *const GENPPL_USAGE =
     "usage: hdlm-eval genppl --judge DIR_OR_FILE --samples FILE.jsonl [--heads N] [--keep-remainder]\n"
     "Generative perplexity of sampled token ids under a GPT-2 judge: per sample exp(mean NLL over positions\n"
     "1..L-1) of the raw ids (no BOS/EOS), then the mean and population std of those perplexities over the first\n"
-    "4*floor(n/4) samples: the reference scores batches of 4 and drops the last n mod 4 samples (spec §9.3,\n"
-    "decision §11.31: reproduced for parity; the line says how many were dropped).\n"
+    "4*floor(n/4) samples: the reference scores batches of 4 and drops the last n mod 4 samples (method §9.3,\n"
+    "§11 item 31: reproduced for parity; the line says how many were dropped).\n"
     "  --judge P        model.safetensors (HF GPT2Model or GPT2LMHeadModel keys) or a directory holding it\n"
     "  --samples FILE   JSONL, one {\"token_ids\": [...]} per line (2 <= length <= the judge's n_ctx)\n"
     "  --heads N        head count (default: config.json's n_head next to the weights, else d / 64)\n"
@@ -200,7 +200,7 @@ static int run_genppl(const judge_args *a) {
         hdlm_gpt2_free(&g);
         return -1;
     }
-    // The reference's batches of 4 (spec §9.3): the last n mod 4 samples never reach the judge (decision §11.31).
+    // The reference's batches of 4 (method §9.3): the last n mod 4 samples never reach the judge (§11 item 31).
     int used = a->keep_remainder ? s.n : s.n / 4 * 4, dropped = s.n - used;
     if (used == 0) {
         sample_set_free(&s);
@@ -220,7 +220,7 @@ static int run_genppl(const judge_args *a) {
         rc = hdlm_gpt2_forward(&g, s.ids[i], s.lens[i], NULL, nll);
         double sum = 0.0;
         for (int t = 1; t < s.lens[i]; t++) sum += nll[t];
-        ppl[i] = exp(sum / (s.lens[i] - 1));   // ecosystem-notes §1.5: per-sample exp(mean CE)
+        ppl[i] = exp(sum / (s.lens[i] - 1));   // docs/mauve.md: per-sample exp(mean CE)
         free(nll);
     }
     if (rc == 0) {

@@ -1,4 +1,4 @@
-// hdlm-eval mauve: MAUVE of two feature files (spec §9.3-§9.4, docs/mauve.md).
+// hdlm-eval mauve: MAUVE of two feature files (method §9.3-§9.4, docs/mauve.md).
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>

@@ -1,4 +1,5 @@
-// hdlm-eval perplexity: the Monte-Carlo likelihood bound of a prepared token set (spec §9.1, A.6; docs/evaluation.md).
+// hdlm-eval perplexity: the Monte-Carlo likelihood bound of a prepared token set (method §9.1, §13 A.6;
+// docs/evaluation.md).
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -18,7 +19,7 @@ static const char *const PERPLEXITY_USAGE =
     "  --data DIR          token shards (e.g. a zero-shot set made with hdlm-prep and a detokenizer)\n"
     "  --split NAME        shard name prefix [validation]\n"
     "  --raw               raw weights (group params) instead of the EMA weights\n"
-    "  --estimator E       masking (the reference's, spec §9.1) | ardm (A.6 mode 1) | ardm-policy (A.6 mode 3:\n"
+    "  --estimator E       masking (the reference's, method §9.1) | ardm (A.6 mode 1) | ardm-policy (A.6 mode 3:\n"
     "                      the K-call policy's NELBO) | ardm-order (A.6 mode 4: exact -log p(x | order, policy)\n"
     "                      of one random order per copy) [ardm for ARDM-trained runs, else masking]\n"
     "  --budget K          ardm-policy / ardm-order: network calls of the policy (K forwards per round)\n"
@@ -31,7 +32,7 @@ static const char *const PERPLEXITY_USAGE =
     "  --json              also print one machine-readable JSON line\n"
     "  --help              this text\n";
 
-// What the number is (decision §11.8).
+// What the number is (§11 item 8).
 static const char *validity(hdlm_nelbo_kind kind, hdlm_family family, bool ardm_run) {
     if (kind == HDLM_NELBO_ARDM)
         return "valid upper bound on -log p for an ARDM (order-agnostic) model; not the ε/γ model's bound";

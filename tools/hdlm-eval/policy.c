@@ -1,5 +1,5 @@
-// hdlm-eval: the ARDM policy of a budget (spec A.5), shared by `sample --sampler ardm` and the policy estimators of
-// `perplexity` (A.6).
+// hdlm-eval: the ARDM policy of a budget (method §13 A.5), shared by `sample --sampler ardm` and the policy estimators
+// of `perplexity` (A.6).
 #include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>

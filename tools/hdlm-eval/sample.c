@@ -1,4 +1,4 @@
-// hdlm-eval sample: generation to JSONL (spec §6, A.5; docs/evaluation.md). Samples are split over MPI ranks by
+// hdlm-eval sample: generation to JSONL (method §6, A.5; docs/evaluation.md). Samples are split over MPI ranks by
 // number; sample i depends only on (seed, i), so the file is the same for any number of ranks.
 #include <errno.h>
 #include <getopt.h>
@@ -20,7 +20,7 @@ static const char *const SAMPLE_USAGE =
     "usage: hdlm-eval sample --ckpt DIR --n N --out FILE [options]\n"
     "Generates N sequences of the model's length L and writes one JSON object per line: index, sampler, seed, ids,\n"
     "mask_count (MASK ids left), and with a GPT-2 model text (decoded, special tokens skipped) and entropy (unigram\n"
-    "entropy of the re-encoded text, spec §9.3).\n"
+    "entropy of the re-encoded text, method §9.3).\n"
     "  --ckpt DIR            checkpoint directory, or a checkpoint root (its newest valid checkpoint)\n"
     "  --raw                 raw weights instead of EMA\n"
     "  --n N                 number of samples\n"
@@ -33,11 +33,11 @@ static const char *const SAMPLE_USAGE =
     "  --temperature T       ε and ARDM samplers [1]\n"
     "  --no-mask             never draw MASK (ε samplers; the reference allows it)\n"
     "  --kv-cache            walk / gamma samplers: cache settled blocks' K/V (block schedule, block_causal context;\n"
-    "                        same tokens as without, spec §3.5)\n"
-    "  --score sedd|parity   γ score at the current token (spec §14.2) [sedd]\n"
+    "                        same tokens as without, method §3.5)\n"
+    "  --score sedd|parity   γ score at the current token (method §14.2) [sedd]\n"
     "  --budget K            ardm: network calls [--steps]\n"
     "  --losses FILE         ardm: per-step losses L_0..L_{L-1}, one per line; the policy is the DP optimum\n"
-    "                        (sorted descending first, spec A.5.3); without it the naive policy\n"
+    "                        (sorted descending first, method §13 A.5.3); without it the naive policy\n"
     "  --prompt-ids I,J,...  prefix prompt: positions 0.. hold these ids\n"
     "  --infill P:I,...      infilling: position P holds id I\n"
     "  --batch B             sequences per forward [16]\n"

@@ -62,7 +62,7 @@ static void usage(FILE *f) {
             "  --val-fraction F       each document goes to validation with probability F, by a hash of its index\n"
             "  --val-seed S           seed of that hash (default 0)\n"
             "  --split validation     every input goes to validation (a validation-only set); default: train\n"
-            "  --detokenizer NAME     none|wikitext|ptb|lm1b|lambada, for the inputs that follow it (spec §9.2)\n"
+            "  --detokenizer NAME     none|wikitext|ptb|lm1b|lambada, for the inputs that follow it (method §9.2)\n"
             "  --text-field NAME      JSONL field holding the document (default text)\n"
             "  --on-error stop|skip   malformed JSONL line or invalid UTF-8: stop (default) or warn, skip and count\n"
             "  --keep-empty           keep empty documents: a lone EOS, after the detokenizer if any (the reference\n"
