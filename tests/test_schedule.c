@@ -333,6 +333,19 @@ static void test_step_sampling(void **state) {
     hdlm_schedule_free(&s);
 }
 
+// What `hdlm-schedule ARGS` prints (failing: its stderr, and it must fail), malloc'ed.
+static char *tool_output(const char *args, bool failing) {
+    const char *dir = test_tmp_dir("schedule_tool");
+    int rc = test_run("%s/hdlm-schedule %s %s %s/out.txt", HDLM_BIN_DIR, args, failing ? "2>" : ">", dir);
+    if (failing) assert_int_not_equal(rc, 0);
+    else assert_int_equal(rc, 0);
+    char path[4200], *text;
+    size_t len;
+    snprintf(path, sizeof path, "%s/out.txt", dir);
+    assert_int_equal(hdlm_read_file(path, &text, &len), 0);
+    return text;
+}
+
 // K_max of `hybrid` against the reference's construction (method §2.5): ⌈L/ω⌉ blocks of τ + min(ω, L) − 1
 // steps each, so ω > L counts the one block's L positions, not ω; every position reaches level 0 at the last step.
 static void test_hybrid_k_max_width_beyond_length(void **state) {
@@ -356,13 +369,7 @@ static void test_hybrid_k_max_width_beyond_length(void **state) {
         }
         hdlm_schedule_free(&s);
     }
-    const char *dir = test_tmp_dir("schedule_hybrid");
-    assert_int_equal(test_run("%s/hdlm-schedule --type hybrid --length 5 --width 8 --tau 2 --summary > %s/out.txt",
-                              HDLM_BIN_DIR, dir), 0);
-    char path[4200], *text;
-    size_t len;
-    snprintf(path, sizeof path, "%s/out.txt", dir);
-    assert_int_equal(hdlm_read_file(path, &text, &len), 0);
+    char *text = tool_output("--type hybrid --length 5 --width 8 --tau 2 --summary", 0);
     assert_non_null(strstr(text, "K_max=7"));
     free(text);
 }
@@ -406,21 +413,12 @@ static void test_level_times_match_reference(void **state) {
 // The tool prints method §2.9's table and mask (docs/hyperschedules.md relies on it) and refuses bad flags.
 static void test_tool_output(void **state) {
     (void)state;
-    const char *dir = test_tmp_dir("schedule_tool");
-    assert_int_equal(test_run("%s/hdlm-schedule --type simple --length 8 --width 3 --tau 3 --mask 5 > %s/out.txt",
-                              HDLM_BIN_DIR, dir), 0);
-    char path[4200], *text;
-    size_t len;
-    snprintf(path, sizeof path, "%s/out.txt", dir);
-    assert_int_equal(hdlm_read_file(path, &text, &len), 0);
+    char *text = tool_output("--type simple --length 8 --width 3 --tau 3 --mask 5", 0);
     assert_non_null(strstr(text, "K_max=11"));
     assert_non_null(strstr(text, " 5      2  S S 0 1 2 W W W\n"));
     assert_non_null(strstr(text, "  row 2  1 1 1 1 1 0 0 0\n"));
     free(text);
-    assert_int_not_equal(test_run("%s/hdlm-schedule --type simple --length 8 --width 3 --tau 1 2> %s/err.txt",
-                                  HDLM_BIN_DIR, dir), 0);
-    snprintf(path, sizeof path, "%s/err.txt", dir);
-    assert_int_equal(hdlm_read_file(path, &text, &len), 0);
+    text = tool_output("--type simple --length 8 --width 3 --tau 1", 1);
     assert_non_null(strstr(text, "annealing.tau must be >= 2"));
     free(text);
 }

@@ -14,6 +14,8 @@
 #include "hdlm/model.h"
 #include "train/optim.h"
 
+#define HDLM_STEP_BUCKET_FLOATS ((size_t)1 << 20)   // gradient all-reduce granularity of both backends: 4 MiB
+
 // Shared with the trainer: the host model (its parameters are what checkpoints read and write) and the host optimizer
 // state over this rank's range [lo, hi) of the flat buffers (everything, or its ZeRO-1 slice).
 typedef struct {

@@ -8,8 +8,6 @@
 #include "train/dist.h"
 #include "train/step.h"
 
-#define BUCKET_FLOATS ((size_t)1 << 20)   // 4 MiB all-reduce buckets
-
 typedef struct {
     hdlm_step_backend base;
     hdlm_grad_sync sync;
@@ -94,7 +92,7 @@ int hdlm_step_cpu_create(hdlm_step_backend **out, hdlm_step_state *state, int mi
     c->base = (hdlm_step_backend){&cpu_ops, state};
     c->dout = hdlm_malloc((size_t)micro_batch * length * m->config.vocab * sizeof(float));
     c->raw = hdlm_malloc(m->n_params * sizeof(float));
-    hdlm_grad_sync_init(&c->sync, m->grads, m->n_params, state->starts, state->zero1, BUCKET_FLOATS);
+    hdlm_grad_sync_init(&c->sync, m->grads, m->n_params, state->starts, state->zero1, HDLM_STEP_BUCKET_FLOATS);
     m->grad_ready = hdlm_grad_sync_ready;
     m->grad_ready_ctx = &c->sync;
     *out = &c->base;

@@ -17,8 +17,6 @@
 #include "cuda/dist_nccl.h"
 #include "train/dist.h"
 
-#define BUCKET_FLOATS ((size_t)1 << 20)   // the CPU backend's 4 MiB buckets
-
 typedef struct {
     hdlm_step_backend base;
     hdlm_cuda_model *model;
@@ -172,7 +170,7 @@ int hdlm_step_cuda_create(hdlm_step_backend **out, hdlm_step_state *s) {
     hdlm_cuda_upload(c->adam_v, s->adam_v, bytes);
     hdlm_cuda_upload(c->ema, s->ema, bytes);
     c->sync = hdlm_nccl_sync_create(hdlm_cuda_model_grads(c->model), s->model->n_params, s->starts, s->zero1,
-                                    BUCKET_FLOATS, hdlm_cuda_model_stream(c->model));
+                                    HDLM_STEP_BUCKET_FLOATS, hdlm_cuda_model_stream(c->model));
     hdlm_cuda_model_set_grad_ready(c->model, hdlm_nccl_sync_ready, c->sync);
     hdlm_cuda_synchronize();
     *out = &c->base;
