@@ -359,6 +359,15 @@ static void test_malformed_safetensors_refused(void **state) {
                    "'blocks.0.norm1.weight' appears twice");
     expect_refused(edited("extra", "output_layer.linear.bias", "output_layer.linear.bias2"), HDLM_FAMILY_EPSILON,
                    WIDTH, "unexpected tensor 'output_layer.linear.bias2'");
+    // A zero-size extra tensor holds no bytes: it is an unexpected tensor, not an "overlap", wherever it points.
+    fmt_into(from, sizeof from, "\"output_layer.linear.bias\"");
+    fmt_into(to, sizeof to, "\"zero\": {\"dtype\": \"F32\", \"shape\": [0], \"data_offsets\": [8, 8]}, %s", from);
+    expect_refused(edited("zero_size", from, to), HDLM_FAMILY_EPSILON, WIDTH, "unexpected tensor 'zero'");
+    // A name holding \u0000 would be cut there by the JSON parser; invalid UTF-8 anywhere in the header.
+    expect_refused(edited("nul_name", "output_layer.linear.bias", "output_layer.linear.bias\\u0000x"),
+                   HDLM_FAMILY_EPSILON, WIDTH, "\\u0000");
+    expect_refused(edited("utf8", "output_layer.linear.bias", "output_layer.linear.bi\xc3" "as"), HDLM_FAMILY_EPSILON,
+                   WIDTH, "not valid UTF-8");
     // Another model: wrong shape (wider), missing tensors (ε weights for a γ model), extra ones (γ for ε).
     fmt_into(path, sizeof path, "%s/model.safetensors", case_dirs[0]);
     expect_refused(path, HDLM_FAMILY_EPSILON, 2 * WIDTH,

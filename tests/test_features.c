@@ -208,7 +208,7 @@ static void assert_read_fails(const char *path, const char *problem) {
 static void test_bad_feature_files_refused_with_file_and_problem(void **state) {
     (void)state;
     const char *dir = test_tmp_dir("features_bad");
-    assert_read_fails(join(dir, "missing.npy"), "cannot open feature file (No such file or directory)");
+    assert_read_fails(join(dir, "missing.npy"), "No such file or directory");
     test_write_file(join(dir, "text.npy"), "hello, not numpy\n", 17);
     assert_read_fails(join(dir, "text.npy"), "bad magic");
     write_npy_by_hand(join(dir, "short.npy"), "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 3), }", 40);
@@ -277,7 +277,7 @@ static void test_eval_mauve_command_line(void **state) {
     assert_int_equal(test_run(EVAL " mauve --p %s 2> %s", join(dir, "a.npy"), err), 2);
     assert_int_equal(test_run("grep -q 'both --p and --q are required' %s", err), 0);
     assert_int_equal(test_run(EVAL " mauve --p %s --q %s 2> %s", join(dir, "a.npy"), join(dir, "none.npy"), err), 1);
-    assert_int_equal(test_run("grep -q 'none.npy: cannot open feature file' %s", err), 0);
+    assert_int_equal(test_run("grep -q 'cannot open feature file .*none.npy' %s", err), 0);
     assert_int_equal(test_run(EVAL " mauve --help | grep -q 'usage: hdlm-eval mauve'"), 0);
     assert_int_equal(test_run(EVAL " nosuch 2> %s", err), 2);
     assert_int_equal(test_run("grep -q \"unknown command 'nosuch'\" %s", err), 0);

@@ -455,6 +455,35 @@ static void test_dropout_is_repeatable(void **state) {
 }
 
 // hdlm-bench model: --help works; a bad --shape is refused naming the flag (the timing itself is a benchmark).
+// The software half-precision rounding of the reference rotary tables equals the compiler's _Float16 conversion
+// (IEEE, nearest even) on every edge (subnormals, the largest half, overflow, ties) and 4M random doubles.
+static void test_fp16_rounding_matches_float16(void **state) {
+    (void)state;
+#ifdef __FLT16_MAX__
+    static const double edges[] = {0.0, -0.0, 65504.0, 65519.999, 65520.0, -65520.0, 1e9, 0x1p-14, 0x1p-24,
+                                   0x1p-25, 0x1.8p-25, 0x1p-26, 0x1.0008p0, 0x1.0018p0, 0x1.002p-20, 1023.5,
+                                   2047.0, 2049.0, 767.1428, 0.7498942, -3.3e-6, INFINITY};
+    for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++) {
+        float want = (float)(_Float16)edges[i], got = hdlm_round_fp16(edges[i]);
+        if (memcmp(&want, &got, sizeof want) != 0) fail_msg("%a: _Float16 gives %a, hdlm_round_fp16 %a", edges[i],
+                                                            (double)want, (double)got);
+    }
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, 11);
+    for (int i = 0; i < 1 << 22; i++) {
+        // Exponents over the half range and beyond, all mantissa bits random (ties and near-ties included).
+        uint64_t bits = hdlm_rng_u64(&rng);
+        double x = ldexp(1.0 + (double)(bits >> 12) * 0x1p-52, (int)(bits % 50) - 30) * (bits & 2048 ? -1 : 1);
+        if (i % 4 == 0) x = ldexp(round(ldexp(x, 11)) + 0.5, -11);   // exact ties of the 11-bit significand
+        float want = (float)(_Float16)x, got = hdlm_round_fp16(x);
+        if (memcmp(&want, &got, sizeof want) != 0) fail_msg("%a: _Float16 gives %a, hdlm_round_fp16 %a", x,
+                                                            (double)want, (double)got);
+    }
+#else
+    skip();   // this compiler has no _Float16 to compare with
+#endif
+}
+
 static void test_bench_model_flags(void **state) {
     (void)state;
     const char *dir = test_tmp_dir("bench_model_flags");
@@ -468,6 +497,7 @@ static void test_bench_model_flags(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bench_model_flags),
+        cmocka_unit_test(test_fp16_rounding_matches_float16),
         cmocka_unit_test(test_paper_parameter_counts),
         cmocka_unit_test(test_tensor_names_and_shapes),
         cmocka_unit_test(test_initial_loss_is_log_vocab),

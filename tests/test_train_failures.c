@@ -61,6 +61,35 @@ static void test_killed_rank_ends_job(void **state) {
     assert_int_equal(test_run("grep -q 'rank 1 with PID .* exited on signal 9' '%s/log'", dir), 0);
 }
 
+// A rank that stops answering (SIGSTOP) left the other spinning in a collective forever: the watchdog ends the job
+// within its timeout and names the stopped rank.
+static void test_stopped_rank_ends_job(void **state) {
+    (void)state;
+    const char *dir = test_tmp_dir("train_fail_stop");
+    double t0 = hdlm_time_now();
+    int rc = test_run("(" MPIRUN "2 " TRAIN " data.train='%s' data.valid= run.dir='%s/run' training.n_iters=100000 "
+                      "training.watchdog_s=6 > '%s/log' 2>&1 & mp=$!; sleep 4; r=$(pgrep -P $mp | tail -n 1); "
+                      "tr '\\0' '\\n' < /proc/$r/environ | sed -n 's/^OMPI_COMM_WORLD_RANK=//p' > '%s/stopped'; "
+                      "kill -STOP $r; wait $mp; rc=$?; kill -9 $r 2>/dev/null; exit $rc)",
+                      data, dir, dir, dir);
+    assert_int_not_equal(rc, 0);
+    assert_true(hdlm_time_now() - t0 < 40);
+    assert_int_equal(test_run("s=$(cat '%s/stopped'); grep 'no progress for' '%s/log' | "
+                              "grep -q \"error on rank $((1 - s)): .*rank $s stopped answering\"", dir, dir), 0);
+}
+
+// kill -9 of mpirun: the ranks end at once (they wrote checkpoints for seconds before, with no log).
+static void test_launcher_death_ends_ranks(void **state) {
+    (void)state;
+    const char *dir = test_tmp_dir("train_fail_launcher");
+    assert_int_equal(test_run("(" MPIRUN "2 " TRAIN " data.train='%s' data.valid= run.dir='%s/run' training.n_iters=100000 "
+                              "training.snapshot_freq=1 > '%s/log' 2>&1 & mp=$!; sleep 4; "
+                              "ranks=$(pgrep -P $mp); kill -9 $mp; sleep 1; "
+                              "for r in $ranks; do s=$(ps -o stat= -p $r); [ -n \"$s\" ] && [ \"${s#Z}\" = \"$s\" ] && "
+                              "exit 1; done; exit 0)",   // gone, or a zombie nobody reaps yet
+                              data, dir, dir), 0);
+}
+
 // Every update writes a checkpoint; once one is complete, the test waits for the next write to start (its
 // step_N.tmp directory appears) and kills both ranks with -9 a moment later. Evidence of an interrupted write: a .tmp
 // directory left, or a step directory newer than `latest`. Whatever the kill hit, `latest` must resume.
@@ -105,6 +134,8 @@ int main(void) {
         cmocka_unit_test(test_bad_config_on_one_rank),
         cmocka_unit_test(test_unreadable_shard_on_one_rank),
         cmocka_unit_test(test_killed_rank_ends_job),
+        cmocka_unit_test(test_stopped_rank_ends_job),
+        cmocka_unit_test(test_launcher_death_ends_ranks),
         cmocka_unit_test(test_kill_during_checkpoint_write),
     };
     return cmocka_run_group_tests(tests, setup, NULL);

@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "hdlm/common.h"
 #include "hdlm/metrics.h"
@@ -30,6 +32,12 @@ static void install_stop_handlers(void) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGUSR1, &sa, NULL);
+    // A rank whose launcher dies (kill -9 of mpirun or of the node's daemon) ends at once instead of writing more
+    // checkpoints nobody will read. Only under a launcher: a run started from a shell outlives it (nohup).
+    if (!getenv("OMPI_COMM_WORLD_RANK") && !getenv("PMIX_RANK") && !getenv("SLURM_STEP_ID")) return;
+    pid_t parent = getppid();
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(EXIT_FAILURE);   // the launcher died before the line above
 }
 
 // True on every rank when any rank got a stop signal: all ranks must take part in the collective checkpoint.
@@ -164,6 +172,7 @@ int main(int argc, char **argv) {
     hdlm_trainer *t;
     HDLM_MUST(hdlm_trainer_create(&t, &cfg, resume));
     hdlm_trainer_info info = hdlm_trainer_state(t);
+    HDLM_MUST(hdlm_watchdog_start(cfg.run.dir, cfg.training.watchdog_s));
     char peak_of[64];
     if (cuda)
         snprintf(peak_of, sizeof peak_of, "%d GPU(s), dense bf16", info.world);
@@ -180,13 +189,13 @@ int main(int argc, char **argv) {
     char metrics_path[HDLM_CONFIG_STRING_MAX + 16];
     snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", cfg.run.dir);
     hdlm_metrics metrics;
-    HDLM_MUST(hdlm_metrics_open(&metrics, metrics_path, resume != NULL));
+    HDLM_MUST(hdlm_metrics_open(&metrics, metrics_path, resume ? info.update : -1));
 
     int64_t n_iters = cfg.training.n_iters, first = info.update, skipped = 0, last_tokens = info.tokens_seen;
     if (!resume && info.has_valid) {   // the untrained model's validation loss: the baseline of the run
         double val = hdlm_trainer_eval(t);
         hdlm_metrics_record r = {0, 0, 0, 0, NAN, NAN, NAN, NAN, NAN, 0, NAN, val, 0};
-        hdlm_metrics_write(&metrics, &r);
+        HDLM_MUST(hdlm_metrics_write(&metrics, &r));
         hdlm_log("update 0/%lld | val %.4f\n", (long long)n_iters, val);
     }
     double start = hdlm_time_now(), last_time = start, excluded = 0;   // excluded: evaluation and checkpoint time
@@ -215,7 +224,7 @@ int main(int argc, char **argv) {
             double loss = loss_sum / loss_count;
             hdlm_metrics_record r = {u, info.epoch, info.micro_step, info.tokens_seen, loss, s.lr, s.grad_norm,
                                      tok_s, tok_s * info.flops_per_token / peak, elapsed, eta, val, skipped};
-            hdlm_metrics_write(&metrics, &r);
+            HDLM_MUST(hdlm_metrics_write(&metrics, &r));
             char el[32], et[32], vl[48] = "";
             format_duration(elapsed, el, sizeof el);
             format_duration(eta, et, sizeof et);
@@ -245,6 +254,7 @@ int main(int argc, char **argv) {
     }
     if (!preempted && hdlm_rank() == 0) HDLM_MUST(write_done(cfg.run.dir, info.update));
     hdlm_metrics_close(&metrics);
+    hdlm_watchdog_stop();
     hdlm_trainer_free(t);
     MPI_Finalize();
     return preempted ? EXIT_PREEMPTED : 0;

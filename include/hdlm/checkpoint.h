@@ -8,6 +8,7 @@
 #ifndef HDLM_CHECKPOINT_H
 #define HDLM_CHECKPOINT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -72,7 +73,10 @@ int hdlm_checkpoint_world_size(const hdlm_ckpt *ck);
 // `tensors` (else refused naming the first difference); each tensor read is verified against its CRC-32.
 int hdlm_checkpoint_read(hdlm_ckpt *ck, const char *group, const hdlm_tensor *tensors, int n_tensors, size_t lo,
                          size_t hi, float *out);
+// A scalar of the checkpoint (refused when absent).
 int hdlm_checkpoint_scalar(hdlm_ckpt *ck, const char *key, int64_t *value);
+// The same for a scalar that older checkpoints may lack: *present says whether it was there.
+int hdlm_checkpoint_scalar_if(hdlm_ckpt *ck, const char *key, int64_t *value, bool *present);
 // The stored configuration (malloc'ed, NUL-terminated).
 int hdlm_checkpoint_config(hdlm_ckpt *ck, char **yaml);
 // The per-rank state of the writing ranks: world x len values, row r = rank r (malloc'ed).

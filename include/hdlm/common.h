@@ -8,6 +8,7 @@
 #ifndef HDLM_COMMON_H
 #define HDLM_COMMON_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -78,5 +79,17 @@ double hdlm_time_now(void);
 
 // Reads a whole file into a NUL-terminated buffer (size in *len). Fails with the file name and errno text.
 int hdlm_read_file(const char *path, char **data, size_t *len);
+// The one way hdlm opens an existing file for reading: only a regular file is accepted (a FIFO would block in open()
+// forever, a device or directory never ends), refused with a message naming `what` and the path. *size: its bytes.
+int hdlm_open_regular(const char *path, const char *what, int *fd, uint64_t *size);
+int hdlm_fopen_regular(const char *path, const char *what, FILE **f);
+// The index of the first NaN or infinity among n floats, n when all are finite: the one non-finite check of every
+// reader and writer of weights and optimizer state.
+size_t hdlm_first_nonfinite(const float *x, size_t n);
+// True when JSON text holds the escape \u0000: cJSON decodes it into a NUL that ends its C string, so a key or a
+// text would be silently cut there. Readers of JSON refuse such input instead.
+bool hdlm_json_has_escaped_nul(const char *json, size_t len);
+// The same check without opening, for libraries that open by name (HDF5).
+int hdlm_check_regular(const char *path, const char *what);
 
 #endif

@@ -28,6 +28,9 @@ int hdlm_dataset_open_dir(hdlm_dataset *d, const char *dir, const char *split, u
 void hdlm_dataset_close(hdlm_dataset *d);
 
 uint64_t hdlm_dataset_chunk_count(const hdlm_dataset *d);
+// A fingerprint of the set's content and chunking (the shards' token counts and checksums, in order, and the chunk
+// length): what a checkpoint records so that a resume on other data is refused.
+uint64_t hdlm_dataset_identity(const hdlm_dataset *d);
 // Chunk i (i < chunk count) as chunk_len ids in the read-only mapping.
 const uint16_t *hdlm_dataset_chunk(const hdlm_dataset *d, uint64_t i);
 // Chunk i widened into dst[0..chunk_len).

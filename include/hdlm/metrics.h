@@ -17,11 +17,15 @@ typedef struct {
 
 typedef struct {
     FILE *file;   // NULL on ranks other than 0
+    char path[4096];
 } hdlm_metrics;
 
-// Rank 0 opens path (appending when resuming); other ranks get a no-op writer.
-int hdlm_metrics_open(hdlm_metrics *m, const char *path, bool append);
-void hdlm_metrics_write(hdlm_metrics *m, const hdlm_metrics_record *r);
+// Rank 0 opens path; other ranks get a no-op writer. resumed_update >= 0: the run resumes after that update, so the
+// records of later updates (written before a crash, about to be redone) are dropped and the rest is appended to;
+// -1: a new file.
+int hdlm_metrics_open(hdlm_metrics *m, const char *path, int64_t resumed_update);
+// Writes one record and flushes it; a write error (a full disk) is returned with the cause, never ignored.
+int hdlm_metrics_write(hdlm_metrics *m, const hdlm_metrics_record *r);
 void hdlm_metrics_close(hdlm_metrics *m);
 
 #endif

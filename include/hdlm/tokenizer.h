@@ -32,6 +32,8 @@ int hdlm_tokenizer_load(hdlm_tokenizer **out, const char *encoder_json_path, con
 int hdlm_tokenizer_load_dir(hdlm_tokenizer **out, const char *dir);
 void hdlm_tokenizer_free(hdlm_tokenizer *tok);
 
+// Offset of the first byte that is not well-formed UTF-8 in s[0..n), n when all of it is.
+size_t hdlm_utf8_invalid_at(const char *s, size_t n);
 // Appends the ids of `len` bytes of UTF-8 text to `out` (NUL is an ordinary byte). Invalid UTF-8 is refused with the
 // byte offset in the message (-1, nothing appended). Safe to call from several threads at once on the same tokenizer:
 // each call takes one of the tokenizer's piece caches for its duration.

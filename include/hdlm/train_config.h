@@ -58,6 +58,7 @@ typedef struct {
         bool reference_zero_grad_quirk;               // method §8.3: keep only the last micro-batch of each window
         int64_t seed;
         char device[HDLM_CONFIG_STRING_MAX];          // cpu | cuda (docs/cuda.md)
+        double watchdog_s;                            // end the job when a rank makes no progress this long (0: off)
     } training;
     struct {
         char type[HDLM_CONFIG_STRING_MAX];   // block | simple | hybrid | none (ε only: no schedule, method §4.4)

@@ -51,6 +51,13 @@ void hdlm_trainer_update(hdlm_trainer *t, hdlm_update_stats *stats);
 double hdlm_trainer_eval(hdlm_trainer *t);
 // Writes <run.dir>/checkpoints/step_<update> (collective).
 int hdlm_trainer_save(hdlm_trainer *t, double *seconds);
+// The job's watchdog (src/train/watchdog.c): with timeout_s > 0, a thread ends the process with a message naming the
+// rank that stopped answering when this rank has made no progress for timeout_s (training.watchdog_s). The trainer
+// beats once per micro-batch, validation batch and checkpoint; hdlm_watchdog_beat may be called around other long
+// collective phases.
+int hdlm_watchdog_start(const char *run_dir, double timeout_s);
+void hdlm_watchdog_beat(int64_t update);
+void hdlm_watchdog_stop(void);
 // The backend's timing by kernel kind (HDLM_PROFILE=1 on the GPU): reset starts a new measurement; otherwise the
 // table since the last reset is printed for steps of step_s seconds. Nothing on the CPU backend (hdlm-bench model).
 void hdlm_trainer_profile(hdlm_trainer *t, FILE *out, double step_s, bool reset);

@@ -2,11 +2,15 @@
 #include "hdlm/common.h"
 
 #include <errno.h>
+#include <math.h>
+#include <fcntl.h>
 #include <mpi.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 static _Thread_local char last_error[2048];
 
@@ -129,11 +133,82 @@ double hdlm_time_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+// O_NONBLOCK: open() of a FIFO without a writer returns at once instead of waiting for one; the flag is cleared
+// again for a regular file.
+int hdlm_open_regular(const char *path, const char *what, int *fd_out, uint64_t *size) {
+    *fd_out = -1;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    HDLM_CHECK(fd >= 0, "cannot open %s %s: %s", what, path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return HDLM_FAIL("%s %s is not a regular file (a directory, FIFO or device)", what, path);
+    }
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+        int err = errno;
+        close(fd);
+        return HDLM_FAIL("cannot open %s %s: %s", what, path, strerror(err));
+    }
+    if (size) *size = (uint64_t)st.st_size;
+    *fd_out = fd;
+    return 0;
+}
+
+int hdlm_fopen_regular(const char *path, const char *what, FILE **out) {
+    int fd;
+    HDLM_TRY(hdlm_open_regular(path, what, &fd, NULL));
+    *out = fdopen(fd, "rb");
+    if (!*out) {
+        int err = errno;
+        close(fd);
+        return HDLM_FAIL("cannot open %s %s: %s", what, path, strerror(err));
+    }
+    return 0;
+}
+
+int hdlm_check_regular(const char *path, const char *what) {
+    struct stat st;
+    HDLM_CHECK(stat(path, &st) == 0, "cannot open %s %s: %s", what, path, strerror(errno));
+    HDLM_CHECK(S_ISREG(st.st_mode), "%s %s is not a regular file (a directory, FIFO or device)", what, path);
+    return 0;
+}
+
+// An escape is active when an odd run of backslashes ends at the u.
+bool hdlm_json_has_escaped_nul(const char *s, size_t len) {
+    for (size_t i = 0; i + 6 <= len; i++) {
+        if (s[i] != '\\' || s[i + 1] != 'u' || strncmp(s + i + 2, "0000", 4) != 0) continue;
+        size_t run = 1;
+        while (run <= i && s[i - run] == '\\') run++;
+        if (run % 2 == 1) return true;
+    }
+    return false;
+}
+
+size_t hdlm_first_nonfinite(const float *x, size_t n) {
+    // A float is non-finite when its exponent bits are all ones; checked branch-free in blocks, so it runs at memory
+    // speed over a checkpoint's buffers.
+    const size_t block = 4096;
+    for (size_t b = 0; b < n; b += block) {
+        size_t end = b + block < n ? b + block : n;
+        uint32_t any = 0;
+        for (size_t i = b; i < end; i++) {
+            uint32_t u;
+            memcpy(&u, &x[i], sizeof u);
+            any |= (uint32_t)((u & 0x7f800000u) == 0x7f800000u);
+        }
+        if (any)
+            for (size_t i = b; i < end; i++)
+                if (!isfinite(x[i])) return i;
+    }
+    return n;
+}
+
 int hdlm_read_file(const char *path, char **data, size_t *len) {
     *data = NULL;
     *len = 0;
-    FILE *f = fopen(path, "rb");
-    HDLM_CHECK(f, "cannot open %s: %s", path, strerror(errno));
+    FILE *f;
+    HDLM_TRY(hdlm_fopen_regular(path, "file", &f));
     size_t cap = 1 << 16, n = 0;
     char *buf = hdlm_malloc(cap);
     for (;;) {

@@ -134,13 +134,46 @@ int hdlm_config_override(const hdlm_config_schema *s, void *config, const char *
     return hdlm_config_set(s, config, key, eq + 1, origin);
 }
 
+enum { MAX_DEPTH = 16, MAX_KEY_PATH = MAX_DEPTH * 128 };
+
+// "a.b.c" from the stack of mapping keys.
+static void key_path(char *out, char keys[][128], int depth) {
+    out[0] = '\0';
+    for (int d = 0; d < depth; d++) {
+        if (d) strcat(out, ".");
+        strcat(out, keys[d]);
+    }
+}
+
+// Every key path of one document (sections too) with its line: a key or section written twice is refused, not
+// silently overwritten by its last occurrence.
+typedef struct {
+    char (*paths)[MAX_KEY_PATH];
+    size_t *lines;
+    int n, cap;
+} seen_keys;
+
+static int seen_add(seen_keys *s, const char *path, size_t line, const char *file) {
+    for (int i = 0; i < s->n; i++)
+        HDLM_CHECK(strcmp(s->paths[i], path) != 0, "%s:%zu: '%s' appears twice (first at line %zu)", file, line, path,
+                   s->lines[i]);
+    if (s->n == s->cap) {
+        s->cap = s->cap ? 2 * s->cap : 64;
+        s->paths = hdlm_realloc(s->paths, (size_t)s->cap * sizeof *s->paths);
+        s->lines = hdlm_realloc(s->lines, (size_t)s->cap * sizeof *s->lines);
+    }
+    snprintf(s->paths[s->n], MAX_KEY_PATH, "%s", path);
+    s->lines[s->n++] = line;
+    return 0;
+}
+
 // The YAML walk keeps a stack of mapping keys; a scalar in key position pushes, a value scalar or a nested mapping's
 // end pops. Sequences, aliases and non-mapping documents are refused (no key takes a list).
 static int load_yaml(const hdlm_config_schema *s, void *config, yaml_parser_t *parser_ptr, const char *path) {
     yaml_parser_t parser = *parser_ptr;
 
-    enum { MAX_DEPTH = 16 };
     char keys[MAX_DEPTH][128];
+    seen_keys seen = {0};
     bool expecting_key[MAX_DEPTH];   // per open mapping: is the next scalar a key?
     int depth = 0, rc = 0;
     bool done = false;
@@ -172,14 +205,17 @@ static int load_yaml(const hdlm_config_schema *s, void *config, yaml_parser_t *p
             if (depth == 0) {
                 rc = HDLM_FAIL("%s:%zu: expected a mapping of configuration keys at the top level", path, line);
             } else if (expecting_key[depth - 1]) {
-                if (strlen(text) >= sizeof keys[0]) rc = HDLM_FAIL("%s:%zu: key too long", path, line);
-                else strcpy(keys[depth - 1], text), expecting_key[depth - 1] = false;
-            } else {
-                char key[MAX_DEPTH * 128] = "";
-                for (int d = 0; d < depth; d++) {
-                    if (d) strcat(key, ".");
-                    strcat(key, keys[d]);
+                if (strlen(text) >= sizeof keys[0]) {
+                    rc = HDLM_FAIL("%s:%zu: key too long", path, line);
+                } else {
+                    strcpy(keys[depth - 1], text), expecting_key[depth - 1] = false;
+                    char key[MAX_KEY_PATH];
+                    key_path(key, keys, depth);
+                    rc = seen_add(&seen, key, line, path);
                 }
+            } else {
+                char key[MAX_KEY_PATH];
+                key_path(key, keys, depth);
                 char origin[4200];
                 snprintf(origin, sizeof origin, "%s:%zu", path, line);
                 bool is_null = ev.data.scalar.plain_implicit && (text[0] == '\0' || strcmp(text, "~") == 0 ||
@@ -197,12 +233,14 @@ static int load_yaml(const hdlm_config_schema *s, void *config, yaml_parser_t *p
         yaml_event_delete(&ev);
     }
     *parser_ptr = parser;
+    free(seen.paths);
+    free(seen.lines);
     return rc;
 }
 
 int hdlm_config_load_yaml(const hdlm_config_schema *s, void *config, const char *path) {
-    FILE *f = fopen(path, "rb");
-    HDLM_CHECK(f, "cannot open configuration file %s: %s", path, strerror(errno));
+    FILE *f;
+    HDLM_TRY(hdlm_fopen_regular(path, "configuration file", &f));
     yaml_parser_t parser;
     yaml_parser_initialize(&parser);
     yaml_parser_set_input_file(&parser, f);

@@ -3,14 +3,45 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "hdlm/common.h"
 
-int hdlm_metrics_open(hdlm_metrics *m, const char *path, bool append) {
+// Keeps the records of updates <= last (a resumed run redoes the later ones), through a temporary file and a rename.
+static int drop_later_records(const char *path, int64_t last) {
+    FILE *in = fopen(path, "r");
+    if (!in) return 0;   // nothing written yet
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *out = fopen(tmp, "w");
+    if (!out) {
+        fclose(in);
+        return HDLM_FAIL("cannot write %s: %s", tmp, strerror(errno));
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    long long update;
+    while (getline(&line, &cap, in) > 0)
+        if (sscanf(line, "{\"update\":%lld", &update) == 1 && update <= last) fputs(line, out);
+    free(line);
+    fclose(in);
+    bool ok = fflush(out) == 0 && !ferror(out);
+    ok = fclose(out) == 0 && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        int err = errno;
+        remove(tmp);
+        return HDLM_FAIL("cannot rewrite the metrics file %s: %s", path, strerror(err));
+    }
+    return 0;
+}
+
+int hdlm_metrics_open(hdlm_metrics *m, const char *path, int64_t resumed_update) {
     m->file = NULL;
+    snprintf(m->path, sizeof m->path, "%s", path);
     if (hdlm_rank() != 0) return 0;
-    m->file = fopen(path, append ? "a" : "w");
+    if (resumed_update >= 0) HDLM_TRY(drop_later_records(path, resumed_update));
+    m->file = fopen(path, resumed_update >= 0 ? "a" : "w");
     HDLM_CHECK(m->file, "cannot open the metrics file %s: %s", path, strerror(errno));
     return 0;
 }
@@ -21,8 +52,8 @@ static void put_number(FILE *f, const char *key, double x) {
     else fprintf(f, ",\"%s\":null", key);
 }
 
-void hdlm_metrics_write(hdlm_metrics *m, const hdlm_metrics_record *r) {
-    if (!m->file) return;
+int hdlm_metrics_write(hdlm_metrics *m, const hdlm_metrics_record *r) {
+    if (!m->file) return 0;
     FILE *f = m->file;
     fprintf(f, "{\"update\":%lld,\"epoch\":%lld,\"micro_step\":%lld,\"tokens\":%lld", (long long)r->update,
             (long long)r->epoch, (long long)r->micro_step, (long long)r->tokens);
@@ -35,7 +66,9 @@ void hdlm_metrics_write(hdlm_metrics *m, const hdlm_metrics_record *r) {
     put_number(f, "eta_s", r->eta_s);
     put_number(f, "val_loss", r->val_loss);
     fprintf(f, ",\"skipped\":%lld}\n", (long long)r->skipped);
-    fflush(f);
+    HDLM_CHECK(fflush(f) == 0 && !ferror(f), "cannot write the metrics file %s: %s (record of update %lld lost)",
+               m->path, strerror(errno), (long long)r->update);
+    return 0;
 }
 
 void hdlm_metrics_close(hdlm_metrics *m) {

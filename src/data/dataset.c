@@ -3,10 +3,13 @@
 
 #include "hdlm/common.h"
 
+#include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <xxhash.h>
 
 int hdlm_dataset_open_files(hdlm_dataset *d, const char *const *paths, size_t n, uint64_t chunk_len,
                             uint32_t expected_vocab) {
@@ -27,10 +30,53 @@ int hdlm_dataset_open_files(hdlm_dataset *d, const char *const *paths, size_t n,
         d->token_count += info->token_count;
         d->doc_count += info->doc_count;
     }
+    // An empty set would divide by zero wherever chunks are picked modulo the count.
+    if (d->first_chunk[n] == 0) {
+        uint64_t tokens = d->token_count;
+        hdlm_dataset_close(d);
+        return HDLM_FAIL("%s%s: %llu tokens in %zu shard(s), fewer than one chunk of %llu tokens (model.length)",
+                         paths[0], n > 1 ? " ..." : "", (unsigned long long)tokens, n, (unsigned long long)chunk_len);
+    }
     return 0;
 }
 
 static int compare_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+// When the directory has a manifest.json (hdlm-prep prepare), the split's shards must be exactly the ones it lists,
+// with the checksums it records: a missing or replaced shard is refused instead of silently training on less.
+static int check_manifest(const hdlm_dataset *d, const char *dir, const char *split) {
+    char path[4200], *text;
+    size_t len;
+    snprintf(path, sizeof path, "%s/manifest.json", dir);
+    if (access(path, F_OK) != 0) return 0;
+    HDLM_TRY(hdlm_read_file(path, &text, &len));
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    const cJSON *shards = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "splits"), split), "shards");
+    int rc = 0, listed = cJSON_GetArraySize(shards);
+    if (!root || !cJSON_IsArray(shards)) rc = HDLM_FAIL("%s: no list of %s shards (not a manifest of hdlm-prep?)", path,
+                                                        split);
+    else if ((size_t)listed != d->shard_count)
+        rc = HDLM_FAIL("%s lists %d %s shard(s), the directory holds %zu: shards are missing or extra", path, listed,
+                       split, d->shard_count);
+    for (int i = 0; rc == 0 && i < listed; i++) {
+        const cJSON *sh = cJSON_GetArrayItem(shards, i);
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(sh, "name"), *sum = cJSON_GetObjectItemCaseSensitive(sh, "xxh64");
+        const char *have = strrchr(d->shards[i].path, '/');
+        have = have ? have + 1 : d->shards[i].path;
+        char hex[32];
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)d->shards[i].info.checksum);
+        if (!cJSON_IsString(name) || strcmp(name->valuestring, have) != 0)
+            rc = HDLM_FAIL("%s lists shard %d as %s, the directory has %s", path, i,
+                           cJSON_IsString(name) ? name->valuestring : "(no name)", have);
+        else if (!cJSON_IsString(sum) || strcmp(sum->valuestring, hex) != 0)
+            rc = HDLM_FAIL("%s: shard %s has checksum %s, the manifest records %s (replaced after prepare?)", path,
+                           have, hex, cJSON_IsString(sum) ? sum->valuestring : "none");
+    }
+    cJSON_Delete(root);
+    return rc;
+}
 
 int hdlm_dataset_open_dir(hdlm_dataset *d, const char *dir, const char *split, uint64_t chunk_len,
                           uint32_t expected_vocab) {
@@ -53,6 +99,10 @@ int hdlm_dataset_open_dir(hdlm_dataset *d, const char *dir, const char *split, u
     qsort(paths, n, sizeof *paths, compare_names);
     int rc = n == 0 ? HDLM_FAIL("no %s shards (%s_*.bin) in %s", split, split, dir)
                     : hdlm_dataset_open_files(d, (const char *const *)paths, n, chunk_len, expected_vocab);
+    if (rc == 0 && check_manifest(d, dir, split) != 0) {
+        hdlm_dataset_close(d);
+        rc = -1;
+    }
     for (size_t i = 0; i < n; i++) free(paths[i]);
     free(paths);
     return rc;
@@ -63,6 +113,22 @@ void hdlm_dataset_close(hdlm_dataset *d) {
     free(d->shards);
     free(d->first_chunk);
     memset(d, 0, sizeof *d);
+}
+
+uint64_t hdlm_dataset_identity(const hdlm_dataset *d) {
+    uint64_t words[2 * 4096 + 1];
+    size_t n = 0;
+    words[n++] = d->chunk_len;
+    uint64_t h = 0;
+    for (size_t s = 0; s < d->shard_count; s++) {
+        words[n++] = d->shards[s].info.token_count;
+        words[n++] = d->shards[s].info.checksum;
+        if (n + 2 > sizeof words / sizeof words[0] || s + 1 == d->shard_count) {   // hashed in chained blocks
+            h = XXH64(words, n * sizeof *words, h);
+            n = 0;
+        }
+    }
+    return h;
 }
 
 uint64_t hdlm_dataset_chunk_count(const hdlm_dataset *d) { return d->first_chunk ? d->first_chunk[d->shard_count] : 0; }

@@ -175,14 +175,9 @@ static int shard_validate(hdlm_shard *s, const unsigned char *bytes, uint64_t fi
 
 int hdlm_shard_open(hdlm_shard *s, const char *path, uint32_t expected_vocab) {
     memset(s, 0, sizeof *s);
-    int fd = open(path, O_RDONLY);
-    HDLM_CHECK(fd >= 0, "cannot open shard %s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return HDLM_FAIL("shard %s is not a regular file", path);
-    }
-    uint64_t file_bytes = (uint64_t)st.st_size;
+    int fd;
+    uint64_t file_bytes;
+    HDLM_TRY(hdlm_open_regular(path, "shard", &fd, &file_bytes));
     s->path = hdlm_strdup(path);
     if (file_bytes > 0) {
         void *map = mmap(NULL, (size_t)file_bytes, PROT_READ, MAP_SHARED, fd, 0);

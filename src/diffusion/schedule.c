@@ -1,6 +1,7 @@
 // Hyperschedules: closed-form levels, times, classes, weights, masks and step sampling (include/hdlm/schedule.h).
 #include "hdlm/schedule.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,14 +41,14 @@ static void block_levels(const hdlm_schedule *s, int k, int *levels, int *n_set)
 
 // Sub-steps per block of the `hybrid` schedule: τ + min(ω, L) − 1, the first block's size as in the reference
 // (method §2.5; with ω > L the one block is only L long).
-static int hybrid_period(const hdlm_schedule *s) {
-    return s->tau + (s->width < s->length ? s->width : s->length) - 1;
+static int64_t hybrid_period(const hdlm_schedule *s) {
+    return (int64_t)s->tau + (s->width < s->length ? s->width : s->length) - 1;
 }
 
 // Levels of the `hybrid` schedule (method §2.5): a diagonal sweep of hybrid_period sub-steps in each block.
 static void hybrid_levels(const hdlm_schedule *s, int k, int *levels, int *n_set) {
     int L = s->length, w = s->width, tau = s->tau;
-    int period = hybrid_period(s), k_last = period * ceil_div(L, w);
+    int period = (int)hybrid_period(s), k_last = period * ceil_div(L, w);   // fit: hdlm_schedule_init checked K_max
     if (k < 1) k = 1;
     if (k > k_last) k = k_last;
     int b = (k - 1) / period, sub = (k - 1) % period;
@@ -74,11 +75,12 @@ void hdlm_schedule_levels(const hdlm_schedule *s, int k, int *levels, int *n_set
 }
 
 // `simple` K_max: one past the first step at which every level is 0; the reference scans k = 1 … L+τ+ω (method §2.4).
-static int simple_k_max(const hdlm_schedule *s) {
-    int limit = s->length + s->tau + s->width;
+static int64_t simple_k_max(const hdlm_schedule *s) {
+    int64_t limit = (int64_t)s->length + s->tau + s->width;
     int *levels = hdlm_malloc((size_t)s->length * sizeof *levels);
-    int k_max = limit, n_set;
-    for (int k = 1; k <= limit && k_max == limit; k++) {
+    int64_t k_max = limit;
+    int n_set;
+    for (int64_t k = 1; k <= limit && k_max == limit; k++) {
         simple_levels(s, k, levels, &n_set);
         int all_zero = 1;
         for (int i = 0; i < s->length && all_zero; i++) all_zero = levels[i] == 0;
@@ -115,16 +117,25 @@ int hdlm_schedule_init(hdlm_schedule *s, hdlm_schedule_type type, int length, in
     s->context = context;
     s->block = block;
     s->worthless_level = tau;
+    // K_max in 64 bits, refused past INT_MAX: a step index must fit an int everywhere it travels.
+    int64_t blocks = ((int64_t)length + width - 1) / width, k_max = 0;
     switch (type) {
-    case HDLM_SCHEDULE_BLOCK: s->k_max = tau * ceil_div(length, width) + 1; break;
-    case HDLM_SCHEDULE_HYBRID: s->k_max = hybrid_period(s) * ceil_div(length, width) + 1; break;
+    case HDLM_SCHEDULE_BLOCK: k_max = (int64_t)tau * blocks + 1; break;
+    case HDLM_SCHEDULE_HYBRID: k_max = hybrid_period(s) * blocks + 1; break;
     case HDLM_SCHEDULE_SIMPLE:
         s->main_tuple = hdlm_malloc((size_t)width * sizeof *s->main_tuple);
         simple_main_tuple(width, tau, s->main_tuple);
         while (s->rate < width && s->main_tuple[s->rate] == 0) s->rate++;
-        s->k_max = simple_k_max(s);
+        k_max = simple_k_max(s);
         break;
     }
+    if (k_max > INT_MAX) {
+        hdlm_schedule_free(s);
+        return HDLM_FAIL("the %s schedule with L = %d, annealing.width = %d, annealing.tau = %d has %lld steps, more "
+                         "than %d: use a smaller tau or a wider block", hdlm_schedule_type_name(type), length, width,
+                         tau, (long long)k_max - 1, INT_MAX - 1);
+    }
+    s->k_max = (int)k_max;
     return 0;
 }
 

@@ -225,6 +225,7 @@ int hdlm_features_write_h5(const char *path, const hdlm_feature_export *e) {
 
 static int h5_read_features(const char *path, hdlm_feature_matrix *out) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    HDLM_TRY(hdlm_check_regular(path, "feature file"));
     hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     HDLM_CHECK(file >= 0, "%s: cannot open as HDF5 (corrupt or truncated file)", path);
     hid_t dset = H5Lexists(file, "features", H5P_DEFAULT) > 0 ? H5Dopen2(file, "features", H5P_DEFAULT) : -1;
@@ -260,6 +261,7 @@ static int h5_read_features(const char *path, hdlm_feature_matrix *out) {
 
 int hdlm_features_read_lengths(const char *path, int32_t **lengths, int64_t *n) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    HDLM_TRY(hdlm_check_regular(path, "feature file"));
     hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     HDLM_CHECK(file >= 0, "%s: cannot open as HDF5", path);
     hid_t dset = H5Lexists(file, "lengths", H5P_DEFAULT) > 0 ? H5Dopen2(file, "lengths", H5P_DEFAULT) : -1;
@@ -287,8 +289,8 @@ int hdlm_features_read_lengths(const char *path, int32_t **lengths, int64_t *n) 
 
 int hdlm_features_read(const char *path, hdlm_feature_matrix *out) {
     memset(out, 0, sizeof(*out));
-    FILE *f = fopen(path, "rb");
-    HDLM_CHECK(f != NULL, "%s: cannot open feature file (%s)", path, strerror(errno));
+    FILE *f;
+    HDLM_TRY(hdlm_fopen_regular(path, "feature file", &f));
     unsigned char magic[8] = {0};
     size_t got = fread(magic, 1, sizeof(magic), f);
     int rc;

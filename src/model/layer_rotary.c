@@ -17,6 +17,26 @@ static float round_bf16(float x) {
     return x;
 }
 
+// Round to IEEE half precision (nearest even) from double, in software: what (float)(_Float16)x gives, without
+// needing _Float16 (clang before 15 lacks it on x86, and the fuzz build uses clang).
+float hdlm_round_fp16(double x) {
+    uint64_t u;
+    memcpy(&u, &x, sizeof u);
+    uint64_t a = u & 0x7fffffffffffffffull;
+    double r;
+    if (a >= 0x7ff0000000000000ull) return (float)x;                 // infinity, NaN
+    if (a >= 0x40effe0000000000ull) r = INFINITY;                     // >= 65520: past the largest half, 65504
+    else if (a < 0x3f10000000000000ull) {                             // below 2^-14: subnormal halves, step 2^-24
+        double f;
+        memcpy(&f, &a, sizeof f);
+        r = nearbyint(f * 16777216.0) / 16777216.0;                   // exact scalings; ties to even
+    } else {                                                          // normal: 10 of 52 mantissa bits kept
+        uint64_t k = (a + 0x1ffffffffffull + ((a >> 42) & 1u)) & ~0x3ffffffffffull;
+        memcpy(&r, &k, sizeof r);
+    }
+    return (float)(u >> 63 ? -r : r);   // exact: every half is a float
+}
+
 void hdlm_rotary_tables(float *cos_t, float *sin_t, const float *inv_freq, int len, int head_dim,
                         hdlm_rotary_mode mode) {
     int half = head_dim / 2;
@@ -26,9 +46,9 @@ void hdlm_rotary_tables(float *cos_t, float *sin_t, const float *inv_freq, int l
             if (mode == HDLM_ROTARY_REFERENCE) {
                 // The reference builds its tables under fp16 autocast: angle = fp16(fp16(p)·fp16(inv_freq)), cos and
                 // sin stored as fp16, then cast to bf16 where they are used.
-                _Float16 angle = (_Float16)((float)(_Float16)(float)p * (float)(_Float16)inv_freq[k]);
-                c = round_bf16((float)(_Float16)cos((double)(float)angle));
-                s = round_bf16((float)(_Float16)sin((double)(float)angle));
+                float angle = hdlm_round_fp16(hdlm_round_fp16(p) * hdlm_round_fp16(inv_freq[k]));
+                c = round_bf16(hdlm_round_fp16(cos((double)angle)));
+                s = round_bf16(hdlm_round_fp16(sin((double)angle)));
             } else {
                 float angle = (float)p * inv_freq[k];
                 c = (float)cos((double)angle);

@@ -32,6 +32,8 @@ void hdlm_layernorm_backward(float *din, float *dw, const float *dout, const flo
 void hdlm_layernorm_bias_forward(float *out, const float *in, const float *w, const float *b, int n, int d);
 
 // ---- rotary embedding, rotate-half over the whole head (method §7.4) ------------------------------- layer_rotary.c
+// x rounded to IEEE half precision (nearest even) and returned as float: (float)(_Float16)x, in software.
+float hdlm_round_fp16(double x);
 // inv_freq[D/2] = 1 / 10000^(2k/D) in fp32 (the state-dict buffer rotary_emb.inv_freq).
 void hdlm_rotary_inv_freq(float *inv_freq, int head_dim);
 // cos/sin[L, D/2] for positions 0..L-1: exact = fp32 angles; reference = the fp16 angle and fp16→bf16 tables.

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 #include <zlib.h>
 
 #include "hdlm/common.h"
@@ -232,7 +233,7 @@ static void shard_name(char *out, size_t n, int rank, int world) {
 static int write_shard(const char *path, const hdlm_ckpt_contents *c, size_t lo, size_t hi, int rank, int world,
                        uint32_t *crc) {
     hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    HDLM_CHECK(f >= 0, "cannot create checkpoint shard %s", path);
+    HDLM_CHECK(f >= 0, "cannot create checkpoint shard %s: %s", path, strerror(errno));
     int rc = h5_attr_i64(f, "rank", rank) || h5_attr_i64(f, "world_size", world) ||
              h5_attr_i64(f, "flat_offset", (int64_t)lo) || h5_attr_i64(f, "flat_count", (int64_t)(hi - lo)) ? -1 : 0;
     for (int g = 0; rc == 0 && g < c->n_groups; g++) {
@@ -251,7 +252,14 @@ static int write_shard(const char *path, const hdlm_ckpt_contents *c, size_t lo,
             for (int d = 0; d < td->ndim; d++) dims[d] = (hsize_t)td->shape[d];
             dims[0] = (hsize_t)(r1 - r0);
             const float *src = grp->data + (td->offset + (size_t)r0 * row_elems(td) - grp->data_offset);
-            size_t bytes = (size_t)(r1 - r0) * row_elems(td) * sizeof(float);
+            size_t count = (size_t)(r1 - r0) * row_elems(td), bytes = count * sizeof(float);
+            size_t bad = hdlm_first_nonfinite(src, count);
+            if (bad < count) {
+                rc = HDLM_FAIL("refusing to checkpoint %s/%s: element %zu of this rank's rows is %g; a checkpoint never "
+                               "holds non-finite state (the run diverged: resume from an earlier checkpoint)",
+                               grp->name, td->name, bad, (double)src[bad]);
+                break;
+            }
             crc[g * c->n_tensors + t] = (uint32_t)crc32_z(crc32(0L, Z_NULL, 0), (const Bytef *)src, bytes);
             hid_t space = H5Screate_simple(td->ndim, dims, NULL);
             hid_t d = H5Dcreate2(gid, td->name, H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
@@ -401,6 +409,16 @@ static void apply_retention(const char *root, const hdlm_ckpt_retention *keep) {
     free(steps);
 }
 
+// xxHash64 of a whole (small) file: the index's fingerprint in the COMPLETE marker.
+static int file_xxh64(const char *path, uint64_t *hash) {
+    char *data;
+    size_t len;
+    HDLM_TRY(hdlm_read_file(path, &data, &len));
+    *hash = XXH64(data, len, 0);
+    free(data);
+    return 0;
+}
+
 // Rank 0: publish tmp as final (moving an older copy of the same step aside first), mark it complete, point latest at it.
 static int publish(const char *root, const char *tmp, const char *final, int64_t step) {
     char old[4300], marker[4300], latest[4300], name[64];
@@ -410,9 +428,15 @@ static int publish(const char *root, const char *tmp, const char *final, int64_t
     if (access(final, F_OK) == 0)
         HDLM_CHECK(rename(final, old) == 0, "cannot move %s aside: %s", final, strerror(errno));
     HDLM_CHECK(rename(tmp, final) == 0, "cannot rename %s to %s: %s", tmp, final, strerror(errno));
+    // COMPLETE records the index's checksum: a damaged index is refused before the HDF5 library parses it.
+    char index[4300], complete[128];
+    uint64_t hash;
+    snprintf(index, sizeof index, "%s/index.h5", final);
+    HDLM_TRY(file_xxh64(index, &hash));
     snprintf(marker, sizeof marker, "%s/COMPLETE", final);
     snprintf(name, sizeof name, "step_%09" PRId64 "\n", step);
-    HDLM_TRY(write_text_atomic(marker, name));
+    snprintf(complete, sizeof complete, "%sindex_xxh64 %016" PRIx64 "\n", name, hash);
+    HDLM_TRY(write_text_atomic(marker, complete));
     HDLM_TRY(fsync_path(final));
     snprintf(latest, sizeof latest, "%s/latest", root);
     HDLM_TRY(write_text_atomic(latest, name));
@@ -531,9 +555,27 @@ static int open_index(hdlm_ckpt *ck) {
     HDLM_CHECK(access(marker, F_OK) == 0, "checkpoint %s is incomplete: no COMPLETE marker (the writer stopped early)",
                ck->dir);
     snprintf(path, sizeof path, "%s/index.h5", ck->dir);
+    // The index's checksum, when the marker records one (checkpoints before it was recorded do not).
+    char *text;
+    size_t len;
+    unsigned long long want;
+    HDLM_TRY(hdlm_read_file(marker, &text, &len));
+    const char *line = strstr(text, "index_xxh64 ");
+    bool recorded = line && sscanf(line, "index_xxh64 %llx", &want) == 1;
+    free(text);
+    if (recorded) {
+        uint64_t have;
+        HDLM_TRY(file_xxh64(path, &have));
+        HDLM_CHECK(have == want, "checkpoint %s: index.h5 has checksum %016" PRIx64 ", its COMPLETE marker records "
+                   "%016llx: the index was damaged after it was written", ck->dir, have, want);
+    }
     // Strong close: also closes what a failed virtual-dataset read left open in the shards.
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
+    if (hdlm_check_regular(path, "checkpoint index") != 0) {
+        H5Pclose(fapl);
+        return -1;
+    }
     ck->file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
     H5Pclose(fapl);
     HDLM_CHECK(ck->file >= 0, "%s: not a readable HDF5 file (corrupt or truncated)", path);
@@ -598,11 +640,25 @@ int hdlm_checkpoint_open(hdlm_ckpt **out, const char *dir) {
 int hdlm_checkpoint_find_latest(const char *root, char *path, size_t path_size) {
     char latest[4200], name[256] = "";
     snprintf(latest, sizeof latest, "%s/latest", root);
-    FILE *f = fopen(latest, "r");
+    FILE *f = NULL;
+    if (access(latest, F_OK) == 0 && hdlm_fopen_regular(latest, "checkpoint pointer", &f) != 0)
+        hdlm_warn("%s\n", hdlm_last_error());
     if (f) {
         if (!fgets(name, sizeof name, f)) name[0] = '\0';
         fclose(f);
         name[strcspn(name, "\n")] = '\0';
+    }
+    // `latest` may only name a step directory of this root (never a path that leads elsewhere).
+    unsigned long long named_step;
+    int consumed = 0;
+    if (name[0] && !(sscanf(name, "step_%9llu%n", &named_step, &consumed) == 1 && consumed == 14 && !name[14])) {
+        char shown[64];
+        size_t k = 0;
+        for (const char *c = name; *c && k + 4 < sizeof shown; c++)
+            k += (size_t)snprintf(shown + k, sizeof shown - k, (*c >= 32 && *c < 127) ? "%c" : "\\x%02x",
+                                  (unsigned char)*c);
+        hdlm_warn("%s names '%s', not a step_NNNNNNNNN directory: ignored\n", latest, shown);
+        name[0] = '\0';
     }
     // Candidates: what latest names, then every complete checkpoint, newest first.
     int64_t *steps;
@@ -694,6 +750,10 @@ int hdlm_checkpoint_read(hdlm_ckpt *ck, const char *group, const hdlm_tensor *te
             rc = -1;
         }
         H5Dclose(d);
+        size_t bad = rc == 0 ? hdlm_first_nonfinite(dst, n) : n;
+        if (bad < n)
+            rc = HDLM_FAIL("checkpoint %s: tensor '%s' holds %g at element %zu (non-finite state is never loaded: "
+                           "resume from an earlier checkpoint)", ck->dir, name, (double)dst[bad], bad);
         if (rc == 0 && !inside) {
             size_t a = lo > begin ? lo : begin, b = hi < end ? hi : end;
             memcpy(out + (a - lo), buf + (a - begin), (b - a) * sizeof *out);
@@ -707,6 +767,15 @@ int hdlm_checkpoint_scalar(hdlm_ckpt *ck, const char *key, int64_t *value) {
     hid_t g = H5Gopen2(ck->file, "scalars", H5P_DEFAULT);
     HDLM_CHECK(g >= 0, "checkpoint %s has no scalars group", ck->dir);
     int rc = h5_read_attr_i64(g, key, value, ck->dir);
+    H5Gclose(g);
+    return rc;
+}
+
+int hdlm_checkpoint_scalar_if(hdlm_ckpt *ck, const char *key, int64_t *value, bool *present) {
+    hid_t g = H5Gopen2(ck->file, "scalars", H5P_DEFAULT);
+    HDLM_CHECK(g >= 0, "checkpoint %s has no scalars group", ck->dir);
+    *present = H5Aexists(g, key) > 0;
+    int rc = *present ? h5_read_attr_i64(g, key, value, ck->dir) : 0;
     H5Gclose(g);
     return rc;
 }

@@ -8,8 +8,9 @@
 #include <string.h>
 
 #include "hdlm/common.h"
-#include "model/layers.h"
 #include "hdlm/model_io.h"
+#include "hdlm/tokenizer.h"
+#include "model/layers.h"
 
 #define ST_HEADER_MAX (100u << 20)   // the format's own limit on the JSON header (100 MB)
 
@@ -82,6 +83,10 @@ static int compare_begin(const void *a, const void *b) {
 
 static int parse_header(hdlm_safetensors *st, const char *json, size_t len) {
     const char *p = st->path;
+    size_t bad = hdlm_utf8_invalid_at(json, len);
+    HDLM_CHECK(bad == len, "%s: header byte %zu is not valid UTF-8 (the format requires a UTF-8 JSON header)", p, bad);
+    HDLM_CHECK(!hdlm_json_has_escaped_nul(json, len), "%s: header holds \\u0000 (NUL) in a name or string, which "
+               "would cut it short", p);
     cJSON *root = cJSON_ParseWithLength(json, len);
     HDLM_CHECK(root, "%s: header is not valid JSON", p);
     int rc = 0;
@@ -109,7 +114,11 @@ static int parse_header(hdlm_safetensors *st, const char *json, size_t len) {
     hdlm_st_tensor **order = hdlm_malloc(((size_t)st->n_tensors + 1) * sizeof *order);
     for (int i = 0; i < st->n_tensors; i++) order[i] = &st->tensors[i];
     qsort(order, (size_t)st->n_tensors, sizeof *order, compare_begin);
-    for (int i = 1; i < st->n_tensors && rc == 0; i++)
+    // Zero-size tensors hold no bytes: they overlap nothing wherever their offsets point.
+    int kept = 0;
+    for (int i = 0; i < st->n_tensors; i++)
+        if (order[i]->end > order[i]->begin) order[kept++] = order[i];
+    for (int i = 1; i < kept && rc == 0; i++)
         if (order[i]->begin < order[i - 1]->end)
             rc = HDLM_FAIL("%s: tensors '%s' and '%s' overlap (data_offsets [%zu, %zu] and [%zu, %zu])", p,
                            order[i - 1]->name, order[i]->name, order[i - 1]->begin, order[i - 1]->end,
@@ -276,10 +285,13 @@ int hdlm_safetensors_write_model(const char *path, const hdlm_model *m, const fl
     size_t hlen = strlen(json), padded = (hlen + 7) / 8 * 8;
     unsigned char len_bytes[8];
     for (int k = 0; k < 8; k++) len_bytes[k] = (unsigned char)((uint64_t)padded >> (8 * k));
-    FILE *f = fopen(path, "wb");
+    // Written to PATH.tmp and renamed: a failed write (a full disk) leaves no partial or empty file behind.
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
     if (!f) {
         free(json);
-        return HDLM_FAIL("cannot write %s: %s", path, strerror(errno));
+        return HDLM_FAIL("cannot write %s: %s", tmp, strerror(errno));
     }
     bool ok = fwrite(len_bytes, 1, 8, f) == 8 && fwrite(json, 1, hlen, f) == hlen;
     for (size_t k = hlen; k < padded && ok; k++) ok = fputc(' ', f) != EOF;
@@ -288,7 +300,11 @@ int hdlm_safetensors_write_model(const char *path, const hdlm_model *m, const fl
         const hdlm_tensor *t = &m->tensors[i];
         if (t->trainable) ok = fwrite(weights + t->offset, sizeof(float), t->numel, f) == t->numel;
     }
+    ok = fflush(f) == 0 && ok;
+    int err = errno;
     ok = fclose(f) == 0 && ok;
-    HDLM_CHECK(ok, "cannot write %s: %s", path, strerror(errno));
-    return 0;
+    if (ok && rename(tmp, path) == 0) return 0;
+    err = errno ? errno : err;
+    remove(tmp);
+    return HDLM_FAIL("cannot write %s: %s (nothing written)", path, strerror(err));
 }

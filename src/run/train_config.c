@@ -41,6 +41,8 @@ static const hdlm_config_field fields[] = {
     F("training.reference_zero_grad_quirk", BOOL, training.reference_zero_grad_quirk, "false", 1, 0, NULL,
       "reproduce the reference's accumulation quirk (method §8.3)"),
     F("training.seed", INT, training.seed, "42", 0, 9e15, NULL, "seed of every random stream"),
+    F("training.watchdog_s", DOUBLE, training.watchdog_s, "1800", 0, 1e7, NULL,
+      "seconds without progress on a rank before the job ends naming the rank that stopped answering (0: off)"),
     F("training.device", STRING, training.device, "cpu", 1, 0, "cpu|cuda",
       "where the step runs: cpu (MPI ranks) or cuda (one GPU per rank, NCCL; docs/cuda.md)"),
 
@@ -102,6 +104,8 @@ static int check_cross_fields(const hdlm_train_config *c, int world) {
     HDLM_CHECK(c->optim.min_lr <= c->optim.lr, "optim.min_lr = %g exceeds optim.lr = %g", c->optim.min_lr,
                c->optim.lr);
     HDLM_CHECK(c->data.train[0], "data.train is not set: the directory of training token shards (hdlm-prep prepare)");
+    // An empty run.dir would put config.yaml, metrics.jsonl, checkpoints/ and DONE at the filesystem root.
+    HDLM_CHECK(c->run.dir[0], "run.dir is empty: name the run directory (config, metrics.jsonl, checkpoints/)");
     return 0;
 }
 

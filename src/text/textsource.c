@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -151,8 +152,7 @@ const char *hdlm_text_reader_where(hdlm_text_reader *r, size_t file, uint64_t of
 // Opens JSONL file r->file at the first line that starts at or after global offset r->lo.
 static int jsonl_open(hdlm_text_reader *r) {
     const hdlm_text_file *f = &r->in->files[r->file];
-    r->jsonl = fopen(f->path, "rb");
-    HDLM_CHECK(r->jsonl, "cannot open input %s: %s", f->path, strerror(errno));
+    HDLM_TRY(hdlm_fopen_regular(f->path, "input", &r->jsonl));
     uint64_t start = r->lo > f->offset ? r->lo - f->offset : 0;
     r->pos = 0;
     if (start > 0) {
@@ -183,6 +183,8 @@ static int jsonl_parse(hdlm_text_reader *r, size_t len, hdlm_text_doc *doc, char
         const cJSON *value = cJSON_GetObjectItemCaseSensitive(obj, r->field);
         if (!value) snprintf(why, why_len, "no \"%s\" field", r->field);
         else if (!cJSON_IsString(value)) snprintf(why, why_len, "field \"%s\" is not a string", r->field);
+        else if (hdlm_json_has_escaped_nul(r->line, len))
+            snprintf(why, why_len, "the line holds \\u0000 (NUL), which would cut the text there; remove it");
         else {
             doc->len = strlen(value->valuestring);
             doc->text = hdlm_malloc(doc->len + 1);

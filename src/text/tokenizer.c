@@ -303,3 +303,14 @@ void hdlm_tokenizer_free(hdlm_tokenizer *tok) {
     free(tok->token_bytes);
     free(tok);
 }
+
+size_t hdlm_utf8_invalid_at(const char *s, size_t n) {
+    const uint8_t *u = (const uint8_t *)s;
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        int k = tokenizer_utf8_next(u + i, n - i, &cp);
+        if (k < 0) return i;
+        i += (size_t)k;
+    }
+    return n;
+}

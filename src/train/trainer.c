@@ -98,6 +98,14 @@ static int create(hdlm_trainer *t, const hdlm_train_config *cfg, const char *res
         HDLM_TRY(hdlm_dataset_open_dir(&t->valid, cfg->data.valid, "validation", (uint64_t)t->length,
                                        HDLM_GPT2_VOCAB));
         t->has_valid = true;
+        // More batches than the set holds would score the same chunks over and over, for minutes, without output.
+        uint64_t G = (uint64_t)t->world * t->micro_batch, count = hdlm_dataset_chunk_count(&t->valid);
+        int64_t pass = (int64_t)((count + G - 1) / G);
+        t->eval_batches = cfg->training.eval_batches < pass ? cfg->training.eval_batches : pass;
+        if (t->eval_batches < cfg->training.eval_batches)
+            hdlm_log("training.eval_batches = %lld covers the %llu validation chunks of %s more than once: using "
+                     "%lld (every chunk once)\n", (long long)cfg->training.eval_batches, (unsigned long long)count,
+                     cfg->data.valid, (long long)t->eval_batches);
     }
 
     int B = t->micro_batch, L = t->length;
@@ -228,11 +236,13 @@ void hdlm_trainer_update(hdlm_trainer *t, hdlm_update_stats *stats) {
         // before micro-batch a replaces it.
         hdlm_loss_target target;
         hdlm_model_input in = corrupt(t, seed, (uint64_t)t->micro_step, true, &target);
+        hdlm_watchdog_beat(t->update + 1);
         if (a > 0) loss_sum += b->ops->loss(b);
         b->ops->micro_batch(b, &in, &target, true, last, last && t->cfg.training.reference_zero_grad_quirk);
         t->micro_step++;
     }
     loss_sum += b->ops->loss(b);
+    hdlm_watchdog_beat(t->update + 1);   // this rank's work is done; what follows waits for the others
     // Each micro-batch loss is a mean, so the update's gradient is the mean over micro-batches and ranks.
     double scale = 1.0 / ((double)t->accum * t->world);
     stats->grad_norm = b->ops->grad_norm(b, scale);
@@ -261,19 +271,20 @@ double hdlm_trainer_eval(hdlm_trainer *t) {
     uint64_t seed = hdlm_rng_key((uint64_t)t->cfg.training.seed, 0, 0, HDLM_RNG_EVAL);
     uint64_t count = hdlm_dataset_chunk_count(&t->valid), G = (uint64_t)t->world * t->micro_batch;
     double sum = 0;
-    for (int64_t i = 0; i < t->cfg.training.eval_batches; i++) {
+    for (int64_t i = 0; i < t->eval_batches; i++) {
         // Fixed chunks (in file order) and fixed draws: every evaluation scores the same corrupted sequences.
         for (int k = 0; k < t->micro_batch; k++) {
             uint64_t chunk = ((uint64_t)i * G + (uint64_t)t->rank * t->micro_batch + (uint64_t)k) % count;
             hdlm_dataset_chunk_copy(&t->valid, chunk, t->x0 + (size_t)k * t->length);
         }
+        hdlm_watchdog_beat(t->update);
         hdlm_loss_target target;
         hdlm_model_input in = corrupt(t, seed, (uint64_t)i, false, &target);
         b->ops->micro_batch(b, &in, &target, false, false, false);
         sum += b->ops->loss(b);
     }
     b->ops->use_ema(b, false);
-    return hdlm_allreduce_sum(sum) / ((double)t->cfg.training.eval_batches * t->world);
+    return hdlm_allreduce_sum(sum) / ((double)t->eval_batches * t->world);
 }
 
 void hdlm_trainer_profile(hdlm_trainer *t, FILE *out, double step_s, bool reset) {
@@ -285,6 +296,7 @@ static void checkpoint_root(const hdlm_trainer *t, char *path, size_t size) {
 }
 
 int hdlm_trainer_save(hdlm_trainer *t, double *seconds) {
+    hdlm_watchdog_beat(t->update);
     t->backend->ops->download(t->backend);
     char root[HDLM_CONFIG_STRING_MAX + 32];
     checkpoint_root(t, root, sizeof root);
@@ -305,6 +317,8 @@ int hdlm_trainer_save(hdlm_trainer *t, double *seconds) {
         {"loader_position", (int64_t)t->loader.position},
         {"global_micro_batch", (int64_t)t->world * t->micro_batch},
         {"lr_multiplier", t->lr.multiplier},
+        {"length", t->length},
+        {"train_data_id", (int64_t)hdlm_dataset_identity(&t->train)},
     };
     int64_t rank_state[] = {t->loader.epoch, (int64_t)t->loader.position, t->rank, t->micro_batch};
     char *yaml = hdlm_config_to_yaml(&hdlm_train_config_schema, &t->cfg);
@@ -316,9 +330,34 @@ int hdlm_trainer_save(hdlm_trainer *t, double *seconds) {
     return rc;
 }
 
+// What exact resume needs besides the shapes the tensor table checks: the same sequence length (the loader's
+// position counts chunks) and the same training data. Checkpoints from before these were recorded skip the check.
+static int check_resumable(hdlm_trainer *t, hdlm_ckpt *ck) {
+    const char *path = hdlm_checkpoint_path(ck);
+    int64_t length, data_id, world;
+    bool present;
+    HDLM_TRY(hdlm_checkpoint_scalar_if(ck, "length", &length, &present));
+    HDLM_CHECK(!present || length == t->length,
+               "%s: written with model.length = %lld, this run has %d: the data position and the model's inputs "
+               "would not continue (resume with model.length=%lld, or start a new run)",
+               path, (long long)length, t->length, (long long)length);
+    HDLM_TRY(hdlm_checkpoint_scalar_if(ck, "train_data_id", &data_id, &present));
+    HDLM_CHECK(!present || (uint64_t)data_id == hdlm_dataset_identity(&t->train),
+               "%s: data.train = %s is not the data this run was trained on (other shards or other content: %llu "
+               "chunks now); resume with the original data.train, or start a new run",
+               path, t->cfg.data.train, (unsigned long long)hdlm_dataset_chunk_count(&t->train));
+    HDLM_TRY(hdlm_checkpoint_scalar(ck, "world_size", &world));
+    if (world != t->world && (t->cfg.model.dropout > 0 || t->cfg.kind.sampling == HDLM_STEPS_PER_BATCH))
+        hdlm_warn("%s: written by %lld ranks, resumed on %d: the dropout masks and the per-rank hyperschedule steps "
+                  "are keyed by rank, so the run continues with other random draws than an uninterrupted run\n",
+                  path, (long long)world, t->world);
+    return 0;
+}
+
 static int restore_from(hdlm_trainer *t, hdlm_ckpt *ck) {
     hdlm_model *m = t->model;
     const char *path = hdlm_checkpoint_path(ck);
+    HDLM_TRY(check_resumable(t, ck));
     HDLM_TRY(hdlm_checkpoint_read(ck, "params", t->tensors, t->n_tensors, 0, m->n_params, m->params));
     HDLM_TRY(hdlm_checkpoint_read(ck, "ema", t->tensors, t->n_tensors, t->state.lo, t->state.hi, t->state.ema));
     HDLM_TRY(hdlm_checkpoint_read(ck, "adam_m", t->tensors, t->n_tensors, t->state.lo, t->state.hi, t->state.adam_m));

@@ -23,6 +23,7 @@ struct hdlm_trainer {
     hdlm_ardm_config ardm_cfg;
     hdlm_dataset train, valid;
     bool has_valid;
+    int64_t eval_batches;     // training.eval_batches, capped at one pass over the validation set
     hdlm_loader loader;
     int64_t update, applied, micro_step, tokens_seen;
     double flops_per_token;

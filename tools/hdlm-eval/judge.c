@@ -59,8 +59,8 @@ static int parse_sample(const char *path, long line_no, const char *line, int vo
 
 static int read_samples(const char *path, int vocab, sample_set *s) {
     memset(s, 0, sizeof *s);
-    FILE *f = fopen(path, "r");
-    HDLM_CHECK(f, "%s: cannot open the samples file", path);
+    FILE *f;
+    HDLM_TRY(hdlm_fopen_regular(path, "samples file", &f));
     char *line = NULL;
     size_t cap = 0;
     long line_no = 0;
@@ -84,7 +84,7 @@ static int read_shard_chunks(const char *dir, const char *split, long chunk_len,
                              sample_set *s) {
     memset(s, 0, sizeof *s);
     hdlm_dataset ds;
-    HDLM_TRY(hdlm_dataset_open_dir(&ds, dir, split, (uint64_t)chunk_len, 0));
+    HDLM_TRY(hdlm_dataset_open_dir(&ds, dir, split, (uint64_t)chunk_len, (uint32_t)vocab));
     uint64_t n = hdlm_dataset_chunk_count(&ds);
     if (count > 0 && (uint64_t)count < n) n = (uint64_t)count;
     int rc = n > 0 && n <= (1u << 30) ? 0

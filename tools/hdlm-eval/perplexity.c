@@ -1,6 +1,7 @@
 // hdlm-eval perplexity: the Monte-Carlo likelihood bound of a prepared token set (method §9.1, §13 A.6;
 // docs/evaluation.md).
 #include <getopt.h>
+#include <math.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
@@ -141,11 +142,8 @@ int eval_perplexity_main(int argc, char **argv) {
         cfg.policy = policy, cfg.budget = (int)budget;
     }
     hdlm_dataset data;
-    HDLM_MUST(hdlm_dataset_open_dir(&data, data_dir, split, (uint64_t)L, 0));
-    for (size_t s = 0; s < data.shard_count; s++)
-        if (data.shards[s].info.vocab_size > (uint64_t)(em.model->config.vocab - 1))
-            HDLM_DIE("token file %s has vocabulary %" PRIu64 ", more than the %d real tokens of the model in %s",
-                     data.shards[s].path, data.shards[s].info.vocab_size, em.model->config.vocab - 1, em.path);
+    // The shards' vocabulary must be the model's real tokens, as the trainer requires of its data.
+    HDLM_MUST(hdlm_dataset_open_dir(&data, data_dir, split, (uint64_t)L, (uint32_t)(em.model->config.vocab - 1)));
     hdlm_log("perplexity: %s (%s weights), %s, %" PRIu64 " chunks of %d tokens on %d rank(s)\n", em.path,
              raw ? "raw" : "EMA", hdlm_nelbo_kind_name(cfg.kind), hdlm_dataset_chunk_count(&data), L,
              hdlm_world_size());
@@ -156,6 +154,9 @@ int eval_perplexity_main(int argc, char **argv) {
     double t0 = hdlm_time_now();
     HDLM_MUST(hdlm_nelbo_dataset(&d, &cfg, &data, &res, eval_progress_report, &progress));
     double seconds = hdlm_time_now() - t0;
+    if (!isfinite(res.bound))
+        HDLM_DIE("the bound is %g: the model's outputs are not finite on %s (diverged or damaged weights in %s?)",
+                 res.bound, data_dir, em.path);
     if (hdlm_rank() == 0) {
         if (policy_kind)
             printf("estimator   %s (budget %d, %s policy, copies %d, rounds %d, seed %ld)\n",
@@ -171,13 +172,16 @@ int eval_perplexity_main(int argc, char **argv) {
                cfg.kind == HDLM_NELBO_MASKING ? " (L-1, reference parity)" : "");
         printf("validity    %s\n", validity(cfg.kind, family, ardm_run));
         printf("time        %.2f s on %d rank(s)\n", seconds, hdlm_world_size());
-        if (json)
-            printf("{\"estimator\":\"%s\",\"family\":\"%s\",\"bound\":%.17g,\"std_error\":%.17g,\"perplexity\":%.17g,"
+        if (json) {   // JSON has no NaN or infinity: a value that is not finite is written as null
+            char se[32] = "null", ppl[32] = "null";
+            if (isfinite(res.std_error)) snprintf(se, sizeof se, "%.17g", res.std_error);
+            if (isfinite(res.perplexity)) snprintf(ppl, sizeof ppl, "%.17g", res.perplexity);
+            printf("{\"estimator\":\"%s\",\"family\":\"%s\",\"bound\":%.17g,\"std_error\":%s,\"perplexity\":%s,"
                    "\"tokens\":%" PRIu64 ",\"chunks\":%" PRIu64 ",\"copies\":%d,\"rounds\":%d,\"floor\":%.17g,"
                    "\"seed\":%ld,\"weights\":\"%s\",\"checkpoint\":\"%s\"}\n",
-                   hdlm_nelbo_kind_name(cfg.kind), hdlm_family_name(family), res.bound, res.std_error,
-                   res.perplexity, res.tokens, res.chunks, cfg.copies, cfg.rounds, cfg.floor, seed,
-                   raw ? "raw" : "ema", em.path);
+                   hdlm_nelbo_kind_name(cfg.kind), hdlm_family_name(family), res.bound, se, ppl, res.tokens,
+                   res.chunks, cfg.copies, cfg.rounds, cfg.floor, seed, raw ? "raw" : "ema", em.path);
+        }
     }
     hdlm_dataset_close(&data);
     free(policy);

@@ -11,8 +11,8 @@
 #include "hdlm/sampler.h"
 
 static int read_losses(const char *path, int D, double *L) {
-    FILE *f = fopen(path, "r");
-    HDLM_CHECK(f, "--losses %s: %s", path, strerror(errno));
+    FILE *f;
+    HDLM_TRY(hdlm_fopen_regular(path, "--losses", &f));
     int n = 0;
     double v;
     while (n <= D && fscanf(f, "%lf", &v) == 1) {
