@@ -1,5 +1,5 @@
-// hdlm_sgemm and hdlm_sgemm_serial (src/core/blas.c; on AVX-512 builds hdlm's own kernel, src/core/blas_kernel.c) against a
-// float64 product: every transpose combination; sizes at, below and above the 8 × 48 register tile, the depth
+// hdlm_sgemm and hdlm_sgemm_serial (src/core/blas.c; on AVX-512 builds hdlm's own kernel, src/core/blas_kernel.c)
+// against a float64 product: every transpose combination; sizes at, below and above the 8 × 48 register tile, the depth
 // blocks and the packed row blocks of a transposed A; leading dimensions larger than the matrix; alpha ≠ 1 and
 // beta 0, 1 and 0.5 (beta 0 must not read C: it starts as NaN); k = 0. Also: the same bits for 1 and 2 threads
 // and from inside a parallel region, which the model's results rely on, and hdlm_sgemm_bias against a separate

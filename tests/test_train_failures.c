@@ -82,8 +82,8 @@ static void test_stopped_rank_ends_job(void **state) {
 static void test_launcher_death_ends_ranks(void **state) {
     (void)state;
     const char *dir = test_tmp_dir("train_fail_launcher");
-    assert_int_equal(test_run("(" MPIRUN "2 " TRAIN " data.train='%s' data.valid= run.dir='%s/run' training.n_iters=100000 "
-                              "training.snapshot_freq=1 > '%s/log' 2>&1 & mp=$!; sleep 4; "
+    assert_int_equal(test_run("(" MPIRUN "2 " TRAIN " data.train='%s' data.valid= run.dir='%s/run' "
+                              "training.n_iters=100000 training.snapshot_freq=1 > '%s/log' 2>&1 & mp=$!; sleep 4; "
                               "ranks=$(pgrep -P $mp); kill -9 $mp; sleep 1; "
                               "for r in $ranks; do s=$(ps -o stat= -p $r); [ -n \"$s\" ] && [ \"${s#Z}\" = \"$s\" ] && "
                               "exit 1; done; exit 0)",   // gone, or a zombie nobody reaps yet

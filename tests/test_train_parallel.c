@@ -96,6 +96,15 @@ static void test_resume_at_other_world_size(void **state) {
                               "cmp '%s/ref.loss' '%s/a.loss'",
                               ref, dir, a, dir, dir, dir),
                      0);
+    // Rank-independent streams (per-sequence steps, no dropout): no warning. With dropout the masks are keyed by
+    // rank, so a resume at another rank count says that it continues with other draws.
+    assert_int_not_equal(test_run("grep -q 'other random draws' '%s.log'", a), 0);
+    char c[1200];
+    snprintf(c, sizeof c, "%s/c", dir);
+    train(c, 2, 2, "model.dropout=0.1");
+    snprintf(arg, sizeof arg, "model.dropout=0.1 --resume '%s'", step_dir(c, 2));
+    train(c, 1, 3, arg);
+    assert_int_equal(test_run("grep -q 'written by 2 ranks, resumed on 1: .*other random draws' '%s.log'", c), 0);
 }
 
 // At world size 2: a run of 6 updates, and a run of 3 updates, stop, resume from `latest`, 3 more, print the same

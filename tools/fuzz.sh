@@ -42,7 +42,8 @@ cp "$work/data/train_000000.bin" "$seeds/shard/"
 "$bin/hdlm-train" --config "$root/jobs/configs/tiny.yaml" data.train="$work/data" data.valid= run.dir="$work/run" \
   training.n_iters=1 model.hidden_size=16 model.n_heads=2 model.n_blocks=1 >/dev/null 2>&1
 cp "$work"/run/checkpoints/step_000000001/index.h5 "$seeds/checkpoint/"
-printf '{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"BF16","shape":[1,2],"data_offsets":[8,12]},"__metadata__":{"x":"y"}}' > "$work/h.json"
+printf '%s' '{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},' \
+  '"b":{"dtype":"BF16","shape":[1,2],"data_offsets":[8,12]},"__metadata__":{"x":"y"}}' > "$work/h.json"
 /usr/bin/python3 -c "
 import struct, sys
 h = open('$work/h.json', 'rb').read()
@@ -68,8 +69,9 @@ for target in config shard checkpoint safetensors text tokenizer; do
   # failed call returns no handle); leak detection is off for that target only, crashes and UB still count.
   leaks=1; [ "$target" = checkpoint ] && leaks=0
   echo "fuzz: $target (${args[0]})"
-  if ! ASAN_OPTIONS=detect_leaks=$leaks "$out/bin/fuzz_$target" -detect_leaks=$leaks -max_len=65536 -timeout=20 -rss_limit_mb=4096 -artifact_prefix="$out/crashes/$target-" \
-      -print_final_stats=1 "${args[@]}" > "$out/$target.log" 2>&1; then
+  if ! ASAN_OPTIONS=detect_leaks=$leaks "$out/bin/fuzz_$target" -detect_leaks=$leaks -max_len=65536 -timeout=20 \
+      -rss_limit_mb=4096 -artifact_prefix="$out/crashes/$target-" -print_final_stats=1 "${args[@]}" \
+      > "$out/$target.log" 2>&1; then
     echo "fuzz: $target FAILED (report: $out/$target.log)"
     tail -40 "$out/$target.log"
     status=1

@@ -62,7 +62,8 @@ static int check_manifest(const hdlm_dataset *d, const char *dir, const char *sp
                        split, d->shard_count);
     for (int i = 0; rc == 0 && i < listed; i++) {
         const cJSON *sh = cJSON_GetArrayItem(shards, i);
-        const cJSON *name = cJSON_GetObjectItemCaseSensitive(sh, "name"), *sum = cJSON_GetObjectItemCaseSensitive(sh, "xxh64");
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(sh, "name");
+        const cJSON *sum = cJSON_GetObjectItemCaseSensitive(sh, "xxh64");
         const char *have = strrchr(d->shards[i].path, '/');
         have = have ? have + 1 : d->shards[i].path;
         char hex[32];

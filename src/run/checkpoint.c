@@ -255,8 +255,8 @@ static int write_shard(const char *path, const hdlm_ckpt_contents *c, size_t lo,
             size_t count = (size_t)(r1 - r0) * row_elems(td), bytes = count * sizeof(float);
             size_t bad = hdlm_first_nonfinite(src, count);
             if (bad < count) {
-                rc = HDLM_FAIL("refusing to checkpoint %s/%s: element %zu of this rank's rows is %g; a checkpoint never "
-                               "holds non-finite state (the run diverged: resume from an earlier checkpoint)",
+                rc = HDLM_FAIL("refusing to checkpoint %s/%s: element %zu of this rank's rows is %g; a checkpoint "
+                               "never holds non-finite state (the run diverged: resume from an earlier checkpoint)",
                                grp->name, td->name, bad, (double)src[bad]);
                 break;
             }
