@@ -292,6 +292,28 @@ static void test_yaml_duplicates_and_latest_pointer(void **state) {
     assert_non_null(strstr(found, "/nan/checkpoints/step_000000001"));
 }
 
+// 12. An export to a full disk left a 0-byte file: the shared atomic writer leaves nothing (PATH.tmp is made a link
+// to /dev/full, so every write fails with ENOSPC).
+static void test_export_to_full_disk_leaves_nothing(void **state) {
+    (void)state;
+    char path[1200], tmp_path[1300];
+    snprintf(path, sizeof path, "%s/full.safetensors", tmp);
+    snprintf(tmp_path, sizeof tmp_path, "%s.tmp", path);
+    assert_int_equal(symlink("/dev/full", tmp_path), 0);
+    hdlm_train_config cfg;
+    hdlm_model_config mc;
+    assert_int_equal(tiny_config(&cfg, "full", NULL, 0), 0);
+    assert_int_equal(hdlm_train_config_model(&cfg, &mc), 0);
+    hdlm_model *m;
+    assert_int_equal(hdlm_model_create(&m, &mc), 0);
+    assert_int_equal(hdlm_safetensors_write_model(path, m, m->params, NULL, NULL), -1);
+    assert_error_contains("cannot write");
+    assert_error_contains("full.safetensors: No space left on device (nothing written)");
+    hdlm_model_free(m);
+    assert_int_equal(access(path, F_OK), -1);
+    assert_int_equal(access(tmp_path, F_OK), -1);
+}
+
 static int setup(void **state) {
     (void)state;
     snprintf(tmp, sizeof tmp, "%s", test_tmp_dir("bad_inputs"));
@@ -315,6 +337,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_jsonl_nul_refused),
         cmocka_unit_test(test_eval_batches_capped),
         cmocka_unit_test(test_yaml_duplicates_and_latest_pointer),
+        cmocka_unit_test(test_export_to_full_disk_leaves_nothing),
     };
     int failed = cmocka_run_group_tests(tests, setup, NULL);
     MPI_Finalize();

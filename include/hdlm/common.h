@@ -83,6 +83,19 @@ int hdlm_read_file(const char *path, char **data, size_t *len);
 // forever, a device or directory never ends), refused with a message naming `what` and the path. *size: its bytes.
 int hdlm_open_regular(const char *path, const char *what, int *fd, uint64_t *size);
 int hdlm_fopen_regular(const char *path, const char *what, FILE **f);
+// The one way hdlm writes a file that must appear whole or not at all (exports, rewritten logs, markers): writes go
+// to PATH.tmp; commit flushes, fsyncs and renames, and after any failed write or step removes PATH.tmp and returns
+// an error naming PATH and the first cause (a full disk leaves no partial or empty file behind).
+typedef struct {
+    FILE *f;
+    int err;   // errno of the first failed write (0: none)
+    char path[4096], tmp[4104];
+} hdlm_atomic_file;
+int hdlm_atomic_open(hdlm_atomic_file *a, const char *path);
+void hdlm_atomic_write(hdlm_atomic_file *a, const void *data, size_t n);
+int hdlm_atomic_commit(hdlm_atomic_file *a);
+void hdlm_atomic_abort(hdlm_atomic_file *a);
+
 // The index of the first NaN or infinity among n floats, n when all are finite: the one non-finite check of every
 // reader and writer of weights and optimizer state.
 size_t hdlm_first_nonfinite(const float *x, size_t n);

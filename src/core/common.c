@@ -174,6 +174,42 @@ int hdlm_check_regular(const char *path, const char *what) {
     return 0;
 }
 
+int hdlm_atomic_open(hdlm_atomic_file *a, const char *path) {
+    HDLM_CHECK(strlen(path) < sizeof a->path, "path too long: %s", path);
+    snprintf(a->path, sizeof a->path, "%s", path);
+    snprintf(a->tmp, sizeof a->tmp, "%s.tmp", path);
+    a->err = 0;
+    a->f = fopen(a->tmp, "wb");
+    HDLM_CHECK(a->f, "cannot write %s: %s", a->tmp, strerror(errno));
+    return 0;
+}
+
+void hdlm_atomic_write(hdlm_atomic_file *a, const void *data, size_t n) {
+    if (a->err || n == 0) return;
+    errno = 0;
+    if (fwrite(data, 1, n, a->f) != n) a->err = errno ? errno : EIO;
+}
+
+int hdlm_atomic_commit(hdlm_atomic_file *a) {
+    int err = a->err;
+    errno = 0;
+    if (!err && fflush(a->f) != 0) err = errno ? errno : EIO;
+    if (!err && fsync(fileno(a->f)) != 0 && errno != EINVAL) err = errno;   // EINVAL: no fsync on this file kind
+    errno = 0;
+    if (fclose(a->f) != 0 && !err) err = errno ? errno : EIO;
+    a->f = NULL;
+    if (!err && rename(a->tmp, a->path) != 0) err = errno;
+    if (!err) return 0;
+    remove(a->tmp);
+    return HDLM_FAIL("cannot write %s: %s (nothing written)", a->path, strerror(err));
+}
+
+void hdlm_atomic_abort(hdlm_atomic_file *a) {
+    if (a->f) fclose(a->f);
+    a->f = NULL;
+    remove(a->tmp);
+}
+
 // An escape is active when an odd run of backslashes ends at the u.
 bool hdlm_json_has_escaped_nul(const char *s, size_t len) {
     for (size_t i = 0; i + 6 <= len; i++) {

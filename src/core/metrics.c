@@ -12,28 +12,20 @@
 static int drop_later_records(const char *path, int64_t last) {
     FILE *in = fopen(path, "r");
     if (!in) return 0;   // nothing written yet
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *out = fopen(tmp, "w");
-    if (!out) {
+    hdlm_atomic_file out;
+    if (hdlm_atomic_open(&out, path) != 0) {
         fclose(in);
-        return HDLM_FAIL("cannot write %s: %s", tmp, strerror(errno));
+        return -1;
     }
     char *line = NULL;
     size_t cap = 0;
     long long update;
     while (getline(&line, &cap, in) > 0)
-        if (sscanf(line, "{\"update\":%lld", &update) == 1 && update <= last) fputs(line, out);
+        if (sscanf(line, "{\"update\":%lld", &update) == 1 && update <= last)
+            hdlm_atomic_write(&out, line, strlen(line));
     free(line);
     fclose(in);
-    bool ok = fflush(out) == 0 && !ferror(out);
-    ok = fclose(out) == 0 && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        int err = errno;
-        remove(tmp);
-        return HDLM_FAIL("cannot rewrite the metrics file %s: %s", path, strerror(err));
-    }
-    return 0;
+    return hdlm_atomic_commit(&out);
 }
 
 int hdlm_metrics_open(hdlm_metrics *m, const char *path, int64_t resumed_update) {

@@ -83,17 +83,12 @@ static int make_dirs(const char *path) {
     return 0;
 }
 
-// Replaces `path` with `text` atomically (write to path.tmp, fsync, rename).
+// Replaces `path` with `text` atomically.
 static int write_text_atomic(const char *path, const char *text) {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    HDLM_CHECK(f, "cannot write %s: %s", tmp, strerror(errno));
-    bool ok = fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    ok = (fclose(f) == 0) && ok;
-    HDLM_CHECK(ok, "cannot write %s: %s", tmp, strerror(errno));
-    HDLM_CHECK(rename(tmp, path) == 0, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
-    return 0;
+    hdlm_atomic_file out;
+    HDLM_TRY(hdlm_atomic_open(&out, path));
+    hdlm_atomic_write(&out, text, strlen(text));
+    return hdlm_atomic_commit(&out);
 }
 
 static bool is_step_name(const char *name, int64_t *step) {

@@ -285,26 +285,18 @@ int hdlm_safetensors_write_model(const char *path, const hdlm_model *m, const fl
     size_t hlen = strlen(json), padded = (hlen + 7) / 8 * 8;
     unsigned char len_bytes[8];
     for (int k = 0; k < 8; k++) len_bytes[k] = (unsigned char)((uint64_t)padded >> (8 * k));
-    // Written to PATH.tmp and renamed: a failed write (a full disk) leaves no partial or empty file behind.
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
+    hdlm_atomic_file out;
+    if (hdlm_atomic_open(&out, path) != 0) {
         free(json);
-        return HDLM_FAIL("cannot write %s: %s", tmp, strerror(errno));
+        return -1;
     }
-    bool ok = fwrite(len_bytes, 1, 8, f) == 8 && fwrite(json, 1, hlen, f) == hlen;
-    for (size_t k = hlen; k < padded && ok; k++) ok = fputc(' ', f) != EOF;
+    hdlm_atomic_write(&out, len_bytes, 8);
+    hdlm_atomic_write(&out, json, hlen);
+    hdlm_atomic_write(&out, "        ", padded - hlen);
     free(json);
-    for (int i = 0; i < m->n_tensors && ok; i++) {
+    for (int i = 0; i < m->n_tensors; i++) {
         const hdlm_tensor *t = &m->tensors[i];
-        if (t->trainable) ok = fwrite(weights + t->offset, sizeof(float), t->numel, f) == t->numel;
+        if (t->trainable) hdlm_atomic_write(&out, weights + t->offset, t->numel * sizeof(float));
     }
-    ok = fflush(f) == 0 && ok;
-    int err = errno;
-    ok = fclose(f) == 0 && ok;
-    if (ok && rename(tmp, path) == 0) return 0;
-    err = errno ? errno : err;
-    remove(tmp);
-    return HDLM_FAIL("cannot write %s: %s (nothing written)", path, strerror(err));
+    return hdlm_atomic_commit(&out);
 }
