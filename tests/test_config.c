@@ -68,6 +68,8 @@ static void test_refusals_name_the_key(void **state) {
     assert_int_equal(hdlm_config_defaults(&demo_schema, &c), 0);
     assert_int_equal(hdlm_config_override(&demo_schema, &c, "training.batchsize=4"), -1);
     assert_error_contains("unknown configuration key 'training.batchsize' (did you mean 'training.batch_size'?)");
+    assert_int_equal(hdlm_config_override(&demo_schema, &c, "training.lr=1e-3"), -1);   // the right key, wrong section
+    assert_error_contains("unknown configuration key 'training.lr' (did you mean 'optim.lr'?)");
     assert_int_equal(hdlm_config_override(&demo_schema, &c, "training.batch_size=4.5"), -1);
     assert_error_contains("'training.batch_size' expects an integer, got '4.5'");
     assert_int_equal(hdlm_config_override(&demo_schema, &c, "training.batch_size=0"), -1);

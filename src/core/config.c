@@ -38,9 +38,21 @@ static int edit_distance(const char *a, const char *b) {
     return d;
 }
 
+static const char *leaf(const char *key) {
+    const char *dot = strrchr(key, '.');
+    return dot ? dot + 1 : key;
+}
+
+// A key in the wrong section ("training.lr" for optim.lr) is a likelier mistake than a typo: a field with the same
+// last component wins over the closest spelling.
 static int fail_unknown_key(const hdlm_config_schema *s, const char *key, const char *origin) {
     const char *best = NULL;
-    int best_d = 1 << 30;
+    int best_d = 1 << 30, same_leaf = 0;
+    for (int i = 0; i < s->n_fields; i++)
+        if (strcmp(leaf(s->fields[i].key), leaf(key)) == 0) same_leaf++, best = s->fields[i].key;
+    if (same_leaf == 1)
+        return HDLM_FAIL("%s: unknown configuration key '%s' (did you mean '%s'?)", origin, key, best);
+    best = NULL;
     for (int i = 0; i < s->n_fields; i++) {
         int d = edit_distance(key, s->fields[i].key);
         if (d < best_d) best_d = d, best = s->fields[i].key;

@@ -22,10 +22,7 @@ typedef struct {
 } bench_shape;
 
 static double step_flops(const hdlm_model *m, bench_shape s) {
-    const hdlm_model_config *c = &m->config;
-    double per_token = 6.0 * (double)(m->n_params - hdlm_model_embedding_params(m)) +
-                       12.0 * c->n_layers * c->width * (double)s.length;
-    return per_token * s.batch * s.length;
+    return hdlm_model_flops_per_token(m, s.length) * s.batch * s.length;
 }
 
 // Scratch for the step's linear-layer and head GEMMs alone (see gemm_pass).
