@@ -11,9 +11,11 @@
 #include "harness.h"
 #include "train_helpers.h"
 
-// fp32 tolerance: sums over 2b rows split into two sums of b rows round differently (~1e-7 relative per gradient);
-// after a few AdamW updates at lr 3e-3 the parameters agree to this bound (measured worst: see docs/training.md).
-#define PARAM_TOL 5e-5
+// fp32 tolerance: sums over 2b rows split into two sums of b rows round differently (~1e-7 relative per gradient),
+// and AdamW turns the noise of near-zero gradients into full steps of either sign for a few parameters. So the runs
+// are compared by the RMS of their difference relative to how far they moved (measured ~1e-5: docs/training.md); a
+// rank's gradient lost or counted twice gives 0.1 and more.
+#define REL_TOL 1e-3
 
 static const char *data;
 
@@ -47,24 +49,18 @@ static void test_two_ranks_equal_one_rank(void **state) {
     train(one, 1, 4, "");
     train(two, 2, 4, "");
     train(zero, 2, 4, "optim.zero1=true");
-    double d_two = max_abs_diff(step_dir(one, 4), step_dir(two, 4), "params");
-    double d_zero = max_abs_diff(step_dir(one, 4), step_dir(zero, 4), "params");
-    double d_ema = max_abs_diff(step_dir(one, 4), step_dir(zero, 4), "ema");
-    double d_m = max_abs_diff(step_dir(one, 4), step_dir(zero, 4), "adam_m");
-    print_message("max |params 1 rank - 2 ranks| = %.3g, with ZeRO-1 %.3g (ema %.3g, adam_m %.3g)\n", d_two, d_zero,
-                  d_ema, d_m);
-    assert_true(d_two <= PARAM_TOL);
-    assert_true(d_zero <= PARAM_TOL);
-    assert_true(d_ema <= PARAM_TOL);
-    assert_true(d_m <= PARAM_TOL);
+    const char *groups[] = {"params", "ema", "adam_m", "adam_v"};
+    for (int g = 0; g < 4; g++) {
+        double d_two = relative_rms_diff(step_dir(one, 4), step_dir(two, 4), step_dir(one, 2), groups[g]);
+        double d_zero = relative_rms_diff(step_dir(one, 4), step_dir(zero, 4), step_dir(one, 2), groups[g]);
+        print_message("%s: 1 rank vs 2 ranks, relative RMS difference %.3g (with ZeRO-1 %.3g); largest element "
+                      "difference %.3g\n", groups[g], d_two, d_zero,
+                      max_abs_diff(step_dir(one, 4), step_dir(two, 4), groups[g]));
+        assert_true(d_two <= REL_TOL);
+        assert_true(d_zero <= REL_TOL);
+    }
     // The parameters did move (the comparison is not between two untouched initialisations).
-    size_t n;
-    float *p = read_group(step_dir(one, 4), "params", &n), *e = read_group(step_dir(one, 2), "params", &n);
-    double moved = 0;
-    for (size_t i = 0; i < n; i++) moved = fmax(moved, fabs((double)p[i] - e[i]));
-    free(p);
-    free(e);
-    assert_true(moved > 20 * PARAM_TOL);
+    assert_true(max_abs_diff(step_dir(one, 4), step_dir(one, 2), "params") > 1e-3);
 }
 
 // Written by 2 ranks with ZeRO-1 (sharded moments), resumed by 1 rank; written by 1, resumed by 2 with ZeRO-1.
@@ -84,11 +80,11 @@ static void test_resume_at_other_world_size(void **state) {
     train(b, 2, 4, arg);
     const char *groups[] = {"params", "ema", "adam_m", "adam_v"};
     for (int g = 0; g < 4; g++) {
-        double da = max_abs_diff(step_dir(ref, 4), step_dir(a, 4), groups[g]);
-        double db = max_abs_diff(step_dir(ref, 4), step_dir(b, 4), groups[g]);
-        print_message("%s: 2 -> 1 ranks %.3g, 1 -> 2 ranks %.3g\n", groups[g], da, db);
-        assert_true(da <= PARAM_TOL);
-        assert_true(db <= PARAM_TOL);
+        double da = relative_rms_diff(step_dir(ref, 4), step_dir(a, 4), step_dir(ref, 2), groups[g]);
+        double db = relative_rms_diff(step_dir(ref, 4), step_dir(b, 4), step_dir(ref, 2), groups[g]);
+        print_message("%s: relative RMS difference 2 -> 1 ranks %.3g, 1 -> 2 ranks %.3g\n", groups[g], da, db);
+        assert_true(da <= REL_TOL);
+        assert_true(db <= REL_TOL);
     }
     // The data order continued: the resumed runs logged the same losses as the uninterrupted one (5 digits).
     assert_int_equal(test_run("grep -o 'update [34]/4 | epoch 0 | loss [0-9.]*' '%s.log' > '%s/ref.loss' && "

@@ -85,4 +85,23 @@ static inline double max_abs_diff(const char *dir_a, const char *dir_b, const ch
     return worst;
 }
 
+// ‖a − b‖₂ / ‖a − base‖₂ over one group: how far two runs ended apart, relative to how far run a moved since
+// `base` (an earlier checkpoint of it). Unlike the largest element difference, it is not dominated by the few
+// parameters whose near-zero gradients AdamW normalises into full-size steps of either sign.
+static inline double relative_rms_diff(const char *dir_a, const char *dir_b, const char *dir_base, const char *group) {
+    size_t na, nb, n0;
+    float *a = read_group(dir_a, group, &na), *b = read_group(dir_b, group, &nb), *z = read_group(dir_base, group, &n0);
+    assert_int_equal(na, nb);
+    assert_int_equal(na, n0);
+    double diff = 0, moved = 0;
+    for (size_t i = 0; i < na; i++) {
+        diff += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        moved += ((double)a[i] - z[i]) * ((double)a[i] - z[i]);
+    }
+    free(a);
+    free(b);
+    free(z);
+    return moved > 0 ? sqrt(diff / moved) : (diff > 0 ? INFINITY : 0.0);
+}
+
 #endif
