@@ -27,7 +27,7 @@ done
 
 out="$root/build-fuzz"
 CC=clang cmake -S "$root" -B "$out" -DHDLM_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHDLM_MARCH=x86-64-v3 >/dev/null
-cmake --build "$out" -j "$(nproc)" >/dev/null
+cmake --build "$out" -j "$(nproc)" > "$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
 
 # Seeds: configurations, a token shard, a checkpoint index, a small safetensors file, text inputs, the tokenizer files.
 seeds="$out/seeds" work=$(mktemp -d)
@@ -35,12 +35,16 @@ trap 'rm -rf "$work"' EXIT
 rm -rf "$seeds"
 mkdir -p "$seeds"/{config,shard,checkpoint,safetensors,text,tokenizer}
 cp "$root"/jobs/configs/*.yaml "$seeds/config/"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_pml=ob1
+# (the seed tools may be a sanitizer build: Open MPI's own allocations are not leaks of theirs)
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_pml=ob1 ASAN_OPTIONS=detect_leaks=0
 head -c 20000 "$root/.cache/moby-dick/data/data.txt" > "$work/moby.txt"
-"$bin/hdlm-prep" prepare --vocab "$root/.cache/gpt2" --out "$work/data" "$work/moby.txt" >/dev/null 2>&1
+seed_log="$out/seeds.log"
+"$bin/hdlm-prep" prepare --vocab "$root/.cache/gpt2" --out "$work/data" "$work/moby.txt" > "$seed_log" 2>&1 ||
+  { tail -20 "$seed_log"; echo "fuzz: making the seed shard failed" >&2; exit 1; }
 cp "$work/data/train_000000.bin" "$seeds/shard/"
 "$bin/hdlm-train" --config "$root/jobs/configs/tiny.yaml" data.train="$work/data" data.valid= run.dir="$work/run" \
-  training.n_iters=1 model.hidden_size=16 model.n_heads=2 model.n_blocks=1 >/dev/null 2>&1
+  training.n_iters=1 model.hidden_size=16 model.n_heads=2 model.n_blocks=1 > "$seed_log" 2>&1 ||
+  { tail -20 "$seed_log"; echo "fuzz: making the seed checkpoint failed" >&2; exit 1; }
 cp "$work"/run/checkpoints/step_000000001/index.h5 "$seeds/checkpoint/"
 printf '%s' '{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},' \
   '"b":{"dtype":"BF16","shape":[1,2],"data_offsets":[8,12]},"__metadata__":{"x":"y"}}' > "$work/h.json"

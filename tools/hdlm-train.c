@@ -35,9 +35,8 @@ static void install_stop_handlers(void) {
     // A rank whose launcher dies (kill -9 of mpirun or of the node's daemon) ends at once instead of writing more
     // checkpoints nobody will read. Only under a launcher: a run started from a shell outlives it (nohup).
     if (!getenv("OMPI_COMM_WORLD_RANK") && !getenv("PMIX_RANK") && !getenv("SLURM_STEP_ID")) return;
-    pid_t parent = getppid();
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(EXIT_FAILURE);   // the launcher died before the line above
+    if (getppid() == 1) _exit(EXIT_FAILURE);   // the launcher died before the line above: adopted by init
 }
 
 // True on every rank when any rank got a stop signal: all ranks must take part in the collective checkpoint.
@@ -163,6 +162,7 @@ int main(int argc, char **argv) {
     }
     free(yaml);
     MPI_Barrier(MPI_COMM_WORLD);
+    HDLM_MUST(hdlm_watchdog_start(cfg.run.dir, cfg.training.watchdog_s));   // from here on every collective is watched
 
     // CPU: every rank measures its own threads at once, so the sum is the peak of the cores the job uses. GPU: one
     // GPU per rank at the dense bf16 peak of an H100/H200 SXM.
@@ -172,7 +172,6 @@ int main(int argc, char **argv) {
     hdlm_trainer *t;
     HDLM_MUST(hdlm_trainer_create(&t, &cfg, resume));
     hdlm_trainer_info info = hdlm_trainer_state(t);
-    HDLM_MUST(hdlm_watchdog_start(cfg.run.dir, cfg.training.watchdog_s));
     char peak_of[64];
     if (cuda)
         snprintf(peak_of, sizeof peak_of, "%d GPU(s), dense bf16", info.world);
