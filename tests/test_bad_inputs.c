@@ -42,6 +42,19 @@ static void write_shard(const char *dir, const char *name, size_t n, uint32_t vo
     assert_int_equal(hdlm_shard_writer_close(w, 1, NULL), 0);
 }
 
+// A new directory tmp/name holding one shard split_000000.bin of n random ids; *override = "key=<dir>".
+static const char *one_shard_dir(const char *name, const char *split, size_t n, uint64_t seed, const char *key,
+                                 char *override, size_t size) {
+    static char dir[1100];
+    char file[64];
+    snprintf(dir, sizeof dir, "%s/%s", tmp, name);
+    assert_int_equal(mkdir(dir, 0755), 0);
+    snprintf(file, sizeof file, "%s_000000.bin", split);
+    write_shard(dir, file, n, HDLM_GPT2_VOCAB, seed);
+    snprintf(override, size, "%s=%s", key, dir);
+    return dir;
+}
+
 // The tiny preset on train_dir with the given extra overrides (up to 4).
 static int tiny_config(hdlm_train_config *cfg, const char *run, const char *const *extra, int n_extra) {
     char train[1200], dir[1200];
@@ -55,11 +68,8 @@ static int tiny_config(hdlm_train_config *cfg, const char *run, const char *cons
 // 1. A validation split shorter than one chunk: refused when the run is built (it divided by zero in validation).
 static void test_validation_shorter_than_a_chunk(void **state) {
     (void)state;
-    char valid[1100], over[1200];
-    snprintf(valid, sizeof valid, "%s/short_valid", tmp);
-    assert_int_equal(mkdir(valid, 0755), 0);
-    write_shard(valid, "validation_000000.bin", 5, HDLM_GPT2_VOCAB, 3);
-    snprintf(over, sizeof over, "data.valid=%s", valid);
+    char over[1200];
+    one_shard_dir("short_valid", "validation", 5, 3, "data.valid", over, sizeof over);
     const char *extra[] = {over};
     hdlm_train_config cfg;
     assert_int_equal(tiny_config(&cfg, "short", extra, 1), 0);
@@ -199,11 +209,8 @@ static void test_resume_refuses_other_length_and_data(void **state) {
     hdlm_trainer *t;
     assert_int_equal(hdlm_trainer_create(&t, &cfg, ckpt), -1);
     assert_error_contains("written with model.length = 32, this run has 16");
-    char other[1100], over[1200];
-    snprintf(other, sizeof other, "%s/other_train", tmp);
-    assert_int_equal(mkdir(other, 0755), 0);
-    write_shard(other, "train_000000.bin", 4096, HDLM_GPT2_VOCAB, 99);
-    snprintf(over, sizeof over, "data.train=%s", other);
+    char over[1200];
+    const char *other = one_shard_dir("other_train", "train", 4096, 99, "data.train", over, sizeof over);
     const char *data[] = {over};
     assert_int_equal(tiny_config(&cfg, "resume_data", data, 1), 0);
     assert_int_equal(hdlm_trainer_create(&t, &cfg, ckpt), -1);
