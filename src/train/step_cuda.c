@@ -15,7 +15,6 @@
 #include "cuda/cuda_model.h"
 #include "cuda/cuda_ops.h"
 #include "cuda/dist_nccl.h"
-#include "train/dist.h"
 
 typedef struct {
     hdlm_step_backend base;

@@ -13,7 +13,6 @@
 #include "hdlm/model_io.h"
 #include "hdlm/rng.h"
 #include "hdlm/tokenizer.h"
-#include "train/dist.h"
 
 #define ARDM_CE_WEIGHT 1e-4   // λ_CE of the ARDM objective (method §13 A.3, the text8 value)
 
