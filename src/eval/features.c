@@ -223,16 +223,23 @@ int hdlm_features_write_h5(const char *path, const hdlm_feature_export *e) {
     return 0;
 }
 
-static int h5_read_features(const char *path, hdlm_feature_matrix *out) {
+// Opens dataset `name` of the feature file `path` (a regular HDF5 file); *file and *dset are closed by the caller.
+static int h5_open_dataset(const char *path, const char *name, const char *expected, hid_t *file, hid_t *dset) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     HDLM_TRY(hdlm_check_regular(path, "feature file"));
-    hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    HDLM_CHECK(file >= 0, "%s: cannot open as HDF5 (corrupt or truncated file)", path);
-    hid_t dset = H5Lexists(file, "features", H5P_DEFAULT) > 0 ? H5Dopen2(file, "features", H5P_DEFAULT) : -1;
-    if (dset < 0) {
-        H5Fclose(file);
-        return HDLM_FAIL("%s: no dataset 'features' (expected an (n, d) float matrix)", path);
+    *file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    HDLM_CHECK(*file >= 0, "%s: cannot open as HDF5 (corrupt or truncated file)", path);
+    *dset = H5Lexists(*file, name, H5P_DEFAULT) > 0 ? H5Dopen2(*file, name, H5P_DEFAULT) : -1;
+    if (*dset < 0) {
+        H5Fclose(*file);
+        return HDLM_FAIL("%s: no dataset '%s'%s", path, name, expected);
     }
+    return 0;
+}
+
+static int h5_read_features(const char *path, hdlm_feature_matrix *out) {
+    hid_t file, dset;
+    HDLM_TRY(h5_open_dataset(path, "features", " (expected an (n, d) float matrix)", &file, &dset));
     hid_t type = H5Dget_type(dset), space = H5Dget_space(dset);
     int rank = H5Sget_simple_extent_ndims(space);
     hsize_t dims[2] = {0, 0};
@@ -260,15 +267,8 @@ static int h5_read_features(const char *path, hdlm_feature_matrix *out) {
 }
 
 int hdlm_features_read_lengths(const char *path, int32_t **lengths, int64_t *n) {
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    HDLM_TRY(hdlm_check_regular(path, "feature file"));
-    hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    HDLM_CHECK(file >= 0, "%s: cannot open as HDF5", path);
-    hid_t dset = H5Lexists(file, "lengths", H5P_DEFAULT) > 0 ? H5Dopen2(file, "lengths", H5P_DEFAULT) : -1;
-    if (dset < 0) {
-        H5Fclose(file);
-        return HDLM_FAIL("%s: no dataset 'lengths'", path);
-    }
+    hid_t file, dset;
+    HDLM_TRY(h5_open_dataset(path, "lengths", "", &file, &dset));
     hid_t space = H5Dget_space(dset);
     hsize_t dim = 0;
     int rank = H5Sget_simple_extent_ndims(space);
