@@ -152,7 +152,7 @@ static void test_attention_full_two_tiles(void **state) {
 // Settled [0, 100) block-causal (ω = 16), active [100, 280] block-causal, worthless [281, 300) in the second tile.
 static void test_attention_hyperschedule_two_tiles(void **state) {
     (void)state;
-    hdlm_attn_mask m = {L, 100, 280, HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_CAUSAL, 16};
+    hdlm_attn_mask m = {L, 100, 280, HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_CAUSAL, 16, 0};
     check_case(&m, 0.2f, "hyperschedule, dropout 0.2");
     m.context = HDLM_CONTEXT_CAUSAL;
     m.block = HDLM_BLOCK_FULL;

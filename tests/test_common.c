@@ -125,18 +125,17 @@ static void test_dropout_keep_min(void **state) {
 // The worked example of method §3.2: simple schedule, L = 8, ω = τ = 3, step 5 (n_set = 2, a_end = 4).
 static void test_mask_worked_example(void **state) {
     (void)state;
-    hdlm_attn_mask m = {8, 2, 4, HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_FULL, 3};
+    hdlm_attn_mask m = {8, 2, 4, HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_FULL, 3, 0};
     static const char *expected[5] = {"11000000", "11000000", "11111000", "11111000", "11111000"};
     for (int i = 0; i < 8; i++) {
-        int lo, hi;
-        hdlm_mask_key_range(&m, i, &lo, &hi);
+        hdlm_key_range r = hdlm_mask_key_range(&m, i);
         for (int j = 0; j < 8; j++) {
             bool want = i < 5 ? expected[i][j] == '1' : false;
             assert_int_equal(hdlm_mask_allowed(&m, i, j), want);
-            if (i < 5) assert_int_equal(j >= lo && j < hi, want);
+            if (i < 5) assert_int_equal(hdlm_key_range_has(r, j), want);
         }
         assert_int_equal(hdlm_mask_row_fully_masked(&m, i), i >= 5);
-        if (i >= 5) assert_int_equal(hi - lo, 8);
+        if (i >= 5) assert_int_equal(hdlm_key_range_end(r), 8);
     }
     // context causal: row 0 sees {0}, row 1 sees {0, 1}; block causal: row 2 sees {0,1,2}, row 4 sees {0..4}.
     m.context = HDLM_CONTEXT_CAUSAL;

@@ -52,7 +52,7 @@ typedef struct {
 
 static hdlm_attn_mask mask_of(int len, int n_set, int a_end, hdlm_context_type context, hdlm_block_type block,
                               int block_size) {
-    hdlm_attn_mask m = {len, n_set, a_end, context, block, block_size};
+    hdlm_attn_mask m = {len, n_set, a_end, context, block, block_size, 0};
     return m;
 }
 

@@ -9,8 +9,10 @@
 //   shared memory with rows padded to DP + 1 floats (DP = D rounded up to 32, 64 or 128, zero-filled), so every
 //   even D <= 128 runs through three instantiations. A thread owns the score columns c ≡ sub (mod 4) of its row (the
 //   four threads of a row read four consecutive padded rows of K: no bank conflicts) and the output dims ≡ sub.
-// - Masks: row i may see the keys [0, hi_i) of hdlm_mask_key_range (the ranges of all built-in rules start at key
-//   0), so a query tile visits key tiles only below the largest hi of its rows and the per-element rule is j < hi_i.
+// - Masks: row i may see the keys of hdlm_mask_key_range, [0, prefix) ∪ [lo, hi) (one range from key 0 for the
+//   length-L layout; the clean prefix and the row's own block for a noisy row of the two-copy layout, method §3.3),
+//   so a query tile visits only the key tiles that meet the union of its rows' ranges (tile_visits) and the
+//   per-element rule is hdlm_key_range_has.
 //   A fully masked row (worthless, i > a_end) attends uniformly to all L keys with lse 0 and no score gradient,
 //   exactly as the CPU does; dropout applies to it too.
 // - Dropout: element (b, h, i, j) kept when hdlm_rng_u16_at(key, ((b·H + h)·L + i)·L + j) >= ⌈p·2¹⁶⌉, the kept
@@ -37,28 +39,25 @@ struct attn_shape {
     uint64_t key;                      // dropout stream
 };
 
-// Keys [0, hi) of row i (all L for a fully masked row); 0 for the padding rows i >= L of the last tile.
-__device__ inline int row_key_end(const hdlm_attn_mask &mask, int i) {
-    if (i >= mask.length) return 0;
-    int lo, hi;
-    hdlm_mask_key_range(&mask, i, &lo, &hi);
-    return hi;
+// The keys of row i (all L for a fully masked row); none for the padding rows i >= L of the last tile.
+__device__ inline hdlm_key_range row_keys(const hdlm_attn_mask &mask, int i) {
+    if (i >= mask.length) return hdlm_key_range{0, 0, 0};
+    return hdlm_mask_key_range(&mask, i);
 }
 
 __device__ inline bool row_uniform(const hdlm_attn_mask &mask, int i) {
     return i < mask.length && hdlm_mask_row_fully_masked(&mask, i);
 }
 
-// The largest key bound of the rows [i0, i0 + TILE): key tiles from there on are masked for the whole tile.
-// Without_uniform leaves fully masked rows out (their score gradient is zero).
-__device__ inline int tile_key_end(const hdlm_attn_mask &mask, int i0, bool without_uniform) {
-    int end = 0;
-    for (int r = 0; r < TILE; r++) {
-        int i = i0 + r;
-        if (without_uniform && row_uniform(mask, i)) continue;
-        end = max(end, row_key_end(mask, i));
-    }
-    return end;
+// The keys the rows [i0, i0 + TILE) may see, as one range covering their union: key tiles outside it are masked for
+// the whole tile. Without_uniform leaves fully masked rows out (their score gradient is zero).
+__device__ inline hdlm_key_range tile_keys(const hdlm_attn_mask &mask, int i0, bool without_uniform) {
+    return hdlm_mask_rows_key_range(&mask, i0, TILE, without_uniform);
+}
+
+// Whether the key tile [j0, j0 + TILE) meets the range u (the same answer in every thread of a block).
+__device__ inline bool tile_visits(const hdlm_key_range &u, int j0) {
+    return j0 < u.prefix || (j0 + TILE > u.lo && j0 < u.hi);
 }
 
 // Whether probability `index` survives dropout: the CPU's hdlm_dropout_scales rule.
@@ -105,8 +104,8 @@ __device__ inline void tile_load(float *dst, const bf16 *src, size_t ld, int r0,
 template <int DP> constexpr size_t forward_smem() { return sizeof(float) * (3 * TILE * (DP + 1) + TILE * PSTRIDE); }
 template <int DP> constexpr size_t dq_smem() { return sizeof(float) * (4 * TILE * (DP + 1) + TILE * PSTRIDE); }
 template <int DP> size_t dkdv_smem(int len) {
-    return sizeof(float) * (4 * TILE * (DP + 1) + 2 * TILE * PSTRIDE + 2 * TILE) +
-           sizeof(int) * (2 * TILE + hdlm_ceil_div(len, TILE));
+    return sizeof(float) * (4 * TILE * (DP + 1) + 2 * TILE * PSTRIDE + 2 * TILE) + sizeof(int) * TILE +
+           sizeof(hdlm_key_range) * (TILE + hdlm_ceil_div(len, TILE));
 }
 
 // One block per (query tile, b·H + h): online softmax over the key tiles the tile's rows may see.
@@ -120,7 +119,8 @@ __global__ void __launch_bounds__(THREADS)
     const size_t ld = 3 * (size_t)sh.width;
     const bf16 *q = qkv + (size_t)b * L * ld + (size_t)h * D, *k = q + sh.width, *v = q + 2 * sh.width;
     const int i0 = blockIdx.x * TILE, r = threadIdx.x / TILE_SPLIT, sub = threadIdx.x % TILE_SPLIT, i = i0 + r;
-    const int kv_end = tile_key_end(mask, i0, false), hi = row_key_end(mask, i);
+    const hdlm_key_range tile = tile_keys(mask, i0, false), keys = row_keys(mask, i);
+    const int kv_end = hdlm_key_range_end(tile);
     const bool uniform = row_uniform(mask, i);
     const uint64_t row_index = ((uint64_t)bh * L + (uint64_t)i) * (uint64_t)L;
 
@@ -130,6 +130,7 @@ __global__ void __launch_bounds__(THREADS)
     for (int t = 0; t < NT; t++) o[t] = 0.0f;
     float m = -INFINITY, l = 0.0f;
     for (int j0 = 0; j0 < kv_end; j0 += TILE) {
+        if (!tile_visits(tile, j0)) continue;
         __syncthreads();   // the previous tile's K, V and P are read by all
         tile_load<DP>(ks, k, ld, j0, L, D);
         tile_load<DP>(vs, v, ld, j0, L, D);
@@ -147,8 +148,8 @@ __global__ void __launch_bounds__(THREADS)
 #pragma unroll
         for (int c = 0; c < COLS; c++) {
             int j = j0 + sub + TILE_SPLIT * c;
-            // a fully masked row's scores are all replaced by 0 (hi = L for it): uniform weights
-            sc[c] = j < hi ? (uniform ? 0.0f : sc[c] * sh.scale) : -INFINITY;
+            // a fully masked row's scores are all replaced by 0 (its keys are all L): uniform weights
+            sc[c] = hdlm_key_range_has(keys, j) ? (uniform ? 0.0f : sc[c] * sh.scale) : -INFINITY;
             tile_max = fmaxf(tile_max, sc[c]);
         }
         float m_new = fmaxf(m, row_max(tile_max));
@@ -174,7 +175,7 @@ __global__ void __launch_bounds__(THREADS)
         }
     }
     if (i >= L) return;
-    float inv = 1.0f / l;   // l > 0: key 0 is allowed to every row
+    float inv = 1.0f / l;   // l > 0: every row sees itself (a fully masked row sees all keys)
     bf16 *orow = out + ((size_t)b * L + i) * sh.width + (size_t)h * D;
 #pragma unroll
     for (int t = 0; t < NT; t++) {
@@ -235,7 +236,9 @@ __global__ void __launch_bounds__(THREADS)
     const bf16 *g = dout + (size_t)b * L * sh.width + (size_t)h * D;
     const int i0 = blockIdx.x * TILE, r = threadIdx.x / TILE_SPLIT, sub = threadIdx.x % TILE_SPLIT, i = i0 + r;
     // fully masked rows have no score gradient: they neither widen the key range nor get a dq
-    const int kv_end = tile_key_end(mask, i0, true), hi = row_uniform(mask, i) ? 0 : row_key_end(mask, i);
+    const hdlm_key_range tile = tile_keys(mask, i0, true);
+    const hdlm_key_range keys = row_uniform(mask, i) ? hdlm_key_range{0, 0, 0} : row_keys(mask, i);
+    const int kv_end = hdlm_key_range_end(tile);
     const float row_lse = i < L ? lse[(size_t)bh * L + i] : 0.0f;
     const float row_delta = i < L ? delta[(size_t)bh * L + i] : 0.0f;
     const uint64_t row_index = ((uint64_t)bh * L + (uint64_t)i) * (uint64_t)L;
@@ -246,6 +249,7 @@ __global__ void __launch_bounds__(THREADS)
 #pragma unroll
     for (int t = 0; t < NT; t++) dq[t] = 0.0f;
     for (int j0 = 0; j0 < kv_end; j0 += TILE) {
+        if (!tile_visits(tile, j0)) continue;
         __syncthreads();   // the previous tile's K and dS are read by all
         tile_load<DP>(ks, k, ld, j0, L, D);
         tile_load<DP>(vs, v, ld, j0, L, D);
@@ -256,7 +260,7 @@ __global__ void __launch_bounds__(THREADS)
         for (int c = 0; c < COLS; c++) {
             int col = sub + TILE_SPLIT * c, j = j0 + col;
             float ds = 0.0f;
-            if (j < hi) {
+            if (hdlm_key_range_has(keys, j)) {
                 float p = expf(sc[c] * sh.scale - row_lse);
                 ds = p * (dp[c] * dropout_factor(sh, row_index + (uint64_t)j) - row_delta);
             }
@@ -290,7 +294,8 @@ __global__ void __launch_bounds__(THREADS)
     float *ks = smem, *vs = ks + TILE * S, *qs = vs + TILE * S, *gs = qs + TILE * S;
     float *pts = gs + TILE * S, *dss = pts + TILE * PSTRIDE;   // [key][query] of P̃ and dS
     float *rlse = dss + TILE * PSTRIDE, *rdelta = rlse + TILE;
-    int *rhi = reinterpret_cast<int *>(rdelta + TILE), *runiform = rhi + TILE, *qend = runiform + TILE;
+    int *runiform = reinterpret_cast<int *>(rdelta + TILE);
+    hdlm_key_range *rkeys = reinterpret_cast<hdlm_key_range *>(runiform + TILE), *qkeys = rkeys + TILE;
     const int L = sh.len, D = sh.head_dim, bh = blockIdx.y, b = bh / sh.heads, h = bh % sh.heads;
     const int n_qtiles = (L + TILE - 1) / TILE;
     const size_t ld = 3 * (size_t)sh.width;
@@ -299,7 +304,7 @@ __global__ void __launch_bounds__(THREADS)
     const bf16 *g = dout + (size_t)b * L * sh.width + (size_t)h * D;
     const int j0 = blockIdx.x * TILE, c = threadIdx.x / TILE_SPLIT, sub = threadIdx.x % TILE_SPLIT, j = j0 + c;
 
-    for (int t = threadIdx.x; t < n_qtiles; t += THREADS) qend[t] = tile_key_end(mask, t * TILE, false);
+    for (int t = threadIdx.x; t < n_qtiles; t += THREADS) qkeys[t] = tile_keys(mask, t * TILE, false);
     tile_load<DP>(ks, k, ld, j0, L, D);
     tile_load<DP>(vs, v, ld, j0, L, D);
     float dk[NT], dv[NT];
@@ -307,14 +312,14 @@ __global__ void __launch_bounds__(THREADS)
     for (int t = 0; t < NT; t++) dk[t] = dv[t] = 0.0f;
     __syncthreads();
     for (int qt = 0; qt < n_qtiles; qt++) {
-        if (qend[qt] <= j0) continue;   // no row of this query tile sees the key tile (block-uniform)
+        if (!tile_visits(qkeys[qt], j0)) continue;   // no row of this query tile sees the key tile (block-uniform)
         const int i0 = qt * TILE;
         __syncthreads();   // the previous query tile's Q, dO, P̃, dS and row data are read by all
         tile_load<DP>(qs, q, ld, i0, L, D);
         tile_load<DP>(gs, g, sh.width, i0, L, D);
         if (threadIdx.x < TILE) {
             int i = i0 + threadIdx.x;
-            rhi[threadIdx.x] = row_key_end(mask, i);
+            rkeys[threadIdx.x] = row_keys(mask, i);
             runiform[threadIdx.x] = row_uniform(mask, i);
             rlse[threadIdx.x] = i < L ? lse[(size_t)bh * L + i] : 0.0f;
             rdelta[threadIdx.x] = i < L ? delta[(size_t)bh * L + i] : 0.0f;
@@ -328,7 +333,7 @@ __global__ void __launch_bounds__(THREADS)
             float p = 0.0f, ds = 0.0f;
             if (runiform[row]) {
                 p = j < L ? 1.0f / (float)L : 0.0f;   // uniform row: weight 1/L on every key, no score gradient
-            } else if (j < rhi[row]) {
+            } else if (hdlm_key_range_has(rkeys[row], j)) {
                 p = expf(sc[x] * sh.scale - rlse[row]);
             }
             float drop = p > 0.0f ? dropout_factor(sh, ((uint64_t)bh * L + (uint64_t)i) * (uint64_t)L + j) : 0.0f;
@@ -547,14 +552,16 @@ __global__ void __launch_bounds__(TC_THREADS)
     const bf16 *q = qkv + (size_t)b * L * ld + (size_t)h * TC_D, *k = q + sh.width, *v = q + 2 * sh.width;
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
     const int i0 = blockIdx.x * TILE, m0 = 16 * warp;
-    const int kv_end = tile_key_end(mask, i0, false);
-    int row[2], hi[2];
+    const hdlm_key_range tile = tile_keys(mask, i0, false);
+    const int kv_end = hdlm_key_range_end(tile);
+    int row[2];
+    hdlm_key_range keys[2];
     bool uniform[2];
     uint64_t row_index[2];
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
     for (int x = 0; x < 2; x++) {
         row[x] = i0 + m0 + g + 8 * x;
-        hi[x] = row_key_end(mask, row[x]);
+        keys[x] = row_keys(mask, row[x]);
         uniform[x] = row_uniform(mask, row[x]);
         row_index[x] = ((uint64_t)bh * L + (uint64_t)row[x]) * (uint64_t)L;
     }
@@ -565,6 +572,7 @@ __global__ void __launch_bounds__(TC_THREADS)
     float o[TC_NT][4];
     tc_zero(o);
     for (int j0 = 0; j0 < kv_end; j0 += TILE) {
+        if (!tile_visits(tile, j0)) continue;
         __syncthreads();   // the previous K and V tiles are read by all
         tc_tile_load(ks, k, ld, j0, L);
         tc_tile_load(vt, v, ld, j0, L, true);
@@ -583,8 +591,8 @@ __global__ void __launch_bounds__(TC_THREADS)
 #pragma unroll
             for (int r = 0; r < 4; r++) {
                 int x = r / 2, j = j0 + nt * 8 + 2 * t + r % 2;
-                // a fully masked row's scores are all replaced by 0 (hi = L for it): uniform weights
-                s[nt][r] = j < hi[x] ? (uniform[x] ? 0.0f : s[nt][r] * sh.scale) : -INFINITY;
+                // a fully masked row's scores are all replaced by 0 (its keys are all L): uniform weights
+                s[nt][r] = hdlm_key_range_has(keys[x], j) ? (uniform[x] ? 0.0f : s[nt][r] * sh.scale) : -INFINITY;
                 tile_max[x] = fmaxf(tile_max[x], s[nt][r]);
             }
         float m_base[2], corr[2], sum[2] = {0.0f, 0.0f};
@@ -611,7 +619,7 @@ __global__ void __launch_bounds__(TC_THREADS)
     }
     for (int x = 0; x < 2; x++) {
         if (row[x] >= L) continue;
-        float inv = 1.0f / l[x];   // l > 0: key 0 is allowed to every row
+        float inv = 1.0f / l[x];   // l > 0: every row sees itself (a fully masked row sees all keys)
         bf16 *orow = out + ((size_t)b * L + row[x]) * sh.width + (size_t)h * TC_D;
 #pragma unroll
         for (int nt = 0; nt < TC_NT; nt++)
@@ -635,12 +643,14 @@ __global__ void __launch_bounds__(TC_THREADS)
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
     const int i0 = blockIdx.x * TILE, m0 = 16 * warp;
     // fully masked rows have no score gradient: they neither widen the key range nor get a dq
-    const int kv_end = tile_key_end(mask, i0, true);
-    int row[2], hi[2];
+    const hdlm_key_range tile = tile_keys(mask, i0, true);
+    const int kv_end = hdlm_key_range_end(tile);
+    int row[2];
+    hdlm_key_range keys[2];
     float row_lse[2], row_delta[2];
     for (int x = 0; x < 2; x++) {
         row[x] = i0 + m0 + g + 8 * x;
-        hi[x] = row_uniform(mask, row[x]) ? 0 : row_key_end(mask, row[x]);
+        keys[x] = row_uniform(mask, row[x]) ? hdlm_key_range{0, 0, 0} : row_keys(mask, row[x]);
         row_lse[x] = row[x] < L ? lse[(size_t)bh * L + row[x]] : 0.0f;
         row_delta[x] = row[x] < L ? delta[(size_t)bh * L + row[x]] : 0.0f;
     }
@@ -653,6 +663,7 @@ __global__ void __launch_bounds__(TC_THREADS)
     float dq[TC_NT][4];
     tc_zero(dq);
     for (int j0 = 0; j0 < kv_end; j0 += TILE) {
+        if (!tile_visits(tile, j0)) continue;
         __syncthreads();   // the previous K, V tiles are read by all
         tc_tile_load(ks, k, ld, j0, L);
         tc_tile_load(vs, v, ld, j0, L);
@@ -670,7 +681,7 @@ __global__ void __launch_bounds__(TC_THREADS)
             for (int r = 0; r < 4; r++) {
                 int x = r / 2, j = j0 + nt * 8 + 2 * t + r % 2;
                 float ds = 0.0f;
-                if (j < hi[x]) {
+                if (hdlm_key_range_has(keys[x], j)) {
                     float p = expf(s[nt][r] * sh.scale - row_lse[x]);
                     ds = p * (dp[nt][r] * keep_factor(sh, keep, 4 * nt + r) - row_delta[x]);
                 }
@@ -700,9 +711,9 @@ __global__ void __launch_bounds__(TC_THREADS)
     bf16 *ks = reinterpret_cast<bf16 *>(smem), *vs = ks + TC_TILE_ELEMS, *qs = vs + TC_TILE_ELEMS;
     bf16 *gs = qs + TC_TILE_ELEMS;
     float *rlse = reinterpret_cast<float *>(gs + TC_TILE_ELEMS), *rdelta = rlse + TILE;
-    int *rhi = reinterpret_cast<int *>(rdelta + TILE), *runiform = rhi + TILE;
+    int *runiform = reinterpret_cast<int *>(rdelta + TILE);
     uint32_t *skeep = reinterpret_cast<uint32_t *>(runiform + TILE);
-    int *qend = reinterpret_cast<int *>(skeep + TC_KEEP_WORDS);
+    hdlm_key_range *rkeys = reinterpret_cast<hdlm_key_range *>(skeep + TC_KEEP_WORDS), *qkeys = rkeys + TILE;
     const int L = sh.len, bh = blockIdx.y, b = bh / sh.heads, h = bh % sh.heads;
     const int n_qtiles = (L + TILE - 1) / TILE;
     const size_t ld = 3 * (size_t)sh.width, head = (size_t)b * L * ld + (size_t)h * TC_D;
@@ -712,7 +723,7 @@ __global__ void __launch_bounds__(TC_THREADS)
     const int j0 = blockIdx.x * TILE, m0 = 16 * warp;
     const int key[2] = {j0 + m0 + g, j0 + m0 + g + 8};
 
-    for (int x = threadIdx.x; x < n_qtiles; x += TC_THREADS) qend[x] = tile_key_end(mask, x * TILE, false);
+    for (int x = threadIdx.x; x < n_qtiles; x += TC_THREADS) qkeys[x] = tile_keys(mask, x * TILE, false);
     tc_tile_load(ks, k, ld, j0, L);
     tc_tile_load(vs, v, ld, j0, L);
     __syncthreads();
@@ -723,14 +734,14 @@ __global__ void __launch_bounds__(TC_THREADS)
     tc_zero(dk);
     tc_zero(dv);
     for (int qtile = 0; qtile < n_qtiles; qtile++) {
-        if (qend[qtile] <= j0) continue;   // no row of this query tile sees the key tile (block-uniform)
+        if (!tile_visits(qkeys[qtile], j0)) continue;   // no row of this query tile sees the key tile (block-uniform)
         const int i0 = qtile * TILE;
         __syncthreads();   // the previous query tile's Q, dO and row data are read by all
         tc_tile_load(qs, q, ld, i0, L);
         tc_tile_load(gs, go, sh.width, i0, L);
         if (threadIdx.x < TILE) {
             int i = i0 + threadIdx.x;
-            rhi[threadIdx.x] = row_key_end(mask, i);
+            rkeys[threadIdx.x] = row_keys(mask, i);
             runiform[threadIdx.x] = row_uniform(mask, i);
             rlse[threadIdx.x] = i < L ? lse[(size_t)bh * L + i] : 0.0f;
             rdelta[threadIdx.x] = i < L ? delta[(size_t)bh * L + i] : 0.0f;
@@ -749,7 +760,7 @@ __global__ void __launch_bounds__(TC_THREADS)
                 int x = r / 2, col = nt * 8 + 2 * t + r % 2, j = key[x];
                 float p = 0.0f;
                 if (runiform[col]) p = j < L ? 1.0f / (float)L : 0.0f;   // weight 1/L on every key, no dS
-                else if (j < rhi[col]) p = expf(s[nt][r] * sh.scale - rlse[col]);
+                else if (hdlm_key_range_has(rkeys[col], j)) p = expf(s[nt][r] * sh.scale - rlse[col]);
                 // the forward's bit of (query col, key 16·warp + g + 8x): its word 32·(nt / 2) + 4·(2t + r % 2) + g / 2
                 float drop = 1.0f;
                 if (sh.dropout > 0.0f)
@@ -781,7 +792,7 @@ constexpr size_t forward_tc_smem() { return sizeof(bf16) * 3 * TC_TILE_ELEMS; }
 constexpr size_t dq_tc_smem() { return sizeof(bf16) * 4 * TC_TILE_ELEMS; }
 size_t dkdv_tc_smem(int len) {
     return sizeof(bf16) * 4 * TC_TILE_ELEMS + sizeof(float) * 2 * TILE + sizeof(uint32_t) * TC_KEEP_WORDS +
-           sizeof(int) * (2 * TILE + hdlm_ceil_div(len, TILE));
+           sizeof(int) * TILE + sizeof(hdlm_key_range) * (TILE + hdlm_ceil_div(len, TILE));
 }
 
 attn_shape shape_of(int len, int heads, int head_dim, float dropout, uint64_t key) {

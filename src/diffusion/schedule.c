@@ -253,7 +253,7 @@ int hdlm_schedule_step(const hdlm_schedule *s, int k, hdlm_step *st) {
         }
     }
     st->n_active = st->a_end - st->n_set + 1;
-    hdlm_attn_mask m = {L, st->n_set, st->a_end, s->context, s->block, s->width};
+    hdlm_attn_mask m = {L, st->n_set, st->a_end, s->context, s->block, s->width, 0};
     st->mask = m;
     return 0;
 }

@@ -178,8 +178,7 @@ int hdlm_gpt2_forward(const hdlm_gpt2 *g, const uint32_t *ids, int len, float *h
     float *lse = hdlm_malloc((size_t)g->n_head * len * sizeof(float));
     for (int t = 0; t < len; t++)
         for (int i = 0; i < d; i++) x[(size_t)t * d + i] = g->wte[(size_t)ids[t] * d + i] + g->wpe[(size_t)t * d + i];
-    // Causal attention: every position settled, context rule causal (mask.h).
-    hdlm_attn_mask mask = {len, len, len - 1, HDLM_CONTEXT_CAUSAL, HDLM_BLOCK_CAUSAL, len};
+    hdlm_attn_mask mask = hdlm_mask_causal(len);
     for (int l = 0; l < g->n_layer; l++) {
         const hdlm_gpt2_layer *y = &g->layers[l];
         hdlm_layernorm_bias_forward(a, x, y->ln1_w, y->ln1_b, len, d);

@@ -4,7 +4,8 @@
 // to whole micro-tiles and with K and V also transposed, so that every product below is one register-tiled kernel
 // (tile_product) reading aligned rows. Then, block by block of QUERY_BLOCK queries: scores against the keys the block
 // may see, softmax row by row, product with V. Only [QUERY_BLOCK, L] tiles exist (never B×H×L×L) and they stay in
-// L2; keys beyond the block's last allowed key are skipped, so causal and block-causal masks cost about half.
+// L2; key tiles no row of the block may see are skipped (block_windows), so causal and block-causal masks cost about
+// half, and a noisy block of the two-copy layout (method §3.3) reads only the clean prefix and its own block.
 // Backward recomputes the probabilities from the saved log-sum-exp, as flash attention does. Fully-masked rows
 // (worthless queries) attend uniformly to all L keys with zero score gradient (method §3.2).
 //
@@ -55,14 +56,6 @@ static inline vecf vec_exp_nonpositive(vecf x) {
     p = p * r * r + r + 1.0f;
     veci scale = (__builtin_convertvector(n, veci) + 127) << 23;   // 2^n through the exponent field
     return (vecf)((veci)(p * (vecf)scale) & ~underflow);
-}
-
-// Row scores beyond the last allowed key hi, up to the next multiple of LANES, set to −inf (so whole vectors can
-// be read); returns that multiple.
-static int mask_row_tail(float *p, int hi) {
-    int hv = round_up(hi, LANES);
-    for (int j = hi; j < hv; j++) p[j] = -INFINITY;
-    return hv;
 }
 
 static float vec_sum(vecf x) {
@@ -201,27 +194,86 @@ static void store_rows(float *dst, size_t ld, const float *src, int dp, int rows
     for (int i = 0; i < rows; i++) memcpy(dst + (size_t)i * ld, src + (size_t)i * dp, (size_t)head_dim * sizeof(float));
 }
 
-// The largest key bound of queries [i0, i0 + nq): the width of the block's score tile.
-static int block_key_end(const hdlm_attn_mask *mask, int i0, int nq) {
-    int kv = 0;
-    for (int i = i0; i < i0 + nq; i++) {
-        int lo, hi;
-        hdlm_mask_key_range(mask, i, &lo, &hi);
-        if (hi > kv) kv = hi;
+// The keys a block of queries may see, as at most two windows [start, end) of whole TILE_COLS tiles, laid side by side
+// in the score tile from column col: the length-L layout has one (keys [0, end)); a noisy block of the two-copy
+// layout has two, the clean prefix and its own block, and the tiles between them are skipped (method §3.3).
+typedef struct {
+    int n, cols;               // windows, and score columns in all
+    int start[2], end[2], col[2];
+} key_windows;
+
+static key_windows block_windows(const hdlm_attn_mask *mask, int i0, int nq) {
+    hdlm_key_range u = hdlm_mask_rows_key_range(mask, i0, nq, false);
+    key_windows w = {0};
+    int prefix_end = round_up(u.prefix, TILE_COLS), lo = u.lo / TILE_COLS * TILE_COLS, hi = round_up(u.hi, TILE_COLS);
+    if (u.lo < u.hi && lo <= prefix_end) {   // the windows touch: one
+        prefix_end = hi > prefix_end ? hi : prefix_end;
+        u.lo = u.hi;
     }
-    return kv;
+    if (prefix_end > 0) w.end[w.n++] = prefix_end;
+    if (u.lo < u.hi) {
+        w.start[w.n] = lo;
+        w.end[w.n++] = hi;
+    }
+    for (int k = 0; k < w.n; k++) {
+        w.col[k] = w.cols;
+        w.cols += w.end[k] - w.start[k];
+    }
+    return w;
 }
 
-// Scaled scores S = Q[i0:i0+nq] · K[0:kvp]ᵀ / √head_dim into w->p.
-static void block_scores(attention_work *w, int i0, int nq, int kvp, int head_dim) {
-    block_product(nq, kvp, w->dp, w->q + (size_t)i0 * w->dp, w->dp, 1, w->kt, w->lt, w->p, w->lt,
-                  1.0f / sqrtf((float)head_dim), false);
+// Sets the score columns of a row that its range r masks to −inf; returns the end of its last allowed column
+// rounded up to LANES (the width its softmax reads).
+static int clamp_int(int x, int lo, int hi) { return x < lo ? lo : x > hi ? hi : x; }
+
+static int mask_row(float *p, const key_windows *w, hdlm_key_range r) {
+    int last = 0;
+    for (int k = 0; k < w->n; k++) {
+        int s = w->start[k], e = w->end[k];
+        float *pk = p + w->col[k] - s;   // pk[j] is key j's column
+        // allowed here: [s, a) and [b0, b1); prefix <= lo, so a <= b0
+        int a = clamp_int(r.prefix, s, e), b0 = clamp_int(r.lo, a, e), b1 = clamp_int(r.hi, b0, e);
+        for (int j = a; j < b0; j++) pk[j] = -INFINITY;
+        for (int j = b1; j < e; j++) pk[j] = -INFINITY;
+        int end = b1 > b0 ? b1 : a;
+        if (end > s) last = w->col[k] + end - s;
+    }
+    return round_up(last, LANES);
 }
 
-// Dropout multipliers of row i over keys [0, hi) into w->row_scale (element index row_base + i·len + j).
-static const float *row_dropout(attention_work *w, uint64_t row_base, int len, int i, int hi, float dropout,
-                                uint64_t key) {
-    hdlm_dropout_scales(w->row_scale, key, row_base + (uint64_t)i * len, hi, dropout);
+// Scaled scores S = Q[i0:i0+nq] · K[windows]ᵀ / √head_dim into w->p.
+static void block_scores(attention_work *w, const key_windows *win, int i0, int nq, int head_dim) {
+    for (int k = 0; k < win->n; k++)
+        block_product(nq, win->end[k] - win->start[k], w->dp, w->q + (size_t)i0 * w->dp, w->dp, 1,
+                      w->kt + win->start[k], w->lt, w->p + win->col[k], w->lt, 1.0f / sqrtf((float)head_dim), false);
+}
+
+// C[nq, dp] = alpha · A[nq, windows] · Y[keys of the windows, dp], A a score tile (row stride lt), Y rows of dp.
+static void block_times_keys(const attention_work *w, const key_windows *win, int nq, const float *a, const float *y,
+                             float *c, float alpha) {
+    for (int k = 0; k < win->n; k++)
+        block_product(nq, w->dp, win->end[k] - win->start[k], a + win->col[k], w->lt, 1,
+                      y + (size_t)win->start[k] * w->dp, w->dp, c, w->dp, alpha, k > 0);
+}
+
+// Y[keys of the windows, dp] += alpha · A[nq, windows]ᵀ · X[nq, dp]: dK and dV.
+static void keys_accumulate(const attention_work *w, const key_windows *win, int nq, const float *a, const float *x,
+                            float *y, float alpha) {
+    for (int k = 0; k < win->n; k++)
+        block_product(win->end[k] - win->start[k], w->dp, nq, a + win->col[k], 1, w->lt, x, w->dp,
+                      y + (size_t)win->start[k] * w->dp, w->dp, alpha, true);
+}
+
+// Dropout multipliers of row i over its keys below `end` into w->row_scale, by column (element index
+// row_base + i·len + key).
+static const float *row_dropout(attention_work *w, const key_windows *win, uint64_t row_base, int len, int i, int end,
+                                float dropout, uint64_t key) {
+    for (int k = 0; k < win->n; k++) {
+        int stop = win->end[k] < end ? win->end[k] : end;
+        if (stop > win->start[k])
+            hdlm_dropout_scales(w->row_scale + win->col[k], key, row_base + (uint64_t)i * len + win->start[k],
+                                stop - win->start[k], dropout);
+    }
     return w->row_scale;
 }
 
@@ -244,25 +296,26 @@ void hdlm_attention_forward(float *out, float *lse, const float *qkv, const hdlm
             uint64_t row_base = (uint64_t)bh * len * len;
             for (int i0 = 0; i0 < len; i0 += QUERY_BLOCK) {
                 int nq = len - i0 < QUERY_BLOCK ? len - i0 : QUERY_BLOCK;
-                int kv = block_key_end(mask, i0, nq), kvp = round_up(kv, TILE_COLS);
-                block_scores(&w, i0, nq, kvp, head_dim);
-                // Softmax over the allowed keys [0, hi) with the dropout multipliers applied in the same pass. w.p gets
-                // the unnormalised exp(S − max) ⊙ s; the 1/sum goes on the block's output rows instead.
+                key_windows win = block_windows(mask, i0, nq);
+                block_scores(&w, &win, i0, nq, head_dim);
+                // Softmax over the allowed keys with the dropout multipliers applied in the same pass. w.p gets the
+                // unnormalised exp(S − max) ⊙ s; the 1/sum goes on the block's output rows instead.
                 float inv_sum[QUERY_BLOCK];
                 for (int r = 0; r < nq; r++) {
-                    int i = i0 + r, lo, hi;
+                    int i = i0 + r;
                     float *p = w.p + (size_t)r * w.lt;
-                    hdlm_mask_key_range(mask, i, &lo, &hi);
-                    const float *s = drop ? row_dropout(&w, row_base, len, i, hi, dropout, key) : NULL;
+                    hdlm_key_range kr = hdlm_mask_key_range(mask, i);
+                    const float *s =
+                        drop ? row_dropout(&w, &win, row_base, len, i, hdlm_key_range_end(kr), dropout, key) : NULL;
                     if (hdlm_mask_row_fully_masked(mask, i)) {
-                        // all −inf scores are replaced by zeros: uniform over all L keys (kv == L here)
-                        for (int j = 0; j < kv; j++) p[j] = s ? s[j] : 1.0f;
-                        for (int j = kv; j < kvp; j++) p[j] = 0.0f;
-                        inv_sum[r] = 1.0f / (float)kv;
+                        // all −inf scores are replaced by zeros: uniform over all L keys (one window [0, L) here)
+                        for (int j = 0; j < len; j++) p[j] = s ? s[j] : 1.0f;
+                        for (int j = len; j < win.cols; j++) p[j] = 0.0f;
+                        inv_sum[r] = 1.0f / (float)len;
                         lse_bh[i] = 0.0f;
                         continue;
                     }
-                    int hv = mask_row_tail(p, hi);
+                    int hv = mask_row(p, &win, kr);
                     vecf m = vec_broadcast(vec_max(p, hv)), sum = {0};
                     for (int j = 0; j < hv; j += LANES) {
                         vecf *pj = (vecf *)(p + j), e = vec_exp_nonpositive(*pj - m);
@@ -272,10 +325,10 @@ void hdlm_attention_forward(float *out, float *lse, const float *qkv, const hdlm
                     float total = vec_sum(sum);
                     lse_bh[i] = m[0] + logf(total);
                     inv_sum[r] = 1.0f / total;
-                    for (int j = hv; j < kvp; j++) p[j] = 0.0f;
+                    for (int j = hv; j < win.cols; j++) p[j] = 0.0f;
                 }
-                // O[i0:i0+nq] = P̃ · V[0:kvp]
-                block_product(nq, w.dp, kvp, w.p, w.lt, 1, w.v, w.dp, w.block, w.dp, 1.0f, false);
+                // O[i0:i0+nq] = P̃ · V[windows]
+                block_times_keys(&w, &win, nq, w.p, w.v, w.block, 1.0f);
                 for (int r = 0; r < nq; r++)
                     for (int e = 0; e < head_dim; e++) w.block[(size_t)r * w.dp + e] *= inv_sum[r];
                 store_rows(o + (size_t)i0 * d, d, w.block, w.dp, nq, head_dim);
@@ -320,52 +373,56 @@ void hdlm_attention_backward(float *dqkv, const float *dout, const float *out, c
             }
             for (int i0 = 0; i0 < len; i0 += QUERY_BLOCK) {
                 int nq = len - i0 < QUERY_BLOCK ? len - i0 : QUERY_BLOCK;
-                int kv = block_key_end(mask, i0, nq), kvp = round_up(kv, TILE_COLS);
-                block_scores(&w, i0, nq, kvp, head_dim);
+                key_windows win = block_windows(mask, i0, nq);
+                int cols = win.cols;
+                block_scores(&w, &win, i0, nq, head_dim);
                 // P from the saved log-sum-exp, and P̃ = P ⊙ dropout multipliers in w.pd.
                 float *pv = drop ? w.pd : w.p;
                 for (int r = 0; r < nq; r++) {
-                    int i = i0 + r, lo, hi;
+                    int i = i0 + r;
                     float *p = w.p + (size_t)r * w.lt, *pd = pv + (size_t)r * w.lt;
-                    hdlm_mask_key_range(mask, i, &lo, &hi);
-                    int hv = kv;
-                    if (hdlm_mask_row_fully_masked(mask, i)) {
-                        for (int j = 0; j < kv; j++) p[j] = 1.0f / (float)kv;
+                    hdlm_key_range kr = hdlm_mask_key_range(mask, i);
+                    int hv = cols;
+                    if (hdlm_mask_row_fully_masked(mask, i)) {   // one window [0, L)
+                        for (int j = 0; j < len; j++) p[j] = 1.0f / (float)len;
+                        hv = len;
                     } else {
-                        hv = mask_row_tail(p, hi);
+                        hv = mask_row(p, &win, kr);
                         vecf l = vec_broadcast(lse_bh[i]);
                         for (int j = 0; j < hv; j += LANES)
                             *(vecf *)(p + j) = vec_exp_nonpositive(*(vecf *)(p + j) - l);
                     }
-                    for (int j = hv; j < kvp; j++) p[j] = 0.0f;
+                    for (int j = hv; j < cols; j++) p[j] = 0.0f;
                     if (drop) {
-                        // fully masked rows: kv == L == hi
-                        const float *s = row_dropout(&w, row_base, len, i, hi, dropout, key);
-                        for (int j = 0; j < kvp; j += LANES)
+                        const float *s =
+                            row_dropout(&w, &win, row_base, len, i, hdlm_key_range_end(kr), dropout, key);
+                        for (int j = 0; j < cols; j += LANES)
                             *(vecf *)(pd + j) = *(const vecf *)(p + j) * *(const vecf *)(s + j);
                     }
                 }
                 const float *go_block = w.go + (size_t)i0 * w.dp;
-                // dV[0:kvp] += P̃ᵀ · dO ;  dP̃ = dO · V[0:kvp]ᵀ
-                block_product(kvp, w.dp, nq, pv, 1, w.lt, go_block, w.dp, w.dv, w.dp, 1.0f, true);
-                block_product(nq, kvp, w.dp, go_block, w.dp, 1, w.vt, w.lt, w.dp_, w.lt, 1.0f, false);
+                // dV[windows] += P̃ᵀ · dO ;  dP̃ = dO · V[windows]ᵀ
+                keys_accumulate(&w, &win, nq, pv, go_block, w.dv, 1.0f);
+                for (int k = 0; k < win.n; k++)
+                    block_product(nq, win.end[k] - win.start[k], w.dp, go_block, w.dp, 1, w.vt + win.start[k], w.lt,
+                                  w.dp_ + win.col[k], w.lt, 1.0f, false);
                 // dS = P ⊙ (s ⊙ dP̃ − Σ_j P̃_j dP̃_j) = P̃ ⊙ dP̃ − P · D_i; zero on fully masked rows
                 for (int r = 0; r < nq; r++) {
                     int i = i0 + r;
                     float *ds = w.dp_ + (size_t)r * w.lt;
                     if (hdlm_mask_row_fully_masked(mask, i)) {
-                        memset(ds, 0, (size_t)kvp * sizeof(float));
+                        memset(ds, 0, (size_t)cols * sizeof(float));
                         continue;
                     }
                     const float *p = w.p + (size_t)r * w.lt, *pd = pv + (size_t)r * w.lt;
                     float di = w.di[i];
 #pragma omp simd
-                    for (int j = 0; j < kvp; j++) ds[j] = pd[j] * ds[j] - p[j] * di;
+                    for (int j = 0; j < cols; j++) ds[j] = pd[j] * ds[j] - p[j] * di;
                 }
-                // dQ = scale · dS · K ;  dK += scale · dSᵀ · Q
-                block_product(nq, w.dp, kvp, w.dp_, w.lt, 1, w.k, w.dp, w.block, w.dp, scale, false);
+                // dQ = scale · dS · K[windows] ;  dK[windows] += scale · dSᵀ · Q
+                block_times_keys(&w, &win, nq, w.dp_, w.k, w.block, scale);
                 store_rows(dq + (size_t)i0 * ld, ld, w.block, w.dp, nq, head_dim);
-                block_product(kvp, w.dp, nq, w.dp_, 1, w.lt, w.q + (size_t)i0 * w.dp, w.dp, w.dk, w.dp, scale, true);
+                keys_accumulate(&w, &win, nq, w.dp_, w.q + (size_t)i0 * w.dp, w.dk, scale);
             }
             store_rows(dq + d, ld, w.dk, w.dp, len, head_dim);
             store_rows(dq + 2 * d, ld, w.dv, w.dp, len, head_dim);
