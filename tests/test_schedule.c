@@ -409,6 +409,114 @@ static void test_level_times_match_reference(void **state) {
     assert_int_equal(checked, 2 + 3 + 1024 + 2048);
 }
 
+
+// The two-copy layout (method §2.10, §3.3) against tests/reference/two_copy.py, which builds it independently as the
+// reference does (a dense 2L × 2L mask, block b's levels sliced from its own step's level vector, float32 times):
+// the mask (expanded, and the compact key ranges the attention kernels read), levels, times and classes, for random
+// block steps of every rule pair. The draws themselves: each block's step in its own range, every level reached.
+static void test_two_copy_layout_matches_reference(void **state) {
+    (void)state;
+    static const struct {
+        int L, w, tau;
+        hdlm_context_type context;
+        hdlm_block_type block;
+    } cases[] = {{8, 4, 3, HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_FULL},
+                 {12, 3, 2, HDLM_CONTEXT_CAUSAL, HDLM_BLOCK_CAUSAL},
+                 {16, 4, 5, HDLM_CONTEXT_FULL, HDLM_BLOCK_FULL},
+                 {20, 5, 4, HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_CAUSAL},
+                 {6, 6, 3, HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_FULL}};
+    static const char *const contexts[] = {"block_causal", "causal", "full"}, *const blocks[] = {"full", "causal"};
+    const char *dir = test_tmp_dir("two_copy");
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int L = cases[c].L, w = cases[c].w, tau = cases[c].tau, nb = L / w;
+        hdlm_schedule s;
+        assert_int_equal(hdlm_schedule_init(&s, HDLM_SCHEDULE_BLOCK, L, w, tau, HDLM_SAMPLING_EPS, cases[c].context,
+                                            cases[c].block), 0);
+        assert_int_equal(hdlm_schedule_two_copy_blocks(&s), nb);
+        for (int draw = 0; draw < 3; draw++) {
+            int steps[8], scratch[32];
+            hdlm_schedule_sample_block_steps(&s, 7, (uint64_t)c, (uint64_t)draw, steps);
+            char args[256];
+            int n = 0;
+            for (int b = 0; b < nb; b++) n += snprintf(args + n, sizeof args - n, " %d", steps[b]);
+            assert_int_equal(test_run("/usr/bin/python3 %s/tests/reference/two_copy.py %d %d %d %s %s %g%s > %s/ref.txt",
+                                      HDLM_SOURCE_DIR, L, w, tau, contexts[cases[c].context], blocks[cases[c].block],
+                                      HDLM_SAMPLING_EPS, args, dir), 0);
+            hdlm_step st;
+            hdlm_step_alloc(&st, 2 * L);
+            assert_int_equal(hdlm_schedule_two_copy_step(&s, steps, scratch, &st), 0);
+            assert_int_equal(st.n_set, L);
+            assert_int_equal(st.a_end, 2 * L - 1);
+            assert_int_equal(st.n_active, L);
+            uint8_t allowed[40 * 40];
+            hdlm_mask_expand(&st.mask, allowed);
+            char path[4200];
+            snprintf(path, sizeof path, "%s/ref.txt", dir);
+            FILE *f = fopen(path, "r");
+            assert_non_null(f);
+            for (int i = 0; i < 2 * L; i++) {
+                int row;
+                char want[64];
+                assert_int_equal(fscanf(f, " mask %d %63s", &row, want), 2);
+                assert_int_equal(row, i);
+                hdlm_key_range r = hdlm_mask_key_range(&st.mask, i);
+                assert_false(hdlm_mask_row_fully_masked(&st.mask, i));
+                for (int j = 0; j < 2 * L; j++) {
+                    if (allowed[i * 2 * L + j] != (want[j] == '1'))
+                        fail_msg("case %zu row %d key %d: allowed %d, the reference %c", c, i, j,
+                                 allowed[i * 2 * L + j], want[j]);
+                    assert_int_equal(hdlm_key_range_has(r, j), want[j] == '1');
+                }
+            }
+            for (int i = 0; i < 2 * L; i++) {
+                int pos, level;
+                unsigned bits;
+                assert_int_equal(fscanf(f, " pos %d %d %x", &pos, &level, &bits), 3);
+                uint32_t got;
+                memcpy(&got, &st.t[i], sizeof got);
+                if (st.level[i] != level || got != bits)
+                    fail_msg("case %zu position %d: level %d t %08x, the reference %d %08x", c, i, st.level[i], got,
+                             level, bits);
+                assert_int_equal(st.cls[i], i < L ? HDLM_POS_SETTLED : HDLM_POS_ACTIVE);
+                assert_int_equal(st.to_denoise[i], i >= L && level == 0);
+            }
+            fclose(f);
+            hdlm_step_free(&st);
+        }
+        // Block b's steps stay in [bτ + 1, (b + 1)τ] and every level of every block is drawn.
+        int seen[8][8] = {{0}};
+        for (int draw = 0; draw < 400; draw++) {
+            int steps[8];
+            hdlm_schedule_sample_block_steps(&s, 11, 0, (uint64_t)draw, steps);
+            for (int b = 0; b < nb; b++) {
+                assert_in_range(steps[b], b * tau + 1, (b + 1) * tau);
+                seen[b][(b + 1) * tau - steps[b]]++;
+            }
+        }
+        for (int b = 0; b < nb; b++)
+            for (int level = 0; level < tau; level++) assert_true(seen[b][level] > 400 / tau / 3);
+        hdlm_schedule_free(&s);
+    }
+    // Refused: another schedule, L not a multiple of ω; a step outside the block's range.
+    hdlm_schedule s;
+    init(&s, HDLM_SCHEDULE_SIMPLE, 8, 4, 3);
+    assert_int_equal(hdlm_schedule_two_copy_check(&s), -1);
+    assert_non_null(strstr(hdlm_last_error(), "annealing.type = block"));
+    hdlm_schedule_free(&s);
+    init(&s, HDLM_SCHEDULE_BLOCK, 10, 4, 3);
+    assert_int_equal(hdlm_schedule_two_copy_check(&s), -1);
+    assert_non_null(strstr(hdlm_last_error(), "multiple of annealing.width"));
+    hdlm_schedule_free(&s);
+    init(&s, HDLM_SCHEDULE_BLOCK, 8, 4, 3);
+    hdlm_step st;
+    hdlm_step_alloc(&st, 16);
+    int bad[2] = {1, 2}, scratch[8];   // block 1's steps are 4..6
+    assert_int_equal(hdlm_schedule_two_copy_step(&s, bad, scratch, &st), -1);
+    assert_non_null(strstr(hdlm_last_error(), "block 1"));
+    hdlm_step_free(&st);
+    hdlm_schedule_free(&s);
+}
+
 // The tool prints method §2.9's table and mask (docs/hyperschedules.md relies on it) and refuses bad flags.
 static void test_tool_output(void **state) {
     (void)state;
@@ -434,6 +542,7 @@ int main(void) {
         cmocka_unit_test(test_hybrid_schedule),
         cmocka_unit_test(test_hybrid_k_max_width_beyond_length),
         cmocka_unit_test(test_level_times_match_reference),
+        cmocka_unit_test(test_two_copy_layout_matches_reference),
         cmocka_unit_test(test_rejects_degenerate_parameters),
         cmocka_unit_test(test_step_sampling),
         cmocka_unit_test(test_tool_output),

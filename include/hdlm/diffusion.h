@@ -148,7 +148,8 @@ typedef struct {
 // The γ loss of method §5.6: diffusion_weight·mean_b Σ_{i not settled} σ'_i·w_i·SE_{b,i} + ce_weight·mean_b C_b,
 // C_b = Σ_{i<n_set} CE(o_{b,i}, x0)·bw_i / n_set (0 when n_set = 0). out = log-scores after scale_by_sigma.
 // Returns the loss, writes d(loss)/d(out) into dout (may be NULL) and the two terms into terms (may be NULL).
-// Block weight bw_i of settled position i (method §5.6): with nb = ⌈n_set/ω⌉ blocks, 1 when nb = 1, else ⌊i/ω⌋/(nb-1).
+// Block weight bw_i of settled position i (method §5.6): with nb = ⌈n_set/ω⌉ blocks, 1 when nb = 1, else ⌊i/ω⌋/(nb-1);
+// 1 on the clean copy of the two-copy layout (method §5.7).
 double hdlm_gamma_settled_weight(const hdlm_step *st, int i);
 double hdlm_gamma_loss(const hdlm_gamma_config *cfg, const hdlm_step *const *steps, const float *out,
                        const uint32_t *xt, const uint32_t *x0, int batch, int vocab, float *dout,

@@ -79,6 +79,19 @@ void hdlm_step_free(hdlm_step *st);
 // Fills st for step k of schedule s (1 <= k < K_max, else -1 naming the range).
 int hdlm_schedule_step(const hdlm_schedule *s, int k, hdlm_step *st);
 
+// ---- the two-copy training layout (method §2.10, §3.3) ----
+// One sequence as [clean x; noisy x] of length 2L, every ω-block of the noisy copy at its own level: one forward
+// trains all L/ω blocks. `block` schedule only, L a multiple of ω (refused with a message naming the keys).
+int hdlm_schedule_two_copy_check(const hdlm_schedule *s);
+int hdlm_schedule_two_copy_blocks(const hdlm_schedule *s);   // L / ω
+// block_steps[L/ω]: block b's step k_b drawn uniformly from [bτ + 1, min((b + 1)τ + 1, K_max)), i.e. a level
+// uniform in {0 … τ−1} independently per block, from the stream keyed by (seed, stream, micro_step, HDLM_RNG_STEP).
+void hdlm_schedule_sample_block_steps(const hdlm_schedule *s, uint64_t seed, uint64_t stream, uint64_t micro_step,
+                                      int *block_steps);
+// The step of length 2L (st allocated for 2L; scratch holds L ints): the clean copy settled (levels 0), block b of
+// the noisy copy at the levels of step block_steps[b] over its positions, the mask hdlm_mask_two_copy. st->step = 0.
+int hdlm_schedule_two_copy_step(const hdlm_schedule *s, const int *block_steps, int *scratch, hdlm_step *st);
+
 // The explicit L x L expansion of a compact mask: allowed[i*L + j] = 1 when query i may attend key j (rules 1-3 of
 // §3.2). Fully-masked (worthless) rows are left all 0; the attention kernel turns them into uniform rows.
 void hdlm_mask_expand(const hdlm_attn_mask *m, uint8_t *allowed);

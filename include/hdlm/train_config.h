@@ -66,6 +66,7 @@ typedef struct {
         double sampling_eps;
         char context_type[HDLM_CONFIG_STRING_MAX], block_type[HDLM_CONFIG_STRING_MAX];
         double diffusion_loss_weight, ce_loss_weight;   // γ loss (method §5.6)
+        bool efficient;   // the two-copy layout: every ω-block of a sequence trained in one forward (method §2.10)
     } annealing;
     struct {
         double gamma;   // γ family: mixture of absorbing and uniform rates (method §5.1)

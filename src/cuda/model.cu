@@ -33,7 +33,8 @@ struct hdlm_cuda_model {
     float *buffers;            // host copy of the buffers (rotary_emb.inv_freq): rotary tables are built on the host
     hdlm_stream stream;
 
-    // Rotary tables of table_len positions: host scratch and device copies, [max_length, D/2].
+    // Rotary tables of the last forward's rows (table_len; negative for the two-copy layout): host scratch and
+    // device copies, [2 · max_length, D/2].
     int table_len;
     float *cos_host, *sin_host, *cos_t, *sin_t;
 
@@ -346,17 +347,18 @@ static void attn_reserve_all(hdlm_cuda_model *m, int batch, int len, bool traini
 
 // cos/sin [L, D/2] from the host's rotary tables (the CPU's exact or reference rounding), uploaded when L changes.
 // The copies are ordered on the compute stream after the work that still reads the old tables.
-static void rotary_reserve(hdlm_cuda_model *m, int len) {
-    if (len == m->table_len) return;
+static void rotary_reserve(hdlm_cuda_model *m, const hdlm_attn_mask *mask) {
+    int len = mask->length, tag = mask->half > 0 ? -len : len;   // the two-copy layout's tables differ
+    if (tag == m->table_len) return;
     int half = m->config.width / m->config.n_heads / 2;
     const float *inv_freq = m->buffers + (m->p.inv_freq - m->params - (ptrdiff_t)m->n_params);
-    hdlm_rotary_tables(m->cos_host, m->sin_host, inv_freq, len, 2 * half, m->config.rotary);
+    hdlm_rotary_tables_of_mask(m->cos_host, m->sin_host, inv_freq, mask, 2 * half, m->config.rotary);
     size_t bytes = (size_t)len * half * sizeof(float);
     HDLM_CUDA_CHECK(cudaMemcpyAsync(m->cos_t, m->cos_host, bytes, cudaMemcpyHostToDevice, m->stream));
     HDLM_CUDA_CHECK(cudaMemcpyAsync(m->sin_t, m->sin_host, bytes, cudaMemcpyHostToDevice, m->stream));
     // Pageable sources: the host tables must not change before the copies have read them.
     HDLM_CUDA_CHECK(cudaStreamSynchronize(m->stream));
-    m->table_len = len;
+    m->table_len = tag;
 }
 
 // ---- create / free / parameters --------------------------------------------------------------------------------
@@ -378,7 +380,7 @@ int hdlm_cuda_model_create(hdlm_cuda_model **out, const hdlm_model *host) {
     bind_views(&m->p, &host->p, host->params, m->params, c->n_layers);
     bind_views(&m->g, &host->g, host->grads, m->grads, c->n_layers);
     m->buffers = (float *)hdlm_malloc((m->n_buffer ? m->n_buffer : 1) * sizeof(float));
-    size_t table = (size_t)c->max_length * (c->width / c->n_heads / 2);
+    size_t table = 2 * (size_t)c->max_length * (c->width / c->n_heads / 2);   // two-copy: 2 · max_length rows
     m->cos_host = (float *)hdlm_malloc(table * sizeof(float));
     m->sin_host = (float *)hdlm_malloc(table * sizeof(float));
     m->cos_t = (float *)hdlm_cuda_malloc(table * sizeof(float));
@@ -478,7 +480,7 @@ static int begin_forward(hdlm_cuda_model *m, const hdlm_model_input *in, const u
                    x0_limit);
     acts_reserve(m, N);
     attn_reserve_all(m, in->batch, in->length, in->training);
-    rotary_reserve(m, in->length);
+    rotary_reserve(m, &mask);
     m->batch = in->batch;
     m->length = in->length;
     m->mask = mask;

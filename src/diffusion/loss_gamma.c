@@ -5,6 +5,7 @@
 #include "hdlm/diffusion.h"
 
 double hdlm_gamma_settled_weight(const hdlm_step *st, int i) {
+    if (st->mask.half > 0) return 1.0;   // the two-copy layout's clean copy: unit weights (method §5.7)
     int nb = (st->n_set + st->width - 1) / st->width;
     return nb <= 1 ? 1.0 : (double)(i / st->width) / (nb - 1);
 }

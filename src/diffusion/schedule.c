@@ -222,17 +222,13 @@ void hdlm_step_free(hdlm_step *st) {
     memset(st, 0, sizeof *st);
 }
 
-int hdlm_schedule_step(const hdlm_schedule *s, int k, hdlm_step *st) {
-    HDLM_CHECK(k >= 1 && k < s->k_max, "hyperschedule step %d outside the range 1..%d", k, s->k_max - 1);
-    HDLM_ASSERT(st->length == s->length, "step buffer of length %d for a schedule of length %d", st->length,
-                s->length);
-    int L = s->length, W = s->worthless_level;
-    hdlm_schedule_levels(s, k, st->level, &st->n_set);
-    st->step = k;
+// Classes, times, weights and the active range of st from its levels and n_set (method §2.6).
+static void step_fill(const hdlm_schedule *s, hdlm_step *st) {
+    int W = s->worthless_level;
     st->width = s->width;
     st->a_end = st->n_set - 1;
     float t_settled = clamp_time(s, (float)s->sampling_eps), t_worthless = clamp_time(s, (float)(1 - s->sampling_eps));
-    for (int i = 0; i < L; i++) {
+    for (int i = 0; i < st->length; i++) {
         st->to_denoise[i] = 0;
         if (i < st->n_set) {
             st->cls[i] = HDLM_POS_SETTLED;
@@ -244,7 +240,7 @@ int hdlm_schedule_step(const hdlm_schedule *s, int k, hdlm_step *st) {
             st->weight[i] = 0.001f;
         } else {
             // Active positions are contiguous after the settled prefix for every built-in schedule (method §3.2).
-            HDLM_ASSERT(st->a_end == i - 1, "active positions of step %d are not contiguous at %d", k, i);
+            HDLM_ASSERT(st->a_end == i - 1, "active positions of step %d are not contiguous at %d", st->step, i);
             st->cls[i] = HDLM_POS_ACTIVE;
             st->t[i] = hdlm_schedule_level_time(s, st->level[i]);
             st->weight[i] = 1.0f;
@@ -253,8 +249,61 @@ int hdlm_schedule_step(const hdlm_schedule *s, int k, hdlm_step *st) {
         }
     }
     st->n_active = st->a_end - st->n_set + 1;
-    hdlm_attn_mask m = {L, st->n_set, st->a_end, s->context, s->block, s->width, 0};
+}
+
+int hdlm_schedule_step(const hdlm_schedule *s, int k, hdlm_step *st) {
+    HDLM_CHECK(k >= 1 && k < s->k_max, "hyperschedule step %d outside the range 1..%d", k, s->k_max - 1);
+    HDLM_ASSERT(st->length == s->length, "step buffer of length %d for a schedule of length %d", st->length,
+                s->length);
+    hdlm_schedule_levels(s, k, st->level, &st->n_set);
+    st->step = k;
+    step_fill(s, st);
+    hdlm_attn_mask m = {s->length, st->n_set, st->a_end, s->context, s->block, s->width, 0};
     st->mask = m;
+    return 0;
+}
+
+int hdlm_schedule_two_copy_check(const hdlm_schedule *s) {
+    HDLM_CHECK(s->type == HDLM_SCHEDULE_BLOCK,
+               "annealing.efficient (the two-copy layout) needs annealing.type = block, got %s",
+               hdlm_schedule_type_name(s->type));
+    HDLM_CHECK(s->width <= s->length && s->length % s->width == 0,
+               "annealing.efficient: model.length = %d must be a multiple of annealing.width = %d", s->length,
+               s->width);
+    return 0;
+}
+
+int hdlm_schedule_two_copy_blocks(const hdlm_schedule *s) { return s->length / s->width; }
+
+// Block b's step is uniform in [bτ + 1, min((b + 1)τ + 1, K_max)): its level τ − (k − bτ) uniform in {0 … τ−1}.
+void hdlm_schedule_sample_block_steps(const hdlm_schedule *s, uint64_t seed, uint64_t stream, uint64_t micro_step,
+                                      int *block_steps) {
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, hdlm_rng_key(seed, stream, micro_step, HDLM_RNG_STEP));
+    for (int b = 0; b < hdlm_schedule_two_copy_blocks(s); b++) {
+        int first = b * s->tau + 1, end = (b + 1) * s->tau + 1 < s->k_max ? (b + 1) * s->tau + 1 : s->k_max;
+        block_steps[b] = first + (int)hdlm_rng_below(&rng, (uint64_t)(end - first));
+    }
+}
+
+int hdlm_schedule_two_copy_step(const hdlm_schedule *s, const int *block_steps, int *scratch, hdlm_step *st) {
+    HDLM_TRY(hdlm_schedule_two_copy_check(s));
+    int L = s->length, w = s->width;
+    HDLM_ASSERT(st->length == 2 * L, "step buffer of length %d for the two-copy layout of length %d", st->length,
+                2 * L);
+    for (int b = 0; b < hdlm_schedule_two_copy_blocks(s); b++) {
+        int k = block_steps[b], n_set;
+        HDLM_CHECK(k >= b * s->tau + 1 && k < s->k_max && k <= (b + 1) * s->tau,
+                   "two-copy block %d: step %d is not one of the block's steps %d..%d", b, k, b * s->tau + 1,
+                   (b + 1) * s->tau);
+        hdlm_schedule_levels(s, k, scratch, &n_set);
+        memcpy(st->level + L + b * w, scratch + b * w, (size_t)w * sizeof(int));
+    }
+    for (int i = 0; i < L; i++) st->level[i] = 0;
+    st->step = 0;
+    st->n_set = L;
+    step_fill(s, st);
+    st->mask = hdlm_mask_two_copy(L, w, s->context, s->block);
     return 0;
 }
 

@@ -83,6 +83,15 @@ static void rotary_apply(float *qkv, const float *cos_t, const float *sin_t, int
     }
 }
 
+void hdlm_rotary_tables_of_mask(float *cos_t, float *sin_t, const float *inv_freq, const hdlm_attn_mask *mask,
+                                int head_dim, hdlm_rotary_mode mode) {
+    int positions = mask->half > 0 ? mask->half : mask->length;
+    hdlm_rotary_tables(cos_t, sin_t, inv_freq, positions, head_dim, mode);
+    size_t copied = (size_t)(mask->length - positions) * (head_dim / 2);
+    memcpy(cos_t + (size_t)positions * (head_dim / 2), cos_t, copied * sizeof(float));
+    memcpy(sin_t + (size_t)positions * (head_dim / 2), sin_t, copied * sizeof(float));
+}
+
 void hdlm_rotary_forward(float *qkv, const float *cos_t, const float *sin_t, int batch, int len, int heads,
                          int head_dim) {
     rotary_apply(qkv, cos_t, sin_t, batch, len, heads, head_dim, 1.0f);

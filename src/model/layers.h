@@ -39,6 +39,10 @@ void hdlm_rotary_inv_freq(float *inv_freq, int head_dim);
 // cos/sin[L, D/2] for positions 0..L-1: exact = fp32 angles; reference = the fp16 angle and fp16→bf16 tables.
 void hdlm_rotary_tables(float *cos_t, float *sin_t, const float *inv_freq, int len, int head_dim,
                         hdlm_rotary_mode mode);
+// The tables of a forward's rows under `mask`: row i at position hdlm_mask_position(mask, i) (the two-copy layout's
+// noisy copy repeats the clean copy's positions, method §3.3). cos/sin hold mask->length rows.
+void hdlm_rotary_tables_of_mask(float *cos_t, float *sin_t, const float *inv_freq, const hdlm_attn_mask *mask,
+                                int head_dim, hdlm_rotary_mode mode);
 // Rotates q and k of qkv[N, 3d] in place (backward: the inverse rotation of dq and dk in dqkv).
 void hdlm_rotary_forward(float *qkv, const float *cos_t, const float *sin_t, int batch, int len, int heads,
                          int head_dim);

@@ -326,8 +326,10 @@ int hdlm_model_create(hdlm_model **out, const hdlm_model_config *config) {
     m->acts = hdlm_calloc(1, sizeof(hdlm_model_acts));
     const char *profile = getenv("HDLM_PROFILE");
     m->acts->profile = profile && *profile && strcmp(profile, "0") != 0;
-    m->acts->cos_t = alloc_floats((size_t)config->max_length * (config->width / config->n_heads / 2));
-    m->acts->sin_t = alloc_floats((size_t)config->max_length * (config->width / config->n_heads / 2));
+    // rows of the longest forward: the two-copy layout's 2 · max_length (method §3.3)
+    size_t table = 2 * (size_t)config->max_length * (config->width / config->n_heads / 2);
+    m->acts->cos_t = alloc_floats(table);
+    m->acts->sin_t = alloc_floats(table);
     hdlm_model_init(m, 0);
     *out = m;
     return 0;
@@ -438,8 +440,10 @@ static void profile_report(const hdlm_model *m, bool backward) {
 
 int hdlm_model_check_input(const hdlm_model_config *c, const hdlm_model_input *in, hdlm_attn_mask *mask) {
     HDLM_CHECK(in->batch > 0, "model input: batch must be positive, got %d", in->batch);
-    HDLM_CHECK(in->length > 0 && in->length <= c->max_length,
-               "model input: length must be in [1, max_length = %d], got %d", c->max_length, in->length);
+    bool two_copy = in->mask && in->mask->half > 0;
+    HDLM_CHECK(in->length > 0 && in->length <= (two_copy ? 2 : 1) * c->max_length,
+               "model input: length must be in [1, %smax_length = %d], got %d", two_copy ? "2 × " : "",
+               c->max_length, in->length);
     HDLM_CHECK((long long)in->batch * in->length <= (1 << 24),
                "model input: batch × length = %lld tokens, at most 16777216 per forward",
                (long long)in->batch * in->length);
@@ -462,6 +466,10 @@ int hdlm_model_check_input(const hdlm_model_config *c, const hdlm_model_input *i
                    mask->a_end < mask->length && mask->block_size > 0,
                "model input: attention mask out of range (n_set %d, a_end %d, block_size %d, length %d)",
                mask->n_set, mask->a_end, mask->block_size, mask->length);
+    HDLM_CHECK(mask->half == 0 || (2 * mask->half == mask->length && mask->n_set == mask->half &&
+                                   mask->a_end == mask->length - 1 && mask->half % mask->block_size == 0),
+               "model input: two-copy mask inconsistent (half %d, length %d, n_set %d, block_size %d)", mask->half,
+               mask->length, mask->n_set, mask->block_size);
     return 0;
 }
 
@@ -496,7 +504,7 @@ int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
     a->mask = mask;
     a->dropout = in->training ? c->dropout : 0.0f;
     a->key = in->dropout_key;
-    hdlm_rotary_tables(a->cos_t, a->sin_t, m->p.inv_freq, L, hd, c->rotary);
+    hdlm_rotary_tables_of_mask(a->cos_t, a->sin_t, m->p.inv_freq, &a->mask, hd, c->rotary);
 
     size_t Nd = (size_t)N * d;
     if (gamma) {

@@ -56,6 +56,8 @@ static const hdlm_config_field fields[] = {
       "attention among active positions"),
     F("annealing.diffusion_loss_weight", DOUBLE, annealing.diffusion_loss_weight, "1.0", 0, 1e6, NULL, "γ"),
     F("annealing.ce_loss_weight", DOUBLE, annealing.ce_loss_weight, "1.0", 0, 1e6, NULL, "γ settled-prefix CE"),
+    F("annealing.efficient", BOOL, annealing.efficient, "false", 1, 0, NULL,
+      "two-copy layout [clean x; noisy x]: every ω-block trained in one forward (method §2.10, block schedule)"),
 
     F("graph.gamma", DOUBLE, graph.gamma, "0.01", 0, 1, NULL, "γ family: uniform-rate share"),
 
@@ -101,6 +103,11 @@ static int check_cross_fields(const hdlm_train_config *c, int world) {
                "annealing.type = none (no schedule) exists only for the ε family (model.name = epsilon_hdlm)");
     HDLM_CHECK(!k->scheduled || k->schedule != HDLM_SCHEDULE_SIMPLE || c->annealing.width >= 2,
                "annealing.width must be at least 2 for the simple schedule (method §11 item 24)");
+    HDLM_CHECK(!c->annealing.efficient || (k->scheduled && k->schedule == HDLM_SCHEDULE_BLOCK),
+               "annealing.efficient = true (the two-copy layout) needs annealing.type = block and the hdlm objective");
+    HDLM_CHECK(!c->annealing.efficient || c->model.length % c->annealing.width == 0,
+               "annealing.efficient = true: model.length = %lld must be a multiple of annealing.width = %lld",
+               (long long)c->model.length, (long long)c->annealing.width);
     HDLM_CHECK(c->optim.min_lr <= c->optim.lr, "optim.min_lr = %g exceeds optim.lr = %g", c->optim.min_lr,
                c->optim.lr);
     HDLM_CHECK(c->data.train[0], "data.train is not set: the directory of training token shards (hdlm-prep prepare)");

@@ -20,11 +20,13 @@ static int setup_objective(hdlm_trainer *t) {
     const hdlm_train_config *c = &t->cfg;
     if (c->kind.scheduled) {
         // The model takes one attention mask per micro-batch: per-sequence steps need a step-independent mask.
-        HDLM_CHECK(c->kind.sampling == HDLM_STEPS_PER_BATCH ||
+        HDLM_CHECK(c->kind.sampling == HDLM_STEPS_PER_BATCH || c->annealing.efficient ||
                        (c->kind.schedule == HDLM_SCHEDULE_BLOCK && c->annealing.width >= t->length),
                    "training.step_sampling = per_sequence needs one attention mask for every step: use "
-                   "annealing.type = block with annealing.width >= model.length (plain diffusion), or per_batch");
+                   "annealing.efficient = true, annealing.type = block with annealing.width >= model.length (plain "
+                   "diffusion), or per_batch");
         HDLM_TRY(hdlm_train_config_schedule(c, t->length, 0, false, &t->sched));
+        if (c->annealing.efficient) HDLM_TRY(hdlm_schedule_two_copy_check(&t->sched));
     }
     t->eps_cfg = (hdlm_eps_config){c->kind.eps_loss, c->training.epsilon, c->training.lambda};
     t->gamma_cfg = (hdlm_gamma_config){c->graph.gamma, c->annealing.diffusion_loss_weight, c->annealing.ce_loss_weight};
@@ -66,6 +68,7 @@ static int create(hdlm_trainer *t, const hdlm_train_config *cfg, const char *res
                (long long)cfg->training.batch_size, t->world, t->accum);
     t->micro_batch = (int)(cfg->training.batch_size / ((int64_t)t->world * t->accum));
     t->length = (int)cfg->model.length;
+    t->model_length = cfg->annealing.efficient ? 2 * t->length : t->length;
     HDLM_TRY(setup_objective(t));
     setup_optimizer(t);
 
@@ -107,21 +110,27 @@ static int create(hdlm_trainer *t, const hdlm_train_config *cfg, const char *res
                      cfg->data.valid, (long long)t->eval_batches);
     }
 
-    int B = t->micro_batch, L = t->length;
-    t->x0 = hdlm_malloc((size_t)B * L * sizeof(uint32_t));
-    t->xt = hdlm_malloc((size_t)B * L * sizeof(uint32_t));
-    t->sigma = hdlm_malloc((size_t)B * L * sizeof(float));
+    int B = t->micro_batch, L = t->length, Lm = t->model_length;
+    t->chunks = hdlm_malloc((size_t)B * L * sizeof(uint32_t));
+    t->x0 = hdlm_malloc((size_t)B * Lm * sizeof(uint32_t));
+    t->xt = hdlm_malloc((size_t)B * Lm * sizeof(uint32_t));
+    t->sigma = hdlm_malloc((size_t)B * Lm * sizeof(float));
     t->full_mask = hdlm_mask_full(L);
-    hdlm_corruption_alloc(&t->corr, B, L);
+    hdlm_corruption_alloc(&t->corr, B, Lm);
     t->steps = hdlm_calloc((size_t)B, sizeof(hdlm_step));
-    for (int b = 0; b < B; b++) hdlm_step_alloc(&t->steps[b], L);
+    for (int b = 0; b < B; b++) hdlm_step_alloc(&t->steps[b], Lm);
     t->step_of = hdlm_calloc((size_t)B, sizeof(hdlm_step *));
     t->ks = hdlm_calloc((size_t)B, sizeof(int));
-    t->flops_per_token = hdlm_model_flops_per_token(m, L);
+    if (cfg->annealing.efficient) {
+        t->block_steps = hdlm_calloc((size_t)B * hdlm_schedule_two_copy_blocks(&t->sched), sizeof(int));
+        t->levels = hdlm_calloc((size_t)L, sizeof(int));
+    }
+    // Per token of data: the two-copy layout runs two model positions per token (attention counted as dense over L).
+    t->flops_per_token = hdlm_model_flops_per_token(m, L) * (Lm / L);
     if (resume) HDLM_TRY(restore(t, resume));
     // The backend starts from the (possibly restored) host state.
     if (cfg->kind.device == HDLM_DEVICE_CUDA) return hdlm_step_cuda_create(&t->backend, s);
-    return hdlm_step_cpu_create(&t->backend, s, B, L);
+    return hdlm_step_cpu_create(&t->backend, s, B, Lm);
 }
 
 int hdlm_trainer_create(hdlm_trainer **out, const hdlm_train_config *cfg, const char *resume) {
@@ -143,7 +152,10 @@ void hdlm_trainer_free(hdlm_trainer *t) {
     free(t->steps);
     free(t->step_of);
     free(t->ks);
+    free(t->block_steps);
+    free(t->levels);
     hdlm_corruption_free(&t->corr);
+    free(t->chunks);
     free(t->x0);
     free(t->xt);
     free(t->sigma);
@@ -168,9 +180,23 @@ hdlm_trainer_info hdlm_trainer_state(const hdlm_trainer *t) {
 
 // The steps of this micro-batch: one per rank (the reference, keyed by rank) or one per sequence (keyed by the
 // sequence's index in the global micro-batch, so the draws do not depend on how sequences are spread over ranks).
+// In the two-copy layout every block of a sequence draws its own step (method §2.10), per rank or per sequence alike.
 static void draw_steps(hdlm_trainer *t, uint64_t seed, uint64_t ms) {
     int B = t->micro_batch;
     uint64_t first = (uint64_t)t->rank * (uint64_t)B;
+    if (t->cfg.annealing.efficient) {
+        bool shared = t->cfg.kind.sampling == HDLM_STEPS_PER_BATCH;
+        int nb = hdlm_schedule_two_copy_blocks(&t->sched);
+        for (int b = 0; b < (shared ? 1 : B); b++) {
+            int *steps = t->block_steps + (size_t)b * nb;
+            hdlm_schedule_sample_block_steps(&t->sched, seed, shared ? (uint64_t)t->rank : first + (uint64_t)b, ms,
+                                             steps);
+            HDLM_ASSERT(hdlm_schedule_two_copy_step(&t->sched, steps, t->levels, &t->steps[b]) == 0, "%s",
+                        hdlm_last_error());
+        }
+        for (int b = 0; b < B; b++) t->step_of[b] = &t->steps[shared ? 0 : b];
+        return;
+    }
     if (t->cfg.kind.sampling == HDLM_STEPS_PER_BATCH) {
         hdlm_schedule_sample_steps(&t->sched, HDLM_STEPS_PER_BATCH, seed, (uint64_t)t->rank, ms, B, t->ks);
         HDLM_ASSERT(hdlm_schedule_step(&t->sched, t->ks[0], &t->steps[0]) == 0, "%s", hdlm_last_error());
@@ -188,8 +214,13 @@ static void draw_steps(hdlm_trainer *t, uint64_t seed, uint64_t ms) {
 // The one switch over the objective (method §4.2, §4.4, §5.3, §13 A.3). Sequence b draws from the stream
 // keyed by its index in the global micro-batch (see draw_steps).
 static hdlm_model_input corrupt(hdlm_trainer *t, uint64_t seed, uint64_t ms, bool training, hdlm_loss_target *target) {
-    int B = t->micro_batch, L = t->length, V = t->model->config.vocab;
+    int B = t->micro_batch, L = t->model_length, V = t->model->config.vocab;
     uint64_t first = (uint64_t)t->rank * (uint64_t)B;
+    // The clean input: the chunks, each twice in the two-copy layout (method §2.10).
+    for (int b = 0; b < B; b++)
+        for (int copy = 0; copy < L / t->length; copy++)
+            memcpy(t->x0 + (size_t)b * L + (size_t)copy * t->length, t->chunks + (size_t)b * t->length,
+                   (size_t)t->length * sizeof(uint32_t));
     const hdlm_attn_mask *mask = &t->full_mask;
     if (t->cfg.kind.scheduled) {
         draw_steps(t, seed, ms);
@@ -229,7 +260,7 @@ void hdlm_trainer_update(hdlm_trainer *t, hdlm_update_stats *stats) {
     uint64_t seed = (uint64_t)t->cfg.training.seed;
     double loss_sum = 0;
     for (int a = 0; a < t->accum; a++) {
-        hdlm_loader_next(&t->loader, t->x0);
+        hdlm_loader_next(&t->loader, t->chunks);
         bool last = a == t->accum - 1;
         // The host corrupts micro-batch a while an asynchronous backend still runs a - 1, whose loss is read just
         // before micro-batch a replaces it.
@@ -274,7 +305,7 @@ double hdlm_trainer_eval(hdlm_trainer *t) {
         // Fixed chunks (in file order) and fixed draws: every evaluation scores the same corrupted sequences.
         for (int k = 0; k < t->micro_batch; k++) {
             uint64_t chunk = ((uint64_t)i * G + (uint64_t)t->rank * t->micro_batch + (uint64_t)k) % count;
-            hdlm_dataset_chunk_copy(&t->valid, chunk, t->x0 + (size_t)k * t->length);
+            hdlm_dataset_chunk_copy(&t->valid, chunk, t->chunks + (size_t)k * t->length);
         }
         hdlm_watchdog_beat(t->update);
         hdlm_loss_target target;

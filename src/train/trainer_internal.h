@@ -9,6 +9,7 @@
 struct hdlm_trainer {
     hdlm_train_config cfg;
     int rank, world, micro_batch, accum, length;
+    int model_length;         // positions per sequence in the model: 2·length in the two-copy layout, else length
     hdlm_model *model;
     hdlm_tensor *tensors;     // the trainable tensors: the checkpoint's table
     int n_tensors;
@@ -28,13 +29,15 @@ struct hdlm_trainer {
     int64_t update, applied, micro_step, tokens_seen;
     double flops_per_token;
     // per micro-batch scratch
-    uint32_t *x0, *xt;
+    uint32_t *chunks;         // [B, length] from the loader
+    uint32_t *x0, *xt;        // [B, model_length]: the clean model input ([x; x] in the two-copy layout), corrupted
     float *sigma;
     hdlm_attn_mask full_mask;    // the mask of unscheduled objectives
     hdlm_corruption corr;
     hdlm_step *steps;
     const hdlm_step **step_of;   // [B]: the step of each sequence
     int *ks;
+    int *block_steps, *levels;   // two-copy layout: [B, L/ω] steps of the blocks, [L] scratch
 };
 
 #endif
