@@ -159,10 +159,23 @@ static void test_attention_hyperschedule_two_tiles(void **state) {
     check_case(&m, 0.0f, "hyperschedule causal/full");
 }
 
+// The two-copy layout (method §3.3) at 2·150 positions: noisy blocks see the clean prefix and their own block, so a
+// query block's keys are two windows with the tiles between them skipped; a query block that holds clean and noisy
+// rows (rows 128..191) takes the union. ω = 30 (five blocks, several per query block) and ω = 75.
+static void test_attention_two_copy_two_tiles(void **state) {
+    (void)state;
+    hdlm_attn_mask m = hdlm_mask_two_copy(L / 2, 30, HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_FULL);
+    check_case(&m, 0.0f, "two-copy w30 block-causal/full");
+    check_case(&m, 0.2f, "two-copy w30 block-causal/full, dropout 0.2");
+    m = hdlm_mask_two_copy(L / 2, 75, HDLM_CONTEXT_CAUSAL, HDLM_BLOCK_CAUSAL);
+    check_case(&m, 0.2f, "two-copy w75 causal/causal, dropout 0.2");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_attention_full_two_tiles),
         cmocka_unit_test(test_attention_hyperschedule_two_tiles),
+        cmocka_unit_test(test_attention_two_copy_two_tiles),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -265,6 +265,23 @@ static void test_hyperschedule_masks(void **state) {
     run_cases(cases, 7);
 }
 
+// The two-copy layout (method §3.3): key tiles between the clean prefix and a noisy block are skipped; a query tile
+// of clean and noisy rows (half = 96) takes the union. Tensor-core (D64) and SIMT (D32) paths, both block rules.
+static void test_two_copy_masks(void **state) {
+    (void)state;
+    const attention_case cases[] = {
+        {"two-copy half96 w32 D64", 2, 2, 192, 64,
+         hdlm_mask_two_copy(96, 32, HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_FULL), 0.0f},
+        {"two-copy half96 w32 D64 dropout", 1, 2, 192, 64,
+         hdlm_mask_two_copy(96, 32, HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_FULL), 0.1f},
+        {"two-copy half128 w64 causal D64 dropout", 1, 2, 256, 64,
+         hdlm_mask_two_copy(128, 64, HDLM_CONTEXT_CAUSAL, HDLM_BLOCK_CAUSAL), 0.1f},
+        {"two-copy half128 w16 D32 dropout", 1, 2, 256, 32,
+         hdlm_mask_two_copy(128, 16, HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_CAUSAL), 0.1f},
+    };
+    run_cases(cases, 4);
+}
+
 // A single position, and sequences shorter than a tile, down to every row worthless (all uniform, no dq or dk).
 static void test_edge_shapes(void **state) {
     (void)state;
@@ -351,6 +368,7 @@ int main(void) {
         cmocka_unit_test(test_full_mask),
         cmocka_unit_test(test_context_rules),
         cmocka_unit_test(test_hyperschedule_masks),
+        cmocka_unit_test(test_two_copy_masks),
         cmocka_unit_test(test_edge_shapes),
         cmocka_unit_test(test_timing),
     };
