@@ -120,7 +120,17 @@ static void assert_loss_close(double gpu, double cpu, const char *label) {
     assert_true(fabs(gpu - cpu) <= LOSS_TOL * fabs(cpu));
 }
 
-typedef enum { CASE_EPS_FULL, CASE_EPS_HYPER, CASE_ARDM, CASE_GAMMA } case_kind;
+typedef enum { CASE_EPS_FULL, CASE_EPS_HYPER, CASE_ARDM, CASE_GAMMA, CASE_EPS_TWO_COPY, CASE_GAMMA_TWO_COPY } case_kind;
+
+// The two-copy layout (method §2.10) of L/2 = 32 tokens, ω = 8, τ = 4: 2L = 64 model positions, the four blocks at
+// levels drawn independently (steps fixed by the seed).
+static void two_copy_step(hdlm_schedule *s, hdlm_step *st, hdlm_context_type context, hdlm_block_type block) {
+    assert_int_equal(hdlm_schedule_init(s, HDLM_SCHEDULE_BLOCK, L / 2, 8, 4, HDLM_SAMPLING_EPS, context, block), 0);
+    hdlm_step_alloc(st, L);
+    int steps[4], scratch[L / 2];
+    hdlm_schedule_sample_block_steps(s, 3, 0, 0, steps);
+    assert_int_equal(hdlm_schedule_two_copy_step(s, steps, scratch, st), 0);
+}
 
 // The `from` offsets of the grad-ready hook, and the events of the GPU hook.
 typedef struct {
@@ -142,7 +152,9 @@ static void hook_record(void *ctx, size_t from) {
 static void step_and_compare(hdlm_model *cpu, hdlm_cuda_model *gpu, case_kind kind, int batch, int len,
                              const char *label) {
     const hdlm_model_config *config = &cpu->config;
-    bool gamma = kind == CASE_GAMMA, hyper = kind == CASE_EPS_HYPER || kind == CASE_GAMMA;
+    bool two_copy = kind == CASE_EPS_TWO_COPY || kind == CASE_GAMMA_TWO_COPY;
+    bool gamma = kind == CASE_GAMMA || kind == CASE_GAMMA_TWO_COPY;
+    bool hyper = kind == CASE_EPS_HYPER || gamma || two_copy;
     const int N = batch * len;
     uint32_t *x0 = hdlm_malloc((size_t)N * sizeof(uint32_t)), *xt = hdlm_malloc((size_t)N * sizeof(uint32_t));
     float *sigma = hdlm_malloc((size_t)N * sizeof(float));
@@ -156,8 +168,9 @@ static void step_and_compare(hdlm_model *cpu, hdlm_cuda_model *gpu, case_kind ki
     const hdlm_step **steps = hdlm_malloc((size_t)batch * sizeof *steps);
     if (hyper) {
         assert_int_equal(len, L);
-        hyperschedule_step(&sched, &st, gamma ? HDLM_CONTEXT_CAUSAL : HDLM_CONTEXT_BLOCK_CAUSAL,
-                           gamma ? HDLM_BLOCK_CAUSAL : HDLM_BLOCK_FULL);
+        (two_copy ? two_copy_step : hyperschedule_step)(&sched, &st,
+                                                        gamma ? HDLM_CONTEXT_CAUSAL : HDLM_CONTEXT_BLOCK_CAUSAL,
+                                                        gamma ? HDLM_BLOCK_CAUSAL : HDLM_BLOCK_FULL);
     }
     for (int b = 0; b < batch; b++) steps[b] = &st;
 
@@ -171,13 +184,15 @@ static void step_and_compare(hdlm_model *cpu, hdlm_cuda_model *gpu, case_kind ki
     case CASE_EPS_FULL:
         hdlm_epsilon_corrupt_unscheduled(&eps_cfg, HDLM_SAMPLING_EPS, x0, V, noise_key, &corr, NULL);
         break;
-    case CASE_EPS_HYPER: hdlm_epsilon_corrupt(&eps_cfg, steps, x0, V, noise_key, &corr); break;
+    case CASE_EPS_HYPER:
+    case CASE_EPS_TWO_COPY: hdlm_epsilon_corrupt(&eps_cfg, steps, x0, V, noise_key, &corr); break;
     case CASE_ARDM:
         hdlm_ardm_corrupt(&ardm_cfg, x0, V, noise_key, &corr, NULL);
         width = hdlm_ardm_softmax_width(&ardm_cfg, V);
         assert_int_equal(width, V - 1);
         break;
     case CASE_GAMMA:
+    case CASE_GAMMA_TWO_COPY:
         hdlm_gamma_corrupt(gamma_cfg.gamma, steps, x0, batch, V, noise_key, xt);
         for (int b = 0; b < batch; b++) hdlm_gamma_sigmas(steps[b], sigma + b * len);
         break;
@@ -249,7 +264,8 @@ static void step_and_compare(hdlm_model *cpu, hdlm_cuda_model *gpu, case_kind ki
 
 // A CPU model with random bf16-representable parameters and its GPU twin.
 static void create_models(case_kind kind, float dropout, hdlm_model **cpu, hdlm_cuda_model **gpu) {
-    hdlm_model_config config = small_config(kind == CASE_GAMMA ? HDLM_FAMILY_GAMMA : HDLM_FAMILY_EPSILON, dropout);
+    bool gamma = kind == CASE_GAMMA || kind == CASE_GAMMA_TWO_COPY;
+    hdlm_model_config config = small_config(gamma ? HDLM_FAMILY_GAMMA : HDLM_FAMILY_EPSILON, dropout);
     assert_int_equal(hdlm_model_create(cpu, &config), 0);
     randomize_params(*cpu, 11 + (uint64_t)kind);
     assert_int_equal(hdlm_cuda_model_create(gpu, *cpu), 0);
@@ -299,6 +315,17 @@ static void test_gamma_hyperschedule(void **state) {
 #ifdef HDLM_HAVE_CUDA
     run_case(CASE_GAMMA, 0.0f, "gamma hyperschedule");
     run_case(CASE_GAMMA, 0.1f, "gamma hyperschedule, p 0.1");
+#endif
+}
+
+// The two-copy layout: rotary positions repeated over the noisy copy, the attention's key windows, γ's unit
+// weights on the clean copy.
+static void test_two_copy(void **state) {
+    (void)state;
+    if (!test_gpu_ready()) skip();
+#ifdef HDLM_HAVE_CUDA
+    run_case(CASE_EPS_TWO_COPY, 0.1f, "epsilon two-copy, p 0.1");
+    run_case(CASE_GAMMA_TWO_COPY, 0.0f, "gamma two-copy");
 #endif
 }
 
@@ -422,6 +449,7 @@ int main(void) {
         cmocka_unit_test(test_epsilon_hyperschedule),
         cmocka_unit_test(test_ardm),
         cmocka_unit_test(test_gamma_hyperschedule),
+        cmocka_unit_test(test_two_copy),
         cmocka_unit_test(test_shapes_change),
         cmocka_unit_test(test_bad_inputs_refused),
         cmocka_unit_test(test_profile),

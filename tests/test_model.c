@@ -381,6 +381,97 @@ static void test_bad_configs_are_refused(void **state) {
     expect_refused(c, "'family'");
 }
 
+
+// The two-copy layout (method §2.10, §3.3) computes exactly what it stands for: with the clean copy x and a noisy
+// copy y, the outputs of noisy block b equal those of the length-L forward whose settled prefix is x[0, bω), whose
+// active block is y's block b and whose tail is worthless; and the gradient of a linear functional of the noisy
+// outputs equals the sum over blocks of the separate computations' gradients. Both families, both block rules, the
+// block-causal and causal context rules (with full context the clean copy sees later clean tokens, which the
+// length-L step does not: the reference's layout is not equivalent there, method §3.3).
+static void two_copy_case(hdlm_family family, hdlm_context_type context, hdlm_block_type block) {
+    enum { TB = 2, TL = 32, TW = 8, NB = TL / TW };
+    hdlm_model_config cfg = small_config(family, HDLM_ROTARY_EXACT);
+    const int V = cfg.vocab;
+    hdlm_model *two, *one;
+    assert_int_equal(hdlm_model_create(&two, &cfg), 0);
+    assert_int_equal(hdlm_model_create(&one, &cfg), 0);
+    test_model_randomize(two, 5);
+    memcpy(one->params, two->params, (two->n_params + two->n_buffer) * sizeof(float));
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, hdlm_rng_key(3, (uint64_t)family, (uint64_t)context, HDLM_RNG_DATA));
+    uint32_t x[TB * TL], y[TB * TL], tokens2[TB * 2 * TL], tokens1[TB * TL];
+    float sigma_y[TB * TL], sigma2[TB * 2 * TL], sigma1[TB * TL];
+    const float sigma_clean = 0.01f;
+    for (int i = 0; i < TB * TL; i++) {
+        x[i] = (uint32_t)hdlm_rng_below(&rng, (uint64_t)V - 1);
+        y[i] = hdlm_rng_uniform(&rng) < 0.5f ? (uint32_t)(V - 1) : (uint32_t)hdlm_rng_below(&rng, (uint64_t)V - 1);
+        sigma_y[i] = 0.1f + 3.0f * hdlm_rng_uniform(&rng);
+    }
+    for (int b = 0; b < TB; b++)
+        for (int i = 0; i < TL; i++) {
+            tokens2[b * 2 * TL + i] = x[b * TL + i];
+            tokens2[b * 2 * TL + TL + i] = y[b * TL + i];
+            sigma2[b * 2 * TL + i] = sigma_clean;
+            sigma2[b * 2 * TL + TL + i] = sigma_y[b * TL + i];
+        }
+    hdlm_attn_mask mask2 = hdlm_mask_two_copy(TL, TW, context, block);
+    hdlm_model_input in2 = {.tokens = tokens2, .sigma = sigma2, .mask = &mask2, .batch = TB, .length = 2 * TL};
+    assert_int_equal(hdlm_model_forward(two, &in2), 0);
+    size_t n2 = (size_t)TB * 2 * TL * V, n1 = (size_t)TB * TL * V;
+    float *dout2 = hdlm_calloc(n2, sizeof(float)), *dout1 = hdlm_calloc(n1, sizeof(float));
+    for (int b = 0; b < TB; b++)
+        for (size_t e = 0; e < (size_t)TL * V; e++) dout2[((size_t)b * 2 * TL + TL) * V + e] = hdlm_rng_normal(&rng);
+    hdlm_model_backward(two, dout2);
+
+    double out_err = 0, out_max = 0;
+    hdlm_model_zero_grad(one);
+    for (int k = 0; k < NB; k++) {
+        int lo = k * TW, hi = lo + TW;
+        for (int b = 0; b < TB; b++)
+            for (int i = 0; i < TL; i++) {
+                int r = b * TL + i;
+                tokens1[r] = i >= lo && i < hi ? y[r] : x[r];   // worthless tail: clean tokens, invisible
+                sigma1[r] = i < lo ? sigma_clean : i < hi ? sigma_y[r] : 3.0f;
+            }
+        hdlm_attn_mask mask1 = {TL, lo, hi - 1, context, block, TW, 0};
+        hdlm_model_input in1 = {.tokens = tokens1, .sigma = sigma1, .mask = &mask1, .batch = TB, .length = TL};
+        assert_int_equal(hdlm_model_forward(one, &in1), 0);
+        memset(dout1, 0, n1 * sizeof(float));
+        for (int b = 0; b < TB; b++)
+            for (int i = lo; i < hi; i++)
+                for (int v = 0; v < V; v++) {
+                    size_t r1 = ((size_t)b * TL + i) * V + v, r2 = ((size_t)b * 2 * TL + TL + i) * V + v;
+                    out_err = fmax(out_err, fabs((double)one->out[r1] - two->out[r2]));
+                    out_max = fmax(out_max, fabs((double)two->out[r2]));
+                    dout1[r1] = dout2[r2];
+                }
+        hdlm_model_backward(one, dout1);   // accumulates over the blocks
+    }
+    double dg = 0, g2 = 0;
+    for (size_t i = 0; i < two->n_params; i++) {
+        double d = (double)one->grads[i] - two->grads[i];
+        dg += d * d;
+        g2 += (double)two->grads[i] * two->grads[i];
+    }
+    print_message("two-copy %s context %d block %d: outputs max |diff| %.2e of max %.2e, gradients relative rms %.2e\n",
+                  hdlm_family_name(family), (int)context, (int)block, out_err, out_max, sqrt(dg / g2));
+    assert_true(out_max > 0.1 && out_err <= 1e-5 * out_max);
+    assert_true(g2 > 0 && sqrt(dg / g2) <= 1e-5);
+    free(dout1);
+    free(dout2);
+    hdlm_model_free(one);
+    hdlm_model_free(two);
+}
+
+static void test_two_copy_equals_separate_blocks(void **state) {
+    (void)state;
+    for (int f = 0; f < 2; f++) {
+        hdlm_family family = f ? HDLM_FAMILY_GAMMA : HDLM_FAMILY_EPSILON;
+        two_copy_case(family, HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_FULL);
+        two_copy_case(family, HDLM_CONTEXT_CAUSAL, HDLM_BLOCK_CAUSAL);
+    }
+}
+
 static void test_bad_inputs_are_refused(void **state) {
     (void)state;
     hdlm_model_config c = small_config(HDLM_FAMILY_GAMMA, HDLM_ROTARY_EXACT);
@@ -404,6 +495,22 @@ static void test_bad_inputs_are_refused(void **state) {
     in.length = 200;
     assert_int_equal(hdlm_model_forward(m, &in), -1);
     assert_error_contains("max_length = 128");
+    // The two-copy layout takes up to 2 · max_length positions, with a consistent mask only.
+    uint32_t *long_tokens = hdlm_calloc(300, sizeof(uint32_t));
+    float *long_sigma = hdlm_malloc(300 * sizeof(float));
+    for (int i = 0; i < 300; i++) long_sigma[i] = 1.0f;
+    hdlm_attn_mask two = hdlm_mask_two_copy(150, 50, HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_FULL);
+    hdlm_model_input in2 = {.tokens = long_tokens, .sigma = long_sigma, .mask = &two, .batch = 1, .length = 300};
+    assert_int_equal(hdlm_model_forward(m, &in2), -1);
+    assert_error_contains("length must be in [1, 2 × max_length = 128], got 300");
+    two = hdlm_mask_two_copy(64, 24, HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_FULL);
+    in2.length = 128;
+    assert_int_equal(hdlm_model_forward(m, &in2), -1);
+    assert_error_contains("two-copy mask inconsistent");
+    two = hdlm_mask_two_copy(64, 16, HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_FULL);
+    assert_int_equal(hdlm_model_forward(m, &in2), 0);
+    free(long_tokens);
+    free(long_sigma);
     in.length = 8;
     assert_int_equal(hdlm_model_forward(m, &in), 0);
     hdlm_model_free(m);
@@ -506,6 +613,7 @@ int main(void) {
         cmocka_unit_test(test_dropout_mask_is_counter_based),
         cmocka_unit_test(test_dropout_is_repeatable),
         cmocka_unit_test(test_model_matches_pytorch),
+        cmocka_unit_test(test_two_copy_equals_separate_blocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

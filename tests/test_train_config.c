@@ -61,6 +61,18 @@ static void test_cross_field_checks(void **state) {
     const char *tau1[] = {"data.train=x", "annealing.tau=1"};
     assert_int_equal(hdlm_train_config_load(&c, NULL, tau1, 2, 1), -1);
     assert_error_contains("'annealing.tau' = 1 is out of range");
+    const char *efficient_simple[] = {"data.train=x", "annealing.efficient=true", "annealing.type=simple",
+                                      "annealing.width=64"};
+    assert_int_equal(hdlm_train_config_load(&c, NULL, efficient_simple, 4, 1), -1);
+    assert_error_contains("annealing.efficient = true (the two-copy layout) needs annealing.type = block");
+    const char *efficient_ardm[] = {"data.train=x", "annealing.efficient=true", "training.objective=ardm"};
+    assert_int_equal(hdlm_train_config_load(&c, NULL, efficient_ardm, 3, 1), -1);
+    assert_error_contains("needs annealing.type = block and the hdlm objective");
+    const char *efficient_width[] = {"data.train=x", "annealing.efficient=true", "annealing.width=48"};
+    assert_int_equal(hdlm_train_config_load(&c, NULL, efficient_width, 3, 1), -1);
+    assert_error_contains("model.length = 1024 must be a multiple of annealing.width = 48");
+    const char *efficient_ok[] = {"data.train=x", "annealing.efficient=true", "annealing.width=64"};
+    assert_int_equal(hdlm_train_config_load(&c, NULL, efficient_ok, 3, 1), 0);
 }
 
 static void test_device_choices(void **state) {
