@@ -457,6 +457,26 @@ static void two_copy_case(hdlm_family family, hdlm_context_type context, hdlm_bl
                   hdlm_family_name(family), (int)context, (int)block, out_err, out_max, sqrt(dg / g2));
     assert_true(out_max > 0.1 && out_err <= 1e-5 * out_max);
     assert_true(g2 > 0 && sqrt(dg / g2) <= 1e-5);
+
+    // head_from = L: the output layer skips the clean copy (its gradient is zero there): the same noisy outputs, zero
+    // clean outputs, the same gradients.
+    float *full_out = hdlm_malloc(n2 * sizeof(float)), *full_grads = hdlm_malloc(two->n_params * sizeof(float));
+    memcpy(full_out, two->out, n2 * sizeof(float));
+    memcpy(full_grads, two->grads, two->n_params * sizeof(float));
+    hdlm_model_zero_grad(two);
+    in2.head_from = TL;
+    assert_int_equal(hdlm_model_forward(two, &in2), 0);
+    hdlm_model_backward(two, dout2);
+    double skip_err = 0, dgs = 0;
+    for (size_t e = 0; e < n2; e++) {
+        bool clean = (e / V) % (2 * TL) < TL;
+        skip_err = fmax(skip_err, fabs((double)two->out[e] - (clean ? 0.0 : full_out[e])));
+    }
+    for (size_t i = 0; i < two->n_params; i++) dgs += ((double)two->grads[i] - full_grads[i]) * (two->grads[i] - full_grads[i]);
+    assert_true(skip_err <= 1e-6 * out_max);
+    assert_true(sqrt(dgs / g2) <= 1e-6);
+    free(full_out);
+    free(full_grads);
     free(dout1);
     free(dout2);
     hdlm_model_free(one);

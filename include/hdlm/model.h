@@ -94,6 +94,10 @@ typedef struct {
     int batch, length;
     bool training;                // dropout on
     uint64_t dropout_key;         // e.g. hdlm_rng_key(seed, rank, step, HDLM_RNG_DROPOUT)
+    // Rows i < head_from of each sequence need no output (the loss gives them weight 0, e.g. the clean copy of the
+    // two-copy layout under the ε loss): the output layer skips them, their outputs and gradients are 0. 0: all rows.
+    // The CUDA model computes every row (same result).
+    int head_from;
 } hdlm_model_input;
 
 // Dropout sites of a block; each gets its own key from the step's dropout key and the layer (the GPU model uses the

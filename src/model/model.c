@@ -221,8 +221,8 @@ double hdlm_model_flops_per_token(const hdlm_model *m, int length) {
 // Everything the backward pass needs from the forward pass, and the backward scratch. Per-layer arrays hold
 // n_layers consecutive [N, ·] slices. Sized for `capacity` tokens, grown when a forward needs more.
 struct hdlm_model_acts {
-    int capacity, table_len;
-    hdlm_rotary_mode table_mode;
+    int capacity;
+    int head_from;   // rows of each sequence before it get no output (hdlm_model_input.head_from)
     uint32_t *tokens;
     float *sigma, *mix;
     hdlm_attn_mask mask;
@@ -462,6 +462,8 @@ int hdlm_model_check_input(const hdlm_model_config *c, const hdlm_model_input *i
     *mask = in->mask ? *in->mask : hdlm_mask_full(in->length);
     HDLM_CHECK(mask->length == in->length, "model input: attention mask length %d differs from the length %d",
                mask->length, in->length);
+    HDLM_CHECK(in->head_from >= 0 && in->head_from < in->length,
+               "model input: head_from = %d outside [0, length = %d)", in->head_from, in->length);
     HDLM_CHECK(mask->n_set >= 0 && mask->n_set <= mask->length && mask->a_end >= mask->n_set - 1 &&
                    mask->a_end < mask->length && mask->block_size > 0,
                "model input: attention mask out of range (n_set %d, a_end %d, block_size %d, length %d)",
@@ -503,6 +505,7 @@ int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
     memcpy(a->tokens, in->tokens, (size_t)N * sizeof(uint32_t));
     a->mask = mask;
     a->dropout = in->training ? c->dropout : 0.0f;
+    a->head_from = in->head_from;
     a->key = in->dropout_key;
     hdlm_rotary_tables_of_mask(a->cos_t, a->sin_t, m->p.inv_freq, &a->mask, hd, c->rotary);
 
@@ -564,10 +567,21 @@ int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
     PROFILED(a, PROF_FWD, PROF_NORM,
              hdlm_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->h + (size_t)c->n_layers * Nd, m->p.norm_final,
                                     N, d));
-    PROFILED(a, PROF_FWD, PROF_HEAD, hdlm_linear_forward(m->out, a->lnf, m->p.head_w, m->p.head_b, N, d, V));
+    if (a->head_from == 0) {
+        PROFILED(a, PROF_FWD, PROF_HEAD, hdlm_linear_forward(m->out, a->lnf, m->p.head_w, m->p.head_b, N, d, V));
+    } else {
+        int skip = a->head_from, rows = L - skip;
+        for (int b = 0; b < B; b++) {
+            memset(m->out + (size_t)b * L * V, 0, (size_t)skip * V * sizeof(float));
+            PROFILED(a, PROF_FWD, PROF_HEAD,
+                     hdlm_linear_forward(m->out + ((size_t)b * L + skip) * V, a->lnf + ((size_t)b * L + skip) * d,
+                                         m->p.head_w, m->p.head_b, rows, d, V));
+        }
+    }
     if (gamma) {
 #pragma omp parallel for schedule(static)
         for (int r = 0; r < N; r++) {
+            if (r % L < a->head_from) continue;   // no output there
             float shift = scale_by_sigma_shift(a->sigma[r], V);
             float *o = m->out + (size_t)r * V;
             for (int v = 0; v < V; v++) o[v] -= shift;
@@ -611,8 +625,19 @@ void hdlm_model_backward(hdlm_model *m, const float *dout) {
     model_flush_denormals();
 
     // Output layer (scale_by_sigma subtracts a constant per token: identity for the gradient).
-    PROFILED(a, PROF_BWD, PROF_HEAD,
-             hdlm_linear_backward(a->da, m->g.head_w, m->g.head_b, dout, a->lnf, m->p.head_w, N, d, V, false));
+    if (a->head_from == 0) {
+        PROFILED(a, PROF_BWD, PROF_HEAD,
+                 hdlm_linear_backward(a->da, m->g.head_w, m->g.head_b, dout, a->lnf, m->p.head_w, N, d, V, false));
+    } else {
+        int skip = a->head_from, rows = L - skip;
+        for (int b = 0; b < B; b++) {
+            size_t r0 = (size_t)b * L;
+            memset(a->da + r0 * d, 0, (size_t)skip * d * sizeof(float));
+            PROFILED(a, PROF_BWD, PROF_HEAD,
+                     hdlm_linear_backward(a->da + (r0 + skip) * d, m->g.head_w, m->g.head_b, dout + (r0 + skip) * V,
+                                          a->lnf + (r0 + skip) * d, m->p.head_w, rows, d, V, false));
+        }
+    }
     memset(a->dh, 0, Nd * sizeof(float));
     PROFILED(a, PROF_BWD, PROF_NORM,
              hdlm_layernorm_backward(a->dh, m->g.norm_final, a->da, a->h + (size_t)c->n_layers * Nd, m->p.norm_final,

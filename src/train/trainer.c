@@ -250,9 +250,11 @@ static hdlm_model_input corrupt(hdlm_trainer *t, uint64_t seed, uint64_t ms, boo
     *target = (hdlm_loss_target){t->x0, gamma ? NULL : c,
                                  objective == HDLM_OBJECTIVE_ARDM ? hdlm_ardm_softmax_width(&t->ardm_cfg, V) : V,
                                  gamma ? &t->gamma_cfg : NULL, t->step_of};
+    // The ε loss gives the two-copy layout's clean copy weight 0: the output layer skips it (γ's CE needs it).
+    int head_from = t->model_length > t->length && objective == HDLM_OBJECTIVE_EPSILON ? t->length : 0;
     return (hdlm_model_input){gamma ? t->xt : c->xt, gamma ? t->sigma : NULL, mask, B, L,
                               training && t->cfg.model.dropout > 0,
-                              hdlm_rng_key(seed, (uint64_t)t->rank, ms, HDLM_RNG_DROPOUT)};
+                              hdlm_rng_key(seed, (uint64_t)t->rank, ms, HDLM_RNG_DROPOUT), head_from};
 }
 
 void hdlm_trainer_update(hdlm_trainer *t, hdlm_update_stats *stats) {

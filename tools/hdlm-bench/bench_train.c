@@ -4,6 +4,9 @@
 // tok/s and MFU; then, in the same run, the same steps of the same model in PyTorch (tools/bench_torch_ddit.py: eager
 // and torch.compile with bf16 autocast on the GPU). FLOPs per token: hdlm_model_flops_per_token (the optimizer's O(N)
 // work is not counted). MFU = FLOPs per token × tok/s / peak. The tokens are random, written once as a token shard.
+// With --omega W: the block hyperschedule at width W in both training layouts, same model, same run — one active
+// block per sequence (the length-L layout) against every block at once (the two-copy layout, method §2.10) — as
+// positions trained per second (positions that carry a loss: W per sequence, or all L).
 #include <getopt.h>
 #include <math.h>
 #include <omp.h>
@@ -26,6 +29,7 @@
 typedef struct {
     bool cuda;
     int batch, length, layers, steps, warmup;
+    int omega;              // > 0: compare the two training layouts of the block schedule at this width
     double peak;            // FLOP/s
     bool torch;
     const char *python;     // NULL: the first of python3, /usr/bin/python3 that imports torch
@@ -52,17 +56,22 @@ static int write_tokens(const char *dir, const train_opts *o, int chunks) {
 }
 
 // The paper's optimizer settings (AdamW β = (0.9, 0.95), wd 0.1, clip 1, EMA 0.9999) at a constant learning rate.
-static int bench_config(const train_opts *o, const char *dir, hdlm_train_config *cfg) {
-    char v[8][4200];
+// layout: NULL for MDLM-hybrid corruption without a schedule, else "false"/"true" for annealing.efficient with the
+// block schedule at width o->omega.
+static int bench_config(const train_opts *o, const char *dir, const char *layout, hdlm_train_config *cfg) {
+    char v[11][4200];
     snprintf(v[0], sizeof v[0], "data.train=%s", dir);
     snprintf(v[1], sizeof v[1], "run.dir=%s", dir);
     snprintf(v[2], sizeof v[2], "model.length=%d", o->length);
     snprintf(v[3], sizeof v[3], "model.n_blocks=%d", o->layers);
     snprintf(v[4], sizeof v[4], "training.batch_size=%d", o->batch);
     snprintf(v[5], sizeof v[5], "training.device=%s", o->cuda ? "cuda" : "cpu");
-    snprintf(v[6], sizeof v[6], "annealing.type=none");
+    snprintf(v[6], sizeof v[6], "annealing.type=%s", layout ? "block" : "none");
     snprintf(v[7], sizeof v[7], "training.seed=1");
-    const char *overrides[] = {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], "training.accum=1",
+    snprintf(v[8], sizeof v[8], "annealing.width=%d", o->omega > 0 ? o->omega : o->length);
+    snprintf(v[9], sizeof v[9], "annealing.efficient=%s", layout ? layout : "false");
+    snprintf(v[10], sizeof v[10], "annealing.tau=%d", 128);
+    const char *overrides[] = {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], "training.accum=1",
                                "training.ema_update_after=0", "optim.scheduler=constant", "data.valid="};
     return hdlm_train_config_load(cfg, NULL, overrides, (int)(sizeof overrides / sizeof overrides[0]), 1);
 }
@@ -137,12 +146,41 @@ static void run_torch(const train_opts *o, double flops_per_token, double ours) 
         printf("(the PyTorch baseline exited with status %d)\n", WIFEXITED(status) ? WEXITSTATUS(status) : status);
 }
 
+// The two training layouts of the block schedule at width o->omega, one after the other in this run.
+static int compare_layouts(const train_opts *o, const char *dir) {
+    printf("block hyperschedule, ω = %d of L = %d (%d blocks): positions trained per second (positions with a loss)\n",
+           o->omega, o->length, o->length / o->omega);
+    printf("%-34s %9s %14s %16s\n", "layout", "s/step", "trained/step", "trained/s");
+    double base = 0;
+    for (int efficient = 0; efficient < 2; efficient++) {
+        hdlm_train_config cfg;
+        hdlm_trainer *t = NULL;
+        HDLM_TRY(bench_config(o, dir, efficient ? "true" : "false", &cfg));
+        HDLM_TRY(hdlm_trainer_create(&t, &cfg, NULL));
+        double loss = NAN;
+        char *profile = NULL;
+        double sec = time_updates(t, o, &loss, &profile);
+        free(profile);
+        hdlm_trainer_free(t);
+        HDLM_CHECK(isfinite(loss), "the %s layout's loss is %g", efficient ? "two-copy" : "length-L", loss);
+        double trained = (double)o->batch * (efficient ? o->length : o->omega), rate = trained / sec;
+        printf("%-34s %9.4f %14.0f %16.0f", efficient ? "two-copy [x; x] (every block)" : "length L (one active block)",
+               sec, trained, rate);
+        if (efficient) printf("   %.2fx", rate / base);
+        else base = rate;
+        printf("\n");
+    }
+    return 0;
+}
+
 static void usage(FILE *out) {
     fprintf(out,
             "usage: hdlm-bench train [--device cuda|cpu] [--batch B] [--length T] [--layers N] [--steps N]\n"
-            "                        [--warmup N] [--peak-tflops X] [--no-torch] [--python PATH]\n"
+            "                        [--warmup N] [--peak-tflops X] [--no-torch] [--python PATH] [--omega W]\n"
             "  DDiT-small training steps; defaults: cuda, B 32, T 1024, 12 layers, 10 steps after 3 warm-up steps;\n"
-            "  peak: 989 TFLOP/s on cuda (dense bf16, H100/H200 SXM), the measured fp32 FMA peak on cpu\n");
+            "  peak: 989 TFLOP/s on cuda (dense bf16, H100/H200 SXM), the measured fp32 FMA peak on cpu\n"
+            "  --omega W: the block schedule at width W, length-L layout against the two-copy layout\n"
+            "             (annealing.efficient), as positions trained per second\n");
 }
 
 int bench_train_main(int argc, char **argv) {
@@ -155,9 +193,10 @@ int bench_train_main(int argc, char **argv) {
                                             {"peak-tflops", required_argument, NULL, 'p'},
                                             {"no-torch", no_argument, NULL, 't'},
                                             {"python", required_argument, NULL, 'y'},
+                                            {"omega", required_argument, NULL, 'o'},
                                             {"help", no_argument, NULL, 'h'},
                                             {NULL, 0, NULL, 0}};
-    train_opts o = {true, 32, 1024, 12, 10, 3, 0, true, NULL};
+    train_opts o = {true, 32, 1024, 12, 10, 3, 0, 0, true, NULL};
     int opt;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
@@ -175,13 +214,16 @@ int bench_train_main(int argc, char **argv) {
         case 'p': o.peak = atof(optarg) * 1e12; break;
         case 't': o.torch = false; break;
         case 'y': o.python = optarg; break;
+        case 'o': o.omega = atoi(optarg); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (o.batch < 1 || o.length < 2 || o.layers < 1 || o.steps < 1 || o.warmup < 0 || o.peak < 0)
-        HDLM_DIE("--batch, --layers and --steps must be positive, --length at least 2, --warmup and --peak-tflops "
-                 "not negative");
+    if (o.batch < 1 || o.length < 2 || o.layers < 1 || o.steps < 1 || o.warmup < 0 || o.peak < 0 || o.omega < 0)
+        HDLM_DIE("--batch, --layers and --steps must be positive, --length at least 2, --warmup, --peak-tflops and "
+                 "--omega not negative");
+    if (o.omega > 0 && (o.omega >= o.length || o.length % o.omega != 0))
+        HDLM_DIE("--omega %d must divide --length %d and be smaller", o.omega, o.length);
     if (o.cuda && (!hdlm_cuda_compiled() || hdlm_cuda_device_count() == 0)) {
         fprintf(stderr, "hdlm-bench train: --device cuda needs a GPU and the CUDA backend: %s (use --device cpu)\n",
                 hdlm_cuda_unavailable_reason());
@@ -201,11 +243,17 @@ int bench_train_main(int argc, char **argv) {
     hdlm_model_config mc;
     hdlm_trainer *t = NULL;
     int rc = write_tokens(dir, &o, 4 * o.batch);
-    if (rc == 0) rc = bench_config(&o, dir, &cfg);
-    if (rc == 0) rc = hdlm_train_config_model(&cfg, &mc);
-    if (rc == 0) rc = hdlm_trainer_create(&t, &cfg, NULL);
     char cleanup[4300];
     snprintf(cleanup, sizeof cleanup, "rm -rf '%s'", dir);
+    if (rc == 0 && o.omega > 0) {
+        rc = compare_layouts(&o, dir);
+        if (system(cleanup) != 0) fprintf(stderr, "hdlm-bench train: could not remove %s\n", dir);
+        if (rc != 0) HDLM_DIE("hdlm-bench train: %s", hdlm_last_error());
+        return 0;
+    }
+    if (rc == 0) rc = bench_config(&o, dir, NULL, &cfg);
+    if (rc == 0) rc = hdlm_train_config_model(&cfg, &mc);
+    if (rc == 0) rc = hdlm_trainer_create(&t, &cfg, NULL);
     if (rc != 0) {
         if (system(cleanup) != 0) fprintf(stderr, "hdlm-bench train: could not remove %s\n", dir);
         HDLM_DIE("hdlm-bench train: %s", hdlm_last_error());
