@@ -74,7 +74,7 @@ static const char *context_name(hdlm_context_type t) {
 
 // ---- PyTorch comparison ----------------------------------------------------------------------------------------
 
-enum { CASE_BATCH = 2, CASE_LENGTH = 70, N_CASES = 8 };
+enum { CASE_BATCH = 2, CASE_LENGTH = 70, N_CASES = 9 };
 
 typedef struct {
     hdlm_family family;
@@ -101,6 +101,8 @@ static hdlm_attn_mask case_mask(int kind) {
         m.context = HDLM_CONTEXT_BLOCK_CAUSAL;
         m.block = HDLM_BLOCK_FULL;
         m.block_size = 16;
+    } else if (kind == 4) {   // next-token AR: causal attention over every position
+        m = hdlm_mask_causal(CASE_LENGTH);
     } else if (kind == 3) {   // hyperschedule: causal context, causal block, worthless tail [61, 70)
         m.n_set = 20;
         m.a_end = 60;
@@ -112,9 +114,10 @@ static hdlm_attn_mask case_mask(int kind) {
 }
 
 static void case_prepare(model_case *c, int index) {
-    static const char *labels[4] = {"full", "block-causal", "hyperschedule-block-full", "hyperschedule-causal"};
-    int kind = index % 4;
-    c->family = index < 4 ? HDLM_FAMILY_EPSILON : HDLM_FAMILY_GAMMA;
+    static const char *labels[5] = {"full", "block-causal", "hyperschedule-block-full", "hyperschedule-causal",
+                                    "AR (causal, next token)"};
+    int kind = index < 8 ? index % 4 : 4;   // case 8: the AR baseline, ε network
+    c->family = index < 4 || index == 8 ? HDLM_FAMILY_EPSILON : HDLM_FAMILY_GAMMA;
     c->rotary = (index % 2) ? HDLM_ROTARY_REFERENCE : HDLM_ROTARY_EXACT;
     c->mask = case_mask(kind);
     c->label = labels[kind];
@@ -135,6 +138,17 @@ static void case_prepare(model_case *c, int index) {
         if (i % 5 == 0) c->tokens[i] = (uint32_t)(cfg.vocab - 1);
         c->targets[i] = (uint32_t)hdlm_rng_below(&rng, (uint64_t)cfg.vocab - 1);
         c->sigma[i] = 0.05f + 5.0f * hdlm_rng_uniform(&rng);   // both sides of the expm1 switch at 0.5
+    }
+    if (kind == 4) {   // inputs shifted right after a start token, targets the sequence itself (hdlm_ar_inputs)
+        hdlm_corruption ar;
+        hdlm_corruption_alloc(&ar, CASE_BATCH, CASE_LENGTH);
+        hdlm_ar_inputs(c->targets, (uint32_t)cfg.vocab - 2, &ar);
+        memcpy(c->tokens, ar.xt, sizeof c->tokens);
+        hdlm_corruption_free(&ar);
+        for (int b = 0; b < CASE_BATCH; b++) {
+            assert_int_equal(c->tokens[b * CASE_LENGTH], cfg.vocab - 2);
+            assert_int_equal(c->tokens[b * CASE_LENGTH + 5], c->targets[b * CASE_LENGTH + 4]);
+        }
     }
     hdlm_model_input in = {.tokens = c->tokens, .sigma = c->sigma, .mask = &c->mask, .batch = CASE_BATCH,
                            .length = CASE_LENGTH};

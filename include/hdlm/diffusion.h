@@ -91,6 +91,14 @@ void hdlm_ardm_corrupt(const hdlm_ardm_config *cfg, const uint32_t *x0, int voca
 // The softmax width the ARDM loss uses for this config (V - 1 when MASK is excluded).
 int hdlm_ardm_softmax_width(const hdlm_ardm_config *cfg, int vocab);
 
+// ---- next-token AR (method §2.8): the baseline every diffusion LM is compared with ----
+
+// The next-token objective as a corruption record of one or more sequences: input xt_i = x0_{i-1} with xt_0 = start
+// (<|endoftext|>, as GPT-2 begins a document), every position weight 1 against its own clean token, norm = L per
+// sequence: with a causal mask, hdlm_corruption_loss is the mean next-token cross-entropy in nats per token, and its
+// sum over a chunk the exact -log p(x) of all L tokens.
+void hdlm_ar_inputs(const uint32_t *x0, uint32_t start, hdlm_corruption *c);
+
 // ---- γ-hybrid (method §5) ----
 
 // Log-linear noise with eps_n = 5e-3 (method §5.2): σ(t) = -log1p(-(1-eps_n)t), σ'(t) = (1-eps_n)/(1-(1-eps_n)t).

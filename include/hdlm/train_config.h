@@ -13,9 +13,15 @@
 
 typedef enum { HDLM_DEVICE_CPU, HDLM_DEVICE_CUDA } hdlm_device;
 // What one training step computes (method §4, §5, §13): the ε family with a hyperschedule or without one
-// (annealing.type = none), the γ family, or ARDM's count-based objective.
-typedef enum { HDLM_OBJECTIVE_EPSILON, HDLM_OBJECTIVE_EPSILON_UNSCHEDULED, HDLM_OBJECTIVE_GAMMA, HDLM_OBJECTIVE_ARDM }
-hdlm_objective;
+// (annealing.type = none), the γ family, ARDM's count-based objective, or a plain next-token model (AR: causal
+// attention, the ε network without MASK, method §2.8).
+typedef enum {
+    HDLM_OBJECTIVE_EPSILON,
+    HDLM_OBJECTIVE_EPSILON_UNSCHEDULED,
+    HDLM_OBJECTIVE_GAMMA,
+    HDLM_OBJECTIVE_ARDM,
+    HDLM_OBJECTIVE_AR
+} hdlm_objective;
 typedef enum { HDLM_LR_CONSTANT, HDLM_LR_COSINE, HDLM_LR_WARMUP_COSINE, HDLM_LR_LINEAR } hdlm_lr_kind;
 // AdamW's hyperparameters (optim.beta1, beta2, eps, weight_decay), shared by the CPU and CUDA optimizers.
 typedef struct {
@@ -51,7 +57,7 @@ typedef struct {
         int64_t log_freq, eval_freq, snapshot_freq, eval_batches;
         double ema;           // EMA decay ceiling (method §8.5)
         int64_t ema_update_after;
-        char objective[HDLM_CONFIG_STRING_MAX];       // hdlm | ardm
+        char objective[HDLM_CONFIG_STRING_MAX];       // hdlm | ardm | ar
         char loss_type[HDLM_CONFIG_STRING_MAX];       // hybrid | standard (ε, method §4.3)
         double epsilon, lambda;                       // ε-hybrid corruption and weights
         char step_sampling[HDLM_CONFIG_STRING_MAX];   // per_batch (reference) | per_sequence

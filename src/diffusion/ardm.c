@@ -1,6 +1,7 @@
 // Order-agnostic ARDM corruption: count-based absorbing masks with the D/m weight (method §13, A.3.1).
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "hdlm/common.h"
 #include "hdlm/diffusion.h"
@@ -62,4 +63,19 @@ void hdlm_ardm_corrupt(const hdlm_ardm_config *cfg, const uint32_t *x0, int voca
     }
     free(drawn);
     c->norm = B;
+}
+
+void hdlm_ar_inputs(const uint32_t *x0, uint32_t start, hdlm_corruption *c) {
+    int L = c->length;
+    for (int b = 0; b < c->batch; b++) {
+        const uint32_t *x = x0 + (size_t)b * L;
+        uint32_t *xt = c->xt + (size_t)b * L;
+        xt[0] = start;
+        memcpy(xt + 1, x, (size_t)(L - 1) * sizeof(uint32_t));
+        for (int i = 0; i < L; i++) {
+            c->kind[(size_t)b * L + i] = HDLM_CORRUPT_KEPT;
+            c->weight[(size_t)b * L + i] = 1.0f;
+        }
+    }
+    c->norm = (double)c->batch * L;
 }

@@ -32,7 +32,8 @@ static const hdlm_config_field fields[] = {
     F("training.ema", DOUBLE, training.ema, "0.9999", 0, 1, NULL, "EMA decay ceiling"),
     F("training.ema_update_after", INT, training.ema_update_after, "250", 0, 1e12, NULL,
       "updates before the EMA starts averaging (method §8.5)"),
-    F("training.objective", STRING, training.objective, "hdlm", 1, 0, "hdlm|ardm", "training objective"),
+    F("training.objective", STRING, training.objective, "hdlm", 1, 0, "hdlm|ardm|ar",
+      "training objective: the hyperschedule (hdlm), order-agnostic ARDM, or next-token AR"),
     F("training.loss_type", STRING, training.loss_type, "hybrid", 1, 0, "hybrid|standard", "ε loss (method §4.3)"),
     F("training.epsilon", DOUBLE, training.epsilon, "0.01", 0, 1, NULL, "ε: uniform replacement probability"),
     F("training.lambda", DOUBLE, training.lambda, "1.0", 0, 1e6, NULL, "ε: weight of the unmasked terms"),
@@ -99,6 +100,8 @@ static int check_cross_fields(const hdlm_train_config *c, int world) {
     bool gamma = k->family == HDLM_FAMILY_GAMMA;
     HDLM_CHECK(!(gamma && k->objective == HDLM_OBJECTIVE_ARDM),
                "training.objective = ardm uses the ε model: set model.name = epsilon_hdlm");
+    HDLM_CHECK(!(gamma && k->objective == HDLM_OBJECTIVE_AR),
+               "training.objective = ar uses the ε model (no σ input): set model.name = epsilon_hdlm");
     HDLM_CHECK(!(gamma && !k->scheduled),
                "annealing.type = none (no schedule) exists only for the ε family (model.name = epsilon_hdlm)");
     HDLM_CHECK(!k->scheduled || k->schedule != HDLM_SCHEDULE_SIMPLE || c->annealing.width >= 2,
@@ -139,16 +142,16 @@ static int choice(const char *value, const char *key, const char *const *names, 
 
 int hdlm_train_config_resolve(hdlm_train_config *c) {
     static const char *const families[] = {"epsilon_hdlm", "gamma_hdlm"}, *const rotary[] = {"exact", "reference"},
-                             *const devices[] = {"cpu", "cuda"}, *const objectives[] = {"hdlm", "ardm"},
+                             *const devices[] = {"cpu", "cuda"}, *const objectives[] = {"hdlm", "ardm", "ar"},
                              *const losses[] = {"hybrid", "standard"},
                              *const samplings[] = {"per_batch", "per_sequence"},
                              *const schedulers[] = {"constant", "cosine", "lambda", "linear"};
     hdlm_train_kinds *k = &c->kind;
-    int family = 0, rot = 0, device = 0, ardm = 0, loss = 0, sampling = 0, lr = 0;
+    int family = 0, rot = 0, device = 0, objective = 0, loss = 0, sampling = 0, lr = 0;
     HDLM_TRY(choice(c->model.name, "model.name", families, 2, &family));
     HDLM_TRY(choice(c->model.rotary, "model.rotary", rotary, 2, &rot));
     HDLM_TRY(choice(c->training.device, "training.device", devices, 2, &device));
-    HDLM_TRY(choice(c->training.objective, "training.objective", objectives, 2, &ardm));
+    HDLM_TRY(choice(c->training.objective, "training.objective", objectives, 3, &objective));
     HDLM_TRY(choice(c->training.loss_type, "training.loss_type", losses, 2, &loss));
     HDLM_TRY(choice(c->training.step_sampling, "training.step_sampling", samplings, 2, &sampling));
     HDLM_TRY(choice(c->optim.scheduler, "optim.scheduler", schedulers, 4, &lr));
@@ -162,7 +165,8 @@ int hdlm_train_config_resolve(hdlm_train_config *c) {
     if (k->scheduled) HDLM_TRY(hdlm_schedule_type_parse(c->annealing.type, "annealing.type", &k->schedule));
     HDLM_TRY(hdlm_context_type_parse(c->annealing.context_type, "annealing.attention.context_type", &k->context));
     HDLM_TRY(hdlm_block_type_parse(c->annealing.block_type, "annealing.attention.block_type", &k->block));
-    if (ardm) k->objective = HDLM_OBJECTIVE_ARDM, k->scheduled = false;   // count-based masks, no schedule
+    if (objective == 1) k->objective = HDLM_OBJECTIVE_ARDM, k->scheduled = false;   // count-based masks, no schedule
+    else if (objective == 2) k->objective = HDLM_OBJECTIVE_AR, k->scheduled = false;   // causal, next token
     else if (k->family == HDLM_FAMILY_GAMMA) k->objective = HDLM_OBJECTIVE_GAMMA;
     else k->objective = k->scheduled ? HDLM_OBJECTIVE_EPSILON : HDLM_OBJECTIVE_EPSILON_UNSCHEDULED;
     return 0;

@@ -116,6 +116,7 @@ static int create(hdlm_trainer *t, const hdlm_train_config *cfg, const char *res
     t->xt = hdlm_malloc((size_t)B * Lm * sizeof(uint32_t));
     t->sigma = hdlm_malloc((size_t)B * Lm * sizeof(float));
     t->full_mask = hdlm_mask_full(L);
+    t->causal_mask = hdlm_mask_causal(L);
     hdlm_corruption_alloc(&t->corr, B, Lm);
     t->steps = hdlm_calloc((size_t)B, sizeof(hdlm_step));
     for (int b = 0; b < B; b++) hdlm_step_alloc(&t->steps[b], Lm);
@@ -216,17 +217,17 @@ static void draw_steps(hdlm_trainer *t, uint64_t seed, uint64_t ms) {
 static hdlm_model_input corrupt(hdlm_trainer *t, uint64_t seed, uint64_t ms, bool training, hdlm_loss_target *target) {
     int B = t->micro_batch, L = t->model_length, V = t->model->config.vocab;
     uint64_t first = (uint64_t)t->rank * (uint64_t)B;
+    hdlm_objective objective = t->cfg.kind.objective;
     // The clean input: the chunks, each twice in the two-copy layout (method §2.10).
     for (int b = 0; b < B; b++)
         for (int copy = 0; copy < L / t->length; copy++)
             memcpy(t->x0 + (size_t)b * L + (size_t)copy * t->length, t->chunks + (size_t)b * t->length,
                    (size_t)t->length * sizeof(uint32_t));
-    const hdlm_attn_mask *mask = &t->full_mask;
+    const hdlm_attn_mask *mask = objective == HDLM_OBJECTIVE_AR ? &t->causal_mask : &t->full_mask;
     if (t->cfg.kind.scheduled) {
         draw_steps(t, seed, ms);
         mask = &t->step_of[0]->mask;
     }
-    hdlm_objective objective = t->cfg.kind.objective;
     hdlm_corruption *c = &t->corr;
     c->norm = 0;
     for (int b = 0; b < B; b++) {
@@ -239,6 +240,7 @@ static hdlm_model_input corrupt(hdlm_trainer *t, uint64_t seed, uint64_t ms, boo
             hdlm_epsilon_corrupt_unscheduled(&t->eps_cfg, t->cfg.annealing.sampling_eps, t->x0 + o, V, key, &one, NULL);
             break;
         case HDLM_OBJECTIVE_ARDM: hdlm_ardm_corrupt(&t->ardm_cfg, t->x0 + o, V, key, &one, NULL); break;
+        case HDLM_OBJECTIVE_AR: hdlm_ar_inputs(t->x0 + o, HDLM_TOKEN_EOT, &one); break;
         case HDLM_OBJECTIVE_GAMMA:
             hdlm_gamma_corrupt(t->cfg.graph.gamma, &t->step_of[b], t->x0 + o, 1, V, key, t->xt + o);
             hdlm_gamma_sigmas(t->step_of[b], t->sigma + o);
@@ -248,7 +250,9 @@ static hdlm_model_input corrupt(hdlm_trainer *t, uint64_t seed, uint64_t ms, boo
     }
     bool gamma = objective == HDLM_OBJECTIVE_GAMMA;
     *target = (hdlm_loss_target){t->x0, gamma ? NULL : c,
-                                 objective == HDLM_OBJECTIVE_ARDM ? hdlm_ardm_softmax_width(&t->ardm_cfg, V) : V,
+                                 objective == HDLM_OBJECTIVE_ARDM || objective == HDLM_OBJECTIVE_AR
+                                     ? hdlm_ardm_softmax_width(&t->ardm_cfg, V)   // real tokens only: no MASK
+                                     : V,
                                  gamma ? &t->gamma_cfg : NULL, t->step_of};
     // The ε loss gives the two-copy layout's clean copy weight 0: the output layer skips it (γ's CE needs it).
     int head_from = t->model_length > t->length && objective == HDLM_OBJECTIVE_EPSILON ? t->length : 0;

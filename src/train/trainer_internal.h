@@ -33,6 +33,7 @@ struct hdlm_trainer {
     uint32_t *x0, *xt;        // [B, model_length]: the clean model input ([x; x] in the two-copy layout), corrupted
     float *sigma;
     hdlm_attn_mask full_mask;    // the mask of unscheduled objectives
+    hdlm_attn_mask causal_mask;  // the AR objective's
     hdlm_corruption corr;
     hdlm_step *steps;
     const hdlm_step **step_of;   // [B]: the step of each sequence
