@@ -15,6 +15,7 @@
 #include "harness.h"
 #include "hdlm/common.h"
 #include "hdlm/likelihood.h"
+#include "hdlm/model.h"
 #include "hdlm/rng.h"
 
 // z[b, i, y] = W[input (b, i), y] + P[i, y] (W = NULL: all zero).
@@ -175,6 +176,48 @@ static void test_bad_inputs_are_refused(void **state) {
 
 // Hand computation: ids (5, 5, 9, 2) → p = (1/2, 1/4, 1/4), H = -(1/2 ln(1/2 + 1e-8) + 2·1/4 ln(1/4 + 1e-8))
 // = 1.0397207; one distinct id → ≈ 0; empty → 0.
+
+// The AR estimator is the exact chain rule: with the prefixes run one at a time (a causal forward over
+// [start, x_0 … x_{i-1}] only, its last output for x_i, softmax over the real tokens, in double), Σ_i −log p(x_i | x_<i)
+// equals the estimator's one causal forward over the whole chunk — so nothing of the future leaks through the mask.
+static void test_ar_nll_is_the_chain_rule(void **state) {
+    (void)state;
+    hdlm_model_config c = hdlm_model_config_ddit_small(HDLM_FAMILY_EPSILON);
+    c.width = 32, c.n_layers = 2, c.n_heads = 4, c.cond_dim = 16, c.vocab = 37, c.max_length = 24, c.dropout = 0;
+    hdlm_model *m;
+    assert_int_equal(hdlm_model_create(&m, &c), 0);
+    test_model_randomize(m, 9);
+    enum { L = 24 };
+    uint32_t x[L], prefix[L];
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, hdlm_rng_key(2, 0, 0, HDLM_RNG_DATA));
+    for (int i = 0; i < L; i++) x[i] = (uint32_t)hdlm_rng_below(&rng, (uint64_t)c.vocab - 1);
+    double chain = 0;
+    prefix[0] = (uint32_t)c.vocab - 2;
+    for (int i = 0; i < L; i++) {
+        if (i > 0) prefix[i] = x[i - 1];
+        hdlm_attn_mask causal = hdlm_mask_causal(i + 1);   // the prefix alone: no later token exists here
+        hdlm_model_input in = {.tokens = prefix, .mask = &causal, .batch = 1, .length = i + 1};
+        assert_int_equal(hdlm_model_forward(m, &in), 0);
+        const float *z = m->out + (size_t)i * c.vocab;
+        double mx = -INFINITY, sum = 0;
+        for (int v = 0; v < c.vocab - 1; v++) mx = fmax(mx, z[v]);
+        for (int v = 0; v < c.vocab - 1; v++) sum += exp((double)z[v] - mx);
+        chain += mx + log(sum) - z[x[i]];
+    }
+    hdlm_denoiser d = hdlm_denoiser_model(m);
+    hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
+    cfg.kind = HDLM_NLL_AR;
+    double nll, var;
+    int counted;
+    assert_int_equal(hdlm_nelbo_chunk(&d, &cfg, x, L, 0, &nll, &var, &counted), 0);
+    print_message("AR: chain rule %.9f, one causal forward %.9f\n", chain, nll);
+    assert_true(fabs(nll - chain) <= 1e-5 * fabs(chain));
+    assert_true(var == 0 && counted == 1);
+    assert_string_equal(hdlm_nelbo_kind_name(HDLM_NLL_AR), "ar");
+    hdlm_model_free(m);
+}
+
 static void test_unigram_entropy(void **state) {
     (void)state;
     const uint32_t ids[4] = {5, 5, 9, 2};
@@ -191,6 +234,7 @@ int main(void) {
         cmocka_unit_test(test_chunk_estimator_is_unbiased),
         cmocka_unit_test(test_ardm_bound_at_zero_logits),
         cmocka_unit_test(test_bad_inputs_are_refused),
+        cmocka_unit_test(test_ar_nll_is_the_chain_rule),
         cmocka_unit_test(test_unigram_entropy),
     };
     return cmocka_run_group_tests_name("likelihood", tests, NULL, NULL);

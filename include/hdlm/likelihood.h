@@ -10,6 +10,9 @@
 //  - HDLM_NELBO_ARDM_POLICY / _ORDER (A.6 modes 3, 4): the same network used as the K-call parallel model of a policy
 //    (method §13 A.5): upper bounds on -log p of that model (the mixture over orders); ORDER's every copy is the exact
 //    -log p(x | order, policy). K forwards per round; L tokens per chunk.
+//  - HDLM_NLL_AR: the exact -log p(x) of a next-token (training.objective = ar) model: one causal forward on the chunk
+//    shifted right after the start token (hdlm_ar_inputs, start = V - 2, <|endoftext|>), softmax over the N real
+//    tokens; L tokens per chunk, no Monte-Carlo error (copies and rounds unused).
 // Randomness: chunk c, round r draws from hdlm_rng_key(seed, c, r, HDLM_RNG_EVAL), so a chunk's estimate depends only on
 // (seed, c): the result does not depend on how chunks are split over ranks or batched.
 #ifndef HDLM_LIKELIHOOD_H
@@ -25,6 +28,7 @@ typedef enum {
     HDLM_NELBO_ARDM = 1,          // A.6 mode 1
     HDLM_NELBO_ARDM_POLICY = 2,   // A.6 mode 3: NELBO of the K-call parallel model (policy), averaged over orders
     HDLM_NELBO_ARDM_ORDER = 3,    // A.6 mode 4: exact -log p(x | order, policy), one random order per copy
+    HDLM_NLL_AR = 4,              // exact next-token -log p(x) of an AR model
 } hdlm_nelbo_kind;
 
 typedef struct {

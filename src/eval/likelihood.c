@@ -16,12 +16,12 @@ hdlm_nelbo_config hdlm_nelbo_config_default(bool gamma_family) {
 }
 
 const char *hdlm_nelbo_kind_name(hdlm_nelbo_kind kind) {
-    static const char *const names[] = {"masking", "ardm", "ardm-policy", "ardm-order"};
-    return (unsigned)kind < 4 ? names[kind] : "?";
+    static const char *const names[] = {"masking", "ardm", "ardm-policy", "ardm-order", "ar"};
+    return (unsigned)kind <= HDLM_NLL_AR ? names[kind] : "?";
 }
 
 int hdlm_nelbo_config_check(const hdlm_nelbo_config *cfg) {
-    HDLM_CHECK((unsigned)cfg->kind <= HDLM_NELBO_ARDM_ORDER, "likelihood: unknown estimator %d", (int)cfg->kind);
+    HDLM_CHECK((unsigned)cfg->kind <= HDLM_NLL_AR, "likelihood: unknown estimator %d", (int)cfg->kind);
     if (cfg->kind == HDLM_NELBO_ARDM_POLICY || cfg->kind == HDLM_NELBO_ARDM_ORDER) {
         HDLM_CHECK(cfg->policy && cfg->budget >= 1, "likelihood: the %s estimator needs a policy (budget >= 1)",
                    hdlm_nelbo_kind_name(cfg->kind));
@@ -172,12 +172,31 @@ static int ardm_policy_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, con
     return status;
 }
 
+// The exact -log p(x) of a next-token model: one causal forward, Σ_i CE(z_i, x_i) over the N real tokens (nats).
+static int ar_nll(hdlm_denoiser *d, const uint32_t *x, int length, double *value) {
+    hdlm_corruption c;
+    hdlm_corruption_alloc(&c, 1, length);
+    hdlm_ar_inputs(x, (uint32_t)d->vocab - 2, &c);
+    hdlm_attn_mask causal = hdlm_mask_causal(length);
+    const float *out;
+    int status = d->forward(d, c.xt, NULL, &causal, 1, length, &out);
+    if (status == 0) *value = hdlm_corruption_loss(&c, x, out, d->vocab, d->vocab - 1, NULL) * c.norm;
+    hdlm_corruption_free(&c);
+    return status;
+}
+
 int hdlm_nelbo_chunk(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint32_t *x, int length, uint64_t chunk,
                      double *nll, double *var, int *counted) {
     HDLM_TRY(hdlm_nelbo_config_check(cfg));
     for (int i = 0; i < length; i++)
         HDLM_CHECK(x[i] < (uint32_t)(d->vocab - 1), "likelihood: chunk %llu position %d holds id %u, not a real token "
                    "of the model (< %d)", (unsigned long long)chunk, i, x[i], d->vocab - 1);
+    if (cfg->kind == HDLM_NLL_AR) {   // exact: one forward, nothing to average
+        HDLM_TRY(ar_nll(d, x, length, nll));
+        *var = 0;
+        *counted = 1;
+        return 0;
+    }
     int C = cfg->copies;
     uint8_t *masked = hdlm_malloc((size_t)C * length);
     double *p = hdlm_malloc((size_t)C * sizeof *p);

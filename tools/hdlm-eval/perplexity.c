@@ -22,7 +22,8 @@ static const char *const PERPLEXITY_USAGE =
     "  --raw               raw weights (group params) instead of the EMA weights\n"
     "  --estimator E       masking (the reference's, method §9.1) | ardm (A.6 mode 1) | ardm-policy (A.6 mode 3:\n"
     "                      the K-call policy's NELBO) | ardm-order (A.6 mode 4: exact -log p(x | order, policy)\n"
-    "                      of one random order per copy) [ardm for ARDM-trained runs, else masking]\n"
+    "                      of one random order per copy) | ar (exact next-token -log p of an AR run)\n"
+    "                      [ar for AR runs, ardm for ARDM-trained runs, else masking]\n"
     "  --budget K          ardm-policy / ardm-order: network calls of the policy (K forwards per round)\n"
     "  --losses FILE       their policy: the DP optimum of these per-step losses (as hdlm-eval sample) [naive]\n"
     "  --copies N          noisy copies per round [16]\n"
@@ -35,6 +36,7 @@ static const char *const PERPLEXITY_USAGE =
 
 // What the number is (§11 item 8).
 static const char *validity(hdlm_nelbo_kind kind, hdlm_family family, bool ardm_run) {
+    if (kind == HDLM_NLL_AR) return "exact -log p of the next-token (AR) model: no bound, no Monte-Carlo error";
     if (kind == HDLM_NELBO_ARDM)
         return "valid upper bound on -log p for an ARDM (order-agnostic) model; not the ε/γ model's bound";
     if (kind == HDLM_NELBO_ARDM_POLICY)
@@ -109,10 +111,10 @@ int eval_perplexity_main(int argc, char **argv) {
     }
     hdlm_nelbo_kind kind = HDLM_NELBO_MASKING;
     bool known = estimator == NULL;
-    for (int k = HDLM_NELBO_MASKING; k <= HDLM_NELBO_ARDM_ORDER && !known; k++)
+    for (int k = HDLM_NELBO_MASKING; k <= HDLM_NLL_AR && !known; k++)
         if (strcmp(estimator, hdlm_nelbo_kind_name((hdlm_nelbo_kind)k)) == 0) kind = (hdlm_nelbo_kind)k, known = true;
     if (!known) {
-        fprintf(stderr, "hdlm-eval perplexity: --estimator expects masking, ardm, ardm-policy or ardm-order, "
+        fprintf(stderr, "hdlm-eval perplexity: --estimator expects masking, ardm, ardm-policy, ardm-order or ar, "
                         "got '%s'\n", estimator);
         return 2;
     }
@@ -127,8 +129,14 @@ int eval_perplexity_main(int argc, char **argv) {
     HDLM_MUST(eval_model_load(&em, ckpt, raw, 0));
     hdlm_family family = em.model->config.family;
     bool ardm_run = em.config.kind.objective == HDLM_OBJECTIVE_ARDM;
+    bool ar_run = em.config.kind.objective == HDLM_OBJECTIVE_AR;
     hdlm_nelbo_config cfg = hdlm_nelbo_config_default(family == HDLM_FAMILY_GAMMA);
-    cfg.kind = estimator ? kind : (ardm_run ? HDLM_NELBO_ARDM : HDLM_NELBO_MASKING);
+    cfg.kind = estimator ? kind : ar_run ? HDLM_NLL_AR : ardm_run ? HDLM_NELBO_ARDM : HDLM_NELBO_MASKING;
+    // A causal next-token network and a denoiser read their inputs differently: either estimator on the other is
+    // a number about nothing.
+    if (ar_run != (cfg.kind == HDLM_NLL_AR))
+        HDLM_DIE("--estimator %s on %s: the ar estimator goes with AR runs (training.objective = ar) and only with "
+                 "them", hdlm_nelbo_kind_name(cfg.kind), em.path);
     if (policy_kind && family == HDLM_FAMILY_GAMMA)
         HDLM_DIE("--estimator %s needs a model without σ input (ε family or ARDM), %s is γ", estimator, em.path);
     cfg.copies = (int)copies, cfg.rounds = (int)rounds, cfg.floor = floor_p, cfg.seed = (uint64_t)seed;
@@ -158,14 +166,20 @@ int eval_perplexity_main(int argc, char **argv) {
         HDLM_DIE("the bound is %g: the model's outputs are not finite on %s (diverged or damaged weights in %s?)",
                  res.bound, data_dir, em.path);
     if (hdlm_rank() == 0) {
-        if (policy_kind)
+        if (cfg.kind == HDLM_NLL_AR)
+            printf("estimator   ar (one causal forward per chunk)\n");
+        else if (policy_kind)
             printf("estimator   %s (budget %d, %s policy, copies %d, rounds %d, seed %ld)\n",
                    hdlm_nelbo_kind_name(cfg.kind), cfg.budget, losses ? "DP" : "naive", cfg.copies, cfg.rounds, seed);
         else
             printf("estimator   %s (copies %d, rounds %d, floor %g, seed %ld)\n", hdlm_nelbo_kind_name(cfg.kind),
                    cfg.copies, cfg.rounds, cfg.floor, seed);
-        printf("family      %s%s\n", hdlm_family_name(family), ardm_run ? " (ARDM objective)" : "");
-        printf("bound       %.6f nats/token (± %.6f Monte-Carlo standard error)\n", res.bound, res.std_error);
+        printf("family      %s%s\n", hdlm_family_name(family),
+               ardm_run ? " (ARDM objective)" : ar_run ? " (AR objective)" : "");
+        if (cfg.kind == HDLM_NLL_AR)
+            printf("nll         %.6f nats/token (exact)\n", res.bound);
+        else
+            printf("bound       %.6f nats/token (± %.6f Monte-Carlo standard error)\n", res.bound, res.std_error);
         printf("perplexity  %.4f\n", res.perplexity);
         printf("tokens      %" PRIu64 " scored as %" PRIu64 " chunks x %d%s\n", res.tokens, res.chunks,
                cfg.kind == HDLM_NELBO_MASKING ? L - 1 : L,
