@@ -140,6 +140,57 @@ static void test_cached_sampling_gives_the_same_tokens(void **state) {
 // The packed-weight product reproduces hdlm_sgemm's bits (the cached path uses it, the uncached forward hdlm_sgemm):
 // every row count from 1 to 70 (row tiles and their edges) and a large one, depths below, at and across the depth
 // blocking (one block, two blocks, a remainder, many blocks), output counts that are not multiples of the panels.
+
+// The AR sampler is the exact chain: every token is the draw of its own stream (seed, sample, position) from the
+// softmax over the real tokens of the causal forward's row at that position, given the tokens drawn before it. One
+// teacher-forced causal forward over the finished samples reproduces every draw; the KV-cached sampler gives the
+// same tokens; a prompt prefix is kept and conditions what follows.
+static void test_ar_sampler_is_the_exact_chain(void **state) {
+    (void)state;
+    hdlm_model *m = small_model(HDLM_FAMILY_EPSILON, HDLM_ROTARY_EXACT);
+    hdlm_denoiser d = hdlm_denoiser_model(m);
+    enum { B = 3 };
+    uint32_t x[B * L], cached[B * L], prompt[L] = {4, 7, 1};
+    uint8_t pmask[L] = {1, 1, 1};
+    for (int with_prompt = 0; with_prompt < 2; with_prompt++) {
+        hdlm_sampler_config cfg = {.kind = HDLM_SAMPLER_AR, .steps = L, .temperature = 0.8, .seed = 5};
+        if (with_prompt) cfg.prompt = prompt, cfg.prompt_mask = pmask;
+        assert_int_equal(hdlm_sample(&cfg, &d, B, L, 10, x, NULL, NULL), 0);
+        cfg.kv_cache = true;
+        assert_int_equal(hdlm_sample(&cfg, &d, B, L, 10, cached, NULL, NULL), 0);
+        assert_memory_equal(x, cached, sizeof x);
+        hdlm_corruption c;
+        hdlm_corruption_alloc(&c, B, L);
+        hdlm_ar_inputs(x, V - 2, &c);
+        hdlm_attn_mask causal = hdlm_mask_causal(L);
+        hdlm_model_input in = {.tokens = c.xt, .mask = &causal, .batch = B, .length = L};
+        assert_int_equal(hdlm_model_forward(m, &in), 0);
+        float scratch[V];
+        int distinct = 0;
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < L; i++) {
+                uint32_t got = x[b * L + i];
+                assert_true(got < V - 1);   // never MASK
+                if (with_prompt && i < 3) {
+                    assert_int_equal(got, prompt[i]);
+                    continue;
+                }
+                hdlm_rng rng;
+                hdlm_rng_init(&rng, hdlm_rng_key(cfg.seed, 10 + (uint64_t)b, (uint64_t)i, HDLM_RNG_SAMPLE));
+                uint32_t want = hdlm_sample_softmax(m->out + ((size_t)b * L + i) * V, V - 1, cfg.temperature, scratch,
+                                                    &rng);
+                if (got != want) fail_msg("sample %d position %d: %u, the chain draws %u", b, i, got, want);
+                distinct += i > 0 && got != x[b * L + i - 1];
+            }
+        assert_true(distinct > L);   // not a constant sequence
+        hdlm_corruption_free(&c);
+    }
+    // Only a next-token sampler runs one step per token.
+    hdlm_sampler_config bad = {.kind = HDLM_SAMPLER_AR, .steps = 4, .temperature = 1.0};
+    assert_int_equal(hdlm_sampler_check(&bad, V, L), -1);
+    hdlm_model_free(m);
+}
+
 static void test_packed_product_matches_sgemm_bits(void **state) {
     (void)state;
     const int ks[] = {16, 256, 400, 768, 900, 1500, 3072}, ns[] = {13, 77, 2304};
@@ -181,7 +232,7 @@ static void test_cache_needs_block_schedule(void **state) {
     assert_error_contains("--kv-cache needs the block schedule");
     cfg.kind = HDLM_SAMPLER_ACS, cfg.steps = 3;
     assert_int_equal(hdlm_sample(&cfg, &d, 1, L, 0, x, NULL, NULL), -1);
-    assert_error_contains("applies to the walk and gamma samplers");
+    assert_error_contains("applies to the walk, gamma and ar samplers");
     hdlm_schedule_free(&s);
     hdlm_model_free(m);
 }
@@ -190,6 +241,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cached_forward_matches_uncached),
         cmocka_unit_test(test_cached_sampling_gives_the_same_tokens),
+        cmocka_unit_test(test_ar_sampler_is_the_exact_chain),
         cmocka_unit_test(test_packed_product_matches_sgemm_bits),
         cmocka_unit_test(test_cache_needs_block_schedule),
     };

@@ -36,6 +36,7 @@ typedef enum {
     HDLM_SAMPLER_GAMMA_NAR = 2,   // γ analytic sampler over the hyperschedule (method §6.7)
     HDLM_SAMPLER_GAMMA_SAR = 3,   // its SAR form (method §6.8)
     HDLM_SAMPLER_WALK = 4,        // ε hyperschedule walker with the training masks (extension, §11 item 19)
+    HDLM_SAMPLER_AR = 5,          // next-token sampling of an AR model (training.objective = ar): L calls
 } hdlm_sampler_kind;
 
 // γ score at the current token (decision §14.2): parity keeps the network's value; sedd sets it to exp(0) = 1.
@@ -43,7 +44,8 @@ typedef enum { HDLM_GAMMA_SCORE_SEDD = 0, HDLM_GAMMA_SCORE_PARITY = 1 } hdlm_gam
 
 typedef struct {
     hdlm_sampler_kind kind;
-    int steps;                 // ancestral / ACS: number of steps n (γ and walk: the schedule decides, K_max - 1)
+    int steps;                 // ancestral / ACS: number of steps n (γ and walk: the schedule decides, K_max - 1;
+                               // ar: the length, one call per token)
     double eta;                // ACS / walk: correction strength η (0.01)
     double temperature;        // ε samplers: T (1.0)
     bool exclude_mask;         // ε samplers: never draw MASK (§11 item 20); off = reference behaviour
@@ -56,7 +58,8 @@ typedef struct {
     const uint8_t *prompt_mask;
     uint64_t seed;
     // walk / γ samplers on a model denoiser: keep settled blocks' K/V and run only the active positions (method §3.5,
-    // src/model/kv_cache.h); needs the block schedule with the block_causal context. Same tokens as without.
+    // src/model/kv_cache.h); needs the block schedule with the block_causal context. ar: keep every earlier
+    // position's K/V and run one row per call. The same tokens as without, up to the summation order.
     bool kv_cache;
 } hdlm_sampler_config;
 

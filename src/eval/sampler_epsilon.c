@@ -26,7 +26,7 @@ hdlm_denoiser hdlm_denoiser_model(hdlm_model *model) {
     return d;
 }
 
-static const char *const KIND_NAMES[] = {"ancestral", "acs", "gamma-nar", "gamma-sar", "walk"};
+static const char *const KIND_NAMES[] = {"ancestral", "acs", "gamma-nar", "gamma-sar", "walk", "ar"};
 
 const char *hdlm_sampler_kind_name(hdlm_sampler_kind kind) {
     return (unsigned)kind < sizeof KIND_NAMES / sizeof KIND_NAMES[0] ? KIND_NAMES[kind] : "?";
@@ -38,7 +38,8 @@ int hdlm_sampler_kind_parse(const char *name, const char *field, hdlm_sampler_ki
             *kind = (hdlm_sampler_kind)i;
             return 0;
         }
-    return HDLM_FAIL("%s: unknown sampler '%s' (expected ancestral, acs, gamma-nar, gamma-sar or walk)", field, name);
+    return HDLM_FAIL("%s: unknown sampler '%s' (expected ancestral, acs, gamma-nar, gamma-sar, walk or ar)", field,
+                     name);
 }
 
 static bool uses_schedule(hdlm_sampler_kind kind) {
@@ -46,7 +47,7 @@ static bool uses_schedule(hdlm_sampler_kind kind) {
 }
 
 int hdlm_sampler_check(const hdlm_sampler_config *cfg, int vocab, int length) {
-    HDLM_CHECK((unsigned)cfg->kind <= HDLM_SAMPLER_WALK, "sampler: unknown kind %d", (int)cfg->kind);
+    HDLM_CHECK((unsigned)cfg->kind <= HDLM_SAMPLER_AR, "sampler: unknown kind %d", (int)cfg->kind);
     HDLM_CHECK(vocab >= 2, "sampler: vocabulary %d too small (need real tokens and MASK)", vocab);
     HDLM_CHECK(length >= 1, "sampler: length %d must be positive", length);
     if (!uses_schedule(cfg->kind)) HDLM_CHECK(cfg->steps >= 1, "sampler: --steps must be >= 1, got %d", cfg->steps);
@@ -60,8 +61,11 @@ int hdlm_sampler_check(const hdlm_sampler_config *cfg, int vocab, int length) {
         HDLM_CHECK(cfg->schedule->length == length, "sampler: schedule length %d differs from the sample length %d",
                    cfg->schedule->length, length);
     }
-    if (cfg->kv_cache) {
-        HDLM_CHECK(uses_schedule(cfg->kind), "sampler: --kv-cache applies to the walk and gamma samplers, not %s",
+    if (cfg->kind == HDLM_SAMPLER_AR)
+        HDLM_CHECK(cfg->steps == length, "sampler: ar takes one step per token: steps %d, length %d", cfg->steps,
+                   length);
+    if (cfg->kv_cache && cfg->kind != HDLM_SAMPLER_AR) {
+        HDLM_CHECK(uses_schedule(cfg->kind), "sampler: --kv-cache applies to the walk, gamma and ar samplers, not %s",
                    hdlm_sampler_kind_name(cfg->kind));
         HDLM_CHECK(cfg->schedule->type == HDLM_SCHEDULE_BLOCK && cfg->schedule->context == HDLM_CONTEXT_BLOCK_CAUSAL,
                    "sampler: --kv-cache needs the block schedule with the block_causal context (method §3.5), "
@@ -277,6 +281,7 @@ int hdlm_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int
     HDLM_CHECK(!cfg->kv_cache || d->model, "sampler: the KV cache needs a model denoiser");
     if (cfg->kind == HDLM_SAMPLER_GAMMA_NAR || cfg->kind == HDLM_SAMPLER_GAMMA_SAR)
         return hdlm_gamma_sample(cfg, d, batch, length, first_sample, x, progress, progress_ctx);
+    if (cfg->kind == HDLM_SAMPLER_AR) return hdlm_ar_sample(cfg, d, batch, length, first_sample, x, progress, progress_ctx);
     for (size_t r = 0; r < (size_t)batch * length; r++) x[r] = (uint32_t)(d->vocab - 1);
     for (int b = 0; b < batch; b++) hdlm_sampler_impose_prompt(cfg, length, x + (size_t)b * length);
     if (cfg->kind == HDLM_SAMPLER_WALK)

@@ -23,6 +23,10 @@ int hdlm_sampler_step_forward(hdlm_denoiser *d, hdlm_kv_cache *cache, const hdlm
                               const float *sigma_row, int batch, int length, int window, int *first,
                               const float **out);
 
+// Next-token sampling of an AR model (sampler_ar.c), called by hdlm_sample after the checks.
+int hdlm_ar_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int length, uint64_t first_sample,
+                   uint32_t *x, hdlm_sampler_progress progress, void *pctx);
+
 // The γ analytic sampler (sampler_gamma.c), called by hdlm_sample after the checks.
 int hdlm_gamma_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int length, uint64_t first_sample,
                       uint32_t *x, hdlm_sampler_progress progress, void *pctx);

@@ -25,15 +25,15 @@ static const char *const SAMPLE_USAGE =
     "  --raw                 raw weights instead of EMA\n"
     "  --n N                 number of samples\n"
     "  --out FILE            JSONL output (written by rank 0)\n"
-    "  --sampler S           ancestral | acs | walk (ε), gamma-nar | gamma-sar (γ), ardm (budgeted)\n"
-    "                        [ancestral for ε, gamma-nar for γ]\n"
+    "  --sampler S           ancestral | acs | walk (ε), gamma-nar | gamma-sar (γ), ardm (budgeted), ar (AR runs:\n"
+    "                        next token, L calls) [ar for AR runs, ancestral for ε, gamma-nar for γ]\n"
     "  --steps S             ancestral/acs steps [128]; gamma and walk take K_max-1 steps of the schedule\n"
     "  --tau T               the schedule's τ for sampling (the reference's eval_tau) [annealing.tau]\n"
     "  --eta E               ACS / walk correction strength [0.01]\n"
     "  --temperature T       ε and ARDM samplers [1]\n"
     "  --no-mask             never draw MASK (ε samplers; the reference allows it)\n"
     "  --kv-cache            walk / gamma samplers: cache settled blocks' K/V (block schedule, block_causal context;\n"
-    "                        same tokens as without, method §3.5)\n"
+    "                        same tokens as without, method §3.5); ar: one row per call against the cache\n"
     "  --score sedd|parity   γ score at the current token (method §14.2) [sedd]\n"
     "  --budget K            ardm: network calls [--steps]\n"
     "  --losses FILE         ardm: per-step losses L_0..L_{L-1}, one per line; the policy is the DP optimum\n"
@@ -212,8 +212,15 @@ int eval_sample_main(int argc, char **argv) {
                                                                                   : HDLM_GAMMA_SCORE_SEDD,
                                .schedule = em.has_schedule ? &em.schedule : NULL, .seed = (uint64_t)a.seed,
                                .kv_cache = a.kv_cache};
+    bool ar_run = em.config.kind.objective == HDLM_OBJECTIVE_AR;
+    if (ar_run) cfg.kind = HDLM_SAMPLER_AR;
     if (a.sampler && strcmp(a.sampler, "ardm") == 0) ardm = true;
     else if (a.sampler) HDLM_MUST(hdlm_sampler_kind_parse(a.sampler, "--sampler", &cfg.kind));
+    // A next-token network only continues a prefix; a denoiser only denoises.
+    if (ar_run != (!ardm && cfg.kind == HDLM_SAMPLER_AR))
+        HDLM_DIE("--sampler %s on %s: the ar sampler goes with AR runs (training.objective = ar) and only with them",
+                 ardm ? "ardm" : hdlm_sampler_kind_name(cfg.kind), em.path);
+    if (cfg.kind == HDLM_SAMPLER_AR) cfg.steps = L;
     bool gamma_kind = cfg.kind == HDLM_SAMPLER_GAMMA_NAR || cfg.kind == HDLM_SAMPLER_GAMMA_SAR;
     if (!ardm && gamma_kind != gamma)
         HDLM_DIE("--sampler %s does not fit the %s model in %s", hdlm_sampler_kind_name(cfg.kind),
