@@ -3,7 +3,9 @@
 // the γ SAR sampler does) and the γ NAR sampler (uncached: full-length forward every step, as the reference). Also
 // checks that both paths give the same tokens. Prints wall and process CPU time (on a shared machine run it with
 // OMP_NUM_THREADS=1: the CPU-time ratio is then the work ratio) and the FLOP ratio of the two paths' linear layers
-// and head (attention left out).
+// and head (attention left out). `--sampler ar`: next-token generation (the AR baseline), uncached = one causal
+// forward over the prefix per token (every row's logits, as a model without a cache computes them), cached = one row
+// per token against the cache.
 #include <getopt.h>
 #include <math.h>
 #include <omp.h>
@@ -21,7 +23,7 @@
 static void usage(FILE *out) {
     fprintf(out, "usage: hdlm-bench kvcache [--length L] [--width D] [--layers N] [--heads H] [--tau T] [--batch B]\n"
                  "                        [--omega 16|4]   (only ω = L/16 or L/4; default both)\n"
-                 "                        [--sampler walk|gamma-nar] (default both) [--repeat R]\n"
+                 "                        [--sampler walk|gamma-nar|ar] (default walk and gamma-nar) [--repeat R]\n"
                  "  --repeat R: R alternating runs of each path, the fastest of each kept (a busy machine)\n"
                  "  defaults: L 1024, width 256, 4 layers, 4 heads, V 50258, τ 2, batch 1 (random weights)\n");
 }
@@ -64,6 +66,42 @@ static double linear_flops(const hdlm_model_config *c, const hdlm_schedule *s, b
     return total + settled * per_row;
 }
 
+// The same for next-token generation: uncached, position i runs the prefix [0, i] with every row's logits; cached,
+// each position enters once without and runs once as a query with them.
+static double ar_flops(const hdlm_model_config *c, int length, bool cached) {
+    double d = c->width, per_row = 2.0 * c->n_layers * 12 * d * d, head = 2.0 * d * c->vocab;
+    if (cached) return length * (per_row + head) + (length - 1) * per_row;
+    return 0.5 * length * (length + 1.0) * (per_row + head);
+}
+
+// One row of the table: the fastest of `repeat` alternating runs of each path.
+static void time_paths(hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int length, int repeat,
+                       const char *omega, double flop_ratio) {
+    uint32_t *plain = hdlm_malloc((size_t)batch * length * sizeof *plain);
+    uint32_t *cached = hdlm_malloc((size_t)batch * length * sizeof *cached);
+    // The two paths alternate, so a change in the machine's load hits both; the fastest run of each counts.
+    double t_plain = INFINITY, c_plain = INFINITY, t_cached = INFINITY, c_cached = INFINITY;
+    bool same = true;
+    for (int r = 0; r < repeat; r++) {
+        for (int use_cache = 0; use_cache < 2; use_cache++) {
+            cfg->kv_cache = use_cache;
+            double t0 = hdlm_time_now(), c0 = cpu_now();
+            HDLM_MUST(hdlm_sample(cfg, d, batch, length, 0, use_cache ? cached : plain, NULL, NULL));
+            double t = hdlm_time_now() - t0, c = cpu_now() - c0;
+            double *tb = use_cache ? &t_cached : &t_plain, *cb = use_cache ? &c_cached : &c_plain;
+            *tb = t < *tb ? t : *tb;
+            *cb = c < *cb ? c : *cb;
+        }
+        same &= memcmp(plain, cached, (size_t)batch * length * sizeof *plain) == 0;
+    }
+    printf("%-10s %-5s %5d %11.2f %9.2f %7.1fx %11.2f %9.2f %8.1fx %9.1fx %s\n", hdlm_sampler_kind_name(cfg->kind),
+           omega, hdlm_sampler_calls(cfg), t_plain, t_cached, t_plain / t_cached, c_plain, c_cached,
+           c_plain / c_cached, flop_ratio, same ? "yes" : "NO");
+    fflush(stdout);
+    free(plain);
+    free(cached);
+}
+
 int bench_kvcache_main(int argc, char **argv) {
     static const struct option options[] = {
         {"length", required_argument, NULL, 'L'}, {"width", required_argument, NULL, 'd'},
@@ -92,13 +130,22 @@ int bench_kvcache_main(int argc, char **argv) {
     }
     if (length < 16 || length % 16 || width < 2 || layers < 1 || heads < 1 || tau < 2 || batch < 1 || repeat < 1 ||
         (only != 0 && only != 4 && only != 16) ||
-        (sampler && strcmp(sampler, "walk") != 0 && strcmp(sampler, "gamma-nar") != 0))
-        HDLM_DIE("kvcache: need L a multiple of 16, τ >= 2, positive sizes, --omega 4 or 16, --sampler walk or "
-                 "gamma-nar");
+        (sampler && strcmp(sampler, "walk") != 0 && strcmp(sampler, "gamma-nar") != 0 && strcmp(sampler, "ar") != 0))
+        HDLM_DIE("kvcache: need L a multiple of 16, τ >= 2, positive sizes, --omega 4 or 16, --sampler walk, "
+                 "gamma-nar or ar");
     printf("kvcache: L %d, width %d, %d layers, %d heads, V 50258, τ %d, batch %d, random weights, %d OpenMP "
            "thread(s), fastest of %d\n", length, width, layers, heads, tau, batch, omp_get_max_threads(), repeat);
     printf("%-10s %-5s %5s %11s %9s %8s %11s %9s %8s %10s %s\n", "sampler", "ω", "calls", "no cache s", "cache s",
            "speed-up", "no cache cpu", "cache cpu", "cpu ratio", "FLOP ratio", "same tokens");
+    if (sampler && strcmp(sampler, "ar") == 0) {
+        hdlm_model *m = bench_model(HDLM_FAMILY_EPSILON, width, layers, heads, length);
+        hdlm_denoiser d = hdlm_denoiser_model(m);
+        hdlm_sampler_config cfg = {.kind = HDLM_SAMPLER_AR, .steps = length, .temperature = 1, .seed = 1};
+        time_paths(&cfg, &d, batch, length, repeat, "1",
+                   ar_flops(&m->config, length, false) / ar_flops(&m->config, length, true));
+        hdlm_model_free(m);
+        return 0;
+    }
     for (int fam = 0; fam < 2; fam++) {
         if (sampler && (strcmp(sampler, "gamma-nar") == 0) != fam) continue;
         hdlm_model *m = bench_model(fam ? HDLM_FAMILY_GAMMA : HDLM_FAMILY_EPSILON, width, layers, heads, length);
@@ -110,32 +157,10 @@ int bench_kvcache_main(int argc, char **argv) {
                                          HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_FULL));
             hdlm_sampler_config cfg = {.kind = fam ? HDLM_SAMPLER_GAMMA_NAR : HDLM_SAMPLER_WALK, .eta = 0.01,
                                        .temperature = 1, .gamma = 0.01, .schedule = &s, .seed = 1};
-            uint32_t *plain = hdlm_malloc((size_t)batch * length * sizeof *plain);
-            uint32_t *cached = hdlm_malloc((size_t)batch * length * sizeof *cached);
-            // The two paths alternate, so a change in the machine's load hits both; the fastest run of each counts.
-            double t_plain = INFINITY, c_plain = INFINITY, t_cached = INFINITY, c_cached = INFINITY;
-            bool same = true;
-            for (int r = 0; r < repeat; r++) {
-                for (int use_cache = 0; use_cache < 2; use_cache++) {
-                    cfg.kv_cache = use_cache;
-                    double t0 = hdlm_time_now(), c0 = cpu_now();
-                    HDLM_MUST(hdlm_sample(&cfg, &d, batch, length, 0, use_cache ? cached : plain, NULL, NULL));
-                    double t = hdlm_time_now() - t0, c = cpu_now() - c0;
-                    double *tb = use_cache ? &t_cached : &t_plain, *cb = use_cache ? &c_cached : &c_plain;
-                    *tb = t < *tb ? t : *tb;
-                    *cb = c < *cb ? c : *cb;
-                }
-                same &= memcmp(plain, cached, (size_t)batch * length * sizeof *plain) == 0;
-            }
-            double flop_ratio = linear_flops(&m->config, &s, fam, false) / linear_flops(&m->config, &s, fam, true);
             char omega[32];
             snprintf(omega, sizeof omega, "L/%d", div);
-            printf("%-10s %-5s %5d %11.2f %9.2f %7.1fx %11.2f %9.2f %8.1fx %9.1fx %s\n",
-                   hdlm_sampler_kind_name(cfg.kind), omega, hdlm_sampler_calls(&cfg), t_plain, t_cached,
-                   t_plain / t_cached, c_plain, c_cached, c_plain / c_cached, flop_ratio, same ? "yes" : "NO");
-            fflush(stdout);
-            free(plain);
-            free(cached);
+            time_paths(&cfg, &d, batch, length, repeat, omega,
+                       linear_flops(&m->config, &s, fam, false) / linear_flops(&m->config, &s, fam, true));
             hdlm_schedule_free(&s);
         }
         hdlm_model_free(m);
