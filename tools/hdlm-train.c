@@ -193,7 +193,7 @@ int main(int argc, char **argv) {
     int64_t n_iters = cfg.training.n_iters, first = info.update, skipped = 0, last_tokens = info.tokens_seen;
     if (!resume && info.has_valid) {   // the untrained model's validation loss: the baseline of the run
         double val = hdlm_trainer_eval(t);
-        hdlm_metrics_record r = {0, 0, 0, 0, NAN, NAN, NAN, NAN, NAN, 0, NAN, val, 0};
+        hdlm_metrics_record r = {0, 0, 0, 0, NAN, NAN, NAN, NAN, NAN, 0, NAN, val, 0, hdlm_train_loss_unit(&cfg.kind)};
         HDLM_MUST(hdlm_metrics_write(&metrics, &r));
         hdlm_log("update 0/%lld | val %.4f\n", (long long)n_iters, val);
     }
@@ -221,17 +221,18 @@ int main(int argc, char **argv) {
             double tok_s = (double)(info.tokens_seen - last_tokens) / fmax(now - last_time - excluded, 1e-9);
             double eta = elapsed / (double)(u - first) * (double)(n_iters - u);
             double loss = loss_sum / loss_count;
-            hdlm_metrics_record r = {u, info.epoch, info.micro_step, info.tokens_seen, loss, s.lr, s.grad_norm,
-                                     tok_s, tok_s * info.flops_per_token / peak, elapsed, eta, val, skipped};
+            hdlm_metrics_record r = {u,     info.epoch, info.micro_step, info.tokens_seen, loss, s.lr,
+                                     s.grad_norm, tok_s, tok_s * info.flops_per_token / peak, elapsed, eta, val,
+                                     skipped, hdlm_train_loss_unit(&cfg.kind)};
             HDLM_MUST(hdlm_metrics_write(&metrics, &r));
             char el[32], et[32], vl[48] = "";
             format_duration(elapsed, el, sizeof el);
             format_duration(eta, et, sizeof et);
             if (isfinite(val)) snprintf(vl, sizeof vl, " | val %.4f", val);
-            hdlm_log("update %lld/%lld | epoch %lld | loss %.4f | lr %.3e | grad %.3f | %.0f tok/s | %.1f%% of peak | "
-                     "%s elapsed | ETA %s%s\n",
-                     (long long)u, (long long)n_iters, (long long)info.epoch, loss, s.lr, s.grad_norm, tok_s,
-                     100.0 * r.flops_fraction, el, et, vl);
+            hdlm_log("update %lld/%lld | epoch %lld | loss %.4f %s | lr %.3e | grad %.3f | %.0f tok/s | %.1f%% of "
+                     "peak | %s elapsed | ETA %s%s\n",
+                     (long long)u, (long long)n_iters, (long long)info.epoch, loss, r.loss_unit, s.lr, s.grad_norm,
+                     tok_s, 100.0 * r.flops_fraction, el, et, vl);
             last_time = hdlm_time_now();
             last_tokens = info.tokens_seen;
             excluded = 0;

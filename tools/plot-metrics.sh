@@ -11,8 +11,9 @@ command -v gnuplot > /dev/null || { echo "$0: gnuplot not found: apt-get install
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # JSON Lines -> whitespace columns: update loss val_loss tokens_per_s flops_fraction (NaN where absent)
-python3 - "$in" > "$tmp/data" <<'PY'
+python3 - "$in" "$tmp/unit" > "$tmp/data" <<'PY'
 import json, sys
+unit = "loss"
 for n, line in enumerate(open(sys.argv[1]), 1):
     if not line.strip():
         continue
@@ -22,6 +23,9 @@ for n, line in enumerate(open(sys.argv[1]), 1):
         sys.exit(f"{sys.argv[1]}:{n}: not JSON ({e})")
     val = lambda k: "NaN" if r.get(k) is None else repr(float(r[k]))
     print(r["update"], val("loss"), val("val_loss"), val("tokens_per_s"), val("flops_fraction"))
+    if "loss_unit" in r:
+        unit = f"loss ({r['loss_unit']})"
+open(sys.argv[2], "w").write(unit)
 PY
 [ -s "$tmp/data" ] || { echo "$0: $in holds no records" >&2; exit 1; }
 gnuplot <<GP
@@ -30,7 +34,7 @@ set output "$out"
 set datafile missing "NaN"
 set multiplot layout 2,1 title "$(basename "$(dirname "$in")")"
 set xlabel "optimizer update"
-set ylabel "loss"
+set ylabel "$(cat "$tmp/unit")"
 set grid
 plot "$tmp/data" using 1:2 with lines lw 1.5 title "training loss", \
      "$tmp/data" using 1:3 with linespoints pt 7 ps 0.8 lw 2 title "validation loss (EMA)"

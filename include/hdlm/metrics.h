@@ -13,6 +13,7 @@ typedef struct {
     double elapsed_s, eta_s;
     double val_loss;                        // NAN: not evaluated at this update (written as null)
     int64_t skipped;                        // updates skipped so far (non-finite gradients)
+    const char *loss_unit;                  // what loss and val_loss count (hdlm_train_loss_unit); NULL: not written
 } hdlm_metrics_record;
 
 typedef struct {

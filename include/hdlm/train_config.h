@@ -112,6 +112,11 @@ int hdlm_train_config_resolve(hdlm_train_config *c);
 // method §2.5). The caller frees it with hdlm_schedule_free.
 int hdlm_train_config_schedule(const hdlm_train_config *c, int length, int tau, bool for_sampling, hdlm_schedule *s);
 
+// What the training loss of a resolved configuration counts, for the progress line and metrics.jsonl:
+// "nats/token" (ε: the weighted CE averaged over active positions, method §4.3; AR: next-token CE), "nats/seq"
+// (γ: the per-sequence NELBO estimate D + C of method §5.6), "bits/token" (ARDM, method §13 A.3).
+const char *hdlm_train_loss_unit(const hdlm_train_kinds *kind);
+
 // The model configuration a training configuration describes (vocabulary 50258 with MASK, method §1).
 int hdlm_train_config_model(const hdlm_train_config *c, hdlm_model_config *model);
 

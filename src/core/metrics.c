@@ -57,6 +57,7 @@ int hdlm_metrics_write(hdlm_metrics *m, const hdlm_metrics_record *r) {
     put_number(f, "elapsed_s", r->elapsed_s);
     put_number(f, "eta_s", r->eta_s);
     put_number(f, "val_loss", r->val_loss);
+    if (r->loss_unit) fprintf(f, ",\"loss_unit\":\"%s\"", r->loss_unit);
     fprintf(f, ",\"skipped\":%lld}\n", (long long)r->skipped);
     HDLM_CHECK(fflush(f) == 0 && !ferror(f), "cannot write the metrics file %s: %s (record of update %lld lost)",
                m->path, strerror(errno), (long long)r->update);

@@ -183,6 +183,14 @@ int hdlm_train_config_schedule(const hdlm_train_config *c, int length, int tau, 
                               c->annealing.sampling_eps, k->context, k->block);
 }
 
+const char *hdlm_train_loss_unit(const hdlm_train_kinds *k) {
+    switch (k->objective) {
+    case HDLM_OBJECTIVE_GAMMA: return "nats/seq";
+    case HDLM_OBJECTIVE_ARDM: return "bits/token";
+    default: return "nats/token";
+    }
+}
+
 int hdlm_train_config_model(const hdlm_train_config *c, hdlm_model_config *m) {
     hdlm_train_config resolved = *c;   // callers may not have resolved a configuration they read themselves
     HDLM_TRY(hdlm_train_config_resolve(&resolved));
