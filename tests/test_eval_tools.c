@@ -27,9 +27,10 @@
     HDLM_BIN_DIR "/hdlm-eval"
 
 enum { LENGTH = 16 };
-static char run_eps[4200], run_gamma[4200], data_dir[4200], bad_dir[4200], tmp[2048];
+static char run_eps[4200], run_gamma[4200], run_ar[4200], data_dir[4200], bad_dir[4200], tmp[2048];
 
-static void make_checkpoint(hdlm_family f, const char *root) {
+// objective: "hdlm", or "ar" for the AR baseline (ε network, causal).
+static void make_checkpoint(hdlm_family f, const char *root, const char *objective) {
     char path[4200];
     snprintf(path, sizeof path, "%s/jobs/configs/%s.yaml", HDLM_SOURCE_DIR,
              f == HDLM_FAMILY_GAMMA ? "gamma_hdlm" : "epsilon_hdlm");
@@ -40,6 +41,9 @@ static void make_checkpoint(hdlm_family f, const char *root) {
                         "model.length=16", "model.dropout=0", "annealing.width=8"};
     for (size_t i = 0; i < sizeof ov / sizeof ov[0]; i++)
         assert_int_equal(hdlm_config_override(&hdlm_train_config_schema, &c, ov[i]), 0);
+    char obj[64];
+    snprintf(obj, sizeof obj, "training.objective=%s", objective);
+    assert_int_equal(hdlm_config_override(&hdlm_train_config_schema, &c, obj), 0);
     hdlm_model_config mc;
     assert_int_equal(hdlm_train_config_model(&c, &mc), 0);
     hdlm_model *m;
@@ -69,11 +73,13 @@ static int setup(void **state) {
     snprintf(tmp, sizeof tmp, "%s", test_tmp_dir("eval_tools"));
     snprintf(run_eps, sizeof run_eps, "%s/eps/checkpoints", tmp);
     snprintf(run_gamma, sizeof run_gamma, "%s/gamma/checkpoints", tmp);
+    snprintf(run_ar, sizeof run_ar, "%s/ar/checkpoints", tmp);
     snprintf(data_dir, sizeof data_dir, "%s/data", tmp);
     snprintf(bad_dir, sizeof bad_dir, "%s/bad", tmp);
     test_run("mkdir -p %s %s", data_dir, bad_dir);
-    make_checkpoint(HDLM_FAMILY_EPSILON, run_eps);
-    make_checkpoint(HDLM_FAMILY_GAMMA, run_gamma);
+    make_checkpoint(HDLM_FAMILY_EPSILON, run_eps, "hdlm");
+    make_checkpoint(HDLM_FAMILY_GAMMA, run_gamma, "hdlm");
+    make_checkpoint(HDLM_FAMILY_EPSILON, run_ar, "ar");
     make_shard(data_dir, HDLM_GPT2_VOCAB, 50256);
     make_shard(bad_dir, 60000, 55000);   // ids beyond the model's 50257 real tokens
     return 0;
@@ -244,6 +250,59 @@ static void test_sample_jsonl(void **state) {
     free(b);
 }
 
+// An AR run through the tools: the exact likelihood by default (the denoisers' estimators refused), next-token
+// samples with the prompt kept and the same with the KV cache, and those samples scored by the AR model as the
+// gen-PPL judge straight from hdlm-eval sample's output.
+static void test_ar_run(void **state) {
+    (void)state;
+    char out[4200], out2[4200], err[4200];
+    snprintf(out, sizeof out, "%s/ar.jsonl", tmp);
+    snprintf(out2, sizeof out2, "%s/ar_cached.jsonl", tmp);
+    snprintf(err, sizeof err, "%s/err.txt", tmp);
+    assert_int_equal(test_run(EVAL " perplexity --ckpt %s --data %s --json > %s/ar_ppl.txt 2>/dev/null", run_ar,
+                              data_dir, tmp), 0);
+    char path[4300];
+    snprintf(path, sizeof path, "%s/ar_ppl.txt", tmp);
+    char *text = slurp(path);
+    assert_non_null(strstr(text, "nats/token (exact)"));
+    free(text);
+    cJSON *j = last_json(path);
+    assert_string_equal(cJSON_GetObjectItem(j, "estimator")->valuestring, "ar");
+    assert_int_equal(cJSON_GetObjectItem(j, "tokens")->valueint, 3 * LENGTH);   // every token of each chunk
+    assert_true(cJSON_GetObjectItem(j, "bound")->valuedouble > 0);
+    cJSON_Delete(j);
+    assert_int_equal(test_run(EVAL " perplexity --ckpt %s --data %s --estimator masking 2> %s", run_ar, data_dir, err),
+                     1);
+    text = slurp(err);
+    assert_non_null(strstr(text, "the ar estimator goes with AR runs"));
+    free(text);
+    assert_int_equal(test_run(EVAL " perplexity --ckpt %s --data %s --estimator ar 2> %s", run_eps, data_dir, err), 1);
+    const char *tok = test_cache_path("gpt2");
+    for (int cached = 0; cached < 2; cached++)
+        assert_int_equal(test_run(EVAL " sample --ckpt %s --n 4 --batch 3 --seed 2 --tokenizer %s --out %s "
+                                  "--prompt-ids 464,3290 %s > /dev/null 2>&1", run_ar, tok, cached ? out2 : out,
+                                  cached ? "--kv-cache" : ""), 0);
+    char *a = slurp(out), *b = slurp(out2);
+    assert_string_equal(a, b);
+    assert_non_null(strstr(a, "\"sampler\":\"ar\""));
+    assert_non_null(strstr(a, "\"ids\":[464,3290,"));
+    free(a);
+    free(b);
+    assert_int_equal(test_run(EVAL " sample --ckpt %s --n 2 --out %s --sampler ancestral 2> %s", run_ar, out2, err), 1);
+    assert_int_equal(test_run(EVAL " genppl --ar-judge %s --samples %s > %s/genppl.txt 2>&1", run_ar, out, tmp), 0);
+    snprintf(path, sizeof path, "%s/genppl.txt", tmp);
+    text = slurp(path);
+    double ppl = 0;
+    assert_non_null(strstr(text, "judge hdlm AR model"));
+    assert_int_equal(sscanf(text, "gen_ppl %lf", &ppl), 1);
+    assert_true(ppl > 1 && isfinite(ppl));
+    free(text);
+    assert_int_equal(test_run(EVAL " genppl --ar-judge %s --samples %s 2> %s", run_eps, out, err), 1);
+    text = slurp(err);
+    assert_non_null(strstr(text, "not an AR run"));
+    free(text);
+}
+
 static void test_bad_inputs_refused(void **state) {
     (void)state;
     char err[4200];
@@ -282,6 +341,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_perplexity_one_and_two_ranks),
         cmocka_unit_test(test_sample_jsonl),
+        cmocka_unit_test(test_ar_run),
         cmocka_unit_test(test_bad_inputs_refused),
     };
     return cmocka_run_group_tests_name("eval_tools", tests, setup, NULL);

@@ -12,6 +12,8 @@
 #include "hdlm/dataset.h"
 #include "hdlm/features.h"
 #include "hdlm/gpt2.h"
+#include "hdlm/likelihood.h"
+#include "hdlm/sampler.h"
 #include "hdlm/tokenizer.h"
 
 typedef struct {
@@ -26,14 +28,16 @@ static void sample_set_free(sample_set *s) {
     free(s->lens);
 }
 
-// One JSONL line {"token_ids": [...]} (other fields ignored); ids must lie in [0, vocab).
+// One JSONL line {"token_ids": [...]} or hdlm-eval sample's {"ids": [...]} (other fields ignored); ids must lie in
+// [0, vocab).
 static int parse_sample(const char *path, long line_no, const char *line, int vocab, sample_set *s) {
     cJSON *json = cJSON_Parse(line);
     HDLM_CHECK(json, "%s:%ld: not valid JSON", path, line_no);
     const cJSON *arr = cJSON_GetObjectItemCaseSensitive(json, "token_ids");
+    if (!arr) arr = cJSON_GetObjectItemCaseSensitive(json, "ids");
     int n = cJSON_IsArray(arr) ? cJSON_GetArraySize(arr) : -1;
     if (n < 1) cJSON_Delete(json);
-    HDLM_CHECK(n >= 1, "%s:%ld: expected an object with a non-empty array 'token_ids'", path, line_no);
+    HDLM_CHECK(n >= 1, "%s:%ld: expected an object with a non-empty array 'token_ids' (or 'ids')", path, line_no);
     uint32_t *ids = hdlm_malloc((size_t)n * sizeof(uint32_t));
     int k = 0;
     for (const cJSON *it = arr->child; it; it = it->next, k++) {
@@ -72,7 +76,7 @@ static int read_samples(const char *path, int vocab, sample_set *s) {
     }
     free(line);
     fclose(f);
-    if (rc == 0 && s->n == 0) rc = HDLM_FAIL("%s: no samples (JSONL lines with 'token_ids')", path);
+    if (rc == 0 && s->n == 0) rc = HDLM_FAIL("%s: no samples (JSONL lines with 'token_ids' or 'ids')", path);
     if (rc != 0) sample_set_free(s);
     return rc;
 }
@@ -122,13 +126,15 @@ static int load_judge(hdlm_gpt2 *g, const char *path, int heads) {
 }
 
 static const char *const GENPPL_USAGE =
-    "usage: hdlm-eval genppl --judge DIR_OR_FILE --samples FILE.jsonl [--heads N] [--keep-remainder]\n"
+    "usage: hdlm-eval genppl --judge DIR_OR_FILE|--ar-judge CKPT --samples FILE.jsonl [--heads N] [--keep-remainder]\n"
     "Generative perplexity of sampled token ids under a GPT-2 judge: per sample exp(mean NLL over positions\n"
     "1..L-1) of the raw ids (no BOS/EOS), then the mean and population std of those perplexities over the first\n"
     "4*floor(n/4) samples: the reference scores batches of 4 and drops the last n mod 4 samples (method §9.3,\n"
     "§11 item 31: reproduced for parity; the line says how many were dropped).\n"
     "  --judge P        model.safetensors (HF GPT2Model or GPT2LMHeadModel keys) or a directory holding it\n"
-    "  --samples FILE   JSONL, one {\"token_ids\": [...]} per line (2 <= length <= the judge's n_ctx)\n"
+    "  --ar-judge CKPT  instead: an hdlm AR run's checkpoint (training.objective = ar, EMA weights); it scores\n"
+    "                   every token after its start token (the exact -log p of hdlm-eval perplexity --estimator ar)\n"
+    "  --samples FILE   JSONL, one {\"token_ids\": [...]} or {\"ids\": [...]} per line (2 <= length <= n_ctx)\n"
     "  --heads N        head count (default: config.json's n_head next to the weights, else d / 64)\n"
     "  --keep-remainder score every sample (the last n mod 4 too; not the reference's number)\n"
     "  --help           this text\n";
@@ -140,18 +146,19 @@ static const struct option JUDGE_OPTS[] = {
     {"text-shards", required_argument, NULL, 't'}, {"split", required_argument, NULL, 'p'},
     {"chunk-len", required_argument, NULL, 'c'}, {"count", required_argument, NULL, 'n'},
     {"keep-remainder", no_argument, NULL, 'k'}, {"help", no_argument, NULL, 'h'},
+    {"ar-judge", required_argument, NULL, 'a'},
     {NULL, 0, NULL, 0},
 };
 
 typedef struct {
-    const char *judge, *samples, *out, *role, *shards, *split;
+    const char *judge, *ar_judge, *samples, *out, *role, *shards, *split;
     long heads, max_tokens, chunk_len, count;
     bool keep_remainder;
 } judge_args;
 
 // Parses the flags `allowed` (option letters) of JUDGE_OPTS; 0 ok, 1 help printed, 2 bad usage.
 static int parse_args(const char *cmd, const char *usage, const char *allowed, int argc, char **argv, judge_args *a) {
-    *a = (judge_args){NULL, NULL, NULL, "q_model", NULL, "validation", 0, 128, 0, 0, false};
+    *a = (judge_args){NULL, NULL, NULL, NULL, "q_model", NULL, "validation", 0, 128, 0, 0, false};
     optind = 1;
     opterr = 0;
     int c;
@@ -162,6 +169,7 @@ static int parse_args(const char *cmd, const char *usage, const char *allowed, i
         }
         switch (c) {
         case 'j': a->judge = optarg; break;
+        case 'a': a->ar_judge = optarg; break;
         case 's': a->samples = optarg; break;
         case 'o': a->out = optarg; break;
         case 'r': a->role = optarg; break;
@@ -180,8 +188,9 @@ static int parse_args(const char *cmd, const char *usage, const char *allowed, i
         return 2;
     }
     int shards = strchr(allowed, 't') != NULL;
-    if (!a->judge || !a->samples == !a->shards || (shards && !a->out)) {
-        fprintf(stderr, "hdlm-eval %s: --judge, %s are required\n%s", cmd,
+    if (!a->judge == !a->ar_judge || !a->samples == !a->shards || (shards && !a->out)) {
+        fprintf(stderr, "hdlm-eval %s: one judge (%s), %s are required\n%s", cmd,
+                strchr(allowed, 'a') ? "--judge or --ar-judge" : "--judge",
                 shards ? "one of --samples / --text-shards, and --out" : "--samples", usage);
         return 2;
     }
@@ -192,19 +201,69 @@ static int parse_args(const char *cmd, const char *usage, const char *allowed, i
     return 0;
 }
 
+// The judge of genppl: GPT-2, or an hdlm AR model (exact next-token -log p after its start token).
+typedef struct {
+    hdlm_gpt2 gpt2;
+    eval_model ar;
+    bool is_ar;
+    int n_ctx;
+} genppl_judge;
+
+static int genppl_judge_load(genppl_judge *j, const judge_args *a) {
+    memset(j, 0, sizeof *j);
+    if (!a->ar_judge) {
+        HDLM_TRY(load_judge(&j->gpt2, a->judge, (int)a->heads));
+        j->n_ctx = j->gpt2.n_ctx;
+        return 0;
+    }
+    HDLM_TRY(eval_model_load(&j->ar, a->ar_judge, false, 0));
+    j->is_ar = true;
+    j->n_ctx = j->ar.model->config.max_length;
+    if (j->ar.config.kind.objective != HDLM_OBJECTIVE_AR || j->ar.model->config.vocab != HDLM_MODEL_VOCAB) {
+        eval_model_free(&j->ar);
+        return HDLM_FAIL("--ar-judge %s: not an AR run on GPT-2 tokens (training.objective = ar)", a->ar_judge);
+    }
+    return 0;
+}
+
+static void genppl_judge_free(genppl_judge *j) {
+    if (j->is_ar) eval_model_free(&j->ar);
+    else hdlm_gpt2_free(&j->gpt2);
+}
+
+// Σ NLL (nats) of the scored tokens of one sample and their count.
+static int genppl_judge_score(genppl_judge *j, const uint32_t *ids, int len, double *sum, int *count) {
+    if (j->is_ar) {
+        hdlm_denoiser d = hdlm_denoiser_model(j->ar.model);
+        hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
+        cfg.kind = HDLM_NLL_AR;
+        double var;
+        int counted;
+        *count = len;
+        return hdlm_nelbo_chunk(&d, &cfg, ids, len, 0, sum, &var, &counted);
+    }
+    double *nll = hdlm_malloc((size_t)len * sizeof(double));
+    int rc = hdlm_gpt2_forward(&j->gpt2, ids, len, NULL, nll);
+    *sum = 0.0;
+    for (int t = 1; t < len; t++) *sum += nll[t];
+    *count = len - 1;
+    free(nll);
+    return rc;
+}
+
 static int run_genppl(const judge_args *a) {
-    hdlm_gpt2 g;
-    HDLM_TRY(load_judge(&g, a->judge, (int)a->heads));
+    genppl_judge g;
+    HDLM_TRY(genppl_judge_load(&g, a));
     sample_set s;
-    if (read_samples(a->samples, g.vocab, &s) != 0) {
-        hdlm_gpt2_free(&g);
+    if (read_samples(a->samples, HDLM_GPT2_VOCAB, &s) != 0) {
+        genppl_judge_free(&g);
         return -1;
     }
     // The reference's batches of 4 (method §9.3): the last n mod 4 samples never reach the judge (§11 item 31).
     int used = a->keep_remainder ? s.n : s.n / 4 * 4, dropped = s.n - used;
     if (used == 0) {
         sample_set_free(&s);
-        hdlm_gpt2_free(&g);
+        genppl_judge_free(&g);
         return HDLM_FAIL("%s: %d sample(s) make no batch of 4 (the reference scores batches of 4 and drops the "
                          "remainder); pass --keep-remainder to score them", a->samples, dropped);
     }
@@ -216,30 +275,29 @@ static int run_genppl(const judge_args *a) {
                            s.lens[i], g.n_ctx);
             break;
         }
-        double *nll = hdlm_malloc((size_t)s.lens[i] * sizeof(double));
-        rc = hdlm_gpt2_forward(&g, s.ids[i], s.lens[i], NULL, nll);
-        double sum = 0.0;
-        for (int t = 1; t < s.lens[i]; t++) sum += nll[t];
-        ppl[i] = exp(sum / (s.lens[i] - 1));   // docs/mauve.md: per-sample exp(mean CE)
-        free(nll);
+        double sum;
+        int count;
+        rc = genppl_judge_score(&g, s.ids[i], s.lens[i], &sum, &count);
+        ppl[i] = exp(sum / count);   // docs/mauve.md: per-sample exp(mean CE)
     }
     if (rc == 0) {
         double mean = 0.0, var = 0.0;
         for (int i = 0; i < used; i++) mean += ppl[i] / used;
         for (int i = 0; i < used; i++) var += (ppl[i] - mean) * (ppl[i] - mean) / used;
-        printf("gen_ppl %.10g std %.10g n %d dropped %d (%s)\n", mean, sqrt(var), used, dropped,
+        printf("gen_ppl %.10g std %.10g n %d dropped %d (%s; judge %s)\n", mean, sqrt(var), used, dropped,
                a->keep_remainder ? "--keep-remainder: every sample scored"
-                                 : "the last n mod 4: the reference's batches of 4");
+                                 : "the last n mod 4: the reference's batches of 4",
+               g.is_ar ? "hdlm AR model" : "GPT-2");
     }
     free(ppl);
     sample_set_free(&s);
-    hdlm_gpt2_free(&g);
+    genppl_judge_free(&g);
     return rc;
 }
 
 int eval_genppl_main(int argc, char **argv) {
     judge_args a;
-    int status = parse_args("genppl", GENPPL_USAGE, "jsHkh", argc, argv, &a);
+    int status = parse_args("genppl", GENPPL_USAGE, "jasHkh", argc, argv, &a);
     if (status != 0) return status == 1 ? 0 : 2;
     if (run_genppl(&a) != 0) {
         fprintf(stderr, "hdlm-eval genppl: %s\n", hdlm_last_error());
