@@ -13,6 +13,10 @@
 //  - HDLM_NLL_AR: the exact -log p(x) of a next-token (training.objective = ar) model: one causal forward on the chunk
 //    shifted right after the start token (hdlm_ar_inputs, start = V - 2, <|endoftext|>), softmax over the N real
 //    tokens; L tokens per chunk, no Monte-Carlo error (copies and rounds unused).
+//  - HDLM_NELBO_BLOCK: the block-autoregressive bound of a model trained on the block schedule at ω < L (block
+//    diffusion, BD3-LM's bound): Σ_b of the masking NELBO of block b given the clean blocks before it, every block
+//    at its own stratified time, all blocks of a copy in one forward of the two-copy layout (method §2.10, §3.3). A
+//    valid upper bound on -log p of the ε model's masking-only block-wise process; L tokens per chunk.
 // Randomness: chunk c, round r draws from hdlm_rng_key(seed, c, r, HDLM_RNG_EVAL), so a chunk's estimate depends only on
 // (seed, c): the result does not depend on how chunks are split over ranks or batched.
 #ifndef HDLM_LIKELIHOOD_H
@@ -29,6 +33,7 @@ typedef enum {
     HDLM_NELBO_ARDM_POLICY = 2,   // A.6 mode 3: NELBO of the K-call parallel model (policy), averaged over orders
     HDLM_NELBO_ARDM_ORDER = 3,    // A.6 mode 4: exact -log p(x | order, policy), one random order per copy
     HDLM_NLL_AR = 4,              // exact next-token -log p(x) of an AR model
+    HDLM_NELBO_BLOCK = 5,         // block-autoregressive masking NELBO (block diffusion)
 } hdlm_nelbo_kind;
 
 typedef struct {
@@ -42,6 +47,7 @@ typedef struct {
     uint64_t max_chunks;   // score only the first max_chunks chunks of the data set (0: all)
     const int *policy;     // ARDM_POLICY / ARDM_ORDER: p_0 = 0 <= p_1 <= ... <= p_{K-1} < L (method §13 A.5.1)
     int budget;            // K
+    const hdlm_schedule *schedule;   // BLOCK: the block schedule of the chunk length (ω, context and block rules)
 } hdlm_nelbo_config;
 
 // The reference's defaults: masking, 16 copies, 6 rounds, floor 1e-3, σ 1e-3 (γ only), seed 0.

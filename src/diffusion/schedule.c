@@ -265,11 +265,11 @@ int hdlm_schedule_step(const hdlm_schedule *s, int k, hdlm_step *st) {
 
 int hdlm_schedule_two_copy_check(const hdlm_schedule *s) {
     HDLM_CHECK(s->type == HDLM_SCHEDULE_BLOCK,
-               "annealing.efficient (the two-copy layout) needs annealing.type = block, got %s",
+               "the two-copy layout (annealing.efficient, the block estimator) needs annealing.type = block, got %s",
                hdlm_schedule_type_name(s->type));
     HDLM_CHECK(s->width <= s->length && s->length % s->width == 0,
-               "annealing.efficient: model.length = %d must be a multiple of annealing.width = %d", s->length,
-               s->width);
+               "the two-copy layout (annealing.efficient, the block estimator): model.length = %d must be a multiple "
+               "of annealing.width = %d", s->length, s->width);
     return 0;
 }
 

@@ -11,17 +11,22 @@
 #include "hdlm/rng.h"
 
 hdlm_nelbo_config hdlm_nelbo_config_default(bool gamma_family) {
-    hdlm_nelbo_config c = {HDLM_NELBO_MASKING, 16, 100 / 16, 1e-3, gamma_family, 1e-3, 0, 0, NULL, 0};
+    hdlm_nelbo_config c = {HDLM_NELBO_MASKING, 16, 100 / 16, 1e-3, gamma_family, 1e-3, 0, 0, NULL, 0, NULL};
     return c;
 }
 
 const char *hdlm_nelbo_kind_name(hdlm_nelbo_kind kind) {
-    static const char *const names[] = {"masking", "ardm", "ardm-policy", "ardm-order", "ar"};
-    return (unsigned)kind <= HDLM_NLL_AR ? names[kind] : "?";
+    static const char *const names[] = {"masking", "ardm", "ardm-policy", "ardm-order", "ar", "block"};
+    return (unsigned)kind <= HDLM_NELBO_BLOCK ? names[kind] : "?";
 }
 
 int hdlm_nelbo_config_check(const hdlm_nelbo_config *cfg) {
-    HDLM_CHECK((unsigned)cfg->kind <= HDLM_NLL_AR, "likelihood: unknown estimator %d", (int)cfg->kind);
+    HDLM_CHECK((unsigned)cfg->kind <= HDLM_NELBO_BLOCK, "likelihood: unknown estimator %d", (int)cfg->kind);
+    if (cfg->kind == HDLM_NELBO_BLOCK) {
+        HDLM_CHECK(cfg->schedule && !cfg->sigma_input,
+                   "likelihood: the block estimator needs the ε model's block schedule (no σ input)");
+        HDLM_TRY(hdlm_schedule_two_copy_check(cfg->schedule));
+    }
     if (cfg->kind == HDLM_NELBO_ARDM_POLICY || cfg->kind == HDLM_NELBO_ARDM_ORDER) {
         HDLM_CHECK(cfg->policy && cfg->budget >= 1, "likelihood: the %s estimator needs a policy (budget >= 1)",
                    hdlm_nelbo_kind_name(cfg->kind));
@@ -74,6 +79,51 @@ int hdlm_nelbo_masking_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, con
         for (int b = 0; b < C; b++) total += masked_ce(z, masked, x, b, length, V, V) / p[b];
         *value = total / C;
     }
+    free(xt);
+    return status;
+}
+
+// One block round: copy b's block k at time t = (u_k + b/C) mod 1 (stratified over the copies, u_k per block),
+// masking probability p = (1 - floor)·t + floor; the copies' noisy halves in one forward of the two-copy layout, the
+// estimate (1/C)·Σ_b Σ_k Σ_{i in block k masked} CE_i / p_{b,k} (CE over all V entries, as the masking round).
+// *any: whether anything was masked.
+static int block_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint32_t *x, int length, hdlm_rng *rng,
+                       double *value, bool *any) {
+    const hdlm_schedule *s = cfg->schedule;
+    HDLM_CHECK(s->length == length, "likelihood: block schedule of length %d for chunks of %d", s->length, length);
+    int C = cfg->copies, V = d->vocab, w = s->width, nb = length / w, L2 = 2 * length;
+    uint32_t *xt = hdlm_malloc((size_t)C * L2 * sizeof *xt);
+    double *p = hdlm_malloc((size_t)C * nb * sizeof *p);
+    *any = false;
+    for (int k = 0; k < nb; k++) {
+        double u0 = hdlm_rng_uniform_double(rng);
+        for (int b = 0; b < C; b++) p[(size_t)b * nb + k] = (1 - cfg->floor) * fmod(u0 + (double)b / C, 1.0) + cfg->floor;
+    }
+    for (int b = 0; b < C; b++) {
+        uint32_t *row = xt + (size_t)b * L2;
+        memcpy(row, x, (size_t)length * sizeof *row);
+        for (int i = 0; i < length; i++) {
+            bool m = hdlm_rng_uniform_double(rng) < p[(size_t)b * nb + i / w];
+            row[length + i] = m ? (uint32_t)(V - 1) : x[i];
+            *any |= m;
+        }
+    }
+    int status = 0;
+    if (*any) {
+        hdlm_attn_mask mask = hdlm_mask_two_copy(length, w, s->context, s->block);
+        const float *z;
+        status = d->forward(d, xt, NULL, &mask, C, L2, &z);
+        if (status == 0) {
+            double total = 0;
+            for (int b = 0; b < C; b++)
+                for (int i = 0; i < length; i++)
+                    if (xt[(size_t)b * L2 + length + i] == (uint32_t)(V - 1))
+                        total += hdlm_ce_row(z + ((size_t)b * L2 + length + i) * V, V, V, x[i], 0, NULL) /
+                                 p[(size_t)b * nb + i / w];
+            *value = total / C;
+        }
+    }
+    free(p);
     free(xt);
     return status;
 }
@@ -208,6 +258,10 @@ int hdlm_nelbo_chunk(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint3
         double value = 0;
         if (cfg->kind == HDLM_NELBO_ARDM) {
             status = ardm_round(d, cfg, x, length, &rng, &value);
+        } else if (cfg->kind == HDLM_NELBO_BLOCK) {
+            bool any = false;
+            status = block_round(d, cfg, x, length, &rng, &value, &any);
+            if (!any) continue;   // as the masking rounds: nothing masked, nothing measured
         } else if (cfg->kind != HDLM_NELBO_MASKING) {
             status = ardm_policy_round(d, cfg, x, length, &rng, &value);
         } else {

@@ -22,8 +22,9 @@ static const char *const PERPLEXITY_USAGE =
     "  --raw               raw weights (group params) instead of the EMA weights\n"
     "  --estimator E       masking (the reference's, method §9.1) | ardm (A.6 mode 1) | ardm-policy (A.6 mode 3:\n"
     "                      the K-call policy's NELBO) | ardm-order (A.6 mode 4: exact -log p(x | order, policy)\n"
-    "                      of one random order per copy) | ar (exact next-token -log p of an AR run)\n"
-    "                      [ar for AR runs, ardm for ARDM-trained runs, else masking]\n"
+    "                      of one random order per copy) | ar (exact next-token -log p of an AR run) |\n"
+    "                      block (block-autoregressive NELBO of a block-diffusion run: ε, block schedule, ω < L)\n"
+    "                      [ar for AR runs, ardm for ARDM-trained runs, block for ε runs with ω < L, else masking]\n"
     "  --budget K          ardm-policy / ardm-order: network calls of the policy (K forwards per round)\n"
     "  --losses FILE       their policy: the DP optimum of these per-step losses (as hdlm-eval sample) [naive]\n"
     "  --copies N          noisy copies per round [16]\n"
@@ -37,6 +38,9 @@ static const char *const PERPLEXITY_USAGE =
 // What the number is (§11 item 8).
 static const char *validity(hdlm_nelbo_kind kind, hdlm_family family, bool ardm_run) {
     if (kind == HDLM_NLL_AR) return "exact -log p of the next-token (AR) model: no bound, no Monte-Carlo error";
+    if (kind == HDLM_NELBO_BLOCK)
+        return "upper bound on -log p of the ε model's block-wise masking-only process (blocks in order, each given "
+               "the clean blocks before it)";
     if (kind == HDLM_NELBO_ARDM)
         return "valid upper bound on -log p for an ARDM (order-agnostic) model; not the ε/γ model's bound";
     if (kind == HDLM_NELBO_ARDM_POLICY)
@@ -111,11 +115,11 @@ int eval_perplexity_main(int argc, char **argv) {
     }
     hdlm_nelbo_kind kind = HDLM_NELBO_MASKING;
     bool known = estimator == NULL;
-    for (int k = HDLM_NELBO_MASKING; k <= HDLM_NLL_AR && !known; k++)
+    for (int k = HDLM_NELBO_MASKING; k <= HDLM_NELBO_BLOCK && !known; k++)
         if (strcmp(estimator, hdlm_nelbo_kind_name((hdlm_nelbo_kind)k)) == 0) kind = (hdlm_nelbo_kind)k, known = true;
     if (!known) {
-        fprintf(stderr, "hdlm-eval perplexity: --estimator expects masking, ardm, ardm-policy, ardm-order or ar, "
-                        "got '%s'\n", estimator);
+        fprintf(stderr, "hdlm-eval perplexity: --estimator expects masking, ardm, ardm-policy, ardm-order, ar or "
+                        "block, got '%s'\n", estimator);
         return 2;
     }
     bool policy_kind = kind == HDLM_NELBO_ARDM_POLICY || kind == HDLM_NELBO_ARDM_ORDER;
@@ -131,7 +135,18 @@ int eval_perplexity_main(int argc, char **argv) {
     bool ardm_run = em.config.kind.objective == HDLM_OBJECTIVE_ARDM;
     bool ar_run = em.config.kind.objective == HDLM_OBJECTIVE_AR;
     hdlm_nelbo_config cfg = hdlm_nelbo_config_default(family == HDLM_FAMILY_GAMMA);
-    cfg.kind = estimator ? kind : ar_run ? HDLM_NLL_AR : ardm_run ? HDLM_NELBO_ARDM : HDLM_NELBO_MASKING;
+    // Block diffusion (the ε family on the block schedule at ω < L) is scored block by block, as it generates.
+    bool block_run = family == HDLM_FAMILY_EPSILON && em.has_schedule && em.schedule.type == HDLM_SCHEDULE_BLOCK &&
+                     em.schedule.width < em.schedule.length;
+    cfg.kind = estimator ? kind
+               : ar_run  ? HDLM_NLL_AR
+               : ardm_run ? HDLM_NELBO_ARDM
+               : block_run ? HDLM_NELBO_BLOCK
+                           : HDLM_NELBO_MASKING;
+    cfg.schedule = em.has_schedule ? &em.schedule : NULL;
+    if (cfg.kind == HDLM_NELBO_BLOCK && !block_run)
+        HDLM_DIE("--estimator block on %s: it needs an ε run on the block schedule with annealing.width < "
+                 "model.length", em.path);
     // A causal next-token network and a denoiser read their inputs differently: either estimator on the other is
     // a number about nothing.
     if (ar_run != (cfg.kind == HDLM_NLL_AR))
