@@ -40,6 +40,45 @@ static void test_paper_presets_load(void **state) {
     }
 }
 
+// One preset per method of docs/methods.md, each at DDiT-small size with the paper's batch, resolving to its method.
+static void test_method_presets(void **state) {
+    (void)state;
+    static const struct {
+        const char *name;
+        hdlm_objective objective;
+        int width;          // annealing.width when scheduled
+        bool efficient;
+        double epsilon, gamma;
+    } presets[] = {
+        {"ar", HDLM_OBJECTIVE_AR, 0, false, 0.01, 0.01},
+        {"mdlm", HDLM_OBJECTIVE_EPSILON_UNSCHEDULED, 0, false, 0.0, 0.01},
+        {"sedd", HDLM_OBJECTIVE_GAMMA, 1024, false, 0.01, 0.0},
+        {"bd3lm_w4", HDLM_OBJECTIVE_EPSILON, 4, true, 0.0, 0.01},
+        {"bd3lm_w8", HDLM_OBJECTIVE_EPSILON, 8, true, 0.0, 0.01},
+        {"bd3lm_w16", HDLM_OBJECTIVE_EPSILON, 16, true, 0.0, 0.01},
+        {"epsilon_hdlm", HDLM_OBJECTIVE_EPSILON, 1024, false, 0.01, 0.01},
+        {"gamma_hdlm", HDLM_OBJECTIVE_GAMMA, 1024, false, 0.01, 0.01},
+        {"ardm", HDLM_OBJECTIVE_ARDM, 0, false, 0.01, 0.01},
+    };
+    for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/jobs/configs/%s.yaml", HDLM_SOURCE_DIR, presets[i].name);
+        const char *overrides[] = {"data.train=/data/owt"};
+        hdlm_train_config c;
+        if (hdlm_train_config_load(&c, path, overrides, 1, 2) != 0) fail_msg("%s: %s", path, hdlm_last_error());
+        print_message("%-13s objective %d, %s\n", presets[i].name, (int)c.kind.objective,
+                      hdlm_train_loss_unit(&c.kind));
+        assert_int_equal(c.kind.objective, presets[i].objective);
+        assert_int_equal(c.model.hidden_size, 768);
+        assert_int_equal(c.model.n_blocks, 12);
+        assert_int_equal(c.model.length, 1024);
+        if (presets[i].width) assert_int_equal(c.annealing.width, presets[i].width);
+        assert_int_equal(c.annealing.efficient, presets[i].efficient);
+        assert_true(c.training.epsilon == presets[i].epsilon);
+        assert_true(c.graph.gamma == presets[i].gamma);
+    }
+}
+
 static void test_cross_field_checks(void **state) {
     (void)state;
     hdlm_train_config c;
@@ -110,6 +149,7 @@ static void test_device_cuda_refused_without_gpu(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_paper_presets_load),
+        cmocka_unit_test(test_method_presets),
         cmocka_unit_test(test_cross_field_checks),
         cmocka_unit_test(test_device_choices),
         cmocka_unit_test(test_device_cuda_refused_without_gpu),

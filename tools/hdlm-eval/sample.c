@@ -26,7 +26,8 @@ static const char *const SAMPLE_USAGE =
     "  --n N                 number of samples\n"
     "  --out FILE            JSONL output (written by rank 0)\n"
     "  --sampler S           ancestral | acs | walk (ε), gamma-nar | gamma-sar (γ), ardm (budgeted), ar (AR runs:\n"
-    "                        next token, L calls) [ar for AR runs, ancestral for ε, gamma-nar for γ]\n"
+    "                        next token, L calls) [ar for AR runs, walk for ε runs on the block schedule at\n"
+    "                        ω < L, ancestral for other ε runs, gamma-nar for γ]\n"
     "  --steps S             ancestral/acs steps [128]; gamma and walk take K_max-1 steps of the schedule\n"
     "  --tau T               the schedule's τ for sampling (the reference's eval_tau) [annealing.tau]\n"
     "  --eta E               ACS / walk correction strength [0.01]\n"
@@ -214,6 +215,9 @@ int eval_sample_main(int argc, char **argv) {
                                .kv_cache = a.kv_cache};
     bool ar_run = em.config.kind.objective == HDLM_OBJECTIVE_AR;
     if (ar_run) cfg.kind = HDLM_SAMPLER_AR;
+    // Block diffusion (ε on the block schedule at ω < L) generates block by block: the hyperschedule walker.
+    if (!gamma && em.has_schedule && em.schedule.type == HDLM_SCHEDULE_BLOCK && em.schedule.width < L)
+        cfg.kind = HDLM_SAMPLER_WALK;
     if (a.sampler && strcmp(a.sampler, "ardm") == 0) ardm = true;
     else if (a.sampler) HDLM_MUST(hdlm_sampler_kind_parse(a.sampler, "--sampler", &cfg.kind));
     // A next-token network only continues a prefix; a denoiser only denoises.
