@@ -10,18 +10,8 @@ run=${1:-"$root/runs/default"}
 cmake -S "$root" -B "$root/build" >/dev/null
 cmake --build "$root/build" -j "$(nproc)"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-mkdir -p "$run/data"
 bin="$root/build/bin"
-# SOTU files are YEAR_name_party.txt: addresses after 2000 are routed whole to the validation split.
-train=() val=()
-for f in "$root"/.cache/sotu/data/*.txt; do
-  year=$(basename "$f"); year=${year%%_*}
-  if [ "$year" -le 2000 ]; then train+=("$f"); else val+=(--val-input "$f"); fi
-done
-mpirun -np 2 --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 "$bin/hdlm-prep" prepare --vocab "$root/.cache/gpt2" --overwrite \
-  --out "$run/data/sotu" "${train[@]}" "${val[@]}"
-mpirun -np 2 --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 "$bin/hdlm-prep" prepare --vocab "$root/.cache/gpt2" --overwrite \
-  --split validation --out "$run/data/moby-dick" "$root/.cache/moby-dick/data/data.txt"
+"$root/tools/prepare-default-corpus.sh" "$run/data"
 # Train the small preset (jobs/configs/small.yaml: 13.3M parameters, 150 updates of 16 x 64 tokens) with 2 MPI ranks
 # x 1 thread for a few minutes; metrics in $run/small/metrics.jsonl (plotted to $run/small/metrics.png),
 # checkpoints in $run/small/checkpoints/ (the last one is `latest`). Re-running resumes nothing: it trains afresh.
