@@ -178,16 +178,23 @@ static void test_bad_inputs_are_refused(void **state) {
 // Hand computation: ids (5, 5, 9, 2) → p = (1/2, 1/4, 1/4), H = -(1/2 ln(1/2 + 1e-8) + 2·1/4 ln(1/4 + 1e-8))
 // = 1.0397207; one distinct id → ≈ 0; empty → 0.
 
+// A small ε network with random weights (vocabulary 37, 24 positions).
+static hdlm_model *small_epsilon_model(uint64_t seed) {
+    hdlm_model_config c = hdlm_model_config_ddit_small(HDLM_FAMILY_EPSILON);
+    c.width = 32, c.n_layers = 2, c.n_heads = 4, c.cond_dim = 16, c.vocab = 37, c.max_length = 24, c.dropout = 0;
+    hdlm_model *m;
+    assert_int_equal(hdlm_model_create(&m, &c), 0);
+    test_model_randomize(m, seed);
+    return m;
+}
+
 // The AR estimator is the exact chain rule: with the prefixes run one at a time (a causal forward over
 // [start, x_0 … x_{i-1}] only, its last output for x_i, softmax over the real tokens, in double), Σ_i −log p(x_i | x_<i)
 // equals the estimator's one causal forward over the whole chunk — so nothing of the future leaks through the mask.
 static void test_ar_nll_is_the_chain_rule(void **state) {
     (void)state;
-    hdlm_model_config c = hdlm_model_config_ddit_small(HDLM_FAMILY_EPSILON);
-    c.width = 32, c.n_layers = 2, c.n_heads = 4, c.cond_dim = 16, c.vocab = 37, c.max_length = 24, c.dropout = 0;
-    hdlm_model *m;
-    assert_int_equal(hdlm_model_create(&m, &c), 0);
-    test_model_randomize(m, 9);
+    hdlm_model *m = small_epsilon_model(9);
+    hdlm_model_config c = m->config;
     enum { L = 24 };
     uint32_t x[L], prefix[L];
     hdlm_rng rng;
@@ -226,11 +233,8 @@ static void test_ar_nll_is_the_chain_rule(void **state) {
 // forward of the two-copy layout per round.
 static void test_block_nelbo_is_blockwise(void **state) {
     (void)state;
-    hdlm_model_config c = hdlm_model_config_ddit_small(HDLM_FAMILY_EPSILON);
-    c.width = 32, c.n_layers = 2, c.n_heads = 4, c.cond_dim = 16, c.vocab = 37, c.max_length = 24, c.dropout = 0;
-    hdlm_model *m;
-    assert_int_equal(hdlm_model_create(&m, &c), 0);
-    test_model_randomize(m, 4);
+    hdlm_model *m = small_epsilon_model(4);
+    hdlm_model_config c = m->config;
     enum { L = 24, W = 6, NB = L / W, C = 3 };
     hdlm_schedule s;
     assert_int_equal(hdlm_schedule_init(&s, HDLM_SCHEDULE_BLOCK, L, W, 4, HDLM_SAMPLING_EPS, HDLM_CONTEXT_BLOCK_CAUSAL,

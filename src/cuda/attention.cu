@@ -630,7 +630,7 @@ __global__ void __launch_bounds__(TC_THREADS)
 }
 
 // dQ, as attention_dq_kernel, with the forward's keep bits (the same tiles and lanes).
-__global__ void __launch_bounds__(TC_THREADS)
+__global__ void __launch_bounds__(TC_THREADS, 3)
     attention_dq_tc_kernel(bf16 *dqkv, const bf16 *dout, const float *lse, const float *delta,
                            const uint32_t *keep_bits, const bf16 *qkv, hdlm_attn_mask mask, attn_shape sh) {
     extern __shared__ float smem[];

@@ -126,8 +126,11 @@ static int create(hdlm_trainer *t, const hdlm_train_config *cfg, const char *res
         t->block_steps = hdlm_calloc((size_t)B * hdlm_schedule_two_copy_blocks(&t->sched), sizeof(int));
         t->levels = hdlm_calloc((size_t)L, sizeof(int));
     }
-    // Per token of data: the two-copy layout runs two model positions per token (attention counted as dense over L).
+    // Per token of data: the two-copy layout runs two model positions per token (attention counted as dense over L),
+    // less the output layer on the clean copy when the ε loss lets the model skip it (corrupt(): head_from).
     t->flops_per_token = hdlm_model_flops_per_token(m, L) * (Lm / L);
+    if (Lm > L && cfg->kind.objective == HDLM_OBJECTIVE_EPSILON)
+        t->flops_per_token -= 6.0 * ((double)mc.vocab * mc.width + mc.vocab);
     if (resume) HDLM_TRY(restore(t, resume));
     // The backend starts from the (possibly restored) host state.
     if (cfg->kind.device == HDLM_DEVICE_CUDA) return hdlm_step_cuda_create(&t->backend, s);
