@@ -141,7 +141,7 @@ set logscale y
 set ylabel "perplexity (log scale)"
 set xtics rotate by -30
 set grid ytics
-set key top left
+set key outside top center horizontal
 set title "methods at the same size and token budget ($updates updates, default corpus)"
 plot "$out/plot.dat" using 2:xtic(1) title "validation (own estimator)", "" using 3 title "Moby-Dick (zero-shot)", \
      "" using 4 title "gen-PPL of 64-call samples"
