@@ -514,15 +514,90 @@ static int read_i64_dataset(hid_t f, const char *name, int64_t *out, hsize_t exp
     return 0;
 }
 
+static uint64_t le_u64(const uint8_t *p) {
+    uint64_t x = 0;
+    for (int i = 7; i >= 0; i--) x = x << 8 | p[i];
+    return x;
+}
+
+// HDF5 1.10 loops forever on a global heap collection holding a free-space object of size 0 (its parser makes no
+// progress), and a variable-length string read parses the collections its strings point into. So before such a
+// read, the collections of dataset d's n strings are walked here as HDF5 will walk them (file format: descriptors of
+// 16 bytes — length, collection address, object index — in the contiguous raw data; a collection "GCOL", version,
+// size, then objects of index, references, size and data padded to 8 bytes), and any that would not advance is refused.
+static int check_string_heaps(hid_t f, hid_t d, hsize_t n, const char *name, const char *file) {
+    hid_t dcpl = H5Dget_create_plist(d), fcpl = H5Fget_create_plist(f);
+    H5D_layout_t layout = H5Pget_layout(dcpl);
+    size_t sizeof_addr = 0, sizeof_size = 0;
+    H5Pget_sizes(fcpl, &sizeof_addr, &sizeof_size);
+    H5Pclose(dcpl);
+    H5Pclose(fcpl);
+    haddr_t offset = H5Dget_offset(d);
+    HDLM_CHECK(layout == H5D_CONTIGUOUS && sizeof_addr == 8 && sizeof_size == 8 && offset != HADDR_UNDEF &&
+                   H5Dget_storage_size(d) == n * 16,
+               "%s: dataset '%s' is not laid out as hdlm writes it (corrupt index)", file, name);
+    char path[4096];
+    HDLM_CHECK(H5Fget_name(f, path, sizeof path) > 0, "%s: cannot name the HDF5 file", file);
+    FILE *in = fopen(path, "rb");
+    HDLM_CHECK(in, "%s: %s", path, strerror(errno));
+    int status = 0;
+    uint8_t *desc = hdlm_malloc(n * 16), *heap = NULL;
+    struct stat st;
+    if (fstat(fileno(in), &st) != 0 || fseeko(in, (off_t)offset, SEEK_SET) != 0 || fread(desc, 16, n, in) != n)
+        status = HDLM_FAIL("%s: dataset '%s' lies outside the file (corrupt index)", file, name);
+    uint64_t last = UINT64_MAX;   // consecutive strings share a collection: walk each one once
+    for (hsize_t i = 0; i < n && status == 0; i++) {
+        uint64_t addr = le_u64(desc + 16 * i + 4);
+        if (addr == last || (desc[16 * i] | desc[16 * i + 1] | desc[16 * i + 2] | desc[16 * i + 3]) == 0) continue;
+        last = addr;
+        uint8_t hdr[16];
+        uint64_t size = 0;
+        if (addr > (uint64_t)st.st_size - 16 || fseeko(in, (off_t)addr, SEEK_SET) != 0 || fread(hdr, 16, 1, in) != 1 ||
+            memcmp(hdr, "GCOL", 4) != 0 || (size = le_u64(hdr + 8)) < 16 || size > (uint64_t)st.st_size - addr) {
+            status = HDLM_FAIL("%s: string %llu of dataset '%s' points outside a string heap (corrupt index)", file,
+                               (unsigned long long)i, name);
+            break;
+        }
+        heap = hdlm_realloc(heap, size);
+        if (fseeko(in, (off_t)addr, SEEK_SET) != 0 || fread(heap, 1, size, in) != size) {
+            status = HDLM_FAIL("%s: cannot read the string heap of dataset '%s'", file, name);
+            break;
+        }
+        for (uint64_t p = 16; p + 16 <= size;) {   // a tail shorter than an object header is free space
+            unsigned idx = heap[p] | heap[p + 1] << 8;
+            uint64_t osize = le_u64(heap + p + 8), need = idx > 0 ? 16 + ((osize + 7) & ~(uint64_t)7) : osize;
+            if (need == 0 || (idx > 0 && osize > size)) {
+                status = HDLM_FAIL("%s: the string heap of dataset '%s' is corrupt (object %u of size %llu)", file,
+                                   name, idx, (unsigned long long)osize);
+                break;
+            }
+            if (need >= size - p) break;
+            p += need;
+        }
+    }
+    free(heap);
+    free(desc);
+    fclose(in);
+    return status;
+}
+
 // Reads a 1-D variable-length string dataset of n entries (each malloc'ed).
 static int read_strings(hid_t f, const char *name, char **out, hsize_t n, const char *file) {
     if (n == 0) return 0;
     hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
     HDLM_CHECK(d >= 0, "%s: missing dataset '%s'", file, name);
-    hid_t type = h5_string_type(), space = H5Dget_space(d);
+    hid_t space = H5Dget_space(d);
     hssize_t count = H5Sget_simple_extent_npoints(space);
+    if ((hsize_t)count != n || check_string_heaps(f, d, n, name, file) != 0) {
+        H5Sclose(space);
+        H5Dclose(d);
+        HDLM_CHECK((hsize_t)count == n, "%s: cannot read dataset '%s' (%llu strings expected)", file, name,
+                   (unsigned long long)n);
+        return -1;
+    }
+    hid_t type = h5_string_type();
     char **tmp = hdlm_calloc(n, sizeof *tmp);
-    herr_t rc = (hsize_t)count == n ? H5Dread(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, tmp) : -1;
+    herr_t rc = H5Dread(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, tmp);
     if (rc >= 0) {
         for (hsize_t i = 0; i < n; i++) out[i] = hdlm_strdup(tmp[i] ? tmp[i] : "");
         H5Dvlen_reclaim(type, space, H5P_DEFAULT, tmp);
