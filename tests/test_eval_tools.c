@@ -114,16 +114,31 @@ static void test_perplexity_one_and_two_ranks(void **state) {
                               args, out1), 0);
     assert_int_equal(test_run(MPIRUN_EVAL " perplexity "
                               "--ckpt %s --data %s %s > %s 2>/dev/null", run_eps, data_dir, args, out2), 0);
+    // The ε run trains the block schedule at ω = 8 < L = 16: block diffusion, scored by the block estimator.
     cJSON *a = last_json(out1), *b = last_json(out2);
     double bound = cJSON_GetObjectItem(a, "bound")->valuedouble;
     assert_true(bound > 0 && bound < 30);
     assert_true(bound == cJSON_GetObjectItem(b, "bound")->valuedouble);
     assert_true(cJSON_GetObjectItem(a, "std_error")->valuedouble == cJSON_GetObjectItem(b, "std_error")->valuedouble);
+    assert_int_equal(cJSON_GetObjectItem(a, "tokens")->valueint, 3 * LENGTH);
+    assert_string_equal(cJSON_GetObjectItem(a, "estimator")->valuestring, "block");
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    char *text = slurp(out1);
+    assert_non_null(strstr(text, "validity    upper bound on -log p of the ε model's block-wise masking-only"));
+    free(text);
+    // The reference's masking estimator on request: L - 1 tokens per chunk (parity), the same on 2 ranks.
+    assert_int_equal(test_run(EVAL " perplexity --ckpt %s --data %s --estimator masking %s > %s", run_eps, data_dir,
+                              args, out1), 0);
+    assert_int_equal(test_run(MPIRUN_EVAL " perplexity --ckpt %s --data %s --estimator masking %s > %s 2>/dev/null",
+                              run_eps, data_dir, args, out2), 0);
+    a = last_json(out1), b = last_json(out2);
+    assert_true(cJSON_GetObjectItem(a, "bound")->valuedouble == cJSON_GetObjectItem(b, "bound")->valuedouble);
     assert_int_equal(cJSON_GetObjectItem(a, "tokens")->valueint, 3 * (LENGTH - 1));
     assert_string_equal(cJSON_GetObjectItem(a, "estimator")->valuestring, "masking");
     cJSON_Delete(a);
     cJSON_Delete(b);
-    char *text = slurp(out1);
+    text = slurp(out1);
     assert_non_null(strstr(text, "validity    upper bound on -log p of the ε model's masking-only"));
     free(text);
     // γ: the same estimator, labelled as not a bound; ARDM estimator on request counts L tokens per chunk.
