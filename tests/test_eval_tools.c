@@ -141,6 +141,15 @@ static void test_perplexity_one_and_two_ranks(void **state) {
     text = slurp(out1);
     assert_non_null(strstr(text, "validity    upper bound on -log p of the ε model's masking-only"));
     free(text);
+    // One round per chunk gives no variance estimate: said so, and null in the JSON (not ± 0).
+    assert_int_equal(test_run(EVAL " perplexity --ckpt %s --data %s --estimator masking --copies 3 --rounds 1 --json "
+                              "> %s", run_eps, data_dir, out1), 0);
+    text = slurp(out1);
+    assert_non_null(strstr(text, "± not estimable"));
+    free(text);
+    a = last_json(out1);
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(a, "std_error")));
+    cJSON_Delete(a);
     // γ: the same estimator, labelled as not a bound; ARDM estimator on request counts L tokens per chunk.
     assert_int_equal(test_run(EVAL " perplexity --ckpt %s --data %s %s > %s", run_gamma, data_dir,
                               args, out1), 0);

@@ -121,7 +121,7 @@ with open(f"{out}/table.md", "w") as f:
     f.write("| method | train loss | estimator | validation NLL | validation PPL | Moby-Dick PPL | sampler (calls) "
             "| entropy | gen-PPL | train s |\n|---|---|---|---|---|---|---|---|---|---|\n")
     for r in rows:
-        se = f" ± {r['val_se']:.3f}" if r["val_se"] > 0 else " (exact)"
+        se = " (exact)" if r["val_se"] == 0 else " ± n/a" if r["val_se"] is None else f" ± {r['val_se']:.3f}"
         f.write(f"| {r['method']} | {r['train_loss']:.3f} {r['loss_unit']} | {r['estimator']} | {r['val_nll']:.3f}{se} "
                 f"| {r['val_ppl']:.1f} | {r['zeroshot_ppl']:.1f} | {r['sampler']} ({r['calls']}) | {r['entropy']:.2f} "
                 f"| {r['gen_ppl']:.1f} | {r['train_seconds']:.0f} |\n")

@@ -82,7 +82,8 @@ typedef struct {
     uint64_t tokens;      // denominator: chunks·(L-1) (masking, parity) or chunks·L (ARDM)
     double nll;           // Σ_chunks nll (nats)
     double bound;         // nll / tokens, nats per token
-    double std_error;     // its Monte-Carlo standard error
+    double std_error;     // its Monte-Carlo standard error; 0 for the exact ar estimator; NAN when not estimable
+                          // (a chunk with fewer than two counted rounds, e.g. --rounds 1)
     double perplexity;    // exp(bound)
 } hdlm_nelbo_result;
 

@@ -1,5 +1,6 @@
 // Monte-Carlo likelihood bounds: the reference's masking NELBO (method §9.1) and the stochastic ARDM bound
 // (method §13 A.6), per chunk and over a data set split across MPI ranks.
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <mpi.h>
@@ -307,11 +308,12 @@ int hdlm_nelbo_dataset(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const hdl
     // to zeros only, and the final sums run in chunk order, so the result is the same for any number of ranks.
     double *vals = hdlm_calloc(2 * n, sizeof *vals);
     uint32_t *x = hdlm_malloc((size_t)L * sizeof *x);
-    int status = 0;
+    int status = 0, fewest = INT_MAX;   // the fewest rounds counted in a chunk: one gives no variance estimate
     for (uint64_t c = begin; c < end && status == 0; c++) {
         hdlm_dataset_chunk_copy(data, c, x);
         int counted;
         status = hdlm_nelbo_chunk(d, cfg, x, L, c, &vals[c], &vals[n + c], &counted);
+        if (counted < fewest) fewest = counted;
         if (progress && status == 0) progress(progress_ctx, (int)(c - begin + 1), (int)(end - begin));
     }
     free(x);
@@ -325,6 +327,7 @@ int hdlm_nelbo_dataset(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const hdl
             return HDLM_FAIL("likelihood: another rank failed (see its message)");
         }
         MPI_Allreduce(MPI_IN_PLACE, vals, (int)(2 * n), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+        MPI_Allreduce(MPI_IN_PLACE, &fewest, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
     } else if (status) {
         free(vals);
         return -1;
@@ -340,7 +343,8 @@ int hdlm_nelbo_dataset(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const hdl
     HDLM_CHECK(result->tokens > 0, "likelihood: chunks of one token have no token to count (L - 1 = 0)");
     result->nll = nll;
     result->bound = nll / (double)result->tokens;
-    result->std_error = sqrt(var) / (double)result->tokens;
+    // An exact estimator has no error; a Monte-Carlo one with a single counted round in some chunk has no estimate.
+    result->std_error = cfg->kind != HDLM_NLL_AR && fewest < 2 ? NAN : sqrt(var) / (double)result->tokens;
     result->perplexity = exp(result->bound);
     return 0;
 }

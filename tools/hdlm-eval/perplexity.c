@@ -193,8 +193,11 @@ int eval_perplexity_main(int argc, char **argv) {
                ardm_run ? " (ARDM objective)" : ar_run ? " (AR objective)" : "");
         if (cfg.kind == HDLM_NLL_AR)
             printf("nll         %.6f nats/token (exact)\n", res.bound);
-        else
+        else if (isfinite(res.std_error))
             printf("bound       %.6f nats/token (± %.6f Monte-Carlo standard error)\n", res.bound, res.std_error);
+        else
+            printf("bound       %.6f nats/token (± not estimable: a chunk has one counted Monte-Carlo round; use "
+                   "--rounds 2 or more)\n", res.bound);
         printf("perplexity  %.4f\n", res.perplexity);
         printf("tokens      %" PRIu64 " scored as %" PRIu64 " chunks x %d%s\n", res.tokens, res.chunks,
                cfg.kind == HDLM_NELBO_MASKING ? L - 1 : L,
