@@ -327,6 +327,39 @@ static void test_ar_run(void **state) {
     free(text);
 }
 
+// The generation-metrics chain straight from hdlm-eval sample's records, no conversion between the steps: samples →
+// judge features → MAUVE against the features of held-out text, and samples → gen-PPL (a tiny random GPT-2 judge,
+// tests/reference/gpt2_ref.py).
+static void test_samples_chain_into_the_judge(void **state) {
+    (void)state;
+    char judge[4200], samples[4200], q[4200], p[4200], out[4200];
+    snprintf(judge, sizeof judge, "%s/judge", tmp);
+    snprintf(samples, sizeof samples, "%s/chain.jsonl", tmp);
+    snprintf(q, sizeof q, "%s/q.npy", tmp);
+    snprintf(p, sizeof p, "%s/p.npy", tmp);
+    snprintf(out, sizeof out, "%s/chain.txt", tmp);
+    assert_int_equal(test_run("/usr/bin/python3 %s/tests/reference/gpt2_ref.py %s --vocab %d > /dev/null",
+                              HDLM_SOURCE_DIR, judge, HDLM_GPT2_VOCAB), 0);
+    assert_int_equal(test_run(EVAL " sample --ckpt %s --n 8 --batch 4 --seed 1 --sampler ancestral --steps 4 --no-mask "
+                              "--tokenizer %s --out %s > /dev/null 2>&1", run_eps, test_cache_path("gpt2"), samples), 0);
+    assert_int_equal(test_run(EVAL " features --judge %s --samples %s --out %s --max-tokens %d > /dev/null", judge,
+                              samples, q, LENGTH), 0);
+    assert_int_equal(test_run(EVAL " features --judge %s --text-shards %s --chunk-len %d --count 3 --out %s "
+                              "--max-tokens %d --role p_human > /dev/null", judge, data_dir, LENGTH, p, LENGTH), 0);
+    assert_int_equal(test_run(EVAL " mauve --p %s --q %s --buckets 2 --json > %s", p, q, out), 0);
+    cJSON *j = last_json(out);
+    double mauve = cJSON_GetObjectItem(j, "mauve")->valuedouble;
+    assert_true(mauve > 0 && mauve <= 1);
+    cJSON_Delete(j);
+    assert_int_equal(test_run(EVAL " genppl --judge %s --samples %s > %s", judge, samples, out), 0);
+    char *text = slurp(out);
+    double ppl = 0;
+    assert_int_equal(sscanf(text, "gen_ppl %lf", &ppl), 1);
+    assert_true(ppl > 1 && isfinite(ppl));
+    assert_non_null(strstr(text, "n 8 dropped 0"));
+    free(text);
+}
+
 static void test_bad_inputs_refused(void **state) {
     (void)state;
     char err[4200];
@@ -366,6 +399,7 @@ int main(void) {
         cmocka_unit_test(test_perplexity_one_and_two_ranks),
         cmocka_unit_test(test_sample_jsonl),
         cmocka_unit_test(test_ar_run),
+        cmocka_unit_test(test_samples_chain_into_the_judge),
         cmocka_unit_test(test_bad_inputs_refused),
     };
     return cmocka_run_group_tests_name("eval_tools", tests, setup, NULL);
