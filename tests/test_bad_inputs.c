@@ -163,6 +163,17 @@ static void test_non_finite_state_refused(void **state) {
     assert_int_equal(test_run("'%s/hdlm-eval' perplexity --ckpt '%s' --data '%s' --split train --max-chunks 1 "
                               "> /dev/null 2> '%s/nan_eval.txt'", HDLM_BIN_DIR, bad, train_dir, tmp), 1);
     assert_int_equal(test_run("grep -q 'holds nan' '%s/nan_eval.txt'", tmp), 0);
+    // --resume RUN_DIR without --config: the configuration the checkpoint stores, overrides on top, and the run
+    // continues in RUN_DIR even when it was moved after the checkpoint was written.
+    assert_int_equal(test_run("cp -r '%s/nan' '%s/nan_moved' && OMP_NUM_THREADS=1 '%s/hdlm-train' --resume "
+                              "'%s/nan_moved' training.n_iters=2 > '%s/resume.log' 2>&1",
+                              tmp, tmp, HDLM_BIN_DIR, tmp, tmp), 0);
+    assert_int_equal(test_run("grep -q 'resumed at update 1' '%s/resume.log' && grep -q 'update 2/2' '%s/resume.log'",
+                              tmp, tmp), 0);
+    assert_int_equal(test_run("test -f '%s/nan_moved/checkpoints/step_000000002/COMPLETE' && "
+                              "! test -e '%s/nan/checkpoints/step_000000002'", tmp, tmp), 0);
+    assert_int_equal(test_run("'%s/hdlm-train' --resume > /dev/null 2> '%s/resume.log'", HDLM_BIN_DIR, tmp), 1);
+    assert_int_equal(test_run("grep -q 'or --resume RUN_DIR' '%s/resume.log'", tmp), 0);
     assert_int_equal(tiny_config(&cfg, "nan_resume", NULL, 0), 0);
     assert_int_equal(hdlm_trainer_create(&t, &cfg, bad), -1);
     assert_error_contains("holds nan");

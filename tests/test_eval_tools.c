@@ -367,7 +367,7 @@ static void test_bad_inputs_refused(void **state) {
     assert_int_equal(test_run(EVAL " perplexity --ckpt %s/nowhere --data %s 2> %s", tmp, data_dir,
                               err), 1);
     char *text = slurp(err);
-    assert_non_null(strstr(text, "no such checkpoint directory"));
+    assert_non_null(strstr(text, "no such directory (expected a run directory, a checkpoint root or a checkpoint)"));
     free(text);
     assert_int_equal(test_run(EVAL " perplexity --ckpt %s --data %s 2> %s", run_eps, bad_dir, err),
                      1);
@@ -383,6 +383,30 @@ static void test_bad_inputs_refused(void **state) {
                               run_eps, tmp, err), 1);
     text = slurp(err);
     assert_non_null(strstr(text, "id 50257 is not a real token"));
+    free(text);
+    // Every tool names a checkpoint the same way: a run directory, a checkpoint root or a checkpoint; an empty one is
+    // refused listing what was found.
+    char where[3][4300];
+    snprintf(where[0], sizeof where[0], "%s/eps", tmp);
+    snprintf(where[1], sizeof where[1], "%s", run_eps);
+    snprintf(where[2], sizeof where[2], "%s/step_000000001", run_eps);
+    for (int w = 0; w < 3; w++) {
+        assert_int_equal(test_run(EVAL " perplexity --ckpt %s --data %s --max-chunks 1 --copies 2 --rounds 2 > %s",
+                                  where[w], data_dir, err), 0);
+        text = slurp(err);
+        assert_non_null(strstr(text, "step_000000001"));
+        free(text);
+    }
+    assert_int_equal(test_run("mkdir -p %s/norun/checkpoints/step_000000003", tmp), 0);
+    assert_int_equal(test_run(EVAL " sample --ckpt %s/norun --n 1 --out %s/x.jsonl 2> %s", tmp, tmp, err), 1);
+    text = slurp(err);
+    assert_non_null(strstr(text, "no complete checkpoint in"));
+    assert_non_null(strstr(text, "step_000000003 (no COMPLETE marker: the writer stopped early)"));
+    free(text);
+    assert_int_equal(test_run("'%s/hdlm-convert' export %s/norun %s/x.safetensors 2> %s", HDLM_BIN_DIR, tmp, tmp,
+                              err), 1);
+    text = slurp(err);
+    assert_non_null(strstr(text, "no complete checkpoint in"));
     free(text);
     // An incomplete checkpoint (no COMPLETE marker) is refused (other damage: tests/test_convert.c, test_mpi_checkpoint.c).
     assert_int_equal(test_run("rm -rf %s/partial && cp -r %s/step_000000001 %s/partial && rm %s/partial/COMPLETE",

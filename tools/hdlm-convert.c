@@ -37,7 +37,9 @@ static int is_dir(const char *path) {
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-static int cmd_export(const char *ckpt, const char *out, bool raw, const char *prefix) {
+static int cmd_export(const char *what, const char *out, bool raw, const char *prefix) {
+    char ckpt[4200];
+    HDLM_TRY(hdlm_checkpoint_resolve(what, ckpt, sizeof ckpt));
     hdlm_model *m;
     hdlm_train_config c;
     HDLM_TRY(hdlm_model_load_checkpoint(&m, &c, ckpt, raw ? "params" : "ema"));

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "hdlm/checkpoint.h"
 #include "hdlm/common.h"
 #include "hdlm/metrics.h"
 #include "hdlm/peak.h"
@@ -73,9 +74,11 @@ static int write_done(const char *run_dir, int64_t updates) {
 static void usage(FILE *out) {
     fprintf(out,
             "usage: mpirun -np R hdlm-train --config FILE [key=value ...] [--resume [latest|DIR]]\n"
+            "       mpirun -np R hdlm-train --resume RUN_DIR [key=value ...]   (the configuration its checkpoint stores)\n"
             "  --config FILE      YAML training configuration (presets in jobs/configs/)\n"
             "  key=value          override one key, e.g. training.batch_size=64 annealing.width=256\n"
-            "  --resume [WHAT]    continue from <run.dir>/checkpoints/latest (default) or a checkpoint directory\n"
+            "  --resume [WHAT]    continue from <run.dir>/checkpoints/latest (default), or from WHAT: a run directory,\n"
+            "                     a checkpoint root or a checkpoint (without --config: its stored configuration)\n"
             "  --help             this text and every configuration key\n"
             "Writes <run.dir>/config.yaml, <run.dir>/metrics.jsonl, <run.dir>/checkpoints/ and, once training.n_iters\n"
             "updates are done, <run.dir>/DONE. SIGTERM or SIGUSR1: every rank saves a checkpoint at the end of the\n"
@@ -141,9 +144,43 @@ int main(int argc, char **argv) {
             HDLM_DIE("unknown argument '%s'", argv[i]);
         }
     }
-    if (!config_path) HDLM_DIE("--config FILE is required (presets: jobs/configs/*.yaml)");
     hdlm_train_config cfg;
-    HDLM_MUST(hdlm_train_config_load(&cfg, config_path, overrides, n_overrides, hdlm_world_size()));
+    char resumed_from[4200] = "";
+    if (config_path) {
+        HDLM_MUST(hdlm_train_config_load(&cfg, config_path, overrides, n_overrides, hdlm_world_size()));
+    } else {
+        // Every checkpoint stores its configuration: --resume RUN_DIR (or a checkpoint root, or a checkpoint) is enough.
+        if (!resume || strcmp(resume, "latest") == 0)
+            HDLM_DIE("--config FILE is required (presets: jobs/configs/*.yaml), or --resume RUN_DIR to continue a run "
+                     "with the configuration its checkpoint stores");
+        HDLM_MUST(hdlm_checkpoint_resolve(resume, resumed_from, sizeof resumed_from));
+        hdlm_ckpt *ck;
+        char *stored = NULL;
+        HDLM_MUST(hdlm_checkpoint_open(&ck, resumed_from));
+        int rc = hdlm_checkpoint_config(ck, &stored);
+        hdlm_checkpoint_close(ck);
+        HDLM_MUST(rc);
+        char origin[4300];
+        snprintf(origin, sizeof origin, "%s/index.h5 config_yaml", resumed_from);
+        // The run continues where its checkpoints are (a run directory may have been moved since): run.dir is the
+        // folder holding checkpoints/step_N, unless an override says otherwise.
+        static char run_dir[4300];
+        snprintf(run_dir, sizeof run_dir, "run.dir=%s", resumed_from);
+        char *cut = strrchr(run_dir, '/');
+        if (cut) *cut = '\0';
+        size_t n = strlen(run_dir);
+        bool in_root = n > 12 && strcmp(run_dir + n - 12, "/checkpoints") == 0;
+        if (in_root) run_dir[n - 12] = '\0';
+        const char **all = hdlm_calloc((size_t)n_overrides + 1, sizeof *all);
+        all[0] = run_dir;
+        for (int i = 0; i < n_overrides; i++) all[1 + i] = overrides[i];
+        HDLM_MUST(hdlm_train_config_load_text(&cfg, stored, origin, in_root ? all : all + 1,
+                                              n_overrides + (in_root ? 1 : 0), hdlm_world_size()));
+        free(all);
+        free(stored);
+        resume = resumed_from;
+        config_path = origin;
+    }
     free(overrides);
     int64_t done = resume ? done_updates(cfg.run.dir) : -1;
     if (done >= cfg.training.n_iters) {

@@ -67,6 +67,12 @@ void hdlm_checkpoint_close(hdlm_ckpt *ck);
 // was skipped and why). Fails when there is none. path receives the directory.
 int hdlm_checkpoint_find_latest(const char *root, char *path, size_t path_size);
 
+// A checkpoint named the way users name one, the same for every tool: a checkpoint directory (holding index.h5), a
+// checkpoint root (its newest valid checkpoint, as hdlm_checkpoint_find_latest) or a run directory (its checkpoints/
+// root). path receives the checkpoint directory (validated later by hdlm_checkpoint_open). Fails with one message that
+// says what was looked for and lists what was found.
+int hdlm_checkpoint_resolve(const char *what, char *path, size_t path_size);
+
 const char *hdlm_checkpoint_path(const hdlm_ckpt *ck);
 int hdlm_checkpoint_world_size(const hdlm_ckpt *ck);
 // Reads flat elements [lo, hi) of a group into out[0 .. hi-lo). The checkpoint's tensor names and shapes must match

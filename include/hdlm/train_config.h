@@ -103,6 +103,10 @@ extern const hdlm_config_schema hdlm_train_config_schema;
 int hdlm_train_config_load(hdlm_train_config *c, const char *yaml_path, const char *const *overrides, int n_overrides,
                            int world);
 
+// The same from YAML text (a checkpoint's stored configuration; origin names it in messages).
+int hdlm_train_config_load_text(hdlm_train_config *c, const char *yaml, const char *origin,
+                                const char *const *overrides, int n_overrides, int world);
+
 // Fills c->kind from the string fields (needed after loading a configuration any other way, e.g. from a checkpoint);
 // an unknown value is an error naming its key.
 int hdlm_train_config_resolve(hdlm_train_config *c);

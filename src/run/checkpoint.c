@@ -113,7 +113,7 @@ static int list_complete(const char *root, int64_t **steps) {
     int n = 0, cap = 0;
     for (struct dirent *e; (e = readdir(d));) {
         int64_t step;
-        char marker[4400];
+        char marker[4400 + 256];
         snprintf(marker, sizeof marker, "%s/%s/COMPLETE", root, e->d_name);
         if (!is_step_name(e->d_name, &step) || access(marker, F_OK) != 0) continue;
         if (n == cap) *steps = hdlm_realloc(*steps, (size_t)(cap = cap ? 2 * cap : 16) * sizeof **steps);
@@ -753,6 +753,49 @@ int hdlm_checkpoint_find_latest(const char *root, char *path, size_t path_size) 
     }
     free(steps);
     return HDLM_FAIL("no valid checkpoint under %s", root);
+}
+
+// What the step directories under root are, for the message of a failed resolve: "step_000000100 (no COMPLETE
+// marker: the writer stopped early), ..." or "no step_NNNNNNNNN directory".
+static void describe_steps(const char *root, char *out, size_t size) {
+    DIR *d = opendir(root);
+    size_t k = 0;
+    int shown = 0, total = 0;
+    out[0] = '\0';
+    for (struct dirent *e; d && (e = readdir(d));) {
+        if (strncmp(e->d_name, "step_", 5) != 0) continue;
+        total++;
+        if (shown == 4 || k + 128 >= size) continue;
+        char marker[4400 + 256];
+        snprintf(marker, sizeof marker, "%s/%s/COMPLETE", root, e->d_name);
+        k += (size_t)snprintf(out + k, size - k, "%s%s (%s)", shown ? ", " : "", e->d_name,
+                              access(marker, F_OK) == 0 ? "complete, but refused: see the warning above"
+                                                        : "no COMPLETE marker: the writer stopped early");
+        shown++;
+    }
+    if (d) closedir(d);
+    if (total == 0) snprintf(out, size, "no step_NNNNNNNNN directory");
+    else if (total > shown && k + 32 < size) snprintf(out + k, size - k, " and %d more", total - shown);
+}
+
+int hdlm_checkpoint_resolve(const char *what, char *path, size_t path_size) {
+    struct stat st;
+    HDLM_CHECK(stat(what, &st) == 0 && S_ISDIR(st.st_mode),
+               "%s: no such directory (expected a run directory, a checkpoint root or a checkpoint)", what);
+    char probe[4200];
+    snprintf(probe, sizeof probe, "%s/index.h5", what);
+    if (access(probe, F_OK) == 0) {   // a checkpoint itself
+        HDLM_CHECK(strlen(what) < path_size, "checkpoint path too long: %s", what);
+        strcpy(path, what);
+        return 0;
+    }
+    snprintf(probe, sizeof probe, "%s/checkpoints", what);
+    const char *root = stat(probe, &st) == 0 && S_ISDIR(st.st_mode) ? probe : what;   // a run directory's root
+    if (hdlm_checkpoint_find_latest(root, path, path_size) == 0) return 0;
+    char found[1024];
+    describe_steps(root, found, sizeof found);
+    return HDLM_FAIL("no complete checkpoint in %s (looked in %s, for a checkpoint, a checkpoint root or a run "
+                     "directory): found %s", what, root, found);
 }
 
 const char *hdlm_checkpoint_path(const hdlm_ckpt *ck) { return ck->dir; }

@@ -119,14 +119,26 @@ static int check_cross_fields(const hdlm_train_config *c, int world) {
     return 0;
 }
 
-int hdlm_train_config_load(hdlm_train_config *c, const char *yaml_path, const char *const *overrides, int n_overrides,
-                           int world) {
+// Defaults, then the YAML (a file, or text with its origin for messages), then the overrides and the checks.
+static int load(hdlm_train_config *c, const char *yaml_path, const char *yaml_text, const char *origin,
+                const char *const *overrides, int n_overrides, int world) {
     memset(c, 0, sizeof *c);
     HDLM_TRY(hdlm_config_defaults(&hdlm_train_config_schema, c));
     if (yaml_path) HDLM_TRY(hdlm_config_load_yaml(&hdlm_train_config_schema, c, yaml_path));
+    if (yaml_text) HDLM_TRY(hdlm_config_load_yaml_string(&hdlm_train_config_schema, c, yaml_text, origin));
     for (int i = 0; i < n_overrides; i++) HDLM_TRY(hdlm_config_override(&hdlm_train_config_schema, c, overrides[i]));
     HDLM_TRY(hdlm_train_config_resolve(c));
     return check_cross_fields(c, world);
+}
+
+int hdlm_train_config_load(hdlm_train_config *c, const char *yaml_path, const char *const *overrides, int n_overrides,
+                           int world) {
+    return load(c, yaml_path, NULL, NULL, overrides, n_overrides, world);
+}
+
+int hdlm_train_config_load_text(hdlm_train_config *c, const char *yaml, const char *origin,
+                                const char *const *overrides, int n_overrides, int world) {
+    return load(c, NULL, yaml, origin, overrides, n_overrides, world);
 }
 
 // The schema already restricts each string to its choices; an unknown value can still arrive through a stored

@@ -428,7 +428,7 @@ static int restore(hdlm_trainer *t, const char *resume) {
         checkpoint_root(t, root, sizeof root);
         HDLM_TRY(hdlm_checkpoint_find_latest(root, path, sizeof path));
     } else {
-        snprintf(path, sizeof path, "%s", resume);
+        HDLM_TRY(hdlm_checkpoint_resolve(resume, path, sizeof path));
     }
     hdlm_ckpt *ck;
     HDLM_TRY(hdlm_checkpoint_open(&ck, path));

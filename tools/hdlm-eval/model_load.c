@@ -5,16 +5,12 @@
 
 #include "eval.h"
 #include "hdlm/common.h"
+#include "hdlm/checkpoint.h"
 #include "hdlm/model_io.h"
 
 int eval_model_load(eval_model *em, const char *ckpt, bool raw, int tau) {
     memset(em, 0, sizeof *em);
-    struct stat st;
-    HDLM_CHECK(stat(ckpt, &st) == 0 && S_ISDIR(st.st_mode), "--ckpt %s: no such checkpoint directory", ckpt);
-    char latest[4096];
-    snprintf(latest, sizeof latest, "%s/latest", ckpt);
-    if (stat(latest, &st) == 0) HDLM_TRY(hdlm_checkpoint_find_latest(ckpt, em->path, sizeof em->path));
-    else snprintf(em->path, sizeof em->path, "%s", ckpt);
+    HDLM_TRY(hdlm_checkpoint_resolve(ckpt, em->path, sizeof em->path));
     HDLM_TRY(hdlm_model_load_checkpoint(&em->model, &em->config, em->path, raw ? "params" : "ema"));
     if (!em->config.kind.scheduled) return 0;
     if (hdlm_train_config_schedule(&em->config, em->model->config.max_length, tau, true, &em->schedule) != 0) {
