@@ -145,7 +145,7 @@ int main(int argc, char **argv) {
         }
     }
     hdlm_train_config cfg;
-    char resumed_from[4200] = "";
+    char resumed_from[4200] = "", origin[4300];   // origin: the configuration's source, for the log
     if (config_path) {
         HDLM_MUST(hdlm_train_config_load(&cfg, config_path, overrides, n_overrides, hdlm_world_size()));
     } else {
@@ -160,7 +160,6 @@ int main(int argc, char **argv) {
         int rc = hdlm_checkpoint_config(ck, &stored);
         hdlm_checkpoint_close(ck);
         HDLM_MUST(rc);
-        char origin[4300];
         snprintf(origin, sizeof origin, "%s/index.h5 config_yaml", resumed_from);
         // The run continues where its checkpoints are (a run directory may have been moved since): run.dir is the
         // folder holding checkpoints/step_N, unless an override says otherwise.

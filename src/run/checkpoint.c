@@ -120,7 +120,7 @@ static int list_complete(const char *root, int64_t **steps) {
         (*steps)[n++] = step;
     }
     closedir(d);
-    qsort(*steps, (size_t)n, sizeof **steps, compare_desc);
+    if (n > 1) qsort(*steps, (size_t)n, sizeof **steps, compare_desc);   // (*steps is NULL when n = 0)
     return n;
 }
 
