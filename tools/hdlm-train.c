@@ -149,7 +149,7 @@ int main(int argc, char **argv) {
     if (config_path) {
         HDLM_MUST(hdlm_train_config_load(&cfg, config_path, overrides, n_overrides, hdlm_world_size()));
     } else {
-        // Every checkpoint stores its configuration: --resume RUN_DIR (or a checkpoint root, or a checkpoint) is enough.
+        // Every checkpoint stores its configuration: --resume RUN_DIR (a checkpoint root, a checkpoint) is enough.
         if (!resume || strcmp(resume, "latest") == 0)
             HDLM_DIE("--config FILE is required (presets: jobs/configs/*.yaml), or --resume RUN_DIR to continue a run "
                      "with the configuration its checkpoint stores");

@@ -52,7 +52,9 @@ static inline hdlm_attn_mask hdlm_mask_two_copy(int half, int block_size, hdlm_c
 }
 
 // The position (rotary phase) of row i: the noisy copy repeats the clean copy's positions.
-HDLM_MASK_FN int hdlm_mask_position(const hdlm_attn_mask *m, int i) { return m->half > 0 && i >= m->half ? i - m->half : i; }
+HDLM_MASK_FN int hdlm_mask_position(const hdlm_attn_mask *m, int i) {
+    return m->half > 0 && i >= m->half ? i - m->half : i;
+}
 
 // The rule among settled (or clean-copy) rows i, j.
 HDLM_MASK_FN bool hdlm_mask_context_allowed(const hdlm_attn_mask *m, int i, int j) {

@@ -98,7 +98,8 @@ static int block_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uin
     *any = false;
     for (int k = 0; k < nb; k++) {
         double u0 = hdlm_rng_uniform_double(rng);
-        for (int b = 0; b < C; b++) p[(size_t)b * nb + k] = (1 - cfg->floor) * fmod(u0 + (double)b / C, 1.0) + cfg->floor;
+        for (int b = 0; b < C; b++)
+            p[(size_t)b * nb + k] = (1 - cfg->floor) * fmod(u0 + (double)b / C, 1.0) + cfg->floor;
     }
     for (int b = 0; b < C; b++) {
         uint32_t *row = xt + (size_t)b * L2;

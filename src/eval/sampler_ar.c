@@ -13,13 +13,15 @@
 int hdlm_ar_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int length, uint64_t first_sample,
                    uint32_t *x, hdlm_sampler_progress progress, void *pctx) {
     const int V = d->vocab, width = V - 1;   // never MASK: the AR model never saw it
-    uint32_t *in = hdlm_malloc((size_t)batch * length * sizeof *in), *step = hdlm_malloc(2 * (size_t)batch * sizeof *step);
+    uint32_t *in = hdlm_malloc((size_t)batch * length * sizeof *in);
+    uint32_t *step = hdlm_malloc(2 * (size_t)batch * sizeof *step);
     float *scratch = hdlm_malloc((size_t)width * sizeof *scratch);
     hdlm_kv_cache cache;
     if (cfg->kv_cache) hdlm_kv_cache_init(&cache, d->model, batch);
     int status = 0;
     for (int i = 0; i < length && status == 0; i++) {
-        for (int b = 0; b < batch; b++) in[(size_t)b * length + i] = i == 0 ? (uint32_t)V - 2 : x[(size_t)b * length + i - 1];
+        for (int b = 0; b < batch; b++)
+            in[(size_t)b * length + i] = i == 0 ? (uint32_t)V - 2 : x[(size_t)b * length + i - 1];
         const float *out;
         size_t row_stride;   // floats between the rows of consecutive sequences
         int row;             // the row of position i within a sequence's outputs

@@ -281,7 +281,8 @@ int hdlm_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int
     HDLM_CHECK(!cfg->kv_cache || d->model, "sampler: the KV cache needs a model denoiser");
     if (cfg->kind == HDLM_SAMPLER_GAMMA_NAR || cfg->kind == HDLM_SAMPLER_GAMMA_SAR)
         return hdlm_gamma_sample(cfg, d, batch, length, first_sample, x, progress, progress_ctx);
-    if (cfg->kind == HDLM_SAMPLER_AR) return hdlm_ar_sample(cfg, d, batch, length, first_sample, x, progress, progress_ctx);
+    if (cfg->kind == HDLM_SAMPLER_AR)
+        return hdlm_ar_sample(cfg, d, batch, length, first_sample, x, progress, progress_ctx);
     for (size_t r = 0; r < (size_t)batch * length; r++) x[r] = (uint32_t)(d->vocab - 1);
     for (int b = 0; b < batch; b++) hdlm_sampler_impose_prompt(cfg, length, x + (size_t)b * length);
     if (cfg->kind == HDLM_SAMPLER_WALK)
