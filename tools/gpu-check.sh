@@ -13,7 +13,8 @@
 #   GPU_CHECK_STAGES="bench" tools/gpu-check.sh     # a subset again, reusing the build directory
 #
 # Environment: OUT, GPU_CHECK_BUILD (build directory, default build-gpu), GPU_CHECK_BUDGET, GPU_CHECK_STAGES (any of:
-# info configure build ctest bench profile memcheck nccl; default all, run in that order), GPU_CHECK_PACK, BENCH_ARGS
+# info configure build ctest bench profile memcheck nccl layout; default all, run in that order; layout: the block
+# schedule's two training layouts on the GPU, hdlm-bench train --omega, docs/methods.md), GPU_CHECK_PACK, BENCH_ARGS
 # (more arguments of hdlm-bench train, bench and profile stages, e.g. "--batch 64"). Exit status 0 when no stage failed
 # or timed out.
 set -u
@@ -21,7 +22,7 @@ cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-./gpu-check-out}
 BUILD=${GPU_CHECK_BUILD:-build-gpu}
 BUDGET=${GPU_CHECK_BUDGET:-510}
-STAGES=${GPU_CHECK_STAGES:-"info configure build ctest bench profile memcheck nccl"}
+STAGES=${GPU_CHECK_STAGES:-"info configure build ctest bench profile memcheck nccl layout"}
 USE_PACK=${GPU_CHECK_PACK:-0}
 PACK_TAR=gpu-pack/pack.tar.xz
 PACK_DIR=/tmp/hdlm-gpu-pack
@@ -173,6 +174,9 @@ else
             skipped nccl "$GPUS GPU(s): the 2-rank NCCL test needs 2"
         fi
     fi
+    if wanted layout; then
+        stage layout 60 "$BIN/hdlm-bench" train --device cuda --no-torch --batch 8 --omega 64 --steps 3 --warmup 1
+    fi
 fi
 
 {
@@ -194,6 +198,10 @@ fi
     if [ -f "$OUT/bench.log" ]; then
         echo "--- hdlm-bench train"
         grep -vE '^\s*$' "$OUT/bench.log" | tail -12
+    fi
+    if [ -f "$OUT/layout.log" ]; then
+        echo "--- hdlm-bench train --omega 64 (block schedule: length-L vs two-copy layout)"
+        grep -vE '^\s*$' "$OUT/layout.log" | tail -4
     fi
     if [ -f "$OUT/profile.log" ]; then
         echo "--- HDLM_PROFILE=1 hdlm-bench train (ms per step by kernel kind)"
