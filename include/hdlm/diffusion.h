@@ -98,6 +98,9 @@ int hdlm_ardm_softmax_width(const hdlm_ardm_config *cfg, int vocab);
 // sequence: with a causal mask, hdlm_corruption_loss is the mean next-token cross-entropy in nats per token, and its
 // sum over a chunk the exact -log p(x) of all L tokens.
 void hdlm_ar_inputs(const uint32_t *x0, uint32_t start, hdlm_corruption *c);
+// The start token of a vocabulary of V ids (the last real token: <|endoftext|> for GPT-2 with MASK, V = 50258); the
+// trainer, the AR likelihood and the AR sampler all take it from here.
+static inline uint32_t hdlm_ar_start(int vocab) { return (uint32_t)vocab - 2; }
 
 // ---- γ-hybrid (method §5) ----
 

@@ -84,6 +84,11 @@ int hdlm_nelbo_masking_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, con
     return status;
 }
 
+// The masking probability of copy b of C at stratified time t_b = (u0 + b/C) mod 1 (method §9.1).
+static double stratified_p(const hdlm_nelbo_config *cfg, double u0, int b) {
+    return (1 - cfg->floor) * fmod(u0 + (double)b / cfg->copies, 1.0) + cfg->floor;
+}
+
 // One block round: copy b's block k at time t = (u_k + b/C) mod 1 (stratified over the copies, u_k per block),
 // masking probability p = (1 - floor)·t + floor; the copies' noisy halves in one forward of the two-copy layout, the
 // estimate (1/C)·Σ_b Σ_k Σ_{i in block k masked} CE_i / p_{b,k} (CE over all V entries, as the masking round).
@@ -98,8 +103,7 @@ static int block_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uin
     *any = false;
     for (int k = 0; k < nb; k++) {
         double u0 = hdlm_rng_uniform_double(rng);
-        for (int b = 0; b < C; b++)
-            p[(size_t)b * nb + k] = (1 - cfg->floor) * fmod(u0 + (double)b / C, 1.0) + cfg->floor;
+        for (int b = 0; b < C; b++) p[(size_t)b * nb + k] = stratified_p(cfg, u0, b);
     }
     for (int b = 0; b < C; b++) {
         uint32_t *row = xt + (size_t)b * L2;
@@ -228,7 +232,7 @@ static int ardm_policy_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, con
 static int ar_nll(hdlm_denoiser *d, const uint32_t *x, int length, double *value) {
     hdlm_corruption c;
     hdlm_corruption_alloc(&c, 1, length);
-    hdlm_ar_inputs(x, (uint32_t)d->vocab - 2, &c);
+    hdlm_ar_inputs(x, hdlm_ar_start(d->vocab), &c);
     hdlm_attn_mask causal = hdlm_mask_causal(length);
     const float *out;
     int status = d->forward(d, c.xt, NULL, &causal, 1, length, &out);
@@ -271,7 +275,7 @@ int hdlm_nelbo_chunk(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint3
             double u0 = hdlm_rng_uniform_double(&rng);
             bool any = false;
             for (int b = 0; b < C; b++) {
-                p[b] = (1 - cfg->floor) * fmod(u0 + (double)b / C, 1.0) + cfg->floor;
+                p[b] = stratified_p(cfg, u0, b);
                 for (int i = 0; i < length; i++) {
                     masked[(size_t)b * length + i] = hdlm_rng_uniform_double(&rng) < p[b];
                     any |= masked[(size_t)b * length + i];

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "hdlm/common.h"
+#include "hdlm/diffusion.h"
 #include "hdlm/sampler.h"
 #include "sampler_internal.h"
 
@@ -21,7 +22,7 @@ int hdlm_ar_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, 
     int status = 0;
     for (int i = 0; i < length && status == 0; i++) {
         for (int b = 0; b < batch; b++)
-            in[(size_t)b * length + i] = i == 0 ? (uint32_t)V - 2 : x[(size_t)b * length + i - 1];
+            in[(size_t)b * length + i] = i == 0 ? hdlm_ar_start(V) : x[(size_t)b * length + i - 1];
         const float *out;
         size_t row_stride;   // floats between the rows of consecutive sequences
         int row;             // the row of position i within a sequence's outputs

@@ -243,7 +243,7 @@ static hdlm_model_input corrupt(hdlm_trainer *t, uint64_t seed, uint64_t ms, boo
             hdlm_epsilon_corrupt_unscheduled(&t->eps_cfg, t->cfg.annealing.sampling_eps, t->x0 + o, V, key, &one, NULL);
             break;
         case HDLM_OBJECTIVE_ARDM: hdlm_ardm_corrupt(&t->ardm_cfg, t->x0 + o, V, key, &one, NULL); break;
-        case HDLM_OBJECTIVE_AR: hdlm_ar_inputs(t->x0 + o, HDLM_TOKEN_EOT, &one); break;
+        case HDLM_OBJECTIVE_AR: hdlm_ar_inputs(t->x0 + o, hdlm_ar_start(V), &one); break;
         case HDLM_OBJECTIVE_GAMMA:
             hdlm_gamma_corrupt(t->cfg.graph.gamma, &t->step_of[b], t->x0 + o, 1, V, key, t->xt + o);
             hdlm_gamma_sigmas(t->step_of[b], t->sigma + o);

@@ -32,6 +32,8 @@ typedef struct {
     char path[4096];   // the checkpoint directory read
 } eval_model;
 int eval_model_load(eval_model *em, const char *ckpt, bool raw, int tau);
+// Block diffusion: the ε family on the block schedule at ω < L, scored and sampled block by block (docs/methods.md).
+bool eval_model_block_diffusion(const eval_model *em);
 void eval_model_free(eval_model *em);
 
 // The ARDM policy of budget K over L steps (method §13 A.5): with losses_path (L numbers L_0..L_{L-1}, one per line)

@@ -22,6 +22,11 @@ int eval_model_load(eval_model *em, const char *ckpt, bool raw, int tau) {
     return 0;
 }
 
+bool eval_model_block_diffusion(const eval_model *em) {
+    return em->model->config.family == HDLM_FAMILY_EPSILON && em->has_schedule &&
+           em->schedule.type == HDLM_SCHEDULE_BLOCK && em->schedule.width < em->schedule.length;
+}
+
 void eval_model_free(eval_model *em) {
     if (em->has_schedule) hdlm_schedule_free(&em->schedule);
     hdlm_model_free(em->model);

@@ -136,8 +136,7 @@ int eval_perplexity_main(int argc, char **argv) {
     bool ar_run = em.config.kind.objective == HDLM_OBJECTIVE_AR;
     hdlm_nelbo_config cfg = hdlm_nelbo_config_default(family == HDLM_FAMILY_GAMMA);
     // Block diffusion (the ε family on the block schedule at ω < L) is scored block by block, as it generates.
-    bool block_run = family == HDLM_FAMILY_EPSILON && em.has_schedule && em.schedule.type == HDLM_SCHEDULE_BLOCK &&
-                     em.schedule.width < em.schedule.length;
+    bool block_run = eval_model_block_diffusion(&em);
     cfg.kind = estimator ? kind
                : ar_run  ? HDLM_NLL_AR
                : ardm_run ? HDLM_NELBO_ARDM

@@ -215,9 +215,7 @@ int eval_sample_main(int argc, char **argv) {
                                .kv_cache = a.kv_cache};
     bool ar_run = em.config.kind.objective == HDLM_OBJECTIVE_AR;
     if (ar_run) cfg.kind = HDLM_SAMPLER_AR;
-    // Block diffusion (ε on the block schedule at ω < L) generates block by block: the hyperschedule walker.
-    if (!gamma && em.has_schedule && em.schedule.type == HDLM_SCHEDULE_BLOCK && em.schedule.width < L)
-        cfg.kind = HDLM_SAMPLER_WALK;
+    if (eval_model_block_diffusion(&em)) cfg.kind = HDLM_SAMPLER_WALK;   // block by block, as it was trained
     if (a.sampler && strcmp(a.sampler, "ardm") == 0) ardm = true;
     else if (a.sampler) HDLM_MUST(hdlm_sampler_kind_parse(a.sampler, "--sampler", &cfg.kind));
     // A next-token network only continues a prefix; a denoiser only denoises.
