@@ -27,10 +27,11 @@
     HDLM_BIN_DIR "/hdlm-eval"
 
 enum { LENGTH = 16 };
-static char run_eps[4200], run_gamma[4200], run_ar[4200], data_dir[4200], bad_dir[4200], tmp[2048];
+static char run_eps[4200], run_gamma[4200], run_ar[4200], run_eos[4200], data_dir[4200], bad_dir[4200], tmp[2048];
 
-// objective: "hdlm", or "ar" for the AR baseline (ε network, causal).
-static void make_checkpoint(hdlm_family f, const char *root, const char *objective) {
+// objective: "hdlm", or "ar" for the AR baseline (ε network, causal). eos_bias: added to the output bias of
+// <|endoftext|>, which the network then draws often (the end-of-text tests).
+static void make_checkpoint(hdlm_family f, const char *root, const char *objective, float eos_bias) {
     char path[4200];
     snprintf(path, sizeof path, "%s/jobs/configs/%s.yaml", HDLM_SOURCE_DIR,
              f == HDLM_FAMILY_GAMMA ? "gamma_hdlm" : "epsilon_hdlm");
@@ -52,6 +53,7 @@ static void make_checkpoint(hdlm_family f, const char *root, const char *objecti
     hdlm_rng rng;
     hdlm_rng_init(&rng, 9);
     for (size_t i = 0; i < m->n_params; i++) m->params[i] += 0.2f * (float)hdlm_rng_normal(&rng);
+    m->p.head_b[HDLM_GPT2_VOCAB - 1] += eos_bias;
     if (hdlm_model_save_checkpoint(root, 1, m, &c, false, NULL) != 0) fail_msg("%s", hdlm_last_error());
     hdlm_model_free(m);
 }
@@ -74,12 +76,14 @@ static int setup(void **state) {
     snprintf(run_eps, sizeof run_eps, "%s/eps/checkpoints", tmp);
     snprintf(run_gamma, sizeof run_gamma, "%s/gamma/checkpoints", tmp);
     snprintf(run_ar, sizeof run_ar, "%s/ar/checkpoints", tmp);
+    snprintf(run_eos, sizeof run_eos, "%s/eos/checkpoints", tmp);
     snprintf(data_dir, sizeof data_dir, "%s/data", tmp);
     snprintf(bad_dir, sizeof bad_dir, "%s/bad", tmp);
     test_run("mkdir -p %s %s", data_dir, bad_dir);
-    make_checkpoint(HDLM_FAMILY_EPSILON, run_eps, "hdlm");
-    make_checkpoint(HDLM_FAMILY_GAMMA, run_gamma, "hdlm");
-    make_checkpoint(HDLM_FAMILY_EPSILON, run_ar, "ar");
+    make_checkpoint(HDLM_FAMILY_EPSILON, run_eps, "hdlm", 0);
+    make_checkpoint(HDLM_FAMILY_GAMMA, run_gamma, "hdlm", 0);
+    make_checkpoint(HDLM_FAMILY_EPSILON, run_ar, "ar", 0);
+    make_checkpoint(HDLM_FAMILY_EPSILON, run_eos, "ar", 9);
     make_shard(data_dir, HDLM_GPT2_VOCAB, 50256);
     make_shard(bad_dir, 60000, 55000);   // ids beyond the model's 50257 real tokens
     return 0;
@@ -340,8 +344,21 @@ static void test_samples_chain_into_the_judge(void **state) {
     snprintf(out, sizeof out, "%s/chain.txt", tmp);
     assert_int_equal(test_run("/usr/bin/python3 %s/tests/reference/gpt2_ref.py %s --vocab %d > /dev/null",
                               HDLM_SOURCE_DIR, judge, HDLM_GPT2_VOCAB), 0);
-    assert_int_equal(test_run(EVAL " sample --ckpt %s --n 8 --batch 4 --seed 1 --sampler ancestral --steps 4 --no-mask "
-                              "--tokenizer %s --out %s > /dev/null 2>&1", run_eps, test_cache_path("gpt2"), samples), 0);
+    // a text prompt, tokenized with the tokenizer the tool finds by itself (build/share/hdlm/gpt2)
+    assert_int_equal(test_run("env -u HDLM_VOCAB " EVAL " sample --ckpt %s --n 8 --batch 4 --seed 1 --sampler "
+                              "ancestral --steps 4 --no-mask --prompt ' The President said' --out %s > /dev/null 2>&1",
+                              run_eps, samples), 0);
+    cJSON *lines[8];
+    assert_int_equal(read_samples(samples, lines, 8), 8);
+    const int prompt_ids[4] = {383, 1992, 531, 0};   // GPT-2's " The President said" (3 tokens)
+    for (int i = 0; i < 8; i++) {
+        const cJSON *ids = cJSON_GetObjectItem(lines[i], "ids");
+        assert_int_equal(cJSON_GetArraySize(ids), LENGTH);
+        for (int k = 0; k < 3; k++) assert_int_equal(cJSON_GetArrayItem(ids, k)->valueint, prompt_ids[k]);
+        assert_string_equal(cJSON_GetObjectItem(lines[i], "prompt")->valuestring, " The President said");
+        assert_memory_equal(cJSON_GetObjectItem(lines[i], "text")->valuestring, " The President said", 19);
+        cJSON_Delete(lines[i]);
+    }
     assert_int_equal(test_run(EVAL " features --judge %s --samples %s --out %s --max-tokens %d > /dev/null", judge,
                               samples, q, LENGTH), 0);
     assert_int_equal(test_run(EVAL " features --judge %s --text-shards %s --chunk-len %d --count 3 --out %s "
@@ -358,6 +375,99 @@ static void test_samples_chain_into_the_judge(void **state) {
     assert_true(ppl > 1 && isfinite(ppl));
     assert_non_null(strstr(text, "n 8 dropped 0"));
     free(text);
+}
+
+// Infilling templates, end of text (keep / drop / pad on the same draws; the ar sampler stops early), top-k / top-p,
+// and the generate one-liner. run_eos draws <|endoftext|> (50256) with probability ~0.14 per position.
+static void test_templates_eos_and_generate(void **state) {
+    (void)state;
+    char out[4200], err[4200], keep[4200], drop[4200], pad[4200];
+    snprintf(out, sizeof out, "%s/template.jsonl", tmp);
+    snprintf(err, sizeof err, "%s/err.txt", tmp);
+    // "A<mask:3> B<mask>C": A at 0, three holes, " B" at 4, one hole, C at 6; the rest generated
+    assert_int_equal(test_run(EVAL " sample --ckpt %s --n 3 --steps 4 --no-mask --template 'A<mask:3> B<mask>C' "
+                              "--top-k 50 --top-p 0.9 --out %s > /dev/null 2>&1", run_eps, out), 0);
+    cJSON *lines[8];
+    assert_int_equal(read_samples(out, lines, 8), 3);
+    for (int i = 0; i < 3; i++) {
+        const cJSON *ids = cJSON_GetObjectItem(lines[i], "ids");
+        assert_int_equal(cJSON_GetArrayItem(ids, 0)->valueint, 32);    // "A"
+        assert_int_equal(cJSON_GetArrayItem(ids, 4)->valueint, 347);   // " B"
+        assert_int_equal(cJSON_GetArrayItem(ids, 6)->valueint, 34);    // "C"
+        assert_string_equal(cJSON_GetObjectItem(lines[i], "prompt")->valuestring, "A<mask:3> B<mask>C");
+        cJSON_Delete(lines[i]);
+    }
+    // end of text: one draw, three ways of ending it
+    const char *modes[3] = {"keep", "drop", "pad"};
+    char *paths[3] = {keep, drop, pad};
+    for (int m = 0; m < 3; m++) {
+        snprintf(paths[m], 4200, "%s/eos_%s.jsonl", tmp, modes[m]);
+        assert_int_equal(test_run(EVAL " sample --ckpt %s --n 12 --batch 4 --seed 3 --prompt 'Hello' --eos %s "
+                                  "--kv-cache --out %s > /dev/null 2>&1", run_eos, modes[m], paths[m]), 0);
+    }
+    cJSON *k[12], *d[12], *p[12];
+    assert_int_equal(read_samples(keep, k, 12), 12);
+    assert_int_equal(read_samples(drop, d, 12), 12);
+    assert_int_equal(read_samples(pad, p, 12), 12);
+    int stopped = 0;
+    for (int i = 0; i < 12; i++) {
+        const cJSON *ki = cJSON_GetObjectItem(k[i], "ids"), *di = cJSON_GetObjectItem(d[i], "ids"),
+                    *pi = cJSON_GetObjectItem(p[i], "ids");
+        int end = LENGTH;   // the first 50256 after the prompt ("Hello" is one token), inclusive
+        for (int t = 1; t < LENGTH && end == LENGTH; t++)
+            if (cJSON_GetArrayItem(ki, t)->valueint == 50256) end = t + 1;
+        stopped += end < LENGTH;
+        assert_int_equal(cJSON_GetArraySize(di), end);
+        assert_int_equal(cJSON_GetArraySize(pi), LENGTH);
+        for (int t = 0; t < LENGTH; t++) {
+            int kt = cJSON_GetArrayItem(ki, t)->valueint;
+            if (t < end) assert_int_equal(cJSON_GetArrayItem(di, t)->valueint, kt);
+            assert_int_equal(cJSON_GetArrayItem(pi, t)->valueint, t < end ? kt : 50256);
+        }
+        cJSON_Delete(k[i]), cJSON_Delete(d[i]), cJSON_Delete(p[i]);
+    }
+    assert_true(stopped >= 6);   // P(no EOS in 15 draws) ~ 0.1: most samples end early
+    // generate: the text, and --json the record
+    assert_int_equal(test_run(EVAL " generate --ckpt %s --prompt 'Hello' --seed 3 > %s 2> %s", run_eos, out, err), 0);
+    char *text = slurp(out);
+    assert_memory_equal(text, "Hello", 5);
+    assert_null(strchr(text, '{'));
+    free(text);
+    text = slurp(err);
+    assert_non_null(strstr(text, "wrote 1 samples to standard output"));
+    free(text);
+    assert_int_equal(test_run(EVAL " generate --ckpt %s --prompt 'Hello' --n 2 --json > %s 2> /dev/null", run_ar, out),
+                     0);
+    assert_int_equal(read_samples(out, lines, 8), 2);
+    cJSON_Delete(lines[0]), cJSON_Delete(lines[1]);
+    // refusals, each naming the flag
+    struct {
+        const char *args, *message;
+    } bad[] = {
+        {"--template 'A B<mask:15>'", "--template: the hole at '<mask:15>' ends at position 17, past the model's length"},
+        {"--template 'A<mask:x>'", "--template: expected <mask:N> with N in [1, 16]"},
+        {"--template 'A<masked>'", "--template: expected <mask> or <mask:N>"},
+        {"--prompt 'one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen'",
+         "the prompt fixes all 16 positions of the model's length: nothing is left to generate"},
+        {"--prompt 'one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+         "seventeen'", "--prompt: 17 more tokens from position 0 do not fit the model's length 16"},
+        {"--prompt 'A' --prompt-ids 5", "--prompt, --template and --prompt-ids each set the prompt"},
+        {"--eos stop", "--eos expects keep, drop or pad, got 'stop'"},
+        {"--top-p 1.5", "--top-p expects a number in"},
+        {"--sampler gamma-nar --top-k 5 --ckpt-gamma", "--top-k / --top-p do not apply to gamma-nar"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *ckpt = strstr(bad[i].args, "--ckpt-gamma") ? run_gamma : run_eps;
+        char args[512];
+        snprintf(args, sizeof args, "%s", bad[i].args);
+        char *cut = strstr(args, " --ckpt-gamma");
+        if (cut) *cut = '\0';
+        int rc = test_run(EVAL " sample --ckpt %s --n 1 --out %s/bad.jsonl %s 2> %s", ckpt, tmp, args, err);
+        assert_true(rc == 1 || rc == 2);
+        text = slurp(err);
+        if (!strstr(text, bad[i].message)) fail_msg("%s: expected '%s' in:\n%s", bad[i].args, bad[i].message, text);
+        free(text);
+    }
 }
 
 static void test_bad_inputs_refused(void **state) {
@@ -424,6 +534,7 @@ int main(void) {
         cmocka_unit_test(test_sample_jsonl),
         cmocka_unit_test(test_ar_run),
         cmocka_unit_test(test_samples_chain_into_the_judge),
+        cmocka_unit_test(test_templates_eos_and_generate),
         cmocka_unit_test(test_bad_inputs_refused),
     };
     return cmocka_run_group_tests_name("eval_tools", tests, setup, NULL);

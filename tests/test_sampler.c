@@ -339,11 +339,163 @@ static void test_bad_configurations_are_refused(void **state) {
     cfg.kind = HDLM_SAMPLER_ACS, cfg.prompt = prompt, cfg.prompt_mask = pmask;
     assert_int_equal(hdlm_sample(&cfg, &d, 1, 8, 0, x, NULL, NULL), -1);
     assert_error_contains("prompt id 5 at position 0");
+    cfg.prompt = NULL, cfg.prompt_mask = NULL, cfg.top_k = -1;
+    assert_int_equal(hdlm_sample(&cfg, &d, 1, 8, 0, x, NULL, NULL), -1);
+    assert_error_contains("--top-k");
+    cfg.top_k = 0, cfg.top_p = 1.5;
+    assert_int_equal(hdlm_sample(&cfg, &d, 1, 8, 0, x, NULL, NULL), -1);
+    assert_error_contains("--top-p");
+    cfg.top_p = 0.9, cfg.kind = HDLM_SAMPLER_GAMMA_NAR, cfg.steps = 4;
+    hdlm_schedule s;
+    assert_int_equal(hdlm_schedule_init(&s, HDLM_SCHEDULE_BLOCK, 8, 2, 4, HDLM_SAMPLING_EPS,
+                                        HDLM_CONTEXT_BLOCK_CAUSAL, HDLM_BLOCK_FULL), 0);
+    cfg.schedule = &s;
+    assert_int_equal(hdlm_sample(&cfg, &d, 1, 8, 0, x, NULL, NULL), -1);
+    assert_error_contains("do not apply to gamma-nar");
+    hdlm_schedule_free(&s);
+    cfg.kind = HDLM_SAMPLER_ANCESTRAL, cfg.top_p = 0, cfg.stop = true, cfg.stop_token = 5;
+    assert_int_equal(hdlm_sample(&cfg, &d, 1, 8, 0, x, NULL, NULL), -1);
+    assert_error_contains("stop token 5");
     hdlm_sampler_kind kind;
     assert_int_equal(hdlm_sampler_kind_parse("gamma-sar", "--sampler", &kind), 0);
     assert_int_equal(kind, HDLM_SAMPLER_GAMMA_SAR);
     assert_int_equal(hdlm_sampler_kind_parse("euler", "--sampler", &kind), -1);
     assert_error_contains("--sampler: unknown sampler 'euler'");
+}
+
+// ---- top-k / nucleus and end of text ----
+
+static int by_value_desc(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+// The truncation by sorting (the definition): the k-th largest value, then the first sorted entry at which the
+// running sum reaches top_p of the total; entries below a cut value are dropped. Dyadic weights: sums are exact.
+static void truncate_by_sorting(float *w, int n, int top_k, double top_p) {
+    float *s = hdlm_malloc((size_t)n * sizeof *s);
+    memcpy(s, w, (size_t)n * sizeof *s);
+    qsort(s, (size_t)n, sizeof *s, by_value_desc);
+    if (top_k > 0 && top_k < n)
+        for (int y = 0; y < n; y++)
+            if (w[y] < s[top_k - 1]) w[y] = 0;
+    if (top_p > 0 && top_p < 1) {
+        memcpy(s, w, (size_t)n * sizeof *s);
+        qsort(s, (size_t)n, sizeof *s, by_value_desc);
+        double total = 0, run = 0;
+        for (int y = 0; y < n; y++) total += s[y] > 0 ? s[y] : 0;
+        float cut = 0;
+        for (int y = 0; y < n && s[y] > 0; y++) {
+            run += s[y];
+            cut = s[y];
+            if (run >= top_p * total) break;
+        }
+        for (int y = 0; y < n; y++)
+            if (w[y] < cut) w[y] = 0;
+    }
+    free(s);
+}
+
+static void test_truncation_equals_sorting(void **state) {
+    (void)state;
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, 42);
+    const double ps[] = {0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.999, 1};
+    float w[300], ref[300], work[300];
+    for (int trial = 0; trial < 400; trial++) {
+        int n = 1 + (int)(hdlm_rng_uniform_double(&rng) * 300), levels = 2 + trial % 40;
+        for (int y = 0; y < n; y++)   // many ties, some zeros
+            w[y] = (float)(int)(hdlm_rng_uniform_double(&rng) * levels) / 64.0f;
+        int top_k = trial % 3 == 0 ? 0 : 1 + (int)(hdlm_rng_uniform_double(&rng) * (n + 2));
+        double top_p = ps[trial % 8];
+        memcpy(ref, w, (size_t)n * sizeof *w);
+        truncate_by_sorting(ref, n, top_k, top_p);
+        hdlm_truncate_weights(w, n, top_k, top_p, work);
+        for (int y = 0; y < n; y++)
+            if (w[y] != ref[y]) fail_msg("trial %d (n %d, k %d, p %g): entry %d is %g, sorting says %g", trial, n,
+                                         top_k, top_p, y, w[y], ref[y]);
+    }
+}
+
+// Top-k and top-p draws of the ancestral and ar samplers from input-independent logits log q follow q restricted to
+// the kept tokens, renormalised (chi-square).
+static void test_truncated_draws_follow_the_renormalised_law(void **state) {
+    (void)state;
+    const int V = 6, L = 16, B = 128;
+    const double q[5] = {0.4, 0.25, 0.2, 0.1, 0.05};
+    toy t = {0, q, 0, NULL, false, NULL};
+    hdlm_denoiser d = toy_denoiser(&t, V);
+    uint32_t *x = hdlm_malloc((size_t)B * L * sizeof *x);
+    struct {
+        int top_k;
+        double top_p, law[6];
+    } cases[] = {
+        {2, 0, {0.4 / 0.65, 0.25 / 0.65, 0, 0, 0, 0}},
+        {0, 0.7, {0.4 / 0.85, 0.25 / 0.85, 0.2 / 0.85, 0, 0, 0}},   // 0.65 < 0.7 <= 0.85
+        {4, 0.6, {0.4 / 0.65, 0.25 / 0.65, 0, 0, 0, 0}},
+        {1, 0, {1, 0, 0, 0, 0, 0}},
+    };
+    for (int c = 0; c < 4; c++)
+        for (int kind = HDLM_SAMPLER_ANCESTRAL; kind <= HDLM_SAMPLER_AR; kind += HDLM_SAMPLER_AR) {
+            hdlm_sampler_config cfg = {.kind = kind, .steps = kind == HDLM_SAMPLER_AR ? L : 5, .temperature = 1,
+                                       .exclude_mask = true, .seed = 3, .top_k = cases[c].top_k,
+                                       .top_p = cases[c].top_p};
+            long counts[6] = {0};
+            assert_int_equal(hdlm_sample(&cfg, &d, B, L, 0, x, NULL, NULL), 0);
+            for (int r = 0; r < B * L; r++) counts[x[r]]++;
+            if (c == 3) assert_int_equal(counts[0], (long)B * L);
+            else assert_chi_square(counts, cases[c].law, V, (long)B * L);
+        }
+    free(t.buf);
+    free(x);
+}
+
+// End of text: the ar sampler with a point mass on token (call - 1) mod N writes 0, 1, 2, 3, ... and, with stop
+// token 3, stops after the call that drew it (later positions padded); a 3 in the prompt does not count. Every
+// sampler pads after its first stop token past the prompt and leaves the tokens before it as without the stop.
+static void test_stop_token_ends_the_text(void **state) {
+    (void)state;
+    const int V = 6, L = 12, B = 3;
+    toy t = {1, NULL, 0, NULL, false, NULL};
+    hdlm_denoiser d = toy_denoiser(&t, V);
+    uint32_t x[3 * 12], prompt[12] = {3};
+    uint8_t pmask[12] = {1};
+    hdlm_sampler_config cfg = {.kind = HDLM_SAMPLER_AR, .steps = L, .temperature = 1, .stop = true, .stop_token = 3,
+                               .prompt = prompt, .prompt_mask = pmask};
+    assert_int_equal(hdlm_sample(&cfg, &d, B, L, 0, x, NULL, NULL), 0);
+    assert_int_equal(t.calls, 4);   // positions 0..3: the prompt's 3, then 1, 2, 3
+    const uint32_t want[12] = {3, 1, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3};
+    for (int b = 0; b < B; b++) {
+        assert_memory_equal(x + b * L, want, sizeof want);
+        assert_int_equal(hdlm_sampler_stop_length(&cfg, x + b * L, L), 4);
+    }
+    cfg.prompt = NULL, cfg.prompt_mask = NULL, cfg.stop = false;
+    assert_int_equal(hdlm_sampler_stop_length(&cfg, want, L), L);   // off: the whole length
+    // ancestral draws from q: with the stop, the same tokens up to the first 1 after the prompt, then 1s
+    const double q[5] = {0.4, 0.25, 0.2, 0.1, 0.05};
+    toy tq = {0, q, 0, NULL, false, NULL};
+    d = toy_denoiser(&tq, V);
+    enum { BQ = 32, LQ = 24 };
+    uint32_t plain[BQ * LQ], stopped[BQ * LQ], pq[LQ] = {0, 1};
+    uint8_t mq[LQ] = {1, 1};
+    hdlm_sampler_config eps = {.kind = HDLM_SAMPLER_ANCESTRAL, .steps = 6, .temperature = 1, .exclude_mask = true,
+                               .seed = 11, .prompt = pq, .prompt_mask = mq};
+    assert_int_equal(hdlm_sample(&eps, &d, BQ, LQ, 0, plain, NULL, NULL), 0);
+    eps.stop = true, eps.stop_token = 1;
+    assert_int_equal(hdlm_sample(&eps, &d, BQ, LQ, 0, stopped, NULL, NULL), 0);
+    int shorter = 0;
+    for (int b = 0; b < BQ; b++) {
+        int n = hdlm_sampler_stop_length(&eps, stopped + b * LQ, LQ), first = LQ;
+        for (int i = 2; i < LQ && first == LQ; i++)
+            if (plain[b * LQ + i] == 1) first = i + 1;
+        assert_int_equal(n, first);
+        assert_memory_equal(stopped + b * LQ, plain + b * LQ, (size_t)n * sizeof *plain);
+        for (int i = n; i < LQ; i++) assert_int_equal(stopped[b * LQ + i], 1);
+        shorter += n < LQ;
+    }
+    assert_true(shorter > BQ / 2);   // P(no 1 in 22 draws) = 0.75^22: nearly every sequence stops
+    free(t.buf);
+    free(tq.buf);
 }
 
 int main(void) {
@@ -355,6 +507,9 @@ int main(void) {
         cmocka_unit_test(test_determinism_batches_and_prompts),
         cmocka_unit_test(test_mask_draws_follow_the_flag),
         cmocka_unit_test(test_bad_configurations_are_refused),
+        cmocka_unit_test(test_truncation_equals_sorting),
+        cmocka_unit_test(test_truncated_draws_follow_the_renormalised_law),
+        cmocka_unit_test(test_stop_token_ends_the_text),
     };
     return cmocka_run_group_tests_name("sampler", tests, NULL, NULL);
 }

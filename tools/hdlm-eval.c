@@ -2,6 +2,7 @@
 //   hdlm-eval mauve --p P --q Q [...]   MAUVE of two feature files
 //   hdlm-eval perplexity --ckpt DIR --data DIR [...]   likelihood bound of a token set
 //   hdlm-eval sample --ckpt DIR --n N --out FILE [...]  generation to JSONL
+//   hdlm-eval generate --ckpt DIR [--prompt TEXT]     samples printed as text
 //   hdlm-eval genppl / features          gen-PPL and MAUVE features under a GPT-2 judge
 // MPI is initialised here once for every subcommand (the model-based ones run on several ranks).
 #include <errno.h>
@@ -19,6 +20,7 @@ static const hdlm_subcommand commands[] = {
     {"mauve", eval_mauve_main, "MAUVE, MAUVE*, frontier integrals of two feature files (.npy or HDF5)"},
     {"perplexity", eval_perplexity_main, "Monte-Carlo likelihood bound (NELBO) of a token set under a checkpoint"},
     {"sample", eval_sample_main, "generation with the ε, γ and ARDM samplers to JSONL"},
+    {"generate", eval_generate_main, "a quick look at a checkpoint: samples printed as text (--prompt TEXT)"},
     {"genppl", eval_genppl_main, "generative perplexity of sampled token ids under a GPT-2 judge"},
     {"features", eval_features_main, "MAUVE features (.npy or HDF5) of token ids from a GPT-2 judge"},
 };

@@ -13,11 +13,6 @@ static const hdlm_subcommand commands[] = {
     {"prepare", prep_prepare_main, "text files, JSONL, directories -> token shards + manifest (MPI-parallel)"},
 };
 
-const char *prep_default_vocab_dir(void) {
-    const char *env = getenv("HDLM_VOCAB");
-    return env && *env ? env : HDLM_SOURCE_DIR "/.cache/gpt2";
-}
-
 int main(int argc, char **argv) {
     return hdlm_cli_dispatch("hdlm-prep", commands, sizeof commands / sizeof *commands, argc, argv);
 }

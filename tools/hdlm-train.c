@@ -75,7 +75,8 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: mpirun -np R hdlm-train --config FILE [key=value ...] [--resume [latest|DIR]]\n"
             "       mpirun -np R hdlm-train --resume RUN_DIR [key=value ...]   (the configuration its checkpoint stores)\n"
-            "  --config FILE      YAML training configuration (presets in jobs/configs/)\n"
+            "  --config FILE      YAML training configuration, or the name of a preset (tiny, small, mdlm, sedd, ar,\n"
+            "                     bd3lm_w4, ardm, ...: <prefix>/share/hdlm/jobs/configs/NAME.yaml)\n"
             "  key=value          override one key, e.g. training.batch_size=64 annealing.width=256\n"
             "  --resume [WHAT]    continue from <run.dir>/checkpoints/latest (default), or from WHAT: a run directory,\n"
             "                     a checkpoint root or a checkpoint (without --config: its stored configuration)\n"
@@ -145,7 +146,16 @@ int main(int argc, char **argv) {
         }
     }
     hdlm_train_config cfg;
-    char resumed_from[4200] = "", origin[4300];   // origin: the configuration's source, for the log
+    char resumed_from[4200] = "", origin[4300], preset[4400];   // origin: the configuration's source, for the log
+    // --config NAME (no such file, no '/'): the preset NAME of <prefix>/share/hdlm/jobs/configs.
+    if (config_path && !strchr(config_path, '/') && access(config_path, F_OK) != 0) {
+        snprintf(preset, sizeof preset, "%s/jobs/configs/%s%s", hdlm_share_dir(), config_path,
+                 strstr(config_path, ".yaml") ? "" : ".yaml");
+        if (access(preset, F_OK) != 0)
+            HDLM_DIE("--config %s: no such file, and no preset of that name in %s/jobs/configs", config_path,
+                     hdlm_share_dir());
+        config_path = preset;
+    }
     if (config_path) {
         HDLM_MUST(hdlm_train_config_load(&cfg, config_path, overrides, n_overrides, hdlm_world_size()));
     } else {

@@ -67,6 +67,8 @@ char *hdlm_strdup(const char *s);
 
 // Messages for people: printed by rank 0 only (every rank when MPI is not initialised). hdlm_warn goes to stderr.
 void hdlm_log(const char *fmt, ...) HDLM_PRINTF(1, 2);
+// Where hdlm_log writes (stdout by default; stderr for a tool whose stdout is its result).
+void hdlm_log_set_stream(FILE *f);
 void hdlm_warn(const char *fmt, ...) HDLM_PRINTF(1, 2);
 // This process's MPI rank and world size (0 and 1 when MPI is not initialised).
 int hdlm_rank(void);
@@ -76,6 +78,11 @@ double hdlm_allreduce_sum(double x);
 
 // Monotonic wall-clock time in seconds.
 double hdlm_time_now(void);
+
+// hdlm's data folder: <folder of the running executable>/../share/hdlm (docs/install.md). An installed prefix holds
+// gpt2/ (the tokenizer files) and jobs/configs/ (the presets) there; in a build tree build/share/hdlm links into the
+// checkout. Found from the executable, so a moved prefix still finds its own files.
+const char *hdlm_share_dir(void);
 
 // Reads a whole file into a NUL-terminated buffer (size in *len). Fails with the file name and errno text.
 int hdlm_read_file(const char *path, char **data, size_t *len);

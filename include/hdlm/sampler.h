@@ -61,9 +61,19 @@ typedef struct {
     // src/model/kv_cache.h); needs the block schedule with the block_causal context. ar: keep every earlier
     // position's K/V and run one row per call. The same tokens as without, up to the summation order.
     bool kv_cache;
+    // Truncated draws from the network's softmax (ε samplers, ar, ardm; the γ samplers refuse them, their transition
+    // is not one softmax): top_k > 0 keeps the k most probable entries, then top_p in (0, 1) the smallest set of the
+    // most probable ones whose probability reaches top_p (nucleus); ties at the cut are kept. 0 = off.
+    int top_k;
+    double top_p;
+    // End of text (ar: generation ends once every sequence of the batch has drawn it, a saving of calls): when set,
+    // every position after the first stop_token that follows the last prompt position becomes stop_token.
+    bool stop;
+    uint32_t stop_token;
 } hdlm_sampler_config;
 
-// Refuses inconsistent configurations (steps < 1, η outside [0, 1], T <= 0, missing schedule, prompt ids >= V-1,
+// Refuses inconsistent configurations (steps < 1, η outside [0, 1], T <= 0, top-k/top-p out of range or on a γ sampler,
+// stop_token >= V-1, missing schedule, prompt ids >= V-1,
 // schedule length != length, a KV cache without the block schedule and block_causal context) naming the field.
 int hdlm_sampler_check(const hdlm_sampler_config *cfg, int vocab, int length);
 const char *hdlm_sampler_kind_name(hdlm_sampler_kind kind);
@@ -84,6 +94,14 @@ uint32_t hdlm_sample_softmax(const float *z, int width, double temperature, floa
 // A draw ∝ max(w_y, 0) over w[0..n) (method §6.1), one uniform, float64 sums over chunks of 1024 entries then inside
 // the chosen chunk: entries <= 0 are never chosen; when all are <= 0 the largest entry is returned (no draw).
 uint32_t hdlm_sample_weights(const float *w, int n, hdlm_rng *rng);
+// Top-k / nucleus truncation of weights w[0..n) (unnormalised probabilities, entries <= 0 never drawn): sets to 0 every
+// entry outside the k largest (top_k > 0; ties with the k-th kept), then outside the smallest set of largest entries
+// whose sum reaches top_p of the total (0 < top_p < 1; ties at the cut kept). Expected O(n): selection, no sort;
+// work[n] is scratch.
+void hdlm_truncate_weights(float *w, int n, int top_k, double top_p, float *work);
+// The length of sequence x[0..length) up to and including its first stop_token after the last prompt position
+// (cfg->stop), or length when there is none or cfg->stop is off.
+int hdlm_sampler_stop_length(const hdlm_sampler_config *cfg, const uint32_t *x, int length);
 
 // ---- ARDM budgeted generation (method §13 A.5) ----
 // Policy DP: L[0..D) per-step losses (the caller's values; sorted descending first, as the reference does), budget K

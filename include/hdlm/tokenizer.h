@@ -28,8 +28,10 @@ void hdlm_tokens_free(hdlm_tokens *t);
 // Loads encoder.json and vocab.bpe. A missing, truncated or inconsistent file is refused: -1 and a message naming the
 // file and the problem (hdlm_last_error()).
 int hdlm_tokenizer_load(hdlm_tokenizer **out, const char *encoder_json_path, const char *vocab_bpe_path);
-// Loads <dir>/encoder.json and <dir>/vocab.bpe.
+// Loads <dir>/encoder.json and <dir>/vocab.bpe; dir NULL: hdlm_tokenizer_default_dir().
 int hdlm_tokenizer_load_dir(hdlm_tokenizer **out, const char *dir);
+// Where the tools look for the GPT-2 files when no flag names them: $HDLM_VOCAB, else <hdlm_share_dir()>/gpt2.
+const char *hdlm_tokenizer_default_dir(void);
 void hdlm_tokenizer_free(hdlm_tokenizer *tok);
 
 // Offset of the first byte that is not well-formed UTF-8 in s[0..n), n when all of it is.

@@ -108,13 +108,18 @@ char *hdlm_strdup(const char *s) {
     return d;
 }
 
+static FILE *log_stream;
+
+void hdlm_log_set_stream(FILE *f) { log_stream = f; }
+
 void hdlm_log(const char *fmt, ...) {
     if (hdlm_rank() != 0) return;
+    FILE *f = log_stream ? log_stream : stdout;
     va_list ap;
     va_start(ap, fmt);
-    vprintf(fmt, ap);
+    vfprintf(f, fmt, ap);
     va_end(ap);
-    fflush(stdout);
+    fflush(f);
 }
 
 void hdlm_warn(const char *fmt, ...) {
@@ -125,6 +130,20 @@ void hdlm_warn(const char *fmt, ...) {
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fflush(stderr);
+}
+
+const char *hdlm_share_dir(void) {
+    static char dir[4200];
+    if (!dir[0]) {
+        char exe[4096];
+        ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+        if (n <= 0) return "share/hdlm";   // no /proc: relative to the working directory
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) *slash = '\0';
+        snprintf(dir, sizeof dir, "%s/../share/hdlm", exe);
+    }
+    return dir;
 }
 
 double hdlm_time_now(void) {

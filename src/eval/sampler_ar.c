@@ -16,10 +16,11 @@ int hdlm_ar_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, 
     const int V = d->vocab, width = V - 1;   // never MASK: the AR model never saw it
     uint32_t *in = hdlm_malloc((size_t)batch * length * sizeof *in);
     uint32_t *step = hdlm_malloc(2 * (size_t)batch * sizeof *step);
-    float *scratch = hdlm_malloc((size_t)width * sizeof *scratch);
+    float *scratch = hdlm_malloc(2 * (size_t)width * sizeof *scratch);
     hdlm_kv_cache cache;
     if (cfg->kv_cache) hdlm_kv_cache_init(&cache, d->model, batch);
-    int status = 0;
+    bool *stopped = hdlm_calloc((size_t)batch, sizeof *stopped);
+    int status = 0, prompt_end = hdlm_sampler_prompt_end(cfg, length);
     for (int i = 0; i < length && status == 0; i++) {
         for (int b = 0; b < batch; b++)
             in[(size_t)b * length + i] = i == 0 ? hdlm_ar_start(V) : x[(size_t)b * length + i - 1];
@@ -55,11 +56,25 @@ int hdlm_ar_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, 
             }
             hdlm_rng rng;
             hdlm_sampler_rng(&rng, cfg, first_sample + (uint64_t)b, i);
-            xb[i] = hdlm_sample_softmax(out + b * row_stride + (size_t)row * V, width, cfg->temperature, scratch, &rng);
+            xb[i] = hdlm_sampler_draw(cfg, out + b * row_stride + (size_t)row * V, width, scratch, &rng);
         }
         if (progress) progress(pctx, i + 1, length);
+        // End of text: once every sequence has its stop token, the positions after it are padding, not drawn.
+        bool all_stopped = cfg->stop;
+        for (int b = 0; b < batch; b++) {
+            stopped[b] |= cfg->stop && i >= prompt_end && x[(size_t)b * length + i] == cfg->stop_token;
+            all_stopped &= stopped[b];
+        }
+        if (all_stopped) {
+            for (int b = 0; b < batch; b++)
+                for (int j = i + 1; j < length; j++) x[(size_t)b * length + j] = cfg->stop_token;
+            if (progress) progress(pctx, length, length);
+            break;
+        }
     }
+    if (status == 0) hdlm_sampler_pad_after_stop(cfg, batch, length, x);
     if (cfg->kv_cache) hdlm_kv_cache_free(&cache);
+    free(stopped);
     free(scratch);
     free(step);
     free(in);

@@ -70,6 +70,10 @@ int hdlm_ardm_sample(const hdlm_sampler_config *cfg, const int *policy, int K, h
     HDLM_CHECK(batch >= 1 && length >= 1, "ARDM sampler: batch %d and length %d must be positive", batch, length);
     HDLM_CHECK(K >= 1 && K <= length, "ARDM sampler: budget %d must be in [1, %d]", K, length);
     HDLM_CHECK(cfg->temperature > 0, "ARDM sampler: temperature must be > 0, got %g", cfg->temperature);
+    HDLM_CHECK(cfg->top_k >= 0 && cfg->top_p >= 0 && cfg->top_p <= 1,
+               "ARDM sampler: top-k %d must be >= 0 and top-p %g in [0, 1]", cfg->top_k, cfg->top_p);
+    HDLM_CHECK(!cfg->stop || cfg->stop_token < (uint32_t)(V - 1), "ARDM sampler: stop token %u is not a real token",
+               cfg->stop_token);
     HDLM_CHECK(policy[0] == 0, "ARDM sampler: a policy starts at step 0, got %d", policy[0]);
     for (int j = 1; j < K; j++)
         HDLM_CHECK(policy[j] >= policy[j - 1] && policy[j] < length,
@@ -96,7 +100,7 @@ int hdlm_ardm_sample(const hdlm_sampler_config *cfg, const int *policy, int K, h
         for (int i = 0; i < length; i++) x[(size_t)b * length + i] = (uint32_t)(V - 1);
         hdlm_sampler_impose_prompt(cfg, length, x + (size_t)b * length);
     }
-    float *scratch = hdlm_malloc((size_t)V * sizeof *scratch);
+    float *scratch = hdlm_malloc(2 * (size_t)V * sizeof *scratch);
     int status = 0;
     for (int j = 0; j < K && status == 0; j++) {
         int lo = policy[j] > known ? policy[j] : known, hi = j + 1 < K ? policy[j + 1] : length;
@@ -110,11 +114,12 @@ int hdlm_ardm_sample(const hdlm_sampler_config *cfg, const int *policy, int K, h
             for (int i = 0; i < length; i++) {
                 int r = rank[(size_t)b * length + i];
                 if (r >= lo && r < hi)
-                    x[(size_t)b * length + i] =
-                        hdlm_sample_softmax(z + ((size_t)b * length + i) * V, V - 1, cfg->temperature, scratch, &rng);
+                    x[(size_t)b * length + i] = hdlm_sampler_draw(cfg, z + ((size_t)b * length + i) * V, V - 1, scratch,
+                                                                  &rng);
             }
         }
     }
+    if (status == 0) hdlm_sampler_pad_after_stop(cfg, batch, length, x);
     free(scratch);
     free(order);
     free(rank);

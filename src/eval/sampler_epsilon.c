@@ -54,8 +54,16 @@ int hdlm_sampler_check(const hdlm_sampler_config *cfg, int vocab, int length) {
     HDLM_CHECK(cfg->eta >= 0 && cfg->eta <= 1, "sampler: --eta must be in [0, 1], got %g", cfg->eta);
     HDLM_CHECK(cfg->temperature > 0 && isfinite(cfg->temperature), "sampler: --temperature must be > 0, got %g",
                cfg->temperature);
-    if (cfg->kind == HDLM_SAMPLER_GAMMA_NAR || cfg->kind == HDLM_SAMPLER_GAMMA_SAR)
+    HDLM_CHECK(cfg->top_k >= 0, "sampler: --top-k must be >= 0 (0: off), got %d", cfg->top_k);
+    HDLM_CHECK(cfg->top_p >= 0 && cfg->top_p <= 1, "sampler: --top-p must be in (0, 1] (0: off), got %g", cfg->top_p);
+    HDLM_CHECK(!cfg->stop || cfg->stop_token < (uint32_t)(vocab - 1), "sampler: stop token %u is not a real token (< %d)",
+               cfg->stop_token, vocab - 1);
+    if (cfg->kind == HDLM_SAMPLER_GAMMA_NAR || cfg->kind == HDLM_SAMPLER_GAMMA_SAR) {
         HDLM_CHECK(cfg->gamma >= 0 && cfg->gamma <= 1, "sampler: graph gamma must be in [0, 1], got %g", cfg->gamma);
+        HDLM_CHECK(cfg->top_k == 0 && (cfg->top_p == 0 || cfg->top_p == 1),
+                   "sampler: --top-k / --top-p do not apply to %s: its transition weights are not one softmax "
+                   "(method §6.7)", hdlm_sampler_kind_name(cfg->kind));
+    }
     if (uses_schedule(cfg->kind)) {
         HDLM_CHECK(cfg->schedule != NULL, "sampler: %s needs a hyperschedule", hdlm_sampler_kind_name(cfg->kind));
         HDLM_CHECK(cfg->schedule->length == length, "sampler: schedule length %d differs from the sample length %d",
@@ -86,13 +94,101 @@ int hdlm_sampler_calls(const hdlm_sampler_config *cfg) {
     return uses_schedule(cfg->kind) ? cfg->schedule->k_max - 1 : cfg->steps;
 }
 
-uint32_t hdlm_sample_softmax(const float *z, int width, double temperature, float *w, hdlm_rng *rng) {
+// w = exp((z - max z)/T): the softmax's weights, unnormalised.
+static void softmax_weights(const float *z, int width, double temperature, float *w) {
     float mx = -INFINITY, inv_t = (float)(1.0 / temperature);
 #pragma omp simd reduction(max : mx)
     for (int y = 0; y < width; y++) mx = z[y] > mx ? z[y] : mx;
 #pragma omp simd
     for (int y = 0; y < width; y++) w[y] = hdlm_expf((z[y] - mx) * inv_t);
+}
+
+uint32_t hdlm_sample_softmax(const float *z, int width, double temperature, float *w, hdlm_rng *rng) {
+    softmax_weights(z, width, temperature, w);
     return hdlm_sample_weights(w, width, rng);
+}
+
+// Top-k threshold: the k-th largest of a[0..n) (1 <= k <= n), by quickselect with a three-way partition (a reordered).
+static float kth_largest(float *a, int n, int k) {
+    int lo = 0, hi = n;   // the answer is in a[lo, hi), the (k - lo)-th largest there
+    for (;;) {
+        float x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi - 1];
+        float pivot = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));   // median of three
+        int gt = lo, i = lo, lt = hi;   // [lo, gt) > pivot, [gt, lt) == pivot, [lt, hi) < pivot
+        while (i < lt) {
+            float v = a[i];
+            if (v > pivot) a[i] = a[gt], a[gt++] = v, i++;
+            else if (v < pivot) a[i] = a[--lt], a[lt] = v;
+            else i++;
+        }
+        if (k <= gt) hi = gt;
+        else if (k <= lt) return pivot;
+        else lo = lt;
+    }
+}
+
+// Nucleus threshold: the largest value t of a[0..n) (positive entries) such that the entries >= t sum to at least
+// `need` (0 < need <= their sum), by the same partition, walking down by mass instead of count (a reordered).
+static float mass_threshold(float *a, int n, double need) {
+    int lo = 0, hi = n;
+    double above = 0;   // the sum of the entries larger than every one in a[lo, hi); always < need
+    while (hi - lo > 1) {
+        float x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi - 1];
+        float pivot = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
+        int gt = lo, i = lo, lt = hi;
+        while (i < lt) {
+            float v = a[i];
+            if (v > pivot) a[i] = a[gt], a[gt++] = v, i++;
+            else if (v < pivot) a[i] = a[--lt], a[lt] = v;
+            else i++;
+        }
+        double m_gt = 0, m_eq = 0;
+        for (int j = lo; j < gt; j++) m_gt += a[j];
+        for (int j = gt; j < lt; j++) m_eq += a[j];
+        if (above + m_gt >= need) hi = gt;                    // the larger entries already reach it
+        else if (above + m_gt + m_eq >= need || lt == hi) return pivot;   // the cut falls on the pivot's value
+        else above += m_gt + m_eq, lo = lt;
+    }
+    return a[lo];
+}
+
+void hdlm_truncate_weights(float *w, int n, int top_k, double top_p, float *work) {
+    if (top_k > 0 && top_k < n) {
+        memcpy(work, w, (size_t)n * sizeof *w);
+        float t = kth_largest(work, n, top_k);
+        for (int y = 0; y < n; y++)
+            if (w[y] < t) w[y] = 0;
+    }
+    if (top_p > 0 && top_p < 1) {
+        int m = 0;
+        double total = 0;
+        for (int y = 0; y < n; y++)
+            if (w[y] > 0) work[m++] = w[y], total += w[y];
+        if (m == 0) return;
+        float t = mass_threshold(work, m, top_p * total);
+        for (int y = 0; y < n; y++)
+            if (w[y] < t) w[y] = 0;
+    }
+}
+
+uint32_t hdlm_sampler_draw(const hdlm_sampler_config *cfg, const float *z, int width, float *scratch, hdlm_rng *rng) {
+    softmax_weights(z, width, cfg->temperature, scratch);
+    hdlm_truncate_weights(scratch, width, cfg->top_k, cfg->top_p, scratch + width);
+    return hdlm_sample_weights(scratch, width, rng);
+}
+
+int hdlm_sampler_stop_length(const hdlm_sampler_config *cfg, const uint32_t *x, int length) {
+    if (!cfg->stop) return length;
+    for (int i = hdlm_sampler_prompt_end(cfg, length); i < length; i++)
+        if (x[i] == cfg->stop_token) return i + 1;
+    return length;
+}
+
+void hdlm_sampler_pad_after_stop(const hdlm_sampler_config *cfg, int batch, int length, uint32_t *x) {
+    for (int b = 0; b < batch && cfg->stop; b++) {
+        uint32_t *xb = x + (size_t)b * length;
+        for (int i = hdlm_sampler_stop_length(cfg, xb, length); i < length; i++) xb[i] = cfg->stop_token;
+    }
 }
 
 enum { DRAW_CHUNK = 1024 };
@@ -151,7 +247,7 @@ static void eps_update_sequence(const hdlm_sampler_config *cfg, const float *z, 
         double a = hdlm_rng_uniform_double(rng);
         double threshold = x[i] == mask_id ? p[i] : eta * (1 - p[i]);
         if (a < threshold)
-            x[i] = hdlm_sample_softmax(z + (size_t)(i - first) * vocab, width, cfg->temperature, scratch, rng);
+            x[i] = hdlm_sampler_draw(cfg, z + (size_t)(i - first) * vocab, width, scratch, rng);
     }
 }
 
@@ -161,7 +257,7 @@ static int sample_full_diff(const hdlm_sampler_config *cfg, hdlm_denoiser *d, in
     int n = cfg->steps, V = d->vocab;
     double eta = cfg->kind == HDLM_SAMPLER_ACS ? cfg->eta : 0.0;
     double *p = hdlm_malloc((size_t)length * sizeof *p);
-    float *scratch = hdlm_malloc((size_t)V * sizeof *scratch);
+    float *scratch = hdlm_malloc(2 * (size_t)V * sizeof *scratch);
     int status = 0;
     for (int j = 0; j < n && status == 0; j++) {
         float t = (float)(1.0 + (1e-5 - 1.0) * j / n), s = (float)(1.0 + (1e-5 - 1.0) * (j + 1) / n);
@@ -238,7 +334,7 @@ static int sample_walk(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int bat
     hdlm_step_alloc(&st, length);
     hdlm_step_alloc(&next, length);
     double *p = hdlm_malloc((size_t)length * sizeof *p);
-    float *scratch = hdlm_malloc((size_t)V * sizeof *scratch);
+    float *scratch = hdlm_malloc(2 * (size_t)V * sizeof *scratch);
     hdlm_kv_cache cache;
     if (cfg->kv_cache) hdlm_kv_cache_init(&cache, d->model, batch);
     for (int k = 1; k <= calls && status == 0; k++) {
@@ -279,13 +375,18 @@ int hdlm_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int
     HDLM_TRY(hdlm_sampler_check(cfg, d->vocab, length));
     HDLM_CHECK(batch >= 1, "sampler: batch %d must be positive", batch);
     HDLM_CHECK(!cfg->kv_cache || d->model, "sampler: the KV cache needs a model denoiser");
-    if (cfg->kind == HDLM_SAMPLER_GAMMA_NAR || cfg->kind == HDLM_SAMPLER_GAMMA_SAR)
-        return hdlm_gamma_sample(cfg, d, batch, length, first_sample, x, progress, progress_ctx);
-    if (cfg->kind == HDLM_SAMPLER_AR)
+    if (cfg->kind == HDLM_SAMPLER_GAMMA_NAR || cfg->kind == HDLM_SAMPLER_GAMMA_SAR) {
+        HDLM_TRY(hdlm_gamma_sample(cfg, d, batch, length, first_sample, x, progress, progress_ctx));
+        hdlm_sampler_pad_after_stop(cfg, batch, length, x);
+        return 0;
+    }
+    if (cfg->kind == HDLM_SAMPLER_AR)   // pads after the stop token itself
         return hdlm_ar_sample(cfg, d, batch, length, first_sample, x, progress, progress_ctx);
     for (size_t r = 0; r < (size_t)batch * length; r++) x[r] = (uint32_t)(d->vocab - 1);
     for (int b = 0; b < batch; b++) hdlm_sampler_impose_prompt(cfg, length, x + (size_t)b * length);
-    if (cfg->kind == HDLM_SAMPLER_WALK)
-        return sample_walk(cfg, d, batch, length, first_sample, x, progress, progress_ctx);
-    return sample_full_diff(cfg, d, batch, length, first_sample, x, progress, progress_ctx);
+    int status = cfg->kind == HDLM_SAMPLER_WALK
+                     ? sample_walk(cfg, d, batch, length, first_sample, x, progress, progress_ctx)
+                     : sample_full_diff(cfg, d, batch, length, first_sample, x, progress, progress_ctx);
+    if (status == 0) hdlm_sampler_pad_after_stop(cfg, batch, length, x);
+    return status;
 }

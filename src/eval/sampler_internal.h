@@ -16,6 +16,20 @@ static inline void hdlm_sampler_impose_prompt(const hdlm_sampler_config *cfg, in
         if (cfg->prompt_mask[i]) x[i] = cfg->prompt[i];
 }
 
+// The position after the last prompt position (0 without a prompt): where a stop token starts to count.
+static inline int hdlm_sampler_prompt_end(const hdlm_sampler_config *cfg, int length) {
+    int end = 0;
+    for (int i = 0; cfg->prompt && i < length; i++)
+        if (cfg->prompt_mask[i]) end = i + 1;
+    return end;
+}
+
+// One draw from softmax(z[0..width)/T) with the configuration's top-k / top-p; scratch holds 2·width floats.
+uint32_t hdlm_sampler_draw(const hdlm_sampler_config *cfg, const float *z, int width, float *scratch, hdlm_rng *rng);
+
+// cfg->stop: every position after each sequence's stop length (hdlm_sampler_stop_length) becomes stop_token.
+void hdlm_sampler_pad_after_stop(const hdlm_sampler_config *cfg, int batch, int length, uint32_t *x);
+
 // The network outputs of one schedule step for positions [*first, a_end] of every sequence: rows [b][i - *first] of
 // *out (cache NULL: *first = 0 and positions [0, window) run under the step's mask). With a cache, blocks settled since
 // the last call are appended first (tokens x, σ sigma_row at their positions; sigma_row NULL for ε).

@@ -285,7 +285,16 @@ int hdlm_tokenizer_load(hdlm_tokenizer **out, const char *encoder_json_path, con
     return 0;
 }
 
+const char *hdlm_tokenizer_default_dir(void) {
+    static char dir[4300];
+    const char *env = getenv("HDLM_VOCAB");
+    if (env && *env) return env;
+    snprintf(dir, sizeof dir, "%s/gpt2", hdlm_share_dir());
+    return dir;
+}
+
 int hdlm_tokenizer_load_dir(hdlm_tokenizer **out, const char *dir) {
+    if (!dir) dir = hdlm_tokenizer_default_dir();
     char enc[4096], bpe[4096];
     int a = snprintf(enc, sizeof enc, "%s/encoder.json", dir);
     int b = snprintf(bpe, sizeof bpe, "%s/vocab.bpe", dir);

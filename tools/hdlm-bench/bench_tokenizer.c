@@ -138,8 +138,7 @@ int bench_tokenizer_main(int argc, char **argv) {
         {"no-js", no_argument, NULL, 'n'},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
     };
-    const char *vocab = getenv("HDLM_VOCAB") && *getenv("HDLM_VOCAB") ? getenv("HDLM_VOCAB")
-                                                                      : HDLM_SOURCE_DIR "/.cache/gpt2";
+    const char *vocab = hdlm_tokenizer_default_dir();
     int threads = omp_get_max_threads(), no_js = 0;
     long every = 10, repeats = 3;
     opterr = 0;
@@ -157,7 +156,7 @@ int bench_tokenizer_main(int argc, char **argv) {
                    "Encodes the SOTU corpus (.cache/sotu/data/*.txt) with hdlm's GPT-2 tokenizer on 1 and N threads\n"
                    "(default: all, OMP_NUM_THREADS) and with the npm encoders in node, and prints MB/s\n"
                    "(1 MB = 1e6 bytes).\n"
-                   "  --vocab DIR   encoder.json + vocab.bpe (default: $HDLM_VOCAB or <source>/.cache/gpt2)\n"
+                   "  --vocab DIR   encoder.json + vocab.bpe (default: $HDLM_VOCAB or <prefix>/share/hdlm/gpt2)\n"
                    "  --repeat R    report the best of R runs (default 3), each with a fresh tokenizer or node\n"
                    "                process; gpt-3-encoder runs once\n"
                    "  --js-every K  gpt-3-encoder, whose time grows quadratically with document length, runs on\n"

@@ -15,6 +15,8 @@ int eval_features_main(int argc, char **argv);
 int eval_perplexity_main(int argc, char **argv);
 // hdlm-eval sample --ckpt DIR --n N --out FILE: generation to JSONL (method §6, A.5).
 int eval_sample_main(int argc, char **argv);
+// hdlm-eval generate --ckpt DIR [--prompt TEXT]: sample's quick look, text on standard output.
+int eval_generate_main(int argc, char **argv);
 
 // A model loaded for evaluation, with its training configuration and (unless annealing.type is none) its
 // hyperschedule. eval_model_load reads `ckpt` (a checkpoint directory, or a checkpoint root: its newest valid

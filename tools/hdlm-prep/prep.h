@@ -9,8 +9,4 @@ int prep_detokenize_main(int argc, char **argv);   // ids on stdin -> text on st
 // tools/hdlm-prep/prepare.c
 int prep_prepare_main(int argc, char **argv);
 
-// The GPT-2 vocabulary directory (encoder.json + vocab.bpe) when --vocab is not given: $HDLM_VOCAB if set, else
-// <source dir>/.cache/gpt2 (filled by tools/setup.sh).
-const char *prep_default_vocab_dir(void);
-
 #endif

@@ -68,7 +68,7 @@ static void usage(FILE *f) {
             "  --keep-empty           keep empty documents: a lone EOS, after the detokenizer if any (the reference\n"
             "                         keeps blank WikiText lines); default: skip and count them\n"
             "  --overwrite            replace shards and manifest already in DIR\n",
-            prep_default_vocab_dir());
+            hdlm_tokenizer_default_dir());
 }
 
 static int parse_u64(const char *flag, const char *s, uint64_t *out) {
@@ -356,7 +356,7 @@ static void remove_or_warn(const char *path) {
 int prep_prepare_main(int argc, char **argv) {
     double t0 = hdlm_time_now();
     int rank = hdlm_rank(), world = hdlm_world_size();
-    prepare_options opt = {.vocab_dir = prep_default_vocab_dir(), .text_field = "text", .shard_tokens = 100000000,
+    prepare_options opt = {.vocab_dir = hdlm_tokenizer_default_dir(), .text_field = "text", .shard_tokens = 100000000,
                            .val_fraction = -1};
     hdlm_text_inputs inputs = {0};
     hdlm_detokenizer detok = HDLM_DETOK_NONE;

@@ -23,7 +23,7 @@ static int parse_options(int argc, char **argv, int allow_skip, const char *usag
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    opt->vocab_dir = prep_default_vocab_dir();
+    opt->vocab_dir = hdlm_tokenizer_default_dir();
     opt->skip_special = 0;
     opterr = 0;
     optind = 1;
@@ -55,7 +55,7 @@ int prep_tokenize_main(int argc, char **argv) {
     int stop = parse_options(argc, argv, 0, "usage: hdlm-prep tokenize [--vocab DIR]\n"
                                              "Reads UTF-8 text on stdin and prints its GPT-2 token ids on one line.\n"
                                              "  --vocab DIR  encoder.json + vocab.bpe (default: $HDLM_VOCAB or "
-                                             "<source>/.cache/gpt2)\n",
+                                             "<prefix>/share/hdlm/gpt2)\n",
                              &opt);
     if (stop) return stop - 1;
     hdlm_tokenizer *tok;
@@ -100,7 +100,7 @@ int prep_detokenize_main(int argc, char **argv) {
                                              "Reads GPT-2 token ids (decimal, whitespace-separated) on stdin "
                                              "and prints the text.\n"
                                              "  --vocab DIR     encoder.json + vocab.bpe (default: $HDLM_VOCAB or "
-                                             "<source>/.cache/gpt2)\n"
+                                             "<prefix>/share/hdlm/gpt2)\n"
                                              "  --skip-special  leave out <|endoftext|> (id 50256)\n",
                              &opt);
     if (stop) return stop - 1;
