@@ -93,21 +93,6 @@ static void format_duration(double s, char *buf, size_t size) {
     snprintf(buf, size, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
 }
 
-static int make_dir(const char *path) {
-    char buf[HDLM_CONFIG_STRING_MAX + 32];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1;; p++) {
-        if (*p == '/' || *p == 0) {
-            char c = *p;
-            *p = 0;
-            HDLM_CHECK(mkdir(buf, 0755) == 0 || errno == EEXIST, "cannot create run.dir %s: %s", buf, strerror(errno));
-            *p = c;
-            if (!c) break;
-        }
-    }
-    return 0;
-}
-
 static int write_config(const hdlm_train_config *cfg, const char *yaml) {
     char path[HDLM_CONFIG_STRING_MAX + 16];
     snprintf(path, sizeof path, "%s/config.yaml", cfg->run.dir);
@@ -203,7 +188,7 @@ int main(int argc, char **argv) {
     if (hdlm_rank() == 0) {
         char ckdir[HDLM_CONFIG_STRING_MAX + 16];
         snprintf(ckdir, sizeof ckdir, "%s/checkpoints", cfg.run.dir);
-        HDLM_MUST(make_dir(ckdir));
+        HDLM_MUST(hdlm_make_dirs(ckdir, "run.dir"));
         HDLM_MUST(write_config(&cfg, yaml));
     }
     free(yaml);

@@ -146,6 +146,21 @@ const char *hdlm_share_dir(void) {
     return dir;
 }
 
+int hdlm_make_dirs(const char *path, const char *what) {
+    char buf[4096];
+    HDLM_CHECK(strlen(path) < sizeof buf, "%s: path too long: %s", what, path);
+    strcpy(buf, path);
+    for (char *p = buf + 1;; p++) {
+        if (*p != '/' && *p != '\0') continue;
+        char c = *p;
+        *p = '\0';
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+            return HDLM_FAIL("%s: cannot create %s: %s", what, buf, strerror(errno));
+        *p = c;
+        if (!c) return 0;
+    }
+}
+
 double hdlm_time_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -69,20 +69,6 @@ static int remove_tree(const char *path) {
     return 0;
 }
 
-static int make_dirs(const char *path) {
-    char tmp[4096];
-    HDLM_CHECK(strlen(path) < sizeof tmp, "path too long: %s", path);
-    strcpy(tmp, path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return HDLM_FAIL("cannot create %s: %s", tmp, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return HDLM_FAIL("cannot create %s: %s", tmp, strerror(errno));
-    return 0;
-}
-
 // Replaces `path` with `text` atomically.
 static int write_text_atomic(const char *path, const char *text) {
     hdlm_atomic_file out;
@@ -450,7 +436,8 @@ int hdlm_checkpoint_save(const char *root, int64_t step, const hdlm_ckpt_content
 
     // Rank 0 prepares a clean temporary directory (a stale one is what a killed writer leaves behind).
     int rc = 0;
-    if (rank == 0) rc = make_dirs(root) || remove_tree(tmp) || make_dirs(tmp) ? -1 : 0;
+    if (rank == 0)
+        rc = hdlm_make_dirs(root, "checkpoint root") || remove_tree(tmp) || hdlm_make_dirs(tmp, "checkpoint") ? -1 : 0;
     HDLM_TRY(agree(rc));
 
     size_t *starts = hdlm_malloc((size_t)(world + 1) * sizeof *starts);

@@ -168,7 +168,7 @@ static int is_output_name(const char *name) {
 
 // Rank 0: creates DIR and its temporary folder; refuses (or with --overwrite removes) earlier shards.
 static int prepare_out_dir(const prepare_options *opt, const char *tmp_dir) {
-    if (mkdir(opt->out_dir, 0777) != 0) HDLM_CHECK(errno == EEXIST, "cannot create %s: %s", opt->out_dir, strerror(errno));
+    HDLM_TRY(hdlm_make_dirs(opt->out_dir, "--out"));
     DIR *dh = opendir(opt->out_dir);
     HDLM_CHECK(dh, "cannot open output directory %s: %s", opt->out_dir, strerror(errno));
     int rc = 0;
