@@ -172,6 +172,10 @@ static void test_non_finite_state_refused(void **state) {
                               tmp, tmp), 0);
     assert_int_equal(test_run("test -f '%s/nan_moved/checkpoints/step_000000002/COMPLETE' && "
                               "! test -e '%s/nan/checkpoints/step_000000002'", tmp, tmp), 0);
+    // an override that breaks exact resume is refused with the reason
+    assert_int_equal(test_run("OMP_NUM_THREADS=1 '%s/hdlm-train' --resume '%s/nan_moved' training.n_iters=3 training.seed=7 > '%s/resume.log' "
+                              "2>&1", HDLM_BIN_DIR, tmp, tmp), 1);
+    assert_int_equal(test_run("grep -q 'written with training.seed = .*, this run has 7' '%s/resume.log'", tmp), 0);
     assert_int_equal(test_run("'%s/hdlm-train' --resume > /dev/null 2> '%s/resume.log'", HDLM_BIN_DIR, tmp), 1);
     assert_int_equal(test_run("grep -q 'or --resume RUN_DIR' '%s/resume.log'", tmp), 0);
     assert_int_equal(tiny_config(&cfg, "nan_resume", NULL, 0), 0);

@@ -410,8 +410,10 @@ static int restore_from(hdlm_trainer *t, hdlm_ckpt *ck) {
     HDLM_TRY(hdlm_checkpoint_scalar(ck, "epoch", &epoch));
     HDLM_TRY(hdlm_checkpoint_scalar(ck, "loader_position", &position));
     HDLM_TRY(hdlm_checkpoint_scalar(ck, "global_micro_batch", &G));
-    HDLM_CHECK(seed == t->cfg.training.seed, "%s: written with training.seed = %lld, this run has %lld", path,
-               (long long)seed, (long long)t->cfg.training.seed);
+    HDLM_CHECK(seed == t->cfg.training.seed,
+               "%s: written with training.seed = %lld, this run has %lld: the data order and every random draw are "
+               "keyed by it (resume with training.seed=%lld, or start a new run)",
+               path, (long long)seed, (long long)t->cfg.training.seed, (long long)seed);
     HDLM_CHECK(G == (int64_t)t->world * t->micro_batch,
                "%s: written with a global micro-batch of %lld sequences (training.batch_size / training.accum), this "
                "run has %lld: the data order could not continue",
