@@ -47,6 +47,8 @@ typedef struct {
     uint64_t max_chunks;   // score only the first max_chunks chunks of the data set (0: all)
     const int *policy;     // ARDM_POLICY / ARDM_ORDER: p_0 = 0 <= p_1 <= ... <= p_{K-1} < L (method §13 A.5.1)
     int budget;            // K
+    const int *order;      // ARDM_POLICY / ARDM_ORDER: NULL (a fresh uniform order per copy), or one fixed order for
+                           // every copy, order[r] = the position generated r-th (a codec's: ORDER is then its code length)
     const hdlm_schedule *schedule;   // BLOCK: the block schedule of the chunk length (ω, context and block rules)
 } hdlm_nelbo_config;
 

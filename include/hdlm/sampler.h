@@ -113,6 +113,10 @@ double hdlm_ardm_policy_dp(const double *L, int D, int K, bool strict, int *poli
 double hdlm_ardm_policy_cost(const double *L, int D, const int *policy, int K);
 // Naive policy p_j = round_half_even(j·D/K) (A.5.4).
 void hdlm_ardm_policy_naive(int D, int K, int *policy);
+// The policy of budget K over L steps (method §13 A.5): with losses_path (L numbers L_0..L_{L-1}, one per line, the
+// --losses flag) the strict DP optimum of the losses sorted descending (logged with its cost), else (NULL) the naive
+// policy.
+int hdlm_ardm_policy_load(const char *losses_path, int L, int K, int *policy);
 // Sampling with a policy (A.5.4): per sequence a fresh random order r; call j runs one forward on the current input
 // (unknown positions = MASK) and draws every position with p_j <= r_i < p_{j+1} from its softmax over the N real
 // tokens (MASK excluded, decision A.3.3). Prompt positions of cfg are known from the start (they come first in the

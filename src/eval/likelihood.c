@@ -12,7 +12,7 @@
 #include "hdlm/rng.h"
 
 hdlm_nelbo_config hdlm_nelbo_config_default(bool gamma_family) {
-    hdlm_nelbo_config c = {HDLM_NELBO_MASKING, 16, 100 / 16, 1e-3, gamma_family, 1e-3, 0, 0, NULL, 0, NULL};
+    hdlm_nelbo_config c = {HDLM_NELBO_MASKING, 16, 100 / 16, 1e-3, gamma_family, 1e-3, 0, 0, NULL, 0, NULL, NULL};
     return c;
 }
 
@@ -211,8 +211,8 @@ static int ardm_policy_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, con
     uint32_t *order = hdlm_malloc((size_t)length * sizeof *order);
     double *pol = hdlm_malloc((size_t)C * sizeof *pol), *ord = hdlm_malloc((size_t)C * sizeof *ord);
     for (int b = 0; b < C; b++) {
-        for (int i = 0; i < length; i++) order[i] = (uint32_t)i;
-        hdlm_rng_shuffle_u32(rng, order, (uint64_t)length);
+        for (int i = 0; i < length; i++) order[i] = cfg->order ? (uint32_t)cfg->order[i] : (uint32_t)i;
+        if (!cfg->order) hdlm_rng_shuffle_u32(rng, order, (uint64_t)length);
         for (int r = 0; r < length; r++) rank[(size_t)b * length + order[r]] = r;
     }
     int status = hdlm_ardm_policy_nll(d, x, length, C, rank, cfg->policy, cfg->budget, pol, ord);

@@ -38,10 +38,6 @@ int eval_model_load(eval_model *em, const char *ckpt, bool raw, int tau);
 bool eval_model_block_diffusion(const eval_model *em);
 void eval_model_free(eval_model *em);
 
-// The ARDM policy of budget K over L steps (method §13 A.5): with losses_path (L numbers L_0..L_{L-1}, one per line)
-// the strict DP optimum of the losses sorted descending (logged with its cost), else the naive policy.
-int eval_ardm_policy(const char *losses_path, int L, int K, int *policy);
-
 // Progress on stderr with the elapsed time and an ETA, at most every `every` seconds (rank 0 only).
 typedef struct {
     const char *what;

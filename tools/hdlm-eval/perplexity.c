@@ -10,6 +10,7 @@
 
 #include "eval.h"
 #include "hdlm/common.h"
+#include "hdlm/compress.h"
 #include "hdlm/likelihood.h"
 
 static const char *const PERPLEXITY_USAGE =
@@ -27,6 +28,8 @@ static const char *const PERPLEXITY_USAGE =
     "                      [ar for AR runs, ardm for ARDM-trained runs, block for ε runs with ω < L, else masking]\n"
     "  --budget K          ardm-policy / ardm-order: network calls of the policy (K forwards per round)\n"
     "  --losses FILE       their policy: the DP optimum of these per-step losses (as hdlm-eval sample) [naive]\n"
+    "  --codec FILE        ardm-order with the fixed order and policy of an hdlm-compress codec: the exact code\n"
+    "                      length hdlm-compress approaches (one copy, one round)\n"
     "  --copies N          noisy copies per round [16]\n"
     "  --rounds R          Monte-Carlo rounds per chunk [6]\n"
     "  --max-chunks N      score only the first N chunks (a quick estimate) [all]\n"
@@ -62,10 +65,11 @@ int eval_perplexity_main(int argc, char **argv) {
         {"rounds", required_argument, NULL, 'R'}, {"floor", required_argument, NULL, 'f'},
         {"seed", required_argument, NULL, 's'},   {"json", no_argument, NULL, 'j'},
         {"max-chunks", required_argument, NULL, 'm'}, {"budget", required_argument, NULL, 'k'},
-        {"losses", required_argument, NULL, 'l'},
+        {"losses", required_argument, NULL, 'l'}, {"codec", required_argument, NULL, 'C'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
-    const char *ckpt = NULL, *data_dir = NULL, *split = "validation", *estimator = NULL, *losses = NULL;
+    const char *ckpt = NULL, *data_dir = NULL, *split = "validation", *estimator = NULL, *losses = NULL,
+               *codec_path = NULL;
     bool raw = false, json = false;
     long copies = 16, rounds = 6, seed = 0, max_chunks = 0, budget = 0;
     double floor_p = 1e-3;
@@ -75,6 +79,7 @@ int eval_perplexity_main(int argc, char **argv) {
     while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
         switch (c) {
         case 'c': ckpt = optarg; break;
+        case 'C': codec_path = optarg; break;
         case 'd': data_dir = optarg; break;
         case 'p': split = optarg; break;
         case 'r': raw = true; break;
@@ -122,8 +127,14 @@ int eval_perplexity_main(int argc, char **argv) {
                         "block, got '%s'\n", estimator);
         return 2;
     }
+    if (codec_path && !estimator) kind = HDLM_NELBO_ARDM_ORDER, estimator = "ardm-order";
     bool policy_kind = kind == HDLM_NELBO_ARDM_POLICY || kind == HDLM_NELBO_ARDM_ORDER;
-    if (policy_kind != (budget > 0) || (losses && !policy_kind)) {
+    if (codec_path && (!policy_kind || budget > 0 || losses)) {
+        fprintf(stderr, "hdlm-eval perplexity: --codec gives the order, budget and policy of --estimator ardm-order "
+                        "(or ardm-policy): without --budget and --losses\n");
+        return 2;
+    }
+    if (policy_kind != (budget > 0 || codec_path) || (losses && !policy_kind)) {
         fprintf(stderr, "hdlm-eval perplexity: --budget (and --losses) go with --estimator ardm-policy or ardm-order,"
                         " which need --budget\n");
         return 2;
@@ -158,9 +169,17 @@ int eval_perplexity_main(int argc, char **argv) {
 
     int L = em.model->config.max_length;
     int *policy = NULL;
-    if (policy_kind) {
+    hdlm_codec codec = {0};
+    if (codec_path) {   // the order and policy of hdlm-compress: one fixed order, so one copy and one round say all
+        HDLM_MUST(hdlm_codec_load(&codec, codec_path));
+        if (codec.model_hash != hdlm_model_hash(em.model))
+            HDLM_DIE("--codec %s was made for another model than %s (%s weights)", codec_path, em.path,
+                     raw ? "raw" : "EMA");
+        cfg.policy = codec.policy, cfg.budget = codec.budget, cfg.order = codec.order;
+        cfg.copies = cfg.rounds = 1;
+    } else if (policy_kind) {
         policy = hdlm_malloc((size_t)budget * sizeof *policy);
-        HDLM_MUST(eval_ardm_policy(losses, L, (int)budget, policy));
+        HDLM_MUST(hdlm_ardm_policy_load(losses, L, (int)budget, policy));
         cfg.policy = policy, cfg.budget = (int)budget;
     }
     hdlm_dataset data;
@@ -176,12 +195,16 @@ int eval_perplexity_main(int argc, char **argv) {
     double t0 = hdlm_time_now();
     HDLM_MUST(hdlm_nelbo_dataset(&d, &cfg, &data, &res, eval_progress_report, &progress));
     double seconds = hdlm_time_now() - t0;
+    if (codec_path) res.std_error = 0;   // one fixed order: the value itself, not an estimate
     if (!isfinite(res.bound))
         HDLM_DIE("the bound is %g: the model's outputs are not finite on %s (diverged or damaged weights in %s?)",
                  res.bound, data_dir, em.path);
     if (hdlm_rank() == 0) {
         if (cfg.kind == HDLM_NLL_AR)
             printf("estimator   ar (one causal forward per chunk)\n");
+        else if (codec_path)
+            printf("estimator   %s (budget %d, the order and policy of the codec %s: exact, no Monte-Carlo error)\n",
+                   hdlm_nelbo_kind_name(cfg.kind), cfg.budget, codec_path);
         else if (policy_kind)
             printf("estimator   %s (budget %d, %s policy, copies %d, rounds %d, seed %ld)\n",
                    hdlm_nelbo_kind_name(cfg.kind), cfg.budget, losses ? "DP" : "naive", cfg.copies, cfg.rounds, seed);
@@ -190,8 +213,8 @@ int eval_perplexity_main(int argc, char **argv) {
                    cfg.copies, cfg.rounds, cfg.floor, seed);
         printf("family      %s%s\n", hdlm_family_name(family),
                ardm_run ? " (ARDM objective)" : ar_run ? " (AR objective)" : "");
-        if (cfg.kind == HDLM_NLL_AR)
-            printf("nll         %.6f nats/token (exact)\n", res.bound);
+        if (cfg.kind == HDLM_NLL_AR || (codec_path && cfg.kind == HDLM_NELBO_ARDM_ORDER))
+            printf("nll         %.6f nats/token (exact; %.6f bits/token)\n", res.bound, res.bound / log(2.0));
         else if (isfinite(res.std_error))
             printf("bound       %.6f nats/token (± %.6f Monte-Carlo standard error)\n", res.bound, res.std_error);
         else
@@ -215,6 +238,7 @@ int eval_perplexity_main(int argc, char **argv) {
         }
     }
     hdlm_dataset_close(&data);
+    hdlm_codec_free(&codec);
     free(policy);
     eval_model_free(&em);
     return 0;

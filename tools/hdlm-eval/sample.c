@@ -357,7 +357,7 @@ static int sample_run(int argc, char **argv, bool generate) {
         K = (int)(a.budget ? a.budget : a.steps);
         if (K > L) HDLM_DIE("--budget %d is more than the %d positions", K, L);
         policy = hdlm_malloc((size_t)K * sizeof *policy);
-        HDLM_MUST(eval_ardm_policy(a.losses, L, K, policy));
+        HDLM_MUST(hdlm_ardm_policy_load(a.losses, L, K, policy));
     } else {
         HDLM_MUST(hdlm_sampler_check(&cfg, V, L));
     }
