@@ -208,18 +208,6 @@ static int load_codec(const args *a, const loaded_model *lm, hdlm_codec *c) {
     return 0;
 }
 
-static int read_all(const char *path, char **data, size_t *len) {
-    if (strcmp(path, "-") != 0) return hdlm_read_file(path, data, len);
-    size_t cap = 1 << 20, n = 0, got;
-    char *buf = hdlm_malloc(cap + 1);
-    while ((got = fread(buf + n, 1, cap - n, stdin)) > 0)
-        if ((n += got) == cap) buf = hdlm_realloc(buf, (cap *= 2) + 1);
-    HDLM_CHECK(!ferror(stdin), "standard input: %s", strerror(errno));
-    buf[n] = '\0';
-    *data = buf, *len = n;
-    return 0;
-}
-
 static int write_all(const char *path, const void *data, size_t len) {
     if (strcmp(path, "-") == 0) {
         HDLM_CHECK(fwrite(data, 1, len, stdout) == len && fflush(stdout) == 0, "standard output: %s", strerror(errno));
@@ -326,7 +314,7 @@ static int encode_main(const args *a) {
     size_t text_len = 0;
     hdlm_tokens t = {0};
     if (rc == 0 && hdlm_rank() == 0) {
-        rc = read_all(a->in, (char **)&text, &text_len);
+        rc = hdlm_read_file(a->in, (char **)&text, &text_len);
         if (rc == 0 && hdlm_tokenizer_encode(tok, (const char *)text, text_len, &t) != 0)
             rc = HDLM_FAIL("%s: %s (hdlm-compress codes UTF-8 text)", a->in, hdlm_last_error());
         char *back = NULL;
@@ -436,7 +424,7 @@ static int decode_main(const args *a) {
     rc = hdlm_tokenizer_load_dir(&tok, a->tokenizer);
     uint8_t *file = NULL;
     size_t file_n = 0;
-    if (rc == 0 && hdlm_rank() == 0) rc = read_all(a->in, (char **)&file, &file_n);
+    if (rc == 0 && hdlm_rank() == 0) rc = hdlm_read_file(a->in, (char **)&file, &file_n);
     rc = agree(rc);
     if (rc == 0) bcast_bytes(&file, &file_n);
     file_header h = {0};
@@ -452,6 +440,8 @@ static int decode_main(const args *a) {
     if (rc == 0 && fp != h.fingerprint)
         rc = HDLM_FAIL("%s: this machine computes the model's outputs with other bits than the one that compressed "
                        "it (other CPU kernels or math library): decode it on a machine of that kind", a->in);
+    rc = agree(rc);
+    if (rc) h.group = 1, h.tokens = 0;   // nothing to decode: the cleanup below runs on empty arrays
     layout y = make_layout(h.tokens, c.length, (int)h.group);
     size_t *offset = hdlm_malloc((size_t)(y.chunks ? y.chunks : 1) * sizeof *offset),
            *count = hdlm_malloc((size_t)(y.chunks ? y.chunks : 1) * sizeof *count);
@@ -516,7 +506,7 @@ static int decode_main(const args *a) {
 static int info_main(const char *path) {
     uint8_t *file;
     size_t n;
-    HDLM_TRY(read_all(path, (char **)&file, &n));
+    HDLM_TRY(hdlm_read_file(path, (char **)&file, &n));
     file_header h;
     int rc = header_unpack(file, n, path, &h);
     if (rc == 0) {

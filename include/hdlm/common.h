@@ -87,7 +87,8 @@ const char *hdlm_share_dir(void);
 // mkdir -p: creates `path` and its missing parents; fails naming `what` and the folder that could not be made.
 int hdlm_make_dirs(const char *path, const char *what);
 
-// Reads a whole file into a NUL-terminated buffer (size in *len). Fails with the file name and errno text.
+// Reads a whole file into a NUL-terminated buffer (size in *len); "-" reads standard input to its end (a pipe too).
+// Fails with the file name and errno text.
 int hdlm_read_file(const char *path, char **data, size_t *len);
 // The one way hdlm opens an existing file for reading: only a regular file is accepted (a FIFO would block in open()
 // forever, a device or directory never ends), refused with a message naming `what` and the path. *size: its bytes.

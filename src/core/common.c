@@ -14,15 +14,18 @@
 
 static _Thread_local char last_error[2048];
 
+// Formatted into a buffer of its own first: a message may quote the previous one (hdlm_last_error() as an argument).
 int hdlm_fail(const char *file, int line, const char *fmt, ...) {
+    char msg[sizeof last_error];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(last_error, sizeof last_error, fmt, ap);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    if (n >= 0 && (size_t)n < sizeof last_error) {
+    if (n >= 0 && (size_t)n < sizeof msg) {
         const char *base = strrchr(file, '/');
-        snprintf(last_error + n, sizeof last_error - (size_t)n, " (at %s:%d)", base ? base + 1 : file, line);
+        snprintf(msg + n, sizeof msg - (size_t)n, " (at %s:%d)", base ? base + 1 : file, line);
     }
+    memcpy(last_error, msg, sizeof msg);
     return -1;
 }
 
@@ -277,8 +280,9 @@ size_t hdlm_first_nonfinite(const float *x, size_t n) {
 int hdlm_read_file(const char *path, char **data, size_t *len) {
     *data = NULL;
     *len = 0;
-    FILE *f;
-    HDLM_TRY(hdlm_fopen_regular(path, "file", &f));
+    bool in = strcmp(path, "-") == 0;   // standard input: a pipe is fine there, it ends
+    FILE *f = stdin;
+    if (!in) HDLM_TRY(hdlm_fopen_regular(path, "file", &f));
     size_t cap = 1 << 16, n = 0;
     char *buf = hdlm_malloc(cap);
     for (;;) {
@@ -288,10 +292,10 @@ int hdlm_read_file(const char *path, char **data, size_t *len) {
         if (got == 0) break;
     }
     int err = ferror(f);
-    fclose(f);
+    if (!in) fclose(f);
     if (err) {
         free(buf);
-        return HDLM_FAIL("error reading %s", path);
+        return HDLM_FAIL("error reading %s", in ? "standard input" : path);
     }
     buf[n] = '\0';
     *data = buf;

@@ -16,7 +16,7 @@ PUBLIC = {
     "rng": "core", "tensor": "core", "detokenize": "text", "textsource": "text", "tokenizer": "text",
     "dataset": "data", "shard": "data", "diffusion": "diffusion", "mask": "diffusion", "schedule": "diffusion",
     "model": "model", "checkpoint": "run", "model_io": "run", "train_config": "run", "cuda": "cuda",
-    "trainer": "train", "features": "eval", "gpt2": "eval", "likelihood": "eval", "mauve": "eval", "sampler": "eval",
+    "trainer": "train", "compress": "eval", "features": "eval", "gpt2": "eval", "likelihood": "eval", "mauve": "eval", "sampler": "eval",
 }
 
 root = sys.argv[1]

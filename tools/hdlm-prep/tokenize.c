@@ -62,7 +62,7 @@ int prep_tokenize_main(int argc, char **argv) {
     HDLM_MUST(hdlm_tokenizer_load_dir(&tok, opt.vocab_dir));
     char *text;
     size_t len;
-    HDLM_MUST(hdlm_read_file("/dev/stdin", &text, &len));
+    HDLM_MUST(hdlm_read_file("-", &text, &len));
     hdlm_tokens ids = {0};
     HDLM_MUST(hdlm_tokenizer_encode(tok, text, len, &ids));
     for (size_t i = 0; i < ids.len; i++) printf(i ? " %u" : "%u", ids.ids[i]);
@@ -108,7 +108,7 @@ int prep_detokenize_main(int argc, char **argv) {
     HDLM_MUST(hdlm_tokenizer_load_dir(&tok, opt.vocab_dir));
     char *input;
     size_t len;
-    HDLM_MUST(hdlm_read_file("/dev/stdin", &input, &len));
+    HDLM_MUST(hdlm_read_file("-", &input, &len));
     hdlm_tokens ids = {0};
     HDLM_MUST(parse_ids(input, len, &ids));
     char *text;
