@@ -252,6 +252,34 @@ static void test_size_matches_the_estimator(void **state) {
     hdlm_model_free(m);
 }
 
+// The coder's forward with outputs for a few rows only (hdlm_model_input.head_rows) gives those rows' outputs of the
+// full forward.
+static void test_head_rows_match_the_full_forward(void **state) {
+    (void)state;
+    enum { L = 20, B = 3 };
+    hdlm_model *m = small_model(L);
+    int V = m->config.vocab;
+    uint32_t x[B * L];
+    uint8_t rows[B * L];
+    for (int r = 0; r < B * L; r++) x[r] = (uint32_t)(r * 37 % V), rows[r] = r % 7 == 2;
+    hdlm_model_input in = {.tokens = x, .batch = B, .length = L};
+    assert_int_equal(hdlm_model_forward(m, &in), 0);
+    float *full = hdlm_malloc((size_t)B * L * V * sizeof *full);
+    memcpy(full, m->out, (size_t)B * L * V * sizeof *full);
+    in.head_rows = rows;
+    assert_int_equal(hdlm_model_forward(m, &in), 0);
+    double worst = 0;
+    for (int r = 0; r < B * L; r++)
+        for (int y = 0; y < V && rows[r]; y++)
+            worst = fmax(worst, fabs(m->out[(size_t)r * V + y] - full[(size_t)r * V + y]));
+    assert_true(worst < 1e-5);
+    in.training = true;
+    assert_int_equal(hdlm_model_forward(m, &in), -1);
+    assert_error_contains("head_rows is for inference");
+    free(full);
+    hdlm_model_free(m);
+}
+
 static void test_codec_record(void **state) {
     (void)state;
     enum { L = 16 };
@@ -312,6 +340,7 @@ int main(void) {
         cmocka_unit_test(test_quantizer),
         cmocka_unit_test(test_codec_round_trips),
         cmocka_unit_test(test_size_matches_the_estimator),
+        cmocka_unit_test(test_head_rows_match_the_full_forward),
         cmocka_unit_test(test_codec_record),
     };
     return cmocka_run_group_tests_name("compress", tests, NULL, NULL);

@@ -57,7 +57,7 @@ static void test_cached_forward_matches_uncached(void **state) {
                 }
             hdlm_attn_mask mask = st.mask;
             mask.length = n;
-            hdlm_model_input in = {tokens, fam ? sigma : NULL, &mask, B, n, false, 0, 0};
+            hdlm_model_input in = {tokens, fam ? sigma : NULL, &mask, B, n, false, 0, 0, NULL};
             assert_int_equal(hdlm_model_forward(m, &in), 0);
             float *want = hdlm_malloc((size_t)B * n * V * sizeof *want);
             memcpy(want, m->out, (size_t)B * n * V * sizeof *want);

@@ -98,6 +98,10 @@ typedef struct {
     // two-copy layout under the ε loss): the output layer skips them, their outputs and gradients are 0. 0: all rows.
     // The CUDA model computes every row (same result).
     int head_from;
+    // Inference (training false) that reads a few rows: only rows r of [B·L] with head_rows[r] != 0 get outputs, the
+    // others are left as they were (the coder of hdlm-compress reads one segment per call; the output layer is most
+    // of a small model's forward). NULL: every row. The CUDA model computes every row.
+    const uint8_t *head_rows;
 } hdlm_model_input;
 
 // Dropout sites of a block; each gets its own key from the step's dropout key and the layer (the GPU model uses the

@@ -11,6 +11,7 @@
 #include <xxhash.h>
 
 #include "hdlm/common.h"
+#include "hdlm/model.h"
 #include "hdlm/rng.h"
 
 // ---- rANS ----
@@ -319,6 +320,7 @@ static int coding_loop(const hdlm_codec *c, hdlm_denoiser *d, uint32_t *x, const
     int *rank = hdlm_malloc((size_t)chunks * L * sizeof *rank), *pos_of = hdlm_malloc((size_t)chunks * L * sizeof *pos_of);
     uint32_t *xt = hdlm_malloc((size_t)chunks * L * sizeof *xt), *freq = hdlm_malloc((size_t)W * sizeof *freq);
     double *work = hdlm_malloc((size_t)W * sizeof *work);
+    uint8_t *rows = hdlm_malloc((size_t)chunks * L);
     chunk_ranks(c, n_tokens, chunks, rank);
     for (size_t r = 0; r < (size_t)chunks * L; r++) pos_of[r / L * L + rank[r]] = (int)(r % L);
     for (int j = 0; j < c->budget && status == 0; j++) {
@@ -329,7 +331,18 @@ static int coding_loop(const hdlm_codec *c, hdlm_denoiser *d, uint32_t *x, const
         for (int g = 0; g < chunks; g++)   // known padding and places before the segment: their tokens
             for (int i = n_tokens[g]; i < L; i++) xt[(size_t)g * L + i] = x[(size_t)g * L + i];
         const float *z;
-        status = d->forward(d, xt, NULL, NULL, chunks, L, &z);
+        if (d->model) {   // outputs only for the rows this call codes
+            for (int g = 0; g < chunks; g++) {
+                int lo = p_lo > L - n_tokens[g] ? p_lo : L - n_tokens[g];
+                for (int i = 0; i < L; i++)
+                    rows[(size_t)g * L + i] = rank[(size_t)g * L + i] >= lo && rank[(size_t)g * L + i] < hi;
+            }
+            hdlm_model_input in = {.tokens = xt, .batch = chunks, .length = L, .head_rows = rows};
+            status = hdlm_model_forward(d->model, &in);
+            z = d->model->out;
+        } else {
+            status = d->forward(d, xt, NULL, NULL, chunks, L, &z);
+        }
         for (int g = 0; g < chunks && status == 0; g++) {
             int lo = p_lo > L - n_tokens[g] ? p_lo : L - n_tokens[g];
             for (int place = lo; place < hi && status == 0; place++) {
@@ -339,6 +352,7 @@ static int coding_loop(const hdlm_codec *c, hdlm_denoiser *d, uint32_t *x, const
             }
         }
     }
+    free(rows);
     free(work);
     free(freq);
     free(xt);

@@ -15,7 +15,7 @@
 static int model_denoiser_forward(hdlm_denoiser *d, const uint32_t *tokens, const float *sigma,
                                   const hdlm_attn_mask *mask, int batch, int length, const float **out) {
     hdlm_model *m = d->ctx;
-    hdlm_model_input in = {tokens, sigma, mask, batch, length, false, 0, 0};
+    hdlm_model_input in = {tokens, sigma, mask, batch, length, false, 0, 0, NULL};
     HDLM_TRY(hdlm_model_forward(m, &in));
     *out = m->out;
     return 0;

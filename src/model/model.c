@@ -464,6 +464,8 @@ int hdlm_model_check_input(const hdlm_model_config *c, const hdlm_model_input *i
                mask->length, in->length);
     HDLM_CHECK(in->head_from >= 0 && in->head_from < in->length,
                "model input: head_from = %d outside [0, length = %d)", in->head_from, in->length);
+    HDLM_CHECK(!in->head_rows || (!in->training && in->head_from == 0),
+               "model input: head_rows is for inference, without head_from");
     HDLM_CHECK(mask->n_set >= 0 && mask->n_set <= mask->length && mask->a_end >= mask->n_set - 1 &&
                    mask->a_end < mask->length && mask->block_size > 0,
                "model input: attention mask out of range (n_set %d, a_end %d, block_size %d, length %d)",
@@ -567,7 +569,18 @@ int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
     PROFILED(a, PROF_FWD, PROF_NORM,
              hdlm_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->h + (size_t)c->n_layers * Nd, m->p.norm_final,
                                     N, d));
-    if (a->head_from == 0) {
+    if (in->head_rows) {   // gather the rows, one product, scatter the outputs
+        int rows = 0;
+        for (int r = 0; r < N; r++) rows += in->head_rows[r] != 0;
+        float *x = hdlm_malloc(((size_t)rows * d + 1) * sizeof *x), *y = hdlm_malloc(((size_t)rows * V + 1) * sizeof *y);
+        for (int r = 0, k = 0; r < N; r++)
+            if (in->head_rows[r]) memcpy(x + (size_t)k++ * d, a->lnf + (size_t)r * d, (size_t)d * sizeof *x);
+        if (rows) PROFILED(a, PROF_FWD, PROF_HEAD, hdlm_linear_forward(y, x, m->p.head_w, m->p.head_b, rows, d, V));
+        for (int r = 0, k = 0; r < N; r++)
+            if (in->head_rows[r]) memcpy(m->out + (size_t)r * V, y + (size_t)k++ * V, (size_t)V * sizeof *y);
+        free(y);
+        free(x);
+    } else if (a->head_from == 0) {
         PROFILED(a, PROF_FWD, PROF_HEAD, hdlm_linear_forward(m->out, a->lnf, m->p.head_w, m->p.head_b, N, d, V));
     } else {
         int skip = a->head_from, rows = L - skip;
@@ -581,7 +594,7 @@ int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
     if (gamma) {
 #pragma omp parallel for schedule(static)
         for (int r = 0; r < N; r++) {
-            if (r % L < a->head_from) continue;   // no output there
+            if (r % L < a->head_from || (in->head_rows && !in->head_rows[r])) continue;   // no output there
             float shift = scale_by_sigma_shift(a->sigma[r], V);
             float *o = m->out + (size_t)r * V;
             for (int v = 0; v < V; v++) o[v] -= shift;
