@@ -202,8 +202,8 @@ static void test_bad_files_refused(void **state) {
 }
 
 // On held-out addresses: the coded bits per token within 1 % of perplexity --codec's exact value for the same order
-// and policy, after the fixed costs (header; per chunk its word count, the flushed state and the last word: at most
-// 128 bits). The text is cut to exactly C chunks of tokens, so that both see the same chunks (hdlm-prep appends one
+// and policy, after the fixed costs (header; per group of chunks its word count, the flushed state and the last word:
+// at most 128 bits). The text is cut to exactly C chunks of tokens, so that both see the same chunks (hdlm-prep appends one
 // end-of-text token, which the estimator's whole chunks leave out).
 static void test_size_matches_perplexity(void **state) {
     (void)state;
@@ -236,19 +236,19 @@ static void test_size_matches_perplexity(void **state) {
     assert_int_equal(test_run(HZ " info %s/size.hz > %s/size.json", tmp, tmp), 0);
     char *ppl = slurp(strcat(strcpy(path, tmp), "/ppl.txt")), *info = slurp(strcat(strcpy(path, tmp), "/size.json"));
     double bound = 0;
-    long tokens = 0, chunks = 0, bytes = 0, scored = 0;
+    long tokens = 0, groups = 0, bytes = 0, scored = 0;
     assert_int_equal(sscanf(strstr(ppl, "nats/token (exact; "), "nats/token (exact; %lf", &bound), 1);
     assert_int_equal(sscanf(strstr(ppl, "tokens      "), "tokens %ld", &scored), 1);
     assert_int_equal(sscanf(strstr(info, "\"tokens\":"), "\"tokens\":%ld", &tokens), 1);
-    assert_int_equal(sscanf(strstr(info, "\"chunks\":"), "\"chunks\":%ld", &chunks), 1);
+    assert_int_equal(sscanf(strstr(info, "\"groups\":"), "\"groups\":%ld", &groups), 1);
     assert_int_equal(sscanf(strstr(info, "\"bytes\":"), "\"bytes\":%ld", &bytes), 1);
     assert_int_equal(tokens, C * L);
     assert_int_equal(scored, C * L);   // the same tokens in the same chunks
-    double coded = (8.0 * bytes - 8 * 96 - 32.0 * chunks) / tokens;   // the streams, state flush included
+    double coded = (8.0 * bytes - 8 * 96 - 32.0 * groups) / tokens;   // the streams, state flush included
     print_message("size: %.4f bits/token in the streams, exact code length %.4f, %.4f with every fixed cost\n",
                   coded, bound, 8.0 * bytes / tokens);
     assert_true(coded >= bound);                                // no stream beats the model
-    assert_true(coded <= 1.01 * bound + 96.0 * chunks / tokens);
+    assert_true(coded <= 1.01 * bound + 96.0 * groups / tokens);
     free(ppl);
     free(info);
 }

@@ -25,7 +25,7 @@
 #include "hdlm/tokenizer.h"
 #include "hdlm/train_config.h"
 
-// ---- the file (docs/compression.md): a 96-byte header, then per chunk u32 word count and the words ----
+// ---- the file (docs/compression.md): a 96-byte header, then per group of chunks u32 word count and the words ----
 #define MAGIC "HDLMZIP\0"
 enum { FORMAT_VERSION = 1, HEADER_BYTES = 96, FLAG_TEXT = 1 };
 
@@ -334,13 +334,11 @@ static int encode_main(const args *a) {
     file_header h = {FORMAT_VERSION, FLAG_TEXT, c.model_hash, hdlm_codec_hash(&c), 0, T, text_len,
                      XXH64(text, text_len, 0), (uint32_t)c.length, (uint32_t)a->group};
     if (rc == 0) rc = agree(hdlm_codec_fingerprint(&c, &d, &h.fingerprint));
-    // This rank's groups: each chunk's stream as u32 count + words, in chunk order.
+    // This rank's groups: each group's stream as u32 count + words, in group order.
     layout y = make_layout(T, c.length, (int)a->group);
     uint8_t *mine = NULL;
     size_t mine_n = 0, mine_cap = 0;
     int *n_tokens = hdlm_malloc((size_t)y.group * sizeof *n_tokens);
-    uint32_t **words = hdlm_calloc((size_t)y.group, sizeof *words);
-    size_t *n_words = hdlm_calloc((size_t)y.group, sizeof *n_words);
     uint32_t *x = hdlm_malloc((size_t)y.group * c.length * sizeof *x);
     double ideal = 0, t0 = hdlm_time_now(), last = t0;
     for (int64_t g = y.g_begin; g < y.g_end && rc == 0; g++) {
@@ -348,15 +346,17 @@ static int encode_main(const args *a) {
         int n = group_chunks(&y, g, &first, n_tokens);
         for (int k = 0; k < n; k++)
             memcpy(x + (size_t)k * c.length, ids + (size_t)(first + k) * c.length, (size_t)n_tokens[k] * sizeof *x);
-        rc = hdlm_codec_encode(&c, &d, x, n_tokens, n, words, n_words, &ideal);
-        for (int k = 0; k < n && rc == 0; k++) {
-            size_t need = mine_n + 4 + 4 * n_words[k];
+        uint32_t *words = NULL;
+        size_t n_words = 0;
+        rc = hdlm_codec_encode(&c, &d, x, n_tokens, n, &words, &n_words, &ideal);
+        if (rc == 0) {
+            size_t need = mine_n + 4 + 4 * n_words;
             if (need > mine_cap) mine = hdlm_realloc(mine, mine_cap = 2 * need);
-            put_u32(mine + mine_n, (uint32_t)n_words[k]);
-            for (size_t w = 0; w < n_words[k]; w++) put_u32(mine + mine_n + 4 + 4 * w, words[k][w]);
+            put_u32(mine + mine_n, (uint32_t)n_words);
+            for (size_t w = 0; w < n_words; w++) put_u32(mine + mine_n + 4 + 4 * w, words[w]);
             mine_n = need;
         }
-        for (int k = 0; k < n; k++) free(words[k]), words[k] = NULL;
+        free(words);
         if (hdlm_rank() == 0 && hdlm_time_now() - last > 10)
             last = hdlm_time_now(), progress(t0, g - y.g_begin + 1, y.g_end - y.g_begin,
                                              (uint64_t)(g - y.g_begin + 1) * y.group * c.length);
@@ -383,8 +383,6 @@ static int encode_main(const args *a) {
     free(body);
     free(mine);
     free(x);
-    free(n_words);
-    free(words);
     free(n_tokens);
     if (hdlm_rank() != 0) free(ids_bytes);
     hdlm_tokens_free(&t);
@@ -395,19 +393,21 @@ static int encode_main(const args *a) {
     return rc;
 }
 
-// The streams of a file body: per chunk its offset (in words after its count) and count; refuses a truncated body.
-static int index_streams(const uint8_t *body, size_t n, int64_t chunks, const char *path, size_t *offset,
+// The streams of a file body: per group its offset (of the words, after the count) and count; refuses a truncated
+// body.
+static int index_streams(const uint8_t *body, size_t n, int64_t groups, const char *path, size_t *offset,
                          size_t *count) {
     size_t at = 0;
-    for (int64_t k = 0; k < chunks; k++) {
-        HDLM_CHECK(at + 4 <= n, "%s: truncated: chunk %lld of %lld is missing", path, (long long)k, (long long)chunks);
+    for (int64_t k = 0; k < groups; k++) {
+        HDLM_CHECK(at + 4 <= n, "%s: truncated: chunk group %lld of %lld is missing", path, (long long)k,
+                   (long long)groups);
         count[k] = get_u32(body + at);
-        HDLM_CHECK(count[k] <= (n - at - 4) / 4, "%s: truncated: chunk %lld needs %zu words, the file ends first",
-                   path, (long long)k, count[k]);
+        HDLM_CHECK(count[k] <= (n - at - 4) / 4, "%s: truncated: chunk group %lld needs %zu words, the file ends "
+                   "first", path, (long long)k, count[k]);
         offset[k] = at + 4;
         at += 4 + 4 * count[k];
     }
-    HDLM_CHECK(at == n, "%s: %zu bytes after the last chunk (corrupt, or not one file)", path, n - at);
+    HDLM_CHECK(at == n, "%s: %zu bytes after the last chunk group (corrupt, or not one file)", path, n - at);
     return 0;
 }
 
@@ -443,31 +443,27 @@ static int decode_main(const args *a) {
     rc = agree(rc);
     if (rc) h.group = 1, h.tokens = 0;   // nothing to decode: the cleanup below runs on empty arrays
     layout y = make_layout(h.tokens, c.length, (int)h.group);
-    size_t *offset = hdlm_malloc((size_t)(y.chunks ? y.chunks : 1) * sizeof *offset),
-           *count = hdlm_malloc((size_t)(y.chunks ? y.chunks : 1) * sizeof *count);
-    if (rc == 0) rc = index_streams(file + HEADER_BYTES, file_n - HEADER_BYTES, y.chunks, a->in, offset, count);
+    size_t *offset = hdlm_malloc((size_t)(y.groups ? y.groups : 1) * sizeof *offset),
+           *count = hdlm_malloc((size_t)(y.groups ? y.groups : 1) * sizeof *count);
+    if (rc == 0) rc = index_streams(file + HEADER_BYTES, file_n - HEADER_BYTES, y.groups, a->in, offset, count);
     int *n_tokens = hdlm_malloc((size_t)y.group * sizeof *n_tokens);
-    uint32_t **words = hdlm_calloc((size_t)y.group, sizeof *words);
     uint32_t *mine = hdlm_malloc(((size_t)(y.g_end - y.g_begin) * y.group + 1) * c.length * sizeof *mine);
     size_t mine_n = 0;
     double t0 = hdlm_time_now(), last = t0;
     for (int64_t g = y.g_begin; g < y.g_end && rc == 0; g++) {
         int64_t first;
         int n = group_chunks(&y, g, &first, n_tokens);
-        for (int k = 0; k < n; k++) {   // the words, aligned
-            words[k] = hdlm_malloc((count[first + k] ? count[first + k] : 1) * sizeof **words);
-            for (size_t w = 0; w < count[first + k]; w++)
-                words[k][w] = get_u32(file + HEADER_BYTES + offset[first + k] + 4 * w);
-        }
+        uint32_t *words = hdlm_malloc((count[g] ? count[g] : 1) * sizeof *words);   // the words, aligned
+        for (size_t w = 0; w < count[g]; w++) words[w] = get_u32(file + HEADER_BYTES + offset[g] + 4 * w);
         uint32_t *x = hdlm_malloc((size_t)n * c.length * sizeof *x);
-        rc = hdlm_codec_decode(&c, &d, (const uint32_t *const *)words, count + first, n_tokens, n, x);
+        rc = hdlm_codec_decode(&c, &d, words, count[g], n_tokens, n, x);
         if (rc) rc = HDLM_FAIL("%s: chunk group %lld: %s", a->in, (long long)g, hdlm_last_error());
         for (int k = 0; k < n && rc == 0; k++) {
             memcpy(mine + mine_n, x + (size_t)k * c.length, (size_t)n_tokens[k] * sizeof *mine);
             mine_n += (size_t)n_tokens[k];
         }
         free(x);
-        for (int k = 0; k < n; k++) free(words[k]), words[k] = NULL;
+        free(words);
         if (hdlm_rank() == 0 && hdlm_time_now() - last > 10)
             last = hdlm_time_now(), progress(t0, g - y.g_begin + 1, y.g_end - y.g_begin, mine_n);
     }
@@ -492,7 +488,6 @@ static int decode_main(const args *a) {
     rc = agree(rc);
     free(all);
     free(mine);
-    free(words);
     free(n_tokens);
     free(count);
     free(offset);
@@ -512,10 +507,10 @@ static int info_main(const char *path) {
     if (rc == 0) {
         int64_t chunks = (int64_t)((h.tokens + h.length - 1) / h.length);
         printf("{\"file\":\"%s\",\"format_version\":%u,\"bytes\":%zu,\"original_bytes\":%llu,\"tokens\":%llu,"
-               "\"chunk_length\":%u,\"chunks\":%lld,\"group\":%u,\"model_hash\":\"%016llx\",\"codec_hash\":"
+               "\"chunk_length\":%u,\"chunks\":%lld,\"groups\":%lld,\"group\":%u,\"model_hash\":\"%016llx\",\"codec_hash\":"
                "\"%016llx\",\"bits_per_byte\":%.6f,\"bits_per_token\":%.6f}\n",
                path, h.version, n, (unsigned long long)h.bytes, (unsigned long long)h.tokens, h.length,
-               (long long)chunks, h.group, (unsigned long long)h.model_hash, (unsigned long long)h.codec_hash,
+               (long long)chunks, (long long)((chunks + h.group - 1) / h.group), h.group, (unsigned long long)h.model_hash, (unsigned long long)h.codec_hash,
                h.bytes ? 8.0 * n / h.bytes : 0.0, h.tokens ? 8.0 * n / h.tokens : 0.0);
     }
     free(file);

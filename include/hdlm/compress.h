@@ -77,12 +77,13 @@ uint64_t hdlm_model_hash(const hdlm_model *model);
 // all-MASK chunk), hashed. Differs where the forward's or the quantiser's bits differ (other CPU kernels, libm).
 int hdlm_codec_fingerprint(const hdlm_codec *c, hdlm_denoiser *d, uint64_t *fingerprint);
 
-// One group of chunks coded together (the network runs on the whole group, one call per policy step): chunk g holds
-// n_tokens[g] (1..L) tokens in x[g·L ..]; the positions after them are known padding (never coded). Encoding writes
-// each chunk's stream (malloc'ed words[g], n_words[g]) and adds the ideal code length -log2 q(x) of the quantised
-// frequencies to *ideal_bits; decoding fills x from the streams and fails on a corrupt or truncated stream.
+// One group of chunks coded together into one stream (the network runs on the whole group, one call per policy step;
+// one state flush per group): chunk g holds n_tokens[g] (1..L) tokens in x[g·L ..]; the positions after them are
+// known padding (never coded). Encoding writes the stream (*words malloc'ed, *n_words of them) and adds the ideal code
+// length -log2 q(x) of the quantised frequencies to *ideal_bits; decoding fills x from it and fails on a corrupt or
+// truncated stream.
 int hdlm_codec_encode(const hdlm_codec *c, hdlm_denoiser *d, const uint32_t *x, const int *n_tokens, int chunks,
                       uint32_t **words, size_t *n_words, double *ideal_bits);
-int hdlm_codec_decode(const hdlm_codec *c, hdlm_denoiser *d, const uint32_t *const *words, const size_t *n_words,
+int hdlm_codec_decode(const hdlm_codec *c, hdlm_denoiser *d, const uint32_t *words, size_t n_words,
                       const int *n_tokens, int chunks, uint32_t *x);
 #endif

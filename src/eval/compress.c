@@ -364,20 +364,19 @@ static int coding_loop(const hdlm_codec *c, hdlm_denoiser *d, uint32_t *x, const
 typedef struct {
     const hdlm_codec *codec;
     const uint32_t *x;
-    uint32_t (*sym)[2];   // per chunk and place: (start, freq) of the token, in decoding order
-    int *count;           // symbols so far per chunk
+    uint32_t (*sym)[2];   // (start, freq) of each coded token, in decoding order
+    size_t count;
     double bits;
 } encode_ctx;
 
 static int encode_symbol(void *ctx, int chunk, int pos, const uint32_t *freq) {
     encode_ctx *e = ctx;
-    int L = e->codec->length;
-    uint32_t token = e->x[(size_t)chunk * L + pos], start = 0;
+    uint32_t token = e->x[(size_t)chunk * e->codec->length + pos], start = 0;
     HDLM_CHECK(token < (uint32_t)(e->codec->vocab - 1), "codec: chunk %d position %d holds id %u, not a real token "
                "(< %d)", chunk, pos, token, e->codec->vocab - 1);
     for (uint32_t y = 0; y < token; y++) start += freq[y];
-    e->sym[(size_t)chunk * L + e->count[chunk]][0] = start;
-    e->sym[(size_t)chunk * L + e->count[chunk]++][1] = freq[token];
+    e->sym[e->count][0] = start;
+    e->sym[e->count++][1] = freq[token];
     e->bits += e->codec->scale_bits - log2((double)freq[token]);
     return 0;
 }
@@ -386,24 +385,24 @@ int hdlm_codec_encode(const hdlm_codec *c, hdlm_denoiser *d, const uint32_t *x, 
                       uint32_t **words, size_t *n_words, double *ideal_bits) {
     int L = c->length;
     uint32_t *padded = hdlm_malloc((size_t)chunks * L * sizeof *padded);
-    for (int g = 0; g < chunks; g++)
+    size_t total = 0;
+    for (int g = 0; g < chunks; g++) {
+        total += (size_t)(n_tokens[g] > 0 ? n_tokens[g] : 0);
         for (int i = 0; i < L; i++)
             padded[(size_t)g * L + i] = i < n_tokens[g] ? x[(size_t)g * L + i] : (uint32_t)(c->vocab - 2);
-    encode_ctx e = {c, padded, hdlm_malloc((size_t)chunks * L * sizeof *e.sym), hdlm_calloc((size_t)chunks, sizeof(int)),
-                    0};
+    }
+    encode_ctx e = {c, padded, hdlm_malloc((total ? total : 1) * sizeof *e.sym), 0, 0};
     int status = coding_loop(c, d, padded, n_tokens, chunks, encode_symbol, &e);
-    for (int g = 0; g < chunks; g++) {
-        words[g] = NULL, n_words[g] = 0;
-        if (status) continue;
-        HDLM_ASSERT(e.count[g] == n_tokens[g], "codec: chunk %d coded %d of %d tokens", g, e.count[g], n_tokens[g]);
+    *words = NULL, *n_words = 0;
+    if (status == 0) {
+        HDLM_ASSERT(e.count == total, "codec: coded %zu of %zu tokens", e.count, total);
         hdlm_rans_encoder enc;
         hdlm_rans_encoder_init(&enc);
-        for (int s = e.count[g] - 1; s >= 0; s--)   // a stack: the last symbol decoded is pushed first
-            hdlm_rans_put(&enc, e.sym[(size_t)g * L + s][0], e.sym[(size_t)g * L + s][1], c->scale_bits);
-        hdlm_rans_encoder_finish(&enc, &words[g], &n_words[g]);
+        for (size_t s = e.count; s-- > 0;)   // a stack: the last symbol decoded is pushed first
+            hdlm_rans_put(&enc, e.sym[s][0], e.sym[s][1], c->scale_bits);
+        hdlm_rans_encoder_finish(&enc, words, n_words);
+        if (ideal_bits) *ideal_bits += e.bits;
     }
-    if (status == 0 && ideal_bits) *ideal_bits += e.bits;
-    free(e.count);
     free(e.sym);
     free(padded);
     return status;
@@ -412,34 +411,29 @@ int hdlm_codec_encode(const hdlm_codec *c, hdlm_denoiser *d, const uint32_t *x, 
 typedef struct {
     const hdlm_codec *codec;
     uint32_t *x;
-    hdlm_rans_decoder *dec;
+    hdlm_rans_decoder dec;
 } decode_ctx;
 
 static int decode_symbol(void *ctx, int chunk, int pos, const uint32_t *freq) {
     decode_ctx *e = ctx;
-    uint32_t target = hdlm_rans_peek(&e->dec[chunk], e->codec->scale_bits), start = 0, y = 0;
+    uint32_t target = hdlm_rans_peek(&e->dec, e->codec->scale_bits), start = 0, y = 0;
     while (start + freq[y] <= target) start += freq[y++];   // freq sums to 2^scale_bits > target: y stays in range
-    HDLM_TRY(hdlm_rans_advance(&e->dec[chunk], start, freq[y], e->codec->scale_bits));
+    HDLM_TRY(hdlm_rans_advance(&e->dec, start, freq[y], e->codec->scale_bits));
     e->x[(size_t)chunk * e->codec->length + pos] = y;
     return 0;
 }
 
-int hdlm_codec_decode(const hdlm_codec *c, hdlm_denoiser *d, const uint32_t *const *words, const size_t *n_words,
+int hdlm_codec_decode(const hdlm_codec *c, hdlm_denoiser *d, const uint32_t *words, size_t n_words,
                       const int *n_tokens, int chunks, uint32_t *x) {
     int L = c->length;
-    hdlm_rans_decoder *dec = hdlm_malloc((size_t)(chunks ? chunks : 1) * sizeof *dec);
-    int status = 0;
-    for (int g = 0; g < chunks && status == 0; g++) {
-        status = hdlm_rans_decoder_init(&dec[g], words[g], n_words[g]);
+    decode_ctx e = {c, x, {0}};
+    HDLM_TRY(hdlm_rans_decoder_init(&e.dec, words, n_words));
+    for (int g = 0; g < chunks; g++)
         for (int i = 0; i < L; i++) x[(size_t)g * L + i] = i < n_tokens[g] ? 0 : (uint32_t)(c->vocab - 2);
-    }
-    decode_ctx e = {c, x, dec};
-    if (status == 0) status = coding_loop(c, d, x, n_tokens, chunks, decode_symbol, &e);
-    for (int g = 0; g < chunks && status == 0; g++)
-        if (!hdlm_rans_decoder_done(&dec[g]))
-            status = HDLM_FAIL("codec: chunk %d does not decode to its end (corrupt stream, or other numerics)", g);
-    free(dec);
-    return status;
+    HDLM_TRY(coding_loop(c, d, x, n_tokens, chunks, decode_symbol, &e));
+    HDLM_CHECK(hdlm_rans_decoder_done(&e.dec), "codec: the stream does not decode to its end (corrupt, or other "
+               "numerics)");
+    return 0;
 }
 
 int hdlm_codec_fingerprint(const hdlm_codec *c, hdlm_denoiser *d, uint64_t *fingerprint) {
