@@ -33,6 +33,7 @@ cut_to "$root/.cache/moby-dick/data/data.txt" > "$out/moby-dick.txt"
 now() { date +%s.%N; }
 rate() { awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN { printf "%.4f", n / 1e6 / (b - a) }'; }
 table="$out/table.md"
+: > "$out/ideal.txt"
 {
   echo "| input | compressor | bytes | bits/byte | encode MB/s | decode MB/s | network calls per KB |"
   echo "|---|---|---|---|---|---|---|"

@@ -298,17 +298,28 @@ static int agree(int rc) {
     return rc;
 }
 
+static void close_coder(loaded_model *lm, hdlm_codec *c, hdlm_tokenizer *tok) {
+    hdlm_tokenizer_free(tok);
+    hdlm_codec_free(c);
+    hdlm_model_free(lm->model);
+}
+
+// What encode and decode both need: the model, its codec, the tokenizer; on every rank, or on none.
+static int open_coder(const args *a, loaded_model *lm, hdlm_codec *c, hdlm_tokenizer **tok) {
+    int rc = load_model(a, lm);
+    if (rc == 0 && (rc = load_codec(a, lm, c)) != 0) hdlm_model_free(lm->model);
+    if (rc == 0 && (rc = hdlm_tokenizer_load_dir(tok, a->tokenizer)) != 0) hdlm_codec_free(c), hdlm_model_free(lm->model);
+    int all = agree(rc);
+    if (all && rc == 0) close_coder(lm, c, *tok);
+    return all;
+}
+
 static int encode_main(const args *a) {
     loaded_model lm;
-    HDLM_TRY(load_model(a, &lm));
     hdlm_codec c;
-    int rc = load_codec(a, &lm, &c);
-    if (rc) {
-        hdlm_model_free(lm.model);
-        return rc;
-    }
     hdlm_tokenizer *tok = NULL;
-    rc = hdlm_tokenizer_load_dir(&tok, a->tokenizer);
+    int rc = open_coder(a, &lm, &c, &tok);
+    if (rc) return rc;
     // Rank 0 reads and tokenizes; the text must come back whole from its tokens (it does for any UTF-8 text).
     uint8_t *text = NULL;
     size_t text_len = 0;
@@ -387,9 +398,7 @@ static int encode_main(const args *a) {
     if (hdlm_rank() != 0) free(ids_bytes);
     hdlm_tokens_free(&t);
     free(text);
-    hdlm_tokenizer_free(tok);
-    hdlm_codec_free(&c);
-    hdlm_model_free(lm.model);
+    close_coder(&lm, &c, tok);
     return rc;
 }
 
@@ -413,15 +422,10 @@ static int index_streams(const uint8_t *body, size_t n, int64_t groups, const ch
 
 static int decode_main(const args *a) {
     loaded_model lm;
-    HDLM_TRY(load_model(a, &lm));
     hdlm_codec c;
-    int rc = load_codec(a, &lm, &c);
-    if (rc) {
-        hdlm_model_free(lm.model);
-        return rc;
-    }
     hdlm_tokenizer *tok = NULL;
-    rc = hdlm_tokenizer_load_dir(&tok, a->tokenizer);
+    int rc = open_coder(a, &lm, &c, &tok);
+    if (rc) return rc;
     uint8_t *file = NULL;
     size_t file_n = 0;
     if (rc == 0 && hdlm_rank() == 0) rc = hdlm_read_file(a->in, (char **)&file, &file_n);
@@ -492,9 +496,7 @@ static int decode_main(const args *a) {
     free(count);
     free(offset);
     free(file);
-    hdlm_tokenizer_free(tok);
-    hdlm_codec_free(&c);
-    hdlm_model_free(lm.model);
+    close_coder(&lm, &c, tok);
     return rc;
 }
 
