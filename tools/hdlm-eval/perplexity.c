@@ -224,7 +224,9 @@ int eval_perplexity_main(int argc, char **argv) {
         printf("tokens      %" PRIu64 " scored as %" PRIu64 " chunks x %d%s\n", res.tokens, res.chunks,
                cfg.kind == HDLM_NELBO_MASKING ? L - 1 : L,
                cfg.kind == HDLM_NELBO_MASKING ? " (L-1, reference parity)" : "");
-        printf("validity    %s\n", validity(cfg.kind, family, ardm_run));
+        printf("validity    %s\n", codec_path ? "exact -log p(x | the codec's order and policy): the code length "
+                                             "hdlm-compress approaches (docs/compression.md)"
+                                           : validity(cfg.kind, family, ardm_run));
         printf("time        %.2f s on %d rank(s)\n", seconds, hdlm_world_size());
         if (json) {   // JSON has no NaN or infinity: a value that is not finite is written as null
             char se[32] = "null", ppl[32] = "null";
