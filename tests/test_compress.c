@@ -277,6 +277,45 @@ static void test_head_rows_match_the_full_forward(void **state) {
     hdlm_model_free(m);
 }
 
+// The next-token codec of an AR model: round trips (whole and short chunks, 1 and 3 chunks a group) at the exact
+// AR likelihood (the ar estimator: one causal forward; the codec's cached rows agree up to rounding).
+static void test_next_token_codec(void **state) {
+    (void)state;
+    enum { L = 24, C = 3 };
+    hdlm_model *m = small_model(L);
+    hdlm_denoiser net = hdlm_denoiser_model(m);
+    hdlm_codec c;
+    assert_int_equal(hdlm_codec_make_next_token(&c, m), 0);
+    assert_true(c.next_token && c.budget == L);
+    const int shapes[][C] = {{L, L, L}, {L, 5, 1}};
+    for (int s = 0; s < 2; s++) {
+        double ideal, bits;
+        uint64_t digest;
+        bits = round_trip(&c, &net, shapes[s], C, 40 + s, &ideal, &digest);
+        assert_true(bits >= ideal && bits <= ideal + 96.0);
+    }
+    uint32_t x[C * L], *words;
+    size_t n_words;
+    int n_tokens[C] = {L, L, L};
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, 4);
+    for (int i = 0; i < C * L; i++) x[i] = hdlm_rng_u32(&rng) % 299;
+    double ideal = 0, nats = 0;
+    assert_int_equal(hdlm_codec_encode(&c, &net, x, n_tokens, C, &words, &n_words, &ideal), 0);
+    free(words);
+    hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
+    cfg.kind = HDLM_NLL_AR;
+    for (int g = 0; g < C; g++) {
+        double nll, var;
+        int counted;
+        assert_int_equal(hdlm_nelbo_chunk(&net, &cfg, x + g * L, L, (uint64_t)g, &nll, &var, &counted), 0);
+        nats += nll;
+    }
+    assert_true(fabs(ideal - nats / log(2.0)) < 1e-3 * ideal);
+    hdlm_codec_free(&c);
+    hdlm_model_free(m);
+}
+
 static void test_codec_record(void **state) {
     (void)state;
     enum { L = 16 };
@@ -338,6 +377,7 @@ int main(void) {
         cmocka_unit_test(test_codec_round_trips),
         cmocka_unit_test(test_size_matches_the_estimator),
         cmocka_unit_test(test_head_rows_match_the_full_forward),
+        cmocka_unit_test(test_next_token_codec),
         cmocka_unit_test(test_codec_record),
     };
     return cmocka_run_group_tests_name("compress", tests, NULL, NULL);

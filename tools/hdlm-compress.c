@@ -91,11 +91,12 @@ static const char *const USAGE =
     "       hdlm-compress encode --ckpt RUN --codec CODEC [--group G] [--raw] [--tokenizer DIR] IN OUT\n"
     "       hdlm-compress decode --ckpt RUN --codec CODEC [--raw] [--tokenizer DIR] IN OUT\n"
     "       hdlm-compress info   FILE\n"
-    "Lossless compression of UTF-8 text with a trained model that takes no σ input (ARDM-trained runs; method §13\n"
+    "Lossless compression of UTF-8 text with a trained model that takes no σ input (ARDM runs, AR runs; method §13\n"
     "A.7, docs/compression.md): the text's GPT-2 tokens in chunks of the model's length L, each chunk coded in K\n"
-    "network calls under the codec's order and policy with rANS. IN and OUT may be - (standard input / output).\n"
+    "network calls under the codec's order and policy (AR: left to right, one token per call, KV cache) with rANS.\n"
+    "IN and OUT may be - (standard input / output).\n"
     "  --ckpt RUN       a run directory, a checkpoint root or a checkpoint (EMA weights unless --raw)\n"
-    "  --budget K       codec: network calls per chunk (1..L; K = L codes one token per call)\n"
+    "  --budget K       codec: network calls per chunk (1..L; K = L codes one token per call; AR runs: L)\n"
     "  --losses FILE    codec: per-step losses L_0..L_{L-1}; the policy is their DP optimum [naive policy]\n"
     "  --order O        codec: random (a uniform permutation of --order-seed [0]) or left-to-right [random]\n"
     "  --out CODEC      codec: the codec record (JSON) to write; encode and decode read it with --codec\n"
@@ -111,7 +112,7 @@ static int parse(int argc, char **argv, args *a) {
         {"raw", no_argument, NULL, 'R'},          {"tokenizer", required_argument, NULL, 'z'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
-    *a = (args){.order = "random", .group = 8};
+    *a = (args){.group = 8};
     opterr = 0;
     optind = 1;
     int c;
@@ -159,30 +160,36 @@ static int load_model(const args *a, loaded_model *lm) {
     HDLM_CHECK(a->ckpt, "--ckpt RUN is required");
     HDLM_TRY(hdlm_checkpoint_resolve(a->ckpt, lm->path, sizeof lm->path));
     HDLM_TRY(hdlm_model_load_checkpoint(&lm->model, &lm->config, lm->path, a->raw ? "params" : "ema"));
-    if (lm->model->config.family != HDLM_FAMILY_EPSILON || lm->config.kind.objective == HDLM_OBJECTIVE_AR) {
+    if (lm->model->config.family != HDLM_FAMILY_EPSILON) {
         hdlm_model_free(lm->model);
-        return HDLM_FAIL("%s: hdlm-compress needs a network that predicts masked tokens without σ input (an ARDM or "
-                         "ε run), not a %s run", lm->path,
-                         lm->config.kind.objective == HDLM_OBJECTIVE_AR ? "next-token (AR)" : "γ");
+        return HDLM_FAIL("%s: hdlm-compress needs a network without σ input (an ARDM, AR or ε run), not a γ run",
+                         lm->path);
     }
-    if (lm->config.kind.objective != HDLM_OBJECTIVE_ARDM)
+    if (lm->config.kind.objective != HDLM_OBJECTIVE_ARDM && lm->config.kind.objective != HDLM_OBJECTIVE_AR)
         hdlm_warn("%s was not trained as an ARDM: it codes losslessly, but its sizes follow its masked-token "
                   "predictions under full attention\n", lm->path);
     return 0;
 }
 
 static int codec_main(const args *a) {
-    HDLM_CHECK(a->budget > 0 && a->out, "codec: --budget K and --out CODEC are required");
-    bool ltr = strcmp(a->order, "left-to-right") == 0;
-    HDLM_CHECK(ltr || strcmp(a->order, "random") == 0, "--order expects random or left-to-right, got '%s'", a->order);
+    bool ltr = a->order && strcmp(a->order, "left-to-right") == 0;
+    HDLM_CHECK(!a->order || ltr || strcmp(a->order, "random") == 0, "--order expects random or left-to-right, got "
+               "'%s'", a->order);
+    HDLM_CHECK(a->out, "codec: --out CODEC is required");
     loaded_model lm;
     HDLM_TRY(load_model(a, &lm));
     int L = lm.model->config.max_length, rc = 0;
+    bool ar = lm.config.kind.objective == HDLM_OBJECTIVE_AR;
     int *policy = hdlm_malloc((size_t)L * sizeof *policy);
     hdlm_codec c;
-    if (a->budget > L) rc = HDLM_FAIL("--budget %ld is more than the %d positions of a chunk", a->budget, L);
-    if (rc == 0) rc = hdlm_ardm_policy_load(a->losses, L, (int)a->budget, policy);
-    if (rc == 0) rc = hdlm_codec_make(&c, lm.model, (int)a->budget, policy, ltr, (uint64_t)a->order_seed);
+    if (ar && ((a->budget && a->budget != L) || a->losses || (a->order && !ltr)))
+        rc = HDLM_FAIL("%s is a next-token (AR) run: it codes left to right, one token per call (--budget %d, no "
+                       "--losses, --order left-to-right)", lm.path, L);
+    else if (!ar && a->budget == 0) rc = HDLM_FAIL("codec: --budget K is required");
+    else if (a->budget > L) rc = HDLM_FAIL("--budget %ld is more than the %d positions of a chunk", a->budget, L);
+    if (rc == 0 && ar) rc = hdlm_codec_make_next_token(&c, lm.model);
+    if (rc == 0 && !ar) rc = hdlm_ardm_policy_load(a->losses, L, (int)a->budget, policy);
+    if (rc == 0 && !ar) rc = hdlm_codec_make(&c, lm.model, (int)a->budget, policy, ltr, (uint64_t)a->order_seed);
     if (rc == 0) {
         if (hdlm_rank() == 0) rc = hdlm_codec_save(&c, a->out);
         hdlm_log("codec %s: L %d, budget %d, order %s, model %016llx (%s)\n", a->out, L, c.budget, c.order_name,

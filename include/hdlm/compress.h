@@ -58,12 +58,16 @@ typedef struct {
     char order_name[64];   // "left-to-right" or "random:SEED" (how the order was made; the order itself is stored)
     int scale_bits;        // rANS precision (31)
     uint64_t model_hash;   // hdlm_model_hash of the weights it was made for
+    bool next_token;       // an AR (next-token) model: left to right, one call per token against a KV cache, inputs
+                           // shifted right after the start token (hdlm_ar_inputs); budget L, the identity order
 } hdlm_codec;
 
 // A codec for `model` (weights hashed): budget K, policy (K entries), order left-to-right or a uniform random
 // permutation of seed order_seed (left_to_right false).
 int hdlm_codec_make(hdlm_codec *c, const hdlm_model *model, int budget, const int *policy, bool left_to_right,
                     uint64_t order_seed);
+// The codec of an AR model (training.objective = ar): the exact next-token likelihood as code length.
+int hdlm_codec_make_next_token(hdlm_codec *c, const hdlm_model *model);
 void hdlm_codec_free(hdlm_codec *c);
 // JSON file (written atomically) and back; loading checks every field (a permutation, a valid policy).
 int hdlm_codec_save(const hdlm_codec *c, const char *path);
@@ -73,8 +77,9 @@ uint64_t hdlm_codec_hash(const hdlm_codec *c);
 // Hash of the model's weights and shape (the ones a checkpoint was loaded with: EMA or raw).
 uint64_t hdlm_model_hash(const hdlm_model *model);
 
-// Fingerprint of this machine's numerics for the codec's model: the coding frequencies of one fixed input (an
-// all-MASK chunk), hashed. Differs where the forward's or the quantiser's bits differ (other CPU kernels, libm).
+// Fingerprint of this machine's numerics for the codec's model: the coding frequencies of one fixed chunk (ids 0, 1,
+// 2, ...) through the coding path itself, hashed. Differs where the forward's or the quantiser's bits differ (other CPU
+// kernels, libm).
 int hdlm_codec_fingerprint(const hdlm_codec *c, hdlm_denoiser *d, uint64_t *fingerprint);
 
 // One group of chunks coded together into one stream (the network runs on the whole group, one call per policy step;

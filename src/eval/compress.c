@@ -11,8 +11,10 @@
 #include <xxhash.h>
 
 #include "hdlm/common.h"
+#include "hdlm/diffusion.h"
 #include "hdlm/model.h"
 #include "hdlm/rng.h"
+#include "model/kv_cache.h"
 
 // ---- rANS ----
 // The state x stays in [RANS_LOW, RANS_LOW << 32): before a push it is shifted down 32 bits when the push would
@@ -115,7 +117,7 @@ uint64_t hdlm_model_hash(const hdlm_model *m) {
 uint64_t hdlm_codec_hash(const hdlm_codec *c) {
     XXH64_state_t *s = XXH64_createState();
     XXH64_reset(s, CODEC_VERSION);
-    int head[4] = {c->length, c->vocab, c->budget, c->scale_bits};
+    int head[5] = {c->length, c->vocab, c->budget, c->scale_bits, c->next_token};
     XXH64_update(s, head, sizeof head);
     XXH64_update(s, c->policy, (size_t)c->budget * sizeof *c->policy);
     XXH64_update(s, c->order, (size_t)c->length * sizeof *c->order);
@@ -176,6 +178,19 @@ int hdlm_codec_make(hdlm_codec *c, const hdlm_model *model, int budget, const in
     return rc;
 }
 
+int hdlm_codec_make_next_token(hdlm_codec *c, const hdlm_model *model) {
+    int L = model->config.max_length;
+    int *policy = hdlm_malloc((size_t)L * sizeof *policy);
+    for (int j = 0; j < L; j++) policy[j] = j;
+    int rc = hdlm_codec_make(c, model, L, policy, true, 0);
+    free(policy);
+    if (rc == 0) {
+        c->next_token = true;
+        snprintf(c->order_name, sizeof c->order_name, "next-token");
+    }
+    return rc;
+}
+
 void hdlm_codec_free(hdlm_codec *c) {
     free(c->policy);
     free(c->order);
@@ -203,6 +218,7 @@ int hdlm_codec_save(const hdlm_codec *c, const char *path) {
     cJSON_AddNumberToObject(j, "scale_bits", c->scale_bits);
     cJSON_AddStringToObject(j, "quantizer", QUANTIZER);
     cJSON_AddStringToObject(j, "order_name", c->order_name);
+    cJSON_AddBoolToObject(j, "next_token", c->next_token);
     cJSON_AddItemToObject(j, "policy", int_array(c->policy, c->budget));
     cJSON_AddItemToObject(j, "order", int_array(c->order, c->length));
     char *text = cJSON_PrintUnformatted(j);
@@ -264,6 +280,9 @@ static int codec_parse(hdlm_codec *c, const cJSON *j, const char *path) {
                    (c->model_hash = strtoull(hash->valuestring, &end, 16), *end == '\0'),
                "%s: field 'model_hash' must be 16 hexadecimal digits", path);
     HDLM_CHECK(cJSON_IsString(name), "%s: field 'order_name' must be a string", path);
+    const cJSON *next = cJSON_GetObjectItemCaseSensitive(j, "next_token");
+    HDLM_CHECK(cJSON_IsBool(next), "%s: field 'next_token' must be true or false", path);
+    c->next_token = cJSON_IsTrue(next);
     snprintf(c->order_name, sizeof c->order_name, "%s", name->valuestring);
     c->policy = hdlm_malloc((size_t)c->budget * sizeof *c->policy);
     c->order = hdlm_malloc((size_t)c->length * sizeof *c->order);
@@ -310,6 +329,39 @@ static void chunk_ranks(const hdlm_codec *c, const int *n_tokens, int chunks, in
 // chunk in increasing order: `code` gets the chunk, the position and the frequency table of that position.
 typedef int (*code_fn)(void *ctx, int chunk, int pos, const uint32_t *freq);
 
+// The next-token model (c->next_token): call i runs position i of every chunk against the cache of positions < i
+// (its input the token before it, the start token at 0; method §3.5 with the causal rule), as hdlm-eval sample's ar
+// sampler does; encoder and decoder make the same calls, so the same bits.
+static int coding_loop_next_token(const hdlm_codec *c, hdlm_denoiser *d, uint32_t *x, const int *n_tokens,
+                                  int chunks, code_fn code, void *ctx) {
+    HDLM_CHECK(d->model, "codec: a next-token codec needs the model itself (its KV cache)");
+    int L = c->length, V = c->vocab, longest = 0, status = 0;
+    for (int g = 0; g < chunks; g++) longest = n_tokens[g] > longest ? n_tokens[g] : longest;
+    uint32_t *step = hdlm_malloc(2 * (size_t)chunks * sizeof *step), *freq = hdlm_malloc((size_t)(V - 1) * sizeof *freq);
+    double *work = hdlm_malloc((size_t)(V - 1) * sizeof *work);
+    hdlm_kv_cache cache;
+    hdlm_kv_cache_init(&cache, d->model, chunks);
+    for (int i = 0; i < longest && status == 0; i++) {
+        int settle = i > 0, T = settle + 1;   // [the previous input, entering the cache,] this input
+        for (int g = 0; g < chunks; g++) {
+            const uint32_t *xg = x + (size_t)g * L;
+            if (settle) step[(size_t)g * T] = i == 1 ? hdlm_ar_start(V) : xg[i - 2];
+            step[(size_t)g * T + settle] = i == 0 ? hdlm_ar_start(V) : xg[i - 1];
+        }
+        status = hdlm_model_forward_cached(d->model, &cache, step, NULL, chunks, settle, 1, HDLM_BLOCK_FULL);
+        for (int g = 0; g < chunks && status == 0; g++) {
+            if (i >= n_tokens[g]) continue;
+            status = hdlm_quantize_softmax(cache.out + (size_t)g * V, V - 1, c->scale_bits, freq, work);
+            if (status == 0) status = code(ctx, g, i, freq);
+        }
+    }
+    hdlm_kv_cache_free(&cache);
+    free(work);
+    free(freq);
+    free(step);
+    return status;
+}
+
 static int coding_loop(const hdlm_codec *c, hdlm_denoiser *d, uint32_t *x, const int *n_tokens, int chunks,
                        code_fn code, void *ctx) {
     HDLM_CHECK(d->vocab == c->vocab, "codec: made for a model with %d outputs, this one has %d", c->vocab, d->vocab);
@@ -317,6 +369,7 @@ static int coding_loop(const hdlm_codec *c, hdlm_denoiser *d, uint32_t *x, const
     for (int g = 0; g < chunks; g++)
         HDLM_CHECK(n_tokens[g] >= 1 && n_tokens[g] <= L, "codec: chunk %d has %d tokens, expected 1..%d", g,
                    n_tokens[g], L);
+    if (c->next_token) return coding_loop_next_token(c, d, x, n_tokens, chunks, code, ctx);
     int *rank = hdlm_malloc((size_t)chunks * L * sizeof *rank), *pos_of = hdlm_malloc((size_t)chunks * L * sizeof *pos_of);
     uint32_t *xt = hdlm_malloc((size_t)chunks * L * sizeof *xt), *freq = hdlm_malloc((size_t)W * sizeof *freq);
     double *work = hdlm_malloc((size_t)W * sizeof *work);
@@ -436,25 +489,25 @@ int hdlm_codec_decode(const hdlm_codec *c, hdlm_denoiser *d, const uint32_t *wor
     return 0;
 }
 
+static int hash_table(void *ctx, int chunk, int pos, const uint32_t *freq) {
+    (void)chunk, (void)pos;
+    XXH64_state_t *s = ((void **)ctx)[0];
+    const hdlm_codec *c = ((void **)ctx)[1];
+    XXH64_update(s, freq, (size_t)(c->vocab - 1) * sizeof *freq);
+    return 0;
+}
+
+// The coding path itself on a fixed chunk (ids 0, 1, 2, ...): every call, every quantised table.
 int hdlm_codec_fingerprint(const hdlm_codec *c, hdlm_denoiser *d, uint64_t *fingerprint) {
-    int L = c->length, V = c->vocab;
-    HDLM_CHECK(d->vocab == V, "codec: made for a model with %d outputs, this one has %d", V, d->vocab);
-    uint32_t *xt = hdlm_malloc((size_t)L * sizeof *xt), *freq = hdlm_malloc((size_t)(V - 1) * sizeof *freq);
-    double *work = hdlm_malloc((size_t)(V - 1) * sizeof *work);
-    for (int i = 0; i < L; i++) xt[i] = (uint32_t)(V - 1);
-    const float *z;
-    int status = d->forward(d, xt, NULL, NULL, 1, L, &z);
+    int L = c->length;
+    uint32_t *x = hdlm_malloc((size_t)L * sizeof *x);
+    for (int i = 0; i < L; i++) x[i] = (uint32_t)i % (uint32_t)(c->vocab - 1);
     XXH64_state_t *s = XXH64_createState();
     XXH64_reset(s, 0);
-    for (int i = 0; i < L && status == 0; i++) {
-        XXH64_update(s, z + (size_t)i * V, (size_t)V * sizeof *z);
-        status = hdlm_quantize_softmax(z + (size_t)i * V, V - 1, c->scale_bits, freq, work);
-        if (status == 0) XXH64_update(s, freq, (size_t)(V - 1) * sizeof *freq);
-    }
+    void *ctx[2] = {s, (void *)c};
+    int status = coding_loop(c, d, x, &L, 1, hash_table, ctx);
     *fingerprint = XXH64_digest(s);
     XXH64_freeState(s);
-    free(work);
-    free(freq);
-    free(xt);
+    free(x);
     return status;
 }

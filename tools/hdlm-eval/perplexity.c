@@ -153,6 +153,7 @@ int eval_perplexity_main(int argc, char **argv) {
                : ardm_run ? HDLM_NELBO_ARDM
                : block_run ? HDLM_NELBO_BLOCK
                            : HDLM_NELBO_MASKING;
+    if (codec_path && ar_run) cfg.kind = HDLM_NLL_AR;   // a next-token codec codes with the AR model's likelihood
     cfg.schedule = em.has_schedule ? &em.schedule : NULL;
     if (cfg.kind == HDLM_NELBO_BLOCK && !block_run)
         HDLM_DIE("--estimator block on %s: it needs an ε run on the block schedule with annealing.width < "
@@ -162,7 +163,7 @@ int eval_perplexity_main(int argc, char **argv) {
     if (ar_run != (cfg.kind == HDLM_NLL_AR))
         HDLM_DIE("--estimator %s on %s: the ar estimator goes with AR runs (training.objective = ar) and only with "
                  "them", hdlm_nelbo_kind_name(cfg.kind), em.path);
-    if (policy_kind && family == HDLM_FAMILY_GAMMA)
+    if (policy_kind && !ar_run && family == HDLM_FAMILY_GAMMA)
         HDLM_DIE("--estimator %s needs a model without σ input (ε family or ARDM), %s is γ", estimator, em.path);
     cfg.copies = (int)copies, cfg.rounds = (int)rounds, cfg.floor = floor_p, cfg.seed = (uint64_t)seed;
     cfg.max_chunks = (uint64_t)max_chunks;
@@ -177,6 +178,10 @@ int eval_perplexity_main(int argc, char **argv) {
                      raw ? "raw" : "EMA");
         cfg.policy = codec.policy, cfg.budget = codec.budget, cfg.order = codec.order;
         cfg.copies = cfg.rounds = 1;
+        if (codec.next_token != ar_run)
+            HDLM_DIE("--codec %s is a %s codec, %s a %s run", codec_path, codec.next_token ? "next-token" : "ARDM",
+                     em.path, ar_run ? "next-token (AR)" : "denoising");
+        if (ar_run) cfg.kind = HDLM_NLL_AR;   // left to right, one token per call: the AR model's exact NLL
     } else if (policy_kind) {
         policy = hdlm_malloc((size_t)budget * sizeof *policy);
         HDLM_MUST(hdlm_ardm_policy_load(losses, L, (int)budget, policy));
