@@ -292,7 +292,7 @@ static void test_ar_run(void **state) {
     char path[4300];
     snprintf(path, sizeof path, "%s/ar_ppl.txt", tmp);
     char *text = slurp(path);
-    assert_non_null(strstr(text, "nats/token (exact)"));
+    assert_non_null(strstr(text, "nats/token (exact; "));
     free(text);
     cJSON *j = last_json(path);
     assert_string_equal(cJSON_GetObjectItem(j, "estimator")->valuestring, "ar");

@@ -270,7 +270,7 @@ static uint8_t *gather_bytes(const uint8_t *mine, size_t n, size_t *total) {
     if (rank == 0) {
         for (int r = 0; r < world; r++) *total += (size_t)lens[r];
         all = hdlm_malloc(*total ? *total : 1);
-        memcpy(all, mine, n);
+        if (n) memcpy(all, mine, n);
         size_t at = n;
         for (int r = 1; r < world; r++) {   // per rank: blocks of at most 1 GiB (MPI counts are int)
             for (size_t off = 0; off < (size_t)lens[r]; off += 1 << 30) {
