@@ -189,6 +189,10 @@ static void test_bad_files_refused(void **state) {
     assert_int_equal(test_run("cp %s %s && printf '\\377' | dd of=%s bs=1 seek=45 conv=notrunc 2> /dev/null", file,
                               bad, bad), 0);
     expect_failure(HZ " decode --ckpt %s --codec %s %s %s", out, "the header is corrupt", run_a, codec, bad, out);
+    assert_int_equal(test_run("cp %s %s && printf '\\002' | dd of=%s bs=1 seek=8 conv=notrunc 2> /dev/null", file,
+                              bad, bad), 0);
+    expect_failure(HZ " decode --ckpt %s --codec %s %s %s", out, "format version 2, this hdlm-compress reads version 1",
+                   run_a, codec, bad, out);
     assert_int_equal(test_run("cp %s %s && printf '\\125\\125' | dd of=%s bs=1 seek=400 conv=notrunc 2> /dev/null",
                               file, bad, bad), 0);
     expect_failure(HZ " decode --ckpt %s --codec %s %s %s", out, "", run_a, codec, bad, out);

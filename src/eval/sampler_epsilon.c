@@ -108,19 +108,27 @@ uint32_t hdlm_sample_softmax(const float *z, int width, double temperature, floa
     return hdlm_sample_weights(w, width, rng);
 }
 
-// Top-k threshold: the k-th largest of a[0..n) (1 <= k <= n), by quickselect with a three-way partition (a reordered).
+// Reorders a[lo, hi) around the median of three as [lo, *gt) > pivot, [*gt, *lt) == pivot, [*lt, hi) < pivot.
+static float partition3(float *a, int lo, int hi, int *gt, int *lt) {
+    float x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi - 1];
+    float pivot = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
+    int g = lo, i = lo, l = hi;
+    while (i < l) {
+        float v = a[i];
+        if (v > pivot) a[i] = a[g], a[g++] = v, i++;
+        else if (v < pivot) a[i] = a[--l], a[l] = v;
+        else i++;
+    }
+    *gt = g, *lt = l;
+    return pivot;
+}
+
+// Top-k threshold: the k-th largest of a[0..n) (1 <= k <= n), by quickselect (a reordered).
 static float kth_largest(float *a, int n, int k) {
     int lo = 0, hi = n;   // the answer is in a[lo, hi), the (k - lo)-th largest there
     for (;;) {
-        float x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi - 1];
-        float pivot = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));   // median of three
-        int gt = lo, i = lo, lt = hi;   // [lo, gt) > pivot, [gt, lt) == pivot, [lt, hi) < pivot
-        while (i < lt) {
-            float v = a[i];
-            if (v > pivot) a[i] = a[gt], a[gt++] = v, i++;
-            else if (v < pivot) a[i] = a[--lt], a[lt] = v;
-            else i++;
-        }
+        int gt, lt;
+        float pivot = partition3(a, lo, hi, &gt, &lt);
         if (k <= gt) hi = gt;
         else if (k <= lt) return pivot;
         else lo = lt;
@@ -128,20 +136,13 @@ static float kth_largest(float *a, int n, int k) {
 }
 
 // Nucleus threshold: the largest value t of a[0..n) (positive entries) such that the entries >= t sum to at least
-// `need` (0 < need <= their sum), by the same partition, walking down by mass instead of count (a reordered).
+// `need` (0 < need <= their sum), by quickselect walking down by mass instead of count (a reordered).
 static float mass_threshold(float *a, int n, double need) {
     int lo = 0, hi = n;
     double above = 0;   // the sum of the entries larger than every one in a[lo, hi); always < need
     while (hi - lo > 1) {
-        float x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi - 1];
-        float pivot = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
-        int gt = lo, i = lo, lt = hi;
-        while (i < lt) {
-            float v = a[i];
-            if (v > pivot) a[i] = a[gt], a[gt++] = v, i++;
-            else if (v < pivot) a[i] = a[--lt], a[lt] = v;
-            else i++;
-        }
+        int gt, lt;
+        float pivot = partition3(a, lo, hi, &gt, &lt);
         double m_gt = 0, m_eq = 0;
         for (int j = lo; j < gt; j++) m_gt += a[j];
         for (int j = gt; j < lt; j++) m_eq += a[j];
