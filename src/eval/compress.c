@@ -14,6 +14,7 @@
 #include "hdlm/diffusion.h"
 #include "hdlm/model.h"
 #include "hdlm/rng.h"
+#include "core/vecmath.h"
 #include "model/kv_cache.h"
 
 // ---- rANS ----
@@ -75,26 +76,35 @@ bool hdlm_rans_decoder_done(const hdlm_rans_decoder *d) { return d->state == RAN
 
 // ---- quantiser ----
 
-int hdlm_quantize_softmax(const float *z, int width, int scale_bits, uint32_t *freq, double *work) {
+// Not inlined: gcc 12 vectorises its loops in the function itself, not in the inlined copies.
+__attribute__((noinline)) int hdlm_quantize_softmax(const float *z, int width, int scale_bits, uint32_t *freq,
+                                                    double *work) {
     const uint64_t total = 1ull << scale_bits;
     HDLM_CHECK(width >= 1 && (uint64_t)width <= total / 2, "quantiser: %d symbols do not fit %d bits", width,
                scale_bits);
-    int best = 0;
-    for (int c = 0; c < width; c++) {
-        HDLM_CHECK(isfinite(z[c]), "quantiser: logit %d is %g (the model's output is not finite)", c, z[c]);
-        if (z[c] > z[best]) best = c;
-    }
+    // Every loop vectorises (this is most of a coded token's time at small K); hdlm_exp is plain IEEE arithmetic,
+    // no libm. A non-finite logit makes mx or the sum non-finite, and is then looked for.
+    float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+    for (int c = 0; c < width; c++) mx = z[c] > mx ? z[c] : mx;
     // q_c = exp(z_c - max) / Σ; one more unit per symbol than ⌊q_c·units⌋, the rest to the argmax.
-    double mx = z[best], sum = 0;
-    for (int c = 0; c < width; c++) sum += work[c] = exp((double)z[c] - mx);
-    double units = (double)(total - (uint64_t)width), scale = units / sum;
-    uint64_t used = 0;
+    double sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int c = 0; c < width; c++) sum += work[c] = hdlm_exp((double)z[c] - (double)mx);
+    if (!isfinite(mx) || !isfinite(sum) || !(sum >= 1))
+        for (int c = 0; c < width; c++)
+            HDLM_CHECK(isfinite(z[c]), "quantiser: logit %d is %g (the model's output is not finite)", c, z[c]);
+    double units = (double)(total - (uint64_t)width), scale = units / sum, used = width;   // sums of integers < 2^53
+#pragma omp simd reduction(+ : used)
     for (int c = 0; c < width; c++) {
-        freq[c] = 1 + (uint32_t)floor(work[c] * scale);
-        used += freq[c];
+        int32_t f = (int32_t)(work[c] * scale);   // truncation = floor: the product is >= 0 (and < 2^31)
+        freq[c] = 1 + (uint32_t)f;
+        used += (double)f;
     }
-    HDLM_ASSERT(used <= total, "quantiser: %llu units of %llu", (unsigned long long)used, (unsigned long long)total);
-    freq[best] += (uint32_t)(total - used);
+    HDLM_ASSERT(used <= (double)total, "quantiser: %.0f units of %llu", used, (unsigned long long)total);
+    int best = 0;
+    while (z[best] != mx) best++;
+    freq[best] += (uint32_t)(total - (uint64_t)used);
     return 0;
 }
 
@@ -469,7 +479,14 @@ typedef struct {
 
 static int decode_symbol(void *ctx, int chunk, int pos, const uint32_t *freq) {
     decode_ctx *e = ctx;
-    uint32_t target = hdlm_rans_peek(&e->dec, e->codec->scale_bits), start = 0, y = 0;
+    uint32_t target = hdlm_rans_peek(&e->dec, e->codec->scale_bits), start = 0, y = 0, W = e->codec->vocab - 1;
+    for (; y + 256 <= W; y += 256) {   // whole blocks first (the sum vectorises), then inside the block
+        uint32_t s = 0;
+#pragma omp simd reduction(+ : s)
+        for (uint32_t k = 0; k < 256; k++) s += freq[y + k];
+        if (start + s > target) break;
+        start += s;
+    }
     while (start + freq[y] <= target) start += freq[y++];   // freq sums to 2^scale_bits > target: y stays in range
     HDLM_TRY(hdlm_rans_advance(&e->dec, start, freq[y], e->codec->scale_bits));
     e->x[(size_t)chunk * e->codec->length + pos] = y;
