@@ -215,6 +215,31 @@ static void test_codec_round_trips(void **state) {
     hdlm_model_free(m);
 }
 
+// Encodes `chunks` whole chunks of random tokens (seed): *ideal = the encoder's ideal code length; returns the
+// estimator cfg's value on the same chunks, in bits.
+static double estimator_bits(const hdlm_codec *c, hdlm_denoiser *net, const hdlm_nelbo_config *cfg, int chunks,
+                             uint64_t seed, double *ideal) {
+    int L = c->length, n_tokens[8];
+    uint32_t *x = hdlm_malloc((size_t)chunks * L * sizeof *x), *words;
+    size_t n_words;
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, seed);
+    for (int i = 0; i < chunks * L; i++) x[i] = hdlm_rng_u32(&rng) % (uint32_t)(c->vocab - 1);
+    for (int g = 0; g < chunks; g++) n_tokens[g] = L;
+    *ideal = 0;
+    assert_int_equal(hdlm_codec_encode(c, net, x, n_tokens, chunks, &words, &n_words, ideal), 0);
+    free(words);
+    double nats = 0;
+    for (int g = 0; g < chunks; g++) {
+        double nll, var;
+        int counted;
+        assert_int_equal(hdlm_nelbo_chunk(net, cfg, x + (size_t)g * L, L, (uint64_t)g, &nll, &var, &counted), 0);
+        nats += nll;
+    }
+    free(x);
+    return nats / log(2.0);
+}
+
 // The ideal code length of the encoder is the ardm-order estimator's exact value for the codec's order and policy
 // (nats there, bits here; the quantised frequencies move it by far less than 0.1 %).
 static void test_size_matches_the_estimator(void **state) {
@@ -222,28 +247,14 @@ static void test_size_matches_the_estimator(void **state) {
     enum { L = 32, C = 3 };
     hdlm_model *m = small_model(L);
     hdlm_denoiser net = hdlm_denoiser_model(m);
-    int policy[8], n_tokens[C] = {L, L, L};
+    int policy[8];
     hdlm_ardm_policy_naive(L, 8, policy);
     hdlm_codec c;
     assert_int_equal(hdlm_codec_make(&c, m, 8, policy, false, 5), 0);
-    uint32_t x[C * L], *words;
-    size_t n_words;
-    hdlm_rng rng;
-    hdlm_rng_init(&rng, 1);
-    for (int i = 0; i < C * L; i++) x[i] = hdlm_rng_u32(&rng) % 299;
-    double ideal = 0, nats = 0;
-    assert_int_equal(hdlm_codec_encode(&c, &net, x, n_tokens, C, &words, &n_words, &ideal), 0);
-    free(words);
     hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
     cfg.kind = HDLM_NELBO_ARDM_ORDER, cfg.copies = cfg.rounds = 1, cfg.policy = c.policy, cfg.budget = c.budget;
     cfg.order = c.order;
-    for (int g = 0; g < C; g++) {
-        double nll, var;
-        int counted;
-        assert_int_equal(hdlm_nelbo_chunk(&net, &cfg, x + g * L, L, (uint64_t)g, &nll, &var, &counted), 0);
-        nats += nll;
-    }
-    double bound_bits = nats / log(2.0);
+    double ideal, bound_bits = estimator_bits(&c, &net, &cfg, C, 1, &ideal);
     assert_true(fabs(ideal - bound_bits) < 1e-3 * bound_bits);
     hdlm_codec_free(&c);
     hdlm_model_free(m);
@@ -294,24 +305,10 @@ static void test_next_token_codec(void **state) {
         bits = round_trip(&c, &net, shapes[s], C, 40 + s, &ideal, &digest);
         assert_true(bits >= ideal && bits <= ideal + 96.0);
     }
-    uint32_t x[C * L], *words;
-    size_t n_words;
-    int n_tokens[C] = {L, L, L};
-    hdlm_rng rng;
-    hdlm_rng_init(&rng, 4);
-    for (int i = 0; i < C * L; i++) x[i] = hdlm_rng_u32(&rng) % 299;
-    double ideal = 0, nats = 0;
-    assert_int_equal(hdlm_codec_encode(&c, &net, x, n_tokens, C, &words, &n_words, &ideal), 0);
-    free(words);
     hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
     cfg.kind = HDLM_NLL_AR;
-    for (int g = 0; g < C; g++) {
-        double nll, var;
-        int counted;
-        assert_int_equal(hdlm_nelbo_chunk(&net, &cfg, x + g * L, L, (uint64_t)g, &nll, &var, &counted), 0);
-        nats += nll;
-    }
-    assert_true(fabs(ideal - nats / log(2.0)) < 1e-3 * ideal);
+    double ideal, nll_bits = estimator_bits(&c, &net, &cfg, C, 4, &ideal);
+    assert_true(fabs(ideal - nll_bits) < 1e-3 * ideal);
     hdlm_codec_free(&c);
     hdlm_model_free(m);
 }

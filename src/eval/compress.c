@@ -384,22 +384,22 @@ static int coding_loop(const hdlm_codec *c, hdlm_denoiser *d, uint32_t *x, const
     uint32_t *xt = hdlm_malloc((size_t)chunks * L * sizeof *xt), *freq = hdlm_malloc((size_t)W * sizeof *freq);
     double *work = hdlm_malloc((size_t)W * sizeof *work);
     uint8_t *rows = hdlm_malloc((size_t)chunks * L);
+    int *lo = hdlm_malloc((size_t)chunks * sizeof *lo);
     chunk_ranks(c, n_tokens, chunks, rank);
     for (size_t r = 0; r < (size_t)chunks * L; r++) pos_of[r / L * L + rank[r]] = (int)(r % L);
     for (int j = 0; j < c->budget && status == 0; j++) {
-        int p_lo = c->policy[j], hi = j + 1 < c->budget ? c->policy[j + 1] : L, any = 0;
-        for (int g = 0; g < chunks; g++) any |= (p_lo > L - n_tokens[g] ? p_lo : L - n_tokens[g]) < hi;
+        int hi = j + 1 < c->budget ? c->policy[j + 1] : L, any = 0;
+        for (int g = 0; g < chunks; g++) {   // chunk g codes places [lo, hi): the known padding takes the first ones
+            lo[g] = c->policy[j] > L - n_tokens[g] ? c->policy[j] : L - n_tokens[g];
+            any |= lo[g] < hi;
+        }
         if (!any) continue;   // no chunk codes anything at this call: no forward, on both sides
-        for (size_t r = 0; r < (size_t)chunks * L; r++) xt[r] = rank[r] < p_lo ? x[r] : (uint32_t)(V - 1);
-        for (int g = 0; g < chunks; g++)   // known padding and places before the segment: their tokens
-            for (int i = n_tokens[g]; i < L; i++) xt[(size_t)g * L + i] = x[(size_t)g * L + i];
+        for (size_t r = 0; r < (size_t)chunks * L; r++) {   // places before the segment known, the rest MASK
+            xt[r] = rank[r] < lo[r / L] ? x[r] : (uint32_t)(V - 1);
+            rows[r] = rank[r] >= lo[r / L] && rank[r] < hi;
+        }
         const float *z;
         if (d->model) {   // outputs only for the rows this call codes
-            for (int g = 0; g < chunks; g++) {
-                int lo = p_lo > L - n_tokens[g] ? p_lo : L - n_tokens[g];
-                for (int i = 0; i < L; i++)
-                    rows[(size_t)g * L + i] = rank[(size_t)g * L + i] >= lo && rank[(size_t)g * L + i] < hi;
-            }
             hdlm_model_input in = {.tokens = xt, .batch = chunks, .length = L, .head_rows = rows};
             status = hdlm_model_forward(d->model, &in);
             z = d->model->out;
@@ -407,14 +407,14 @@ static int coding_loop(const hdlm_codec *c, hdlm_denoiser *d, uint32_t *x, const
             status = d->forward(d, xt, NULL, NULL, chunks, L, &z);
         }
         for (int g = 0; g < chunks && status == 0; g++) {
-            int lo = p_lo > L - n_tokens[g] ? p_lo : L - n_tokens[g];
-            for (int place = lo; place < hi && status == 0; place++) {
+            for (int place = lo[g]; place < hi && status == 0; place++) {
                 int pos = pos_of[(size_t)g * L + place];
                 status = hdlm_quantize_softmax(z + ((size_t)g * L + pos) * V, W, c->scale_bits, freq, work);
                 if (status == 0) status = code(ctx, g, pos, freq);
             }
         }
     }
+    free(lo);
     free(rows);
     free(work);
     free(freq);
