@@ -35,22 +35,10 @@ typedef struct {
     uint32_t length, group;
 } file_header;
 
-static void put_u32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static void put_u64(uint8_t *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint32_t get_u32(const uint8_t *p) {
-    uint32_t v = 0;
-    for (int i = 0; i < 4; i++) v |= (uint32_t)p[i] << (8 * i);
-    return v;
-}
-static uint64_t get_u64(const uint8_t *p) {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
+static void put_u32(uint8_t *p, uint32_t v) { hdlm_store_le(p, v, 4); }
+static void put_u64(uint8_t *p, uint64_t v) { hdlm_store_le(p, v, 8); }
+static uint32_t get_u32(const uint8_t *p) { return (uint32_t)hdlm_load_le(p, 4); }
+static uint64_t get_u64(const uint8_t *p) { return hdlm_load_le(p, 8); }
 
 static void header_pack(const file_header *h, uint8_t *b) {
     memset(b, 0, HEADER_BYTES);

@@ -84,6 +84,17 @@ double hdlm_time_now(void);
 // checkout. Found from the executable, so a moved prefix still finds its own files.
 const char *hdlm_share_dir(void);
 
+// Little-endian integers in byte buffers (file formats: safetensors, checkpoint indexes, hdlm-compress), whatever
+// the host's byte order.
+static inline uint64_t hdlm_load_le(const uint8_t *p, int bytes) {
+    uint64_t v = 0;
+    for (int i = bytes - 1; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
+static inline void hdlm_store_le(uint8_t *p, uint64_t v, int bytes) {
+    for (int i = 0; i < bytes; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
 // mkdir -p: creates `path` and its missing parents; fails naming `what` and the folder that could not be made.
 int hdlm_make_dirs(const char *path, const char *what);
 

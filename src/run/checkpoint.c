@@ -501,12 +501,6 @@ static int read_i64_dataset(hid_t f, const char *name, int64_t *out, hsize_t exp
     return 0;
 }
 
-static uint64_t le_u64(const uint8_t *p) {
-    uint64_t x = 0;
-    for (int i = 7; i >= 0; i--) x = x << 8 | p[i];
-    return x;
-}
-
 // HDF5 1.10 loops forever on a global heap collection holding a free-space object of size 0 (its parser makes no
 // progress), and a variable-length string read parses the collections its strings point into. So before such a
 // read, the collections of dataset d's n strings are walked here as HDF5 will walk them (file format: descriptors of
@@ -534,13 +528,13 @@ static int check_string_heaps(hid_t f, hid_t d, hsize_t n, const char *name, con
         status = HDLM_FAIL("%s: dataset '%s' lies outside the file (corrupt index)", file, name);
     uint64_t last = UINT64_MAX;   // consecutive strings share a collection: walk each one once
     for (hsize_t i = 0; i < n && status == 0; i++) {
-        uint64_t addr = le_u64(desc + 16 * i + 4);
+        uint64_t addr = hdlm_load_le(desc + 16 * i + 4, 8);
         if (addr == last || (desc[16 * i] | desc[16 * i + 1] | desc[16 * i + 2] | desc[16 * i + 3]) == 0) continue;
         last = addr;
         uint8_t hdr[16];
         uint64_t size = 0;
         if (addr > (uint64_t)st.st_size - 16 || fseeko(in, (off_t)addr, SEEK_SET) != 0 || fread(hdr, 16, 1, in) != 1 ||
-            memcmp(hdr, "GCOL", 4) != 0 || (size = le_u64(hdr + 8)) < 16 || size > (uint64_t)st.st_size - addr) {
+            memcmp(hdr, "GCOL", 4) != 0 || (size = hdlm_load_le(hdr + 8, 8)) < 16 || size > (uint64_t)st.st_size - addr) {
             status = HDLM_FAIL("%s: string %llu of dataset '%s' points outside a string heap (corrupt index)", file,
                                (unsigned long long)i, name);
             break;
@@ -551,8 +545,8 @@ static int check_string_heaps(hid_t f, hid_t d, hsize_t n, const char *name, con
             break;
         }
         for (uint64_t p = 16; p + 16 <= size;) {   // a tail shorter than an object header is free space
-            unsigned idx = heap[p] | heap[p + 1] << 8;
-            uint64_t osize = le_u64(heap + p + 8), need = idx > 0 ? 16 + ((osize + 7) & ~(uint64_t)7) : osize;
+            unsigned idx = (unsigned)hdlm_load_le(heap + p, 2);
+            uint64_t osize = hdlm_load_le(heap + p + 8, 8), need = idx > 0 ? 16 + ((osize + 7) & ~(uint64_t)7) : osize;
             if (need == 0 || (idx > 0 && osize > size)) {
                 status = HDLM_FAIL("%s: the string heap of dataset '%s' is corrupt (object %u of size %llu)", file,
                                    name, idx, (unsigned long long)osize);

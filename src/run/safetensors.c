@@ -138,7 +138,7 @@ int hdlm_safetensors_open(hdlm_safetensors **out, const char *path) {
     uint64_t header = 0;
     if (len < 8) rc = HDLM_FAIL("%s: %zu bytes, too short for a safetensors file (8-byte header length)", path, len);
     else {
-        for (int k = 7; k >= 0; k--) header = header << 8 | (unsigned char)buf[k];   // little-endian
+        header = hdlm_load_le((const uint8_t *)buf, 8);
         if (header < 2 || header > ST_HEADER_MAX || header > len - 8)
             rc = HDLM_FAIL("%s: header length %llu is impossible (file has %zu bytes after the 8-byte length, limit "
                            "%u)", path, (unsigned long long)header, len - 8, ST_HEADER_MAX);
