@@ -49,6 +49,9 @@ static const sample samples[] = {
     // lambada: curly quotes, strip (ASCII and Unicode whitespace), leading newline.
     {HDLM_DETOK_LAMBADA, "  \xe2\x80\x9cHello,\xe2\x80\x9d she said.\n\t ", "\n\"Hello,\" she said."},
     {HDLM_DETOK_LAMBADA, "\xe3\x80\x80x y\xc2\xa0", "\nx y"},
+    // scientific: wikitext first (" @-@ ", " , ", brackets), then lm1b (" 'word", " word . " at the end, "$ ").
+    {HDLM_DETOK_SCIENTIFIC, "the 2 @-@ d model ( see fig . 1 ) , costs $ 5 and it 'll work . ",
+     "the 2-d model (see fig. 1), costs $5 and it'll work. "},
     {HDLM_DETOK_NONE, " a , b ", " a , b "},
 };
 
@@ -65,6 +68,7 @@ static const sample extra[] = {
     {HDLM_DETOK_LM1B, "https : / / http : / / x ! ! y , , z ? ?", NULL},
     {HDLM_DETOK_LAMBADA, "\n\n \xe2\x80\x9c \xe2\x80\x9d\x1c", NULL},
     {HDLM_DETOK_LAMBADA, "", NULL},
+    {HDLM_DETOK_SCIENTIFIC, " = = intro = = \n we find @xmath0 ' s ( eq . [ 1 ] ) : \" a \" ? http : / / x . org ?", NULL},
 };
 
 static char *run(hdlm_detokenizer d, const char *in) {

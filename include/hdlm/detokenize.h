@@ -1,5 +1,5 @@
 // hdlm/detokenize.h — the zero-shot evaluation detokenisers (method §9.2): string rewrites that undo the tokenised
-// spelling of WikiText, PTB, LM1B and LAMBADA before GPT-2 BPE encoding.
+// spelling of WikiText, PTB, LM1B, LAMBADA and the scientific papers (PubMed, ArXiv) before GPT-2 BPE encoding.
 //
 // Each is applied exactly as method §9.2 and docs/prepare.md list it: plain replacements are Python str.replace
 // (left to right, non-overlapping); regexes follow Python `re` (\s = Unicode whitespace as str.isspace, \w = letters,
@@ -15,9 +15,10 @@ typedef enum {
     HDLM_DETOK_PTB,
     HDLM_DETOK_LM1B,
     HDLM_DETOK_LAMBADA,
+    HDLM_DETOK_SCIENTIFIC,   // PubMed and ArXiv (scientific_papers): wikitext, then lm1b
 } hdlm_detokenizer;
 
-// "none", "wikitext" (or "wt"), "ptb", "lm1b", "lambada"; anything else is refused listing the valid names.
+// "none", "wikitext" (or "wt"), "ptb", "lm1b", "lambada", "scientific"; anything else is refused listing the valid names.
 int hdlm_detokenizer_parse(const char *name, hdlm_detokenizer *out);
 const char *hdlm_detokenizer_name(hdlm_detokenizer d);
 

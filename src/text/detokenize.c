@@ -79,10 +79,11 @@ static const struct {
     [HDLM_DETOK_PTB] = {ptb_rules, COUNT(ptb_rules)},
     [HDLM_DETOK_LM1B] = {lm1b_rules, COUNT(lm1b_rules)},
     [HDLM_DETOK_LAMBADA] = {lambada_rules, COUNT(lambada_rules)},
+    [HDLM_DETOK_SCIENTIFIC] = {NULL, 0},   // no rules of its own: the wikitext then the lm1b rules
 };
 
 // Compiled regexes, indexed like the rule tables; compiled once for every thread.
-static pcre2_code *compiled[5][32];
+static pcre2_code *compiled[COUNT(rule_sets)][32];
 static pthread_once_t compile_once = PTHREAD_ONCE_INIT;
 
 static void compile_all(void) {
@@ -202,16 +203,21 @@ int hdlm_detokenize(hdlm_detokenizer d, const char *text, size_t len, char **out
                hdlm_detokenizer_name(d));
     text_buf cur = {0}, next = {0};
     buf_append(&cur, text, len);
-    for (size_t i = 0; i < rule_sets[d].n; i++) {
-        const rule *r = &rule_sets[d].rules[i];
-        if (r->pattern) {
-            regex_substitute(&cur, compiled[d][i], r->to, &next);
-        } else {
-            replace_all(&cur, r->from, r->to, &next);
+    // The scientific-papers detokenizer is the wikitext one followed by the lm1b one (method §9.2).
+    hdlm_detokenizer stages[2] = {d, HDLM_DETOK_NONE};
+    if (d == HDLM_DETOK_SCIENTIFIC) stages[0] = HDLM_DETOK_WIKITEXT, stages[1] = HDLM_DETOK_LM1B;
+    for (size_t k = 0; k < 2; k++) {
+        for (size_t i = 0; i < rule_sets[stages[k]].n; i++) {
+            const rule *r = &rule_sets[stages[k]].rules[i];
+            if (r->pattern) {
+                regex_substitute(&cur, compiled[stages[k]][i], r->to, &next);
+            } else {
+                replace_all(&cur, r->from, r->to, &next);
+            }
+            text_buf t = cur;
+            cur = next;
+            next = t;
         }
-        text_buf t = cur;
-        cur = next;
-        next = t;
     }
     if (d == HDLM_DETOK_LAMBADA) {
         strip_and_prepend_newline(&cur, &next);
@@ -227,7 +233,7 @@ int hdlm_detokenize(hdlm_detokenizer d, const char *text, size_t len, char **out
     return 0;
 }
 
-static const char *const names[] = {"none", "wikitext", "ptb", "lm1b", "lambada"};
+static const char *const names[] = {"none", "wikitext", "ptb", "lm1b", "lambada", "scientific"};
 
 int hdlm_detokenizer_parse(const char *name, hdlm_detokenizer *out) {
     for (size_t i = 0; i < COUNT(names); i++)
@@ -239,7 +245,7 @@ int hdlm_detokenizer_parse(const char *name, hdlm_detokenizer *out) {
         *out = HDLM_DETOK_WIKITEXT;
         return 0;
     }
-    return HDLM_FAIL("unknown detokenizer \"%s\" (expected none, wikitext, wt, ptb, lm1b or lambada)", name);
+    return HDLM_FAIL("unknown detokenizer \"%s\" (expected none, wikitext, wt, ptb, lm1b, lambada or scientific)", name);
 }
 
 const char *hdlm_detokenizer_name(hdlm_detokenizer d) {
