@@ -97,7 +97,7 @@ static void test_inputs_counts_and_shards(void **state) {
     size_t n = read_split(out, "train", got, 64, &docs);
     assert_tokens(got, n, expected, sizeof expected / sizeof *expected);
     assert_int_equal(docs, 4);
-    assert_file_contains(dir, "log", "documents: 4 (train 4, validation 0); empty: 2 (skipped); malformed: 0");
+    assert_file_contains(dir, "log", "documents: 4 (train 4, validation 0); empty: 2 (skipped); malformed or unreadable: 0");
     assert_file_contains(dir, "log", "18 tokens in 4 shards");
     assert_file_contains(dir, "log", "MB/s");
     assert_file_contains(dir, "log", "tokens/s");
@@ -180,7 +180,7 @@ static void test_malformed_lines(void **state) {
     assert_file_contains(dir, "log", "bad.jsonl:7: invalid JSON at column 23");
     assert_file_contains(dir, "log", "utf8.txt: ");
     assert_file_contains(dir, "log", "document skipped");
-    assert_file_contains(dir, "log", "documents: 2 (train 2, validation 0); empty: 0 (skipped); malformed: 7 (skipped)");
+    assert_file_contains(dir, "log", "documents: 2 (train 2, validation 0); empty: 0 (skipped); malformed or unreadable: 7 (skipped)");
     char out[4096];
     snprintf(out, sizeof out, "%s/out", dir);
     uint16_t got[64];

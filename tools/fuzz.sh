@@ -55,6 +55,13 @@ open('$seeds/safetensors/small.safetensors', 'wb').write(struct.pack('<Q', len(h
 printf '\001\001{"text": "Hello world! The quick brown fox."}\n{"text": 3}\n{"text": "tab\\t and \\u00e9"}\n' \
   > "$seeds/text/lines.jsonl"
 printf '\000\001 The @-@ year ( 1990 ) , " quoted " . \n' > "$seeds/text/wiki.txt"
+# A tar of a text member, a nested gzip tar and a JSONL member; gzip-compressed JSONL (first bytes: 2, 3 = the kind).
+text_tmp=$(mktemp -d)
+printf 'Hello world' > "$text_tmp/a.txt"; printf '{"text": "in a tar"}\n' > "$text_tmp/b.jsonl"
+tar --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - -C "$text_tmp" a.txt | gzip -n > "$text_tmp/inner.gz"
+{ printf '\002\001'; tar --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - -C "$text_tmp" a.txt inner.gz b.jsonl; } > "$seeds/text/archive.bin"
+{ printf '\003\005'; gzip -n -c "$text_tmp/b.jsonl"; } > "$seeds/text/jsonl-gz.bin"
+rm -rf "$text_tmp"
 { printf '\000'; head -c 3000 "$root/.cache/gpt2/encoder.json"; } > "$seeds/tokenizer/encoder_head"
 { printf '\001'; head -c 3000 "$root/.cache/gpt2/vocab.bpe"; } > "$seeds/tokenizer/vocab_head"
 

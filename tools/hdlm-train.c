@@ -87,12 +87,6 @@ static void usage(FILE *out) {
             "Plot the metrics: tools/plot-metrics.sh <run.dir>/metrics.jsonl out.png\n\n");
 }
 
-static void format_duration(double s, char *buf, size_t size) {
-    if (!isfinite(s) || s < 0) s = 0;
-    long t = (long)(s + 0.5);
-    snprintf(buf, size, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
-}
-
 static int write_config(const hdlm_train_config *cfg, const char *yaml) {
     char path[HDLM_CONFIG_STRING_MAX + 16];
     snprintf(path, sizeof path, "%s/config.yaml", cfg->run.dir);
@@ -257,8 +251,8 @@ int main(int argc, char **argv) {
                                      skipped, hdlm_train_loss_unit(&cfg.kind)};
             HDLM_MUST(hdlm_metrics_write(&metrics, &r));
             char el[32], et[32], vl[48] = "";
-            format_duration(elapsed, el, sizeof el);
-            format_duration(eta, et, sizeof et);
+            hdlm_format_duration(elapsed, el, sizeof el);
+            hdlm_format_duration(eta, et, sizeof et);
             if (isfinite(val)) snprintf(vl, sizeof vl, " | val %.4f", val);
             hdlm_log("update %lld/%lld | epoch %lld | loss %.4f %s | lr %.3e | grad %.3f | %.0f tok/s | %.1f%% of "
                      "peak | %s elapsed | ETA %s%s\n",

@@ -8,8 +8,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache="$root/.cache"
 packages=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
-          libblis-dev libcmocka-dev libpcre2-dev zlib1g-dev libcjson-dev libyaml-dev libxxhash-dev
-          liblapacke-dev gnuplot-nox nodejs npm slurm-wlm clang
+          libblis-dev libcmocka-dev libpcre2-dev zlib1g-dev libcjson-dev libyaml-dev libxxhash-dev libarchive-dev
+          liblapacke-dev xz-utils zstd bzip2 gnuplot-nox nodejs npm slurm-wlm clang
           python3-numpy python3-h5py python3-regex python3-torch python3-faiss python3-sklearn)
 
 sudo_cmd=""

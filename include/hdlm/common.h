@@ -29,6 +29,9 @@ void hdlm_clear_error(void);
 // Prints "hdlm: error: message (at file:line)" to stderr and ends the job: MPI_Abort when MPI is running with more
 // than one rank (so no rank hangs in a collective), exit(1) otherwise.
 void hdlm_die(const char *file, int line, const char *fmt, ...) HDLM_PRINTF(3, 4) HDLM_NORETURN;
+// A function hdlm_die calls after the message, before ending the job (once; NULL removes it): a tool removes what it
+// had half written.
+void hdlm_set_die_cleanup(void (*cleanup)(void *), void *arg);
 
 #define HDLM_FAIL(...) hdlm_fail(__FILE__, __LINE__, __VA_ARGS__)
 // In a function returning int: when cond is false, record the message and return -1.
@@ -78,6 +81,8 @@ double hdlm_allreduce_sum(double x);
 
 // Monotonic wall-clock time in seconds.
 double hdlm_time_now(void);
+// Seconds as "H:MM:SS" (negative or not finite: 0:00:00), for progress lines.
+void hdlm_format_duration(double seconds, char *buf, size_t size);
 
 // hdlm's data folder: <folder of the running executable>/../share/hdlm (docs/install.md). An installed prefix holds
 // gpt2/ (the tokenizer files) and jobs/configs/ (the presets) there; in a build tree build/share/hdlm links into the

@@ -56,6 +56,14 @@ double hdlm_allreduce_sum(double x) {
     return sum;
 }
 
+static void (*die_cleanup)(void *);
+static void *die_cleanup_arg;
+
+void hdlm_set_die_cleanup(void (*cleanup)(void *), void *arg) {
+    die_cleanup = cleanup;
+    die_cleanup_arg = arg;
+}
+
 void hdlm_die(const char *file, int line, const char *fmt, ...) {
     char msg[2048];
     va_list ap;
@@ -75,6 +83,9 @@ void hdlm_die(const char *file, int line, const char *fmt, ...) {
         fprintf(stderr, "hdlm: error: %s%s\n", msg, where);
     fflush(stderr);
     fflush(stdout);
+    void (*cleanup)(void *) = die_cleanup;
+    die_cleanup = NULL;   // a failure inside the cleanup ends the job without it
+    if (cleanup) cleanup(die_cleanup_arg);
     if (size > 1) MPI_Abort(MPI_COMM_WORLD, 1);
     exit(1);
 }
@@ -168,6 +179,12 @@ double hdlm_time_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void hdlm_format_duration(double seconds, char *buf, size_t size) {
+    if (!isfinite(seconds) || seconds < 0) seconds = 0;
+    long t = (long)(seconds + 0.5);
+    snprintf(buf, size, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
 }
 
 // O_NONBLOCK: open() of a FIFO without a writer returns at once instead of waiting for one; the flag is cleared

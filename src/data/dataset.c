@@ -82,6 +82,11 @@ static int check_manifest(const hdlm_dataset *d, const char *dir, const char *sp
 int hdlm_dataset_open_dir(hdlm_dataset *d, const char *dir, const char *split, uint64_t chunk_len,
                           uint32_t expected_vocab) {
     memset(d, 0, sizeof *d);
+    char mark[4200];
+    snprintf(mark, sizeof mark, "%s/.prepare-tmp", dir);
+    HDLM_CHECK(access(mark, F_OK) != 0,
+               "%s is the output of an unfinished hdlm-prep prepare (%s exists): run it again with --overwrite", dir,
+               mark);
     DIR *dh = opendir(dir);
     HDLM_CHECK(dh, "cannot open shard directory %s: %s", dir, strerror(errno));
     size_t prefix_len = strlen(split), n = 0, cap = 16;

@@ -101,8 +101,9 @@ static void compile_all(void) {
 }
 
 static void buf_reserve(text_buf *b, size_t need) {
-    if (need + 1 <= b->cap) return;
-    while (b->cap < need + 1) b->cap = b->cap ? 2 * b->cap : 64;
+    if (need < b->cap) return;   // room for need bytes and the NUL
+    HDLM_ASSERT(need < SIZE_MAX / 4, "text of %zu bytes", need);
+    while (b->cap <= need) b->cap = b->cap ? 2 * b->cap : 64;
     b->s = hdlm_realloc(b->s, b->cap);
 }
 
@@ -193,6 +194,18 @@ static void strip_and_prepend_newline(const text_buf *in, text_buf *out) {
     buf_append(out, in->s + b, e - b);
 }
 
+// The rules of set d in order, each from *cur into *next, then swapped: the result ends in *cur.
+static void apply_rules(hdlm_detokenizer d, text_buf *cur, text_buf *next) {
+    for (size_t i = 0; i < rule_sets[d].n; i++) {
+        const rule *r = &rule_sets[d].rules[i];
+        if (r->pattern) regex_substitute(cur, compiled[d][i], r->to, next);
+        else replace_all(cur, r->from, r->to, next);
+        text_buf t = *cur;
+        *cur = *next;
+        *next = t;
+    }
+}
+
 int hdlm_detokenize(hdlm_detokenizer d, const char *text, size_t len, char **out, size_t *out_len) {
     *out = NULL;
     *out_len = 0;
@@ -204,20 +217,11 @@ int hdlm_detokenize(hdlm_detokenizer d, const char *text, size_t len, char **out
     text_buf cur = {0}, next = {0};
     buf_append(&cur, text, len);
     // The scientific-papers detokenizer is the wikitext one followed by the lm1b one (method §9.2).
-    hdlm_detokenizer stages[2] = {d, HDLM_DETOK_NONE};
-    if (d == HDLM_DETOK_SCIENTIFIC) stages[0] = HDLM_DETOK_WIKITEXT, stages[1] = HDLM_DETOK_LM1B;
-    for (size_t k = 0; k < 2; k++) {
-        for (size_t i = 0; i < rule_sets[stages[k]].n; i++) {
-            const rule *r = &rule_sets[stages[k]].rules[i];
-            if (r->pattern) {
-                regex_substitute(&cur, compiled[stages[k]][i], r->to, &next);
-            } else {
-                replace_all(&cur, r->from, r->to, &next);
-            }
-            text_buf t = cur;
-            cur = next;
-            next = t;
-        }
+    if (d == HDLM_DETOK_SCIENTIFIC) {
+        apply_rules(HDLM_DETOK_WIKITEXT, &cur, &next);
+        apply_rules(HDLM_DETOK_LM1B, &cur, &next);
+    } else {
+        apply_rules(d, &cur, &next);
     }
     if (d == HDLM_DETOK_LAMBADA) {
         strip_and_prepend_newline(&cur, &next);

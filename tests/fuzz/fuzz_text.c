@@ -1,7 +1,7 @@
-// libFuzzer target: text inputs as hdlm-prep prepare reads them — a JSONL or plain-text file (first byte odd: JSONL),
+// libFuzzer target: text inputs as hdlm-prep prepare reads them — a plain-text, JSONL, tar or gzip-compressed JSONL
+// file (by the first byte; the tar and gzip readers are libarchive's, the nesting and member rules hdlm's),
 // each document through a detokenizer (chosen by the second byte) and the GPT-2 tokenizer. The tokenizer files come
 // from HDLM_FUZZ_VOCAB (default: the source tree's .cache/gpt2, filled by tools/setup.sh).
-#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -21,13 +21,13 @@ static hdlm_tokenizer *tokenizer(void) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 2) return 0;
-    bool jsonl = data[0] & 1;
-    hdlm_detokenizer detok = (hdlm_detokenizer)(data[1] % 5);
-    const char *path = fuzz_file(jsonl ? "input.jsonl" : "input.txt", data + 2, size - 2);
+    static const char *const names[4] = {"input.txt", "input.jsonl", "input.tar", "input.jsonl.gz"};
+    hdlm_detokenizer detok = (hdlm_detokenizer)(data[1] % 6);
+    const char *path = fuzz_file(names[data[0] % 4], data + 2, size - 2);
     hdlm_text_inputs in = {0};
     if (hdlm_text_inputs_add(&in, path, detok, 0) != 0) return 0;
     hdlm_text_reader *r;
-    if (hdlm_text_reader_open(&r, &in, 0, in.total_bytes, "text", 1) == 0) {
+    if (hdlm_text_reader_open(&r, &in, 0, 1, 0, "text", 1) == 0) {
         hdlm_text_doc doc;
         while (hdlm_text_reader_next(r, &doc) == 1) {
             char *clean;
@@ -38,7 +38,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 hdlm_tokens_free(&ids);
                 free(clean);
             }
-            free(doc.text);
+            hdlm_text_doc_free(&doc);
         }
         hdlm_text_reader_close(r);
     }

@@ -1,26 +1,32 @@
 // hdlm-prep prepare: text inputs -> GPT-2 token shards + manifest.json (docs/shard-format.md, docs/prepare.md).
 //
 // MPI plan (the shards are byte-identical for any number of ranks):
-//  1. each rank reads the documents whose first byte is in its share of the inputs' bytes (include/hdlm/textsource.h),
-//     tokenizes them with OpenMP threads and appends ids + EOS to a temporary stream, with one flag byte per document;
-//  2. an MPI_Exscan of document counts gives every document its global index, which decides its split
+//  1. each rank reads the documents of its units of the inputs (include/hdlm/textsource.h), tokenizes them with
+//     OpenMP threads and appends ids + EOS to a temporary stream, with one flag byte per document and a record per
+//     unit (its key and document count);
+//  2. the units of all ranks, in key order, give every document its global index, which decides its split
 //     (--val-last, --val-fraction); each rank splits its stream into one temporary stream per split;
-//  3. an MPI_Allgather of the per-split token counts places every rank's tokens in the split's global token stream;
+//  3. the units' per-split token counts, in key order, place every unit's tokens in the split's global token stream;
 //     shard k (tokens [kS, (k+1)S)) is written by rank k mod world, reading the ranks' streams that cover it.
+// Until the manifest is written, DIR/.prepare-tmp marks the output as unfinished (the dataset reader refuses it);
+// a failure removes what this run wrote.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <math.h>
 #include <mpi.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 #include <cjson/cJSON.h>
 #include <dirent.h>
+#include <stdbool.h>
 
 #include "prep.h"
 #include "hdlm/common.h"
@@ -38,7 +44,8 @@ enum { BATCH_BYTES = 32 << 20, BATCH_DOCS = 4096, IO_TOKENS = 1 << 20 };
 
 typedef struct {
     const char *vocab_dir, *out_dir, *text_field;
-    uint64_t shard_tokens;
+    uint64_t shard_tokens, unit_bytes;
+    double progress_seconds;
     uint64_t val_last;      // 0 = off
     double val_fraction;    // < 0 = off
     uint64_t val_seed;
@@ -52,9 +59,15 @@ enum { STAT_DOCS, STAT_EMPTY, STAT_SKIPPED, STAT_TOKENS, STAT_FORCED_VAL, STAT_C
 static void usage(FILE *f) {
     fprintf(f,
             "usage: hdlm-prep prepare --out DIR [options] INPUT... [--val-input INPUT]...\n"
-            "  INPUT: a text file (one document), a .jsonl file (one document per line) or a directory of *.txt and\n"
-            "         *.jsonl files (recursive, sorted). Every document is followed by EOS 50256.\n"
-            "  --out DIR              output directory (created): SPLIT_NNNNNN.bin shards and manifest.json\n"
+            "  INPUT: a file, a directory or - (stdin); by name (docs/prepare.md):\n"
+            "         *.txt               one document             *.jsonl          one document per line\n"
+            "         *.txt.gz|xz|zst|bz2, *.jsonl.gz|xz|zst|bz2    the same, compressed\n"
+            "         *.tar, *.tar.gz|xz|zst|bz2, *.tgz, other *.gz|xz|zst|bz2: a tar archive, members by the same\n"
+            "         rules, nested archives too (OpenWebText's openwebtext.tar.xz as distributed)\n"
+            "         a directory: its entries by the same rules, recursive, sorted; any other explicit file: one\n"
+            "         document. Every document is followed by EOS 50256.\n"
+            "  --out DIR              output directory (created with its parents): SPLIT_NNNNNN.bin shards and\n"
+            "                         manifest.json\n"
             "  --vocab DIR            GPT-2 encoder.json + vocab.bpe (default %s)\n"
             "  --shard-tokens N       tokens per shard (default 100000000)\n"
             "  --val-input INPUT      route every document of INPUT to the validation split\n"
@@ -62,13 +75,17 @@ static void usage(FILE *f) {
             "  --val-fraction F       each document goes to validation with probability F, by a hash of its index\n"
             "  --val-seed S           seed of that hash (default 0)\n"
             "  --split validation     every input goes to validation (a validation-only set); default: train\n"
-            "  --detokenizer NAME     none|wikitext|ptb|lm1b|lambada, for the inputs that follow it (method §9.2)\n"
+            "  --detokenizer NAME     none|wikitext|ptb|lm1b|lambada|scientific, for the inputs that follow it\n"
             "  --text-field NAME      JSONL field holding the document (default text)\n"
-            "  --on-error stop|skip   malformed JSONL line or invalid UTF-8: stop (default) or warn, skip and count\n"
+            "  --on-error stop|skip   malformed JSONL line, invalid UTF-8 or an unreadable archive inside an archive:\n"
+            "                         stop (default) or warn, skip and count\n"
             "  --keep-empty           keep empty documents: a lone EOS, after the detokenizer if any (the reference\n"
             "                         keeps blank WikiText lines); default: skip and count them\n"
-            "  --overwrite            replace shards and manifest already in DIR\n",
-            hdlm_tokenizer_default_dir());
+            "  --overwrite            replace shards and manifest already in DIR\n"
+            "  --unit-bytes N         work unit of the split across ranks (default %d; the output does not\n"
+            "                         depend on it)\n"
+            "  --progress S           progress line every S seconds on long runs (default 10; 0: none)\n",
+            hdlm_tokenizer_default_dir(), HDLM_TEXT_UNIT_BYTES);
 }
 
 static int parse_u64(const char *flag, const char *s, uint64_t *out) {
@@ -88,11 +105,19 @@ typedef struct {
     char *error;   // tokenization failure (invalid UTF-8), reported in order after the parallel part
 } batch_item;
 
+// A unit of the inputs as this rank wrote it: key (textsource.h) and the documents written.
+typedef struct {
+    uint64_t key, docs, rule_docs;   // rule_docs: not routed by --val-input
+} unit_record;
+
 typedef struct {
     FILE *tokens, *flags;
     uint16_t *buf;
     size_t buf_len;
     int64_t stats[STAT_COUNT];
+    unit_record *units;
+    size_t unit_count, unit_cap;
+    uint64_t text_bytes;
 } stream_out;
 
 static void write_tokens(FILE *f, const char *path, const uint16_t *t, size_t n) {
@@ -121,7 +146,7 @@ static void flush_batch(batch_item *items, size_t n, const hdlm_text_inputs *inp
     for (size_t i = 0; i < n; i++) {
         batch_item *it = &items[i];
         if (it->error) {
-            const char *where = hdlm_text_reader_where(reader, it->doc.file, it->doc.offset);
+            const char *where = hdlm_text_reader_where(reader, &it->doc);
             if (!opt->skip_malformed) HDLM_DIE("%s: %s (use --on-error skip to skip such documents)", where, it->error);
             if (out->stats[STAT_SKIPPED]++ < 20) fprintf(stderr, "hdlm: warning: %s: %s; document skipped\n", where, it->error);
         } else {
@@ -132,12 +157,21 @@ static void flush_batch(batch_item *items, size_t n, const hdlm_text_inputs *inp
             write_tokens(out->tokens, tok_path, out->buf, m + 1);
             unsigned char flag = (unsigned char)inputs->files[it->doc.file].to_validation;
             if (fputc(flag, out->flags) == EOF) HDLM_DIE("cannot write %s.flags: %s", tok_path, strerror(errno));
+            if (out->unit_count == 0 || out->units[out->unit_count - 1].key != it->doc.unit) {
+                if (out->unit_count == out->unit_cap)
+                    out->units = hdlm_realloc(out->units, (out->unit_cap = out->unit_cap ? 2 * out->unit_cap : 64) *
+                                                              sizeof *out->units);
+                out->units[out->unit_count++] = (unit_record){it->doc.unit, 0, 0};
+            }
+            out->units[out->unit_count - 1].docs++;
+            out->units[out->unit_count - 1].rule_docs += !flag;
             out->stats[STAT_DOCS]++;
             out->stats[STAT_FORCED_VAL] += flag;
             out->stats[STAT_TOKENS] += (int64_t)m + 1;
         }
+        out->text_bytes += it->doc.len;
         free(it->error);
-        free(it->doc.text);
+        hdlm_text_doc_free(&it->doc);
         hdlm_tokens_free(&it->tokens);
         memset(it, 0, sizeof *it);
     }
@@ -166,16 +200,39 @@ static int is_output_name(const char *name) {
     return 0;
 }
 
-// Rank 0: creates DIR and its temporary folder; refuses (or with --overwrite removes) earlier shards.
-static int prepare_out_dir(const prepare_options *opt, const char *tmp_dir) {
+// Removes the files in `dir` (not hidden ones' subfolders); and the folder itself when rmdir_too.
+static int remove_dir_files(const char *dir, bool rmdir_too) {
+    DIR *dh = opendir(dir);
+    HDLM_CHECK(dh, "cannot open %s: %s", dir, strerror(errno));
+    int rc = 0;
+    for (struct dirent *e; rc == 0 && (e = readdir(dh));) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        char path[8192];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (unlink(path) != 0) rc = HDLM_FAIL("cannot remove %s: %s", path, strerror(errno));
+    }
+    closedir(dh);
+    HDLM_TRY(rc);
+    HDLM_CHECK(!rmdir_too || rmdir(dir) == 0, "cannot remove %s: %s", dir, strerror(errno));
+    return 0;
+}
+
+// Rank 0: creates DIR and its temporary folder (the mark of an unfinished output); refuses (or with --overwrite
+// removes) earlier shards. *created: DIR did not exist.
+static int prepare_out_dir(const prepare_options *opt, const char *tmp_dir, bool *created) {
+    *created = access(opt->out_dir, F_OK) != 0;
     HDLM_TRY(hdlm_make_dirs(opt->out_dir, "--out"));
+    bool unfinished = access(tmp_dir, F_OK) == 0;
     DIR *dh = opendir(opt->out_dir);
     HDLM_CHECK(dh, "cannot open output directory %s: %s", opt->out_dir, strerror(errno));
     int rc = 0;
     for (struct dirent *e; rc == 0 && (e = readdir(dh));) {
         if (!is_output_name(e->d_name)) continue;
         if (!opt->overwrite) {
-            rc = HDLM_FAIL("%s already holds prepared data (%s); remove it or pass --overwrite", opt->out_dir, e->d_name);
+            rc = unfinished ? HDLM_FAIL("%s holds the output of an unfinished run (%s, and %s/.prepare-tmp); pass "
+                                        "--overwrite to replace it", opt->out_dir, e->d_name, opt->out_dir)
+                            : HDLM_FAIL("%s already holds prepared data (%s); remove it or pass --overwrite",
+                                        opt->out_dir, e->d_name);
             break;
         }
         char path[8192];
@@ -186,17 +243,82 @@ static int prepare_out_dir(const prepare_options *opt, const char *tmp_dir) {
     HDLM_TRY(rc);
     if (mkdir(tmp_dir, 0777) == 0) return 0;
     HDLM_CHECK(errno == EEXIST, "cannot create %s: %s", tmp_dir, strerror(errno));
-    // Left over by an interrupted run (possibly with more ranks): empty it.
-    dh = opendir(tmp_dir);
-    HDLM_CHECK(dh, "cannot open %s: %s", tmp_dir, strerror(errno));
-    for (struct dirent *e; rc == 0 && (e = readdir(dh));) {
-        if (e->d_name[0] == '.') continue;
+    return remove_dir_files(tmp_dir, false);   // left over by an interrupted run (possibly with more ranks)
+}
+
+// On a failure (hdlm_die): what this run wrote goes (its shards, the temporary folder, DIR if it made it), so no
+// half-written output is left. Other ranks are stopped by MPI_Abort right after.
+typedef struct {
+    const char *out_dir, *tmp_dir;
+    bool created;
+} cleanup_info;
+
+static void cleanup_on_failure(void *arg) {
+    const cleanup_info *c = arg;
+    (void)remove_dir_files(c->tmp_dir, true);
+    DIR *dh = opendir(c->out_dir);
+    for (struct dirent *e; dh && (e = readdir(dh));) {
         char path[8192];
-        snprintf(path, sizeof path, "%s/%s", tmp_dir, e->d_name);
-        if (unlink(path) != 0) rc = HDLM_FAIL("cannot remove %s: %s", path, strerror(errno));
+        snprintf(path, sizeof path, "%s/%s", c->out_dir, e->d_name);
+        if (is_output_name(e->d_name) || strcmp(e->d_name, "manifest.json.tmp") == 0) (void)unlink(path);
     }
-    closedir(dh);
-    return rc;
+    if (dh) closedir(dh);
+    if (c->created) (void)rmdir(c->out_dir);
+}
+
+// ---- units of all ranks ----
+
+// Rows of `width` words (the first: a unit key) from every rank, sorted by key, with the rank that wrote each.
+typedef struct {
+    uint64_t *rows;
+    int *owner;
+    size_t count;
+} unit_table;
+
+typedef struct {
+    uint64_t key;
+    size_t index;
+} key_index;
+
+static int compare_keys(const void *a, const void *b) {
+    uint64_t x = ((const key_index *)a)->key, y = ((const key_index *)b)->key;
+    return x < y ? -1 : x > y;
+}
+
+static void gather_units(const uint64_t *mine, size_t n, int width, unit_table *t) {
+    int world = hdlm_world_size();
+    HDLM_ASSERT(n * (size_t)width < (size_t)INT32_MAX, "%zu units", n);
+    int count = (int)(n * (size_t)width), *counts = hdlm_calloc((size_t)world, sizeof *counts),
+        *displs = hdlm_calloc((size_t)world, sizeof *displs);
+    MPI_Allgather(&count, 1, MPI_INT, counts, 1, MPI_INT, MPI_COMM_WORLD);
+    size_t total = 0;
+    for (int q = 0; q < world; q++) {
+        HDLM_ASSERT(total + (size_t)counts[q] < (size_t)INT32_MAX, "too many units");
+        displs[q] = (int)total;
+        total += (size_t)counts[q];
+    }
+    uint64_t *all = hdlm_malloc((total + 1) * sizeof *all);
+    MPI_Allgatherv(mine, count, MPI_UINT64_T, all, counts, displs, MPI_UINT64_T, MPI_COMM_WORLD);
+    t->count = total / (size_t)width;
+    key_index *order = hdlm_malloc((t->count + 1) * sizeof *order);
+    int *owner_of = hdlm_malloc((t->count + 1) * sizeof *owner_of);
+    for (int q = 0, row = 0; q < world; q++)
+        for (int k = 0; k < counts[q] / width; k++, row++) owner_of[row] = q;
+    for (size_t i = 0; i < t->count; i++) order[i] = (key_index){all[i * (size_t)width], i};
+    qsort(order, t->count, sizeof *order, compare_keys);   // keys are unique: a unit is read by one rank
+    t->rows = hdlm_malloc((total + 1) * sizeof *t->rows);
+    t->owner = hdlm_malloc((t->count + 1) * sizeof *t->owner);
+    for (size_t i = 0; i < t->count; i++) {
+        memcpy(t->rows + i * (size_t)width, all + order[i].index * (size_t)width, (size_t)width * sizeof *all);
+        t->owner[i] = owner_of[order[i].index];
+    }
+    free(order), free(owner_of), free(all), free(counts), free(displs);
+}
+
+static void unit_table_free(unit_table *t) {
+    free(t->rows);
+    free(t->owner);
+    memset(t, 0, sizeof *t);
 }
 
 // ---- phase 3: shards ----
@@ -205,9 +327,15 @@ typedef struct {
     uint64_t tokens, docs, checksum;
 } shard_record;
 
+// Where a unit's tokens of each split are: in the split's stream, and in its owner's temporary split stream.
+typedef struct {
+    int owner;
+    uint64_t tokens[SPLITS], offset[SPLITS], file_offset[SPLITS];
+} placement;
+
 // Writes shard k of `split`: tokens [k*S, min((k+1)*S, total)) of the split stream, read from the ranks' streams.
 static void write_shard(const prepare_options *opt, const char *tmp_dir, int split, uint64_t k, uint64_t total,
-                        const uint64_t *rank_offset, int world, shard_record *rec) {
+                        const placement *units, size_t n_units, shard_record *rec) {
     char path[8192], src[8192];
     snprintf(path, sizeof path, "%s/%s_%06llu.bin", opt->out_dir, split_names[split], (unsigned long long)k);
     uint64_t a = k * opt->shard_tokens, b = a + opt->shard_tokens < total ? a + opt->shard_tokens : total;
@@ -215,17 +343,30 @@ static void write_shard(const prepare_options *opt, const char *tmp_dir, int spl
     HDLM_MUST(hdlm_shard_writer_open(&w, path, HDLM_GPT2_VOCAB));
     uint16_t *buf = hdlm_malloc(IO_TOKENS * sizeof *buf);
     uint64_t docs = 0;
-    for (int q = 0; q < world; q++) {
-        uint64_t lo = rank_offset[q] > a ? rank_offset[q] : a, hi = rank_offset[q + 1] < b ? rank_offset[q + 1] : b;
+    size_t lo_unit = 0, hi_unit = n_units;   // the first unit that ends after a
+    while (lo_unit < hi_unit) {
+        size_t mid = lo_unit + (hi_unit - lo_unit) / 2;
+        if (units[mid].offset[split] + units[mid].tokens[split] > a) hi_unit = mid;
+        else lo_unit = mid + 1;
+    }
+    int fd = -1, fd_owner = -1;
+    for (size_t u = lo_unit; u < n_units && units[u].offset[split] < b; u++) {
+        const placement *p = &units[u];
+        uint64_t lo = p->offset[split] > a ? p->offset[split] : a;
+        uint64_t hi = p->offset[split] + p->tokens[split] < b ? p->offset[split] + p->tokens[split] : b;
         if (lo >= hi) continue;
-        snprintf(src, sizeof src, "%s/r%d.%s.tok", tmp_dir, q, split_names[split]);
-        int fd = open(src, O_RDONLY);
-        if (fd < 0) HDLM_DIE("cannot open %s: %s", src, strerror(errno));
+        snprintf(src, sizeof src, "%s/r%d.%s.tok", tmp_dir, p->owner, split_names[split]);
+        if (fd_owner != p->owner) {
+            if (fd >= 0) close(fd);
+            if ((fd = open(src, O_RDONLY)) < 0) HDLM_DIE("cannot open %s: %s", src, strerror(errno));
+            fd_owner = p->owner;
+        }
         for (uint64_t pos = lo; pos < hi;) {
             size_t n = hi - pos < IO_TOKENS ? (size_t)(hi - pos) : IO_TOKENS;
             size_t bytes = n * sizeof *buf, got = 0;
+            off_t at = (off_t)((p->file_offset[split] + pos - p->offset[split]) * sizeof *buf);
             while (got < bytes) {
-                ssize_t r = pread(fd, (char *)buf + got, bytes - got, (off_t)((pos - rank_offset[q]) * sizeof *buf + got));
+                ssize_t r = pread(fd, (char *)buf + got, bytes - got, at + (off_t)got);
                 if (r <= 0) HDLM_DIE("cannot read %s: %s", src, r < 0 ? strerror(errno) : "file too short");
                 got += (size_t)r;
             }
@@ -233,8 +374,8 @@ static void write_shard(const prepare_options *opt, const char *tmp_dir, int spl
             HDLM_MUST(hdlm_shard_writer_append(w, buf, n));
             pos += n;
         }
-        close(fd);
     }
+    if (fd >= 0) close(fd);
     free(buf);
     hdlm_shard_info info;
     HDLM_MUST(hdlm_shard_writer_close(w, docs, &info));
@@ -310,9 +451,10 @@ static int goes_to_validation(const prepare_options *opt, uint64_t index, uint64
     return 0;
 }
 
-// Splits this rank's stream into one stream per split; returns per-split documents and tokens in counts[4].
-static void split_stream(const prepare_options *opt, const char *tok_path, const char *tmp_dir, int rank,
-                         uint64_t first_index, uint64_t total_rule_docs, int64_t counts[2 * SPLITS]) {
+// Splits this rank's stream into one stream per split, unit by unit; first_index[u]: the global index of unit u's
+// first rule document. Returns per unit its per-split tokens and documents: rows (key, tokens[2], docs[2]).
+static uint64_t *split_stream(const prepare_options *opt, const char *tok_path, const char *tmp_dir, int rank,
+                              const stream_out *st, const uint64_t *first_index, uint64_t total_rule_docs) {
     char flags_path[8300], out_path[SPLITS][8192];
     snprintf(flags_path, sizeof flags_path, "%s.flags", tok_path);
     FILE *in = open_or_die(tok_path, "rb"), *flags = open_or_die(flags_path, "rb"), *out[SPLITS];
@@ -320,24 +462,31 @@ static void split_stream(const prepare_options *opt, const char *tok_path, const
         snprintf(out_path[s], sizeof out_path[s], "%s/r%d.%s.tok", tmp_dir, rank, split_names[s]);
         out[s] = open_or_die(out_path[s], "wb");
     }
+    uint64_t *rows = hdlm_calloc(st->unit_count * 5 + 1, sizeof *rows);
     uint16_t *buf = hdlm_malloc(IO_TOKENS * sizeof *buf);
-    uint64_t index = first_index;
+    size_t u = 0;
+    uint64_t docs_in_unit = 0, rule_in_unit = 0;
     int split = -1;   // split of the current document; -1 = at a document start
     size_t n;
     while ((n = fread(buf, sizeof *buf, IO_TOKENS, in)) > 0) {
         size_t i = 0;
         while (i < n) {
             if (split < 0) {
+                while (u < st->unit_count && docs_in_unit == st->units[u].docs) u++, docs_in_unit = rule_in_unit = 0;
                 int flag = fgetc(flags);
-                if (flag == EOF) HDLM_DIE("%s is shorter than its token stream", flags_path);
-                split = flag ? SPLIT_VALIDATION : goes_to_validation(opt, index++, total_rule_docs) ? SPLIT_VALIDATION : SPLIT_TRAIN;
-                counts[2 * split]++;
+                if (flag == EOF || u == st->unit_count) HDLM_DIE("%s: more documents than recorded", tok_path);
+                if (docs_in_unit == 0) rows[5 * u] = st->units[u].key;
+                docs_in_unit++;
+                split = flag ? SPLIT_VALIDATION
+                             : goes_to_validation(opt, first_index[u] + rule_in_unit++, total_rule_docs) ? SPLIT_VALIDATION
+                                                                                                       : SPLIT_TRAIN;
+                rows[5 * u + 3 + split]++;
             }
             size_t j = i;
             while (j < n && buf[j] != HDLM_TOKEN_EOT) j++;
             size_t end = j < n ? j + 1 : n;   // include the EOS
             write_tokens(out[split], out_path[split], buf + i, end - i);
-            counts[2 * split + 1] += (int64_t)(end - i);
+            rows[5 * u + 1 + split] += end - i;
             if (j < n) split = -1;
             i = end;
         }
@@ -347,6 +496,7 @@ static void split_stream(const prepare_options *opt, const char *tok_path, const
     fclose(in);
     fclose(flags);
     for (int s = 0; s < SPLITS; s++) close_or_die(out[s], out_path[s]);
+    return rows;
 }
 
 static void remove_or_warn(const char *path) {
@@ -357,7 +507,7 @@ int prep_prepare_main(int argc, char **argv) {
     double t0 = hdlm_time_now();
     int rank = hdlm_rank(), world = hdlm_world_size();
     prepare_options opt = {.vocab_dir = hdlm_tokenizer_default_dir(), .text_field = "text", .shard_tokens = 100000000,
-                           .val_fraction = -1};
+                           .unit_bytes = HDLM_TEXT_UNIT_BYTES, .progress_seconds = 10, .val_fraction = -1};
     hdlm_text_inputs inputs = {0};
     hdlm_detokenizer detok = HDLM_DETOK_NONE;
     // Inputs are added in command-line order ("-" keeps getopt from permuting), each with the detokenizer in force.
@@ -366,7 +516,7 @@ int prep_prepare_main(int argc, char **argv) {
     hdlm_detokenizer *input_detok = hdlm_calloc((size_t)argc, sizeof *input_detok);
     int n_inputs = 0;
     enum { O_VOCAB = 256, O_SHARD, O_VAL_INPUT, O_VAL_LAST, O_VAL_FRACTION, O_VAL_SEED, O_SPLIT, O_DETOK, O_FIELD,
-           O_ON_ERROR, O_KEEP_EMPTY, O_OVERWRITE };
+           O_ON_ERROR, O_KEEP_EMPTY, O_OVERWRITE, O_UNIT_BYTES, O_PROGRESS };
     static const struct option longs[] = {
         {"out", required_argument, NULL, 'o'},          {"vocab", required_argument, NULL, O_VOCAB},
         {"shard-tokens", required_argument, NULL, O_SHARD}, {"val-input", required_argument, NULL, O_VAL_INPUT},
@@ -374,7 +524,8 @@ int prep_prepare_main(int argc, char **argv) {
         {"val-seed", required_argument, NULL, O_VAL_SEED}, {"split", required_argument, NULL, O_SPLIT},
         {"detokenizer", required_argument, NULL, O_DETOK}, {"text-field", required_argument, NULL, O_FIELD},
         {"on-error", required_argument, NULL, O_ON_ERROR}, {"keep-empty", no_argument, NULL, O_KEEP_EMPTY},
-        {"overwrite", no_argument, NULL, O_OVERWRITE},  {"help", no_argument, NULL, 'h'},
+        {"overwrite", no_argument, NULL, O_OVERWRITE},  {"unit-bytes", required_argument, NULL, O_UNIT_BYTES},
+        {"progress", required_argument, NULL, O_PROGRESS}, {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     optind = 1;
@@ -417,6 +568,17 @@ int prep_prepare_main(int argc, char **argv) {
             break;
         case O_KEEP_EMPTY: opt.keep_empty = 1; break;
         case O_OVERWRITE: opt.overwrite = 1; break;
+        case O_UNIT_BYTES:
+            HDLM_MUST(parse_u64("--unit-bytes", optarg, &opt.unit_bytes));
+            if (opt.unit_bytes == 0) HDLM_DIE("--unit-bytes must be at least 1");
+            break;
+        case O_PROGRESS: {
+            char *end;
+            opt.progress_seconds = strtod(optarg, &end);
+            if (!*optarg || *end || !(opt.progress_seconds >= 0))
+                HDLM_DIE("--progress expects seconds >= 0, got \"%s\"", optarg);
+            break;
+        }
         case 'h':
             if (rank == 0) usage(stdout);
             free(input_args), free(input_val), free(input_detok);
@@ -433,33 +595,38 @@ int prep_prepare_main(int argc, char **argv) {
     for (int i = 0; i < n_inputs; i++) HDLM_MUST(hdlm_text_inputs_add(&inputs, input_args[i], input_detok[i], input_val[i]));
     free(input_args), free(input_val), free(input_detok);
 
+    hdlm_text_reader *reader;   // refuses what this run cannot read (stdin on several ranks) before DIR is made
+    HDLM_MUST(hdlm_text_reader_open(&reader, &inputs, rank, world, opt.unit_bytes, opt.text_field, opt.skip_malformed));
     if (strlen(opt.out_dir) > 4000) HDLM_DIE("--out path is too long (%zu bytes)", strlen(opt.out_dir));
     char tmp_dir[4096], tok_path[8192], flags_path[8300];
     snprintf(tmp_dir, sizeof tmp_dir, "%s/.prepare-tmp", opt.out_dir);
-    if (rank == 0) HDLM_MUST(prepare_out_dir(&opt, tmp_dir));
-    MPI_Barrier(MPI_COMM_WORLD);
+    cleanup_info cleanup = {opt.out_dir, tmp_dir, false};
+    if (rank == 0) HDLM_MUST(prepare_out_dir(&opt, tmp_dir, &cleanup.created));
+    MPI_Bcast(&cleanup.created, 1, MPI_C_BOOL, 0, MPI_COMM_WORLD);
+    hdlm_set_die_cleanup(cleanup_on_failure, &cleanup);
     hdlm_tokenizer *tok;
     HDLM_MUST(hdlm_tokenizer_load_dir(&tok, opt.vocab_dir));
     double t_loaded = hdlm_time_now();
 
-    // Phase 1: this rank's documents -> tokens.
-    uint64_t lo, hi;
-    hdlm_partition_range(inputs.total_bytes, rank, world, &lo, &hi);
-    if (rank == world - 1) hi = UINT64_MAX;   // the last rank also takes empty files at the very end
+    // Phase 1: this rank's units -> tokens.
     snprintf(tok_path, sizeof tok_path, "%s/r%d.tok", tmp_dir, rank);
     snprintf(flags_path, sizeof flags_path, "%s.flags", tok_path);
-    stream_out out = {open_or_die(tok_path, "wb"), open_or_die(flags_path, "wb"), NULL, 0, {0}};
-    hdlm_text_reader *reader;
-    HDLM_MUST(hdlm_text_reader_open(&reader, &inputs, lo, hi, opt.text_field, opt.skip_malformed));
+    stream_out out = {.tokens = open_or_die(tok_path, "wb"), .flags = open_or_die(flags_path, "wb")};
+    // Every rank's files exist before any rank reads input, so a failing rank's cleanup finds them all.
+    MPI_Barrier(MPI_COMM_WORLD);
     batch_item *batch = hdlm_calloc(BATCH_DOCS, sizeof *batch);
     size_t n_batch = 0, batch_bytes = 0;
+    double next_progress = t_loaded + (opt.progress_seconds > 0 ? opt.progress_seconds : INFINITY);
     for (;;) {
         hdlm_text_doc doc;
         int rc = hdlm_text_reader_next(reader, &doc);
         if (rc < 0) HDLM_DIE("%s", hdlm_last_error());
         if (rc == 1 && doc.len == 0 && !opt.keep_empty) {
+            if (doc.member && out.stats[STAT_EMPTY] < 20)   // an empty file in an archive is worth a word
+                fprintf(stderr, "hdlm: warning: %s: empty document; skipped (--keep-empty keeps it)\n",
+                        hdlm_text_reader_where(reader, &doc));
             out.stats[STAT_EMPTY]++;
-            free(doc.text);
+            hdlm_text_doc_free(&doc);
             continue;
         }
         if (rc == 1) {
@@ -472,8 +639,20 @@ int prep_prepare_main(int argc, char **argv) {
             n_batch = batch_bytes = 0;
         }
         if (rc == 0) break;
+        double now = hdlm_time_now();
+        if (rank == 0 && now >= next_progress) {   // rank 0's share stands for all: every rank sees all the input
+            double done = (double)hdlm_text_reader_position(reader), all = (double)inputs.total_bytes;
+            double frac = all > 0 ? done / all : 0, el = now - t_loaded;
+            char eta[32];
+            hdlm_format_duration(frac > 0 ? el * (1 - frac) / frac : INFINITY, eta, sizeof eta);
+            fprintf(stderr, "hdlm-prep prepare: %.1f%% of the input (%.2f of %.2f GB), %lld documents, %.1f MB/s of "
+                    "text per rank, ETA %s\n", 100 * frac, done / 1e9, all / 1e9, (long long)out.stats[STAT_DOCS],
+                    (double)out.text_bytes / 1e6 / el, eta);
+            next_progress = now + opt.progress_seconds;
+        }
     }
     out.stats[STAT_SKIPPED] += (int64_t)hdlm_text_reader_skipped(reader);
+    uint64_t ignored_members = hdlm_text_reader_ignored(reader);
     hdlm_text_reader_close(reader);
     free(batch);
     free(out.buf);
@@ -482,68 +661,96 @@ int prep_prepare_main(int argc, char **argv) {
     hdlm_tokenizer_free(tok);
     double t1 = hdlm_time_now();
 
-    // Phase 2: global document indices (over the documents not routed by --val-input) decide the splits.
-    int64_t rule_docs = out.stats[STAT_DOCS] - out.stats[STAT_FORCED_VAL], first_index = 0, total_rule_docs = 0;
-    MPI_Exscan(&rule_docs, &first_index, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
-    if (rank == 0) first_index = 0;   // MPI_Exscan leaves rank 0's result undefined
-    MPI_Allreduce(&rule_docs, &total_rule_docs, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
-    int64_t counts[2 * SPLITS] = {0};
-    split_stream(&opt, tok_path, tmp_dir, rank, (uint64_t)first_index, (uint64_t)total_rule_docs, counts);
+    // Phase 2: global document indices (over the documents not routed by --val-input), unit by unit in corpus
+    // order, decide the splits.
+    uint64_t *mine = hdlm_malloc((2 * out.unit_count + 1) * sizeof *mine);
+    for (size_t u = 0; u < out.unit_count; u++) mine[2 * u] = out.units[u].key, mine[2 * u + 1] = out.units[u].rule_docs;
+    unit_table table;
+    gather_units(mine, out.unit_count, 2, &table);
+    uint64_t *first_index = hdlm_malloc((out.unit_count + 1) * sizeof *first_index), total_rule_docs = 0;
+    for (size_t i = 0, own = 0; i < table.count; i++) {
+        if (table.owner[i] == rank) first_index[own++] = total_rule_docs;   // own units come in their own order
+        total_rule_docs += table.rows[2 * i + 1];
+    }
+    unit_table_free(&table);
+    free(mine);
+    uint64_t *rows = split_stream(&opt, tok_path, tmp_dir, rank, &out, first_index, total_rule_docs);
+    free(first_index);
     remove_or_warn(tok_path);
     remove_or_warn(flags_path);
 
-    // Phase 3: place every rank's tokens in the split streams and write the shards.
-    int64_t *all_counts = hdlm_malloc((size_t)world * 2 * SPLITS * sizeof *all_counts);
-    MPI_Allgather(counts, 2 * SPLITS, MPI_INT64_T, all_counts, 2 * SPLITS, MPI_INT64_T, MPI_COMM_WORLD);
-    uint64_t *rank_offset[SPLITS], shard_count[SPLITS], total_shards = 0;
+    // Phase 3: place every unit's tokens in the split streams and write the shards.
+    gather_units(rows, out.unit_count, 5, &table);
+    free(rows);
+    placement *units = hdlm_calloc(table.count + 1, sizeof *units);
+    uint64_t *file_end = hdlm_calloc((size_t)world * SPLITS, sizeof *file_end), shard_count[SPLITS], total_shards = 0;
     int64_t split_totals[2 * SPLITS] = {0};
-    for (int s = 0; s < SPLITS; s++) {
-        rank_offset[s] = hdlm_calloc((size_t)world + 1, sizeof *rank_offset[s]);
-        for (int q = 0; q < world; q++) {
-            rank_offset[s][q + 1] = rank_offset[s][q] + (uint64_t)all_counts[q * 2 * SPLITS + 2 * s + 1];
-            split_totals[2 * s] += all_counts[q * 2 * SPLITS + 2 * s];
+    for (size_t i = 0; i < table.count; i++) {
+        const uint64_t *r = &table.rows[5 * i];
+        units[i].owner = table.owner[i];
+        for (int s = 0; s < SPLITS; s++) {
+            units[i].tokens[s] = r[1 + s];
+            units[i].offset[s] = (uint64_t)split_totals[2 * s + 1];
+            units[i].file_offset[s] = file_end[(size_t)table.owner[i] * SPLITS + s];
+            file_end[(size_t)table.owner[i] * SPLITS + s] += r[1 + s];
+            split_totals[2 * s] += (int64_t)r[3 + s];
+            split_totals[2 * s + 1] += (int64_t)r[1 + s];
         }
-        split_totals[2 * s + 1] = (int64_t)rank_offset[s][world];
-        shard_count[s] = (rank_offset[s][world] + opt.shard_tokens - 1) / opt.shard_tokens;
+    }
+    for (int s = 0; s < SPLITS; s++) {
+        shard_count[s] = ((uint64_t)split_totals[2 * s + 1] + opt.shard_tokens - 1) / opt.shard_tokens;
         total_shards += shard_count[s];
     }
-    free(all_counts);
+    free(file_end);
     MPI_Barrier(MPI_COMM_WORLD);   // every rank's split streams are complete
     shard_record *recs = hdlm_calloc(total_shards + 1, sizeof *recs), *all_recs = hdlm_calloc(total_shards + 1, sizeof *recs);
     for (uint64_t g = (uint64_t)rank, base = 0, s = 0; g < total_shards; g += (uint64_t)world) {
         while (g >= base + shard_count[s]) base += shard_count[s++];
-        write_shard(&opt, tmp_dir, (int)s, g - base, rank_offset[s][world], rank_offset[s], world, &recs[g]);
+        write_shard(&opt, tmp_dir, (int)s, g - base, (uint64_t)split_totals[2 * s + 1], units, table.count, &recs[g]);
     }
+    unit_table_free(&table);
+    free(units);
     MPI_Reduce(recs, all_recs, (int)(3 * total_shards), MPI_UINT64_T, MPI_SUM, 0, MPI_COMM_WORLD);
     MPI_Barrier(MPI_COMM_WORLD);   // every shard is written; the temporary streams can go
     for (int s = 0; s < SPLITS; s++) {
         char path[8192];
         snprintf(path, sizeof path, "%s/r%d.%s.tok", tmp_dir, rank, split_names[s]);
         remove_or_warn(path);
-        free(rank_offset[s]);
     }
     int64_t stats[STAT_COUNT];
     MPI_Reduce(out.stats, stats, STAT_COUNT, MPI_INT64_T, MPI_SUM, 0, MPI_COMM_WORLD);
+    struct rusage usage;
+    getrusage(RUSAGE_SELF, &usage);
+    double rss_mb = (double)usage.ru_maxrss / 1024, max_rss_mb = 0;   // ru_maxrss is in KiB on Linux
+    MPI_Reduce(&rss_mb, &max_rss_mb, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
     MPI_Barrier(MPI_COMM_WORLD);
     if (rank == 0) {
-        if (rmdir(tmp_dir) != 0) fprintf(stderr, "hdlm: warning: cannot remove %s: %s\n", tmp_dir, strerror(errno));
         write_manifest(&opt, shard_count, all_recs, split_totals);
+        // The manifest is in place: the output is finished once the temporary folder is gone.
+        if (rmdir(tmp_dir) != 0) HDLM_DIE("cannot remove %s: %s", tmp_dir, strerror(errno));
         double t2 = hdlm_time_now(), mb = (double)inputs.total_bytes / 1e6;
         hdlm_log("hdlm-prep prepare: %zu input files (%.2f MB%s), %d rank%s x %d thread%s\n", inputs.count, mb,
                  inputs.ignored_files ? ", other files in directories ignored" : "", world, world > 1 ? "s" : "",
                  omp_get_max_threads(), omp_get_max_threads() > 1 ? "s" : "");
-        hdlm_log("  documents: %lld (train %lld, validation %lld); empty: %lld (%s); malformed: %lld (skipped)\n",
+        hdlm_log("  documents: %lld (train %lld, validation %lld); empty: %lld (%s); malformed or unreadable: %lld "
+                 "(skipped)\n",
                  (long long)stats[STAT_DOCS], (long long)split_totals[0], (long long)split_totals[2],
                  (long long)stats[STAT_EMPTY], opt.keep_empty ? "kept" : "skipped",
                  (long long)stats[STAT_SKIPPED]);
+        if (ignored_members)
+            hdlm_log("  archive members matching no input rule (ignored, rank 0's count): %llu\n",
+                     (unsigned long long)ignored_members);
         for (int s = 0; s < SPLITS; s++)
             hdlm_log("  %-10s %12lld tokens in %llu shard%s\n", split_names[s], (long long)split_totals[2 * s + 1],
                      (unsigned long long)shard_count[s], shard_count[s] == 1 ? "" : "s");
-        hdlm_log("  elapsed %.2f s (load tokenizer %.2f s, tokenize %.2f s, split and write %.2f s): %.2f MB/s, "
-                 "%.0f tokens/s\n",
-                 t2 - t0, t_loaded - t0, t1 - t_loaded, t2 - t1, mb / (t2 - t0), (double)stats[STAT_TOKENS] / (t2 - t0));
+        hdlm_log("  elapsed %.2f s (load tokenizer %.2f s, read and tokenize %.2f s, split and write %.2f s): "
+                 "%.2f MB/s of input, %.0f tokens/s; peak memory %.0f MB per rank\n",
+                 t2 - t0, t_loaded - t0, t1 - t_loaded, t2 - t1, mb / (t2 - t0), (double)stats[STAT_TOKENS] / (t2 - t0),
+                 max_rss_mb);
         hdlm_log("  wrote %s/manifest.json\n", opt.out_dir);
     }
+    hdlm_set_die_cleanup(NULL, NULL);
+    free(out.units);
     free(recs);
     free(all_recs);
     hdlm_text_inputs_free(&inputs);

@@ -1,0 +1,334 @@
+// Compressed files, tar archives (nested) and standard input through libarchive, streamed (rules and the split of
+// the work in include/hdlm/textsource.h). A stack of open archives: level 0 is the input file, level k + 1 an archive
+// member of level k read through a callback on level k's data.
+#include "textsource_internal.h"
+
+#include "hdlm/common.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { MAX_DEPTH = 4, READ_BYTES = 1 << 16 };
+
+typedef struct {
+    struct archive *a;
+    int raw;                      // a compressed file: one entry, of format raw_format
+    int raw_done;                 // that entry has been started
+    hdlm_text_format raw_format;
+    char *name;                   // name of this level's current entry (NULL for raw entries)
+    int reading;                  // 1: the current entry is a document file (PLAIN or JSONL) being read
+    hdlm_text_format format;      // of the current entry
+    uint64_t entry_start;         // level 0: the current entry's position in the content
+    uint64_t content_pos;         // level 0: the content's bytes before the next entry
+    uint64_t entry_read;          // bytes of the current entry consumed
+    uint64_t line_no;
+    char *buf;                    // read-ahead for lines
+    size_t buf_len, buf_pos;
+    void *child_buf;              // what a child archive reads from this level's data
+} level;
+
+struct text_stream {
+    text_context *c;
+    size_t file;
+    const hdlm_text_file *f;
+    level levels[MAX_DEPTH];
+    int depth;                    // levels [0, depth) are open
+    char *line;
+    size_t line_cap;
+    char *where;                  // for messages
+    size_t where_cap;
+    char why[1024];               // level_open's reason for a failure
+};
+
+static const char *archive_message(struct archive *a) {
+    const char *m = archive_error_string(a);
+    return m ? m : "unknown libarchive error";
+}
+
+// The members being read at levels [0, depth), joined by " > "; NULL when there are none.
+static char *member_path(const text_stream *s, int depth) {
+    size_t need = 1;
+    for (int k = 0; k < depth; k++) need += s->levels[k].name ? strlen(s->levels[k].name) + 3 : 0;
+    if (need == 1) return NULL;
+    char *path = hdlm_malloc(need);
+    size_t n = 0;
+    for (int k = 0; k < depth; k++)
+        if (s->levels[k].name) n += (size_t)snprintf(path + n, need - n, "%s%s", n ? " > " : "", s->levels[k].name);
+    return path;
+}
+
+// "file", "file, member a > b" (levels [0, depth)), with ":line" when line > 0, for messages.
+static const char *stream_where(text_stream *s, int depth, uint64_t line) {
+    char *member = member_path(s, depth);
+    size_t need = strlen(s->f->path) + (member ? strlen(member) : 0) + 40;
+    if (need > s->where_cap) s->where = hdlm_realloc(s->where, s->where_cap = need);
+    int n = snprintf(s->where, s->where_cap, "%s%s%s", s->f->path, member ? ", member " : "", member ? member : "");
+    if (line) snprintf(s->where + n, s->where_cap - (size_t)n, ":%llu", (unsigned long long)line);
+    free(member);
+    return s->where;
+}
+
+static la_ssize_t child_read(struct archive *child, void *client, const void **buf) {
+    level *parent = client;
+    la_ssize_t n = archive_read_data(parent->a, parent->child_buf, READ_BYTES);
+    if (n < 0) archive_set_error(child, archive_errno(parent->a), "%s", archive_message(parent->a));
+    else parent->entry_read += (uint64_t)n;
+    *buf = parent->child_buf;
+    return n;
+}
+
+// Opens level `depth`: the input file (depth 0) or the current entry of level depth - 1. tar: a tar archive;
+// otherwise a compressed file of `format`; standard input may be either. Returns 0, or -1 with the reason in s->why.
+static int level_open(text_stream *s, int depth, int tar, hdlm_text_format format) {
+    level *L = &s->levels[depth];
+    memset(L, 0, sizeof *L);
+    L->a = archive_read_new();
+    L->raw = !tar;
+    L->raw_format = format;
+    s->depth = depth + 1;
+    archive_read_support_filter_all(L->a);   // gzip, xz, zstd, bzip2, ... and none
+    int is_stdin = depth == 0 && strcmp(s->f->path, "-") == 0;
+    if (tar || is_stdin) archive_read_support_format_tar(L->a);
+    if (!tar || is_stdin) archive_read_support_format_raw(L->a);
+    int rc;
+    if (depth > 0) {
+        level *parent = &s->levels[depth - 1];
+        if (!parent->child_buf) parent->child_buf = hdlm_malloc(READ_BYTES);
+        rc = archive_read_open(L->a, parent, NULL, child_read, NULL);
+    } else if (is_stdin) {
+        rc = archive_read_open_fd(L->a, 0, READ_BYTES);
+    } else {
+        rc = archive_read_open_filename(L->a, s->f->path, READ_BYTES);
+    }
+    if (rc == ARCHIVE_OK || rc == ARCHIVE_WARN) return 0;
+    const char *msg = archive_message(L->a);
+    int unrecognized = strcmp(msg, "Unrecognized archive format") == 0;
+    if (unrecognized && !tar) {
+        // The raw reader bids on any non-empty data: this is an empty decompressed stream.
+        archive_read_free(L->a);
+        L->a = NULL;
+        return 0;
+    }
+    if (unrecognized)
+        snprintf(s->why, sizeof s->why, "not a tar archive, or an empty or corrupt one (by its name it is a tar, "
+                 "possibly compressed: docs/prepare.md)");
+    else
+        snprintf(s->why, sizeof s->why, "%s", msg);
+    return -1;
+}
+
+static void level_close(level *L) {
+    if (L->a) archive_read_free(L->a);
+    free(L->name);
+    free(L->buf);
+    free(L->child_buf);
+    memset(L, 0, sizeof *L);
+}
+
+static void pop_to(text_stream *s, int depth) {
+    while (s->depth > depth) level_close(&s->levels[--s->depth]);
+}
+
+// Next line of the current entry of L into s->line: 1 = line of *len bytes (newline kept), 0 = end, -1 = error.
+static int level_getline(text_stream *s, level *L, size_t *len) {
+    size_t n = 0;
+    for (;;) {
+        if (L->buf_pos == L->buf_len) {
+            if (!L->buf) L->buf = hdlm_malloc(READ_BYTES);
+            la_ssize_t got = L->a ? archive_read_data(L->a, L->buf, READ_BYTES) : 0;
+            if (got < 0) return -1;
+            L->buf_len = (size_t)got;
+            L->buf_pos = 0;
+            if (got == 0) break;
+        }
+        const char *start = L->buf + L->buf_pos, *nl = memchr(start, '\n', L->buf_len - L->buf_pos);
+        size_t take = nl ? (size_t)(nl - start) + 1 : L->buf_len - L->buf_pos;
+        if (n + take + 1 > s->line_cap) s->line = hdlm_realloc(s->line, s->line_cap = 2 * (n + take + 1));
+        memcpy(s->line + n, start, take);
+        n += take;
+        L->buf_pos += take;
+        if (nl) break;
+    }
+    if (n == 0) return 0;
+    s->line[n] = '\0';
+    *len = n;
+    return 1;
+}
+
+// The whole current entry of L as one document.
+static int level_read_all(level *L, char **text, size_t *len) {
+    size_t n = 0, cap = READ_BYTES;
+    char *buf = hdlm_malloc(cap + 1);
+    for (la_ssize_t got; L->a;) {
+        if (cap - n < READ_BYTES) buf = hdlm_realloc(buf, (cap *= 2) + 1);   // doubling: O(size) copies
+        if ((got = archive_read_data(L->a, buf + n, READ_BYTES)) <= 0) {
+            if (got < 0) {
+                free(buf);
+                return -1;
+            }
+            break;
+        }
+        n += (size_t)got;
+    }
+    buf[n] = '\0';
+    *text = buf;
+    *len = n;
+    return 0;
+}
+
+// A failure inside level `depth` (>= 1): an error, or with skip_bad a warning, the rest of that archive skipped and
+// reading resumed in its parent. Failures of the input file itself (level 0) always end the run.
+static int fail_level(text_stream *s, int depth, const char *reason) {
+    char why[1200];
+    snprintf(why, sizeof why, "%s%s", reason, strstr(reason, "not a tar") ? "" : " (a corrupt or truncated archive?)");
+    const char *where = stream_where(s, depth + 1, 0);   // with the member of level `depth` being read, if any
+    if (depth == 0) return HDLM_FAIL("%s: %s", where, why);
+    HDLM_TRY(text_bad(s->c, where, why, "the rest of this archive skipped"));
+    pop_to(s, depth);
+    s->levels[depth - 1].reading = 0;
+    return 0;
+}
+
+int text_stream_open(text_stream **out, text_context *c, size_t file) {
+    text_stream *s = hdlm_calloc(1, sizeof *s);
+    s->c = c;
+    s->file = file;
+    s->f = &c->in->files[file];
+    *out = s;
+    return level_open(s, 0, s->f->format == HDLM_TEXT_TAR, s->f->format) == 0 ? 0 : fail_level(s, 0, s->why);
+}
+
+uint64_t text_stream_position(const text_stream *s) {
+    return s->depth > 0 && s->levels[0].a ? (uint64_t)archive_filter_bytes(s->levels[0].a, -1) : 0;
+}
+
+void text_stream_close(text_stream *s) {
+    if (!s) return;
+    pop_to(s, 0);
+    free(s->line);
+    free(s->where);
+    free(s);
+}
+
+// Where the document or JSONL line just read from the current entry of level `depth` comes from.
+static void set_origin(text_stream *s, int depth, uint64_t unit, uint64_t offset, uint64_t line, hdlm_text_doc *doc) {
+    doc->file = s->file;
+    doc->unit = unit;
+    doc->offset = offset;
+    doc->line = line;
+    doc->member = member_path(s, depth + 1);
+}
+
+// Reads on in the entry being read at level `depth`: 1 = document, 0 = entry done, -1 = error.
+static int entry_next(text_stream *s, int depth, hdlm_text_doc *doc) {
+    level *L = &s->levels[depth], *top = &s->levels[0];
+    uint64_t segment = s->f->segment;
+    if (L->format == HDLM_TEXT_PLAIN) {
+        L->reading = 0;
+        uint64_t unit = (depth == 0 ? L->entry_start : top->entry_start) / s->c->unit_bytes;
+        memset(doc, 0, sizeof *doc);
+        if (level_read_all(L, &doc->text, &doc->len) != 0) {
+            HDLM_TRY(fail_level(s, depth, archive_message(L->a)));
+            return 0;
+        }
+        set_origin(s, depth, text_unit_key(segment, unit), 0, 0, doc);
+        return 1;
+    }
+    for (;;) {
+        size_t len;
+        int rc = level_getline(s, L, &len);
+        if (rc < 0) {
+            HDLM_TRY(fail_level(s, depth, archive_message(L->a)));
+            return 0;
+        }
+        if (rc == 0) {
+            L->reading = 0;
+            return 0;
+        }
+        uint64_t offset = L->entry_read, line = ++L->line_no;
+        L->entry_read += len;
+        // Level 0: the line's own position decides its unit; deeper: the top-level member's (already ours).
+        uint64_t unit = (depth == 0 ? L->entry_start + offset : top->entry_start) / s->c->unit_bytes;
+        if (depth == 0 && !text_unit_is_mine(s->c, segment, unit)) continue;
+        while (len > 0 && (s->line[len - 1] == '\n' || s->line[len - 1] == '\r')) len--;
+        s->line[len] = '\0';
+        char why[256];
+        memset(doc, 0, sizeof *doc);
+        if (len == 0) snprintf(why, sizeof why, "empty line, expected a JSON object");
+        else if (text_jsonl_parse(s->c->field, s->line, len, doc, why, sizeof why)) {
+            set_origin(s, depth, text_unit_key(segment, unit), offset, line, doc);
+            return 1;
+        }
+        HDLM_TRY(text_bad(s->c, stream_where(s, depth + 1, line), why, "line skipped"));
+    }
+}
+
+int text_stream_next(text_stream *s, hdlm_text_doc *doc) {
+    uint64_t segment = s->f->segment;
+    while (s->depth > 0) {
+        int depth = s->depth - 1;
+        level *L = &s->levels[depth];
+        if (L->reading) {
+            int rc = entry_next(s, depth, doc);
+            if (rc != 0) return rc;
+            continue;
+        }
+        free(L->name);
+        L->name = NULL;
+        struct archive_entry *e = NULL;
+        int rc = L->a ? archive_read_next_header(L->a, &e) : L->raw && !L->raw_done ? ARCHIVE_OK : ARCHIVE_EOF;
+        if (rc == ARCHIVE_EOF) {
+            if (depth == 0) return 0;
+            pop_to(s, depth);
+            s->levels[depth - 1].reading = 0;
+            continue;
+        }
+        if (rc != ARCHIVE_OK && rc != ARCHIVE_WARN) {
+            HDLM_TRY(fail_level(s, depth, archive_message(L->a)));
+            continue;
+        }
+        L->entry_read = L->line_no = 0;
+        L->buf_len = L->buf_pos = 0;
+        if (L->raw || archive_format(L->a) == ARCHIVE_FORMAT_RAW) {
+            // A compressed document file (or JSONL on standard input): its one entry, possibly empty (no archive).
+            L->raw_done = 1;
+            L->format = L->raw ? L->raw_format : HDLM_TEXT_JSONL;
+            L->entry_start = 0;
+            // A whole compressed file is one piece at position 0 of its segment; its JSONL lines decide one by one.
+            L->reading = depth > 0 || L->format == HDLM_TEXT_JSONL || text_unit_is_mine(s->c, segment, 0);
+            continue;
+        }
+        const char *path = archive_entry_pathname(e);
+        L->name = hdlm_strdup(path ? path : "(unnamed)");
+        uint64_t size = archive_entry_size_is_set(e) && archive_entry_size(e) > 0 ? (uint64_t)archive_entry_size(e) : 0;
+        if (depth == 0) {
+            L->entry_start = L->content_pos;
+            L->content_pos += size;
+        }
+        if (archive_entry_filetype(e) == AE_IFDIR) continue;
+        const char *base = strrchr(L->name, '/');
+        base = base ? base + 1 : L->name;
+        hdlm_text_format format;
+        int compressed;
+        if (archive_entry_filetype(e) != AE_IFREG || archive_entry_hardlink(e) || base[0] == '.' ||
+            !text_classify(base, &format, &compressed)) {
+            s->c->ignored++;
+            continue;
+        }
+        // Level 0: a member that starts in another reader's unit is skipped unread (JSONL lines decide one by one).
+        if (depth == 0 && format != HDLM_TEXT_JSONL &&
+            !text_unit_is_mine(s->c, segment, L->entry_start / s->c->unit_bytes))
+            continue;
+        if (format == HDLM_TEXT_TAR || compressed) {
+            HDLM_CHECK(depth + 1 < MAX_DEPTH, "%s: archives nested more than %d deep", stream_where(s, depth + 1, 0),
+                       MAX_DEPTH);
+            if (level_open(s, depth + 1, format == HDLM_TEXT_TAR, format) != 0) HDLM_TRY(fail_level(s, depth + 1, s->why));
+            continue;
+        }
+        L->format = format;
+        L->reading = 1;
+    }
+    return 0;
+}
