@@ -23,6 +23,7 @@ typedef struct {
     uint64_t entry_start;         // level 0: the current entry's position in the content
     uint64_t content_pos;         // level 0: the content's bytes before the next entry
     uint64_t entry_read;          // bytes of the current entry consumed
+    uint64_t entry_size;          // its size as the archive records it (0: unknown)
     uint64_t line_no;
     char *buf;                    // read-ahead for lines
     size_t buf_len, buf_pos;
@@ -157,13 +158,14 @@ static int level_getline(text_stream *s, level *L, size_t *len) {
     return 1;
 }
 
-// The whole current entry of L as one document.
-static int level_read_all(level *L, char **text, size_t *len) {
-    size_t n = 0, cap = READ_BYTES;
+// The whole current entry of L as one document; size_hint: its size when the archive says it (else 0).
+static int level_read_all(level *L, uint64_t size_hint, char **text, size_t *len) {
+    // The recorded size, up to 64 MiB (a damaged header must not allocate more than the data holds).
+    size_t n = 0, cap = size_hint > 0 ? (size_t)(size_hint < (64u << 20) ? size_hint : 64u << 20) : READ_BYTES;
     char *buf = hdlm_malloc(cap + 1);
     for (la_ssize_t got; L->a;) {
-        if (cap - n < READ_BYTES) buf = hdlm_realloc(buf, (cap *= 2) + 1);   // doubling: O(size) copies
-        if ((got = archive_read_data(L->a, buf + n, READ_BYTES)) <= 0) {
+        if (n == cap) buf = hdlm_realloc(buf, (cap *= 2) + 1);   // doubling: O(size) copies
+        if ((got = archive_read_data(L->a, buf + n, cap - n)) <= 0) {
             if (got < 0) {
                 free(buf);
                 return -1;
@@ -172,6 +174,7 @@ static int level_read_all(level *L, char **text, size_t *len) {
         }
         n += (size_t)got;
     }
+    if (cap > n + READ_BYTES) buf = hdlm_realloc(buf, n + 1);   // a batch holds thousands: no slack per document
     buf[n] = '\0';
     *text = buf;
     *len = n;
@@ -229,7 +232,7 @@ static int entry_next(text_stream *s, int depth, hdlm_text_doc *doc) {
         L->reading = 0;
         uint64_t unit = (depth == 0 ? L->entry_start : top->entry_start) / s->c->unit_bytes;
         memset(doc, 0, sizeof *doc);
-        if (level_read_all(L, &doc->text, &doc->len) != 0) {
+        if (level_read_all(L, L->entry_size, &doc->text, &doc->len) != 0) {
             HDLM_TRY(fail_level(s, depth, archive_message(L->a)));
             return 0;
         }
@@ -291,6 +294,7 @@ int text_stream_next(text_stream *s, hdlm_text_doc *doc) {
         }
         L->entry_read = L->line_no = 0;
         L->buf_len = L->buf_pos = 0;
+        L->entry_size = 0;
         if (L->raw || archive_format(L->a) == ARCHIVE_FORMAT_RAW) {
             // A compressed document file (or JSONL on standard input): its one entry, possibly empty (no archive).
             L->raw_done = 1;
@@ -303,6 +307,7 @@ int text_stream_next(text_stream *s, hdlm_text_doc *doc) {
         const char *path = archive_entry_pathname(e);
         L->name = hdlm_strdup(path ? path : "(unnamed)");
         uint64_t size = archive_entry_size_is_set(e) && archive_entry_size(e) > 0 ? (uint64_t)archive_entry_size(e) : 0;
+        L->entry_size = size;
         if (depth == 0) {
             L->entry_start = L->content_pos;
             L->content_pos += size;

@@ -54,7 +54,7 @@ typedef struct {
 } prepare_options;
 
 // Per-rank counters, summed over ranks for the summary.
-enum { STAT_DOCS, STAT_EMPTY, STAT_SKIPPED, STAT_TOKENS, STAT_FORCED_VAL, STAT_COUNT };
+enum { STAT_DOCS, STAT_EMPTY, STAT_SKIPPED, STAT_TOKENS, STAT_FORCED_VAL, STAT_TEXT_BYTES, STAT_COUNT };
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -117,7 +117,6 @@ typedef struct {
     int64_t stats[STAT_COUNT];
     unit_record *units;
     size_t unit_count, unit_cap;
-    uint64_t text_bytes;
 } stream_out;
 
 static void write_tokens(FILE *f, const char *path, const uint16_t *t, size_t n) {
@@ -169,7 +168,7 @@ static void flush_batch(batch_item *items, size_t n, const hdlm_text_inputs *inp
             out->stats[STAT_FORCED_VAL] += flag;
             out->stats[STAT_TOKENS] += (int64_t)m + 1;
         }
-        out->text_bytes += it->doc.len;
+        out->stats[STAT_TEXT_BYTES] += (int64_t)it->doc.len;
         free(it->error);
         hdlm_text_doc_free(&it->doc);
         hdlm_tokens_free(&it->tokens);
@@ -647,7 +646,7 @@ int prep_prepare_main(int argc, char **argv) {
             hdlm_format_duration(frac > 0 ? el * (1 - frac) / frac : INFINITY, eta, sizeof eta);
             fprintf(stderr, "hdlm-prep prepare: %.1f%% of the input (%.2f of %.2f GB), %lld documents, %.1f MB/s of "
                     "text per rank, ETA %s\n", 100 * frac, done / 1e9, all / 1e9, (long long)out.stats[STAT_DOCS],
-                    (double)out.text_bytes / 1e6 / el, eta);
+                    (double)out.stats[STAT_TEXT_BYTES] / 1e6 / el, eta);
             next_progress = now + opt.progress_seconds;
         }
     }
@@ -729,7 +728,7 @@ int prep_prepare_main(int argc, char **argv) {
         // The manifest is in place: the output is finished once the temporary folder is gone.
         if (rmdir(tmp_dir) != 0) HDLM_DIE("cannot remove %s: %s", tmp_dir, strerror(errno));
         double t2 = hdlm_time_now(), mb = (double)inputs.total_bytes / 1e6;
-        hdlm_log("hdlm-prep prepare: %zu input files (%.2f MB%s), %d rank%s x %d thread%s\n", inputs.count, mb,
+        hdlm_log("hdlm-prep prepare: %zu input files (%.2f MB on disk%s), %d rank%s x %d thread%s\n", inputs.count, mb,
                  inputs.ignored_files ? ", other files in directories ignored" : "", world, world > 1 ? "s" : "",
                  omp_get_max_threads(), omp_get_max_threads() > 1 ? "s" : "");
         hdlm_log("  documents: %lld (train %lld, validation %lld); empty: %lld (%s); malformed or unreadable: %lld "
@@ -743,10 +742,11 @@ int prep_prepare_main(int argc, char **argv) {
         for (int s = 0; s < SPLITS; s++)
             hdlm_log("  %-10s %12lld tokens in %llu shard%s\n", split_names[s], (long long)split_totals[2 * s + 1],
                      (unsigned long long)shard_count[s], shard_count[s] == 1 ? "" : "s");
+        double text_mb = (double)stats[STAT_TEXT_BYTES] / 1e6;
         hdlm_log("  elapsed %.2f s (load tokenizer %.2f s, read and tokenize %.2f s, split and write %.2f s): "
-                 "%.2f MB/s of input, %.0f tokens/s; peak memory %.0f MB per rank\n",
-                 t2 - t0, t_loaded - t0, t1 - t_loaded, t2 - t1, mb / (t2 - t0), (double)stats[STAT_TOKENS] / (t2 - t0),
-                 max_rss_mb);
+                 "%.2f MB/s of text (%.2f per rank), %.0f tokens/s; peak memory %.0f MB per rank\n",
+                 t2 - t0, t_loaded - t0, t1 - t_loaded, t2 - t1, text_mb / (t2 - t0), text_mb / (t2 - t0) / world,
+                 (double)stats[STAT_TOKENS] / (t2 - t0), max_rss_mb);
         hdlm_log("  wrote %s/manifest.json\n", opt.out_dir);
     }
     hdlm_set_die_cleanup(NULL, NULL);
