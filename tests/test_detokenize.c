@@ -52,6 +52,8 @@ static const sample samples[] = {
     // scientific: wikitext first (" @-@ ", " , ", brackets), then lm1b (" 'word", " word . " at the end, "$ ").
     {HDLM_DETOK_SCIENTIFIC, "the 2 @-@ d model ( see fig . 1 ) , costs $ 5 and it 'll work . ",
      "the 2-d model (see fig. 1), costs $5 and it'll work. "},
+    // openwebtext: 3+ newlines become 2 (2 stay), then Python's strip (Unicode whitespace too).
+    {HDLM_DETOK_OPENWEBTEXT, " \n Title\n\n\n\nBody.\n\nMore\n\n\n\xe2\x80\x83", "Title\n\nBody.\n\nMore"},
     {HDLM_DETOK_NONE, " a , b ", " a , b "},
 };
 
@@ -68,6 +70,8 @@ static const sample extra[] = {
     {HDLM_DETOK_LM1B, "https : / / http : / / x ! ! y , , z ? ?", NULL},
     {HDLM_DETOK_LAMBADA, "\n\n \xe2\x80\x9c \xe2\x80\x9d\x1c", NULL},
     {HDLM_DETOK_LAMBADA, "", NULL},
+    {HDLM_DETOK_OPENWEBTEXT, "\n\n\n\n\n", NULL},
+    {HDLM_DETOK_OPENWEBTEXT, "a\r\n\r\n\r\nb\n \n\n\nc\t", NULL},
     {HDLM_DETOK_SCIENTIFIC, " = = intro = = \n we find @xmath0 ' s ( eq . [ 1 ] ) : \" a \" ? http : / / x . org ?", NULL},
 };
 

@@ -16,9 +16,10 @@ typedef enum {
     HDLM_DETOK_LM1B,
     HDLM_DETOK_LAMBADA,
     HDLM_DETOK_SCIENTIFIC,   // PubMed and ArXiv (scientific_papers): wikitext, then lm1b
+    HDLM_DETOK_OPENWEBTEXT,  // the OpenWebText loader's cleanup: 3+ newlines -> 2, strip (docs/datasets.md)
 } hdlm_detokenizer;
 
-// "none", "wikitext" (or "wt"), "ptb", "lm1b", "lambada", "scientific"; anything else is refused listing the valid names.
+// "none", "wikitext" (or "wt"), "ptb", "lm1b", "lambada", "scientific", "openwebtext"; anything else is refused listing the valid names.
 int hdlm_detokenizer_parse(const char *name, hdlm_detokenizer *out);
 const char *hdlm_detokenizer_name(hdlm_detokenizer d);
 

@@ -69,6 +69,11 @@ static const rule lambada_rules[] = {
     LIT("\xe2\x80\x9c", "\""), LIT("\xe2\x80\x9d", "\""),   // curly double quotes “ ” -> "
 };
 
+// The cleanup of the OpenWebText loader the reference trains with: runs of 3+ newlines -> 2, then strip.
+static const rule openwebtext_rules[] = {
+    RE("\n\n\n+", "\n\n"),
+};
+
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 static const struct {
     const rule *rules;
@@ -80,6 +85,7 @@ static const struct {
     [HDLM_DETOK_LM1B] = {lm1b_rules, COUNT(lm1b_rules)},
     [HDLM_DETOK_LAMBADA] = {lambada_rules, COUNT(lambada_rules)},
     [HDLM_DETOK_SCIENTIFIC] = {NULL, 0},   // no rules of its own: the wikitext then the lm1b rules
+    [HDLM_DETOK_OPENWEBTEXT] = {openwebtext_rules, COUNT(openwebtext_rules)},
 };
 
 // Compiled regexes, indexed like the rule tables; compiled once for every thread.
@@ -178,8 +184,8 @@ static size_t space_len(const unsigned char *s, size_t len, size_t i) {
     return 0;
 }
 
-// lambada's last step: "\n" + text.strip().
-static void strip_and_prepend_newline(const text_buf *in, text_buf *out) {
+// prefix + text.strip() (Python): lambada's last step with "\n", openwebtext's with "".
+static void strip_with_prefix(const text_buf *in, const char *prefix, text_buf *out) {
     const unsigned char *s = (const unsigned char *)in->s;
     size_t b = 0, e = in->len, n;
     while (b < e && (n = space_len(s, e, b)) > 0) b += n;
@@ -190,7 +196,7 @@ static void strip_and_prepend_newline(const text_buf *in, text_buf *out) {
         e = start;
     }
     out->len = 0;
-    buf_append(out, "\n", 1);
+    buf_append(out, prefix, strlen(prefix));
     buf_append(out, in->s + b, e - b);
 }
 
@@ -223,8 +229,8 @@ int hdlm_detokenize(hdlm_detokenizer d, const char *text, size_t len, char **out
     } else {
         apply_rules(d, &cur, &next);
     }
-    if (d == HDLM_DETOK_LAMBADA) {
-        strip_and_prepend_newline(&cur, &next);
+    if (d == HDLM_DETOK_LAMBADA || d == HDLM_DETOK_OPENWEBTEXT) {
+        strip_with_prefix(&cur, d == HDLM_DETOK_LAMBADA ? "\n" : "", &next);
         text_buf t = cur;
         cur = next;
         next = t;
@@ -237,7 +243,7 @@ int hdlm_detokenize(hdlm_detokenizer d, const char *text, size_t len, char **out
     return 0;
 }
 
-static const char *const names[] = {"none", "wikitext", "ptb", "lm1b", "lambada", "scientific"};
+static const char *const names[] = {"none", "wikitext", "ptb", "lm1b", "lambada", "scientific", "openwebtext"};
 
 int hdlm_detokenizer_parse(const char *name, hdlm_detokenizer *out) {
     for (size_t i = 0; i < COUNT(names); i++)
@@ -249,7 +255,7 @@ int hdlm_detokenizer_parse(const char *name, hdlm_detokenizer *out) {
         *out = HDLM_DETOK_WIKITEXT;
         return 0;
     }
-    return HDLM_FAIL("unknown detokenizer \"%s\" (expected none, wikitext, wt, ptb, lm1b, lambada or scientific)", name);
+    return HDLM_FAIL("unknown detokenizer \"%s\" (expected none, wikitext, wt, ptb, lm1b, lambada, scientific or openwebtext)", name);
 }
 
 const char *hdlm_detokenizer_name(hdlm_detokenizer d) {

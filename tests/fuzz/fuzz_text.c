@@ -22,7 +22,7 @@ static hdlm_tokenizer *tokenizer(void) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 2) return 0;
     static const char *const names[4] = {"input.txt", "input.jsonl", "input.tar", "input.jsonl.gz"};
-    hdlm_detokenizer detok = (hdlm_detokenizer)(data[1] % 6);
+    hdlm_detokenizer detok = (hdlm_detokenizer)(data[1] % (HDLM_DETOK_OPENWEBTEXT + 1));
     const char *path = fuzz_file(names[data[0] % 4], data + 2, size - 2);
     hdlm_text_inputs in = {0};
     if (hdlm_text_inputs_add(&in, path, detok, 0) != 0) return 0;

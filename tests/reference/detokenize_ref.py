@@ -58,7 +58,8 @@ def lambada(s):
 
 
 RULES = {"wikitext": wikitext, "ptb": ptb, "lm1b": lm1b, "lambada": lambada, "none": lambda s: s,
-         "scientific": lambda s: lm1b(wikitext(s))}
+         "scientific": lambda s: lm1b(wikitext(s)),
+         "openwebtext": lambda s: re.sub("\n\n\n+", "\n\n", s).strip()}
 
 with open(sys.argv[1], encoding="utf-8") as fin, open(sys.argv[2], "w", encoding="utf-8") as fout:
     for line in fin:

@@ -75,7 +75,7 @@ static void usage(FILE *f) {
             "  --val-fraction F       each document goes to validation with probability F, by a hash of its index\n"
             "  --val-seed S           seed of that hash (default 0)\n"
             "  --split validation     every input goes to validation (a validation-only set); default: train\n"
-            "  --detokenizer NAME     none|wikitext|ptb|lm1b|lambada|scientific, for the inputs that follow it\n"
+            "  --detokenizer NAME     none|wikitext|ptb|lm1b|lambada|scientific|openwebtext, for the inputs after it\n"
             "  --text-field NAME      JSONL field holding the document (default text)\n"
             "  --on-error stop|skip   malformed JSONL line, invalid UTF-8 or an unreadable archive inside an archive:\n"
             "                         stop (default) or warn, skip and count\n"
