@@ -1,6 +1,7 @@
 // hdlm-prep prepare on archives and compressed files made here with tar, xz, gzip, zstd and bzip2: an
 // OpenWebText-shaped archive (outer .tar.xz of inner .xz tars of .txt documents) and its other compressions give the
-// same shards as the unpacked files; compressed JSONL as plain JSONL; standard input; the work units not changing
+// same shards as the unpacked files, sorted by name whatever the archive order (or in archive order on request);
+// compressed JSONL as plain JSONL; standard input; the work units not changing
 // the result; each bad input (corrupt or truncated archive, inner archive that is not a tar, non-UTF-8 member,
 // zero-length member or inner archive) named by archive and member, skipped and counted with --on-error skip, and
 // nothing half-written left behind; an unfinished output refused by the dataset reader.
@@ -44,7 +45,12 @@ static void make_corpus(const char *dir) {
         "(cd gz && tar --sort=name -cf - openwebtext) | gzip > openwebtext.tar.gz; "
         "(cd zst && tar --sort=name -cf - openwebtext) | zstd -q > openwebtext.tar.zst; "
         "gzip -c docs.jsonl > docs.jsonl.gz; xz -c docs.jsonl > docs.jsonl.xz; zstd -q -c docs.jsonl > docs.jsonl.zst; "
-        "bzip2 -c docs.jsonl > docs.jsonl.bz2",
+        "bzip2 -c docs.jsonl > docs.jsonl.bz2; "
+        // Members stored out of name order: inner archives 2, 0, 1 and documents in reverse.
+        "mkdir -p rev/openwebtext; for i in 0 1 2; do "
+        "(cd owt/in$i && tar -cf - $(ls -r)) | xz > rev/openwebtext/urlsf_subset0$i-1_data.xz; done; "
+        "(cd rev && tar -cf - openwebtext/urlsf_subset02-1_data.xz openwebtext/urlsf_subset00-1_data.xz "
+        "openwebtext/urlsf_subset01-1_data.xz) | xz > unsorted.tar.xz",
         dir);
     assert_int_equal(rc, 0);
 }
@@ -69,7 +75,8 @@ static void test_archives_match_unpacked(void **state) {
     assert_int_equal(test_run("cd '%s' && " PREP " --out ref owt/in0 owt/in1 owt/in2 > ref.log 2>&1", dir), 0);
     assert_log(dir, "ref.log", "documents: 12 (train 12, validation 0)");
     const char *inputs[] = {"openwebtext.tar.xz", "openwebtext.tar.gz", "openwebtext.tar.zst", "owt/openwebtext",
-                            "docs.jsonl", "docs.jsonl.gz", "docs.jsonl.xz", "docs.jsonl.zst", "docs.jsonl.bz2"};
+                            "unsorted.tar.xz", "docs.jsonl", "docs.jsonl.gz", "docs.jsonl.xz", "docs.jsonl.zst",
+                            "docs.jsonl.bz2"};
     for (size_t i = 0; i < sizeof inputs / sizeof *inputs; i++) {
         int rc = test_run("cd '%s' && " PREP " --out out%zu %s > out%zu.log 2>&1", dir, i, inputs[i], i);
         char out[4200], ref[4200];
@@ -82,6 +89,17 @@ static void test_archives_match_unpacked(void **state) {
         assert_int_equal(rc, 0);
         assert_int_equal(same_output(out, ref), 0);
     }
+    // --member-order stored: archive order (inner archives 2, 0, 1, documents reversed), the same documents.
+    assert_int_equal(test_run("cd '%s' && " PREP " --member-order stored --out stored unsorted.tar.xz > stored.log 2>&1 "
+                              "&& ! cmp -s stored/train_000000.bin ref/train_000000.bin",
+                              dir),
+                     0);
+    assert_log(dir, "stored.log", "documents: 12 (train 12, validation 0)");
+    assert_int_equal(test_run("cd '%s' && for i in 2 0 1; do ls -r owt/in$i | sed \"s|^|owt/in$i/|\"; done > order && "
+                              PREP " --out stored_ref $(cat order) > /dev/null 2>&1 && "
+                              "cmp stored/train_000000.bin stored_ref/train_000000.bin",
+                              dir),
+                     0);
     // Work units down to 50 bytes (every member and line its own unit) change nothing.
     assert_int_equal(test_run("cd '%s' && " PREP " --unit-bytes 50 --out small openwebtext.tar.xz docs.jsonl.gz "
                               "owt/in1 > small.log 2>&1 && " PREP " --out big openwebtext.tar.xz docs.jsonl.gz owt/in1 "
@@ -134,8 +152,8 @@ static void test_archive_errors(void **state) {
         {"notatar.tar", "notatar.tar, member inner.xz: not a tar archive", 2, "malformed or unreadable: 1 (skipped)"},
         {"zeroinner.tar", "zeroinner.tar, member zero.xz: not a tar archive", 2, "malformed or unreadable: 1 (skipped)"},
         {"cutinner.tar", "cutinner.tar, member cut.xz: ", 2, "malformed or unreadable: 1 (skipped)"},
-        {"truncated.tar.xz", "truncated.tar.xz, member big.txt: ", -1, NULL},
-        {"corrupt.tar.xz", "corrupt.tar.xz, member big.txt: ", -1, NULL},
+        {"truncated.tar.xz", "truncated.tar.xz: after member big.txt: ", -1, NULL},
+        {"corrupt.tar.xz", "corrupt.tar.xz: after member big.txt: ", -1, NULL},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         // A failure leaves nothing: neither the folder it made, nor shards or the temporary folder in an existing one.

@@ -7,20 +7,27 @@
 //   NAME.jsonl.gz|.xz|.zst|.bz2
 //   NAME.tar, NAME.tar.gz|.xz|.zst|.bz2, .tgz, .txz, .tbz2, and any other NAME.gz|.xz|.zst|.bz2: a tar archive whose
 //                                   members are read by the same rules, recursively (OpenWebText: an outer .tar.xz of
-//                                   inner .xz tars of .txt documents); members in archive order
+//                                   inner .xz tars of .txt documents)
 //   a directory                     its entries by the same rules, recursively, names sorted bytewise
 //   -                               standard input: a tar archive or JSONL, compressed or not (one rank only)
 // Inside directories and archives, entries that match none of the rules, and hidden ones, are ignored and counted.
 // Archives and compression go through libarchive, streamed: nothing is unpacked to disk.
 //
+// Order: the inputs in the order given; a directory's entries and an archive's members sorted by name (bytewise),
+// so the documents do not depend on how an archive was made (the OpenWebText loader of the reference sorts the
+// same way). Sorting a file's top-level members costs one extra pass over its headers; a nested archive's documents
+// are held in memory while it is read. HDLM_TEXT_ORDER_STORED reads members in archive order instead (one pass,
+// nothing held; standard input is always read so).
+//
 // Splitting the work (the result does not depend on it): the inputs form segments, a run of consecutive uncompressed
 // files (.txt, .jsonl, others) being one segment and every compressed file or archive its own. A segment's content is
 // cut into units of `unit_bytes`: a document belongs to the unit holding its first byte, counted in the segment's
 // uncompressed content (the concatenation of the run's files; a tar's member data in order, a member that is itself
-// an archive counting as one piece at its start). Unit u of segment s belongs to reader (s + u) mod world. Units in
-// (segment, unit) order are corpus order, so readers' outputs concatenated unit by unit give every document exactly
-// once, in input order. A reader seeks to its units in uncompressed files; it decompresses a compressed segment whole
-// but skips other readers' members without decompressing them (OpenWebText's inner archives).
+// an archive counting as one piece at its start). Unit u of segment s belongs to reader (s + u) mod world. Each
+// document carries a key (segment, then the unit, or in sorted archives the member's place in the sorted order):
+// documents in key order are corpus order, and one key's documents are read by one reader, consecutively. A reader
+// seeks to its units in uncompressed files; it decompresses a compressed segment whole but skips other readers'
+// members without decompressing them (OpenWebText's inner archives).
 #ifndef HDLM_TEXTSOURCE_H
 #define HDLM_TEXTSOURCE_H
 
@@ -67,7 +74,7 @@ typedef struct {
     char *text;         // malloc'ed, NUL-terminated
     size_t len;
     size_t file;        // index into the inputs
-    uint64_t unit;      // (segment << 40) | unit within the segment: increasing in corpus order
+    uint64_t key;       // (segment << 40) | place in the segment: corpus order (see the top of this file)
     uint64_t offset;    // byte offset of the document (JSONL: its line) in its file or archive member
     uint64_t line;      // JSONL: 1-based line number when known (streams), else 0
     char *member;       // archive member path, nested members joined by " > "; NULL outside archives
@@ -77,12 +84,20 @@ void hdlm_text_doc_free(hdlm_text_doc *doc);
 
 typedef struct hdlm_text_reader hdlm_text_reader;
 
-// A reader of the documents of the units that belong to `rank` of `world` (unit_bytes 0 = HDLM_TEXT_UNIT_BYTES).
-// text_field: the JSONL field. skip_bad: a malformed JSONL line (invalid JSON, not an object, field missing or not a
-// string) or an unreadable archive inside an archive is reported on stderr and skipped (counted) when set; otherwise
-// it is an error. A corrupt or truncated input file is always an error.
-int hdlm_text_reader_open(hdlm_text_reader **out, const hdlm_text_inputs *in, int rank, int world, uint64_t unit_bytes,
-                          const char *text_field, int skip_bad);
+typedef enum { HDLM_TEXT_ORDER_SORTED = 0, HDLM_TEXT_ORDER_STORED = 1 } hdlm_text_order;
+
+typedef struct {
+    uint64_t unit_bytes;      // 0 = HDLM_TEXT_UNIT_BYTES
+    const char *text_field;   // the JSONL field (NULL = "text")
+    int skip_bad;             // a malformed JSONL line (invalid JSON, not an object, field missing or not a string)
+                              // or an unreadable archive inside an archive is reported on stderr and skipped
+                              // (counted); otherwise it is an error. A corrupt input file is always an error.
+    hdlm_text_order order;    // of archive members
+} hdlm_text_read_options;
+
+// A reader of the documents of the units that belong to `rank` of `world`.
+int hdlm_text_reader_open(hdlm_text_reader **out, const hdlm_text_inputs *in, int rank, int world,
+                          const hdlm_text_read_options *options);
 // 1: *doc holds the next document (free it with hdlm_text_doc_free); 0: no more; -1: error (message recorded).
 int hdlm_text_reader_next(hdlm_text_reader *r, hdlm_text_doc *doc);
 // Malformed lines and unreadable inner archives skipped so far.

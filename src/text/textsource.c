@@ -184,8 +184,8 @@ struct hdlm_text_reader {
     size_t where_cap;
 };
 
-int hdlm_text_reader_open(hdlm_text_reader **out, const hdlm_text_inputs *in, int rank, int world, uint64_t unit_bytes,
-                          const char *text_field, int skip_bad) {
+int hdlm_text_reader_open(hdlm_text_reader **out, const hdlm_text_inputs *in, int rank, int world,
+                          const hdlm_text_read_options *options) {
     *out = NULL;
     HDLM_CHECK(world >= 1 && rank >= 0 && rank < world, "reader %d of %d", rank, world);
     for (size_t i = 0; i < in->count; i++)
@@ -193,8 +193,15 @@ int hdlm_text_reader_open(hdlm_text_reader **out, const hdlm_text_inputs *in, in
                    "standard input (-) can be read by one rank only; run without mpirun or give the file");
     HDLM_CHECK(in->segment_count < (1u << 23), "too many input segments (%zu)", in->segment_count);
     hdlm_text_reader *r = hdlm_calloc(1, sizeof *r);
-    r->c = (text_context){in, rank, world, unit_bytes ? unit_bytes : HDLM_TEXT_UNIT_BYTES, hdlm_strdup(text_field),
-                          skip_bad, 0, 0};
+    r->c = (text_context){in,
+                          rank,
+                          world,
+                          options->unit_bytes ? options->unit_bytes : HDLM_TEXT_UNIT_BYTES,
+                          hdlm_strdup(options->text_field ? options->text_field : "text"),
+                          options->skip_bad,
+                          options->order,
+                          0,
+                          0};
     r->where_file = SIZE_MAX;
     *out = r;
     return 0;
@@ -290,7 +297,7 @@ static int jsonl_next(hdlm_text_reader *r, hdlm_text_doc *doc) {
         while (len > 0 && (r->line[len - 1] == '\n' || r->line[len - 1] == '\r')) len--;
         r->line[len] = '\0';
         char why[256];
-        *doc = (hdlm_text_doc){.file = r->file, .unit = text_unit_key(r->segment, r->unit), .offset = line_offset};
+        *doc = (hdlm_text_doc){.file = r->file, .key = text_key(r->segment, r->unit), .offset = line_offset};
         if (len == 0) snprintf(why, sizeof why, "empty line, expected a JSON object");
         else if (text_jsonl_parse(r->c.field, r->line, len, doc, why, sizeof why)) return 1;
         HDLM_TRY(text_bad(&r->c, hdlm_text_reader_where(r, doc), why, "line skipped"));
@@ -304,7 +311,7 @@ static int run_next(hdlm_text_reader *r, const hdlm_text_segment *seg, hdlm_text
         if (f->offset >= r->hi) break;
         if (f->format == HDLM_TEXT_PLAIN) {
             if (f->offset < r->lo) continue;
-            *doc = (hdlm_text_doc){.file = r->file, .unit = text_unit_key(r->segment, r->unit)};
+            *doc = (hdlm_text_doc){.file = r->file, .key = text_key(r->segment, r->unit)};
             r->file++;
             HDLM_TRY(hdlm_read_file(f->path, &doc->text, &doc->len));
             return 1;

@@ -15,6 +15,7 @@ typedef struct {
     uint64_t unit_bytes;
     const char *field;
     int skip_bad;
+    hdlm_text_order order;
     uint64_t skipped, ignored;
 } text_context;
 
@@ -23,7 +24,8 @@ static inline int text_unit_is_mine(const text_context *c, uint64_t segment, uin
     return (segment + unit) % (uint64_t)c->world == (uint64_t)c->rank;
 }
 
-static inline uint64_t text_unit_key(uint64_t segment, uint64_t unit) { return segment << 40 | unit; }
+// A document's key: its segment, then its place there (a unit, or a sorted archive's member index).
+static inline uint64_t text_key(uint64_t segment, uint64_t place) { return segment << 40 | place; }
 
 // Format of a name by the rules of hdlm/textsource.h; 0 when no rule matches.
 int text_classify(const char *name, hdlm_text_format *format, int *compressed);

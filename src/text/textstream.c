@@ -1,6 +1,8 @@
-// Compressed files, tar archives (nested) and standard input through libarchive, streamed (rules and the split of
-// the work in include/hdlm/textsource.h). A stack of open archives: level 0 is the input file, level k + 1 an archive
-// member of level k read through a callback on level k's data.
+// Compressed files, tar archives (nested) and standard input through libarchive, streamed (rules, order and the split
+// of the work in include/hdlm/textsource.h). A stack of open archives: level 0 is the input file, level k + 1 an
+// archive member of level k read through a callback on level k's data. Sorted order: level 0's members are listed
+// and sorted in a first pass over its headers (each member then has its sorted place and position); the documents of
+// an archive inside it are collected while it is read and handed out sorted when it is done.
 #include "textsource_internal.h"
 
 #include "hdlm/common.h"
@@ -25,6 +27,8 @@ typedef struct {
     uint64_t entry_read;          // bytes of the current entry consumed
     uint64_t entry_size;          // its size as the archive records it (0: unknown)
     uint64_t line_no;
+    size_t entry_index;           // level 0: the current entry's index in archive order
+    uint64_t entry_key;           // level 0: the key of its documents (a JSONL member in stored order: per line)
     char *buf;                    // read-ahead for lines
     size_t buf_len, buf_pos;
     void *child_buf;              // what a child archive reads from this level's data
@@ -41,6 +45,16 @@ struct text_stream {
     char *where;                  // for messages
     size_t where_cap;
     char why[1024];               // level_open's reason for a failure
+    // Sorted order. Level 0's members by archive index: place in the sorted order, content bytes before them there.
+    size_t listed;
+    uint64_t *sorted_place, *sorted_pos;
+    // Documents of the archive being read inside level 0, each with its member names below level 0 (to sort by).
+    struct pending {
+        hdlm_text_doc doc;
+        char *sort_name;
+        size_t seq;
+    } *pending;
+    size_t pending_n, pending_cap, pending_next;
 };
 
 static const char *archive_message(struct archive *a) {
@@ -194,13 +208,106 @@ static int fail_level(text_stream *s, int depth, const char *reason) {
     return 0;
 }
 
+typedef struct {
+    const char *name;
+    size_t index;
+} named;
+
+static int compare_named(const void *a, const void *b) {
+    const named *x = a, *y = b;
+    int c = strcmp(x->name, y->name);
+    return c ? c : (x->index > y->index) - (x->index < y->index);
+}
+
+// Sorted order, level 0: one pass over the headers of the input file gives every member its place in the sorted
+// order and the content bytes before it there (which decide its unit).
+static int list_members(text_stream *s) {
+    struct archive *a = archive_read_new();
+    archive_read_support_filter_all(a);
+    archive_read_support_format_tar(a);
+    char **names = NULL;
+    uint64_t *sizes = NULL;
+    size_t n = 0, cap = 0;
+    int rc = archive_read_open_filename(a, s->f->path, READ_BYTES);
+    struct archive_entry *e;
+    while (rc == ARCHIVE_OK || rc == ARCHIVE_WARN) {
+        rc = archive_read_next_header(a, &e);
+        if (rc != ARCHIVE_OK && rc != ARCHIVE_WARN) break;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 1024;
+            names = hdlm_realloc(names, cap * sizeof *names);
+            sizes = hdlm_realloc(sizes, cap * sizeof *sizes);
+        }
+        const char *path = archive_entry_pathname(e);
+        names[n] = hdlm_strdup(path ? path : "(unnamed)");
+        sizes[n++] = archive_entry_size_is_set(e) && archive_entry_size(e) > 0 ? (uint64_t)archive_entry_size(e) : 0;
+    }
+    int ok = rc == ARCHIVE_EOF;
+    if (!ok)   // the header after the last member listed is unreadable: that member's data is damaged, or the file
+        snprintf(s->why, sizeof s->why, "%s%s%s", n ? "after member " : "", n ? names[n - 1] : "", n ? ": " : "");
+    if (!ok) snprintf(s->why + strlen(s->why), sizeof s->why - strlen(s->why), "%s", archive_message(a));
+    archive_read_free(a);
+    if (ok) {
+        named *order = hdlm_malloc((n + 1) * sizeof *order);
+        for (size_t i = 0; i < n; i++) order[i] = (named){names[i], i};
+        qsort(order, n, sizeof *order, compare_named);
+        s->sorted_place = hdlm_malloc((n + 1) * sizeof *s->sorted_place);
+        s->sorted_pos = hdlm_malloc((n + 1) * sizeof *s->sorted_pos);
+        uint64_t pos = 0;
+        for (size_t k = 0; k < n; k++) {
+            s->sorted_place[order[k].index] = k;
+            s->sorted_pos[order[k].index] = pos;
+            pos += sizes[order[k].index];
+        }
+        s->listed = n;
+        free(order);
+    }
+    for (size_t i = 0; i < n; i++) free(names[i]);
+    free(names);
+    free(sizes);
+    return ok ? 0 : fail_level(s, 0, s->why);
+}
+
+// Sorted order: a document read inside an archive within level 0 waits until that archive is done.
+static void pending_push(text_stream *s, hdlm_text_doc *doc) {
+    if (s->pending_n == s->pending_cap)
+        s->pending = hdlm_realloc(s->pending, (s->pending_cap = s->pending_cap ? 2 * s->pending_cap : 256) *
+                                                  sizeof *s->pending);
+    size_t need = 1;
+    for (int k = 1; k < s->depth; k++) need += s->levels[k].name ? strlen(s->levels[k].name) + 1 : 0;
+    char *name = hdlm_malloc(need);
+    size_t n = 0;
+    for (int k = 1; k < s->depth; k++)   // the member names, level by level; \x01 sorts before any name byte
+        if (s->levels[k].name) n += (size_t)snprintf(name + n, need - n, "%s%s", n ? "\x01" : "", s->levels[k].name);
+    name[n] = '\0';
+    s->pending[s->pending_n] = (struct pending){*doc, name, s->pending_n};
+    s->pending_n++;
+    memset(doc, 0, sizeof *doc);
+}
+
+static int compare_pending(const void *a, const void *b) {
+    const struct pending *x = a, *y = b;
+    int c = strcmp(x->sort_name, y->sort_name);
+    return c ? c : (x->seq > y->seq) - (x->seq < y->seq);
+}
+
+static void pending_clear(text_stream *s) {
+    for (size_t i = s->pending_next; i < s->pending_n; i++) {
+        hdlm_text_doc_free(&s->pending[i].doc);
+        free(s->pending[i].sort_name);
+    }
+    s->pending_n = s->pending_next = 0;
+}
+
 int text_stream_open(text_stream **out, text_context *c, size_t file) {
     text_stream *s = hdlm_calloc(1, sizeof *s);
     s->c = c;
     s->file = file;
     s->f = &c->in->files[file];
     *out = s;
-    return level_open(s, 0, s->f->format == HDLM_TEXT_TAR, s->f->format) == 0 ? 0 : fail_level(s, 0, s->why);
+    int tar = s->f->format == HDLM_TEXT_TAR;
+    if (tar && c->order == HDLM_TEXT_ORDER_SORTED && strcmp(s->f->path, "-") != 0) HDLM_TRY(list_members(s));
+    return level_open(s, 0, tar, s->f->format) == 0 ? 0 : fail_level(s, 0, s->why);
 }
 
 uint64_t text_stream_position(const text_stream *s) {
@@ -210,15 +317,19 @@ uint64_t text_stream_position(const text_stream *s) {
 void text_stream_close(text_stream *s) {
     if (!s) return;
     pop_to(s, 0);
+    pending_clear(s);
+    free(s->pending);
+    free(s->sorted_place);
+    free(s->sorted_pos);
     free(s->line);
     free(s->where);
     free(s);
 }
 
 // Where the document or JSONL line just read from the current entry of level `depth` comes from.
-static void set_origin(text_stream *s, int depth, uint64_t unit, uint64_t offset, uint64_t line, hdlm_text_doc *doc) {
+static void set_origin(text_stream *s, int depth, uint64_t key, uint64_t offset, uint64_t line, hdlm_text_doc *doc) {
     doc->file = s->file;
-    doc->unit = unit;
+    doc->key = key;
     doc->offset = offset;
     doc->line = line;
     doc->member = member_path(s, depth + 1);
@@ -226,19 +337,20 @@ static void set_origin(text_stream *s, int depth, uint64_t unit, uint64_t offset
 
 // Reads on in the entry being read at level `depth`: 1 = document, 0 = entry done, -1 = error.
 static int entry_next(text_stream *s, int depth, hdlm_text_doc *doc) {
-    level *L = &s->levels[depth], *top = &s->levels[0];
-    uint64_t segment = s->f->segment;
+    level *L = &s->levels[depth];
+    uint64_t segment = s->f->segment, key = s->levels[0].entry_key;   // inside level 0's member: its key
     if (L->format == HDLM_TEXT_PLAIN) {
         L->reading = 0;
-        uint64_t unit = (depth == 0 ? L->entry_start : top->entry_start) / s->c->unit_bytes;
         memset(doc, 0, sizeof *doc);
         if (level_read_all(L, L->entry_size, &doc->text, &doc->len) != 0) {
             HDLM_TRY(fail_level(s, depth, archive_message(L->a)));
             return 0;
         }
-        set_origin(s, depth, text_unit_key(segment, unit), 0, 0, doc);
+        set_origin(s, depth, key, 0, 0, doc);
         return 1;
     }
+    // A JSONL file at level 0 in stored order (or compressed, no members): each line's position decides its unit.
+    int per_line = depth == 0 && (L->raw || s->listed == 0);
     for (;;) {
         size_t len;
         int rc = level_getline(s, L, &len);
@@ -252,16 +364,18 @@ static int entry_next(text_stream *s, int depth, hdlm_text_doc *doc) {
         }
         uint64_t offset = L->entry_read, line = ++L->line_no;
         L->entry_read += len;
-        // Level 0: the line's own position decides its unit; deeper: the top-level member's (already ours).
-        uint64_t unit = (depth == 0 ? L->entry_start + offset : top->entry_start) / s->c->unit_bytes;
-        if (depth == 0 && !text_unit_is_mine(s->c, segment, unit)) continue;
+        if (per_line) {
+            uint64_t unit = (L->entry_start + offset) / s->c->unit_bytes;
+            if (!text_unit_is_mine(s->c, segment, unit)) continue;
+            key = text_key(segment, unit);
+        }
         while (len > 0 && (s->line[len - 1] == '\n' || s->line[len - 1] == '\r')) len--;
         s->line[len] = '\0';
         char why[256];
         memset(doc, 0, sizeof *doc);
         if (len == 0) snprintf(why, sizeof why, "empty line, expected a JSON object");
         else if (text_jsonl_parse(s->c->field, s->line, len, doc, why, sizeof why)) {
-            set_origin(s, depth, text_unit_key(segment, unit), offset, line, doc);
+            set_origin(s, depth, key, offset, line, doc);
             return 1;
         }
         HDLM_TRY(text_bad(s->c, stream_where(s, depth + 1, line), why, "line skipped"));
@@ -271,10 +385,22 @@ static int entry_next(text_stream *s, int depth, hdlm_text_doc *doc) {
 int text_stream_next(text_stream *s, hdlm_text_doc *doc) {
     uint64_t segment = s->f->segment;
     while (s->depth > 0) {
+        if (s->depth == 1 && s->pending_next < s->pending_n) {   // an archive inside level 0 is done: its documents
+            if (s->pending_next == 0) qsort(s->pending, s->pending_n, sizeof *s->pending, compare_pending);
+            struct pending *p = &s->pending[s->pending_next++];
+            *doc = p->doc;
+            free(p->sort_name);
+            if (s->pending_next == s->pending_n) s->pending_n = s->pending_next = 0;
+            return 1;
+        }
         int depth = s->depth - 1;
         level *L = &s->levels[depth];
         if (L->reading) {
             int rc = entry_next(s, depth, doc);
+            if (rc == 1 && depth > 0 && s->c->order == HDLM_TEXT_ORDER_SORTED) {
+                pending_push(s, doc);
+                continue;
+            }
             if (rc != 0) return rc;
             continue;
         }
@@ -300,6 +426,7 @@ int text_stream_next(text_stream *s, hdlm_text_doc *doc) {
             L->raw_done = 1;
             L->format = L->raw ? L->raw_format : HDLM_TEXT_JSONL;
             L->entry_start = 0;
+            L->entry_key = text_key(segment, 0);
             // A whole compressed file is one piece at position 0 of its segment; its JSONL lines decide one by one.
             L->reading = depth > 0 || L->format == HDLM_TEXT_JSONL || text_unit_is_mine(s->c, segment, 0);
             continue;
@@ -308,9 +435,12 @@ int text_stream_next(text_stream *s, hdlm_text_doc *doc) {
         L->name = hdlm_strdup(path ? path : "(unnamed)");
         uint64_t size = archive_entry_size_is_set(e) && archive_entry_size(e) > 0 ? (uint64_t)archive_entry_size(e) : 0;
         L->entry_size = size;
-        if (depth == 0) {
-            L->entry_start = L->content_pos;
+        if (depth == 0) {   // the member's position (sorted or archive order) decides its unit and key
+            size_t i = L->entry_index++;
+            HDLM_CHECK(s->listed == 0 || i < s->listed, "%s changed while it was read", s->f->path);
+            L->entry_start = s->listed ? s->sorted_pos[i] : L->content_pos;
             L->content_pos += size;
+            L->entry_key = text_key(segment, s->listed ? s->sorted_place[i] : L->entry_start / s->c->unit_bytes);
         }
         if (archive_entry_filetype(e) == AE_IFDIR) continue;
         const char *base = strrchr(L->name, '/');
@@ -322,8 +452,9 @@ int text_stream_next(text_stream *s, hdlm_text_doc *doc) {
             s->c->ignored++;
             continue;
         }
-        // Level 0: a member that starts in another reader's unit is skipped unread (JSONL lines decide one by one).
-        if (depth == 0 && format != HDLM_TEXT_JSONL &&
+        // Level 0: a member that starts in another reader's unit is skipped unread (JSONL lines in archive order
+        // decide one by one).
+        if (depth == 0 && (format != HDLM_TEXT_JSONL || s->listed) &&
             !text_unit_is_mine(s->c, segment, L->entry_start / s->c->unit_bytes))
             continue;
         if (format == HDLM_TEXT_TAR || compressed) {

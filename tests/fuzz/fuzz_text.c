@@ -27,7 +27,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     hdlm_text_inputs in = {0};
     if (hdlm_text_inputs_add(&in, path, detok, 0) != 0) return 0;
     hdlm_text_reader *r;
-    if (hdlm_text_reader_open(&r, &in, 0, 1, 0, "text", 1) == 0) {
+    hdlm_text_read_options options = {.skip_bad = 1, .order = (hdlm_text_order)(data[0] >> 2 & 1)};
+    if (hdlm_text_reader_open(&r, &in, 0, 1, &options) == 0) {
         hdlm_text_doc doc;
         while (hdlm_text_reader_next(r, &doc) == 1) {
             char *clean;

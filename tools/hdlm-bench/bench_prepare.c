@@ -156,7 +156,8 @@ static int read_only(const char *path, double *seconds, size_t *docs, size_t *by
     hdlm_text_inputs in = {0};
     HDLM_TRY(hdlm_text_inputs_add(&in, path, HDLM_DETOK_NONE, 0));
     hdlm_text_reader *r;
-    HDLM_TRY(hdlm_text_reader_open(&r, &in, 0, 1, 0, "text", 0));
+    hdlm_text_read_options options = {0};
+    HDLM_TRY(hdlm_text_reader_open(&r, &in, 0, 1, &options));
     double start = hdlm_time_now();
     *docs = *bytes = 0;
     hdlm_text_doc doc;

@@ -3,10 +3,10 @@
 // MPI plan (the shards are byte-identical for any number of ranks):
 //  1. each rank reads the documents of its units of the inputs (include/hdlm/textsource.h), tokenizes them with
 //     OpenMP threads and appends ids + EOS to a temporary stream, with one flag byte per document and a record per
-//     unit (its key and document count);
-//  2. the units of all ranks, in key order, give every document its global index, which decides its split
-//     (--val-last, --val-fraction); each rank splits its stream into one temporary stream per split;
-//  3. the units' per-split token counts, in key order, place every unit's tokens in the split's global token stream;
+//     run of documents with one key (the key and the document count);
+//  2. the runs of all ranks, in key order (corpus order), give every document its global index, which decides its
+//     split (--val-last, --val-fraction); each rank splits its stream into one temporary stream per split;
+//  3. the runs' per-split token counts, in key order, place every run's tokens in the split's global token stream;
 //     shard k (tokens [kS, (k+1)S)) is written by rank k mod world, reading the ranks' streams that cover it.
 // Until the manifest is written, DIR/.prepare-tmp marks the output as unfinished (the dataset reader refuses it);
 // a failure removes what this run wrote.
@@ -46,6 +46,7 @@ typedef struct {
     const char *vocab_dir, *out_dir, *text_field;
     uint64_t shard_tokens, unit_bytes;
     double progress_seconds;
+    hdlm_text_order order;
     uint64_t val_last;      // 0 = off
     double val_fraction;    // < 0 = off
     uint64_t val_seed;
@@ -82,6 +83,8 @@ static void usage(FILE *f) {
             "  --keep-empty           keep empty documents: a lone EOS, after the detokenizer if any (the reference\n"
             "                         keeps blank WikiText lines); default: skip and count them\n"
             "  --overwrite            replace shards and manifest already in DIR\n"
+            "  --member-order sorted|stored  archive members sorted by name (default; as the reference's\n"
+            "                         OpenWebText loader) or in archive order (one pass, nothing held in memory)\n"
             "  --unit-bytes N         work unit of the split across ranks (default %d; the output does not\n"
             "                         depend on it)\n"
             "  --progress S           progress line every S seconds on long runs (default 10; 0: none)\n",
@@ -105,18 +108,19 @@ typedef struct {
     char *error;   // tokenization failure (invalid UTF-8), reported in order after the parallel part
 } batch_item;
 
-// A unit of the inputs as this rank wrote it: key (textsource.h) and the documents written.
+// A run of documents with one key (include/hdlm/textsource.h) as this rank wrote them. Keys order the corpus; a
+// rank's runs need not come in key order (sorted archive members are read in archive order).
 typedef struct {
     uint64_t key, docs, rule_docs;   // rule_docs: not routed by --val-input
-} unit_record;
+} key_run;
 
 typedef struct {
     FILE *tokens, *flags;
     uint16_t *buf;
     size_t buf_len;
     int64_t stats[STAT_COUNT];
-    unit_record *units;
-    size_t unit_count, unit_cap;
+    key_run *runs;
+    size_t run_count, run_cap;
 } stream_out;
 
 static void write_tokens(FILE *f, const char *path, const uint16_t *t, size_t n) {
@@ -156,14 +160,14 @@ static void flush_batch(batch_item *items, size_t n, const hdlm_text_inputs *inp
             write_tokens(out->tokens, tok_path, out->buf, m + 1);
             unsigned char flag = (unsigned char)inputs->files[it->doc.file].to_validation;
             if (fputc(flag, out->flags) == EOF) HDLM_DIE("cannot write %s.flags: %s", tok_path, strerror(errno));
-            if (out->unit_count == 0 || out->units[out->unit_count - 1].key != it->doc.unit) {
-                if (out->unit_count == out->unit_cap)
-                    out->units = hdlm_realloc(out->units, (out->unit_cap = out->unit_cap ? 2 * out->unit_cap : 64) *
-                                                              sizeof *out->units);
-                out->units[out->unit_count++] = (unit_record){it->doc.unit, 0, 0};
+            if (out->run_count == 0 || out->runs[out->run_count - 1].key != it->doc.key) {
+                if (out->run_count == out->run_cap)
+                    out->runs = hdlm_realloc(out->runs, (out->run_cap = out->run_cap ? 2 * out->run_cap : 64) *
+                                                            sizeof *out->runs);
+                out->runs[out->run_count++] = (key_run){it->doc.key, 0, 0};
             }
-            out->units[out->unit_count - 1].docs++;
-            out->units[out->unit_count - 1].rule_docs += !flag;
+            out->runs[out->run_count - 1].docs++;
+            out->runs[out->run_count - 1].rule_docs += !flag;
             out->stats[STAT_DOCS]++;
             out->stats[STAT_FORCED_VAL] += flag;
             out->stats[STAT_TOKENS] += (int64_t)m + 1;
@@ -265,14 +269,14 @@ static void cleanup_on_failure(void *arg) {
     if (c->created) (void)rmdir(c->out_dir);
 }
 
-// ---- units of all ranks ----
+// ---- the runs of all ranks ----
 
-// Rows of `width` words (the first: a unit key) from every rank, sorted by key, with the rank that wrote each.
+// Rows of `width` words (the first: a key) from every rank, sorted by key, with the rank that wrote each.
 typedef struct {
     uint64_t *rows;
     int *owner;
     size_t count;
-} unit_table;
+} run_table;
 
 typedef struct {
     uint64_t key;
@@ -284,15 +288,15 @@ static int compare_keys(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-static void gather_units(const uint64_t *mine, size_t n, int width, unit_table *t) {
+static void gather_runs(const uint64_t *mine, size_t n, int width, run_table *t) {
     int world = hdlm_world_size();
-    HDLM_ASSERT(n * (size_t)width < (size_t)INT32_MAX, "%zu units", n);
+    HDLM_ASSERT(n * (size_t)width < (size_t)INT32_MAX, "%zu runs", n);
     int count = (int)(n * (size_t)width), *counts = hdlm_calloc((size_t)world, sizeof *counts),
         *displs = hdlm_calloc((size_t)world, sizeof *displs);
     MPI_Allgather(&count, 1, MPI_INT, counts, 1, MPI_INT, MPI_COMM_WORLD);
     size_t total = 0;
     for (int q = 0; q < world; q++) {
-        HDLM_ASSERT(total + (size_t)counts[q] < (size_t)INT32_MAX, "too many units");
+        HDLM_ASSERT(total + (size_t)counts[q] < (size_t)INT32_MAX, "too many runs");
         displs[q] = (int)total;
         total += (size_t)counts[q];
     }
@@ -304,7 +308,7 @@ static void gather_units(const uint64_t *mine, size_t n, int width, unit_table *
     for (int q = 0, row = 0; q < world; q++)
         for (int k = 0; k < counts[q] / width; k++, row++) owner_of[row] = q;
     for (size_t i = 0; i < t->count; i++) order[i] = (key_index){all[i * (size_t)width], i};
-    qsort(order, t->count, sizeof *order, compare_keys);   // keys are unique: a unit is read by one rank
+    qsort(order, t->count, sizeof *order, compare_keys);   // keys are unique: one rank reads a key's documents
     t->rows = hdlm_malloc((total + 1) * sizeof *t->rows);
     t->owner = hdlm_malloc((t->count + 1) * sizeof *t->owner);
     for (size_t i = 0; i < t->count; i++) {
@@ -314,7 +318,7 @@ static void gather_units(const uint64_t *mine, size_t n, int width, unit_table *
     free(order), free(owner_of), free(all), free(counts), free(displs);
 }
 
-static void unit_table_free(unit_table *t) {
+static void run_table_free(run_table *t) {
     free(t->rows);
     free(t->owner);
     memset(t, 0, sizeof *t);
@@ -326,7 +330,7 @@ typedef struct {
     uint64_t tokens, docs, checksum;
 } shard_record;
 
-// Where a unit's tokens of each split are: in the split's stream, and in its owner's temporary split stream.
+// Where a run's tokens of each split are: in the split's stream, and in its owner's temporary split stream.
 typedef struct {
     int owner;
     uint64_t tokens[SPLITS], offset[SPLITS], file_offset[SPLITS];
@@ -334,7 +338,7 @@ typedef struct {
 
 // Writes shard k of `split`: tokens [k*S, min((k+1)*S, total)) of the split stream, read from the ranks' streams.
 static void write_shard(const prepare_options *opt, const char *tmp_dir, int split, uint64_t k, uint64_t total,
-                        const placement *units, size_t n_units, shard_record *rec) {
+                        const placement *runs, size_t n_runs, shard_record *rec) {
     char path[8192], src[8192];
     snprintf(path, sizeof path, "%s/%s_%06llu.bin", opt->out_dir, split_names[split], (unsigned long long)k);
     uint64_t a = k * opt->shard_tokens, b = a + opt->shard_tokens < total ? a + opt->shard_tokens : total;
@@ -342,15 +346,15 @@ static void write_shard(const prepare_options *opt, const char *tmp_dir, int spl
     HDLM_MUST(hdlm_shard_writer_open(&w, path, HDLM_GPT2_VOCAB));
     uint16_t *buf = hdlm_malloc(IO_TOKENS * sizeof *buf);
     uint64_t docs = 0;
-    size_t lo_unit = 0, hi_unit = n_units;   // the first unit that ends after a
-    while (lo_unit < hi_unit) {
-        size_t mid = lo_unit + (hi_unit - lo_unit) / 2;
-        if (units[mid].offset[split] + units[mid].tokens[split] > a) hi_unit = mid;
-        else lo_unit = mid + 1;
+    size_t lo_run = 0, hi_run = n_runs;   // the first run that ends after a
+    while (lo_run < hi_run) {
+        size_t mid = lo_run + (hi_run - lo_run) / 2;
+        if (runs[mid].offset[split] + runs[mid].tokens[split] > a) hi_run = mid;
+        else lo_run = mid + 1;
     }
     int fd = -1, fd_owner = -1;
-    for (size_t u = lo_unit; u < n_units && units[u].offset[split] < b; u++) {
-        const placement *p = &units[u];
+    for (size_t u = lo_run; u < n_runs && runs[u].offset[split] < b; u++) {
+        const placement *p = &runs[u];
         uint64_t lo = p->offset[split] > a ? p->offset[split] : a;
         uint64_t hi = p->offset[split] + p->tokens[split] < b ? p->offset[split] + p->tokens[split] : b;
         if (lo >= hi) continue;
@@ -450,8 +454,10 @@ static int goes_to_validation(const prepare_options *opt, uint64_t index, uint64
     return 0;
 }
 
-// Splits this rank's stream into one stream per split, unit by unit; first_index[u]: the global index of unit u's
-// first rule document. Returns per unit its per-split tokens and documents: rows (key, tokens[2], docs[2]).
+// Splits this rank's stream into one stream per split, run by run; first_index[u]: the global index of run u's first
+// rule document. Returns per run: key, tokens[2], documents[2], and where its tokens start in this rank's split
+// streams (file_offset[2]).
+enum { RUN_ROW = 7 };
 static uint64_t *split_stream(const prepare_options *opt, const char *tok_path, const char *tmp_dir, int rank,
                               const stream_out *st, const uint64_t *first_index, uint64_t total_rule_docs) {
     char flags_path[8300], out_path[SPLITS][8192];
@@ -461,31 +467,33 @@ static uint64_t *split_stream(const prepare_options *opt, const char *tok_path, 
         snprintf(out_path[s], sizeof out_path[s], "%s/r%d.%s.tok", tmp_dir, rank, split_names[s]);
         out[s] = open_or_die(out_path[s], "wb");
     }
-    uint64_t *rows = hdlm_calloc(st->unit_count * 5 + 1, sizeof *rows);
+    uint64_t *rows = hdlm_calloc(st->run_count * RUN_ROW + 1, sizeof *rows), written[SPLITS] = {0};
     uint16_t *buf = hdlm_malloc(IO_TOKENS * sizeof *buf);
     size_t u = 0;
-    uint64_t docs_in_unit = 0, rule_in_unit = 0;
+    uint64_t docs_in_run = 0, rule_in_run = 0;
     int split = -1;   // split of the current document; -1 = at a document start
     size_t n;
     while ((n = fread(buf, sizeof *buf, IO_TOKENS, in)) > 0) {
         size_t i = 0;
         while (i < n) {
             if (split < 0) {
-                while (u < st->unit_count && docs_in_unit == st->units[u].docs) u++, docs_in_unit = rule_in_unit = 0;
+                while (u < st->run_count && docs_in_run == st->runs[u].docs) u++, docs_in_run = rule_in_run = 0;
                 int flag = fgetc(flags);
-                if (flag == EOF || u == st->unit_count) HDLM_DIE("%s: more documents than recorded", tok_path);
-                if (docs_in_unit == 0) rows[5 * u] = st->units[u].key;
-                docs_in_unit++;
+                if (flag == EOF || u == st->run_count) HDLM_DIE("%s: more documents than recorded", tok_path);
+                uint64_t *row = &rows[RUN_ROW * u];
+                if (docs_in_run == 0) row[0] = st->runs[u].key, row[5] = written[0], row[6] = written[1];
+                docs_in_run++;
                 split = flag ? SPLIT_VALIDATION
-                             : goes_to_validation(opt, first_index[u] + rule_in_unit++, total_rule_docs) ? SPLIT_VALIDATION
-                                                                                                       : SPLIT_TRAIN;
-                rows[5 * u + 3 + split]++;
+                             : goes_to_validation(opt, first_index[u] + rule_in_run++, total_rule_docs) ? SPLIT_VALIDATION
+                                                                                                     : SPLIT_TRAIN;
+                row[3 + split]++;
             }
             size_t j = i;
             while (j < n && buf[j] != HDLM_TOKEN_EOT) j++;
             size_t end = j < n ? j + 1 : n;   // include the EOS
             write_tokens(out[split], out_path[split], buf + i, end - i);
-            rows[5 * u + 1 + split] += end - i;
+            rows[RUN_ROW * u + 1 + split] += end - i;
+            written[split] += end - i;
             if (j < n) split = -1;
             i = end;
         }
@@ -515,7 +523,7 @@ int prep_prepare_main(int argc, char **argv) {
     hdlm_detokenizer *input_detok = hdlm_calloc((size_t)argc, sizeof *input_detok);
     int n_inputs = 0;
     enum { O_VOCAB = 256, O_SHARD, O_VAL_INPUT, O_VAL_LAST, O_VAL_FRACTION, O_VAL_SEED, O_SPLIT, O_DETOK, O_FIELD,
-           O_ON_ERROR, O_KEEP_EMPTY, O_OVERWRITE, O_UNIT_BYTES, O_PROGRESS };
+           O_ON_ERROR, O_KEEP_EMPTY, O_OVERWRITE, O_UNIT_BYTES, O_PROGRESS, O_ORDER };
     static const struct option longs[] = {
         {"out", required_argument, NULL, 'o'},          {"vocab", required_argument, NULL, O_VOCAB},
         {"shard-tokens", required_argument, NULL, O_SHARD}, {"val-input", required_argument, NULL, O_VAL_INPUT},
@@ -524,7 +532,8 @@ int prep_prepare_main(int argc, char **argv) {
         {"detokenizer", required_argument, NULL, O_DETOK}, {"text-field", required_argument, NULL, O_FIELD},
         {"on-error", required_argument, NULL, O_ON_ERROR}, {"keep-empty", no_argument, NULL, O_KEEP_EMPTY},
         {"overwrite", no_argument, NULL, O_OVERWRITE},  {"unit-bytes", required_argument, NULL, O_UNIT_BYTES},
-        {"progress", required_argument, NULL, O_PROGRESS}, {"help", no_argument, NULL, 'h'},
+        {"progress", required_argument, NULL, O_PROGRESS}, {"member-order", required_argument, NULL, O_ORDER},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     optind = 1;
@@ -571,6 +580,11 @@ int prep_prepare_main(int argc, char **argv) {
             HDLM_MUST(parse_u64("--unit-bytes", optarg, &opt.unit_bytes));
             if (opt.unit_bytes == 0) HDLM_DIE("--unit-bytes must be at least 1");
             break;
+        case O_ORDER:
+            if (strcmp(optarg, "sorted") == 0) opt.order = HDLM_TEXT_ORDER_SORTED;
+            else if (strcmp(optarg, "stored") == 0) opt.order = HDLM_TEXT_ORDER_STORED;
+            else HDLM_DIE("--member-order expects sorted or stored, got \"%s\"", optarg);
+            break;
         case O_PROGRESS: {
             char *end;
             opt.progress_seconds = strtod(optarg, &end);
@@ -595,7 +609,8 @@ int prep_prepare_main(int argc, char **argv) {
     free(input_args), free(input_val), free(input_detok);
 
     hdlm_text_reader *reader;   // refuses what this run cannot read (stdin on several ranks) before DIR is made
-    HDLM_MUST(hdlm_text_reader_open(&reader, &inputs, rank, world, opt.unit_bytes, opt.text_field, opt.skip_malformed));
+    hdlm_text_read_options read = {opt.unit_bytes, opt.text_field, opt.skip_malformed, opt.order};
+    HDLM_MUST(hdlm_text_reader_open(&reader, &inputs, rank, world, &read));
     if (strlen(opt.out_dir) > 4000) HDLM_DIE("--out path is too long (%zu bytes)", strlen(opt.out_dir));
     char tmp_dir[4096], tok_path[8192], flags_path[8300];
     snprintf(tmp_dir, sizeof tmp_dir, "%s/.prepare-tmp", opt.out_dir);
@@ -660,38 +675,50 @@ int prep_prepare_main(int argc, char **argv) {
     hdlm_tokenizer_free(tok);
     double t1 = hdlm_time_now();
 
-    // Phase 2: global document indices (over the documents not routed by --val-input), unit by unit in corpus
-    // order, decide the splits.
-    uint64_t *mine = hdlm_malloc((2 * out.unit_count + 1) * sizeof *mine);
-    for (size_t u = 0; u < out.unit_count; u++) mine[2 * u] = out.units[u].key, mine[2 * u + 1] = out.units[u].rule_docs;
-    unit_table table;
-    gather_units(mine, out.unit_count, 2, &table);
-    uint64_t *first_index = hdlm_malloc((out.unit_count + 1) * sizeof *first_index), total_rule_docs = 0;
-    for (size_t i = 0, own = 0; i < table.count; i++) {
-        if (table.owner[i] == rank) first_index[own++] = total_rule_docs;   // own units come in their own order
+    // Phase 2: global document indices (over the documents not routed by --val-input), run by run in key order,
+    // decide the splits.
+    uint64_t *mine = hdlm_malloc((2 * out.run_count + 1) * sizeof *mine);
+    for (size_t u = 0; u < out.run_count; u++) mine[2 * u] = out.runs[u].key, mine[2 * u + 1] = out.runs[u].rule_docs;
+    run_table table;
+    gather_runs(mine, out.run_count, 2, &table);
+    uint64_t *before = hdlm_malloc((table.count + 1) * sizeof *before), total_rule_docs = 0;
+    for (size_t i = 0; i < table.count; i++) {
+        before[i] = total_rule_docs;
         total_rule_docs += table.rows[2 * i + 1];
     }
-    unit_table_free(&table);
+    uint64_t *first_index = hdlm_malloc((out.run_count + 1) * sizeof *first_index);
+    for (size_t u = 0; u < out.run_count; u++) {   // this rank's runs in the table, by key
+        size_t a = 0, b = table.count;
+        while (a < b) {
+            size_t mid = a + (b - a) / 2;
+            if (table.rows[2 * mid] < out.runs[u].key) a = mid + 1;
+            else b = mid;
+        }
+        HDLM_ASSERT(a < table.count && table.rows[2 * a] == out.runs[u].key, "run key %llu not gathered",
+                    (unsigned long long)out.runs[u].key);
+        first_index[u] = before[a];
+    }
+    free(before);
+    run_table_free(&table);
     free(mine);
     uint64_t *rows = split_stream(&opt, tok_path, tmp_dir, rank, &out, first_index, total_rule_docs);
     free(first_index);
     remove_or_warn(tok_path);
     remove_or_warn(flags_path);
 
-    // Phase 3: place every unit's tokens in the split streams and write the shards.
-    gather_units(rows, out.unit_count, 5, &table);
+    // Phase 3: place every run's tokens in the split streams (key order) and write the shards.
+    gather_runs(rows, out.run_count, RUN_ROW, &table);
     free(rows);
-    placement *units = hdlm_calloc(table.count + 1, sizeof *units);
-    uint64_t *file_end = hdlm_calloc((size_t)world * SPLITS, sizeof *file_end), shard_count[SPLITS], total_shards = 0;
+    placement *runs = hdlm_calloc(table.count + 1, sizeof *runs);
+    uint64_t shard_count[SPLITS], total_shards = 0;
     int64_t split_totals[2 * SPLITS] = {0};
     for (size_t i = 0; i < table.count; i++) {
-        const uint64_t *r = &table.rows[5 * i];
-        units[i].owner = table.owner[i];
+        const uint64_t *r = &table.rows[RUN_ROW * i];
+        runs[i].owner = table.owner[i];
         for (int s = 0; s < SPLITS; s++) {
-            units[i].tokens[s] = r[1 + s];
-            units[i].offset[s] = (uint64_t)split_totals[2 * s + 1];
-            units[i].file_offset[s] = file_end[(size_t)table.owner[i] * SPLITS + s];
-            file_end[(size_t)table.owner[i] * SPLITS + s] += r[1 + s];
+            runs[i].tokens[s] = r[1 + s];
+            runs[i].offset[s] = (uint64_t)split_totals[2 * s + 1];
+            runs[i].file_offset[s] = r[5 + s];
             split_totals[2 * s] += (int64_t)r[3 + s];
             split_totals[2 * s + 1] += (int64_t)r[1 + s];
         }
@@ -700,15 +727,14 @@ int prep_prepare_main(int argc, char **argv) {
         shard_count[s] = ((uint64_t)split_totals[2 * s + 1] + opt.shard_tokens - 1) / opt.shard_tokens;
         total_shards += shard_count[s];
     }
-    free(file_end);
     MPI_Barrier(MPI_COMM_WORLD);   // every rank's split streams are complete
     shard_record *recs = hdlm_calloc(total_shards + 1, sizeof *recs), *all_recs = hdlm_calloc(total_shards + 1, sizeof *recs);
     for (uint64_t g = (uint64_t)rank, base = 0, s = 0; g < total_shards; g += (uint64_t)world) {
         while (g >= base + shard_count[s]) base += shard_count[s++];
-        write_shard(&opt, tmp_dir, (int)s, g - base, (uint64_t)split_totals[2 * s + 1], units, table.count, &recs[g]);
+        write_shard(&opt, tmp_dir, (int)s, g - base, (uint64_t)split_totals[2 * s + 1], runs, table.count, &recs[g]);
     }
-    unit_table_free(&table);
-    free(units);
+    run_table_free(&table);
+    free(runs);
     MPI_Reduce(recs, all_recs, (int)(3 * total_shards), MPI_UINT64_T, MPI_SUM, 0, MPI_COMM_WORLD);
     MPI_Barrier(MPI_COMM_WORLD);   // every shard is written; the temporary streams can go
     for (int s = 0; s < SPLITS; s++) {
@@ -750,7 +776,7 @@ int prep_prepare_main(int argc, char **argv) {
         hdlm_log("  wrote %s/manifest.json\n", opt.out_dir);
     }
     hdlm_set_die_cleanup(NULL, NULL);
-    free(out.units);
+    free(out.runs);
     free(recs);
     free(all_recs);
     hdlm_text_inputs_free(&inputs);
