@@ -173,18 +173,21 @@ static int read_only(const char *path, double *seconds, size_t *docs, size_t *by
     return rc;
 }
 
-// Encodes one pass of the documents in memory on one thread: the tokenizing half.
+// Encodes one pass of the documents in memory on one thread, best of 5 (0.1 s each): the tokenizing half.
 static int tokenize_only(const doc_set *d, double *seconds) {
     hdlm_tokenizer *tok;
     HDLM_TRY(hdlm_tokenizer_load_dir(&tok, hdlm_tokenizer_default_dir()));
-    double start = hdlm_time_now();
     int rc = 0;
-    for (size_t i = 0; i < d->n && rc == 0; i++) {
-        hdlm_tokens ids = {0};
-        rc = hdlm_tokenizer_encode(tok, d->text[i], d->len[i], &ids);
-        hdlm_tokens_free(&ids);
+    for (int repeat = 0; repeat < 5; repeat++) {
+        double start = hdlm_time_now();
+        for (size_t i = 0; i < d->n && rc == 0; i++) {
+            hdlm_tokens ids = {0};
+            rc = hdlm_tokenizer_encode(tok, d->text[i], d->len[i], &ids);
+            hdlm_tokens_free(&ids);
+        }
+        double t = hdlm_time_now() - start;
+        if (repeat == 0 || t < *seconds) *seconds = t;
     }
-    *seconds = hdlm_time_now() - start;
     hdlm_tokenizer_free(tok);
     return rc;
 }
@@ -315,7 +318,7 @@ int bench_prepare_main(int argc, char **argv) {
     printf("\n%-46s %9s %12s %12s %10s\n", "step", "seconds", "MB/s", "MB/s/rank", "peak MB");
     printf("%-46s %9.2f %12.1f %12.1f %10s\n", "hdlm reader alone (libarchive xz + tar), 1 thr", t_read,
            mb / t_read, mb / t_read, "");
-    printf("%-46s %9.2f %12.1f %12.1f %10s\n", "hdlm tokenizer alone, in memory, 1 thread", t_tok, tok_mbs, tok_mbs,
+    printf("%-46s %9.2f %12.1f %12.1f %10s\n", "hdlm tokenizer alone, in memory, 1 thread (*)", t_tok, tok_mbs, tok_mbs,
            "");
     for (int ranks = 1; ranks <= 2; ranks++) {
         char name[64];
@@ -338,7 +341,8 @@ int bench_prepare_main(int argc, char **argv) {
     printf("Time split of 1 rank: reading %.0f%%, tokenizing %.0f%% (the two halves alone: %.2f s + %.2f s for %.2f "
            "s).\n", 100 * t_read / (t_read + mb / tok_mbs), 100 * (mb / tok_mbs) / (t_read + mb / tok_mbs), t_read,
            mb / tok_mbs, t_prep[1]);
-    printf("Shards of 1 and 2 ranks: %s.\n", same ? "byte-identical" : "DIFFERENT");
+    printf("Shards of 1 and 2 ranks: %s.\n(*) best of 5 passes over the corpus's documents (a warm piece cache, as in a long "
+           "run).\n", same ? "byte-identical" : "DIFFERENT");
     for (size_t i = 0; i < d.n; i++) free(d.text[i]);
     free(d.text);
     free(d.len);
