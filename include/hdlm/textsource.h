@@ -15,9 +15,10 @@
 //
 // Order: the inputs in the order given; a directory's entries and an archive's members sorted by name (bytewise),
 // so the documents do not depend on how an archive was made (the OpenWebText loader of the reference sorts the
-// same way). Sorting a file's top-level members costs one extra pass over its headers; a nested archive's documents
-// are held in memory while it is read. HDLM_TEXT_ORDER_STORED reads members in archive order instead (one pass,
-// nothing held; standard input is always read so).
+// same way). Sorting the top-level members of an archive larger than a unit costs one extra pass over its headers;
+// a nested archive's documents, and those of an archive no larger than a unit (one unit: one reader), are held in
+// memory while it is read. HDLM_TEXT_ORDER_STORED reads members in archive order instead (one pass, nothing held;
+// standard input is always read so at its top level).
 //
 // Splitting the work (the result does not depend on it): the inputs form segments, a run of consecutive uncompressed
 // files (.txt, .jsonl, others) being one segment and every compressed file or archive its own. A segment's content is

@@ -1,4 +1,5 @@
-// Documents from plain-text files, JSONL files and directories (rules in include/hdlm/textsource.h).
+// Text inputs (files, directories, their segments) and the reader of documents (rules in include/hdlm/textsource.h):
+// runs of uncompressed files here, compressed files and archives in textstream.c.
 #define _GNU_SOURCE   // getline
 #include "textsource_internal.h"
 
@@ -57,8 +58,8 @@ static void inputs_push(hdlm_text_inputs *in, const char *path, uint64_t bytes, 
         *seg = (hdlm_text_segment){in->count, 0, 0, stream};
     }
     if (in->count == in->cap) in->files = hdlm_realloc(in->files, (in->cap = in->cap ? 2 * in->cap : 16) * sizeof *in->files);
-    in->files[in->count++] = (hdlm_text_file){hdlm_strdup(path), format,      compressed, detok, to_validation, bytes,
-                                              in->segment_count - 1,  seg->bytes};
+    in->files[in->count++] = (hdlm_text_file){hdlm_strdup(path), format, compressed, detok, to_validation, bytes,
+                                              in->segment_count - 1, seg->bytes};
     seg->count++;
     seg->bytes += bytes;
     in->total_bytes += bytes;

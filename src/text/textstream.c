@@ -48,7 +48,10 @@ struct text_stream {
     // Sorted order. Level 0's members by archive index: place in the sorted order, content bytes before them there.
     size_t listed;
     uint64_t *sorted_place, *sorted_pos;
-    // Documents of the archive being read inside level 0, each with its member names below level 0 (to sort by).
+    // Documents read at levels >= collect_from wait in `pending` until that level's archive is done, each with its
+    // member names from that level on (to sort by). collect_from = 1: the archives inside level 0; 0: a whole
+    // archive no larger than a unit (one unit, one reader, sorted in memory without a header pass).
+    int collect_from;
     struct pending {
         hdlm_text_doc doc;
         char *sort_name;
@@ -174,8 +177,9 @@ static int level_getline(text_stream *s, level *L, size_t *len) {
 
 // The whole current entry of L as one document; size_hint: its size when the archive says it (else 0).
 static int level_read_all(level *L, uint64_t size_hint, char **text, size_t *len) {
-    // The recorded size, up to 64 MiB (a damaged header must not allocate more than the data holds).
-    size_t n = 0, cap = size_hint > 0 ? (size_t)(size_hint < (64u << 20) ? size_hint : 64u << 20) : READ_BYTES;
+    // The recorded size (+ 1: the read that finds the end), up to 64 MiB: a damaged header must not allocate more
+    // than the data holds.
+    size_t n = 0, cap = size_hint > 0 ? (size_t)(size_hint < (64u << 20) ? size_hint : 64u << 20) + 1 : READ_BYTES;
     char *buf = hdlm_malloc(cap + 1);
     for (la_ssize_t got; L->a;) {
         if (n == cap) buf = hdlm_realloc(buf, (cap *= 2) + 1);   // doubling: O(size) copies
@@ -243,9 +247,10 @@ static int list_members(text_stream *s) {
         sizes[n++] = archive_entry_size_is_set(e) && archive_entry_size(e) > 0 ? (uint64_t)archive_entry_size(e) : 0;
     }
     int ok = rc == ARCHIVE_EOF;
-    if (!ok)   // the header after the last member listed is unreadable: that member's data is damaged, or the file
-        snprintf(s->why, sizeof s->why, "%s%s%s", n ? "after member " : "", n ? names[n - 1] : "", n ? ": " : "");
-    if (!ok) snprintf(s->why + strlen(s->why), sizeof s->why - strlen(s->why), "%s", archive_message(a));
+    // The header after the last member listed is unreadable: that member's data is damaged (or the file's start).
+    if (!ok && n) rc = HDLM_FAIL("%s, member %s: %s (a corrupt or truncated archive?)", s->f->path, names[n - 1],
+                                 archive_message(a));
+    if (!ok && !n) rc = HDLM_FAIL("%s: %s (a corrupt or truncated archive?)", s->f->path, archive_message(a));
     archive_read_free(a);
     if (ok) {
         named *order = hdlm_malloc((n + 1) * sizeof *order);
@@ -265,19 +270,19 @@ static int list_members(text_stream *s) {
     for (size_t i = 0; i < n; i++) free(names[i]);
     free(names);
     free(sizes);
-    return ok ? 0 : fail_level(s, 0, s->why);
+    return ok ? 0 : -1;
 }
 
-// Sorted order: a document read inside an archive within level 0 waits until that archive is done.
+// Sorted order: a document read inside an archive being collected waits until that archive is done.
 static void pending_push(text_stream *s, hdlm_text_doc *doc) {
     if (s->pending_n == s->pending_cap)
         s->pending = hdlm_realloc(s->pending, (s->pending_cap = s->pending_cap ? 2 * s->pending_cap : 256) *
                                                   sizeof *s->pending);
     size_t need = 1;
-    for (int k = 1; k < s->depth; k++) need += s->levels[k].name ? strlen(s->levels[k].name) + 1 : 0;
+    for (int k = s->collect_from; k < s->depth; k++) need += s->levels[k].name ? strlen(s->levels[k].name) + 1 : 0;
     char *name = hdlm_malloc(need);
     size_t n = 0;
-    for (int k = 1; k < s->depth; k++)   // the member names, level by level; \x01 sorts before any name byte
+    for (int k = s->collect_from; k < s->depth; k++)   // the member names, level by level; \x01 sorts first
         if (s->levels[k].name) n += (size_t)snprintf(name + n, need - n, "%s%s", n ? "\x01" : "", s->levels[k].name);
     name[n] = '\0';
     s->pending[s->pending_n] = (struct pending){*doc, name, s->pending_n};
@@ -306,8 +311,27 @@ int text_stream_open(text_stream **out, text_context *c, size_t file) {
     s->f = &c->in->files[file];
     *out = s;
     int tar = s->f->format == HDLM_TEXT_TAR;
-    if (tar && c->order == HDLM_TEXT_ORDER_SORTED && strcmp(s->f->path, "-") != 0) HDLM_TRY(list_members(s));
+    s->collect_from = 1;
+    if (tar && c->order == HDLM_TEXT_ORDER_SORTED && strcmp(s->f->path, "-") != 0) {
+        if (s->f->bytes > c->unit_bytes) {
+            HDLM_TRY(list_members(s));
+        } else {   // one unit: its reader sorts it in memory; the others skip the file unopened
+            s->collect_from = 0;
+            if (!text_unit_is_mine(c, s->f->segment, 0)) return 0;
+        }
+    }
     return level_open(s, 0, tar, s->f->format) == 0 ? 0 : fail_level(s, 0, s->why);
+}
+
+// The next collected document, sorted (the sort when the first is taken); 0 when none is waiting.
+static int pending_pop(text_stream *s, hdlm_text_doc *doc) {
+    if (s->pending_next == s->pending_n) return 0;
+    if (s->pending_next == 0) qsort(s->pending, s->pending_n, sizeof *s->pending, compare_pending);
+    struct pending *p = &s->pending[s->pending_next++];
+    *doc = p->doc;
+    free(p->sort_name);
+    if (s->pending_next == s->pending_n) s->pending_n = s->pending_next = 0;
+    return 1;
 }
 
 uint64_t text_stream_position(const text_stream *s) {
@@ -350,7 +374,7 @@ static int entry_next(text_stream *s, int depth, hdlm_text_doc *doc) {
         return 1;
     }
     // A JSONL file at level 0 in stored order (or compressed, no members): each line's position decides its unit.
-    int per_line = depth == 0 && (L->raw || s->listed == 0);
+    int per_line = depth == 0 && (L->raw || s->listed == 0) && s->collect_from > 0;
     for (;;) {
         size_t len;
         int rc = level_getline(s, L, &len);
@@ -385,19 +409,12 @@ static int entry_next(text_stream *s, int depth, hdlm_text_doc *doc) {
 int text_stream_next(text_stream *s, hdlm_text_doc *doc) {
     uint64_t segment = s->f->segment;
     while (s->depth > 0) {
-        if (s->depth == 1 && s->pending_next < s->pending_n) {   // an archive inside level 0 is done: its documents
-            if (s->pending_next == 0) qsort(s->pending, s->pending_n, sizeof *s->pending, compare_pending);
-            struct pending *p = &s->pending[s->pending_next++];
-            *doc = p->doc;
-            free(p->sort_name);
-            if (s->pending_next == s->pending_n) s->pending_n = s->pending_next = 0;
-            return 1;
-        }
+        if (s->depth == s->collect_from && pending_pop(s, doc)) return 1;   // the archive collected is done
         int depth = s->depth - 1;
         level *L = &s->levels[depth];
         if (L->reading) {
             int rc = entry_next(s, depth, doc);
-            if (rc == 1 && depth > 0 && s->c->order == HDLM_TEXT_ORDER_SORTED) {
+            if (rc == 1 && depth >= s->collect_from && s->c->order == HDLM_TEXT_ORDER_SORTED) {
                 pending_push(s, doc);
                 continue;
             }
@@ -409,7 +426,10 @@ int text_stream_next(text_stream *s, hdlm_text_doc *doc) {
         struct archive_entry *e = NULL;
         int rc = L->a ? archive_read_next_header(L->a, &e) : L->raw && !L->raw_done ? ARCHIVE_OK : ARCHIVE_EOF;
         if (rc == ARCHIVE_EOF) {
-            if (depth == 0) return 0;
+            if (depth == 0) {
+                pop_to(s, 0);
+                break;
+            }
             pop_to(s, depth);
             s->levels[depth - 1].reading = 0;
             continue;
@@ -438,7 +458,7 @@ int text_stream_next(text_stream *s, hdlm_text_doc *doc) {
         if (depth == 0) {   // the member's position (sorted or archive order) decides its unit and key
             size_t i = L->entry_index++;
             HDLM_CHECK(s->listed == 0 || i < s->listed, "%s changed while it was read", s->f->path);
-            L->entry_start = s->listed ? s->sorted_pos[i] : L->content_pos;
+            L->entry_start = s->listed ? s->sorted_pos[i] : s->collect_from == 0 ? 0 : L->content_pos;
             L->content_pos += size;
             L->entry_key = text_key(segment, s->listed ? s->sorted_place[i] : L->entry_start / s->c->unit_bytes);
         }
@@ -466,5 +486,5 @@ int text_stream_next(text_stream *s, hdlm_text_doc *doc) {
         L->format = format;
         L->reading = 1;
     }
-    return 0;
+    return pending_pop(s, doc);   // a whole archive collected (collect_from 0), else nothing waits
 }
