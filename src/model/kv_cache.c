@@ -66,53 +66,23 @@ void hdlm_kv_cache_free(hdlm_kv_cache *c) {
     memset(c, 0, sizeof *c);
 }
 
-// Attention of the rows of one (sequence, head) group [r0, r0 + n) at positions start + r0 .. over keys [0, kv): rule
-// among the group's own keys (full: all, causal: those at or before the query), everything before them. The
-// arithmetic is that of hdlm_attention_forward's rows (score GEMM over the same keys, max / log-sum-exp / exp in the
-// same loops, zero probabilities beyond a row's keys), so the outputs match the uncached forward in practice bit for
-// bit. s: scratch [n, kv].
-static void attention_group(float *out, int ldo, const float *base, int ld, int start, int r0, int n, int kv,
-                            int head_dim, hdlm_block_type rule, float *s) {
-    float scale = 1.0f / sqrtf((float)head_dim);
-    const float *q = base + (size_t)(start + r0) * ld, *k = base + ld / 3, *v = base + 2 * (ld / 3);
-    hdlm_sgemm_serial(false, true, n, kv, head_dim, scale, q, ld, k, ld, 0.0f, s, kv);
-    for (int r = 0; r < n; r++) {
-        float *p = s + (size_t)r * kv;
-        int hi = rule == HDLM_BLOCK_CAUSAL ? start + r0 + r + 1 : kv;
-        float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-        for (int j = 0; j < hi; j++) m = p[j] > m ? p[j] : m;
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < hi; j++) sum += hdlm_expf(p[j] - m);
-        float lse = m + logf(sum);
-#pragma omp simd
-        for (int j = 0; j < hi; j++) p[j] = hdlm_expf(p[j] - lse);
-        for (int j = hi; j < kv; j++) p[j] = 0.0f;
-    }
-    hdlm_sgemm_serial(false, false, n, head_dim, kv, 1.0f, s, kv, v, ld, 0.0f, out + (size_t)r0 * ldo, ldo);
-}
-
 // Attention of the T = n_settle + n new rows of every sequence (cache rows start..start+T-1): the settling rows over
-// keys [0, start + n_settle) (full), the query rows over keys [0, start + T) under `rule` — each group exactly as its
-// own call would compute it. One (sequence, head) per task; out[B·T, d].
+// keys [0, start + n_settle) (full), the query rows over keys [0, start + T) under `rule` — with the arithmetic of the
+// uncached forward (hdlm_attention_rows), so the outputs are its bits. One (sequence, head) per task; out[B·T, d].
 static void cached_attention(float *out, const float *cache_qkv, int batch, int capacity, int start, int n_settle,
                              int n, int heads, int head_dim, hdlm_block_type rule) {
     int d = heads * head_dim, ld = 3 * d, T = n_settle + n;
-#pragma omp parallel
-    {
-        float *s = hdlm_malloc((size_t)T * (start + T) * sizeof *s);
-#pragma omp for schedule(static) collapse(2)
-        for (int b = 0; b < batch; b++)
-            for (int h = 0; h < heads; h++) {
-                const float *base = cache_qkv + (size_t)b * capacity * ld + (size_t)h * head_dim;
-                float *o = out + (size_t)b * T * d + (size_t)h * head_dim;
-                if (n_settle > 0)
-                    attention_group(o, d, base, ld, start, 0, n_settle, start + n_settle, head_dim, HDLM_BLOCK_FULL, s);
-                if (n > 0) attention_group(o, d, base, ld, start, n_settle, n, start + T, head_dim, rule, s);
-            }
-        free(s);
-    }
+#pragma omp parallel for schedule(static) collapse(2)
+    for (int b = 0; b < batch; b++)
+        for (int h = 0; h < heads; h++) {
+            const float *base = cache_qkv + (size_t)b * capacity * ld + (size_t)h * head_dim;
+            float *o = out + (size_t)b * T * d + (size_t)h * head_dim;
+            if (n_settle > 0)
+                hdlm_attention_rows(o, d, base, ld, capacity, start, n_settle, start + n_settle, head_dim, false);
+            if (n > 0)
+                hdlm_attention_rows(o + (size_t)n_settle * d, d, base, ld, capacity, start + n_settle, n, start + T,
+                                    head_dim, rule == HDLM_BLOCK_CAUSAL);
+        }
 }
 
 int hdlm_model_forward_cached(hdlm_model *m, hdlm_kv_cache *cache, const uint32_t *tokens, const float *sigma,

@@ -277,6 +277,47 @@ static const float *row_dropout(attention_work *w, const key_windows *win, uint6
     return w->row_scale;
 }
 
+// Softmax of a score row over its allowed columns [0, hv) (the others there −inf), unnormalised: p gets
+// exp(S − max), times the dropout multipliers s when given, and columns [hv, cols) zero. Returns the sum of the
+// exponentials (without dropout); *max the row's maximum.
+static float row_softmax(float *p, int hv, int cols, const float *s, float *max) {
+    vecf m = vec_broadcast(vec_max(p, hv)), sum = {0};
+    for (int j = 0; j < hv; j += LANES) {
+        vecf *pj = (vecf *)(p + j), e = vec_exp_nonpositive(*pj - m);
+        sum += e;
+        *pj = s ? e * *(const vecf *)(s + j) : e;
+    }
+    for (int j = hv; j < cols; j++) p[j] = 0.0f;
+    *max = m[0];
+    return vec_sum(sum);
+}
+
+void hdlm_attention_rows(float *out, int ldo, const float *base, int ld, int capacity, int q0, int n, int kv,
+                         int head_dim, bool causal) {
+    attention_work w = work_get(capacity, head_dim);
+    const float *k = base + ld / 3, *v = base + 2 * (ld / 3);
+    copy_rows(w.q, w.dp, base + (size_t)q0 * ld, ld, n, head_dim);
+    copy_transposed(w.kt, w.lt, k, ld, kv, head_dim);
+    copy_rows(w.v, w.dp, v, ld, kv, head_dim);
+    // Value rows past the keys (read with probability 0) zero, as the forward's padding is: never 0 · NaN.
+    memset(w.v + (size_t)kv * w.dp, 0, (size_t)(round_up(kv, TILE_COLS) - kv) * w.dp * sizeof(float));
+    for (int r0 = 0; r0 < n; r0 += QUERY_BLOCK) {
+        int nq = n - r0 < QUERY_BLOCK ? n - r0 : QUERY_BLOCK, last_end = causal ? q0 + r0 + nq : kv;
+        key_windows win = {1, round_up(last_end, TILE_COLS), {0}, {round_up(last_end, TILE_COLS)}, {0}};
+        block_scores(&w, &win, r0, nq, head_dim);
+        float inv_sum[QUERY_BLOCK], max;
+        for (int r = 0; r < nq; r++) {
+            int end = causal ? q0 + r0 + r + 1 : kv;
+            float *p = w.p + (size_t)r * w.lt;
+            inv_sum[r] = 1.0f / row_softmax(p, mask_row(p, &win, (hdlm_key_range){end, end, end}), win.cols, NULL, &max);
+        }
+        block_times_keys(&w, &win, nq, w.p, w.v, w.block, 1.0f);
+        for (int r = 0; r < nq; r++)
+            for (int e = 0; e < head_dim; e++) w.block[(size_t)r * w.dp + e] *= inv_sum[r];
+        store_rows(out + (size_t)r0 * ldo, ldo, w.block, w.dp, nq, head_dim);
+    }
+}
+
 void hdlm_attention_forward(float *out, float *lse, const float *qkv, const hdlm_attn_mask *mask, int batch, int len,
                             int heads, int head_dim, float dropout, uint64_t key) {
     int d = heads * head_dim, ld = 3 * d;
@@ -315,17 +356,9 @@ void hdlm_attention_forward(float *out, float *lse, const float *qkv, const hdlm
                         lse_bh[i] = 0.0f;
                         continue;
                     }
-                    int hv = mask_row(p, &win, kr);
-                    vecf m = vec_broadcast(vec_max(p, hv)), sum = {0};
-                    for (int j = 0; j < hv; j += LANES) {
-                        vecf *pj = (vecf *)(p + j), e = vec_exp_nonpositive(*pj - m);
-                        sum += e;
-                        *pj = s ? e * *(const vecf *)(s + j) : e;
-                    }
-                    float total = vec_sum(sum);
-                    lse_bh[i] = m[0] + logf(total);
+                    float max, total = row_softmax(p, mask_row(p, &win, kr), win.cols, s, &max);
+                    lse_bh[i] = max + logf(total);
                     inv_sum[r] = 1.0f / total;
-                    for (int j = hv; j < win.cols; j++) p[j] = 0.0f;
                 }
                 // O[i0:i0+nq] = P̃ · V[windows]
                 block_times_keys(&w, &win, nq, w.p, w.v, w.block, 1.0f);

@@ -308,7 +308,9 @@ static void gather_runs(const uint64_t *mine, size_t n, int width, run_table *t)
     for (int q = 0, row = 0; q < world; q++)
         for (int k = 0; k < counts[q] / width; k++, row++) owner_of[row] = q;
     for (size_t i = 0; i < t->count; i++) order[i] = (key_index){all[i * (size_t)width], i};
-    qsort(order, t->count, sizeof *order, compare_keys);   // keys are unique: one rank reads a key's documents
+    qsort(order, t->count, sizeof *order, compare_keys);
+    for (size_t i = 1; i < t->count; i++)   // one rank reads a key's documents, one after the other
+        HDLM_ASSERT(order[i - 1].key < order[i].key, "key %llu in two runs", (unsigned long long)order[i].key);
     t->rows = hdlm_malloc((total + 1) * sizeof *t->rows);
     t->owner = hdlm_malloc((t->count + 1) * sizeof *t->owner);
     for (size_t i = 0; i < t->count; i++) {
