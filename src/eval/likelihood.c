@@ -58,12 +58,30 @@ static int nelbo_forward(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const u
     return status;
 }
 
-// Σ over the masked positions of copy b of CE(z, x) with the softmax over the first `width` entries.
-static double masked_ce(const float *z, const uint8_t *masked, const uint32_t *x, int b, int length, int V, int width) {
-    double sum = 0;
-    for (int i = 0; i < length; i++)
-        if (masked[(size_t)b * length + i]) sum += hdlm_ce_row(z + ((size_t)b * length + i) * V, V, width, x[i], 0, NULL);
-    return sum;
+// CE of rows rows[j] of z (softmax over the first `width` of their V entries) against targets[j], j < n, on all
+// threads: each row is the same hdlm_ce_row call as one at a time, so sums taken over the result in the callers'
+// order keep their bits. The caller frees the result.
+static double *rows_ce(const float *z, int V, int width, const size_t *rows, const uint32_t *targets, size_t n) {
+    double *ce = hdlm_malloc((n + 1) * sizeof *ce);
+#pragma omp parallel for schedule(dynamic, 16)
+    for (size_t j = 0; j < n; j++) ce[j] = hdlm_ce_row(z + rows[j] * V, V, width, targets[j], 0, NULL);
+    return ce;
+}
+
+// sums[b] = Σ over the masked positions of copy b (masked[b·L + i]) of CE(z, x_i), softmax over `width` entries.
+static void masked_ce_sums(const float *z, const uint8_t *masked, const uint32_t *x, int copies, int length, int V,
+                           int width, double *sums) {
+    size_t n = 0, *rows = hdlm_malloc(((size_t)copies * length + 1) * sizeof *rows);
+    uint32_t *targets = hdlm_malloc(((size_t)copies * length + 1) * sizeof *targets);
+    for (size_t r = 0; r < (size_t)copies * length; r++)
+        if (masked[r]) rows[n] = r, targets[n++] = x[r % (size_t)length];
+    double *ce = rows_ce(z, V, width, rows, targets, n);
+    for (int b = 0, j = 0; b < copies; b++) {
+        sums[b] = 0;
+        for (int i = 0; i < length; i++)
+            if (masked[(size_t)b * length + i]) sums[b] += ce[j++];
+    }
+    free(ce), free(rows), free(targets);
 }
 
 int hdlm_nelbo_masking_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint32_t *x, int length,
@@ -76,9 +94,11 @@ int hdlm_nelbo_masking_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, con
     const float *z;
     int status = nelbo_forward(d, cfg, xt, C, length, &z);
     if (status == 0) {
-        double total = 0;
-        for (int b = 0; b < C; b++) total += masked_ce(z, masked, x, b, length, V, V) / p[b];
+        double *sums = hdlm_malloc((size_t)C * sizeof *sums), total = 0;
+        masked_ce_sums(z, masked, x, C, length, V, V, sums);
+        for (int b = 0; b < C; b++) total += sums[b] / p[b];
         *value = total / C;
+        free(sums);
     }
     free(xt);
     return status;
@@ -120,13 +140,18 @@ static int block_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uin
         const float *z;
         status = d->forward(d, xt, NULL, &mask, C, L2, &z);
         if (status == 0) {
-            double total = 0;
+            size_t n = 0, *rows = hdlm_malloc(((size_t)C * length + 1) * sizeof *rows);
+            uint32_t *targets = hdlm_malloc(((size_t)C * length + 1) * sizeof *targets);
             for (int b = 0; b < C; b++)
                 for (int i = 0; i < length; i++)
                     if (xt[(size_t)b * L2 + length + i] == (uint32_t)(V - 1))
-                        total += hdlm_ce_row(z + ((size_t)b * L2 + length + i) * V, V, V, x[i], 0, NULL) /
-                                 p[(size_t)b * nb + i / w];
+                        rows[n] = (size_t)b * L2 + length + i, targets[n++] = x[i];
+            double *ce = rows_ce(z, V, V, rows, targets, n), total = 0;
+            for (int b = 0, j = 0; b < C; b++)
+                for (int i = 0; i < length; i++)
+                    if (xt[(size_t)b * L2 + length + i] == (uint32_t)(V - 1)) total += ce[j++] / p[(size_t)b * nb + i / w];
             *value = total / C;
+            free(ce), free(rows), free(targets);
         }
     }
     free(p);
@@ -158,9 +183,11 @@ static int ardm_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint
     const float *z;
     int status = nelbo_forward(d, cfg, xt, C, length, &z);
     if (status == 0) {
-        double total = 0;
-        for (int b = 0; b < C; b++) total += masked_ce(z, masked, x, b, length, V, V - 1) * length / m[b];
+        double *sums = hdlm_malloc((size_t)C * sizeof *sums), total = 0;
+        masked_ce_sums(z, masked, x, C, length, V, V - 1, sums);
+        for (int b = 0; b < C; b++) total += sums[b] * length / m[b];
         *value = total / C;
+        free(sums);
     }
     free(m);
     free(order);
@@ -174,7 +201,8 @@ int hdlm_ardm_policy_nll(hdlm_denoiser *d, const uint32_t *x, int length, int co
     HDLM_CHECK(policy[budget - 1] < length, "likelihood: policy entry %d (%d) is not below the length %d", budget - 1,
                policy[budget - 1], length);
     int V = d->vocab, C = copies;
-    uint32_t *xt = hdlm_malloc((size_t)C * length * sizeof *xt);
+    uint32_t *xt = hdlm_malloc((size_t)C * length * sizeof *xt), *targets = hdlm_malloc(((size_t)C * length + 1) * sizeof(uint32_t));
+    size_t *rows = hdlm_malloc(((size_t)C * length + 1) * sizeof *rows);
     for (int b = 0; b < C; b++) policy_nll[b] = order_nll[b] = 0;
     int status = 0;
     for (int j = 0; j < budget && status == 0; j++) {
@@ -186,19 +214,26 @@ int hdlm_ardm_policy_nll(hdlm_denoiser *d, const uint32_t *x, int length, int co
         const float *z;
         status = d->forward(d, xt, NULL, NULL, C, length, &z);
         if (status) break;
-        for (int b = 0; b < C; b++) {
+        size_t n = 0;
+        for (size_t r = 0; r < (size_t)C * length; r++)
+            if (rank[r] >= lo) rows[n] = r, targets[n++] = x[r % (size_t)length];
+        double *ce = rows_ce(z, V, V - 1, rows, targets, n);
+        for (int b = 0, k = 0; b < C; b++) {
             double masked = 0, revealed = 0;
             for (int i = 0; i < length; i++) {
                 int r = rank[(size_t)b * length + i];
                 if (r < lo) continue;
-                double ce = hdlm_ce_row(z + ((size_t)b * length + i) * V, V, V - 1, x[i], 0, NULL);
-                masked += ce;
-                if (r < hi) revealed += ce;
+                masked += ce[k];
+                if (r < hi) revealed += ce[k];
+                k++;
             }
             policy_nll[b] += (double)(hi - lo) / (length - lo) * masked;
             order_nll[b] += revealed;
         }
+        free(ce);
     }
+    free(rows);
+    free(targets);
     free(xt);
     return status;
 }

@@ -9,6 +9,7 @@ int bench_checkpoint_main(int argc, char **argv);  // tools/hdlm-bench/bench_che
 int bench_kvcache_main(int argc, char **argv);     // tools/hdlm-bench/bench_kvcache.c
 int bench_train_main(int argc, char **argv);       // tools/hdlm-bench/bench_train.c
 int bench_prepare_main(int argc, char **argv);     // tools/hdlm-bench/bench_prepare.c
+int bench_eval_main(int argc, char **argv);        // tools/hdlm-bench/bench_eval.c
 
 // This machine's fp32 FMA peak in GFLOP/s with `threads` threads running independent FMA chains at once
 // (tools/hdlm-bench/fma_peak.c).
