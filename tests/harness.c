@@ -16,7 +16,11 @@
 #include <math.h>
 
 #include "hdlm/common.h"
+#include "hdlm/config.h"
+#include "hdlm/model_io.h"
 #include "hdlm/rng.h"
+#include "hdlm/tokenizer.h"
+#include "hdlm/train_config.h"
 #include "harness.h"
 
 const char *test_cache_path(const char *rel) {
@@ -83,6 +87,28 @@ double test_json_number(const cJSON *json, const char *key) {
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(json, key);
     assert_true(cJSON_IsNumber(item));
     return item->valuedouble;
+}
+
+void test_write_checkpoint(const char *root, const char *preset, const char *const *overrides, size_t n_overrides,
+                           uint64_t seed, float eos_bias) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/jobs/configs/%s.yaml", HDLM_SOURCE_DIR, preset);
+    hdlm_train_config c;
+    assert_int_equal(hdlm_config_defaults(&hdlm_train_config_schema, &c), 0);
+    assert_int_equal(hdlm_config_load_yaml(&hdlm_train_config_schema, &c, path), 0);
+    for (size_t i = 0; i < n_overrides; i++)
+        assert_int_equal(hdlm_config_override(&hdlm_train_config_schema, &c, overrides[i]), 0);
+    hdlm_model_config mc;
+    assert_int_equal(hdlm_train_config_model(&c, &mc), 0);
+    hdlm_model *m;
+    assert_int_equal(hdlm_model_create(&m, &mc), 0);
+    hdlm_model_init(m, 1);
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, seed);
+    for (size_t i = 0; i < m->n_params; i++) m->params[i] += 0.2f * (float)hdlm_rng_normal(&rng);
+    if (eos_bias != 0) m->p.head_b[HDLM_GPT2_VOCAB - 1] += eos_bias;
+    if (hdlm_model_save_checkpoint(root, 1, m, &c, false, NULL) != 0) fail_msg("%s", hdlm_last_error());
+    hdlm_model_free(m);
 }
 
 void test_model_randomize(hdlm_model *m, uint64_t seed) {

@@ -24,6 +24,11 @@ double test_json_number(const struct cJSON *json, const char *key);
 // Random parameters of moderate size in every trainable tensor (LayerNorm weights around 1): the §7.6 init zeroes
 // the head and adaLN, which would hide every gradient below them. Deterministic in seed.
 void test_model_randomize(hdlm_model *m, uint64_t seed);
+// A checkpoint (step 1, weights only) at root of the model of preset jobs/configs/PRESET.yaml with `overrides`
+// (key=value) applied: the §7.6 init plus 0.2·N(0, 1) per parameter from the stream `seed`, then eos_bias added to
+// the output bias of <|endoftext|> (0: none). For the tool tests that need a small trained-looking run.
+void test_write_checkpoint(const char *root, const char *preset, const char *const *overrides, size_t n_overrides,
+                           uint64_t seed, float eos_bias);
 // GPU tests: true when a GPU is usable (the runtime is then initialised on device 0, once); otherwise prints
 // "skipped: <hdlm_cuda_unavailable_reason()>" and returns false (the caller skips).
 bool test_gpu_ready(void);

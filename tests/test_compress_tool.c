@@ -32,25 +32,9 @@ static char tmp[2048], run_a[4200], run_b[4200], run_ar[4200];
 
 // A small checkpoint (random weights) of GPT-2's vocabulary, of the ardm or ar preset.
 static void make_checkpoint(const char *root, const char *preset, uint64_t seed) {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/jobs/configs/%s.yaml", HDLM_SOURCE_DIR, preset);
-    hdlm_train_config c;
-    assert_int_equal(hdlm_config_defaults(&hdlm_train_config_schema, &c), 0);
-    assert_int_equal(hdlm_config_load_yaml(&hdlm_train_config_schema, &c, path), 0);
     const char *ov[] = {"model.hidden_size=16", "model.n_blocks=1", "model.n_heads=2", "model.cond_dim=8",
                         "model.length=32", "model.dropout=0"};
-    for (size_t i = 0; i < sizeof ov / sizeof ov[0]; i++)
-        assert_int_equal(hdlm_config_override(&hdlm_train_config_schema, &c, ov[i]), 0);
-    hdlm_model_config mc;
-    assert_int_equal(hdlm_train_config_model(&c, &mc), 0);
-    hdlm_model *m;
-    assert_int_equal(hdlm_model_create(&m, &mc), 0);
-    hdlm_model_init(m, 1);
-    hdlm_rng rng;
-    hdlm_rng_init(&rng, seed);
-    for (size_t i = 0; i < m->n_params; i++) m->params[i] += 0.2f * (float)hdlm_rng_normal(&rng);
-    if (hdlm_model_save_checkpoint(root, 1, m, &c, false, NULL) != 0) fail_msg("%s", hdlm_last_error());
-    hdlm_model_free(m);
+    test_write_checkpoint(root, preset, ov, sizeof ov / sizeof ov[0], seed, 0);
 }
 
 static int setup(void **state) {

@@ -319,7 +319,7 @@ static int encode_main(const args *a) {
     uint8_t *text = NULL;
     size_t text_len = 0;
     hdlm_tokens t = {0};
-    if (rc == 0 && hdlm_rank() == 0) {
+    if (hdlm_rank() == 0) {
         rc = hdlm_read_file(a->in, (char **)&text, &text_len);
         if (rc == 0 && hdlm_tokenizer_encode(tok, (const char *)text, text_len, &t) != 0)
             rc = HDLM_FAIL("%s: %s (hdlm-compress codes UTF-8 text)", a->in, hdlm_last_error());
@@ -423,7 +423,7 @@ static int decode_main(const args *a) {
     if (rc) return rc;
     uint8_t *file = NULL;
     size_t file_n = 0;
-    if (rc == 0 && hdlm_rank() == 0) rc = hdlm_read_file(a->in, (char **)&file, &file_n);
+    if (hdlm_rank() == 0) rc = hdlm_read_file(a->in, (char **)&file, &file_n);
     rc = agree(rc);
     if (rc == 0) bcast_bytes(&file, &file_n);
     file_header h = {0};

@@ -12,7 +12,6 @@
 #include "hdlm/diffusion.h"
 #include "model/kv_cache.h"
 #include "model/layers.h"
-#include "core/vecmath.h"
 
 void hdlm_kv_cache_init(hdlm_kv_cache *c, const hdlm_model *m, int batch) {
     memset(c, 0, sizeof *c);

@@ -249,16 +249,19 @@ static uint64_t line_of(hdlm_text_reader *r, size_t file, uint64_t offset) {
     return r->where_line;
 }
 
+const char *text_where(char **buf, size_t *cap, const char *path, const char *member, uint64_t line) {
+    size_t need = strlen(path) + (member ? strlen(member) : 0) + 40;
+    if (need > *cap) *buf = hdlm_realloc(*buf, *cap = need);
+    int n = snprintf(*buf, *cap, "%s%s%s", path, member ? ", member " : "", member ? member : "");
+    if (line) snprintf(*buf + n, *cap - (size_t)n, ":%llu", (unsigned long long)line);
+    return *buf;
+}
+
 const char *hdlm_text_reader_where(hdlm_text_reader *r, const hdlm_text_doc *doc) {
     const hdlm_text_file *f = &r->c.in->files[doc->file];
     uint64_t line = doc->line;
     if (!line && f->format == HDLM_TEXT_JSONL && !f->compressed) line = line_of(r, doc->file, doc->offset);
-    size_t need = strlen(f->path) + (doc->member ? strlen(doc->member) : 0) + 40;
-    if (need > r->where_cap) r->where = hdlm_realloc(r->where, r->where_cap = need);
-    int n = snprintf(r->where, r->where_cap, "%s%s%s", f->path, doc->member ? ", member " : "",
-                     doc->member ? doc->member : "");
-    if (line) snprintf(r->where + n, r->where_cap - (size_t)n, ":%llu", (unsigned long long)line);
-    return r->where;
+    return text_where(&r->where, &r->where_cap, f->path, doc->member, line);
 }
 
 // Opens uncompressed JSONL file r->file at its first line that starts at or after segment position r->lo.

@@ -34,6 +34,10 @@ int text_classify(const char *name, hdlm_text_format *format, int *compressed);
 // in why).
 int text_jsonl_parse(const char *field, const char *line, size_t len, hdlm_text_doc *doc, char *why, size_t why_len);
 
+// "path", "path:line", "path, member m" or "path, member m:line" (line 0: none; member NULL: none) into *buf
+// (grown as needed), for messages; returns *buf.
+const char *text_where(char **buf, size_t *cap, const char *path, const char *member, uint64_t line);
+
 // Reports a bad line or member: an error (-1) unless skipping, else a counted warning (0).
 int text_bad(text_context *c, const char *where, const char *why, const char *skipped_what);
 

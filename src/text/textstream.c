@@ -80,10 +80,7 @@ static char *member_path(const text_stream *s, int depth) {
 // "file", "file, member a > b" (levels [0, depth)), with ":line" when line > 0, for messages.
 static const char *stream_where(text_stream *s, int depth, uint64_t line) {
     char *member = member_path(s, depth);
-    size_t need = strlen(s->f->path) + (member ? strlen(member) : 0) + 40;
-    if (need > s->where_cap) s->where = hdlm_realloc(s->where, s->where_cap = need);
-    int n = snprintf(s->where, s->where_cap, "%s%s%s", s->f->path, member ? ", member " : "", member ? member : "");
-    if (line) snprintf(s->where + n, s->where_cap - (size_t)n, ":%llu", (unsigned long long)line);
+    text_where(&s->where, &s->where_cap, s->f->path, member, line);
     free(member);
     return s->where;
 }
@@ -92,7 +89,6 @@ static la_ssize_t child_read(struct archive *child, void *client, const void **b
     level *parent = client;
     la_ssize_t n = archive_read_data(parent->a, parent->child_buf, READ_BYTES);
     if (n < 0) archive_set_error(child, archive_errno(parent->a), "%s", archive_message(parent->a));
-    else parent->entry_read += (uint64_t)n;
     *buf = parent->child_buf;
     return n;
 }
