@@ -183,7 +183,7 @@ static void test_codec_round_trips(void **state) {
     enum { L = 24 };
     float *toy_buf = NULL;
     hdlm_model *m = small_model(L);
-    hdlm_denoiser toy = {m->config.vocab, toy_forward, &toy_buf, NULL}, net = hdlm_denoiser_model(m);
+    hdlm_denoiser toy = {m->config.vocab, toy_forward, &toy_buf, NULL, NULL}, net = hdlm_denoiser_model(m);
     hdlm_denoiser *nets[2] = {&toy, &net};
     const int budgets[] = {1, 5, L};
     const int shapes[][4] = {{L, L, L, L}, {L, 7, 1, L}, {1, 0, 0, 0}, {L - 1, 0, 0, 0}};
@@ -212,6 +212,7 @@ static void test_codec_round_trips(void **state) {
             hdlm_codec_free(&c);
         }
     free(toy_buf);
+    hdlm_denoiser_free(&net);
     hdlm_model_free(m);
 }
 
@@ -257,6 +258,7 @@ static void test_size_matches_the_estimator(void **state) {
     double ideal, bound_bits = estimator_bits(&c, &net, &cfg, C, 1, &ideal);
     assert_true(fabs(ideal - bound_bits) < 1e-3 * bound_bits);
     hdlm_codec_free(&c);
+    hdlm_denoiser_free(&net);
     hdlm_model_free(m);
 }
 
@@ -310,6 +312,7 @@ static void test_next_token_codec(void **state) {
     double ideal, nll_bits = estimator_bits(&c, &net, &cfg, C, 4, &ideal);
     assert_true(fabs(ideal - nll_bits) < 1e-3 * ideal);
     hdlm_codec_free(&c);
+    hdlm_denoiser_free(&net);
     hdlm_model_free(m);
 }
 

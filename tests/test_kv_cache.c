@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -131,21 +132,27 @@ static void test_cached_sampling_gives_the_same_tokens(void **state) {
             hdlm_sampler_config cfg = {.kind = kinds[k], .eta = 0.2, .temperature = 1, .gamma = 0.01, .schedule = &s,
                                        .seed = 40 + (uint64_t)k};
             if (k) cfg.prompt = prompt, cfg.prompt_mask = pmask;
-            uint32_t plain[3 * L], cached[3 * L];
+            uint32_t plain[3 * L], cached[3 * L], alone[L];
             assert_int_equal(hdlm_sample(&cfg, &d, B, L, 0, plain, NULL, NULL), 0);
             cfg.kv_cache = true;
+            // The denoiser's cache serves one sequence, then grows to B; the next sampler reuses it.
+            assert_int_equal(hdlm_sample(&cfg, &d, 1, L, 0, alone, NULL, NULL), 0);
             assert_int_equal(hdlm_sample(&cfg, &d, B, L, 0, cached, NULL, NULL), 0);
+            assert_memory_equal(plain, cached, sizeof plain);
+            assert_memory_equal(alone, cached, sizeof alone);
+            // Positions draw in parallel from their own streams: another thread count, the same tokens.
+            int threads = omp_get_max_threads();
+            omp_set_num_threads(threads > 1 ? 1 : 3);
+            assert_int_equal(hdlm_sample(&cfg, &d, B, L, 0, cached, NULL, NULL), 0);
+            omp_set_num_threads(threads);
             assert_memory_equal(plain, cached, sizeof plain);
         }
         hdlm_schedule_free(&s);
+        hdlm_denoiser_free(&d);
         hdlm_model_free(m);
     }
     shape = 0;
 }
-
-// The packed-weight product reproduces hdlm_sgemm's bits (the cached path uses it, the uncached forward hdlm_sgemm):
-// every row count from 1 to 70 (row tiles and their edges) and a large one, depths below, at and across the depth
-// blocking (one block, two blocks, a remainder, many blocks), output counts that are not multiples of the panels.
 
 // The AR sampler is the exact chain: every token is the draw of its own stream (seed, sample, position) from the
 // softmax over the real tokens of the causal forward's row at that position, given the tokens drawn before it. One
@@ -194,9 +201,14 @@ static void test_ar_sampler_is_the_exact_chain(void **state) {
     // Only a next-token sampler runs one step per token.
     hdlm_sampler_config bad = {.kind = HDLM_SAMPLER_AR, .steps = 4, .temperature = 1.0};
     assert_int_equal(hdlm_sampler_check(&bad, V, L), -1);
+    hdlm_denoiser_free(&d);
     hdlm_model_free(m);
 }
 
+// The packed-weight product reproduces hdlm_sgemm's bits (the cached path uses it, the uncached forward hdlm_sgemm):
+// every row count from 1 to 70 (row tiles and their edges) and a large one, depths below, at and across the depth
+// blocking (one block, two blocks, a remainder, many blocks), output counts that are not multiples of the panels; with
+// a bias, and with a shift per row added after it (as the γ head's scale by σ).
 static void test_packed_product_matches_sgemm_bits(void **state) {
     (void)state;
     const int ks[] = {16, 256, 400, 768, 900, 1500, 3072}, ns[] = {13, 77, 2304};
@@ -214,8 +226,11 @@ static void test_packed_product_matches_sgemm_bits(void **state) {
             hdlm_packed_weights_init(&p, w, n, k);
             for (int m = 1; m <= rows_max; m = m < 70 ? m + 1 : rows_max) {
                 const float *bias = ni == 1 ? a : NULL;   // with a bias for one of the widths
+                const float *row_add = ni == 2 ? a + k : NULL;   // with a shift per row for another
                 hdlm_sgemm_bias(false, true, m, n, k, 1.0f, a, k, w, k, 0.0f, want, n, bias);
-                hdlm_sgemm_packed(m, a, k, &p, bias, got, n);
+                for (int r = 0; row_add && r < m; r++)
+                    for (int j = 0; j < n; j++) want[(size_t)r * n + j] += row_add[r];
+                hdlm_sgemm_packed(m, a, k, &p, bias, row_add, got, n);
                 if (memcmp(want, got, (size_t)m * n * sizeof *got) != 0)
                     fail_msg("packed product differs from hdlm_sgemm at m %d, n %d, k %d", m, n, k);
                 if (m == rows_max) break;

@@ -63,7 +63,7 @@ static void test_masking_round_matches_numpy(void **state) {
         for (int i = 0; i < L; i++) masked[b * L + i] = hdlm_rng_uniform_double(&rng) < p[b];
     }
     table_model t = {W, P, L, NULL};
-    hdlm_denoiser d = {V, table_forward, &t, NULL};
+    hdlm_denoiser d = {V, table_forward, &t, NULL, NULL};
     hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
     cfg.copies = C;
     double value;
@@ -104,7 +104,7 @@ static void test_chunk_estimator_is_unbiased(void **state) {
     (void)state;
     const int V = 11, L = 8, n = 400;
     table_model t = {NULL, NULL, L, NULL};
-    hdlm_denoiser d = {V, table_forward, &t, NULL};
+    hdlm_denoiser d = {V, table_forward, &t, NULL, NULL};
     hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
     cfg.copies = 4, cfg.rounds = 3, cfg.seed = 5;
     uint32_t x[8] = {1, 2, 3, 4, 5, 6, 7, 8};
@@ -140,7 +140,7 @@ static void test_ardm_bound_at_zero_logits(void **state) {
     (void)state;
     const int V = 11, L = 8;
     table_model t = {NULL, NULL, L, NULL};
-    hdlm_denoiser d = {V, table_forward, &t, NULL};
+    hdlm_denoiser d = {V, table_forward, &t, NULL, NULL};
     hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
     cfg.kind = HDLM_NELBO_ARDM, cfg.copies = 5, cfg.rounds = 2;
     uint32_t x[8] = {0, 9, 3, 4, 5, 6, 7, 8};
@@ -157,7 +157,7 @@ static void test_bad_inputs_are_refused(void **state) {
     (void)state;
     const int V = 11, L = 4;
     table_model t = {NULL, NULL, L, NULL};
-    hdlm_denoiser d = {V, table_forward, &t, NULL};
+    hdlm_denoiser d = {V, table_forward, &t, NULL, NULL};
     hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
     uint32_t x[4] = {1, 2, 10, 3};   // 10 = MASK of this model
     double nll, var;
@@ -223,6 +223,7 @@ static void test_ar_nll_is_the_chain_rule(void **state) {
     assert_true(fabs(nll - chain) <= 1e-5 * fabs(chain));
     assert_true(var == 0 && counted == 1);
     assert_string_equal(hdlm_nelbo_kind_name(HDLM_NLL_AR), "ar");
+    hdlm_denoiser_free(&d);
     hdlm_model_free(m);
 }
 
@@ -282,6 +283,7 @@ static void test_block_nelbo_is_blockwise(void **state) {
     cfg.schedule = NULL;
     assert_int_equal(hdlm_nelbo_chunk(&d, &cfg, x, L, 7, &nll, &var, &counted), -1);
     hdlm_schedule_free(&s);
+    hdlm_denoiser_free(&d);
     hdlm_model_free(m);
 }
 

@@ -74,6 +74,7 @@ static void test_two_ranks_equal_one(void **state) {
             }
             assert_int_equal(res.chunks, 3);
             assert_true(res.nll == first3);
+            hdlm_denoiser_free(&d);
             hdlm_model_free(m);
         }
     hdlm_dataset_close(&data);

@@ -60,7 +60,7 @@ static int toy_forward(hdlm_denoiser *d, const uint32_t *tokens, const float *si
 }
 
 static hdlm_denoiser toy_denoiser(toy *t, int vocab) {
-    hdlm_denoiser d = {vocab, toy_forward, t, NULL};
+    hdlm_denoiser d = {vocab, toy_forward, t, NULL, NULL};
     return d;
 }
 

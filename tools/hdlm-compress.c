@@ -393,6 +393,7 @@ static int encode_main(const args *a) {
     if (hdlm_rank() != 0) free(ids_bytes);
     hdlm_tokens_free(&t);
     free(text);
+    hdlm_denoiser_free(&d);
     close_coder(&lm, &c, tok);
     return rc;
 }
@@ -491,6 +492,7 @@ static int decode_main(const args *a) {
     free(count);
     free(offset);
     free(file);
+    hdlm_denoiser_free(&d);
     close_coder(&lm, &c, tok);
     return rc;
 }

@@ -6,8 +6,9 @@
 // outputs so the sampler's distribution is known exactly.
 //
 // Randomness: sequence number `first_sample + b` at step j draws from the stream keyed by
-// hdlm_rng_key(seed, first_sample + b, j, HDLM_RNG_SAMPLE), so a sample depends only on (seed, its number) and not on
-// the batch it was generated in or on the number of ranks.
+// hdlm_rng_key(seed, first_sample + b, j, HDLM_RNG_SAMPLE), position i of it (the schedule samplers, ancestral and
+// ACS) from that stream's blocks i·2^32 on, so a sample depends only on (seed, its number) and not on the batch it was
+// generated in, the number of ranks or of threads (the positions of a step draw in parallel).
 // Token ids: 0..V-2 real tokens (N = V-1), V-1 MASK.
 #ifndef HDLM_SAMPLER_H
 #define HDLM_SAMPLER_H
@@ -25,10 +26,14 @@ typedef struct hdlm_denoiser {
                    int batch, int length, const float **out);
     void *ctx;
     hdlm_model *model;   // the wrapped model (hdlm_denoiser_model), needed by the KV-cached path; NULL otherwise
+    struct hdlm_kv_cache_s *kv;   // the KV-cached path's packed weights and buffers, made at its first use
 } hdlm_denoiser;
 
-// A denoiser that runs hdlm_model_forward (eval mode, no dropout).
+// A denoiser that runs hdlm_model_forward (eval mode, no dropout). The KV-cached path packs the model's weights at its
+// first call and keeps them, with its buffers, for every later generation until hdlm_denoiser_free: the weights must
+// not change in between (make a new denoiser after they do).
 hdlm_denoiser hdlm_denoiser_model(hdlm_model *model);
+void hdlm_denoiser_free(hdlm_denoiser *d);
 
 typedef enum {
     HDLM_SAMPLER_ANCESTRAL = 0,   // ε full_diff `original` (method §6.2)
@@ -91,8 +96,9 @@ int hdlm_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int
 // any exact categorical sampler gives the reference's distribution; this one needs one draw instead of V). The
 // weights are fp32 (vectorised exp, scratch[width] receives them), the CDF is summed in float64.
 uint32_t hdlm_sample_softmax(const float *z, int width, double temperature, float *scratch, hdlm_rng *rng);
-// A draw ∝ max(w_y, 0) over w[0..n) (method §6.1), one uniform, float64 sums over chunks of 1024 entries then inside
-// the chosen chunk: entries <= 0 are never chosen; when all are <= 0 the largest entry is returned (no draw).
+// A draw ∝ max(w_y, 0) over w[0..n) (method §6.1), one uniform, float64 sums over chunks of 1024 entries (more when
+// n > 256 Ki) then inside the chosen chunk: entries <= 0 are never chosen; when all are <= 0 the largest entry is
+// returned (no draw).
 uint32_t hdlm_sample_weights(const float *w, int n, hdlm_rng *rng);
 // Top-k / nucleus truncation of weights w[0..n) (unnormalised probabilities, entries <= 0 never drawn): sets to 0 every
 // entry outside the k largest (top_k > 0; ties with the k-th kept), then outside the smallest set of largest entries

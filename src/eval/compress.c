@@ -15,7 +15,7 @@
 #include "hdlm/model.h"
 #include "hdlm/rng.h"
 #include "core/vecmath.h"
-#include "model/kv_cache.h"
+#include "sampler_internal.h"
 
 // ---- rANS ----
 // The state x stays in [RANS_LOW, RANS_LOW << 32): before a push it is shifted down 32 bits when the push would
@@ -349,8 +349,7 @@ static int coding_loop_next_token(const hdlm_codec *c, hdlm_denoiser *d, uint32_
     for (int g = 0; g < chunks; g++) longest = n_tokens[g] > longest ? n_tokens[g] : longest;
     uint32_t *step = hdlm_malloc(2 * (size_t)chunks * sizeof *step), *freq = hdlm_malloc((size_t)(V - 1) * sizeof *freq);
     double *work = hdlm_malloc((size_t)(V - 1) * sizeof *work);
-    hdlm_kv_cache cache;
-    hdlm_kv_cache_init(&cache, d->model, chunks);
+    hdlm_kv_cache *cache = hdlm_denoiser_kv_cache(d, chunks);
     for (int i = 0; i < longest && status == 0; i++) {
         int settle = i > 0, T = settle + 1;   // [the previous input, entering the cache,] this input
         for (int g = 0; g < chunks; g++) {
@@ -358,14 +357,13 @@ static int coding_loop_next_token(const hdlm_codec *c, hdlm_denoiser *d, uint32_
             if (settle) step[(size_t)g * T] = i == 1 ? hdlm_ar_start(V) : xg[i - 2];
             step[(size_t)g * T + settle] = i == 0 ? hdlm_ar_start(V) : xg[i - 1];
         }
-        status = hdlm_model_forward_cached(d->model, &cache, step, NULL, chunks, settle, 1, HDLM_BLOCK_FULL);
+        status = hdlm_model_forward_cached(d->model, cache, step, NULL, chunks, settle, 1, HDLM_BLOCK_FULL);
         for (int g = 0; g < chunks && status == 0; g++) {
             if (i >= n_tokens[g]) continue;
-            status = hdlm_quantize_softmax(cache.out + (size_t)g * V, V - 1, c->scale_bits, freq, work);
+            status = hdlm_quantize_softmax(cache->out + (size_t)g * V, V - 1, c->scale_bits, freq, work);
             if (status == 0) status = code(ctx, g, i, freq);
         }
     }
-    hdlm_kv_cache_free(&cache);
     free(work);
     free(freq);
     free(step);

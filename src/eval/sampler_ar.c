@@ -17,8 +17,7 @@ int hdlm_ar_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, 
     uint32_t *in = hdlm_malloc((size_t)batch * length * sizeof *in);
     uint32_t *step = hdlm_malloc(2 * (size_t)batch * sizeof *step);
     float *scratch = hdlm_malloc(2 * (size_t)width * sizeof *scratch);
-    hdlm_kv_cache cache;
-    if (cfg->kv_cache) hdlm_kv_cache_init(&cache, d->model, batch);
+    hdlm_kv_cache *cache = cfg->kv_cache ? hdlm_denoiser_kv_cache(d, batch) : NULL;
     bool *stopped = hdlm_calloc((size_t)batch, sizeof *stopped);
     int status = 0, prompt_end = hdlm_sampler_prompt_end(cfg, length);
     for (int i = 0; i < length && status == 0; i++) {
@@ -27,7 +26,7 @@ int hdlm_ar_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, 
         const float *out;
         size_t row_stride;   // floats between the rows of consecutive sequences
         int row;             // the row of position i within a sequence's outputs
-        if (cfg->kv_cache) {
+        if (cache) {
             // per sequence: [the previous input, entering the cache,] this input as the query
             int settle = i > 0 ? 1 : 0, T = settle + 1;
             for (int b = 0; b < batch; b++) {
@@ -35,8 +34,8 @@ int hdlm_ar_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, 
                 if (settle) s[0] = in[(size_t)b * length + i - 1];
                 s[settle] = in[(size_t)b * length + i];
             }
-            status = hdlm_model_forward_cached(d->model, &cache, step, NULL, batch, settle, 1, HDLM_BLOCK_FULL);
-            out = cache.out, row_stride = (size_t)V, row = 0;
+            status = hdlm_model_forward_cached(d->model, cache, step, NULL, batch, settle, 1, HDLM_BLOCK_FULL);
+            out = cache->out, row_stride = (size_t)V, row = 0;
         } else {
             // the prefix [0, i] of every sequence, packed, under the causal rule
             uint32_t *packed = hdlm_malloc((size_t)batch * (i + 1) * sizeof *packed);
@@ -73,7 +72,6 @@ int hdlm_ar_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, 
         }
     }
     if (status == 0) hdlm_sampler_pad_after_stop(cfg, batch, length, x);
-    if (cfg->kv_cache) hdlm_kv_cache_free(&cache);
     free(stopped);
     free(scratch);
     free(step);

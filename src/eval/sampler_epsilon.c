@@ -1,6 +1,10 @@
 // ε samplers (method §6.2, §6.3 and the hyperschedule walker of §11 item 19), the sampler configuration, the
 // categorical draws and the model denoiser shared by every sampler.
 #include <math.h>
+#include <omp.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,8 +26,23 @@ static int model_denoiser_forward(hdlm_denoiser *d, const uint32_t *tokens, cons
 }
 
 hdlm_denoiser hdlm_denoiser_model(hdlm_model *model) {
-    hdlm_denoiser d = {model->config.vocab, model_denoiser_forward, model, model};
+    hdlm_denoiser d = {model->config.vocab, model_denoiser_forward, model, model, NULL};
     return d;
+}
+
+hdlm_kv_cache *hdlm_denoiser_kv_cache(hdlm_denoiser *d, int batch) {
+    if (!d->kv) {
+        d->kv = hdlm_malloc(sizeof *d->kv);
+        hdlm_kv_cache_init(d->kv, d->model, batch);
+    }
+    hdlm_kv_cache_reset(d->kv, batch);
+    return d->kv;
+}
+
+void hdlm_denoiser_free(hdlm_denoiser *d) {
+    if (d->kv) hdlm_kv_cache_free(d->kv);
+    free(d->kv);
+    d->kv = NULL;
 }
 
 static const char *const KIND_NAMES[] = {"ancestral", "acs", "gamma-nar", "gamma-sar", "walk", "ar"};
@@ -94,18 +113,29 @@ int hdlm_sampler_calls(const hdlm_sampler_config *cfg) {
     return uses_schedule(cfg->kind) ? cfg->schedule->k_max - 1 : cfg->steps;
 }
 
-// w = exp((z - max z)/T): the softmax's weights, unnormalised.
-static void softmax_weights(const float *z, int width, double temperature, float *w) {
+// w = exp((z - max z)/T): the softmax's weights, unnormalised, with the float64 sum of every draw chunk (sums NULL:
+// none), computed in the same pass.
+static void softmax_weights(const float *z, int width, double temperature, float *w, double *sums) {
     float mx = -INFINITY, inv_t = (float)(1.0 / temperature);
 #pragma omp simd reduction(max : mx)
     for (int y = 0; y < width; y++) mx = z[y] > mx ? z[y] : mx;
-#pragma omp simd
-    for (int y = 0; y < width; y++) w[y] = hdlm_expf((z[y] - mx) * inv_t);
+    int chunk = hdlm_draw_chunk_size(width);
+    for (int c = 0, lo = 0; lo < width; c++, lo += chunk) {
+        int hi = lo + chunk < width ? lo + chunk : width;
+        double sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int y = lo; y < hi; y++) {
+            w[y] = hdlm_expf((z[y] - mx) * inv_t);
+            sum += w[y];
+        }
+        if (sums) sums[c] = sum;
+    }
 }
 
 uint32_t hdlm_sample_softmax(const float *z, int width, double temperature, float *w, hdlm_rng *rng) {
-    softmax_weights(z, width, temperature, w);
-    return hdlm_sample_weights(w, width, rng);
+    double sums[HDLM_DRAW_MAX_CHUNKS];
+    softmax_weights(z, width, temperature, w, sums);
+    return hdlm_draw_chunked(w, width, sums, rng);
 }
 
 // Reorders a[lo, hi) around the median of three as [lo, *gt) > pivot, [*gt, *lt) == pivot, [*lt, hi) < pivot.
@@ -173,7 +203,9 @@ void hdlm_truncate_weights(float *w, int n, int top_k, double top_p, float *work
 }
 
 uint32_t hdlm_sampler_draw(const hdlm_sampler_config *cfg, const float *z, int width, float *scratch, hdlm_rng *rng) {
-    softmax_weights(z, width, cfg->temperature, scratch);
+    if (cfg->top_k == 0 && (cfg->top_p == 0 || cfg->top_p == 1))
+        return hdlm_sample_softmax(z, width, cfg->temperature, scratch, rng);
+    softmax_weights(z, width, cfg->temperature, scratch, NULL);
     hdlm_truncate_weights(scratch, width, cfg->top_k, cfg->top_p, scratch + width);
     return hdlm_sample_weights(scratch, width, rng);
 }
@@ -192,19 +224,39 @@ void hdlm_sampler_pad_after_stop(const hdlm_sampler_config *cfg, int batch, int 
     }
 }
 
-enum { DRAW_CHUNK = 1024 };
+int hdlm_draw_chunk_size(int n) {
+    int chunk = 1024;
+    while ((n + chunk - 1) / chunk > HDLM_DRAW_MAX_CHUNKS) chunk *= 2;
+    return chunk;
+}
 
-// Σ max(w, 0) over [lo, hi): the same code (hence the same bits) for the total and for the walk.
-static double chunk_sum(const float *w, int lo, int hi) {
+// 16 float64 lanes (entry lo + i goes to lane i mod 16), folded in lane order: the same bits with AVX-512 vectors and
+// without. (The compiler turns `sum += w > 0 ? w : 0` into a branch per entry: 20 cycles each on random signs.)
+double hdlm_draw_chunk_sum(const float *w, int lo, int hi) {
+    double lane[16];
+#if defined(__AVX512F__)
+    __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
+    for (int y = lo; y < hi; y += 16) {
+        __mmask16 m = hi - y >= 16 ? 0xFFFF : (__mmask16)((1u << (hi - y)) - 1);
+        __m512 v = _mm512_max_ps(_mm512_maskz_loadu_ps(m, w + y), _mm512_setzero_ps());   // NaN -> 0
+        acc0 = _mm512_add_pd(acc0, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+        acc1 = _mm512_add_pd(acc1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+    }
+    _mm512_storeu_pd(lane, acc0);
+    _mm512_storeu_pd(lane + 8, acc1);
+#else
+    for (int i = 0; i < 16; i++) lane[i] = 0;
+    for (int y = lo; y < hi; y++) lane[(y - lo) % 16] += w[y] > 0 ? (double)w[y] : 0.0;
+#endif
     double sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int y = lo; y < hi; y++) sum += w[y] > 0 ? (double)w[y] : 0.0;
+    for (int i = 0; i < 16; i++) sum += lane[i];
     return sum;
 }
 
-uint32_t hdlm_sample_weights(const float *w, int n, hdlm_rng *rng) {
+uint32_t hdlm_draw_chunked(const float *w, int n, const double *sums, hdlm_rng *rng) {
+    int chunk = hdlm_draw_chunk_size(n), chunks = (n + chunk - 1) / chunk;
     double total = 0;
-    for (int lo = 0; lo < n; lo += DRAW_CHUNK) total += chunk_sum(w, lo, lo + DRAW_CHUNK < n ? lo + DRAW_CHUNK : n);
+    for (int c = 0; c < chunks; c++) total += sums[c];
     if (!(total > 0)) {
         int best = 0;
         for (int y = 1; y < n; y++)
@@ -213,19 +265,14 @@ uint32_t hdlm_sample_weights(const float *w, int n, hdlm_rng *rng) {
     }
     // Inversion of the CDF with one uniform: find the chunk by its sum, then the entry inside it.
     double u = hdlm_rng_uniform_double(rng) * total, acc = 0;
-    int lo = 0;
-    for (; lo < n; lo += DRAW_CHUNK) {
-        int hi = lo + DRAW_CHUNK < n ? lo + DRAW_CHUNK : n;
-        double c = chunk_sum(w, lo, hi);
-        if (u < acc + c) break;
-        acc += c;
-    }
-    if (lo >= n) {   // u rounded onto the total: the last entry with weight
+    int c = 0;
+    for (; c < chunks && !(u < acc + sums[c]); c++) acc += sums[c];
+    if (c == chunks) {   // u rounded onto the total: the last entry with weight
         int y = n - 1;
         while (!(w[y] > 0)) y--;
         return (uint32_t)y;
     }
-    int hi = lo + DRAW_CHUNK < n ? lo + DRAW_CHUNK : n, last = -1;
+    int lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n, last = -1;
     for (int y = lo; y < hi; y++) {
         if (!(w[y] > 0)) continue;
         last = y;
@@ -236,19 +283,33 @@ uint32_t hdlm_sample_weights(const float *w, int n, hdlm_rng *rng) {
     return (uint32_t)last;
 }
 
+uint32_t hdlm_sample_weights(const float *w, int n, hdlm_rng *rng) {
+    double sums[HDLM_DRAW_MAX_CHUNKS];
+    int chunk = hdlm_draw_chunk_size(n);
+    for (int c = 0, lo = 0; lo < n; c++, lo += chunk) sums[c] = hdlm_draw_chunk_sum(w, lo, lo + chunk < n ? lo + chunk : n);
+    return hdlm_draw_chunked(w, n, sums, rng);
+}
+
 // Unmask with probability p[i] (masked positions), correct with probability η·(1 - p[i]) (revealed, non-prompt
-// positions), both from the same logits z (method §6.3). Positions with p[i] < 0 are left alone (not active).
-// Positions [first, n); z holds their rows from position `first` on.
-static void eps_update_sequence(const hdlm_sampler_config *cfg, const float *z, int vocab, int first, int n,
-                                const double *p, double eta, float *scratch, hdlm_rng *rng, uint32_t *x) {
+// positions), both from the same logits (method §6.3), at network call `call` of every sequence of the batch, each
+// position from its own stream (same bits on any number of threads). Positions with p[i] < 0 are left alone (not
+// active). Positions [first, n); z holds rows [b][i - first]. scratch: 2·V floats per thread.
+static void eps_update(const hdlm_sampler_config *cfg, const float *z, int vocab, int batch, int length, int first,
+                       int n, const double *p, double eta, uint64_t first_sample, int call, float *scratch,
+                       uint32_t *x) {
     uint32_t mask_id = (uint32_t)(vocab - 1);
-    int width = cfg->exclude_mask ? vocab - 1 : vocab;
-    for (int i = first; i < n; i++) {
+    int width = cfg->exclude_mask ? vocab - 1 : vocab, rows = n - first;
+#pragma omp parallel for schedule(dynamic, 4)
+    for (int r = 0; r < batch * rows; r++) {
+        int b = r / rows, i = first + r % rows;
         if (p[i] < 0 || (cfg->prompt && cfg->prompt_mask[i])) continue;
-        double a = hdlm_rng_uniform_double(rng);
-        double threshold = x[i] == mask_id ? p[i] : eta * (1 - p[i]);
-        if (a < threshold)
-            x[i] = hdlm_sampler_draw(cfg, z + (size_t)(i - first) * vocab, width, scratch, rng);
+        hdlm_rng rng;
+        hdlm_sampler_position_rng(&rng, cfg, first_sample + (uint64_t)b, call, i);
+        uint32_t *xi = x + (size_t)b * length + i;
+        double threshold = *xi == mask_id ? p[i] : eta * (1 - p[i]);
+        if (hdlm_rng_uniform_double(&rng) < threshold)
+            *xi = hdlm_sampler_draw(cfg, z + (size_t)r * vocab, width,
+                                    scratch + (size_t)omp_get_thread_num() * 2 * vocab, &rng);
     }
 }
 
@@ -258,7 +319,7 @@ static int sample_full_diff(const hdlm_sampler_config *cfg, hdlm_denoiser *d, in
     int n = cfg->steps, V = d->vocab;
     double eta = cfg->kind == HDLM_SAMPLER_ACS ? cfg->eta : 0.0;
     double *p = hdlm_malloc((size_t)length * sizeof *p);
-    float *scratch = hdlm_malloc(2 * (size_t)V * sizeof *scratch);
+    float *scratch = hdlm_malloc((size_t)omp_get_max_threads() * 2 * V * sizeof *scratch);
     int status = 0;
     for (int j = 0; j < n && status == 0; j++) {
         float t = (float)(1.0 + (1e-5 - 1.0) * j / n), s = (float)(1.0 + (1e-5 - 1.0) * (j + 1) / n);
@@ -268,12 +329,7 @@ static int sample_full_diff(const hdlm_sampler_config *cfg, hdlm_denoiser *d, in
         const float *z;
         status = d->forward(d, x, NULL, NULL, batch, length, &z);
         if (status) break;
-        for (int b = 0; b < batch; b++) {
-            hdlm_rng rng;
-            hdlm_sampler_rng(&rng, cfg, first_sample + (uint64_t)b, j + 1);
-            eps_update_sequence(cfg, z + (size_t)b * length * V, V, 0, length, p, eta, scratch, &rng,
-                                x + (size_t)b * length);
-        }
+        eps_update(cfg, z, V, batch, length, 0, length, p, eta, first_sample, j + 1, scratch, x);
         if (progress) progress(pctx, j + 1, n);
     }
     free(scratch);
@@ -335,9 +391,8 @@ static int sample_walk(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int bat
     hdlm_step_alloc(&st, length);
     hdlm_step_alloc(&next, length);
     double *p = hdlm_malloc((size_t)length * sizeof *p);
-    float *scratch = hdlm_malloc(2 * (size_t)V * sizeof *scratch);
-    hdlm_kv_cache cache;
-    if (cfg->kv_cache) hdlm_kv_cache_init(&cache, d->model, batch);
+    float *scratch = hdlm_malloc((size_t)omp_get_max_threads() * 2 * V * sizeof *scratch);
+    hdlm_kv_cache *cache = cfg->kv_cache ? hdlm_denoiser_kv_cache(d, batch) : NULL;
     for (int k = 1; k <= calls && status == 0; k++) {
         HDLM_ASSERT(hdlm_schedule_step(s, k, &st) == 0, "walker step %d", k);
         bool has_next = k < calls;
@@ -352,18 +407,11 @@ static int sample_walk(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int bat
         }
         int n = st.a_end + 1, first;
         const float *z;
-        status = hdlm_sampler_step_forward(d, cfg->kv_cache ? &cache : NULL, &st, x, NULL, batch, length, n,
-                                           &first, &z);
+        status = hdlm_sampler_step_forward(d, cache, &st, x, NULL, batch, length, n, &first, &z);
         if (status) break;
-        for (int b = 0; b < batch; b++) {
-            hdlm_rng rng;
-            hdlm_sampler_rng(&rng, cfg, first_sample + (uint64_t)b, k);
-            eps_update_sequence(cfg, z + (size_t)b * (n - first) * V, V, first, n, p, cfg->eta, scratch, &rng,
-                                x + (size_t)b * length);
-        }
+        eps_update(cfg, z, V, batch, length, first, n, p, cfg->eta, first_sample, k, scratch, x);
         if (progress) progress(pctx, k, calls);
     }
-    if (cfg->kv_cache) hdlm_kv_cache_free(&cache);
     free(scratch);
     free(p);
     hdlm_step_free(&next);

@@ -1,6 +1,7 @@
 // γ analytic sampler over the hyperschedule (method §6.7 NAR, §6.8 SAR): Tweedie τ-leaping with the convex mix of the
 // absorbing and uniform staggered scores, reproduced as the reference computes it (§11 item 11).
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,12 +13,13 @@
 
 // One active position: the next token given log-scores o, current token x, dσ (method §6.7), drawn from the weights
 // p_y = g_y·T_y, g = (1-γ)·a + γ·u the mixed staggered score, T the transition factor. Every real y other than x has
-// p_y = A·s_y + B with the same A, B, so the V-wide work is three vectorised fp32 passes (max, exp with its float64
-// sum, the affine map) and the draw; x and MASK are computed on their own in float64. Scores are taken relative to
-// max(o) (s_y = e^{o_y - max}): every p_y is homogeneous of degree 1 in the scores (the sedd convention's 1 for the
-// current state becomes e^{-max}), so the law is unchanged and no exp overflows.
+// p_y = A·s_y + B with the same A, B, so the V-wide work is three vectorised fp32 passes (max; exp with its float64
+// sum; the affine map, chunk by chunk with the chunk's float64 sum for the draw) and the draw inside one chunk; x and MASK are
+// computed on their own in float64. Scores are taken relative to max(o) (s_y = e^{o_y - max}): every p_y is
+// homogeneous of degree 1 in the scores (the sedd convention's 1 for the current state becomes e^{-max}), so the law
+// is unchanged and no exp overflows. s, w: V floats; sums: HDLM_DRAW_MAX_CHUNKS.
 static uint32_t gamma_step_draw(const float *o, int V, uint32_t x, double dsigma, double gamma, bool to_denoise,
-                                hdlm_gamma_score_convention conv, float *s, float *w, hdlm_rng *rng) {
+                                hdlm_gamma_score_convention conv, float *s, float *w, double *sums, hdlm_rng *rng) {
     int N = V - 1;
     float mx = -INFINITY;
 #pragma omp simd reduction(max : mx)
@@ -42,12 +44,23 @@ static uint32_t gamma_step_draw(const float *o, int V, uint32_t x, double dsigma
     double t_real = masked ? 1 - k_abs : k_abs * (1 - k_uni) / N;
     double c1 = (1 - gamma) * e_pos + gamma / e_neg, c0 = gamma * u_shift;
     float A = (float)(t_real * c1), B = (float)(t_real * c0);
+    int chunk = hdlm_draw_chunk_size(V);
+    for (int c = 0, lo = 0; lo < V; c++, lo += chunk) {
+        int hi = lo + chunk < N ? lo + chunk : N;
 #pragma omp simd
-    for (int y = 0; y < N; y++) w[y] = A * s[y] + B;
-    if (!masked) w[x] = (float)((c1 * s_x + c0) * (t_real + k_abs * k_uni));
+        for (int y = lo; y < hi; y++) w[y] = A * s[y] + B;
+        sums[c] = hdlm_draw_chunk_sum(w, lo, hi);   // while the chunk is in L1
+    }
     double g_mask = (1 - gamma) * (e_pos * s_mask + (1 - e_pos) * sum_all) + gamma * s_mask;
     w[N] = to_denoise || !masked ? 0.0f : (float)g_mask;
-    return hdlm_sample_weights(w, V, rng);
+    if (!masked) w[x] = (float)((c1 * s_x + c0) * (t_real + k_abs * k_uni));
+    // The chunks holding MASK and x, summed again with their own weights.
+    for (int y = N;; y = (int)x) {
+        int lo = y / chunk * chunk, hi = lo + chunk < V ? lo + chunk : V;
+        sums[y / chunk] = hdlm_draw_chunk_sum(w, lo, hi);
+        if (masked || y == (int)x) break;
+    }
+    return hdlm_draw_chunked(w, V, sums, rng);
 }
 
 int hdlm_gamma_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int length, uint64_t first_sample,
@@ -66,9 +79,10 @@ int hdlm_gamma_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batc
     hdlm_step_alloc(&st, length);
     float *sigma_row = hdlm_malloc((size_t)length * sizeof *sigma_row);
     double *dsigma = hdlm_malloc((size_t)length * sizeof *dsigma);
-    hdlm_kv_cache cache;
-    if (cfg->kv_cache) hdlm_kv_cache_init(&cache, d->model, batch);
-    float *s = hdlm_malloc((size_t)V * sizeof *s), *w = hdlm_malloc((size_t)V * sizeof *w);
+    hdlm_kv_cache *cache = cfg->kv_cache ? hdlm_denoiser_kv_cache(d, batch) : NULL;
+    int threads = omp_get_max_threads();
+    float *scratch = hdlm_malloc((size_t)threads * 2 * V * sizeof *scratch);
+    double *chunk_sums = hdlm_malloc((size_t)threads * HDLM_DRAW_MAX_CHUNKS * sizeof *chunk_sums);
     for (int k = 1; k <= calls && status == 0; k++) {
         HDLM_ASSERT(hdlm_schedule_step(sch, k, &st) == 0, "gamma sampler step %d", k);
         hdlm_gamma_sigmas(&st, sigma_row);
@@ -83,25 +97,32 @@ int hdlm_gamma_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batc
         // only the active positions run.
         int n = sar ? st.a_end + 1 : length, first;
         const float *o;
-        status = hdlm_sampler_step_forward(d, cfg->kv_cache ? &cache : NULL, &st, x, sigma_row, batch, length,
+        status = hdlm_sampler_step_forward(d, cache, &st, x, sigma_row, batch, length,
                                            n, &first, &o);
         if (status) break;
         int rows = cfg->kv_cache ? st.a_end + 1 - first : n;
-        for (int b = 0; b < batch; b++) {
-            hdlm_rng rng;
-            hdlm_sampler_rng(&rng, cfg, first_sample + (uint64_t)b, k);
-            uint32_t *xb = x + (size_t)b * length;
-            for (int i = st.n_set; i <= st.a_end; i++) {
+        // Every active position of every sequence draws from its own stream (same bits on any number of threads).
+        int lo = st.n_set, active = st.a_end + 1 - lo;
+#pragma omp parallel
+        {
+            int t = omp_get_thread_num();
+            float *s = scratch + (size_t)t * 2 * V, *w = s + V;
+            double *sums = chunk_sums + (size_t)t * HDLM_DRAW_MAX_CHUNKS;
+#pragma omp for schedule(dynamic, 4)
+            for (int r = 0; r < batch * active; r++) {
+                int b = r / active, i = lo + r % active;
                 if (cfg->prompt && cfg->prompt_mask[i]) continue;
+                hdlm_rng rng;
+                hdlm_sampler_position_rng(&rng, cfg, first_sample + (uint64_t)b, k, i);
+                uint32_t *xb = x + (size_t)b * length;
                 xb[i] = gamma_step_draw(o + ((size_t)b * rows + (i - first)) * V, V, xb[i], dsigma[i], cfg->gamma,
-                                        st.to_denoise[i], cfg->score_convention, s, w, &rng);
+                                        st.to_denoise[i], cfg->score_convention, s, w, sums, &rng);
             }
         }
         if (progress) progress(pctx, k, calls);
     }
-    free(w);
-    free(s);
-    if (cfg->kv_cache) hdlm_kv_cache_free(&cache);
+    free(chunk_sums);
+    free(scratch);
     free(dsigma);
     free(sigma_row);
     hdlm_step_free(&st);

@@ -15,7 +15,7 @@
 
 void hdlm_kv_cache_init(hdlm_kv_cache *c, const hdlm_model *m, int batch) {
     memset(c, 0, sizeof *c);
-    c->batch = batch;
+    c->batch = c->batch_capacity = batch;
     c->capacity = m->config.max_length;
     c->layers = m->config.n_layers;
     c->width = m->config.width;
@@ -65,6 +65,16 @@ void hdlm_kv_cache_free(hdlm_kv_cache *c) {
     memset(c, 0, sizeof *c);
 }
 
+void hdlm_kv_cache_reset(hdlm_kv_cache *c, int batch) {
+    if (batch > c->batch_capacity) {
+        free(c->qkv);
+        c->qkv = hdlm_malloc((size_t)c->layers * batch * c->capacity * 3 * c->width * sizeof(float));
+        c->batch_capacity = batch;
+    }
+    c->batch = batch;
+    c->length = 0;
+}
+
 // Attention of the T = n_settle + n new rows of every sequence (cache rows start..start+T-1): the settling rows over
 // keys [0, start + n_settle) (full), the query rows over keys [0, start + T) under `rule` — with the arithmetic of the
 // uncached forward (hdlm_attention_rows), so the outputs are its bits. One (sequence, head) per task; out[B·T, d].
@@ -76,11 +86,7 @@ static void cached_attention(float *out, const float *cache_qkv, int batch, int 
         for (int h = 0; h < heads; h++) {
             const float *base = cache_qkv + (size_t)b * capacity * ld + (size_t)h * head_dim;
             float *o = out + (size_t)b * T * d + (size_t)h * head_dim;
-            if (n_settle > 0)
-                hdlm_attention_rows(o, d, base, ld, capacity, start, n_settle, start + n_settle, head_dim, false);
-            if (n > 0)
-                hdlm_attention_rows(o + (size_t)n_settle * d, d, base, ld, capacity, start + n_settle, n, start + T,
-                                    head_dim, rule == HDLM_BLOCK_CAUSAL);
+            hdlm_attention_rows(o, d, base, ld, capacity, start, n_settle, n, head_dim, rule == HDLM_BLOCK_CAUSAL);
         }
 }
 
@@ -113,7 +119,7 @@ int hdlm_model_forward_cached(hdlm_model *m, hdlm_kv_cache *cache, const uint32_
 #define TAKE(count) (next += (count), next - (count))
     float *h = TAKE(Nd), *ln = TAKE(Nd), *mod_in = TAKE(Nd), *qkv = TAKE(3 * Nd), *att = TAKE(Nd), *y = TAKE(Nd);
     float *fc1 = TAKE((size_t)N * f), *act = TAKE((size_t)N * f), *mean = TAKE((size_t)N), *rstd = TAKE((size_t)N);
-    float *query_sigma = TAKE((size_t)N);
+    float *query_shift = TAKE((size_t)N);
     float *cond = NULL, *mod = NULL, *mix = NULL;
     if (gamma) {   // σ conditioning and the MASK-mixed embedding (method §5.4, §7.3)
         float *freq = TAKE((size_t)N * HDLM_SIGMA_FREQ_DIM), *t1 = TAKE((size_t)N * cd), *t2 = TAKE((size_t)N * cd);
@@ -159,11 +165,13 @@ int hdlm_model_forward_cached(hdlm_model *m, hdlm_kv_cache *cache, const uint32_
     }
     cache->length = start + n_settle;   // the settling rows' K/V stay; their outputs are never used
     if (n > 0) {
-        // The query rows of every sequence, gathered (y is free here), through the final norm and the head.
-        float *sig = n_settle > 0 && gamma ? query_sigma : NULL;   // their σ, when not already contiguous
+        // The query rows of every sequence, gathered (y is free here), through the final norm and the head; γ: with
+        // each row's shift of the scores (method §5.4 step 1) added in the head's product.
+        float *shift = gamma ? query_shift : NULL;
         for (int b = 0; b < batch; b++) {
             memcpy(y + (size_t)b * n * d, h + ((size_t)b * T + n_settle) * d, (size_t)n * d * sizeof(float));
-            if (sig) memcpy(sig + (size_t)b * n, sigma + (size_t)b * T + n_settle, (size_t)n * sizeof(float));
+            for (int i = 0; shift && i < n; i++)
+                shift[b * n + i] = (float)hdlm_gamma_log_score_shift(sigma[b * T + n_settle + i], V);
         }
         int rows = batch * n;
         hdlm_layernorm_forward(ln, mean, rstd, y, m->p.norm_final, rows, d);
@@ -171,8 +179,7 @@ int hdlm_model_forward_cached(hdlm_model *m, hdlm_kv_cache *cache, const uint32_
             cache->out_capacity = (size_t)rows * V;
             cache->out = hdlm_realloc(cache->out, cache->out_capacity * sizeof(float));
         }
-        hdlm_linear_forward_packed(cache->out, ln, &cache->head, m->p.head_b, rows);
-        if (gamma) hdlm_gamma_scale_by_sigma(sig ? sig : sigma, rows, V, cache->out);   // method §5.4 step 1
+        hdlm_sgemm_packed(rows, ln, d, &cache->head, m->p.head_b, shift, cache->out, V);
     }
     return 0;
 }

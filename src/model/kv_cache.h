@@ -19,8 +19,9 @@ typedef struct {
     hdlm_packed_weights qkv, attn_out, fc1, fc2, ada;   // ada: γ only
 } hdlm_kv_block_weights;
 
-typedef struct {
+typedef struct hdlm_kv_cache_s {
     int batch, capacity, layers, width;
+    int batch_capacity;   // sequences the K/V buffer holds
     int length;    // cached positions [0, length)
     float *qkv;    // [layers][batch][capacity][3·width] after rotary; the q part is scratch
     float *out;    // outputs of the last hdlm_model_forward_cached, [batch, n, V]
@@ -36,6 +37,8 @@ typedef struct {
 // lives.
 void hdlm_kv_cache_init(hdlm_kv_cache *cache, const hdlm_model *model, int batch);
 void hdlm_kv_cache_free(hdlm_kv_cache *cache);
+// Empties the cache for a new generation of `batch` sequences, keeping the packed weights and the buffers.
+void hdlm_kv_cache_reset(hdlm_kv_cache *cache, int batch);
 
 // One call over T = n_settle + n new positions [cache->length, cache->length + T) of `batch` sequences (tokens and σ
 // [batch, T]; σ NULL for ε), eval mode, weights read once for both kinds of rows:

@@ -292,22 +292,27 @@ static float row_softmax(float *p, int hv, int cols, const float *s, float *max)
     return vec_sum(sum);
 }
 
-void hdlm_attention_rows(float *out, int ldo, const float *base, int ld, int capacity, int q0, int n, int kv,
+void hdlm_attention_rows(float *out, int ldo, const float *base, int ld, int capacity, int q0, int n_settle, int n,
                          int head_dim, bool causal) {
     attention_work w = work_get(capacity, head_dim);
     const float *k = base + ld / 3, *v = base + 2 * (ld / 3);
-    copy_rows(w.q, w.dp, base + (size_t)q0 * ld, ld, n, head_dim);
+    int rows = n_settle + n, kv = q0 + rows;
+    copy_rows(w.q, w.dp, base + (size_t)q0 * ld, ld, rows, head_dim);
     copy_transposed(w.kt, w.lt, k, ld, kv, head_dim);
     copy_rows(w.v, w.dp, v, ld, kv, head_dim);
     // Value rows past the keys (read with probability 0) zero, as the forward's padding is: never 0 · NaN.
     memset(w.v + (size_t)kv * w.dp, 0, (size_t)(round_up(kv, TILE_COLS) - kv) * w.dp * sizeof(float));
-    for (int r0 = 0; r0 < n; r0 += QUERY_BLOCK) {
-        int nq = n - r0 < QUERY_BLOCK ? n - r0 : QUERY_BLOCK, last_end = causal ? q0 + r0 + nq : kv;
+    // Query blocks never mix the two groups: the settling rows' blocks, then the others'.
+    for (int r0 = 0; r0 < rows;) {
+        bool settle = r0 < n_settle;
+        int group_end = settle ? n_settle : rows, nq = group_end - r0 < QUERY_BLOCK ? group_end - r0 : QUERY_BLOCK;
+        bool row_causal = causal && !settle;
+        int group_kv = settle ? q0 + n_settle : kv, last_end = row_causal ? q0 + r0 + nq : group_kv;
         key_windows win = {1, round_up(last_end, TILE_COLS), {0}, {round_up(last_end, TILE_COLS)}, {0}};
         block_scores(&w, &win, r0, nq, head_dim);
         float inv_sum[QUERY_BLOCK], max;
         for (int r = 0; r < nq; r++) {
-            int end = causal ? q0 + r0 + r + 1 : kv;
+            int end = row_causal ? q0 + r0 + r + 1 : group_kv;
             float *p = w.p + (size_t)r * w.lt;
             inv_sum[r] = 1.0f / row_softmax(p, mask_row(p, &win, (hdlm_key_range){end, end, end}), win.cols, NULL, &max);
         }
@@ -315,6 +320,7 @@ void hdlm_attention_rows(float *out, int ldo, const float *base, int ld, int cap
         for (int r = 0; r < nq; r++)
             for (int e = 0; e < head_dim; e++) w.block[(size_t)r * w.dp + e] *= inv_sum[r];
         store_rows(out + (size_t)r0 * ldo, ldo, w.block, w.dp, nq, head_dim);
+        r0 += nq;
     }
 }
 

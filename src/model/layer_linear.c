@@ -12,7 +12,7 @@ void hdlm_linear_forward(float *out, const float *in, const float *w, const floa
 }
 
 void hdlm_linear_forward_packed(float *out, const float *in, const hdlm_packed_weights *w, const float *b, int n) {
-    hdlm_sgemm_packed(n, in, w->k, w, b, out, w->n);
+    hdlm_sgemm_packed(n, in, w->k, w, b, NULL, out, w->n);
 }
 
 // db[o] += Σ_r dout[r, o]: threads own disjoint column ranges, so the sum order is fixed.

@@ -12,6 +12,7 @@
 #endif
 
 #include "hdlm/common.h"
+#include "hdlm/diffusion.h"
 #include "hdlm/rng.h"
 #include "model/layers.h"
 
@@ -486,11 +487,6 @@ static uint64_t site_key(const hdlm_model *m, int layer, hdlm_dropout_site site)
 }
 
 // log(e^σ − 1) + log(V − 1) (method §5.4 step 1), in double: expm1 below 0.5 as the reference.
-static float scale_by_sigma_shift(double sigma, int vocab) {
-    double e = sigma < 0.5 ? expm1(sigma) : exp(sigma) - 1.0;
-    return (float)(log(e) + log((double)vocab - 1.0));
-}
-
 int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
     hdlm_attn_mask mask;
     HDLM_TRY(hdlm_model_check_input(&m->config, in, &mask));
@@ -595,9 +591,9 @@ int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
 #pragma omp parallel for schedule(static)
         for (int r = 0; r < N; r++) {
             if (r % L < a->head_from || (in->head_rows && !in->head_rows[r])) continue;   // no output there
-            float shift = scale_by_sigma_shift(a->sigma[r], V);
+            float shift = (float)hdlm_gamma_log_score_shift(a->sigma[r], V);   // method §5.4 step 1
             float *o = m->out + (size_t)r * V;
-            for (int v = 0; v < V; v++) o[v] -= shift;
+            for (int v = 0; v < V; v++) o[v] += shift;
         }
     }
     if (a->profile) {

@@ -1,6 +1,7 @@
-// train/dist.h — data parallelism over MPI_COMM_WORLD: the sum of every rank's gradients, reduced in buckets that
-// start while the backward pass is still running (hdlm_model.grad_ready), or reduce-scattered onto the ranks' slices
-// for ZeRO-1, and the all-gather of the updated parameter slices.
+// train/dist.h — data parallelism over MPI_COMM_WORLD: the sum of every rank's gradients, reduced in buckets (started
+// while the backward pass is still running, hdlm_model.grad_ready, when this MPI's non-blocking all-reduce is as fast
+// as its blocking one; after the backward otherwise), or reduce-scattered onto the ranks' slices for ZeRO-1, and the
+// all-gather of the updated parameter slices.
 #ifndef HDLM_DIST_H
 #define HDLM_DIST_H
 
@@ -21,16 +22,19 @@ typedef struct {
     size_t *bucket;          // n_buckets + 1 bucket starts
     int n_buckets;
     int next;                // buckets [next, n_buckets) have been started
+    bool overlap;            // buckets start during the backward (MPI_Iallreduce), chosen by hdlm_grad_sync_init
     bool armed;              // the current backward's gradients are the last of the update
     MPI_Request *requests;
     float *scratch;          // ZeRO-1: this rank's reduced slice
 } hdlm_grad_sync;
 
 // bucket_floats: all-reduce granularity (e.g. 4 Mi floats). starts: the optimizer's slices (hdlm_partition_rows).
+// Collective (all-reduce mode, world > 1): times the buckets' blocking and non-blocking all-reduce and overlaps only
+// when the non-blocking one is no slower (with Open MPI on one node it is slower).
 void hdlm_grad_sync_init(hdlm_grad_sync *s, float *grads, size_t n, const size_t *starts, bool zero1,
                          size_t bucket_floats);
 void hdlm_grad_sync_free(hdlm_grad_sync *s);
-// Arms the sync before the last backward of an update (buckets start as gradients become final).
+// Arms the sync before the last backward of an update (with overlap, buckets start as gradients become final).
 void hdlm_grad_sync_arm(hdlm_grad_sync *s);
 // hdlm_grad_ready_fn: grads[from, n) are final; starts every bucket inside that range (only when armed, all-reduce
 // mode) and lets MPI progress the ones in flight.

@@ -147,6 +147,7 @@ int bench_eval_main(int argc, char **argv) {
            "width x L (%.3g).\n", flops_token);
     free(x);
     free(x32);
+    hdlm_denoiser_free(&d);
     hdlm_model_free(m);
     return 0;
 }

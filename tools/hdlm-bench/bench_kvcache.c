@@ -1,11 +1,12 @@
 // hdlm-bench kvcache: generation time with and without the KV cache of settled blocks (method §3.5) for ω = L/16 and
 // L/4 on the block schedule: the ε hyperschedule walker (its uncached forward already drops the worthless tail, as
 // the γ SAR sampler does) and the γ NAR sampler (uncached: full-length forward every step, as the reference). Also
-// checks that both paths give the same tokens. Prints wall and process CPU time (on a shared machine run it with
-// OMP_NUM_THREADS=1: the CPU-time ratio is then the work ratio) and the FLOP ratio of the two paths' linear layers
-// and head (attention left out). `--sampler ar`: next-token generation (the AR baseline), uncached = one causal
-// forward over the prefix per token (every row's logits, as a model without a cache computes them), cached = one row
-// per token against the cache.
+// checks that both paths give the same tokens. The headline is the wall-time speed-up; next to it the two paths' FLOP
+// ratio (linear layers, attention, head) and the share of it the speed-up reaches (100 %: the cached path as
+// efficient per FLOP as the uncached one; the sampler's own per-step work, the same on both paths, holds it below),
+// and the ratio of process CPU times (on a shared machine run it with OMP_NUM_THREADS=1: then the work ratio).
+// `--sampler ar`: next-token generation (the AR baseline), uncached = one causal forward over the prefix per token
+// (every row's logits, as a model without a cache computes them), cached = one row per token against the cache.
 #include <getopt.h>
 #include <math.h>
 #include <omp.h>
@@ -24,6 +25,7 @@ static void usage(FILE *out) {
     fprintf(out, "usage: hdlm-bench kvcache [--length L] [--width D] [--layers N] [--heads H] [--tau T] [--batch B]\n"
                  "                        [--omega 16|4]   (only ω = L/16 or L/4; default both)\n"
                  "                        [--sampler walk|gamma-nar|ar] (default walk and gamma-nar) [--repeat R]\n"
+                 "                        [--only cached|plain]   (one path, for a profiler)\n"
                  "  --repeat R: R alternating runs of each path, the fastest of each kept (a busy machine)\n"
                  "  defaults: L 1024, width 256, 4 layers, 4 heads, V 50258, τ 2, batch 1 (random weights)\n");
 }
@@ -46,37 +48,46 @@ static double cpu_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-// FLOPs of the linear layers and the head for one sample: per row 2·layers·(12d² + 12d·cond (γ adaLN)) plus 2dV for
-// rows with outputs. Uncached: every step runs rows [0, a_end] (walker) or all L (γ NAR), all with outputs. Cached:
-// the active rows with outputs, and each settled block once, without them.
-static double linear_flops(const hdlm_model_config *c, const hdlm_schedule *s, bool nar, bool cached) {
+// FLOPs of one sample's network calls: per row 2·layers·(12d² + 12d·cond (γ adaLN)) for the linear layers, 4·layers·d
+// per key the row attends to (scores and values), and 2dV for rows with outputs. Uncached: every step runs rows
+// [0, a_end] (walker) or all L (γ NAR) under the step's mask (a row past a_end reads all L values), all with outputs.
+// Cached: the active rows with outputs against keys [0, a_end], and each settled ω-block once, without them, against
+// the keys up to its end.
+static double path_flops(const hdlm_model_config *c, const hdlm_schedule *s, bool nar, bool cached) {
     double d = c->width, ada = c->family == HDLM_FAMILY_GAMMA ? 12 * d * c->cond_dim : 0;
-    double per_row = 2.0 * c->n_layers * (12 * d * d + ada);
+    double per_row = 2.0 * c->n_layers * (12 * d * d + ada), per_key = 4.0 * c->n_layers * d;
     double head = 2.0 * d * c->vocab, total = 0;
     hdlm_step st;
     hdlm_step_alloc(&st, s->length);
     int settled = 0;
     for (int k = 1; k < s->k_max; k++) {
         HDLM_MUST(hdlm_schedule_step(s, k, &st));
-        int rows = cached ? st.a_end + 1 - st.n_set : nar ? s->length : st.a_end + 1;
-        total += rows * (per_row + head);
-        if (cached) settled = st.n_set;
+        int first = cached ? st.n_set : 0, end = cached || !nar ? st.a_end + 1 : s->length;
+        for (int i = first; i < end; i++) {
+            int keys = cached ? st.a_end + 1 : hdlm_key_range_end(hdlm_mask_key_range(&st.mask, i));
+            total += per_row + head + per_key * keys;
+        }
+        for (; cached && settled < st.n_set; settled += s->width)   // blocks entering the cache
+            total += s->width * (per_row + per_key * (settled + s->width));
     }
     hdlm_step_free(&st);
-    return total + settled * per_row;
+    return total;
 }
 
-// The same for next-token generation: uncached, position i runs the prefix [0, i] with every row's logits; cached,
-// each position enters once without and runs once as a query with them.
+// The same for next-token generation: uncached, position i runs the prefix [0, i] causally with every row's logits;
+// cached, each position runs once as a query (with logits) and enters once (without), against the keys before it.
 static double ar_flops(const hdlm_model_config *c, int length, bool cached) {
-    double d = c->width, per_row = 2.0 * c->n_layers * 12 * d * d, head = 2.0 * d * c->vocab;
-    if (cached) return length * (per_row + head) + (length - 1) * per_row;
-    return 0.5 * length * (length + 1.0) * (per_row + head);
+    double d = c->width, per_row = 2.0 * c->n_layers * 12 * d * d, per_key = 4.0 * c->n_layers * d;
+    double head = 2.0 * d * c->vocab, total = 0;
+    for (int i = 0; i < length; i++)
+        total += cached ? per_row + head + per_key * (i + 1) + (i > 0 ? per_row + per_key * i : 0)
+                        : (i + 1) * (per_row + head) + per_key * (i + 1) * (i + 2) / 2.0;
+    return total;
 }
 
 // One row of the table: the fastest of `repeat` alternating runs of each path.
 static void time_paths(hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, int length, int repeat,
-                       const char *omega, double flop_ratio) {
+                       const char *omega, double flop_ratio, int only_path) {
     uint32_t *plain = hdlm_malloc((size_t)batch * length * sizeof *plain);
     uint32_t *cached = hdlm_malloc((size_t)batch * length * sizeof *cached);
     // The two paths alternate, so a change in the machine's load hits both; the fastest run of each counts.
@@ -84,6 +95,7 @@ static void time_paths(hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, in
     bool same = true;
     for (int r = 0; r < repeat; r++) {
         for (int use_cache = 0; use_cache < 2; use_cache++) {
+            if (only_path >= 0 && use_cache != only_path) continue;
             cfg->kv_cache = use_cache;
             double t0 = hdlm_time_now(), c0 = cpu_now();
             HDLM_MUST(hdlm_sample(cfg, d, batch, length, 0, use_cache ? cached : plain, NULL, NULL));
@@ -92,11 +104,12 @@ static void time_paths(hdlm_sampler_config *cfg, hdlm_denoiser *d, int batch, in
             *tb = t < *tb ? t : *tb;
             *cb = c < *cb ? c : *cb;
         }
-        same &= memcmp(plain, cached, (size_t)batch * length * sizeof *plain) == 0;
+        same &= only_path >= 0 || memcmp(plain, cached, (size_t)batch * length * sizeof *plain) == 0;
     }
-    printf("%-10s %-5s %5d %11.2f %9.2f %7.1fx %11.2f %9.2f %8.1fx %9.1fx %s\n", hdlm_sampler_kind_name(cfg->kind),
-           omega, hdlm_sampler_calls(cfg), t_plain, t_cached, t_plain / t_cached, c_plain, c_cached,
-           c_plain / c_cached, flop_ratio, same ? "yes" : "NO");
+    double speedup = t_plain / t_cached;
+    printf("%-10s %-5s %5d %7.1fx %11.2f %9.2f %9.1fx %8.0f%% %10.1fx %s\n", hdlm_sampler_kind_name(cfg->kind), omega,
+           hdlm_sampler_calls(cfg), speedup, t_plain, t_cached, flop_ratio, 100 * speedup / flop_ratio,
+           c_plain / c_cached, same ? "yes" : "NO");
     fflush(stdout);
     free(plain);
     free(cached);
@@ -109,8 +122,9 @@ int bench_kvcache_main(int argc, char **argv) {
         {"tau", required_argument, NULL, 't'},    {"batch", required_argument, NULL, 'b'},
         {"omega", required_argument, NULL, 'w'},  {"help", no_argument, NULL, 'h'},
         {"sampler", required_argument, NULL, 's'}, {"repeat", required_argument, NULL, 'r'},
+        {"only", required_argument, NULL, 'o'},
         {NULL, 0, NULL, 0}};
-    int length = 1024, width = 256, layers = 4, heads = 4, tau = 2, batch = 1, only = 0, repeat = 1, opt;
+    int length = 1024, width = 256, layers = 4, heads = 4, tau = 2, batch = 1, only = 0, repeat = 1, only_path = -1, opt;
     const char *sampler = NULL;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
@@ -124,25 +138,27 @@ int bench_kvcache_main(int argc, char **argv) {
         case 'w': only = atoi(optarg); break;
         case 's': sampler = optarg; break;
         case 'r': repeat = atoi(optarg); break;
+        case 'o': only_path = strcmp(optarg, "cached") == 0 ? 1 : strcmp(optarg, "plain") == 0 ? 0 : -2; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (length < 16 || length % 16 || width < 2 || layers < 1 || heads < 1 || tau < 2 || batch < 1 || repeat < 1 ||
+    if (length < 16 || length % 16 || width < 2 || layers < 1 || heads < 1 || tau < 2 || batch < 1 || repeat < 1 || only_path == -2 ||
         (only != 0 && only != 4 && only != 16) ||
         (sampler && strcmp(sampler, "walk") != 0 && strcmp(sampler, "gamma-nar") != 0 && strcmp(sampler, "ar") != 0))
         HDLM_DIE("kvcache: need L a multiple of 16, τ >= 2, positive sizes, --omega 4 or 16, --sampler walk, "
-                 "gamma-nar or ar");
+                 "gamma-nar or ar, --only cached or plain");
     printf("kvcache: L %d, width %d, %d layers, %d heads, V 50258, τ %d, batch %d, random weights, %d OpenMP "
            "thread(s), fastest of %d\n", length, width, layers, heads, tau, batch, omp_get_max_threads(), repeat);
-    printf("%-10s %-5s %5s %11s %9s %8s %11s %9s %8s %10s %s\n", "sampler", "ω", "calls", "no cache s", "cache s",
-           "speed-up", "no cache cpu", "cache cpu", "cpu ratio", "FLOP ratio", "same tokens");
+    printf("%-10s %-5s %5s %8s %11s %9s %10s %9s %11s %s\n", "sampler", "ω", "calls", "speed-up", "no cache s",
+           "cache s", "FLOP ratio", "of FLOPs", "CPU s ratio", "same tokens");
     if (sampler && strcmp(sampler, "ar") == 0) {
         hdlm_model *m = bench_model(HDLM_FAMILY_EPSILON, width, layers, heads, length);
         hdlm_denoiser d = hdlm_denoiser_model(m);
         hdlm_sampler_config cfg = {.kind = HDLM_SAMPLER_AR, .steps = length, .temperature = 1, .seed = 1};
         time_paths(&cfg, &d, batch, length, repeat, "1",
-                   ar_flops(&m->config, length, false) / ar_flops(&m->config, length, true));
+                   ar_flops(&m->config, length, false) / ar_flops(&m->config, length, true), only_path);
+        hdlm_denoiser_free(&d);
         hdlm_model_free(m);
         return 0;
     }
@@ -160,9 +176,10 @@ int bench_kvcache_main(int argc, char **argv) {
             char omega[32];
             snprintf(omega, sizeof omega, "L/%d", div);
             time_paths(&cfg, &d, batch, length, repeat, omega,
-                       linear_flops(&m->config, &s, fam, false) / linear_flops(&m->config, &s, fam, true));
+                       path_flops(&m->config, &s, fam, false) / path_flops(&m->config, &s, fam, true), only_path);
             hdlm_schedule_free(&s);
         }
+        hdlm_denoiser_free(&d);
         hdlm_model_free(m);
     }
     return 0;

@@ -244,6 +244,7 @@ int eval_perplexity_main(int argc, char **argv) {
                    res.chunks, cfg.copies, cfg.rounds, cfg.floor, seed, raw ? "raw" : "ema", em.path);
         }
     }
+    hdlm_denoiser_free(&d);
     hdlm_dataset_close(&data);
     hdlm_codec_free(&codec);
     free(policy);

@@ -414,6 +414,7 @@ static int sample_run(int argc, char **argv, bool generate) {
         fprintf(to_stdout ? stderr : stdout, "wrote %ld samples to %s (%s, %d calls each, %.2f s, %.3f s per sample)\n",
                 a.n, to_stdout ? "standard output" : a.out, name, calls, seconds, seconds * world / (double)a.n);
     }
+    hdlm_denoiser_free(&d);
     free(all);
     free(displs);
     free(counts);
