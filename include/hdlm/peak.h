@@ -5,10 +5,6 @@
 // Best of three runs of independent vector-FMA chains on `threads` OpenMP threads, in FLOP/s (an FMA counts 2).
 // `iterations` sets the run length (20e6 ≈ 0.1 s per run on the development machine).
 double hdlm_fma_peak_flops(int threads, long iterations);
-// The same chains run without pause for `seconds`, their mean FLOP/s: the peak under sustained load. Machines that
-// lower their clock under long vector load (the development machine: a 0.03 s burst 390–430 GFLOP/s, right after
-// 10 s of GEMMs 258) reach only this during a long step, so a step is compared with it measured right after.
-double hdlm_fma_sustained_flops(int threads, double seconds);
 
 // The GPU denominator of MFU: dense bf16 tensor-core peak of an H100 SXM (989 TFLOP/s; the H200 has the same).
 #define HDLM_GPU_PEAK_BF16_FLOPS 989e12

@@ -35,24 +35,6 @@ static float fma_chains(long iterations, float seed) {
     return sum;
 }
 
-double hdlm_fma_sustained_flops(int threads, double seconds) {
-    const long chunk = 2000000;   // ≈ 0.01 s between clock reads
-    double t0 = hdlm_time_now(), dt = 0.0;
-    long runs = 0;
-    volatile float sink = 0.0f;
-    do {
-#pragma omp parallel num_threads(threads)
-        {
-            float s = fma_chains(chunk, (float)omp_get_thread_num());
-#pragma omp atomic
-            sink += s;
-        }
-        runs++;
-        dt = hdlm_time_now() - t0;
-    } while (dt < seconds);
-    return 2.0 * CHAINS * LANES * (double)chunk * (double)runs * threads / dt;
-}
-
 double hdlm_fma_peak_flops(int threads, long iterations) {
     double best = 0.0;
     for (int rep = 0; rep < 3; rep++) {
