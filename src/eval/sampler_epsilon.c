@@ -113,8 +113,8 @@ int hdlm_sampler_calls(const hdlm_sampler_config *cfg) {
     return uses_schedule(cfg->kind) ? cfg->schedule->k_max - 1 : cfg->steps;
 }
 
-// w = exp((z - max z)/T): the softmax's weights, unnormalised, with the float64 sum of every draw chunk (sums NULL:
-// none), computed in the same pass.
+// w = exp((z - max z)/T): the softmax's weights, unnormalised, chunk by chunk with each draw chunk's sum (sums NULL:
+// none) taken while the chunk is in L1.
 static void softmax_weights(const float *z, int width, double temperature, float *w, double *sums) {
     float mx = -INFINITY, inv_t = (float)(1.0 / temperature);
 #pragma omp simd reduction(max : mx)
@@ -122,13 +122,9 @@ static void softmax_weights(const float *z, int width, double temperature, float
     int chunk = hdlm_draw_chunk_size(width);
     for (int c = 0, lo = 0; lo < width; c++, lo += chunk) {
         int hi = lo + chunk < width ? lo + chunk : width;
-        double sum = 0;
-#pragma omp simd reduction(+ : sum)
-        for (int y = lo; y < hi; y++) {
-            w[y] = hdlm_expf((z[y] - mx) * inv_t);
-            sum += w[y];
-        }
-        if (sums) sums[c] = sum;
+#pragma omp simd
+        for (int y = lo; y < hi; y++) w[y] = hdlm_expf((z[y] - mx) * inv_t);
+        if (sums) sums[c] = hdlm_draw_chunk_sum(w, lo, hi);
     }
 }
 
@@ -286,7 +282,8 @@ uint32_t hdlm_draw_chunked(const float *w, int n, const double *sums, hdlm_rng *
 uint32_t hdlm_sample_weights(const float *w, int n, hdlm_rng *rng) {
     double sums[HDLM_DRAW_MAX_CHUNKS];
     int chunk = hdlm_draw_chunk_size(n);
-    for (int c = 0, lo = 0; lo < n; c++, lo += chunk) sums[c] = hdlm_draw_chunk_sum(w, lo, lo + chunk < n ? lo + chunk : n);
+    for (int c = 0, lo = 0; lo < n; c++, lo += chunk)
+        sums[c] = hdlm_draw_chunk_sum(w, lo, lo + chunk < n ? lo + chunk : n);
     return hdlm_draw_chunked(w, n, sums, rng);
 }
 

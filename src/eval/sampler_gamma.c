@@ -13,22 +13,24 @@
 
 // One active position: the next token given log-scores o, current token x, dσ (method §6.7), drawn from the weights
 // p_y = g_y·T_y, g = (1-γ)·a + γ·u the mixed staggered score, T the transition factor. Every real y other than x has
-// p_y = A·s_y + B with the same A, B, so the V-wide work is three vectorised fp32 passes (max; exp with its float64
-// sum; the affine map, chunk by chunk with the chunk's float64 sum for the draw) and the draw inside one chunk; x and MASK are
-// computed on their own in float64. Scores are taken relative to max(o) (s_y = e^{o_y - max}): every p_y is
-// homogeneous of degree 1 in the scores (the sedd convention's 1 for the current state becomes e^{-max}), so the law
-// is unchanged and no exp overflows. s, w: V floats; sums: HDLM_DRAW_MAX_CHUNKS.
+// p_y = A·s_y + B with the same A, B, so the V-wide work is three vectorised fp32 passes (max; exp; the affine
+// map), the last two chunk by chunk with their float64 sums taken while the chunk is in L1, and the draw inside one
+// chunk; x and MASK are computed on their own in float64. Scores are taken relative to max(o) (s_y = e^{o_y - max}):
+// every p_y is homogeneous of degree 1 in the scores (the sedd convention's 1 for the current state becomes
+// e^{-max}), so the law is unchanged and no exp overflows. s, w: V floats; sums: HDLM_DRAW_MAX_CHUNKS.
 static uint32_t gamma_step_draw(const float *o, int V, uint32_t x, double dsigma, double gamma, bool to_denoise,
                                 hdlm_gamma_score_convention conv, float *s, float *w, double *sums, hdlm_rng *rng) {
     int N = V - 1;
     float mx = -INFINITY;
 #pragma omp simd reduction(max : mx)
     for (int y = 0; y < V; y++) mx = o[y] > mx ? o[y] : mx;
-    double sum_real = 0;
-#pragma omp simd reduction(+ : sum_real)
-    for (int y = 0; y < N; y++) {
-        s[y] = hdlm_expf(o[y] - mx);
-        sum_real += s[y];
+    double sum_real = 0;   // in the draw's chunks and lane order: the same bits on every build
+    int chunk = hdlm_draw_chunk_size(V);
+    for (int lo = 0; lo < N; lo += chunk) {
+        int hi = lo + chunk < N ? lo + chunk : N;
+#pragma omp simd
+        for (int y = lo; y < hi; y++) s[y] = hdlm_expf(o[y] - mx);
+        sum_real += hdlm_draw_chunk_sum(s, lo, hi);
     }
     s[N] = hdlm_expf(o[N] - mx);
     // sedd convention (decision §14.2): the score of the current state relative to itself is exp(0) = 1.
@@ -44,7 +46,6 @@ static uint32_t gamma_step_draw(const float *o, int V, uint32_t x, double dsigma
     double t_real = masked ? 1 - k_abs : k_abs * (1 - k_uni) / N;
     double c1 = (1 - gamma) * e_pos + gamma / e_neg, c0 = gamma * u_shift;
     float A = (float)(t_real * c1), B = (float)(t_real * c0);
-    int chunk = hdlm_draw_chunk_size(V);
     for (int c = 0, lo = 0; lo < V; c++, lo += chunk) {
         int hi = lo + chunk < N ? lo + chunk : N;
 #pragma omp simd

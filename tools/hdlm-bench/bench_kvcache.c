@@ -124,7 +124,8 @@ int bench_kvcache_main(int argc, char **argv) {
         {"sampler", required_argument, NULL, 's'}, {"repeat", required_argument, NULL, 'r'},
         {"only", required_argument, NULL, 'o'},
         {NULL, 0, NULL, 0}};
-    int length = 1024, width = 256, layers = 4, heads = 4, tau = 2, batch = 1, only = 0, repeat = 1, only_path = -1, opt;
+    int length = 1024, width = 256, layers = 4, heads = 4, tau = 2, batch = 1, only = 0, repeat = 1, opt;
+    int only_path = -1;   // --only: -1 both paths, 0 plain, 1 cached
     const char *sampler = NULL;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
@@ -143,7 +144,8 @@ int bench_kvcache_main(int argc, char **argv) {
         default: usage(stderr); return 2;
         }
     }
-    if (length < 16 || length % 16 || width < 2 || layers < 1 || heads < 1 || tau < 2 || batch < 1 || repeat < 1 || only_path == -2 ||
+    if (length < 16 || length % 16 || width < 2 || layers < 1 || heads < 1 || tau < 2 || batch < 1 || repeat < 1 ||
+        only_path == -2 ||
         (only != 0 && only != 4 && only != 16) ||
         (sampler && strcmp(sampler, "walk") != 0 && strcmp(sampler, "gamma-nar") != 0 && strcmp(sampler, "ar") != 0))
         HDLM_DIE("kvcache: need L a multiple of 16, τ >= 2, positive sizes, --omega 4 or 16, --sampler walk, "
