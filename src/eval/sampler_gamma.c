@@ -11,6 +11,12 @@
 #include "core/vecmath.h"
 #include "sampler_internal.h"
 
+// sums[c] for the draw chunk c holding entry y, after w[y] changed.
+static void resum_chunk(const float *w, int V, int chunk, int y, double *sums) {
+    int lo = y / chunk * chunk;
+    sums[y / chunk] = hdlm_draw_chunk_sum(w, lo, lo + chunk < V ? lo + chunk : V);
+}
+
 // One active position: the next token given log-scores o, current token x, dσ (method §6.7), drawn from the weights
 // p_y = g_y·T_y, g = (1-γ)·a + γ·u the mixed staggered score, T the transition factor. Every real y other than x has
 // p_y = A·s_y + B with the same A, B, so the V-wide work is three vectorised fp32 passes (max; exp; the affine
@@ -56,11 +62,8 @@ static uint32_t gamma_step_draw(const float *o, int V, uint32_t x, double dsigma
     w[N] = to_denoise || !masked ? 0.0f : (float)g_mask;
     if (!masked) w[x] = (float)((c1 * s_x + c0) * (t_real + k_abs * k_uni));
     // The chunks holding MASK and x, summed again with their own weights.
-    for (int y = N;; y = (int)x) {
-        int lo = y / chunk * chunk, hi = lo + chunk < V ? lo + chunk : V;
-        sums[y / chunk] = hdlm_draw_chunk_sum(w, lo, hi);
-        if (masked || y == (int)x) break;
-    }
+    resum_chunk(w, V, chunk, N, sums);
+    if (!masked) resum_chunk(w, V, chunk, (int)x, sums);
     return hdlm_draw_chunked(w, V, sums, rng);
 }
 
@@ -98,8 +101,7 @@ int hdlm_gamma_sample(const hdlm_sampler_config *cfg, hdlm_denoiser *d, int batc
         // only the active positions run.
         int n = sar ? st.a_end + 1 : length, first;
         const float *o;
-        status = hdlm_sampler_step_forward(d, cache, &st, x, sigma_row, batch, length,
-                                           n, &first, &o);
+        status = hdlm_sampler_step_forward(d, cache, &st, x, sigma_row, batch, length, n, &first, &o);
         if (status) break;
         int rows = cfg->kv_cache ? st.a_end + 1 - first : n;
         // Every active position of every sequence draws from its own stream (same bits on any number of threads).
