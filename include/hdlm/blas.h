@@ -46,7 +46,7 @@ typedef struct {
 void hdlm_packed_weights_init(hdlm_packed_weights *p, const float *w, int n, int k);
 void hdlm_packed_weights_free(hdlm_packed_weights *p);
 // C = A·Wᵀ, then + bias[j] on every row (bias NULL: none), as hdlm_sgemm_bias(false, true, ...) computes it, then
-// + row_add[r] on every entry of row r (NULL: none; the γ head's shift, method §5.4), as a separate pass would round it.
+// + row_add[r] on every entry of row r (NULL: none; the γ head's shift, method §5.4), rounded as a separate pass.
 void hdlm_sgemm_packed(int m, const float *a, int lda, const hdlm_packed_weights *w, const float *bias,
                        const float *row_add, float *c, int ldc);
 #endif

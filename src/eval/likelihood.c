@@ -149,7 +149,8 @@ static int block_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uin
             double *ce = rows_ce(z, V, V, rows, targets, n), total = 0;
             for (int b = 0, j = 0; b < C; b++)
                 for (int i = 0; i < length; i++)
-                    if (xt[(size_t)b * L2 + length + i] == (uint32_t)(V - 1)) total += ce[j++] / p[(size_t)b * nb + i / w];
+                    if (xt[(size_t)b * L2 + length + i] == (uint32_t)(V - 1))
+                        total += ce[j++] / p[(size_t)b * nb + i / w];
             *value = total / C;
             free(ce), free(rows), free(targets);
         }
@@ -201,7 +202,8 @@ int hdlm_ardm_policy_nll(hdlm_denoiser *d, const uint32_t *x, int length, int co
     HDLM_CHECK(policy[budget - 1] < length, "likelihood: policy entry %d (%d) is not below the length %d", budget - 1,
                policy[budget - 1], length);
     int V = d->vocab, C = copies;
-    uint32_t *xt = hdlm_malloc((size_t)C * length * sizeof *xt), *targets = hdlm_malloc(((size_t)C * length + 1) * sizeof(uint32_t));
+    uint32_t *xt = hdlm_malloc((size_t)C * length * sizeof *xt);
+    uint32_t *targets = hdlm_malloc(((size_t)C * length + 1) * sizeof *targets);
     size_t *rows = hdlm_malloc(((size_t)C * length + 1) * sizeof *rows);
     for (int b = 0; b < C; b++) policy_nll[b] = order_nll[b] = 0;
     int status = 0;

@@ -31,11 +31,12 @@ hdlm_denoiser hdlm_denoiser_model(hdlm_model *model) {
 }
 
 hdlm_kv_cache *hdlm_denoiser_kv_cache(hdlm_denoiser *d, int batch) {
-    if (!d->kv) {
+    if (d->kv) {
+        hdlm_kv_cache_reset(d->kv, batch);
+    } else {
         d->kv = hdlm_malloc(sizeof *d->kv);
         hdlm_kv_cache_init(d->kv, d->model, batch);
     }
-    hdlm_kv_cache_reset(d->kv, batch);
     return d->kv;
 }
 

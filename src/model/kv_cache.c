@@ -15,11 +15,10 @@
 
 void hdlm_kv_cache_init(hdlm_kv_cache *c, const hdlm_model *m, int batch) {
     memset(c, 0, sizeof *c);
-    c->batch = c->batch_capacity = batch;
     c->capacity = m->config.max_length;
     c->layers = m->config.n_layers;
     c->width = m->config.width;
-    c->qkv = hdlm_malloc((size_t)c->layers * batch * c->capacity * 3 * c->width * sizeof(float));
+    hdlm_kv_cache_reset(c, batch);   // allocates the K/V buffer
     const hdlm_model_config *mc = &m->config;
     int d = mc->width, f = mc->mlp_ratio * d, cd = mc->cond_dim;
     bool gamma = mc->family == HDLM_FAMILY_GAMMA;

@@ -314,7 +314,8 @@ void hdlm_attention_rows(float *out, int ldo, const float *base, int ld, int cap
         for (int r = 0; r < nq; r++) {
             int end = row_causal ? q0 + r0 + r + 1 : group_kv;
             float *p = w.p + (size_t)r * w.lt;
-            inv_sum[r] = 1.0f / row_softmax(p, mask_row(p, &win, (hdlm_key_range){end, end, end}), win.cols, NULL, &max);
+            int hv = mask_row(p, &win, (hdlm_key_range){end, end, end});
+            inv_sum[r] = 1.0f / row_softmax(p, hv, win.cols, NULL, &max);
         }
         block_times_keys(&w, &win, nq, w.p, w.v, w.block, 1.0f);
         for (int r = 0; r < nq; r++)

@@ -476,7 +476,8 @@ int text_stream_next(text_stream *s, hdlm_text_doc *doc) {
         if (format == HDLM_TEXT_TAR || compressed) {
             HDLM_CHECK(depth + 1 < MAX_DEPTH, "%s: archives nested more than %d deep", stream_where(s, depth + 1, 0),
                        MAX_DEPTH);
-            if (level_open(s, depth + 1, format == HDLM_TEXT_TAR, format) != 0) HDLM_TRY(fail_level(s, depth + 1, s->why));
+            if (level_open(s, depth + 1, format == HDLM_TEXT_TAR, format) != 0)
+                HDLM_TRY(fail_level(s, depth + 1, s->why));
             continue;
         }
         L->format = format;
