@@ -1,8 +1,8 @@
 // The tiled attention layer (src/model/layer_attention.c) at L = 300: four full 64-query blocks and a partial one, keys
-// padded from 300 to 320, head_dim 8 padded to a whole micro-tile. Checked against a direct float64 evaluation
-// written from the rules of method §3.2 (hdlm_mask_allowed, the uniform rule for fully masked rows, inverted dropout
-// drawn with the uniform hdlm_rng_u16_at·2⁻¹⁶ at element ((b·H + h)·L + i)·L + j): outputs, log-sum-exp and the
-// gradients of q, k, v.
+// padded from 300 to 320, head_dim 24 padded to a whole micro-tile (K and V transposed partly in register blocks,
+// partly element by element). Checked against a direct float64 evaluation written from the rules of method §3.2
+// (hdlm_mask_allowed, the uniform rule for fully masked rows, inverted dropout drawn with the uniform
+// hdlm_rng_u16_at·2⁻¹⁶ at element ((b·H + h)·L + i)·L + j): outputs, log-sum-exp and the gradients of q, k, v.
 // This is what covers the block boundaries, the padding and the per-row dropout offsets at length.
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,7 +18,7 @@
 #include "hdlm/mask.h"
 #include "hdlm/rng.h"
 
-enum { B = 2, H = 2, D = 8, L = 300 };
+enum { B = 2, H = 2, D = 24, L = 300 };
 
 // Reference forward and backward of one (batch, head) in double: out [L, D], lse [L], dqkv [L, 3, D] (+=).
 static void reference(const float *qkv, const float *dout, const hdlm_attn_mask *mask, int b, int h, float p,

@@ -16,17 +16,15 @@
 #include <string.h>
 
 #include "blas_internal.h"
+#include "core/simd.h"
 #include "hdlm/common.h"
 
 #if defined(__AVX512F__)
 
-enum { LANES = 16, KERNEL_VECS = 3, KERNEL_ROWS = 8, KERNEL_COLS = LANES * KERNEL_VECS };
+enum { KERNEL_VECS = 3, KERNEL_ROWS = 8, KERNEL_COLS = LANES * KERNEL_VECS };
 // Rows of a transposed A packed at a time (with DEPTH_BLOCK: 4 MB, shared by the threads).
 enum { PACKED_A_ROWS = 128 * KERNEL_ROWS };
 
-typedef float vecf __attribute__((vector_size(LANES * sizeof(float))));
-typedef float vecf_unaligned __attribute__((vector_size(LANES * sizeof(float)), aligned(4)));
-typedef int32_t veci __attribute__((vector_size(LANES * sizeof(int32_t))));
 
 static int min_int(int a, int b) { return a < b ? a : b; }
 // Where thread t of nt starts in a range of `count` items.
@@ -84,24 +82,6 @@ static inline void kernel(int depth, const float *a, size_t a_row, size_t a_k, c
         }
 }
 
-// x[r][j] ↔ x[j][r]: swaps the off-diagonal b×b blocks of every 2b×2b block, for b = LANES/2 down to 1.
-static void transpose_block(vecf x[LANES]) {
-    for (int b = LANES / 2; b >= 1; b /= 2) {
-        veci first, second;   // shuffle indices into the pair (x[r], x[r + b])
-        for (int j = 0; j < LANES; j++) {
-            bool even = (j / b) % 2 == 0;
-            first[j] = even ? j : LANES + j - b;
-            second[j] = even ? j + b : LANES + j;
-        }
-        for (int r0 = 0; r0 < LANES; r0 += 2 * b)
-            for (int r = r0; r < r0 + b; r++) {
-                vecf lo = x[r], hi = x[r + b];
-                x[r] = __builtin_shuffle(lo, hi, first);
-                x[r + b] = __builtin_shuffle(lo, hi, second);
-            }
-    }
-}
-
 // B(k, j) = b[k·b_k + j·b_j] for k in [k0, k0 + depth) and j in [j0, j0 + 48) into bp[depth][48], zero beyond n.
 static void pack_b(float *bp, const float *b, size_t b_k, size_t b_j, int n, int k0, int depth, int j0) {
     int cols = min_int(n - j0, KERNEL_COLS);
@@ -120,7 +100,7 @@ static void pack_b(float *bp, const float *b, size_t b_k, size_t b_j, int n, int
         for (int k = 0; k < whole; k += LANES) {
             vecf x[LANES];
             for (int r = 0; r < LANES; r++) memcpy(&x[r], b + (size_t)(j0 + j1 + r) * b_j + k0 + k, sizeof x[r]);
-            transpose_block(x);
+            hdlm_vec_transpose(x);
             for (int r = 0; r < LANES; r++) *(vecf *)(bp + (size_t)(k + r) * KERNEL_COLS + j1) = x[r];
         }
     for (int j = 0; j < KERNEL_COLS; j++)

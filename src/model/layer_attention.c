@@ -17,12 +17,13 @@
 
 #include "hdlm/common.h"
 #include "model/layers.h"
+#include "core/simd.h"
 #include "core/vecmath.h"
 
 #if defined(__AVX512F__)
-enum { LANES = 16, TILE_VECS = 4 };
+enum { TILE_VECS = 4 };
 #else
-enum { LANES = 8, TILE_VECS = 2 };
+enum { TILE_VECS = 2 };
 #endif
 // A micro-tile is TILE_ROWS × TILE_COLS accumulators in registers (24 of the 32 zmm with AVX-512).
 enum { TILE_ROWS = 6, TILE_COLS = LANES * TILE_VECS };
@@ -32,8 +33,6 @@ enum { QUERY_BLOCK = 64 };
 // tile of A passes over them.
 enum { DEPTH_CHUNK = 128 };
 
-typedef float vecf __attribute__((vector_size(LANES * sizeof(float))));
-typedef int32_t veci __attribute__((vector_size(LANES * sizeof(int32_t))));
 
 static int round_up(int n, int m) { return (n + m - 1) / m * m; }
 
@@ -64,15 +63,24 @@ static float vec_sum(vecf x) {
     return total;
 }
 
-// The largest of x[0, n), n a multiple of LANES.
+// The largest of x[0, n), n a multiple of LANES. Four running maxima: one is a chain of dependent compare-selects
+// that ran at a quarter of the rate (the max is exact, so the order does not change the result).
 static float vec_max(const float *x, int n) {
-    vecf m = vec_broadcast(-INFINITY);
-    for (int j = 0; j < n; j += LANES) {
+    vecf m[4] = {vec_broadcast(-INFINITY), vec_broadcast(-INFINITY), vec_broadcast(-INFINITY),
+                 vec_broadcast(-INFINITY)};
+    int j = 0;
+    for (; j + 4 * LANES <= n; j += 4 * LANES)
+        for (int c = 0; c < 4; c++) {
+            vecf v = *(const vecf *)(x + j + c * LANES);
+            m[c] = vec_select(v > m[c], v, m[c]);
+        }
+    for (; j < n; j += LANES) {
         vecf v = *(const vecf *)(x + j);
-        m = vec_select(v > m, v, m);
+        m[0] = vec_select(v > m[0], v, m[0]);
     }
-    float best = m[0];
-    for (int l = 1; l < LANES; l++) best = m[l] > best ? m[l] : best;
+    for (int c = 1; c < 4; c++) m[0] = vec_select(m[c] > m[0], m[c], m[0]);
+    float best = m[0][0];
+    for (int l = 1; l < LANES; l++) best = m[0][l] > best ? m[0][l] : best;
     return best;
 }
 
@@ -183,10 +191,19 @@ static void copy_rows(float *dst, int dp, const float *src, size_t ld, int len, 
     for (int i = 0; i < len; i++) memcpy(dst + (size_t)i * dp, src + (size_t)i * ld, (size_t)head_dim * sizeof(float));
 }
 
-// the transpose of rows of src into dst [head_dim, lt] (padding stays zero)
+// the transpose of rows of src into dst [head_dim, lt] (padding stays zero), in LANES × LANES register blocks
 static void copy_transposed(float *dst, int lt, const float *src, size_t ld, int len, int head_dim) {
+    int len_blocks = len / LANES * LANES, dim_blocks = head_dim / LANES * LANES;
+    for (int i0 = 0; i0 < len_blocks; i0 += LANES)
+        for (int e0 = 0; e0 < dim_blocks; e0 += LANES) {
+            vecf r[LANES];
+            for (int i = 0; i < LANES; i++) r[i] = *(const vecf_unaligned *)(src + (size_t)(i0 + i) * ld + e0);
+            hdlm_vec_transpose(r);
+            for (int e = 0; e < LANES; e++) *(vecf *)(dst + (size_t)(e0 + e) * lt + i0) = r[e];
+        }
     for (int i = 0; i < len; i++)
-        for (int e = 0; e < head_dim; e++) dst[(size_t)e * lt + i] = src[(size_t)i * ld + e];
+        for (int e = i < len_blocks ? dim_blocks : 0; e < head_dim; e++)
+            dst[(size_t)e * lt + i] = src[(size_t)i * ld + e];
 }
 
 // dst rows (row stride ld, head_dim columns) from src [rows, dp]

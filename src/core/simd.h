@@ -1,0 +1,37 @@
+// core/simd.h — the CPU's widest float vector as a GCC vector type (16 lanes with AVX-512, 8 otherwise), for the
+// hand-tiled kernels (the GEMM's, the attention's), and the in-register transpose both pack with.
+#ifndef HDLM_SIMD_H
+#define HDLM_SIMD_H
+
+#include <stdint.h>
+
+#if defined(__AVX512F__)
+enum { LANES = 16 };
+#else
+enum { LANES = 8 };
+#endif
+
+typedef float vecf __attribute__((vector_size(LANES * sizeof(float))));
+typedef float vecf_unaligned __attribute__((vector_size(LANES * sizeof(float)), aligned(sizeof(float))));
+typedef int32_t veci __attribute__((vector_size(LANES * sizeof(int32_t))));
+
+// x[r][j] ↔ x[j][r]: swaps the off-diagonal b×b blocks of every 2b×2b block, for b = LANES/2 down to 1 (two-source
+// permutes; element by element, the strided stores of a transpose cost several cycles each).
+static inline void hdlm_vec_transpose(vecf x[LANES]) {
+    for (int b = LANES / 2; b >= 1; b /= 2) {
+        veci first, second;   // shuffle indices into the pair (x[r], x[r + b])
+        for (int j = 0; j < LANES; j++) {
+            int even = (j / b) % 2 == 0;
+            first[j] = even ? j : LANES + j - b;
+            second[j] = even ? j + b : LANES + j;
+        }
+        for (int r0 = 0; r0 < LANES; r0 += 2 * b)
+            for (int r = r0; r < r0 + b; r++) {
+                vecf lo = x[r], hi = x[r + b];
+                x[r] = __builtin_shuffle(lo, hi, first);
+                x[r + b] = __builtin_shuffle(lo, hi, second);
+            }
+    }
+}
+
+#endif
