@@ -12,6 +12,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "hdlm/common.h"
 #include "model/layers.h"
@@ -171,11 +172,49 @@ static void test_attention_two_copy_two_tiles(void **state) {
     check_case(&m, 0.2f, "two-copy w75 causal/causal, dropout 0.2");
 }
 
+// The KV-cached path: rows appended to a key/value store in chunks of 3 to 90 rows at positions that are not multiples
+// of a vector (both transpose paths), each chunk's rows causal, give the causal forward's outputs bit for bit, with
+// the store full of NaN from an earlier generation beyond each chunk (the rows past the keys must be cleared).
+static void test_attention_rows_appended_match_forward(void **state) {
+    (void)state;
+    int d = H * D;
+    float *qkv = hdlm_malloc((size_t)L * 3 * d * sizeof(float));
+    float *stale = hdlm_malloc((size_t)L * 3 * d * sizeof(float));
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, hdlm_rng_key(5, 0, 0, HDLM_RNG_DATA));
+    for (int i = 0; i < L * 3 * d; i++) {
+        qkv[i] = 3.0f * (hdlm_rng_uniform(&rng) - 0.5f);
+        stale[i] = NAN;
+    }
+    float *out = hdlm_malloc((size_t)L * d * sizeof(float)), *lse = hdlm_malloc((size_t)L * H * sizeof(float));
+    float *rows_out = hdlm_malloc((size_t)L * d * sizeof(float));
+    hdlm_attn_mask causal = hdlm_mask_causal(L);
+    hdlm_attention_forward(out, lse, qkv, &causal, 1, L, H, D, 0.0f, 0);
+    size_t kv_floats = hdlm_attention_kv_floats(L, D);
+    float *kv = hdlm_aligned_malloc(kv_floats * sizeof(float));
+    const int chunks[] = {21, 40, 3, 70, 17, 90, 59};   // 300 rows
+    for (int h = 0; h < H; h++) {
+        memset(kv, 0, kv_floats * sizeof(float));
+        hdlm_attention_rows(rows_out + h * D, d, stale + h * D, 3 * d, kv, L, 0, 0, L, D, true);
+        for (int c = 0, q0 = 0; c < (int)(sizeof chunks / sizeof chunks[0]); q0 += chunks[c++])
+            hdlm_attention_rows(rows_out + (size_t)q0 * d + h * D, d, qkv + (size_t)q0 * 3 * d + h * D, 3 * d, kv, L,
+                                q0, 0, chunks[c], D, true);
+    }
+    assert_memory_equal(rows_out, out, (size_t)L * d * sizeof(float));
+    free(qkv);
+    free(stale);
+    free(out);
+    free(lse);
+    free(rows_out);
+    free(kv);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_attention_full_two_tiles),
         cmocka_unit_test(test_attention_hyperschedule_two_tiles),
         cmocka_unit_test(test_attention_two_copy_two_tiles),
+        cmocka_unit_test(test_attention_rows_appended_match_forward),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -18,6 +18,8 @@ void hdlm_kv_cache_init(hdlm_kv_cache *c, const hdlm_model *m, int batch) {
     c->capacity = m->config.max_length;
     c->layers = m->config.n_layers;
     c->width = m->config.width;
+    c->heads = m->config.n_heads;
+    c->kv_floats = hdlm_attention_kv_floats(c->capacity, c->width / c->heads);
     hdlm_kv_cache_reset(c, batch);   // allocates the K/V buffer
     const hdlm_model_config *mc = &m->config;
     int d = mc->width, f = mc->mlp_ratio * d, cd = mc->cond_dim;
@@ -44,7 +46,7 @@ void hdlm_kv_cache_init(hdlm_kv_cache *c, const hdlm_model *m, int batch) {
 }
 
 void hdlm_kv_cache_free(hdlm_kv_cache *c) {
-    free(c->qkv);
+    free(c->kv);
     free(c->out);
     for (int l = 0; l < c->layers; l++) {
         hdlm_kv_block_weights *p = &c->blocks[l];
@@ -66,26 +68,30 @@ void hdlm_kv_cache_free(hdlm_kv_cache *c) {
 
 void hdlm_kv_cache_reset(hdlm_kv_cache *c, int batch) {
     if (batch > c->batch_capacity) {
-        free(c->qkv);
-        c->qkv = hdlm_malloc((size_t)c->layers * batch * c->capacity * 3 * c->width * sizeof(float));
+        free(c->kv);
+        size_t bytes = (size_t)c->layers * batch * c->heads * c->kv_floats * sizeof(float);
+        c->kv = hdlm_aligned_malloc(bytes);
+        memset(c->kv, 0, bytes);   // the stores' padding must be zero (hdlm_attention_kv_floats)
         c->batch_capacity = batch;
     }
     c->batch = batch;
     c->length = 0;
 }
 
-// Attention of the T = n_settle + n new rows of every sequence (cache rows start..start+T-1): the settling rows over
-// keys [0, start + n_settle) (full), the query rows over keys [0, start + T) under `rule` — with the arithmetic of the
+// Attention of the T = n_settle + n new rows of every sequence (positions start..start+T-1, q/k/v in qkv [B·T, 3d]):
+// their K/V appended to the layer's stores (kv: [batch][heads] of kv_floats), the settling rows over keys
+// [0, start + n_settle) (full), the query rows over keys [0, start + T) under `rule` — with the arithmetic of the
 // uncached forward (hdlm_attention_rows), so the outputs are its bits. One (sequence, head) per task; out[B·T, d].
-static void cached_attention(float *out, const float *cache_qkv, int batch, int capacity, int start, int n_settle,
-                             int n, int heads, int head_dim, hdlm_block_type rule) {
-    int d = heads * head_dim, ld = 3 * d, T = n_settle + n;
+static void cached_attention(float *out, const float *qkv, float *kv, size_t kv_floats, int batch, int capacity,
+                             int start, int n_settle, int n, int heads, int head_dim, hdlm_block_type rule) {
+    int d = heads * head_dim, T = n_settle + n;
 #pragma omp parallel for schedule(static) collapse(2)
     for (int b = 0; b < batch; b++)
         for (int h = 0; h < heads; h++) {
-            const float *base = cache_qkv + (size_t)b * capacity * ld + (size_t)h * head_dim;
+            const float *rows = qkv + (size_t)b * T * 3 * d + (size_t)h * head_dim;
             float *o = out + (size_t)b * T * d + (size_t)h * head_dim;
-            hdlm_attention_rows(o, d, base, ld, capacity, start, n_settle, n, head_dim, rule == HDLM_BLOCK_CAUSAL);
+            hdlm_attention_rows(o, d, rows, 3 * d, kv + ((size_t)b * heads + h) * kv_floats, capacity, start,
+                                n_settle, n, head_dim, rule == HDLM_BLOCK_CAUSAL);
         }
 }
 
@@ -134,7 +140,7 @@ int hdlm_model_forward_cached(hdlm_model *m, hdlm_kv_cache *cache, const uint32_
     }
 #undef TAKE
     hdlm_embedding_forward(h, m->p.embed, tokens, mix, (uint32_t)(V - 1), N, d);
-    size_t layer_stride = (size_t)batch * cache->capacity * 3 * d;
+    size_t layer_stride = (size_t)batch * H * cache->kv_floats;
     for (int l = 0; l < c->n_layers; l++) {
         const hdlm_block_views *w = &m->p.blocks[l];
         const hdlm_kv_block_weights *pw = &cache->blocks[l];
@@ -148,11 +154,8 @@ int hdlm_model_forward_cached(hdlm_model *m, hdlm_kv_cache *cache, const uint32_
         // Rotary at the absolute positions start..start+T-1: the tables from row `start` on.
         hdlm_rotary_forward(qkv, cache->cos_t + (size_t)start * (hd / 2), cache->sin_t + (size_t)start * (hd / 2),
                             batch, T, H, hd);
-        float *layer = cache->qkv + l * layer_stride;
-        for (int b = 0; b < batch; b++)
-            memcpy(layer + ((size_t)b * cache->capacity + start) * 3 * d, qkv + (size_t)b * T * 3 * d,
-                   (size_t)T * 3 * d * sizeof(float));
-        cached_attention(att, layer, batch, cache->capacity, start, n_settle, n, H, hd, rule);
+        cached_attention(att, qkv, cache->kv + l * layer_stride, cache->kv_floats, batch, cache->capacity, start,
+                         n_settle, n, H, hd, rule);
         hdlm_linear_forward_packed(y, att, &pw->attn_out, NULL, N);
         hdlm_residual_forward(h, h, y, gamma ? mod + 2 * d : NULL, 6 * d, N, d, 0.0f, 0);
         hdlm_layernorm_forward(ln, mean, rstd, h, w->norm2, N, d);

@@ -20,10 +20,11 @@ typedef struct {
 } hdlm_kv_block_weights;
 
 typedef struct hdlm_kv_cache_s {
-    int batch, capacity, layers, width;
+    int batch, capacity, layers, width, heads;
     int batch_capacity;   // sequences the K/V buffer holds
     int length;    // cached positions [0, length)
-    float *qkv;    // [layers][batch][capacity][3·width] after rotary; the q part is scratch
+    float *kv;     // [layers][batch][heads] stores of kv_floats (hdlm_attention_kv_floats): K/V after rotary
+    size_t kv_floats;
     float *out;    // outputs of the last hdlm_model_forward_cached, [batch, n, V]
     size_t out_capacity;
     hdlm_kv_block_weights *blocks;               // [layers]

@@ -199,7 +199,7 @@ static void copy_transposed(float *dst, int lt, const float *src, size_t ld, int
             vecf r[LANES];
             for (int i = 0; i < LANES; i++) r[i] = *(const vecf_unaligned *)(src + (size_t)(i0 + i) * ld + e0);
             hdlm_vec_transpose(r);
-            for (int e = 0; e < LANES; e++) *(vecf *)(dst + (size_t)(e0 + e) * lt + i0) = r[e];
+            for (int e = 0; e < LANES; e++) *(vecf_unaligned *)(dst + (size_t)(e0 + e) * lt + i0) = r[e];
         }
     for (int i = 0; i < len; i++)
         for (int e = i < len_blocks ? dim_blocks : 0; e < head_dim; e++)
@@ -309,22 +309,30 @@ static float row_softmax(float *p, int hv, int cols, const float *s, float *max)
     return vec_sum(sum);
 }
 
-void hdlm_attention_rows(float *out, int ldo, const float *base, int ld, int capacity, int q0, int n_settle, int n,
-                         int head_dim, bool causal) {
+size_t hdlm_attention_kv_floats(int capacity, int head_dim) {
+    size_t dp = (size_t)round_up(head_dim, TILE_COLS), lp = (size_t)round_up(capacity, TILE_COLS);
+    return dp * (lp + LANES) + lp * dp;   // Kᵀ [dp, lt] and V [lp, dp], as work_alloc lays them out
+}
+
+void hdlm_attention_rows(float *out, int ldo, const float *qkv, int ld, float *kv, int capacity, int q0, int n_settle,
+                         int n, int head_dim, bool causal) {
     attention_work w = work_get(capacity, head_dim);
-    const float *k = base + ld / 3, *v = base + 2 * (ld / 3);
-    int rows = n_settle + n, kv = q0 + rows;
-    copy_rows(w.q, w.dp, base + (size_t)q0 * ld, ld, rows, head_dim);
-    copy_transposed(w.kt, w.lt, k, ld, kv, head_dim);
-    copy_rows(w.v, w.dp, v, ld, kv, head_dim);
-    // Value rows past the keys (read with probability 0) zero, as the forward's padding is: never 0 · NaN.
-    memset(w.v + (size_t)kv * w.dp, 0, (size_t)(round_up(kv, TILE_COLS) - kv) * w.dp * sizeof(float));
+    int rows = n_settle + n, end = q0 + rows;
+    // The products read the keys and values in place, from the store (this call's rows appended to it first).
+    w.kt = kv;
+    w.v = kv + (size_t)w.dp * w.lt;
+    copy_transposed(w.kt + q0, w.lt, qkv + ld / 3, ld, rows, head_dim);
+    copy_rows(w.v + (size_t)q0 * w.dp, w.dp, qkv + 2 * (ld / 3), ld, rows, head_dim);
+    // Value rows past the keys (read with probability 0) zero, as the forward's padding is: never 0 · NaN. Key
+    // columns past them need nothing: their scores are set to −inf.
+    memset(w.v + (size_t)end * w.dp, 0, (size_t)(round_up(end, TILE_COLS) - end) * w.dp * sizeof(float));
+    copy_rows(w.q, w.dp, qkv, ld, rows, head_dim);
     // Query blocks never mix the two groups: the settling rows' blocks, then the others'.
     for (int r0 = 0; r0 < rows;) {
         bool settle = r0 < n_settle;
         int group_end = settle ? n_settle : rows, nq = group_end - r0 < QUERY_BLOCK ? group_end - r0 : QUERY_BLOCK;
         bool row_causal = causal && !settle;
-        int group_kv = settle ? q0 + n_settle : kv, last_end = row_causal ? q0 + r0 + nq : group_kv;
+        int group_kv = settle ? q0 + n_settle : end, last_end = row_causal ? q0 + r0 + nq : group_kv;
         key_windows win = {1, round_up(last_end, TILE_COLS), {0}, {round_up(last_end, TILE_COLS)}, {0}};
         block_scores(&w, &win, r0, nq, head_dim);
         float inv_sum[QUERY_BLOCK], max;

@@ -55,13 +55,17 @@ void hdlm_rotary_backward(float *dqkv, const float *cos_t, const float *sin_t, i
 void hdlm_attention_forward(float *out, float *lse, const float *qkv, const hdlm_attn_mask *mask, int batch, int len,
                             int heads, int head_dim, float dropout, uint64_t key);
 // dqkv[N, 3d] = gradient of q, k, v (written).
-// Attention of rows [q0, q0 + n_settle + n) of one (sequence, head) of a qkv layout (row stride ld: q, k, v at
-// columns 0, ld/3, 2·ld/3 of base), the keys and values copied once for both groups: the n_settle rows from q0 on see
-// keys [0, q0 + n_settle); the n rows after them keys [0, q0 + n_settle + n), or with causal row i keys [0, i + 1).
-// The tiles, chunks and softmax of hdlm_attention_forward, so each row has the bits it has there (the KV-cached
-// forward, src/model/kv_cache.c, relies on it). capacity: the most keys of the calls (buffers).
-void hdlm_attention_rows(float *out, int ldo, const float *base, int ld, int capacity, int q0, int n_settle, int n,
-                         int head_dim, bool causal);
+// The keys and values of one (sequence, head) kept for KV-cached steps, in the layout the products read (keys
+// transposed, both padded to whole tiles): a store of hdlm_attention_kv_floats(capacity, head_dim) floats, 64-byte
+// aligned and zeroed when allocated.
+size_t hdlm_attention_kv_floats(int capacity, int head_dim);
+// Attention of T = n_settle + n new rows [q0, q0 + T) of one (sequence, head): their q, k, v at columns 0, ld/3,
+// 2·ld/3 of rows qkv[0, T) (row stride ld). Their keys and values are appended to the store kv (positions [q0, q0 + T);
+// [0, q0) already there); the n_settle rows see keys [0, q0 + n_settle), the n rows after them keys [0, q0 + T), or
+// with causal row i keys [0, i + 1). The tiles, chunks and softmax of hdlm_attention_forward, so each row has the bits
+// it has there (the KV-cached forward, src/model/kv_cache.c, relies on it).
+void hdlm_attention_rows(float *out, int ldo, const float *qkv, int ld, float *kv, int capacity, int q0, int n_settle,
+                         int n, int head_dim, bool causal);
 void hdlm_attention_backward(float *dqkv, const float *dout, const float *out, const float *lse, const float *qkv,
                              const hdlm_attn_mask *mask, int batch, int len, int heads, int head_dim, float dropout,
                              uint64_t key);
