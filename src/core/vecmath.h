@@ -11,14 +11,14 @@
 #include <stdint.h>
 
 static inline float hdlm_expf(float x) {
-    const float in = x;
-    x = x != x ? 0.0f : x;   // NaN: no float-to-int conversion of it below; returned as NaN at the end
-    float underflow = x < -87.3f ? 0.0f : 1.0f;
-    x = x < -87.3f ? -87.3f : x;
-    x = x > 88.3f ? 88.3f : x;
+    // Clamped by selects that keep a NaN out of the float-to-int conversion below (x > lo is false for NaN); the result
+    // is then 0 below -87.3 and the input itself for NaN. Written as selects of x, not by patching x and the result
+    // in steps: GCC turned those into mask logic through general registers (2× slower loops, the same bits).
+    float xc = x > -87.3f ? x : -87.3f;
+    xc = xc < 88.3f ? xc : 88.3f;
     // n = round(x / ln2) by the 1.5·2^23 trick (vectorises, unlike floorf without -ffast-math)
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = x - n * 0.693359375f;   // ln2 split in a part exact in float and a small correction
+    float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = xc - n * 0.693359375f;   // ln2 split in a part exact in float and a small correction
     r = r + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
@@ -31,7 +31,8 @@ static inline float hdlm_expf(float x) {
         int32_t i;
         float f;
     } scale = {.i = ((int32_t)n + 127) << 23};   // 2^n through the exponent field
-    return in != in ? in : p * scale.f * underflow;
+    float e = x < -87.3f ? 0.0f : p * scale.f;
+    return x == x ? e : x;
 }
 
 // exp in double, for the cross-entropy's log-sum-exp (its callers compare with float64 references to ~1e-10): the
@@ -39,14 +40,11 @@ static inline float hdlm_expf(float x) {
 // (truncation r^13/13! < 2e-16), i.e. a few ulp. Below -708 the result is 0 (no denormals), above 709 it is clamped.
 // 2^n comes from the low bits of the rounding constant's sum, so no double-to-integer conversion is needed.
 static inline double hdlm_exp(double x) {
-    const double in = x;
-    x = x != x ? 0.0 : x;
-    double underflow = x < -708.0 ? 0.0 : 1.0;
-    x = x < -708.0 ? -708.0 : x;
-    x = x > 709.0 ? 709.0 : x;
+    double xc = x > -708.0 ? x : -708.0;   // as in hdlm_expf: NaN kept out, 0 below -708, NaN returned as given
+    xc = xc < 709.0 ? xc : 709.0;
     const double shifter = 6755399441055744.0;   // 1.5·2^52: adding it rounds to an integer held in the low bits
-    double t = x * 1.4426950408889634074 + shifter, n = t - shifter;
-    double r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
+    double t = xc * 1.4426950408889634074 + shifter, n = t - shifter;
+    double r = (xc - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
     double p = 1.0 / 479001600.0;   // 1/12!
     p = p * r + 1.0 / 39916800.0;
     p = p * r + 1.0 / 3628800.0;
@@ -65,7 +63,8 @@ static inline double hdlm_exp(double x) {
         uint64_t u;
     } bits = {.d = t}, scale;
     scale.u = (bits.u + 1023u) << 52;   // the low 12 bits of t's pattern are n mod 4096; n + 1023 is in [2, 2046]
-    return in != in ? in : p * scale.d * underflow;
+    double e = x < -708.0 ? 0.0 : p * scale.d;
+    return x == x ? e : x;
 }
 
 // tanh(x) = sign(x)·(1 − e)/(1 + e), e = exp(−2|x|), with x − x³/3 below 0.005 (where 1 − e cancels). Absolute error

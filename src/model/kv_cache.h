@@ -4,7 +4,8 @@
 // Valid for the `block` schedule with the block_causal context (the settled prefix is always whole ω-blocks, and a
 // settled block's K/V depend only on itself and earlier blocks). The sampler appends each block once, when it becomes
 // settled, with its final tokens and settled σ; every step then runs only the active positions against the cache.
-// This reproduces the uncached forward's active outputs up to summation order.
+// This reproduces the uncached forward's active outputs bit for bit (test_kv_cache). The keys and values live in the
+// attention's own layout (hdlm_attention_rows reads them in place).
 #ifndef HDLM_KV_CACHE_H
 #define HDLM_KV_CACHE_H
 #include <stdbool.h>

@@ -7,7 +7,8 @@
 // L2; key tiles no row of the block may see are skipped (block_windows), so causal and block-causal masks cost about
 // half, and a noisy block of the two-copy layout (method §3.3) reads only the clean prefix and its own block.
 // Backward recomputes the probabilities from the saved log-sum-exp, as flash attention does. Fully-masked rows
-// (worthless queries) attend uniformly to all L keys with zero score gradient (method §3.2).
+// (worthless queries) attend uniformly to all L keys with zero score gradient (method §3.2). The KV-cached forward
+// keeps each head's K and V in the copies' layout (hdlm_attention_rows), so its steps copy only their new rows.
 //
 // BLIS is not used here: with head_dim 64 its per-call packing of both operands cost more than the products (the
 // layer ran at a third of the FMA peak through it).
