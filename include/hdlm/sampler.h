@@ -64,7 +64,7 @@ typedef struct {
     uint64_t seed;
     // walk / γ samplers on a model denoiser: keep settled blocks' K/V and run only the active positions (method §3.5,
     // src/model/kv_cache.h); needs the block schedule with the block_causal context. ar: keep every earlier
-    // position's K/V and run one row per call. The same tokens as without, up to the summation order.
+    // position's K/V and run one row per call. The same tokens as without: the cached rows have the uncached bits.
     bool kv_cache;
     // Truncated draws from the network's softmax (ε samplers, ar, ardm; the γ samplers refuse them, their transition
     // is not one softmax): top_k > 0 keeps the k most probable entries, then top_p in (0, 1) the smallest set of the
