@@ -18,6 +18,13 @@ typedef int32_t veci __attribute__((vector_size(LANES * sizeof(int32_t))));
 // x[r][j] ↔ x[j][r]: swaps the off-diagonal b×b blocks of every 2b×2b block, for b = LANES/2 down to 1 (two-source
 // permutes; element by element, the strided stores of a transpose cost several cycles each).
 static inline void hdlm_vec_transpose(vecf x[LANES]) {
+#if defined(__clang__)
+    // clang has no __builtin_shuffle with indices computed at run time (it builds only the fuzz targets here)
+    vecf t[LANES];
+    for (int r = 0; r < LANES; r++)
+        for (int j = 0; j < LANES; j++) t[j][r] = x[r][j];
+    for (int r = 0; r < LANES; r++) x[r] = t[r];
+#else
     for (int b = LANES / 2; b >= 1; b /= 2) {
         veci first, second;   // shuffle indices into the pair (x[r], x[r + b])
         for (int j = 0; j < LANES; j++) {
@@ -32,6 +39,7 @@ static inline void hdlm_vec_transpose(vecf x[LANES]) {
                 x[r + b] = __builtin_shuffle(lo, hi, second);
             }
     }
+#endif
 }
 
 #endif
