@@ -179,7 +179,8 @@ int hdlm_model_forward_cached(hdlm_model *m, hdlm_kv_cache *cache, const uint32_
         hdlm_layernorm_forward(ln, mean, rstd, y, m->p.norm_final, rows, d);
         if ((size_t)rows * V > cache->out_capacity) {
             cache->out_capacity = (size_t)rows * V;
-            cache->out = hdlm_realloc(cache->out, cache->out_capacity * sizeof(float));
+            free(cache->out);   // written whole below
+            cache->out = hdlm_malloc(cache->out_capacity * sizeof(float));
         }
         hdlm_sgemm_packed(rows, ln, d, &cache->head, m->p.head_b, shift, cache->out, V);
     }
