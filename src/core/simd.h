@@ -6,9 +6,9 @@
 #include <stdint.h>
 
 #if defined(__AVX512F__)
-enum { LANES = 16 };
+enum { LANES = 16, VEC_REGISTERS = 32 };
 #else
-enum { LANES = 8 };
+enum { LANES = 8, VEC_REGISTERS = 16 };
 #endif
 
 typedef float vecf __attribute__((vector_size(LANES * sizeof(float))));

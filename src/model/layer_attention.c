@@ -21,8 +21,9 @@
 #include "core/simd.h"
 #include "core/vecmath.h"
 
-// A micro-tile is TILE_ROWS × 64 accumulators in registers (24 of the 32 zmm with AVX-512; one head_dim 64 wide).
-enum { TILE_VECS = 64 / LANES, TILE_ROWS = 6, TILE_COLS = LANES * TILE_VECS };
+// A micro-tile is TILE_ROWS × TILE_COLS accumulators in three quarters of the vector registers (the rest hold the B
+// row and the broadcast): 6 × 64 in 24 zmm with AVX-512, 6 × 16 in 12 ymm with AVX2 (more would spill every FMA).
+enum { TILE_ROWS = 6, TILE_VECS = VEC_REGISTERS * 3 / 4 / TILE_ROWS, TILE_COLS = LANES * TILE_VECS };
 // 64 queries per block: the three [64, L] tiles of the backward stay in L2 at L = 1024.
 enum { QUERY_BLOCK = 64 };
 // Products are cut into chunks of this many terms, so the B rows a chunk reads (≤ 32 KB) stay in L1 while every row
