@@ -1,7 +1,8 @@
 // hdlm/blas.h — fp32 GEMM with the kernels chosen for this CPU.
 //
 // AVX-512 builds use hdlm's own kernel (src/core/blas_kernel.c): BLIS 0.9 has no Zen 4/5 kernels, and its `skx` sgemm
-// reached 74–85 % of the FMA peak on the DDiT's shapes there against 85–93 % (docs/model.md). Other builds use BLIS.
+// reached 74–85 % of the FMA peak on the DDiT's shapes there against 85–93 % (docs/model.md). Other builds use BLIS,
+// and so do AVX-512 builds when the environment says HDLM_GEMM=blis (tests of the AVX2 machines' path).
 // BLIS 0.9.0 does not recognise every CPU: on Zen 5 it silently falls back to its generic kernels (5x slow). So
 // hdlm_blas_init() picks the kernel set from cpuid before the first BLIS call: AVX-512 -> skx;
 // otherwise BLIS's own choice, unless that is `generic` on an AVX2+FMA CPU -> zen3.
@@ -18,6 +19,9 @@ int hdlm_blas_threads(void);
 // The name of the kernel set in use ("hdlm avx512", or BLIS's "skx", "zen3", ...); calls hdlm_blas_init(0) when
 // needed.
 const char *hdlm_blas_arch(void);
+// fp32 lanes of the kernel set's FMAs (16: AVX-512, 8: AVX2 / AVX, 4: SSE or generic): the vector width whose FMA
+// peak bounds the GEMMs (hdlm_fma_peak_flops measures at it).
+int hdlm_blas_lanes(void);
 
 // Row-major C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C. op(A) = A (lda = row stride of A[m,k]) or, with
 // trans_a, the transpose of a row-major A[k,m] (lda its row stride); likewise B. Uses hdlm_blas_threads() threads,

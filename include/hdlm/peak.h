@@ -2,7 +2,8 @@
 #ifndef HDLM_PEAK_H
 #define HDLM_PEAK_H
 
-// Best of three runs of independent vector-FMA chains on `threads` OpenMP threads, in FLOP/s (an FMA counts 2).
+// Best of three runs of independent vector-FMA chains on `threads` OpenMP threads, in FLOP/s (an FMA counts 2), at
+// the vector width of the GEMM kernels in use (hdlm_blas_lanes).
 // `iterations` sets the run length (20e6 ≈ 0.1 s per run on the development machine).
 double hdlm_fma_peak_flops(int threads, long iterations);
 

@@ -5,13 +5,15 @@
 #include <blis.h>
 #include <omp.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "blas_internal.h"
 #include "hdlm/common.h"
 
-static int blas_ready;   // kernel choice made (first call, before any other BLIS use)
+static int blas_ready;        // kernel choice made (first call, before any other BLIS use)
+static bool blas_own_kernel;  // hdlm_sgemm_kernel (AVX-512 builds, unless HDLM_GEMM=blis), else BLIS
 
 // Would BLIS pick its generic kernels here? BLIS latches its choice at initialisation, so ask a child process.
 static bool blas_default_is_generic(void) {
@@ -26,6 +28,18 @@ static bool blas_default_is_generic(void) {
 }
 
 static void blas_select_kernels(void) {
+    // HDLM_GEMM=blis runs BLIS in an AVX-512 build too: with BLIS_ARCH_TYPE=6 (zen3), the AVX2 machines' GEMMs can be
+    // tested here (tests/CMakeLists.txt).
+    const char *choice = getenv("HDLM_GEMM");
+#if defined(__AVX512F__)
+    blas_own_kernel = true;
+    if (choice && strcmp(choice, "hdlm") != 0 && strcmp(choice, "blis") != 0)
+        HDLM_DIE("HDLM_GEMM='%s': expected 'hdlm' (this build's AVX-512 kernel, the default) or 'blis'", choice);
+    if (choice && strcmp(choice, "blis") == 0) blas_own_kernel = false;
+#else
+    if (choice && strcmp(choice, "blis") != 0)
+        HDLM_DIE("HDLM_GEMM='%s': this build (no AVX-512) has only 'blis'", choice);
+#endif
     // BLIS reads BLIS_ARCH_TYPE once, at its initialisation: set it before the first BLIS call. A user's explicit
     // choice wins.
     if (getenv("BLIS_ARCH_TYPE") == NULL) {
@@ -54,16 +68,33 @@ int hdlm_blas_threads(void) {
     return threads > 1 ? threads : 1;
 }
 
-const char *hdlm_blas_arch(void) {
+bool hdlm_blas_own_kernel(void) {
     if (!blas_ready) hdlm_blas_init(0);
-#if defined(__AVX512F__)
-    return "hdlm avx512";
-#else
-    return bli_arch_string(bli_arch_query_id());
-#endif
+    return blas_own_kernel;
 }
 
-#if !defined(__AVX512F__)
+const char *hdlm_blas_arch(void) {
+    return hdlm_blas_own_kernel() ? "hdlm avx512" : bli_arch_string(bli_arch_query_id());
+}
+
+int hdlm_blas_lanes(void) {
+    if (hdlm_blas_own_kernel()) return 16;
+    switch (bli_arch_query_id()) {
+    case BLIS_ARCH_SKX:
+    case BLIS_ARCH_KNL: return 16;
+    case BLIS_ARCH_HASWELL:
+    case BLIS_ARCH_SANDYBRIDGE:
+    case BLIS_ARCH_ZEN3:
+    case BLIS_ARCH_ZEN2:
+    case BLIS_ARCH_ZEN:
+    case BLIS_ARCH_EXCAVATOR:
+    case BLIS_ARCH_STEAMROLLER:
+    case BLIS_ARCH_PILEDRIVER:
+    case BLIS_ARCH_BULLDOZER: return 8;
+    default: return 4;
+    }
+}
+
 static void blas_gemm(rntm_t *rntm, bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
                       int lda, const float *b, int ldb, float beta, float *c, int ldc) {
     if (m == 0 || n == 0) return;
@@ -92,6 +123,10 @@ static void blas_gemm_sliced(int threads, bool trans_a, bool trans_b, int m, int
         rntm_t rntm;
         bli_rntm_init(&rntm);
         bli_rntm_set_num_threads(1, &rntm);
+        // BLIS's small-matrix ("sup") kernels sum in another order (some in vector partial sums) than its packed
+        // path, and which path a product takes depends on m: the KV cache's products of a few rows could not give
+        // the uncached forward's bits (hdlm_sgemm_packed reproduces the packed path).
+        bli_rntm_disable_l3_sup(&rntm);
         if (hi > lo && rows)
             blas_gemm(&rntm, trans_a, trans_b, hi - lo, n, k, alpha, trans_a ? a + lo : a + (size_t)lo * lda, lda, b,
                       ldb, beta, c + (size_t)lo * ldc, ldc);
@@ -100,7 +135,6 @@ static void blas_gemm_sliced(int threads, bool trans_a, bool trans_b, int m, int
                       ldb, beta, c + lo, ldc);
     }
 }
-#endif
 
 void hdlm_add_bias_rows(float *c, int ldc, int m, int n, const float *bias) {
 #pragma omp parallel for schedule(static) if ((size_t)m * n > 65536 && !omp_in_parallel())
@@ -113,11 +147,13 @@ void hdlm_add_bias_rows(float *c, int ldc, int m, int n, const float *bias) {
 static void gemm_on(int threads, bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
                     int lda, const float *b, int ldb, float beta, float *c, int ldc, const float *bias) {
 #if defined(__AVX512F__)
-    hdlm_sgemm_kernel(threads, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias);
-#else
+    if (blas_own_kernel) {
+        hdlm_sgemm_kernel(threads, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias);
+        return;
+    }
+#endif
     blas_gemm_sliced(threads, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     if (bias) hdlm_add_bias_rows(c, ldc, m, n, bias);
-#endif
 }
 
 void hdlm_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,

@@ -12,6 +12,9 @@ enum { DEPTH_BLOCK = 1024 };
 void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
                        int lda, const float *b, int ldb, float beta, float *c, int ldc, const float *bias);
 
+// Whether hdlm_sgemm runs hdlm_sgemm_kernel (else BLIS); initialises the choice when needed.
+bool hdlm_blas_own_kernel(void);
+
 // Adds bias[j] to every row of C[m, n] (OpenMP when large and not inside a parallel region).
 void hdlm_add_bias_rows(float *c, int ldc, int m, int n, const float *bias);
 #endif

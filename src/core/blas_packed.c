@@ -24,13 +24,13 @@ void hdlm_packed_weights_init(hdlm_packed_weights *p, const float *w, int n, int
     hdlm_blas_init(0);
     p->n = n;
     p->k = k;
-#if defined(__AVX512F__)
-    p->kc_def = p->kc_max = DEPTH_BLOCK;   // hdlm_sgemm_kernel's blocks
-#else
-    cntx_t *cntx = (cntx_t *)bli_gks_query_cntx();
-    p->kc_def = (int)bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_KC, cntx);
-    p->kc_max = (int)bli_cntx_get_blksz_max_dt(BLIS_FLOAT, BLIS_KC, cntx);
-#endif
+    if (hdlm_blas_own_kernel()) {
+        p->kc_def = p->kc_max = DEPTH_BLOCK;   // hdlm_sgemm_kernel's blocks
+    } else {
+        cntx_t *cntx = (cntx_t *)bli_gks_query_cntx();
+        p->kc_def = (int)bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_KC, cntx);
+        p->kc_max = (int)bli_cntx_get_blksz_max_dt(BLIS_FLOAT, BLIS_KC, cntx);
+    }
     int panels = (n + PANEL - 1) / PANEL;
     p->data = hdlm_aligned_malloc((size_t)panels * k * PANEL * sizeof(float));   // a panel row: two whole lines
     // A transpose of each 32-row slab of W, in blocks of 64 columns (reads along rows, writes within an 8 KB block).

@@ -4,66 +4,70 @@
 
 #include <omp.h>
 
+#include "hdlm/blas.h"
 #include "hdlm/common.h"
 
-#define CHAINS 16   // enough independent accumulators to cover FMA latency × ports
-
 // Independent chains of `lanes`-wide vector FMAs (contracted: -ffp-contract=fast), one kernel per vector width, each
-// compiled for its instruction set: the widest the CPU runs is measured, whatever -march built the rest (an
-// x86-64-v3 build still multiplies with BLIS's AVX-512 kernels on an AVX-512 CPU: BLIS picks them at run time).
-#define FMA_CHAINS(name, lanes, target)                                                                                \
+// compiled for its instruction set: measured at the width of the GEMM kernels in use (hdlm_blas_lanes), whatever
+// -march built the rest (an x86-64-v3 build multiplies with BLIS's AVX-512 kernels on an AVX-512 CPU, BLIS picks
+// them at run time, unless BLIS_ARCH_TYPE names AVX2 ones, as on an AVX2-only machine; then 8 lanes). `chains`
+// covers FMA latency × ports and, with the two constants, fits the register file (16 ymm/xmm without AVX-512: 16
+// chains there spilled, and the AVX2 peak came out at two thirds of what BLIS's kernels reach).
+#define FMA_CHAINS(name, lanes, chains, target)                                                                        \
     target static float name(long iterations, float seed) {                                                            \
         typedef float vec __attribute__((vector_size(lanes * sizeof(float))));                                        \
-        vec acc[CHAINS], mul, add;                                                                                     \
-        for (int c = 0; c < CHAINS; c++)                                                                               \
+        vec acc[chains], mul, add;                                                                                     \
+        for (int c = 0; c < chains; c++)                                                                               \
             for (int l = 0; l < lanes; l++) acc[c][l] = seed + (float)(c * lanes + l) * 1e-3f;                        \
         for (int l = 0; l < lanes; l++) {                                                                              \
             mul[l] = 0.999999f;                                                                                        \
             add[l] = 1e-7f;                                                                                            \
         }                                                                                                              \
         for (long i = 0; i < iterations; i++) {                                                                        \
-            for (int c = 0; c < CHAINS; c++) acc[c] = acc[c] * mul + add;                                             \
+            for (int c = 0; c < chains; c++) acc[c] = acc[c] * mul + add;                                             \
             __asm__ volatile("" : "+x"(mul)); /* keep the loop from being folded */                                   \
         }                                                                                                              \
         float sum = 0.0f;                                                                                              \
-        for (int c = 0; c < CHAINS; c++)                                                                               \
+        for (int c = 0; c < chains; c++)                                                                               \
             for (int l = 0; l < lanes; l++) sum += acc[c][l];                                                         \
         return sum;                                                                                                    \
     }
 
 #if defined(__x86_64__)
-FMA_CHAINS(fma_chains_16, 16, __attribute__((target("avx512f,fma"))))
-FMA_CHAINS(fma_chains_8, 8, __attribute__((target("avx2,fma"))))
+FMA_CHAINS(fma_chains_16, 16, 16, __attribute__((target("avx512f,fma"))))
+FMA_CHAINS(fma_chains_8, 8, 12, __attribute__((target("avx2,fma"))))
 #endif
-FMA_CHAINS(fma_chains_4, 4, )
+FMA_CHAINS(fma_chains_4, 4, 12, )
 
-// The kernel of the widest vectors this CPU runs, and their lanes.
-static float fma_chains(long iterations, float seed, int *lanes) {
+// The kernel of the GEMMs' vector width (at most the widest this CPU runs); *flops: the FLOPs of one iteration.
+static float fma_chains(long iterations, float seed, int width, int *flops) {
 #if defined(__x86_64__)
-    if (__builtin_cpu_supports("avx512f")) return *lanes = 16, fma_chains_16(iterations, seed);
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return *lanes = 8, fma_chains_8(iterations, seed);
+    if (width >= 16 && __builtin_cpu_supports("avx512f")) return *flops = 2 * 16 * 16, fma_chains_16(iterations, seed);
+    if (width >= 8 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return *flops = 2 * 12 * 8, fma_chains_8(iterations, seed);
 #endif
-    return *lanes = 4, fma_chains_4(iterations, seed);
+    (void)width;
+    return *flops = 2 * 12 * 4, fma_chains_4(iterations, seed);
 }
 
 double hdlm_fma_peak_flops(int threads, long iterations) {
     double best = 0.0;
+    int width = hdlm_blas_lanes();   // outside the parallel region: it may initialise BLIS
     for (int rep = 0; rep < 3; rep++) {
         volatile float sink = 0.0f;
-        int lanes = 4;
+        int per_iteration = 0;
         double t0 = hdlm_time_now();
 #pragma omp parallel num_threads(threads)
         {
-            int my_lanes;
-            float s = fma_chains(iterations, (float)omp_get_thread_num(), &my_lanes);
+            int my_flops;
+            float s = fma_chains(iterations, (float)omp_get_thread_num(), width, &my_flops);
 #pragma omp atomic
             sink += s;
 #pragma omp master
-            lanes = my_lanes;
+            per_iteration = my_flops;
         }
         double dt = hdlm_time_now() - t0;
-        double flops = 2.0 * CHAINS * lanes * (double)iterations * threads / dt;
+        double flops = (double)per_iteration * (double)iterations * threads / dt;
         if (flops > best) best = flops;
     }
     return best;

@@ -155,8 +155,8 @@ int bench_model_main(int argc, char **argv) {
         load[strcspn(load, "\n")] = '\0';
         fclose(lf);
     }
-    printf("machine: %d threads, GEMM kernels %s, fp32 FMA peak %.0f GFLOP/s (measured), load average %s\n", threads,
-           hdlm_blas_arch(), peak, load);
+    printf("machine: %d threads, GEMM kernels %s, fp32 FMA peak %.0f GFLOP/s (measured, %d-lane FMAs), load average "
+           "%s\n", threads, hdlm_blas_arch(), peak, hdlm_blas_lanes(), load);
 
     hdlm_model_config cfg = hdlm_model_config_ddit_small(HDLM_FAMILY_EPSILON);
     hdlm_model *m;
