@@ -8,8 +8,8 @@
 //   - B is packed per 48-column panel and depth block into [depth][48] (zero-padded): the kernel reads it from L2.
 //   - A is read in place, one broadcast per row and k, when its rows run along k. A transposed A is packed first,
 //     per depth block and block of rows, into [tile][depth][8]: read in place, every k would be a new cache line.
-// Threads split the column panels (or the row tiles when there are fewer panels than threads); every element is
-// computed by one thread in the same order, so results do not depend on the thread count.
+// Threads claim the column panels one at a time (or split the row tiles when there are fewer panels than threads);
+// every element is computed in the same order whichever thread runs it, so results do not depend on the threads.
 #include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -149,17 +149,22 @@ void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, in
     float *ap = trans_a ? thread_buffer(&packed_a, &packed_a_cap,
                                         (size_t)min_int(tiles, block_tiles) * KERNEL_ROWS * min_int(k, DEPTH_BLOCK))
                         : NULL;
+    // Panels are claimed one at a time from a counter per stage (depth block × row block): on a shared machine one
+    // thread often runs slower (interrupts, a neighbour), and a fixed half each left the other waiting 2–4 % of a
+    // product. A stage starts when the last one is done (a barrier), so every element still sums its depth blocks
+    // in order, on whichever thread.
+    int depth_blocks = (k + DEPTH_BLOCK - 1) / DEPTH_BLOCK, row_blocks = (tiles + block_tiles - 1) / block_tiles;
+    int stages = depth_blocks * row_blocks, claimed[split_panels ? stages : 1];
+    memset(claimed, 0, sizeof claimed);
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        int p0 = split_panels ? share_start(panels, t, nt) : 0;
-        int p1 = split_panels ? share_start(panels, t + 1, nt) : panels;
+        int t = omp_get_thread_num(), nt = omp_get_num_threads(), stage = 0;
         float *bp = thread_buffer(&packed_b, &packed_b_cap, (size_t)DEPTH_BLOCK * KERNEL_COLS);
         for (int k0 = 0; k0 < k; k0 += DEPTH_BLOCK) {
             int depth = min_int(k - k0, DEPTH_BLOCK);
             float beta_now = k0 == 0 ? beta : 1.0f;
             const float *bias_now = k0 + depth == k ? bias : NULL;   // on after the last depth block
-            for (int tb0 = 0; tb0 < tiles; tb0 += block_tiles) {
+            for (int tb0 = 0; tb0 < tiles; tb0 += block_tiles, stage++) {
                 int tb1 = min_int(tiles, tb0 + block_tiles), count = tb1 - tb0;
                 // this thread's share of the block's tiles: what it packs, and what it computes when splitting tiles
                 int s0 = tb0 + share_start(count, t, nt), s1 = tb0 + share_start(count, t + 1, nt);
@@ -168,9 +173,17 @@ void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, in
                     // Shared packed block: every thread packs its share, after all have finished with the last one.
 #pragma omp barrier
                     pack_a_transposed(ap, a, a_k, m, k0, depth, tb0, s0, s1);
+                }
+                if (trans_a || (split_panels && stage > 0)) {
 #pragma omp barrier
                 }
-                for (int p = p0; p < p1; p++) {
+                for (int next = 0;;) {
+                    int p = next++;   // splitting tiles: every panel; else the next unclaimed one of this stage
+                    if (split_panels) {
+#pragma omp atomic capture
+                        p = claimed[stage]++;
+                    }
+                    if (p >= panels) break;
                     int j0 = p * KERNEL_COLS, cols = min_int(n - j0, KERNEL_COLS);
                     pack_b(bp, b, b_k, b_j, n, k0, depth, j0);
                     for (int q = q0; q < q1; q++) {
