@@ -25,7 +25,6 @@ enum { KERNEL_VECS = 3, KERNEL_ROWS = 8, KERNEL_COLS = LANES * KERNEL_VECS };
 // Rows of a transposed A packed at a time (with DEPTH_BLOCK: 4 MB, shared by the threads).
 enum { PACKED_A_ROWS = 128 * KERNEL_ROWS };
 
-
 static int min_int(int a, int b) { return a < b ? a : b; }
 // Where thread t of nt starts in a range of `count` items.
 static int share_start(int count, int t, int nt) { return (int)((long)count * t / nt); }

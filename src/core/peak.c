@@ -14,9 +14,10 @@
 // covers FMA latency × ports and, with the two constants, fits the register file (16 ymm/xmm without AVX-512: 16
 // chains there spilled, and the AVX2 peak came out at two thirds of what BLIS's kernels reach).
 #define FMA_CHAINS(name, lanes, chains, target)                                                                        \
-    target static float name(long iterations, float seed) {                                                            \
+    target static float name(long iterations, float seed, int *flops) {                                                \
         typedef float vec __attribute__((vector_size(lanes * sizeof(float))));                                        \
         vec acc[chains], mul, add;                                                                                     \
+        *flops = 2 * chains * lanes; /* per iteration */                                                               \
         for (int c = 0; c < chains; c++)                                                                               \
             for (int l = 0; l < lanes; l++) acc[c][l] = seed + (float)(c * lanes + l) * 1e-3f;                        \
         for (int l = 0; l < lanes; l++) {                                                                              \
@@ -42,12 +43,12 @@ FMA_CHAINS(fma_chains_4, 4, 12, )
 // The kernel of the GEMMs' vector width (at most the widest this CPU runs); *flops: the FLOPs of one iteration.
 static float fma_chains(long iterations, float seed, int width, int *flops) {
 #if defined(__x86_64__)
-    if (width >= 16 && __builtin_cpu_supports("avx512f")) return *flops = 2 * 16 * 16, fma_chains_16(iterations, seed);
+    if (width >= 16 && __builtin_cpu_supports("avx512f")) return fma_chains_16(iterations, seed, flops);
     if (width >= 8 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return *flops = 2 * 12 * 8, fma_chains_8(iterations, seed);
+        return fma_chains_8(iterations, seed, flops);
 #endif
     (void)width;
-    return *flops = 2 * 12 * 4, fma_chains_4(iterations, seed);
+    return fma_chains_4(iterations, seed, flops);
 }
 
 double hdlm_fma_peak_flops(int threads, long iterations) {

@@ -30,7 +30,6 @@ enum { QUERY_BLOCK = 64 };
 // tile of A passes over them.
 enum { DEPTH_CHUNK = 128 };
 
-
 static int round_up(int n, int m) { return (n + m - 1) / m * m; }
 
 static inline vecf vec_broadcast(float x) { return x - (vecf){0}; }
