@@ -95,6 +95,13 @@ static void cached_attention(float *out, const float *qkv, float *kv, size_t kv_
         }
 }
 
+// Rows [n_settle, T) of each of `batch` sequences of T rows (`width` floats each) moved to the front, in order.
+static void keep_query_rows(float *x, size_t width, int batch, int T, int n_settle) {
+    int n = T - n_settle;
+    for (int b = 0; b < batch; b++)   // each destination lies before its source and after the last one's
+        memmove(x + (size_t)b * n * width, x + ((size_t)b * T + n_settle) * width, (size_t)n * width * sizeof(float));
+}
+
 int hdlm_model_forward_cached(hdlm_model *m, hdlm_kv_cache *cache, const uint32_t *tokens, const float *sigma,
                               int batch, int n_settle, int n, hdlm_block_type rule) {
     const hdlm_model_config *c = &m->config;
@@ -156,27 +163,35 @@ int hdlm_model_forward_cached(hdlm_model *m, hdlm_kv_cache *cache, const uint32_
                             batch, T, H, hd);
         cached_attention(att, qkv, cache->kv + l * layer_stride, cache->kv_floats, batch, cache->capacity, start,
                          n_settle, n, H, hd, rule);
-        hdlm_linear_forward_packed(y, att, &pw->attn_out, NULL, N);
-        hdlm_residual_forward(h, h, y, gamma ? mod + 2 * d : NULL, 6 * d, N, d, 0.0f, 0);
-        hdlm_layernorm_forward(ln, mean, rstd, h, w->norm2, N, d);
-        if (gamma) hdlm_modulate_forward(mod_in, ln, mod + 3 * d, mod + 4 * d, 6 * d, N, d);
-        hdlm_linear_forward_packed(fc1, a_in, &pw->fc1, w->fc1_b, N);
-        hdlm_gelu_forward(act, fc1, (size_t)N * f);
-        hdlm_linear_forward_packed(y, act, &pw->fc2, w->fc2_b, N);
-        hdlm_residual_forward(h, h, y, gamma ? mod + 5 * d : NULL, 6 * d, N, d, 0.0f, 0);
+        int rows = N;
+        if (l == c->n_layers - 1 && n_settle > 0) {
+            // The settling rows' keys and values are in the cache now, and nothing reads the rest of their last
+            // layer (only query rows reach the head): it runs on the query rows alone (≈ 9/12 of a layer fewer).
+            keep_query_rows(att, d, batch, T, n_settle);
+            keep_query_rows(h, d, batch, T, n_settle);
+            if (gamma) keep_query_rows(mod, 6 * (size_t)d, batch, T, n_settle);
+            rows = batch * n;
+            if (rows == 0) break;
+        }
+        hdlm_linear_forward_packed(y, att, &pw->attn_out, NULL, rows);
+        hdlm_residual_forward(h, h, y, gamma ? mod + 2 * d : NULL, 6 * d, rows, d, 0.0f, 0);
+        hdlm_layernorm_forward(ln, mean, rstd, h, w->norm2, rows, d);
+        if (gamma) hdlm_modulate_forward(mod_in, ln, mod + 3 * d, mod + 4 * d, 6 * d, rows, d);
+        hdlm_linear_forward_packed(fc1, a_in, &pw->fc1, w->fc1_b, rows);
+        hdlm_gelu_forward(act, fc1, (size_t)rows * f);
+        hdlm_linear_forward_packed(y, act, &pw->fc2, w->fc2_b, rows);
+        hdlm_residual_forward(h, h, y, gamma ? mod + 5 * d : NULL, 6 * d, rows, d, 0.0f, 0);
     }
     cache->length = start + n_settle;   // the settling rows' K/V stay; their outputs are never used
     if (n > 0) {
-        // The query rows of every sequence, gathered (y is free here), through the final norm and the head; γ: with
-        // each row's shift of the scores (method §5.4 step 1) added in the head's product.
+        // The query rows of every sequence (h holds only them now, sequence after sequence) through the final norm
+        // and the head; γ: with each row's shift of the scores (method §5.4 step 1) added in the head's product.
         float *shift = gamma ? query_shift : NULL;
-        for (int b = 0; b < batch; b++) {
-            memcpy(y + (size_t)b * n * d, h + ((size_t)b * T + n_settle) * d, (size_t)n * d * sizeof(float));
-            for (int i = 0; shift && i < n; i++)
+        for (int b = 0; shift && b < batch; b++)
+            for (int i = 0; i < n; i++)
                 shift[b * n + i] = (float)hdlm_gamma_log_score_shift(sigma[b * T + n_settle + i], V);
-        }
         int rows = batch * n;
-        hdlm_layernorm_forward(ln, mean, rstd, y, m->p.norm_final, rows, d);
+        hdlm_layernorm_forward(ln, mean, rstd, h, m->p.norm_final, rows, d);
         if ((size_t)rows * V > cache->out_capacity) {
             cache->out_capacity = (size_t)rows * V;
             free(cache->out);   // written whole below

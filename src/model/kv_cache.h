@@ -46,7 +46,7 @@ void hdlm_kv_cache_reset(hdlm_kv_cache *cache, int batch);
 // [batch, T]; σ NULL for ε), eval mode, weights read once for both kinds of rows:
 //  - the first n_settle positions of each sequence are a settled block entering the cache: each sees every cached key
 //    and all of the block's keys; their K/V stay (cache->length += n_settle) and no outputs are computed (a settled
-//    block's outputs are never used);
+//    block's outputs are never used; the last layer stops after their attention);
 //  - the next n positions are queries: each sees every cached key (those of the settling block too) and the query
 //    keys under `rule` (full: all of them; causal: those at or before it). Outputs [batch, n, V] in cache->out.
 // Each kind of row is computed exactly as a call with only that kind would compute it.

@@ -52,10 +52,11 @@ static double cpu_now(void) {
 // per key the row attends to (scores and values), and 2dV for rows with outputs. Uncached: every step runs rows
 // [0, a_end] (walker) or all L (γ NAR) under the step's mask (a row past a_end reads all L values), all with outputs.
 // Cached: the active rows with outputs against keys [0, a_end], and each settled ω-block once, without them, against
-// the keys up to its end.
+// the keys up to its end (a settling row skips its last layer's output projection and MLP: 2·9d² fewer).
 static double path_flops(const hdlm_model_config *c, const hdlm_schedule *s, bool nar, bool cached) {
     double d = c->width, ada = c->family == HDLM_FAMILY_GAMMA ? 12 * d * c->cond_dim : 0;
     double per_row = 2.0 * c->n_layers * (12 * d * d + ada), per_key = 4.0 * c->n_layers * d;
+    double per_settling_row = per_row - 2.0 * 9 * d * d;
     double head = 2.0 * d * c->vocab, total = 0;
     hdlm_step st;
     hdlm_step_alloc(&st, s->length);
@@ -68,7 +69,7 @@ static double path_flops(const hdlm_model_config *c, const hdlm_schedule *s, boo
             total += per_row + head + per_key * keys;
         }
         for (; cached && settled < st.n_set; settled += s->width)   // blocks entering the cache
-            total += s->width * (per_row + per_key * (settled + s->width));
+            total += s->width * (per_settling_row + per_key * (settled + s->width));
     }
     hdlm_step_free(&st);
     return total;
@@ -78,9 +79,9 @@ static double path_flops(const hdlm_model_config *c, const hdlm_schedule *s, boo
 // cached, each position runs once as a query (with logits) and enters once (without), against the keys before it.
 static double ar_flops(const hdlm_model_config *c, int length, bool cached) {
     double d = c->width, per_row = 2.0 * c->n_layers * 12 * d * d, per_key = 4.0 * c->n_layers * d;
-    double head = 2.0 * d * c->vocab, total = 0;
+    double head = 2.0 * d * c->vocab, per_settling_row = per_row - 2.0 * 9 * d * d, total = 0;
     for (int i = 0; i < length; i++)
-        total += cached ? per_row + head + per_key * (i + 1) + (i > 0 ? per_row + per_key * i : 0)
+        total += cached ? per_row + head + per_key * (i + 1) + (i > 0 ? per_settling_row + per_key * i : 0)
                         : (i + 1) * (per_row + head) + per_key * (i + 1) * (i + 2) / 2.0;
     return total;
 }
