@@ -15,6 +15,7 @@
 #include "hdlm/common.h"
 #include "hdlm/diffusion.h"
 #include "hdlm/sampler.h"
+#include "eval/sampler_internal.h"
 
 // ---- hand-set denoisers ----
 typedef struct {
@@ -498,6 +499,28 @@ static void test_stop_token_ends_the_text(void **state) {
     free(tq.buf);
 }
 
+// hdlm_draw_chunk_sum (vectorised per instruction set) against its definition: 16 float64 lanes, entry lo + i in lane
+// i mod 16, NaN and negative entries as 0, the lanes added in order; the same bits at every offset and length.
+static void test_chunk_sum_lane_order(void **state) {
+    (void)state;
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, 17);
+    float w[1100];
+    for (int y = 0; y < 1100; y++) {
+        double u = hdlm_rng_uniform_double(&rng);
+        w[y] = u < 0.05 ? NAN : u < 0.1 ? -0.0f : u < 0.3 ? -(float)u : (float)(u * exp(40 * u - 20));
+    }
+    const int ranges[][2] = {{0, 1024}, {3, 1100}, {17, 33}, {5, 20}, {0, 15}, {1000, 1000}};
+    for (int c = 0; c < 6; c++) {
+        int lo = ranges[c][0], hi = ranges[c][1];
+        double lane[16] = {0}, want = 0;
+        for (int y = lo; y < hi; y++) lane[(y - lo) % 16] += w[y] > 0 ? (double)w[y] : 0.0;
+        for (int i = 0; i < 16; i++) want += lane[i];
+        double got = hdlm_draw_chunk_sum(w, lo, hi);
+        assert_memory_equal(&got, &want, sizeof got);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_diff_draws_from_the_model),
@@ -510,6 +533,7 @@ int main(void) {
         cmocka_unit_test(test_truncation_equals_sorting),
         cmocka_unit_test(test_truncated_draws_follow_the_renormalised_law),
         cmocka_unit_test(test_stop_token_ends_the_text),
+        cmocka_unit_test(test_chunk_sum_lane_order),
     };
     return cmocka_run_group_tests_name("sampler", tests, NULL, NULL);
 }

@@ -2,7 +2,7 @@
 // categorical draws and the model denoiser shared by every sampler.
 #include <math.h>
 #include <omp.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 #include <stdlib.h>
@@ -227,8 +227,8 @@ int hdlm_draw_chunk_size(int n) {
     return chunk;
 }
 
-// 16 float64 lanes (entry lo + i goes to lane i mod 16), folded in lane order: the same bits with AVX-512 vectors and
-// without. (The compiler turns `sum += w > 0 ? w : 0` into a branch per entry: 20 cycles each on random signs.)
+// 16 float64 lanes (entry lo + i goes to lane i mod 16), folded in lane order: the same bits with AVX-512 or AVX2
+// vectors and without. (The compiler turns `sum += w > 0 ? w : 0` into a branch per entry: 20 cycles each on random signs.)
 double hdlm_draw_chunk_sum(const float *w, int lo, int hi) {
     double lane[16];
 #if defined(__AVX512F__)
@@ -241,6 +241,17 @@ double hdlm_draw_chunk_sum(const float *w, int lo, int hi) {
     }
     _mm512_storeu_pd(lane, acc0);
     _mm512_storeu_pd(lane + 8, acc1);
+#elif defined(__AVX2__)
+    __m256d acc[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+    int y = lo;
+    for (; y + 16 <= hi; y += 16)
+        for (int h = 0; h < 2; h++) {
+            __m256 v = _mm256_max_ps(_mm256_loadu_ps(w + y + 8 * h), _mm256_setzero_ps());   // NaN -> 0
+            acc[2 * h] = _mm256_add_pd(acc[2 * h], _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+            acc[2 * h + 1] = _mm256_add_pd(acc[2 * h + 1], _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+        }
+    for (int i = 0; i < 4; i++) _mm256_storeu_pd(lane + 4 * i, acc[i]);
+    for (; y < hi; y++) lane[(y - lo) % 16] += w[y] > 0 ? (double)w[y] : 0.0;
 #else
     for (int i = 0; i < 16; i++) lane[i] = 0;
     for (int y = lo; y < hi; y++) lane[(y - lo) % 16] += w[y] > 0 ? (double)w[y] : 0.0;
