@@ -228,7 +228,8 @@ int hdlm_draw_chunk_size(int n) {
 }
 
 // 16 float64 lanes (entry lo + i goes to lane i mod 16), folded in lane order: the same bits with AVX-512 or AVX2
-// vectors and without. (The compiler turns `sum += w > 0 ? w : 0` into a branch per entry: 20 cycles each on random signs.)
+// vectors and without. (The compiler turns `sum += w > 0 ? w : 0` into a branch per entry: 20 cycles each on random
+// signs.)
 double hdlm_draw_chunk_sum(const float *w, int lo, int hi) {
     double lane[16];
 #if defined(__AVX512F__)
