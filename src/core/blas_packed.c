@@ -52,6 +52,18 @@ void hdlm_packed_weights_free(hdlm_packed_weights *p) {
     memset(p, 0, sizeof *p);
 }
 
+// One row of a tile's sums into C: cr[j] = (first ? 0 : cr[j]) + sum[j], then + bias[j], then + *row_add (each NULL:
+// none), rounded as separate passes would; j < cols.
+static inline void store_row(float *cr, const float *sum, int cols, bool first, const float *bias,
+                             const float *row_add) {
+    for (int j = 0; j < cols; j++) {
+        float v = first ? sum[j] : cr[j] + sum[j];
+        if (bias) v += bias[j];
+        if (row_add) v += *row_add;
+        cr[j] = v;
+    }
+}
+
 // Rows r0..r0+rows-1 (rows <= ROWS) of A times one panel over k in [k0, k1): C (cols valid columns) = or += the sum,
 // then (the last block) + bias[j], then + row_add[r] (each NULL: none), as separate passes would round them.
 // Rows beyond `rows` repeat the last row (computed, not stored), so the compiler keeps a fixed register tile.
@@ -61,10 +73,10 @@ static void panel_tile(const float *a, int lda, int rows, const float *panel, in
                        int cols, bool first, const float *bias, const float *row_add, const float *next, int ahead) {
     const float *ar[ROWS];
     for (int r = 0; r < ROWS; r++) ar[r] = a + (size_t)(r < rows ? r : rows - 1) * lda;
+    int step = next ? (ahead + k1 - k0 - 1) / (k1 - k0) : 0;   // floats to fetch per k, rounded up
 #if defined(__AVX512F__)
     __m512 acc[ROWS][2];
     for (int r = 0; r < ROWS; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    int step = next ? (ahead + k1 - k0 - 1) / (k1 - k0) : 0;   // floats to fetch per k, rounded up
     for (int i = k0; i < k1; i++) {
         if (next && (i - k0) * step < ahead) _mm_prefetch((const char *)(next + (size_t)(i - k0) * step), _MM_HINT_T1);
         __m512 w0 = _mm512_loadu_ps(panel + (size_t)i * PANEL), w1 = _mm512_loadu_ps(panel + (size_t)i * PANEL + 16);
@@ -95,7 +107,6 @@ static void panel_tile(const float *a, int lda, int rows, const float *panel, in
 #elif defined(__AVX2__) && defined(__FMA__)
     // 16 ymm registers: the tile in four blocks of 4 rows × 16 columns (8 accumulators, 11 registers in all; the
     // whole 8 × 32 tile as one spilled every update and ran the cached path at 60–65 % of the uncached one's rate).
-    int step = next ? (ahead + k1 - k0 - 1) / (k1 - k0) : 0;
     for (int r0 = 0; r0 < rows; r0 += 4)
         for (int h = 0; h < PANEL / 16 && 16 * h < cols; h++) {
             __m256 acc[4][2];
@@ -116,18 +127,12 @@ static void panel_tile(const float *a, int lda, int rows, const float *panel, in
                 _mm256_storeu_ps(sum[r], acc[r][0]);
                 _mm256_storeu_ps(sum[r] + 8, acc[r][1]);
             }
-            for (int r = 0; r < 4 && r0 + r < rows; r++) {
-                float *cr = c + (size_t)(r0 + r) * ldc + 16 * h;
-                for (int j = 0; j < 16 && 16 * h + j < cols; j++) {
-                    float v = first ? sum[r][j] : cr[j] + sum[r][j];
-                    if (bias) v += bias[16 * h + j];
-                    if (row_add) v += row_add[r0 + r];
-                    cr[j] = v;
-                }
-            }
+            for (int r = 0; r < 4 && r0 + r < rows; r++)
+                store_row(c + (size_t)(r0 + r) * ldc + 16 * h, sum[r], cols - 16 * h < 16 ? cols - 16 * h : 16, first,
+                          bias ? bias + 16 * h : NULL, row_add ? row_add + r0 + r : NULL);
         }
 #else
-    (void)next, (void)ahead;
+    (void)step;   // no prefetch here
     float acc[ROWS][PANEL];
     memset(acc, 0, sizeof acc);
     for (int i = k0; i < k1; i++)
@@ -137,12 +142,7 @@ static void panel_tile(const float *a, int lda, int rows, const float *panel, in
             for (int j = 0; j < PANEL; j++) acc[r][j] = fmaf(x, panel[(size_t)i * PANEL + j], acc[r][j]);
         }
     for (int r = 0; r < rows; r++)
-        for (int j = 0; j < cols; j++) {
-            float v = first ? acc[r][j] : c[(size_t)r * ldc + j] + acc[r][j];
-            if (bias) v += bias[j];
-            if (row_add) v += row_add[r];
-            c[(size_t)r * ldc + j] = v;
-        }
+        store_row(c + (size_t)r * ldc, acc[r], cols, first, bias, row_add ? row_add + r : NULL);
 #endif
 }
 

@@ -231,12 +231,12 @@ int hdlm_draw_chunk_size(int n) {
 // vectors and without. (The compiler turns `sum += w > 0 ? w : 0` into a branch per entry: 20 cycles each on random
 // signs.)
 double hdlm_draw_chunk_sum(const float *w, int lo, int hi) {
-    double lane[16];
+    double lane[16] = {0};
+    int y = lo;   // the vector loops take whole groups of 16, the scalar one the rest
 #if defined(__AVX512F__)
     __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
-    for (int y = lo; y < hi; y += 16) {
-        __mmask16 m = hi - y >= 16 ? 0xFFFF : (__mmask16)((1u << (hi - y)) - 1);
-        __m512 v = _mm512_max_ps(_mm512_maskz_loadu_ps(m, w + y), _mm512_setzero_ps());   // NaN -> 0
+    for (; y + 16 <= hi; y += 16) {
+        __m512 v = _mm512_max_ps(_mm512_loadu_ps(w + y), _mm512_setzero_ps());   // NaN -> 0
         acc0 = _mm512_add_pd(acc0, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
         acc1 = _mm512_add_pd(acc1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
     }
@@ -244,7 +244,6 @@ double hdlm_draw_chunk_sum(const float *w, int lo, int hi) {
     _mm512_storeu_pd(lane + 8, acc1);
 #elif defined(__AVX2__)
     __m256d acc[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
-    int y = lo;
     for (; y + 16 <= hi; y += 16)
         for (int h = 0; h < 2; h++) {
             __m256 v = _mm256_max_ps(_mm256_loadu_ps(w + y + 8 * h), _mm256_setzero_ps());   // NaN -> 0
@@ -252,11 +251,8 @@ double hdlm_draw_chunk_sum(const float *w, int lo, int hi) {
             acc[2 * h + 1] = _mm256_add_pd(acc[2 * h + 1], _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
         }
     for (int i = 0; i < 4; i++) _mm256_storeu_pd(lane + 4 * i, acc[i]);
-    for (; y < hi; y++) lane[(y - lo) % 16] += w[y] > 0 ? (double)w[y] : 0.0;
-#else
-    for (int i = 0; i < 16; i++) lane[i] = 0;
-    for (int y = lo; y < hi; y++) lane[(y - lo) % 16] += w[y] > 0 ? (double)w[y] : 0.0;
 #endif
+    for (; y < hi; y++) lane[(y - lo) % 16] += w[y] > 0 ? (double)w[y] : 0.0;
     double sum = 0;
     for (int i = 0; i < 16; i++) sum += lane[i];
     return sum;
