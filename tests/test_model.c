@@ -595,6 +595,71 @@ static void test_dropout_is_repeatable(void **state) {
     hdlm_model_free(m);
 }
 
+// The ε/ARDM training loss runs the output layer on the rows with a loss weight only (hdlm_model_forward_loss):
+// against the forward of every row + hdlm_corruption_loss + the backward of the full [N, V] gradient, the loss is
+// the same double, the outputs are the weighted rows' own, in order, and every gradient is the same (the output
+// layer's weight and bias up to the GEMM's depth blocking, which the rows left out may move; bit for bit here).
+static void test_loss_skips_rows_without_weight(void **state) {
+    (void)state;
+    hdlm_model_config c = small_config(HDLM_FAMILY_EPSILON, HDLM_ROTARY_EXACT);
+    c.dropout = 0.1f;
+    hdlm_model *m;
+    assert_int_equal(hdlm_model_create(&m, &c), 0);
+    test_model_randomize(m, 8);
+    enum { B = 3, L = 20, N = B * L };
+    int V = c.vocab;
+    uint32_t x0[N];
+    hdlm_corruption cor;
+    hdlm_corruption_alloc(&cor, B, L);
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, 77);
+    int weighted = 0, first_weighted = -1;
+    for (int r = 0; r < N; r++) {
+        x0[r] = (uint32_t)hdlm_rng_below(&rng, (uint64_t)V - 1);
+        bool masked = hdlm_rng_uniform(&rng) < 0.45f;
+        cor.xt[r] = masked ? (uint32_t)(V - 1) : x0[r];
+        cor.weight[r] = masked ? 1.0f + hdlm_rng_uniform(&rng) : 0.0f;
+        if (masked && first_weighted < 0) first_weighted = r;
+        weighted += masked;
+    }
+    cor.norm = N;
+    assert_true(weighted > 5 && weighted < N - 5);
+    hdlm_loss_target target = {.x0 = x0, .corruption = &cor, .softmax_width = V};
+    hdlm_model_input in = {.tokens = cor.xt, .batch = B, .length = L, .training = true, .dropout_key = 21};
+    size_t n_out = (size_t)N * V;
+    float *dout = hdlm_malloc(n_out * sizeof(float)), *full = hdlm_malloc(n_out * sizeof(float));
+    float *grads = hdlm_malloc(m->n_params * sizeof(float));
+
+    memset(m->grads, 0, m->n_params * sizeof(float));
+    double loss_rows;
+    assert_int_equal(hdlm_model_forward_loss(m, &in, &target, dout, &loss_rows), 0);
+    float first_out[64];
+    memcpy(first_out, m->out, (size_t)V * sizeof(float));   // compacted: row 0 is the first weighted row's
+    hdlm_model_backward(m, dout);
+    memcpy(grads, m->grads, m->n_params * sizeof(float));
+
+    memset(m->grads, 0, m->n_params * sizeof(float));
+    assert_int_equal(hdlm_model_forward(m, &in), 0);
+    assert_memory_equal(first_out, m->out + (size_t)first_weighted * V, (size_t)V * sizeof(float));
+    double loss_all = hdlm_corruption_loss(&cor, x0, m->out, V, V, full);
+    hdlm_model_backward(m, full);
+    printf("  %d of %d rows weighted: loss %.17g and %.17g\n", weighted, N, loss_rows, loss_all);
+    assert_true(loss_rows == loss_all);
+    size_t head_w = hdlm_model_find_tensor(m, "output_layer.linear.weight")->offset;
+    size_t head_b = hdlm_model_find_tensor(m, "output_layer.linear.bias")->offset;
+    for (size_t i = 0; i < m->n_params; i++) {
+        bool output_layer = (i >= head_w && i < head_w + (size_t)V * c.width) || (i >= head_b && i < head_b + (size_t)V);
+        if (output_layer) assert_true(fabsf(grads[i] - m->grads[i]) <= 1e-6f * (fabsf(m->grads[i]) + 1e-3f));
+        else if (grads[i] != m->grads[i]) fail_msg("gradient %zu: %.9g with the rows skipped, %.9g without", i,
+                                                   (double)grads[i], (double)m->grads[i]);
+    }
+    free(grads);
+    free(full);
+    free(dout);
+    hdlm_corruption_free(&cor);
+    hdlm_model_free(m);
+}
+
 // hdlm-bench model: --help works; a bad --shape is refused naming the flag (the timing itself is a benchmark).
 // The software half-precision rounding of the reference rotary tables equals the compiler's _Float16 conversion
 // (IEEE, nearest even) on every edge (subnormals, the largest half, overflow, ties) and 4M random doubles.
@@ -648,6 +713,7 @@ int main(void) {
         cmocka_unit_test(test_dropout_is_repeatable),
         cmocka_unit_test(test_model_matches_pytorch),
         cmocka_unit_test(test_two_copy_equals_separate_blocks),
+        cmocka_unit_test(test_loss_skips_rows_without_weight),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

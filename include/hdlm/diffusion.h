@@ -43,6 +43,10 @@ void hdlm_corruption_free(hdlm_corruption *c);
 // Rows with weight 0 are skipped (gradient 0).
 double hdlm_corruption_loss(const hdlm_corruption *c, const uint32_t *x0, const float *logits, int vocab,
                             int softmax_width, float *dlogits);
+// The same over the rows rows[0 .. n_rows) of the batch only (those with a weight, in order): logits and dlogits hold
+// one row per listed row, consecutively. Gives the same value as hdlm_corruption_loss when the other rows weigh 0.
+double hdlm_corruption_loss_rows(const hdlm_corruption *c, const uint32_t *x0, const int *rows, int n_rows,
+                                 const float *logits, int vocab, int softmax_width, float *dlogits);
 
 // One row: returns CE(z, target) = logsumexp(z[0..width)) - z[target] (double precision) and, when grad is not
 // NULL, writes grad_scale·(softmax(z) - onehot(target)) into grad[0..V) (entries >= softmax_width get 0).

@@ -6,7 +6,8 @@
 // to one. The table is built once from the configuration and drives allocation, initialisation and the views.
 //
 // Outputs: fp32 [B, L, V] row-major — ε: logits; γ: log-scores after scale_by_sigma (method §5.4 step 1).
-// hdlm_model_backward takes d(loss)/d(outputs) in the same layout (it may be m->out itself, overwritten by a loss).
+// hdlm_model_backward takes d(loss)/d(outputs) in the same layout (it may be m->out itself, overwritten by a loss),
+// or as hdlm_model_forward_loss wrote it.
 #ifndef HDLM_MODEL_H
 #define HDLM_MODEL_H
 
@@ -131,8 +132,10 @@ int hdlm_model_check_input(const hdlm_model_config *config, const hdlm_model_inp
 // Forward pass; refuses bad inputs (ids ≥ V, length > max_length, mask of another length, σ missing for γ).
 int hdlm_model_forward(hdlm_model *model, const hdlm_model_input *input);
 // Forward pass and the loss of a corrupted micro-batch against target (method §4.3, §5.4-5.6, §13 A.3) into
-// *loss; with dout (B·L·V floats, may be m->out), d(loss)/d(outputs) for hdlm_model_backward. The CUDA model's
-// twin is hdlm_cuda_model_forward_loss.
+// *loss; with dout (B·L·V floats, may be m->out), d(loss)/d(outputs) for hdlm_model_backward. Under the ε and ARDM
+// losses the output layer runs on the rows with a loss weight alone: m->out and dout then hold those rows' outputs
+// and gradients, consecutively in row order (hdlm_corruption_loss_rows); hand dout to hdlm_model_backward as written.
+// The CUDA model's twin is hdlm_cuda_model_forward_loss.
 int hdlm_model_forward_loss(hdlm_model *model, const hdlm_model_input *input, const hdlm_loss_target *target,
                             float *dout, double *loss);
 // Accumulates parameter gradients for d(loss)/d(out) of the last forward.

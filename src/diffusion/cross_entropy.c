@@ -55,24 +55,30 @@ double hdlm_ce_row(const float *z, int vocab, int softmax_width, uint32_t target
     return lse - z_target;
 }
 
-double hdlm_corruption_loss(const hdlm_corruption *c, const uint32_t *x0, const float *logits, int vocab,
-                            int softmax_width, float *dlogits) {
-    long rows = (long)c->batch * c->length;
-    double *row_loss = hdlm_malloc((size_t)rows * sizeof *row_loss);
+double hdlm_corruption_loss_rows(const hdlm_corruption *c, const uint32_t *x0, const int *rows, int n_rows,
+                                 const float *logits, int vocab, int softmax_width, float *dlogits) {
+    double *row_loss = hdlm_malloc(((size_t)n_rows + 1) * sizeof *row_loss);
     double scale = 1.0 / c->norm;
 #pragma omp parallel for schedule(static)
-    for (long r = 0; r < rows; r++) {
-        float *grad = dlogits ? dlogits + (size_t)r * vocab : NULL;
+    for (long j = 0; j < n_rows; j++) {
+        long r = rows ? rows[j] : j;
+        float *grad = dlogits ? dlogits + (size_t)j * vocab : NULL;
         if (c->weight[r] == 0.0f) {
-            row_loss[r] = 0.0;
+            row_loss[j] = 0.0;
             if (grad) memset(grad, 0, (size_t)vocab * sizeof *grad);
             continue;
         }
         double coef = c->weight[r] * scale;
-        row_loss[r] = coef * hdlm_ce_row(logits + (size_t)r * vocab, vocab, softmax_width, x0[r], coef, grad);
+        row_loss[j] = coef * hdlm_ce_row(logits + (size_t)j * vocab, vocab, softmax_width, x0[r], coef, grad);
     }
-    double loss = 0;   // fixed order: independent of the thread count
-    for (long r = 0; r < rows; r++) loss += row_loss[r];
+    // Fixed order, independent of the thread count; rows left out would each add an exact 0.
+    double loss = 0;
+    for (long j = 0; j < n_rows; j++) loss += row_loss[j];
     free(row_loss);
     return loss;
+}
+
+double hdlm_corruption_loss(const hdlm_corruption *c, const uint32_t *x0, const float *logits, int vocab,
+                            int softmax_width, float *dlogits) {
+    return hdlm_corruption_loss_rows(c, x0, NULL, c->batch * c->length, logits, vocab, softmax_width, dlogits);
 }

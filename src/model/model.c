@@ -224,6 +224,11 @@ double hdlm_model_flops_per_token(const hdlm_model *m, int length) {
 struct hdlm_model_acts {
     int capacity;
     int head_from;   // rows of each sequence before it get no output (hdlm_model_input.head_from)
+    // Training (hdlm_model_forward_loss): the output layer runs on the head_rows rows of head_list alone (those with a
+    // loss weight, in order), its outputs and their gradients compacted; head_x holds their final-norm outputs.
+    // head_rows = -1: every row.
+    int head_rows, *head_list;
+    float *head_x;
     uint32_t *tokens;
     float *sigma, *mix;
     hdlm_attn_mask mask;
@@ -245,13 +250,15 @@ static void acts_release(hdlm_model_acts *a) {
                      &a->ln1_mean, &a->ln1_rstd, &a->mod, &a->a1, &a->qkv, &a->att, &a->lse, &a->att_y, &a->h_mid,
                      &a->ln2, &a->ln2_mean, &a->ln2_rstd, &a->a2, &a->fc1, &a->gelu, &a->mlp_y, &a->lnf,
                      &a->lnf_mean, &a->lnf_rstd, &a->dh, &a->da, &a->dln, &a->dtmp, &a->datt, &a->dqkv, &a->dfc,
-                     &a->dmod, &a->dcond, &a->dc1, &a->dc2};
+                     &a->dmod, &a->dcond, &a->dc1, &a->dc2, &a->head_x};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         free(*all[i]);
         *all[i] = NULL;
     }
     free(a->tokens);
+    free(a->head_list);
     a->tokens = NULL;
+    a->head_list = NULL;
 }
 
 static float *alloc_floats(size_t n) { return hdlm_malloc((n ? n : 1) * sizeof(float)); }
@@ -299,6 +306,8 @@ static void acts_reserve(hdlm_model *m, int n) {
     a->lnf = alloc_floats(N * d);
     a->lnf_mean = alloc_floats(N);
     a->lnf_rstd = alloc_floats(N);
+    a->head_list = hdlm_malloc(N * sizeof(int));
+    a->head_x = alloc_floats(N * d);
     a->dh = alloc_floats(N * d);
     a->da = alloc_floats(N * d);
     a->dln = alloc_floats(N * d);
@@ -417,7 +426,7 @@ static void profile_report(const hdlm_model *m, bool backward) {
     double n = (double)m->batch * m->length, d = c->width, f = (double)c->mlp_ratio * c->width;
     double flops[PROF_KINDS] = {0};
     flops[PROF_LINEAR] = 2.0 * n * c->n_layers * (4.0 * d * d + 2.0 * d * f);
-    flops[PROF_HEAD] = 2.0 * n * d * c->vocab;
+    flops[PROF_HEAD] = 2.0 * (a->head_rows >= 0 ? a->head_rows : n) * d * c->vocab;   // the rows it ran on
     flops[PROF_ATTENTION] = 4.0 * n * m->length * d * c->n_layers;
     fprintf(stderr,
             "hdlm profile %dx%d: step %.3f s = forward %.3f + between forward and backward (loss) %.3f + backward "
@@ -486,8 +495,8 @@ static uint64_t site_key(const hdlm_model *m, int layer, hdlm_dropout_site site)
     return hdlm_model_dropout_key(m->acts->key, layer, site);
 }
 
-// log(e^σ − 1) + log(V − 1) (method §5.4 step 1), in double: expm1 below 0.5 as the reference.
-int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
+// head_rows >= 0: the output layer runs on the rows in m->acts->head_list[0 .. head_rows) alone (training, ε).
+static int model_forward(hdlm_model *m, const hdlm_model_input *in, int head_rows) {
     hdlm_attn_mask mask;
     HDLM_TRY(hdlm_model_check_input(&m->config, in, &mask));
     const hdlm_model_config *c = &m->config;
@@ -504,6 +513,7 @@ int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
     a->mask = mask;
     a->dropout = in->training ? c->dropout : 0.0f;
     a->head_from = in->head_from;
+    a->head_rows = head_rows;
     a->key = in->dropout_key;
     hdlm_rotary_tables_of_mask(a->cos_t, a->sin_t, m->p.inv_freq, &a->mask, hd, c->rotary);
 
@@ -565,7 +575,14 @@ int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
     PROFILED(a, PROF_FWD, PROF_NORM,
              hdlm_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->h + (size_t)c->n_layers * Nd, m->p.norm_final,
                                     N, d));
-    if (in->head_rows) {   // gather the rows, one product, scatter the outputs
+    if (a->head_rows >= 0) {   // gather the rows, one product, outputs left compacted
+        HDLM_ASSERT(!gamma && !in->head_rows, "compacted output rows are for the ε family's training loss");
+        for (int k = 0; k < a->head_rows; k++)
+            memcpy(a->head_x + (size_t)k * d, a->lnf + (size_t)a->head_list[k] * d, (size_t)d * sizeof(float));
+        if (a->head_rows)
+            PROFILED(a, PROF_FWD, PROF_HEAD,
+                     hdlm_linear_forward(m->out, a->head_x, m->p.head_w, m->p.head_b, a->head_rows, d, V));
+    } else if (in->head_rows) {   // gather the rows, one product, scatter the outputs
         int rows = 0;
         for (int r = 0; r < N; r++) rows += in->head_rows[r] != 0;
         float *x = hdlm_malloc(((size_t)rows * d + 1) * sizeof *x), *y = hdlm_malloc(((size_t)rows * V + 1) * sizeof *y);
@@ -603,18 +620,35 @@ int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) {
     return 0;
 }
 
+int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) { return model_forward(m, in, -1); }
+
 // ---- backward --------------------------------------------------------------------------------------------------
 
 int hdlm_model_forward_loss(hdlm_model *m, const hdlm_model_input *in, const hdlm_loss_target *target, float *dout,
                             double *loss) {
-    HDLM_TRY(hdlm_model_forward(m, in));
     int B = in->batch, V = m->config.vocab;
-    size_t LV = (size_t)in->length * V;
-    float *out = m->out;
     if (!target->gamma) {
-        *loss = hdlm_corruption_loss(target->corruption, target->x0, out, V, target->softmax_width, dout);
+        // The output layer only for the rows with a loss weight: under MDLM's loss, BD3-LM's and ARDM's, the
+        // unmasked rows weigh 0, about half of them, and the output layer is most of a small model's step.
+        const hdlm_corruption *c = target->corruption;
+        hdlm_attn_mask mask;
+        HDLM_TRY(hdlm_model_check_input(&m->config, in, &mask));
+        HDLM_CHECK(c->batch == B && c->length == in->length,
+                   "loss target: corruption of %d x %d tokens for a micro-batch of %d x %d", c->batch, c->length, B,
+                   in->length);
+        int N = B * in->length, rows = 0;
+        acts_reserve(m, N);
+        for (int r = 0; r < N; r++)
+            if (c->weight[r] != 0.0f) m->acts->head_list[rows++] = r;
+        bool compact = rows < N;
+        HDLM_TRY(model_forward(m, in, compact ? rows : -1));
+        *loss = hdlm_corruption_loss_rows(c, target->x0, compact ? m->acts->head_list : NULL, compact ? rows : N,
+                                          m->out, V, target->softmax_width, dout);
         return 0;
     }
+    HDLM_TRY(hdlm_model_forward(m, in));
+    size_t LV = (size_t)in->length * V;
+    float *out = m->out;
     for (int b = 0; b < B; b++) hdlm_gamma_post_process(target->steps[b], V, out + b * LV);
     *loss = hdlm_gamma_loss(target->gamma, target->steps, out, in->tokens, target->x0, B, V, dout, NULL);
     if (dout)
@@ -634,7 +668,16 @@ void hdlm_model_backward(hdlm_model *m, const float *dout) {
     model_flush_denormals();
 
     // Output layer (scale_by_sigma subtracts a constant per token: identity for the gradient).
-    if (a->head_from == 0) {
+    if (a->head_rows >= 0) {   // compacted rows: their input gradients into dtmp (scratch until the blocks), scattered
+        memset(a->da, 0, Nd * sizeof(float));
+        if (a->head_rows) {
+            PROFILED(a, PROF_BWD, PROF_HEAD,
+                     hdlm_linear_backward(a->dtmp, m->g.head_w, m->g.head_b, dout, a->head_x, m->p.head_w, a->head_rows,
+                                          d, V, false));
+            for (int k = 0; k < a->head_rows; k++)
+                memcpy(a->da + (size_t)a->head_list[k] * d, a->dtmp + (size_t)k * d, (size_t)d * sizeof(float));
+        }
+    } else if (a->head_from == 0) {
         PROFILED(a, PROF_BWD, PROF_HEAD,
                  hdlm_linear_backward(a->da, m->g.head_w, m->g.head_b, dout, a->lnf, m->p.head_w, N, d, V, false));
     } else {
