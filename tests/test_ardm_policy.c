@@ -144,7 +144,7 @@ static void test_sampling_with_a_policy(void **state) {
     const int L = 10, K = 4, B = 5, V = 8;
     const int policy[4] = {0, 2, 3, 7};
     counter c = {0, NULL};
-    hdlm_denoiser d = {V, counter_forward, &c, NULL, NULL};
+    hdlm_denoiser d = {V, counter_forward, &c, NULL, NULL, NULL};
     hdlm_sampler_config cfg = {.temperature = 1, .seed = 3};
     uint32_t x[50];
     assert_int_equal(hdlm_ardm_sample(&cfg, policy, K, &d, B, L, 0, x), 0);
@@ -235,7 +235,7 @@ static void test_policy_estimators_on_the_laplace_toy(void **state) {
     int rank[6 * 3];
     assert_int_equal(all_orders(3, rank), 6);
     toy_model t = {true, NULL};
-    hdlm_denoiser d = {3, toy_forward, &t, NULL, NULL};
+    hdlm_denoiser d = {3, toy_forward, &t, NULL, NULL, NULL};
     double pol[6], ord[6];
     const int chain[3] = {0, 1, 2}, two[2] = {0, 2};
     assert_int_equal(hdlm_ardm_policy_nll(&d, x, 3, 6, rank, chain, 3, pol, ord), 0);
@@ -259,7 +259,7 @@ static void test_policy_estimators_match_brute_force(void **state) {
     int *rank = hdlm_malloc((size_t)ORDERS * D * sizeof *rank);
     assert_int_equal(all_orders(D, rank), ORDERS);
     toy_model t = {false, NULL};
-    hdlm_denoiser d = {3, toy_forward, &t, NULL, NULL};
+    hdlm_denoiser d = {3, toy_forward, &t, NULL, NULL, NULL};
     const int policies[3][4] = {{0, 1, 3, 4}, {0, 2, 0, 0}, {0, 0, 3, 0}}, budgets[3] = {4, 2, 3};
     double pol[ORDERS], ord[ORDERS];
     for (int q = 0; q < 3; q++) {
@@ -302,7 +302,7 @@ static void test_policy_estimators_through_the_chunk_estimator(void **state) {
     int *rank = hdlm_malloc((size_t)ORDERS * D * sizeof *rank);
     all_orders(D, rank);
     toy_model t = {false, NULL};
-    hdlm_denoiser d = {3, toy_forward, &t, NULL, NULL};
+    hdlm_denoiser d = {3, toy_forward, &t, NULL, NULL, NULL};
     const int policy[3] = {0, 1, 3};
     double pol[ORDERS], ord[ORDERS], exact = 0;
     assert_int_equal(hdlm_ardm_policy_nll(&d, x, D, ORDERS, rank, policy, 3, pol, ord), 0);

@@ -183,7 +183,7 @@ static void test_codec_round_trips(void **state) {
     enum { L = 24 };
     float *toy_buf = NULL;
     hdlm_model *m = small_model(L);
-    hdlm_denoiser toy = {m->config.vocab, toy_forward, &toy_buf, NULL, NULL}, net = hdlm_denoiser_model(m);
+    hdlm_denoiser toy = {m->config.vocab, toy_forward, &toy_buf, NULL, NULL, NULL}, net = hdlm_denoiser_model(m);
     hdlm_denoiser *nets[2] = {&toy, &net};
     const int budgets[] = {1, 5, L};
     const int shapes[][4] = {{L, L, L, L}, {L, 7, 1, L}, {1, 0, 0, 0}, {L - 1, 0, 0, 0}};

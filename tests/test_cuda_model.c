@@ -198,7 +198,7 @@ static void step_and_compare(hdlm_model *cpu, hdlm_cuda_model *gpu, case_kind ki
         break;
     }
     hdlm_model_input in = {gamma ? xt : corr.xt, gamma ? sigma : NULL, hyper ? &st.mask : NULL, batch, len,
-                           config->dropout > 0, hdlm_rng_key(9, (uint64_t)N, (uint64_t)kind, HDLM_RNG_DROPOUT), 0, NULL};
+                           config->dropout > 0, hdlm_rng_key(9, (uint64_t)N, (uint64_t)kind, HDLM_RNG_DROPOUT), 0, NULL, NULL};
 
     // CPU step (as src/train/trainer.c does it).
     hook_log cpu_hooks = {0}, gpu_hooks = {0};
@@ -363,7 +363,7 @@ static void test_bad_inputs_refused(void **state) {
         corr.weight[i] = 1.0f;
     }
     corr.xt[7] = V;   // out of the vocabulary
-    hdlm_model_input in = {corr.xt, NULL, NULL, 2, L, false, 0, 0, NULL};
+    hdlm_model_input in = {corr.xt, NULL, NULL, 2, L, false, 0, 0, NULL, NULL};
     assert_int_equal(hdlm_cuda_model_forward_epsilon(gpu, &in, &corr, x0, V, true), -1);
     assert_error_contains("token 7 has id 1000");
     corr.xt[7] = 7;

@@ -65,7 +65,7 @@ static void test_cached_forward_matches_uncached(void **state) {
                 }
             hdlm_attn_mask mask = st.mask;
             mask.length = n;
-            hdlm_model_input in = {tokens, fam ? sigma : NULL, &mask, B, n, false, 0, 0, NULL};
+            hdlm_model_input in = {tokens, fam ? sigma : NULL, &mask, B, n, false, 0, 0, NULL, NULL};
             assert_int_equal(hdlm_model_forward(m, &in), 0);
             float *want = hdlm_malloc((size_t)B * n * V * sizeof *want);
             memcpy(want, m->out, (size_t)B * n * V * sizeof *want);
@@ -255,6 +255,7 @@ static void test_cache_needs_block_schedule(void **state) {
     assert_int_equal(hdlm_sample(&cfg, &d, 1, L, 0, x, NULL, NULL), -1);
     assert_error_contains("applies to the walk, gamma and ar samplers");
     hdlm_schedule_free(&s);
+    hdlm_denoiser_free(&d);
     hdlm_model_free(m);
 }
 

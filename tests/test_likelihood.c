@@ -63,7 +63,7 @@ static void test_masking_round_matches_numpy(void **state) {
         for (int i = 0; i < L; i++) masked[b * L + i] = hdlm_rng_uniform_double(&rng) < p[b];
     }
     table_model t = {W, P, L, NULL};
-    hdlm_denoiser d = {V, table_forward, &t, NULL, NULL};
+    hdlm_denoiser d = {V, table_forward, &t, NULL, NULL, NULL};
     hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
     cfg.copies = C;
     double value;
@@ -104,7 +104,7 @@ static void test_chunk_estimator_is_unbiased(void **state) {
     (void)state;
     const int V = 11, L = 8, n = 400;
     table_model t = {NULL, NULL, L, NULL};
-    hdlm_denoiser d = {V, table_forward, &t, NULL, NULL};
+    hdlm_denoiser d = {V, table_forward, &t, NULL, NULL, NULL};
     hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
     cfg.copies = 4, cfg.rounds = 3, cfg.seed = 5;
     uint32_t x[8] = {1, 2, 3, 4, 5, 6, 7, 8};
@@ -140,7 +140,7 @@ static void test_ardm_bound_at_zero_logits(void **state) {
     (void)state;
     const int V = 11, L = 8;
     table_model t = {NULL, NULL, L, NULL};
-    hdlm_denoiser d = {V, table_forward, &t, NULL, NULL};
+    hdlm_denoiser d = {V, table_forward, &t, NULL, NULL, NULL};
     hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
     cfg.kind = HDLM_NELBO_ARDM, cfg.copies = 5, cfg.rounds = 2;
     uint32_t x[8] = {0, 9, 3, 4, 5, 6, 7, 8};
@@ -157,7 +157,7 @@ static void test_bad_inputs_are_refused(void **state) {
     (void)state;
     const int V = 11, L = 4;
     table_model t = {NULL, NULL, L, NULL};
-    hdlm_denoiser d = {V, table_forward, &t, NULL, NULL};
+    hdlm_denoiser d = {V, table_forward, &t, NULL, NULL, NULL};
     hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
     uint32_t x[4] = {1, 2, 10, 3};   // 10 = MASK of this model
     double nll, var;
@@ -287,6 +287,74 @@ static void test_block_nelbo_is_blockwise(void **state) {
     hdlm_model_free(m);
 }
 
+// The model's forward without the rows-read hint: every row's output.
+static int every_row_forward(hdlm_denoiser *d, const uint32_t *tokens, const float *sigma, const hdlm_attn_mask *mask,
+                             int batch, int length, const float **out) {
+    hdlm_model *m = d->ctx;
+    hdlm_model_input in = {.tokens = tokens, .sigma = sigma, .mask = mask, .batch = batch, .length = length};
+    HDLM_TRY(hdlm_model_forward(m, &in));
+    *out = m->out;
+    return 0;
+}
+
+// The estimators tell the denoiser which output rows they read (the masked ones): hdlm_denoiser_model then leaves the
+// others alone, and every estimator gives the same value, bit for bit, as with every row computed.
+static void test_estimators_read_only_scored_rows(void **state) {
+    (void)state;
+    hdlm_model *m = small_epsilon_model(12);
+    int V = m->config.vocab;
+    enum { L = 24, W = 6, C = 3 };
+    hdlm_denoiser d = hdlm_denoiser_model(m), every = {V, every_row_forward, m, NULL, NULL, NULL};
+    uint32_t x[L], xt[C * L];
+    uint8_t read[C * L];
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, 5);
+    for (int i = 0; i < L; i++) x[i] = (uint32_t)hdlm_rng_below(&rng, (uint64_t)V - 1);
+    for (int r = 0; r < C * L; r++) {
+        read[r] = hdlm_rng_uniform(&rng) < 0.4f;
+        xt[r] = read[r] ? (uint32_t)V - 1 : x[r % L];
+    }
+    // the hint: read rows get the full forward's bits, and the output layer skipped the others (the compacted
+    // product fills the first rows of m->out, so unread rows past as many rows as were read still hold NaN)
+    const float *z;
+    assert_int_equal(every.forward(&every, xt, NULL, NULL, C, L, &z), 0);
+    float *full = hdlm_malloc((size_t)C * L * V * sizeof *full);
+    memcpy(full, z, (size_t)C * L * V * sizeof *full);
+    for (size_t i = 0; i < (size_t)C * L * V; i++) m->out[i] = NAN;
+    d.rows_read = read;
+    assert_int_equal(d.forward(&d, xt, NULL, NULL, C, L, &z), 0);
+    d.rows_read = NULL;
+    int n_read = 0, untouched = 0;
+    for (int r = 0; r < C * L; r++) n_read += read[r];
+    for (int r = 0; r < C * L; r++) {
+        if (read[r]) assert_memory_equal(z + (size_t)r * V, full + (size_t)r * V, (size_t)V * sizeof *z);
+        else if (r >= n_read) assert_true(isnan(z[(size_t)r * V]) && isnan(z[(size_t)r * V + V - 1])), untouched++;
+    }
+    assert_true(untouched > 5);
+    // the estimators
+    hdlm_schedule s;
+    assert_int_equal(hdlm_schedule_init(&s, HDLM_SCHEDULE_BLOCK, L, W, 4, HDLM_SAMPLING_EPS, HDLM_CONTEXT_BLOCK_CAUSAL,
+                                        HDLM_BLOCK_FULL), 0);
+    static const int policy[] = {0, 5, 11, 18};
+    hdlm_nelbo_kind kinds[] = {HDLM_NELBO_MASKING, HDLM_NELBO_BLOCK, HDLM_NELBO_ARDM, HDLM_NELBO_ARDM_POLICY,
+                               HDLM_NELBO_ARDM_ORDER};
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+        hdlm_nelbo_config cfg = hdlm_nelbo_config_default(false);
+        cfg.kind = kinds[k], cfg.copies = C, cfg.rounds = 2, cfg.seed = 4, cfg.schedule = &s;
+        cfg.policy = policy, cfg.budget = 4;
+        double nll[2], var[2];
+        int counted[2];
+        assert_int_equal(hdlm_nelbo_chunk(&d, &cfg, x, L, 3, &nll[0], &var[0], &counted[0]), 0);
+        assert_int_equal(hdlm_nelbo_chunk(&every, &cfg, x, L, 3, &nll[1], &var[1], &counted[1]), 0);
+        print_message("%s: %.17g (rows read) %.17g (every row)\n", hdlm_nelbo_kind_name(kinds[k]), nll[0], nll[1]);
+        assert_true(nll[0] == nll[1] && var[0] == var[1] && counted[0] == counted[1] && nll[0] > 0);
+    }
+    hdlm_schedule_free(&s);
+    free(full);
+    hdlm_denoiser_free(&d);
+    hdlm_model_free(m);
+}
+
 static void test_unigram_entropy(void **state) {
     (void)state;
     const uint32_t ids[4] = {5, 5, 9, 2};
@@ -305,6 +373,7 @@ int main(void) {
         cmocka_unit_test(test_bad_inputs_are_refused),
         cmocka_unit_test(test_ar_nll_is_the_chain_rule),
         cmocka_unit_test(test_block_nelbo_is_blockwise),
+        cmocka_unit_test(test_estimators_read_only_scored_rows),
         cmocka_unit_test(test_unigram_entropy),
     };
     return cmocka_run_group_tests_name("likelihood", tests, NULL, NULL);

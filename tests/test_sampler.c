@@ -61,7 +61,7 @@ static int toy_forward(hdlm_denoiser *d, const uint32_t *tokens, const float *si
 }
 
 static hdlm_denoiser toy_denoiser(toy *t, int vocab) {
-    hdlm_denoiser d = {vocab, toy_forward, t, NULL, NULL};
+    hdlm_denoiser d = {vocab, toy_forward, t, NULL, NULL, NULL};
     return d;
 }
 
@@ -297,6 +297,7 @@ static void test_determinism_batches_and_prompts(void **state) {
                     if (pmask[i]) assert_int_equal(b[r * L + i], prompt[i]);
         }
         hdlm_schedule_free(&s);
+        hdlm_denoiser_free(&d);
         hdlm_model_free(m);
     }
 }

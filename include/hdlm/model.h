@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hdlm/blas.h"
 #include "hdlm/diffusion.h"
 #include "hdlm/mask.h"
 #include "hdlm/tensor.h"
@@ -100,9 +101,12 @@ typedef struct {
     // The CUDA model computes every row (same result).
     int head_from;
     // Inference (training false) that reads a few rows: only rows r of [B·L] with head_rows[r] != 0 get outputs, the
-    // others are left as they were (the coder of hdlm-compress reads one segment per call; the output layer is most
-    // of a small model's forward). NULL: every row. The CUDA model computes every row.
+    // others hold anything (the likelihood estimators read the masked rows, the coder of hdlm-compress one segment per
+    // call; the output layer is most of a small model's forward). NULL: every row. The CUDA model computes every row.
     const uint8_t *head_rows;
+    // Inference: the output layer's weight packed (hdlm_packed_weights_init of head_w as it is now), for a caller that
+    // runs many forwards on the same weights (hdlm_denoiser_model); the same bits. NULL: packed by each product.
+    const hdlm_packed_weights *head_packed;
 } hdlm_model_input;
 
 // Dropout sites of a block; each gets its own key from the step's dropout key and the layer (the GPU model uses the

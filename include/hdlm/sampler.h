@@ -24,14 +24,18 @@ typedef struct hdlm_denoiser {
     // and mask (NULL: full attention). *out stays valid until the next call.
     int (*forward)(struct hdlm_denoiser *d, const uint32_t *tokens, const float *sigma, const hdlm_attn_mask *mask,
                    int batch, int length, const float **out);
-    void *ctx;
+    void *ctx;           // the forward's own state
     hdlm_model *model;   // the wrapped model (hdlm_denoiser_model), needed by the KV-cached path; NULL otherwise
     struct hdlm_kv_cache_s *kv;   // the KV-cached path's packed weights and buffers, made at its first use
+    // Optional, set by a caller around one forward: only the output rows r with rows_read[r] != 0 will be read (the
+    // others may hold anything). hdlm_denoiser_model runs its output layer on those rows alone; NULL: every row.
+    const uint8_t *rows_read;
 } hdlm_denoiser;
 
-// A denoiser that runs hdlm_model_forward (eval mode, no dropout). The KV-cached path packs the model's weights at its
-// first call and keeps them, with its buffers, for every later generation until hdlm_denoiser_free: the weights must
-// not change in between (make a new denoiser after they do).
+// A denoiser that runs hdlm_model_forward (eval mode, no dropout). Its first forward packs the output layer's weight,
+// and the KV-cached path's first call every linear weight, and keeps them, with the cache's buffers, for every later
+// call until hdlm_denoiser_free (which every denoiser made here needs): the weights must not change in between (make
+// a new denoiser after they do).
 hdlm_denoiser hdlm_denoiser_model(hdlm_model *model);
 void hdlm_denoiser_free(hdlm_denoiser *d);
 

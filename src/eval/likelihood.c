@@ -45,15 +45,25 @@ int hdlm_nelbo_config_check(const hdlm_nelbo_config *cfg) {
     return 0;
 }
 
-// Runs the network on the C copies in `xt`: returns the outputs (σ filled when the model takes it).
-static int nelbo_forward(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint32_t *xt, int copies, int length,
-                         const float **z) {
+// d->forward, telling the denoiser that only the output rows r with read[r] != 0 will be read: the estimators score
+// the masked positions alone, and the output layer is most of a small model's forward.
+static int forward_reading(hdlm_denoiser *d, const uint8_t *read, const uint32_t *xt, const float *sigma,
+                           const hdlm_attn_mask *mask, int batch, int length, const float **z) {
+    d->rows_read = read;
+    int status = d->forward(d, xt, sigma, mask, batch, length, z);
+    d->rows_read = NULL;
+    return status;
+}
+
+// Runs the network on the C copies in `xt` (rows `read` read): returns the outputs (σ filled when the model takes it).
+static int nelbo_forward(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint32_t *xt, const uint8_t *read,
+                         int copies, int length, const float **z) {
     float *sigma = NULL;
     if (cfg->sigma_input) {
         sigma = hdlm_malloc((size_t)copies * length * sizeof *sigma);
         for (size_t r = 0; r < (size_t)copies * length; r++) sigma[r] = (float)cfg->sigma;
     }
-    int status = d->forward(d, xt, sigma, NULL, copies, length, z);
+    int status = forward_reading(d, read, xt, sigma, NULL, copies, length, z);
     free(sigma);
     return status;
 }
@@ -92,7 +102,7 @@ int hdlm_nelbo_masking_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, con
         for (int i = 0; i < length; i++)
             xt[(size_t)b * length + i] = masked[(size_t)b * length + i] ? (uint32_t)(V - 1) : x[i];
     const float *z;
-    int status = nelbo_forward(d, cfg, xt, C, length, &z);
+    int status = nelbo_forward(d, cfg, xt, masked, C, length, &z);
     if (status == 0) {
         double *sums = hdlm_malloc((size_t)C * sizeof *sums), total = 0;
         masked_ce_sums(z, masked, x, C, length, V, V, sums);
@@ -137,8 +147,11 @@ static int block_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uin
     int status = 0;
     if (*any) {
         hdlm_attn_mask mask = hdlm_mask_two_copy(length, w, s->context, s->block);
+        uint8_t *read = hdlm_malloc((size_t)C * L2);
+        for (size_t r = 0; r < (size_t)C * L2; r++) read[r] = xt[r] == (uint32_t)(V - 1);   // the noisy copy's MASKs
         const float *z;
-        status = d->forward(d, xt, NULL, &mask, C, L2, &z);
+        status = forward_reading(d, read, xt, NULL, &mask, C, L2, &z);
+        free(read);
         if (status == 0) {
             size_t n = 0, *rows = hdlm_malloc(((size_t)C * length + 1) * sizeof *rows);
             uint32_t *targets = hdlm_malloc(((size_t)C * length + 1) * sizeof *targets);
@@ -182,7 +195,7 @@ static int ardm_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint
             xt[(size_t)b * length + i] = masked[(size_t)b * length + i] ? (uint32_t)(V - 1) : x[i];
     }
     const float *z;
-    int status = nelbo_forward(d, cfg, xt, C, length, &z);
+    int status = nelbo_forward(d, cfg, xt, masked, C, length, &z);
     if (status == 0) {
         double *sums = hdlm_malloc((size_t)C * sizeof *sums), total = 0;
         masked_ce_sums(z, masked, x, C, length, V, V - 1, sums);
@@ -205,6 +218,7 @@ int hdlm_ardm_policy_nll(hdlm_denoiser *d, const uint32_t *x, int length, int co
     uint32_t *xt = hdlm_malloc((size_t)C * length * sizeof *xt);
     uint32_t *targets = hdlm_malloc(((size_t)C * length + 1) * sizeof *targets);
     size_t *rows = hdlm_malloc(((size_t)C * length + 1) * sizeof *rows);
+    uint8_t *read = hdlm_malloc((size_t)C * length);
     for (int b = 0; b < C; b++) policy_nll[b] = order_nll[b] = 0;
     int status = 0;
     for (int j = 0; j < budget && status == 0; j++) {
@@ -213,8 +227,9 @@ int hdlm_ardm_policy_nll(hdlm_denoiser *d, const uint32_t *x, int length, int co
         for (int b = 0; b < C; b++)
             for (int i = 0; i < length; i++)
                 xt[(size_t)b * length + i] = rank[(size_t)b * length + i] < lo ? x[i] : (uint32_t)(V - 1);
+        for (size_t r = 0; r < (size_t)C * length; r++) read[r] = rank[r] >= lo;
         const float *z;
-        status = d->forward(d, xt, NULL, NULL, C, length, &z);
+        status = forward_reading(d, read, xt, NULL, NULL, C, length, &z);
         if (status) break;
         size_t n = 0;
         for (size_t r = 0; r < (size_t)C * length; r++)
@@ -234,6 +249,7 @@ int hdlm_ardm_policy_nll(hdlm_denoiser *d, const uint32_t *x, int length, int co
         }
         free(ce);
     }
+    free(read);
     free(rows);
     free(targets);
     free(xt);

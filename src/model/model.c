@@ -476,6 +476,9 @@ int hdlm_model_check_input(const hdlm_model_config *c, const hdlm_model_input *i
                "model input: head_from = %d outside [0, length = %d)", in->head_from, in->length);
     HDLM_CHECK(!in->head_rows || (!in->training && in->head_from == 0),
                "model input: head_rows is for inference, without head_from");
+    HDLM_CHECK(!in->head_packed || (!in->training && in->head_packed->n == c->vocab && in->head_packed->k == c->width),
+               "model input: head_packed is for inference, a [vocab %d, width %d] weight (got [%d, %d])", c->vocab,
+               c->width, in->head_packed->n, in->head_packed->k);
     HDLM_CHECK(mask->n_set >= 0 && mask->n_set <= mask->length && mask->a_end >= mask->n_set - 1 &&
                    mask->a_end < mask->length && mask->block_size > 0,
                "model input: attention mask out of range (n_set %d, a_end %d, block_size %d, length %d)",
@@ -493,6 +496,12 @@ uint64_t hdlm_model_dropout_key(uint64_t step_key, int layer, hdlm_dropout_site 
 
 static uint64_t site_key(const hdlm_model *m, int layer, hdlm_dropout_site site) {
     return hdlm_model_dropout_key(m->acts->key, layer, site);
+}
+
+// out[rows, V] = x·W_headᵀ + b_head, with the caller's packed weight when given (the same bits).
+static void head_forward(const hdlm_model *m, const hdlm_model_input *in, float *out, const float *x, int rows) {
+    if (in->head_packed) hdlm_linear_forward_packed(out, x, in->head_packed, m->p.head_b, rows);
+    else hdlm_linear_forward(out, x, m->p.head_w, m->p.head_b, rows, m->config.width, m->config.vocab);
 }
 
 // head_rows >= 0: the output layer runs on the rows in m->acts->head_list[0 .. head_rows) alone (training, ε).
@@ -575,33 +584,32 @@ static int model_forward(hdlm_model *m, const hdlm_model_input *in, int head_row
     PROFILED(a, PROF_FWD, PROF_NORM,
              hdlm_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->h + (size_t)c->n_layers * Nd, m->p.norm_final,
                                     N, d));
-    if (a->head_rows >= 0) {   // gather the rows, one product, outputs left compacted
-        HDLM_ASSERT(!gamma && !in->head_rows, "compacted output rows are for the ε family's training loss");
-        for (int k = 0; k < a->head_rows; k++)
+    if (a->head_rows >= 0 || in->head_rows) {   // gather the rows, one product into the first rows of m->out
+        HDLM_ASSERT(a->head_rows < 0 || (!gamma && !in->head_rows),
+                    "compacted output rows are for the ε family's training loss");
+        int rows = a->head_rows;
+        if (in->head_rows) {
+            rows = 0;
+            for (int r = 0; r < N; r++)
+                if (in->head_rows[r]) a->head_list[rows++] = r;
+        }
+        for (int k = 0; k < rows; k++)
             memcpy(a->head_x + (size_t)k * d, a->lnf + (size_t)a->head_list[k] * d, (size_t)d * sizeof(float));
-        if (a->head_rows)
-            PROFILED(a, PROF_FWD, PROF_HEAD,
-                     hdlm_linear_forward(m->out, a->head_x, m->p.head_w, m->p.head_b, a->head_rows, d, V));
-    } else if (in->head_rows) {   // gather the rows, one product, scatter the outputs
-        int rows = 0;
-        for (int r = 0; r < N; r++) rows += in->head_rows[r] != 0;
-        float *x = hdlm_malloc(((size_t)rows * d + 1) * sizeof *x), *y = hdlm_malloc(((size_t)rows * V + 1) * sizeof *y);
-        for (int r = 0, k = 0; r < N; r++)
-            if (in->head_rows[r]) memcpy(x + (size_t)k++ * d, a->lnf + (size_t)r * d, (size_t)d * sizeof *x);
-        if (rows) PROFILED(a, PROF_FWD, PROF_HEAD, hdlm_linear_forward(y, x, m->p.head_w, m->p.head_b, rows, d, V));
-        for (int r = 0, k = 0; r < N; r++)
-            if (in->head_rows[r]) memcpy(m->out + (size_t)r * V, y + (size_t)k++ * V, (size_t)V * sizeof *y);
-        free(y);
-        free(x);
+        if (rows)
+            PROFILED(a, PROF_FWD, PROF_HEAD, head_forward(m, in, m->out, a->head_x, rows));
+        // Inference: each output to its own row, the last first (row head_list[k] >= k, so nothing unmoved is hit).
+        if (in->head_rows)
+            for (int k = rows - 1; k >= 0; k--)
+                if (a->head_list[k] != k)
+                    memcpy(m->out + (size_t)a->head_list[k] * V, m->out + (size_t)k * V, (size_t)V * sizeof(float));
     } else if (a->head_from == 0) {
-        PROFILED(a, PROF_FWD, PROF_HEAD, hdlm_linear_forward(m->out, a->lnf, m->p.head_w, m->p.head_b, N, d, V));
+        PROFILED(a, PROF_FWD, PROF_HEAD, head_forward(m, in, m->out, a->lnf, N));
     } else {
         int skip = a->head_from, rows = L - skip;
         for (int b = 0; b < B; b++) {
             memset(m->out + (size_t)b * L * V, 0, (size_t)skip * V * sizeof(float));
             PROFILED(a, PROF_FWD, PROF_HEAD,
-                     hdlm_linear_forward(m->out + ((size_t)b * L + skip) * V, a->lnf + ((size_t)b * L + skip) * d,
-                                         m->p.head_w, m->p.head_b, rows, d, V));
+                     head_forward(m, in, m->out + ((size_t)b * L + skip) * V, a->lnf + ((size_t)b * L + skip) * d, rows));
         }
     }
     if (gamma) {

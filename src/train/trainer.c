@@ -261,7 +261,7 @@ static hdlm_model_input corrupt(hdlm_trainer *t, uint64_t seed, uint64_t ms, boo
     int head_from = t->model_length > t->length && objective == HDLM_OBJECTIVE_EPSILON ? t->length : 0;
     return (hdlm_model_input){gamma ? t->xt : c->xt, gamma ? t->sigma : NULL, mask, B, L,
                               training && t->cfg.model.dropout > 0,
-                              hdlm_rng_key(seed, (uint64_t)t->rank, ms, HDLM_RNG_DROPOUT), head_from, NULL};
+                              hdlm_rng_key(seed, (uint64_t)t->rank, ms, HDLM_RNG_DROPOUT), head_from, NULL, NULL};
 }
 
 void hdlm_trainer_update(hdlm_trainer *t, hdlm_update_stats *stats) {

@@ -144,7 +144,8 @@ int bench_eval_main(int argc, char **argv) {
                "Monte-Carlo draws).\n", (tokens / t_hdlm) / (tokens_torch / t_torch));
     }
     printf("tokens = forwards x copies x L; forward FLOPs per token = 2 x non-embedding parameters + 4 x layers x "
-           "width x L (%.3g).\n", flops_token);
+           "width x L (%.3g), the model's count: hdlm runs the output layer on the masked rows alone (those the "
+           "estimator scores).\n", flops_token);
     free(x);
     free(x32);
     hdlm_denoiser_free(&d);

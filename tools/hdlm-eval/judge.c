@@ -240,7 +240,9 @@ static int genppl_judge_score(genppl_judge *j, const uint32_t *ids, int len, dou
         double var;
         int counted;
         *count = len;
-        return hdlm_nelbo_chunk(&d, &cfg, ids, len, 0, sum, &var, &counted);
+        int rc = hdlm_nelbo_chunk(&d, &cfg, ids, len, 0, sum, &var, &counted);
+        hdlm_denoiser_free(&d);
+        return rc;
     }
     double *nll = hdlm_malloc((size_t)len * sizeof(double));
     int rc = hdlm_gpt2_forward(&j->gpt2, ids, len, NULL, nll);
