@@ -302,6 +302,38 @@ static void test_determinism_batches_and_prompts(void **state) {
     }
 }
 
+// The model's forward without the rows-read hint (every row's output).
+static int every_row_forward(hdlm_denoiser *d, const uint32_t *tokens, const float *sigma, const hdlm_attn_mask *mask,
+                             int batch, int length, const float **out) {
+    hdlm_model_input in = {.tokens = tokens, .sigma = sigma, .mask = mask, .batch = batch, .length = length};
+    HDLM_TRY(hdlm_model_forward(d->ctx, &in));
+    *out = ((hdlm_model *)d->ctx)->out;
+    return 0;
+}
+
+// The ancestral sampler tells the denoiser it reads the masked rows alone (the model's denoiser then skips the
+// others' output layer): the same tokens as with every row computed, also with a prompt; ACS reads every row.
+static void test_ancestral_reads_masked_rows_only(void **state) {
+    (void)state;
+    const int L = 16, B = 3;
+    hdlm_model *m = small_model(HDLM_FAMILY_EPSILON);
+    hdlm_denoiser d = hdlm_denoiser_model(m), every = {m->config.vocab, every_row_forward, m, NULL, NULL, NULL};
+    uint32_t prompt[16] = {0};
+    uint8_t pmask[16] = {0};
+    prompt[2] = 5, pmask[2] = 1;
+    for (int k = 0; k < 3; k++) {
+        hdlm_sampler_config cfg = {.kind = k == 2 ? HDLM_SAMPLER_ACS : HDLM_SAMPLER_ANCESTRAL, .steps = 6, .eta = 0.2,
+                                   .temperature = 1, .seed = 4, .exclude_mask = true};
+        if (k == 1) cfg.prompt = prompt, cfg.prompt_mask = pmask;
+        uint32_t a[48], b[48];
+        assert_int_equal(hdlm_sample(&cfg, &d, B, L, 0, a, NULL, NULL), 0);
+        assert_int_equal(hdlm_sample(&cfg, &every, B, L, 0, b, NULL, NULL), 0);
+        assert_memory_equal(a, b, sizeof a);
+    }
+    hdlm_denoiser_free(&d);
+    hdlm_model_free(m);
+}
+
 // Without exclude_mask the ε samplers may draw MASK, as the reference does (§11 item 20): with a MASK logit far
 // above the rest, MASK ids remain at the end; with the flag, none.
 static void test_mask_draws_follow_the_flag(void **state) {
@@ -529,6 +561,7 @@ int main(void) {
         cmocka_unit_test(test_walker_uses_training_masks),
         cmocka_unit_test(test_gamma_ideal_scores_give_the_target),
         cmocka_unit_test(test_determinism_batches_and_prompts),
+        cmocka_unit_test(test_ancestral_reads_masked_rows_only),
         cmocka_unit_test(test_mask_draws_follow_the_flag),
         cmocka_unit_test(test_bad_configurations_are_refused),
         cmocka_unit_test(test_truncation_equals_sorting),

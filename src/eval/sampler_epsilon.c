@@ -346,18 +346,26 @@ static int sample_full_diff(const hdlm_sampler_config *cfg, hdlm_denoiser *d, in
     double eta = cfg->kind == HDLM_SAMPLER_ACS ? cfg->eta : 0.0;
     double *p = hdlm_malloc((size_t)length * sizeof *p);
     float *scratch = hdlm_malloc((size_t)omp_get_max_threads() * 2 * V * sizeof *scratch);
+    // Without corrections (ancestral) a step reads the rows of masked positions alone: the denoiser may skip the
+    // others' output layer (most of a small model's forward).
+    uint8_t *read = eta == 0.0 ? hdlm_malloc((size_t)batch * length) : NULL;
     int status = 0;
     for (int j = 0; j < n && status == 0; j++) {
         float t = (float)(1.0 + (1e-5 - 1.0) * j / n), s = (float)(1.0 + (1e-5 - 1.0) * (j + 1) / n);
         if (j + 1 == n) s = 1e-5f;
         double pj = j < n - 1 ? 1.0 - (double)s / (double)t : 1.0;
         for (int i = 0; i < length; i++) p[i] = pj;
+        if (read)
+            for (size_t r = 0; r < (size_t)batch * length; r++) read[r] = x[r] == (uint32_t)(V - 1);
         const float *z;
+        d->rows_read = read;
         status = d->forward(d, x, NULL, NULL, batch, length, &z);
+        d->rows_read = NULL;
         if (status) break;
         eps_update(cfg, z, V, batch, length, 0, length, p, eta, first_sample, j + 1, scratch, x);
         if (progress) progress(pctx, j + 1, n);
     }
+    free(read);
     free(scratch);
     free(p);
     return status;
