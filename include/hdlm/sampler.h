@@ -27,10 +27,16 @@ typedef struct hdlm_denoiser {
     void *ctx;           // the forward's own state
     hdlm_model *model;   // the wrapped model (hdlm_denoiser_model), needed by the KV-cached path; NULL otherwise
     struct hdlm_kv_cache_s *kv;   // the KV-cached path's packed weights and buffers, made at its first use
-    // Optional, set by a caller around one forward: only the output rows r with rows_read[r] != 0 will be read (the
-    // others may hold anything). hdlm_denoiser_model runs its output layer on those rows alone; NULL: every row.
+    // Set by hdlm_denoiser_forward_rows for one forward: only the output rows r with rows_read[r] != 0 will be read
+    // (the others may hold anything). hdlm_denoiser_model runs its output layer on those rows alone; NULL: every row.
     const uint8_t *rows_read;
 } hdlm_denoiser;
+
+// d->forward, telling the denoiser that only the output rows r with read[r] != 0 will be read (read NULL: every row):
+// the likelihood estimators and the ancestral sampler read the masked rows alone, and the output layer is most of a
+// small model's forward.
+int hdlm_denoiser_forward_rows(hdlm_denoiser *d, const uint8_t *read, const uint32_t *tokens, const float *sigma,
+                               const hdlm_attn_mask *mask, int batch, int length, const float **out);
 
 // A denoiser that runs hdlm_model_forward (eval mode, no dropout). Its first forward packs the output layer's weight,
 // and the KV-cached path's first call every linear weight, and keeps them, with the cache's buffers, for every later

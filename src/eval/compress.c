@@ -397,9 +397,7 @@ static int coding_loop(const hdlm_codec *c, hdlm_denoiser *d, uint32_t *x, const
             rows[r] = rank[r] >= lo[r / L] && rank[r] < hi;
         }
         const float *z;
-        d->rows_read = rows;   // outputs only for the rows this call codes
-        status = d->forward(d, xt, NULL, NULL, chunks, L, &z);
-        d->rows_read = NULL;
+        status = hdlm_denoiser_forward_rows(d, rows, xt, NULL, NULL, chunks, L, &z);   // the rows this call codes
         for (int g = 0; g < chunks && status == 0; g++) {
             for (int place = lo[g]; place < hi && status == 0; place++) {
                 int pos = pos_of[(size_t)g * L + place];

@@ -45,16 +45,6 @@ int hdlm_nelbo_config_check(const hdlm_nelbo_config *cfg) {
     return 0;
 }
 
-// d->forward, telling the denoiser that only the output rows r with read[r] != 0 will be read: the estimators score
-// the masked positions alone, and the output layer is most of a small model's forward.
-static int forward_reading(hdlm_denoiser *d, const uint8_t *read, const uint32_t *xt, const float *sigma,
-                           const hdlm_attn_mask *mask, int batch, int length, const float **z) {
-    d->rows_read = read;
-    int status = d->forward(d, xt, sigma, mask, batch, length, z);
-    d->rows_read = NULL;
-    return status;
-}
-
 // Runs the network on the C copies in `xt` (rows `read` read): returns the outputs (σ filled when the model takes it).
 static int nelbo_forward(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uint32_t *xt, const uint8_t *read,
                          int copies, int length, const float **z) {
@@ -63,7 +53,7 @@ static int nelbo_forward(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const u
         sigma = hdlm_malloc((size_t)copies * length * sizeof *sigma);
         for (size_t r = 0; r < (size_t)copies * length; r++) sigma[r] = (float)cfg->sigma;
     }
-    int status = forward_reading(d, read, xt, sigma, NULL, copies, length, z);
+    int status = hdlm_denoiser_forward_rows(d, read, xt, sigma, NULL, copies, length, z);
     free(sigma);
     return status;
 }
@@ -150,7 +140,7 @@ static int block_round(hdlm_denoiser *d, const hdlm_nelbo_config *cfg, const uin
         uint8_t *read = hdlm_malloc((size_t)C * L2);
         for (size_t r = 0; r < (size_t)C * L2; r++) read[r] = xt[r] == (uint32_t)(V - 1);   // the noisy copy's MASKs
         const float *z;
-        status = forward_reading(d, read, xt, NULL, &mask, C, L2, &z);
+        status = hdlm_denoiser_forward_rows(d, read, xt, NULL, &mask, C, L2, &z);
         free(read);
         if (status == 0) {
             size_t n = 0, *rows = hdlm_malloc(((size_t)C * length + 1) * sizeof *rows);
@@ -229,7 +219,7 @@ int hdlm_ardm_policy_nll(hdlm_denoiser *d, const uint32_t *x, int length, int co
                 xt[(size_t)b * length + i] = rank[(size_t)b * length + i] < lo ? x[i] : (uint32_t)(V - 1);
         for (size_t r = 0; r < (size_t)C * length; r++) read[r] = rank[r] >= lo;
         const float *z;
-        status = forward_reading(d, read, xt, NULL, NULL, C, length, &z);
+        status = hdlm_denoiser_forward_rows(d, read, xt, NULL, NULL, C, length, &z);
         if (status) break;
         size_t n = 0;
         for (size_t r = 0; r < (size_t)C * length; r++)

@@ -54,6 +54,14 @@ hdlm_kv_cache *hdlm_denoiser_kv_cache(hdlm_denoiser *d, int batch) {
     return d->kv;
 }
 
+int hdlm_denoiser_forward_rows(hdlm_denoiser *d, const uint8_t *read, const uint32_t *tokens, const float *sigma,
+                               const hdlm_attn_mask *mask, int batch, int length, const float **out) {
+    d->rows_read = read;
+    int status = d->forward(d, tokens, sigma, mask, batch, length, out);
+    d->rows_read = NULL;
+    return status;
+}
+
 void hdlm_denoiser_free(hdlm_denoiser *d) {
     if (d->kv) hdlm_kv_cache_free(d->kv);
     free(d->kv);
@@ -358,9 +366,7 @@ static int sample_full_diff(const hdlm_sampler_config *cfg, hdlm_denoiser *d, in
         if (read)
             for (size_t r = 0; r < (size_t)batch * length; r++) read[r] = x[r] == (uint32_t)(V - 1);
         const float *z;
-        d->rows_read = read;
-        status = d->forward(d, x, NULL, NULL, batch, length, &z);
-        d->rows_read = NULL;
+        status = hdlm_denoiser_forward_rows(d, read, x, NULL, NULL, batch, length, &z);
         if (status) break;
         eps_update(cfg, z, V, batch, length, 0, length, p, eta, first_sample, j + 1, scratch, x);
         if (progress) progress(pctx, j + 1, n);
