@@ -179,14 +179,16 @@ static void test_bad_inputs_are_refused(void **state) {
 // = 1.0397207; one distinct id → ≈ 0; empty → 0.
 
 // A small ε network with random weights (vocabulary 37, 24 positions).
-static hdlm_model *small_epsilon_model(uint64_t seed) {
-    hdlm_model_config c = hdlm_model_config_ddit_small(HDLM_FAMILY_EPSILON);
+static hdlm_model *small_model_of(hdlm_family family, uint64_t seed) {
+    hdlm_model_config c = hdlm_model_config_ddit_small(family);
     c.width = 32, c.n_layers = 2, c.n_heads = 4, c.cond_dim = 16, c.vocab = 37, c.max_length = 24, c.dropout = 0;
     hdlm_model *m;
     assert_int_equal(hdlm_model_create(&m, &c), 0);
     test_model_randomize(m, seed);
     return m;
 }
+
+static hdlm_model *small_epsilon_model(uint64_t seed) { return small_model_of(HDLM_FAMILY_EPSILON, seed); }
 
 // The AR estimator is the exact chain rule: with the prefixes run one at a time (a causal forward over
 // [start, x_0 … x_{i-1}] only, its last output for x_i, softmax over the real tokens, in double), Σ_i −log p(x_i | x_<i)
@@ -349,6 +351,19 @@ static void test_estimators_read_only_scored_rows(void **state) {
     }
     hdlm_schedule_free(&s);
     free(full);
+    hdlm_denoiser_free(&d);
+    hdlm_model_free(m);
+    // the γ family (its outputs shifted by σ after the rows are in place), masking estimator with σ input
+    m = small_model_of(HDLM_FAMILY_GAMMA, 13);
+    d = hdlm_denoiser_model(m), every.ctx = m;
+    hdlm_nelbo_config cfg = hdlm_nelbo_config_default(true);
+    cfg.copies = C, cfg.rounds = 2, cfg.seed = 4;
+    double nll[2], var[2];
+    int counted[2];
+    assert_int_equal(hdlm_nelbo_chunk(&d, &cfg, x, L, 3, &nll[0], &var[0], &counted[0]), 0);
+    assert_int_equal(hdlm_nelbo_chunk(&every, &cfg, x, L, 3, &nll[1], &var[1], &counted[1]), 0);
+    print_message("gamma masking: %.17g (rows read) %.17g (every row)\n", nll[0], nll[1]);
+    assert_true(cfg.sigma_input && nll[0] == nll[1] && var[0] == var[1] && nll[0] > 0);
     hdlm_denoiser_free(&d);
     hdlm_model_free(m);
 }
