@@ -311,9 +311,10 @@ static int every_row_forward(hdlm_denoiser *d, const uint32_t *tokens, const flo
     return 0;
 }
 
-// The ancestral sampler tells the denoiser it reads the masked rows alone (the model's denoiser then skips the
-// others' output layer): the same tokens as with every row computed, also with a prompt; ACS reads every row.
-static void test_ancestral_reads_masked_rows_only(void **state) {
+// The ancestral sampler tells the denoiser it reads the masked rows alone, the ARDM sampler the rows of the segment it
+// reveals (the model's denoiser then skips the others' output layer): the same tokens as with every row computed,
+// also with a prompt; ACS reads every row.
+static void test_samplers_read_only_their_rows(void **state) {
     (void)state;
     const int L = 16, B = 3;
     hdlm_model *m = small_model(HDLM_FAMILY_EPSILON);
@@ -330,6 +331,12 @@ static void test_ancestral_reads_masked_rows_only(void **state) {
         assert_int_equal(hdlm_sample(&cfg, &every, B, L, 0, b, NULL, NULL), 0);
         assert_memory_equal(a, b, sizeof a);
     }
+    static const int policy[4] = {0, 3, 8, 12};
+    hdlm_sampler_config cfg = {.temperature = 1, .seed = 6, .prompt = prompt, .prompt_mask = pmask};
+    uint32_t a[48], b[48];
+    assert_int_equal(hdlm_ardm_sample(&cfg, policy, 4, &d, B, L, 0, a), 0);
+    assert_int_equal(hdlm_ardm_sample(&cfg, policy, 4, &every, B, L, 0, b), 0);
+    assert_memory_equal(a, b, sizeof a);
     hdlm_denoiser_free(&d);
     hdlm_model_free(m);
 }
@@ -561,7 +568,7 @@ int main(void) {
         cmocka_unit_test(test_walker_uses_training_masks),
         cmocka_unit_test(test_gamma_ideal_scores_give_the_target),
         cmocka_unit_test(test_determinism_batches_and_prompts),
-        cmocka_unit_test(test_ancestral_reads_masked_rows_only),
+        cmocka_unit_test(test_samplers_read_only_their_rows),
         cmocka_unit_test(test_mask_draws_follow_the_flag),
         cmocka_unit_test(test_bad_configurations_are_refused),
         cmocka_unit_test(test_truncation_equals_sorting),

@@ -102,12 +102,14 @@ int hdlm_ardm_sample(const hdlm_sampler_config *cfg, const int *policy, int K, h
         hdlm_sampler_impose_prompt(cfg, length, x + (size_t)b * length);
     }
     float *scratch = hdlm_malloc(2 * (size_t)V * sizeof *scratch);
+    uint8_t *read = hdlm_malloc((size_t)batch * length);
     int status = 0;
     for (int j = 0; j < K && status == 0; j++) {
         int lo = policy[j] > known ? policy[j] : known, hi = j + 1 < K ? policy[j + 1] : length;
         if (hi <= lo) continue;   // nothing to reveal (an empty segment, or prompt positions only)
+        for (size_t r = 0; r < (size_t)batch * length; r++) read[r] = rank[r] >= lo && rank[r] < hi;
         const float *z;
-        status = d->forward(d, x, NULL, NULL, batch, length, &z);
+        status = hdlm_denoiser_forward_rows(d, read, x, NULL, NULL, batch, length, &z);   // the segment's rows
         if (status) break;
         for (int b = 0; b < batch; b++) {
             hdlm_rng rng;
@@ -121,6 +123,7 @@ int hdlm_ardm_sample(const hdlm_sampler_config *cfg, const int *policy, int K, h
         }
     }
     if (status == 0) hdlm_sampler_pad_after_stop(cfg, batch, length, x);
+    free(read);
     free(scratch);
     free(order);
     free(rank);
