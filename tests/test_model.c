@@ -657,6 +657,14 @@ static void test_loss_skips_rows_without_weight(void **state) {
         else if (grads[i] != m->grads[i]) fail_msg("gradient %zu: %.9g with the rows skipped, %.9g without", i,
                                                    (double)grads[i], (double)m->grads[i]);
     }
+    // refused: a corruption of another shape, inference's head_rows
+    in.batch = 2;
+    assert_int_equal(hdlm_model_forward_loss(m, &in, &target, dout, &loss_rows), -1);
+    assert_error_contains("corruption of 3 x 20 tokens for a micro-batch of 2 x 20");
+    uint8_t some[N] = {1};
+    in.batch = B, in.training = false, in.head_rows = some;
+    assert_int_equal(hdlm_model_forward_loss(m, &in, &target, dout, &loss_rows), -1);
+    assert_error_contains("head_rows is for inference forwards, not for a loss");
     free(grads);
     free(full);
     free(dout);

@@ -641,6 +641,7 @@ int hdlm_model_forward_loss(hdlm_model *m, const hdlm_model_input *in, const hdl
         const hdlm_corruption *c = target->corruption;
         hdlm_attn_mask mask;
         HDLM_TRY(hdlm_model_check_input(&m->config, in, &mask));
+        HDLM_CHECK(!in->head_rows, "model input: head_rows is for inference forwards, not for a loss");
         HDLM_CHECK(c->batch == B && c->length == in->length,
                    "loss target: corruption of %d x %d tokens for a micro-batch of %d x %d", c->batch, c->length, B,
                    in->length);
