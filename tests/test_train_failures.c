@@ -93,12 +93,15 @@ static void test_launcher_death_ends_ranks(void **state) {
                               data, dir, dir, dir), 0);
 }
 
-// Every update writes a checkpoint; once one is complete, the test waits for the next write to start (its
-// step_N.tmp directory appears) and kills both ranks with -9 a moment later. Evidence of an interrupted write: a .tmp
-// directory left, or a step directory newer than `latest`. Whatever the kill hit, `latest` must resume.
+// Every update writes a checkpoint; once one is complete, the test waits for the next write to start (no step_N.tmp
+// directory, then one appears) and kills both ranks with -9 a moment later. Evidence of an interrupted write: a .tmp
+// directory left, or a step directory newer than `latest`. Whatever the kill hit, `latest` must resume. A write takes
+// ≈ 0.1 s here, so the wait polls with shell builtins only (a glob, not `ls`; a counter, not `seq`) and the ranks' pids
+// are taken before it: forking `ls` and `pgrep` between seeing the directory and the kill, or catching a write that
+// began before the poll, let writes finish first (1 of 3 kills interrupted one in a CI run).
 static void test_kill_during_checkpoint_write(void **state) {
     (void)state;
-    const double delays[] = {0.0, 0.02, 0.05};
+    const double delays[] = {0.0, 0.01, 0.03};   // three points of the first third of a write of ≈ 0.1 s
     int interrupted = 0;
     for (int i = 0; i < 3; i++) {
         char name[64];
@@ -106,8 +109,10 @@ static void test_kill_during_checkpoint_write(void **state) {
         const char *dir = test_tmp_dir(name);
         test_run("(" MPIRUN "2 " TRAIN " data.train='%s' data.valid= run.dir='%s/run' training.n_iters=100000 "
                  "training.snapshot_freq=1 run.keep_last=2 > '%s/log' 2>&1 & mp=$!; c='%s/run/checkpoints'; "
-                 "for k in $(seq 6000); do test -f $c/latest && ls -d $c/*.tmp > /dev/null 2>&1 && break; "
-                 "sleep 0.005; done; sleep %.3f; kill -9 $(pgrep -P $mp); wait $mp)",
+                 "for k in $(seq 6000); do test -f $c/latest && break; sleep 0.005; done; ranks=$(pgrep -P $mp); "
+                 "k=0; while [ $k -lt 1000000 ]; do set -- $c/*.tmp; test -e \"$1\" || break; k=$((k + 1)); done; "
+                 "while [ $k -lt 1000000 ]; do set -- $c/*.tmp; test -e \"$1\" && break; k=$((k + 1)); done; "
+                 "sleep %.3f; kill -9 $ranks; wait $mp)",
                  data, dir, dir, dir, delays[i]);
         assert_int_equal(test_run("test -f '%s/run/checkpoints/latest'", dir), 0);
         if (test_run("cd '%s/run/checkpoints' && { ls -d *.tmp > /dev/null 2>&1 || "
