@@ -198,7 +198,8 @@ static void step_and_compare(hdlm_model *cpu, hdlm_cuda_model *gpu, case_kind ki
         break;
     }
     hdlm_model_input in = {gamma ? xt : corr.xt, gamma ? sigma : NULL, hyper ? &st.mask : NULL, batch, len,
-                           config->dropout > 0, hdlm_rng_key(9, (uint64_t)N, (uint64_t)kind, HDLM_RNG_DROPOUT), 0, NULL, NULL};
+                           config->dropout > 0, hdlm_rng_key(9, (uint64_t)N, (uint64_t)kind, HDLM_RNG_DROPOUT), 0, NULL,
+                           NULL};
 
     // CPU step (as src/train/trainer.c does it).
     hook_log cpu_hooks = {0}, gpu_hooks = {0};

@@ -652,7 +652,8 @@ static void test_loss_skips_rows_without_weight(void **state) {
     size_t head_w = hdlm_model_find_tensor(m, "output_layer.linear.weight")->offset;
     size_t head_b = hdlm_model_find_tensor(m, "output_layer.linear.bias")->offset;
     for (size_t i = 0; i < m->n_params; i++) {
-        bool output_layer = (i >= head_w && i < head_w + (size_t)V * c.width) || (i >= head_b && i < head_b + (size_t)V);
+        bool output_layer =
+            (i >= head_w && i < head_w + (size_t)V * c.width) || (i >= head_b && i < head_b + (size_t)V);
         if (output_layer) assert_true(fabsf(grads[i] - m->grads[i]) <= 1e-6f * (fabsf(m->grads[i]) + 1e-3f));
         else if (grads[i] != m->grads[i]) fail_msg("gradient %zu: %.9g with the rows skipped, %.9g without", i,
                                                    (double)grads[i], (double)m->grads[i]);

@@ -61,7 +61,8 @@ static void gradcheck_family(hdlm_family family) {
     // settled [0, 2), active [2, 4] (causal among themselves), worthless [5, 7)
     hdlm_attn_mask mask = {L, 2, 4, HDLM_CONTEXT_CAUSAL, HDLM_BLOCK_CAUSAL, 2, 0};
     size_t n_out = (size_t)B * L * c.vocab;
-    gradcheck_problem p = {m, {tokens, sigma, &mask, B, L, true, hdlm_rng_key(1, 0, 3, HDLM_RNG_DROPOUT), 0, NULL, NULL},
+    gradcheck_problem p = {m,
+                           {tokens, sigma, &mask, B, L, true, hdlm_rng_key(1, 0, 3, HDLM_RNG_DROPOUT), 0, NULL, NULL},
                            hdlm_malloc(n_out * sizeof(double))};
     float *dout = hdlm_malloc(n_out * sizeof(float));
     for (size_t i = 0; i < n_out; i++) {

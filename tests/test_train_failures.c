@@ -96,9 +96,9 @@ static void test_launcher_death_ends_ranks(void **state) {
 // Every update writes a checkpoint; once one is complete, the test waits for the next write to start (no step_N.tmp
 // directory, then one appears) and kills both ranks with -9 a moment later. Evidence of an interrupted write: a .tmp
 // directory left, or a step directory newer than `latest`. Whatever the kill hit, `latest` must resume. A write takes
-// ≈ 0.1 s here, so the wait polls with shell builtins only (a glob, not `ls`; a counter, not `seq`) and the ranks' pids
-// are taken before it: forking `ls` and `pgrep` between seeing the directory and the kill, or catching a write that
-// began before the poll, let writes finish first (1 of 3 kills interrupted one in a CI run).
+// ≈ 0.1 s here, so the wait polls with shell builtins only (a glob, not `ls`; a counter, not `seq`) and the ranks'
+// pids are taken before it: forking `ls` and `pgrep` between seeing the directory and the kill, or catching a write
+// that began before the poll, let writes finish first (1 of 3 kills interrupted one in a CI run).
 static void test_kill_during_checkpoint_write(void **state) {
     (void)state;
     const double delays[] = {0.0, 0.01, 0.03};   // three points of the first third of a write of ≈ 0.1 s

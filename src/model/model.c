@@ -608,8 +608,8 @@ static int model_forward(hdlm_model *m, const hdlm_model_input *in, int head_row
         int skip = a->head_from, rows = L - skip;
         for (int b = 0; b < B; b++) {
             memset(m->out + (size_t)b * L * V, 0, (size_t)skip * V * sizeof(float));
-            PROFILED(a, PROF_FWD, PROF_HEAD,
-                     head_forward(m, in, m->out + ((size_t)b * L + skip) * V, a->lnf + ((size_t)b * L + skip) * d, rows));
+            size_t r0 = (size_t)b * L + skip;
+            PROFILED(a, PROF_FWD, PROF_HEAD, head_forward(m, in, m->out + r0 * V, a->lnf + r0 * d, rows));
         }
     }
     if (gamma) {
