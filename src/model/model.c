@@ -504,8 +504,9 @@ static void head_forward(const hdlm_model *m, const hdlm_model_input *in, float 
     else hdlm_linear_forward(out, x, m->p.head_w, m->p.head_b, rows, m->config.width, m->config.vocab);
 }
 
-// head_rows >= 0: the output layer runs on the rows in m->acts->head_list[0 .. head_rows) alone (training, ε).
-static int model_forward(hdlm_model *m, const hdlm_model_input *in, int head_rows) {
+// row_weight (ε training, hdlm_model_forward_loss; NULL: none): the output layer runs on the rows with a nonzero weight
+// alone, its outputs compacted (m->acts->head_rows, head_list) unless every row has one.
+static int model_forward(hdlm_model *m, const hdlm_model_input *in, const float *row_weight) {
     hdlm_attn_mask mask;
     HDLM_TRY(hdlm_model_check_input(&m->config, in, &mask));
     const hdlm_model_config *c = &m->config;
@@ -522,8 +523,18 @@ static int model_forward(hdlm_model *m, const hdlm_model_input *in, int head_row
     a->mask = mask;
     a->dropout = in->training ? c->dropout : 0.0f;
     a->head_from = in->head_from;
-    a->head_rows = head_rows;
     a->key = in->dropout_key;
+    // The rows the output layer runs on, listed in head_list (inference's head_rows or the loss's weighted rows);
+    // -1: every row. a->head_rows keeps the training case, whose outputs stay compacted for the loss and backward.
+    int n_head = -1;
+    if (in->head_rows || row_weight) {
+        HDLM_ASSERT(!row_weight || !gamma, "compacted output rows are for the ε family's training loss");
+        n_head = 0;
+        for (int r = 0; r < N; r++)
+            if (in->head_rows ? in->head_rows[r] != 0 : row_weight[r] != 0.0f) a->head_list[n_head++] = r;
+        if (!in->head_rows && n_head == N) n_head = -1;
+    }
+    a->head_rows = in->head_rows ? -1 : n_head;
     hdlm_rotary_tables_of_mask(a->cos_t, a->sin_t, m->p.inv_freq, &a->mask, hd, c->rotary);
 
     size_t Nd = (size_t)N * d;
@@ -584,22 +595,14 @@ static int model_forward(hdlm_model *m, const hdlm_model_input *in, int head_row
     PROFILED(a, PROF_FWD, PROF_NORM,
              hdlm_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->h + (size_t)c->n_layers * Nd, m->p.norm_final,
                                     N, d));
-    if (a->head_rows >= 0 || in->head_rows) {   // gather the rows, one product into the first rows of m->out
-        HDLM_ASSERT(a->head_rows < 0 || (!gamma && !in->head_rows),
-                    "compacted output rows are for the ε family's training loss");
-        int rows = a->head_rows;
-        if (in->head_rows) {
-            rows = 0;
-            for (int r = 0; r < N; r++)
-                if (in->head_rows[r]) a->head_list[rows++] = r;
-        }
-        for (int k = 0; k < rows; k++)
+    if (n_head >= 0) {   // gather the rows, one product into the first rows of m->out
+        for (int k = 0; k < n_head; k++)
             memcpy(a->head_x + (size_t)k * d, a->lnf + (size_t)a->head_list[k] * d, (size_t)d * sizeof(float));
-        if (rows)
-            PROFILED(a, PROF_FWD, PROF_HEAD, head_forward(m, in, m->out, a->head_x, rows));
+        if (n_head)
+            PROFILED(a, PROF_FWD, PROF_HEAD, head_forward(m, in, m->out, a->head_x, n_head));
         // Inference: each output to its own row, the last first (row head_list[k] >= k, so nothing unmoved is hit).
         if (in->head_rows)
-            for (int k = rows - 1; k >= 0; k--)
+            for (int k = n_head - 1; k >= 0; k--)
                 if (a->head_list[k] != k)
                     memcpy(m->out + (size_t)a->head_list[k] * V, m->out + (size_t)k * V, (size_t)V * sizeof(float));
     } else if (a->head_from == 0) {
@@ -628,7 +631,7 @@ static int model_forward(hdlm_model *m, const hdlm_model_input *in, int head_row
     return 0;
 }
 
-int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) { return model_forward(m, in, -1); }
+int hdlm_model_forward(hdlm_model *m, const hdlm_model_input *in) { return model_forward(m, in, NULL); }
 
 // ---- backward --------------------------------------------------------------------------------------------------
 
@@ -639,20 +642,16 @@ int hdlm_model_forward_loss(hdlm_model *m, const hdlm_model_input *in, const hdl
         // The output layer only for the rows with a loss weight: under MDLM's loss, BD3-LM's and ARDM's, the
         // unmasked rows weigh 0, about half of them, and the output layer is most of a small model's step.
         const hdlm_corruption *c = target->corruption;
-        hdlm_attn_mask mask;
-        HDLM_TRY(hdlm_model_check_input(&m->config, in, &mask));
         HDLM_CHECK(!in->head_rows, "model input: head_rows is for inference forwards, not for a loss");
         HDLM_CHECK(c->batch == B && c->length == in->length,
                    "loss target: corruption of %d x %d tokens for a micro-batch of %d x %d", c->batch, c->length, B,
                    in->length);
-        int N = B * in->length, rows = 0;
-        acts_reserve(m, N);
-        for (int r = 0; r < N; r++)
-            if (c->weight[r] != 0.0f) m->acts->head_list[rows++] = r;
-        bool compact = rows < N;
-        HDLM_TRY(model_forward(m, in, compact ? rows : -1));
-        *loss = hdlm_corruption_loss_rows(c, target->x0, compact ? m->acts->head_list : NULL, compact ? rows : N,
-                                          m->out, V, target->softmax_width, dout);
+        HDLM_TRY(model_forward(m, in, c->weight));
+        const hdlm_model_acts *a = m->acts;
+        bool compact = a->head_rows >= 0;
+        *loss = hdlm_corruption_loss_rows(c, target->x0, compact ? a->head_list : NULL,
+                                          compact ? a->head_rows : B * in->length, m->out, V, target->softmax_width,
+                                          dout);
         return 0;
     }
     HDLM_TRY(hdlm_model_forward(m, in));
