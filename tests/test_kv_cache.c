@@ -113,6 +113,38 @@ static void test_cached_forward_matches_uncached(void **state) {
     shape = 0;
 }
 
+// One row per call, as next-token generation runs (the previous row settling, the new one as the query): every row's
+// outputs are the causal forward's bits, at each shape (single-row products take their own register tiles).
+static void test_single_row_steps_match_uncached(void **state) {
+    (void)state;
+    enum { B = 2 };
+    for (shape = 0; shape < 3; shape++) {
+        hdlm_model *m = small_model(HDLM_FAMILY_EPSILON, HDLM_ROTARY_EXACT);
+        uint32_t tokens[B * L];
+        for (int i = 0; i < B * L; i++) tokens[i] = (uint32_t)((i * 5 + 3) % V);
+        hdlm_attn_mask causal = hdlm_mask_causal(L);
+        hdlm_model_input in = {.tokens = tokens, .mask = &causal, .batch = B, .length = L};
+        assert_int_equal(hdlm_model_forward(m, &in), 0);
+        hdlm_kv_cache cache;
+        hdlm_kv_cache_init(&cache, m, B);
+        for (int i = 0; i < L; i++) {
+            int settle = i > 0, T = settle + 1;
+            uint32_t step[2 * B];
+            for (int b = 0; b < B; b++) {
+                if (settle) step[b * T] = tokens[b * L + i - 1];
+                step[b * T + settle] = tokens[b * L + i];
+            }
+            assert_int_equal(hdlm_model_forward_cached(m, &cache, step, NULL, B, settle, 1, HDLM_BLOCK_FULL), 0);
+            for (int b = 0; b < B; b++)
+                if (memcmp(cache.out + (size_t)b * V, m->out + ((size_t)b * L + i) * V, V * sizeof(float)))
+                    fail_msg("width %d: row %d of sequence %d differs from the causal forward", shapes[shape][0], i, b);
+        }
+        hdlm_kv_cache_free(&cache);
+        hdlm_model_free(m);
+    }
+    shape = 0;
+}
+
 // Same seed → the same tokens with and without the cache (walk, γ NAR, γ SAR; with a prompt).
 static void test_cached_sampling_gives_the_same_tokens(void **state) {
     (void)state;
@@ -263,6 +295,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cached_forward_matches_uncached),
         cmocka_unit_test(test_cached_sampling_gives_the_same_tokens),
+        cmocka_unit_test(test_single_row_steps_match_uncached),
         cmocka_unit_test(test_ar_sampler_is_the_exact_chain),
         cmocka_unit_test(test_packed_product_matches_sgemm_bits),
         cmocka_unit_test(test_cache_needs_block_schedule),

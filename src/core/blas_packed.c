@@ -69,18 +69,30 @@ static inline void store_row(float *cr, const float *sum, int cols, bool first, 
 // Rows beyond `rows` repeat the last row (computed, not stored), so the compiler keeps a fixed register tile.
 // Meanwhile `ahead` floats from `next` on (the next panel's share of this tile, or NULL) are fetched into L2: a large
 // matrix (the 50258-row head) streams from memory, and the next panel then waits for no load (+25 % at 64 rows).
-static void panel_tile(const float *a, int lda, int rows, const float *panel, int k0, int k1, float *c, int ldc,
-                       int cols, bool first, const float *bias, const float *row_add, const float *next, int ahead) {
+#if defined(__AVX512F__) || defined(__AVX2__)
+// Every cache line of x[0, floats) into L2 (a row of a panel is two lines).
+static inline void prefetch_span(const float *x, int floats) {
+    for (int f = 0; f < floats; f += 16) _mm_prefetch((const char *)(x + f), _MM_HINT_T1);
+}
+#endif
+
+// `tile` (a constant where inlined: 1, 2, 4 or ROWS) is the rows the registers hold: one row (a token of
+// autoregressive generation) computed as eight repeated ones took eight times the FMAs its weight stream needs.
+static inline __attribute__((always_inline)) void panel_tile_fixed(int tile, const float *a, int lda, int rows,
+                                                                   const float *panel, int k0, int k1, float *c,
+                                                                   int ldc, int cols, bool first, const float *bias,
+                                                                   const float *row_add, const float *next,
+                                                                   int ahead) {
     const float *ar[ROWS];
-    for (int r = 0; r < ROWS; r++) ar[r] = a + (size_t)(r < rows ? r : rows - 1) * lda;
+    for (int r = 0; r < tile; r++) ar[r] = a + (size_t)(r < rows ? r : rows - 1) * lda;
     int step = next ? (ahead + k1 - k0 - 1) / (k1 - k0) : 0;   // floats to fetch per k, rounded up
 #if defined(__AVX512F__)
     __m512 acc[ROWS][2];
-    for (int r = 0; r < ROWS; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int r = 0; r < tile; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int i = k0; i < k1; i++) {
-        if (next && (i - k0) * step < ahead) _mm_prefetch((const char *)(next + (size_t)(i - k0) * step), _MM_HINT_T1);
+        if (next && (i - k0) * step < ahead) prefetch_span(next + (size_t)(i - k0) * step, step);
         __m512 w0 = _mm512_loadu_ps(panel + (size_t)i * PANEL), w1 = _mm512_loadu_ps(panel + (size_t)i * PANEL + 16);
-        for (int r = 0; r < ROWS; r++) {
+        for (int r = 0; r < tile; r++) {
             __m512 x = _mm512_set1_ps(ar[r][i]);
             acc[r][0] = _mm512_fmadd_ps(x, w0, acc[r][0]);
             acc[r][1] = _mm512_fmadd_ps(x, w1, acc[r][1]);
@@ -105,38 +117,38 @@ static void panel_tile(const float *a, int lda, int rows, const float *panel, in
         _mm512_mask_storeu_ps(cr + 16, m1, acc[r][1]);
     }
 #elif defined(__AVX2__) && defined(__FMA__)
-    // 16 ymm registers: the tile in four blocks of 4 rows × 16 columns (8 accumulators, 11 registers in all; the
-    // whole 8 × 32 tile as one spilled every update and ran the cached path at 60–65 % of the uncached one's rate).
-    for (int r0 = 0; r0 < rows; r0 += 4)
-        for (int h = 0; h < PANEL / 16 && 16 * h < cols; h++) {
-            __m256 acc[4][2];
-            for (int r = 0; r < 4; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-            const float *w = panel + 16 * h;
+    // 16 ymm registers: the tile in blocks of 2 rows × 32 columns (8 accumulators, 13 registers in all; the whole
+    // 8 × 32 tile as one spilled every update and ran the cached path at 60–65 % of the uncached one's rate).
+    const int block = tile < 2 ? tile : 2, vecs = 4, width = 8 * vecs;
+    for (int r0 = 0; r0 < rows; r0 += block)
+        for (int h = 0; h < PANEL / width && width * h < cols; h++) {
+            __m256 acc[4][4];
+            for (int r = 0; r < block; r++)
+                for (int v = 0; v < vecs; v++) acc[r][v] = _mm256_setzero_ps();
+            const float *w = panel + width * h;
             for (int i = k0; i < k1; i++) {
                 if (r0 == 0 && h == 0 && next && (i - k0) * step < ahead)
-                    _mm_prefetch((const char *)(next + (size_t)(i - k0) * step), _MM_HINT_T1);
-                __m256 w0 = _mm256_loadu_ps(w + (size_t)i * PANEL), w1 = _mm256_loadu_ps(w + (size_t)i * PANEL + 8);
-                for (int r = 0; r < 4; r++) {
+                    prefetch_span(next + (size_t)(i - k0) * step, step);
+                __m256 wv[4];
+                for (int v = 0; v < vecs; v++) wv[v] = _mm256_loadu_ps(w + (size_t)i * PANEL + 8 * v);
+                for (int r = 0; r < block; r++) {
                     __m256 x = _mm256_broadcast_ss(ar[r0 + r] + i);
-                    acc[r][0] = _mm256_fmadd_ps(x, w0, acc[r][0]);
-                    acc[r][1] = _mm256_fmadd_ps(x, w1, acc[r][1]);
+                    for (int v = 0; v < vecs; v++) acc[r][v] = _mm256_fmadd_ps(x, wv[v], acc[r][v]);
                 }
             }
-            float sum[4][16];   // stored with fixed indices, so that acc stays in registers
-            for (int r = 0; r < 4; r++) {
-                _mm256_storeu_ps(sum[r], acc[r][0]);
-                _mm256_storeu_ps(sum[r] + 8, acc[r][1]);
-            }
-            for (int r = 0; r < 4 && r0 + r < rows; r++)
-                store_row(c + (size_t)(r0 + r) * ldc + 16 * h, sum[r], cols - 16 * h < 16 ? cols - 16 * h : 16, first,
-                          bias ? bias + 16 * h : NULL, row_add ? row_add + r0 + r : NULL);
+            float sum[4][32];   // stored with fixed indices, so that acc stays in registers
+            for (int r = 0; r < block; r++)
+                for (int v = 0; v < vecs; v++) _mm256_storeu_ps(sum[r] + 8 * v, acc[r][v]);
+            for (int r = 0; r < block && r0 + r < rows; r++)
+                store_row(c + (size_t)(r0 + r) * ldc + width * h, sum[r], cols - width * h < width ? cols - width * h : width,
+                          first, bias ? bias + width * h : NULL, row_add ? row_add + r0 + r : NULL);
         }
 #else
     (void)step;   // no prefetch here
     float acc[ROWS][PANEL];
     memset(acc, 0, sizeof acc);
     for (int i = k0; i < k1; i++)
-        for (int r = 0; r < ROWS; r++) {
+        for (int r = 0; r < tile; r++) {
             float x = ar[r][i];
 #pragma omp simd
             for (int j = 0; j < PANEL; j++) acc[r][j] = fmaf(x, panel[(size_t)i * PANEL + j], acc[r][j]);
@@ -146,13 +158,26 @@ static void panel_tile(const float *a, int lda, int rows, const float *panel, in
 #endif
 }
 
+static void panel_tile(const float *a, int lda, int rows, const float *panel, int k0, int k1, float *c, int ldc,
+                       int cols, bool first, const float *bias, const float *row_add, const float *next, int ahead) {
+#define PANEL_TILE(tile) \
+    panel_tile_fixed(tile, a, lda, rows, panel, k0, k1, c, ldc, cols, first, bias, row_add, next, ahead)
+    if (rows == 1) PANEL_TILE(1);
+    else if (rows == 2) PANEL_TILE(2);
+    else if (rows <= 4) PANEL_TILE(4);
+    else PANEL_TILE(ROWS);
+#undef PANEL_TILE
+}
+
 void hdlm_sgemm_packed(int m, const float *a, int lda, const hdlm_packed_weights *w, const float *bias,
                        const float *row_add, float *c, int ldc) {
     int panels = (w->n + PANEL - 1) / PANEL, k = w->k;
     // One task per panel: the panel's KC block stays in L1/L2 while every row tile passes over it; the tiles of
     // the block fetch the same block of the next panel, in equal shares.
+    // On threads above about a million multiply-adds, a row count below a tile counted as a whole tile: a product of
+    // one row (a token of autoregressive generation) is as long as one of eight, streaming the weights.
     int tiles = (m + ROWS - 1) / ROWS;
-#pragma omp parallel for schedule(static) if ((size_t)m * w->n * k > (1u << 20))
+#pragma omp parallel for schedule(static) if ((size_t)tiles * ROWS * w->n * k > (1u << 20))
     for (int q = 0; q < panels; q++) {
         const float *panel = w->data + (size_t)q * k * PANEL;
         int cols = w->n - q * PANEL < PANEL ? w->n - q * PANEL : PANEL;
