@@ -3,6 +3,7 @@
 #include "hdlm/peak.h"
 
 #include <omp.h>
+#include <stdlib.h>
 
 #include "hdlm/blas.h"
 #include "hdlm/common.h"
@@ -71,5 +72,36 @@ double hdlm_fma_peak_flops(int threads, long iterations) {
         double flops = (double)per_iteration * (double)iterations * threads / dt;
         if (flops > best) best = flops;
     }
+    return best;
+}
+
+double hdlm_read_bandwidth(int threads, size_t bytes) {
+    size_t n = bytes / sizeof(float) / 64 * 64;
+    float *x = hdlm_aligned_malloc(n * sizeof(float));
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] = (float)(i & 1023);   // touched by the threads that read it
+    double best = 0.0;
+    for (int rep = 0; rep < 3; rep++) {
+        volatile float sink = 0.0f;
+        double t0 = hdlm_time_now();
+#pragma omp parallel num_threads(threads)
+        {
+            // four independent sums of 16 floats: one dependent add per line would bound the loop, not the memory
+            float acc[4][16] = {{0}};
+#pragma omp for schedule(static)
+            for (size_t i = 0; i < n; i += 64)
+                for (int c = 0; c < 4; c++)
+#pragma omp simd
+                    for (int l = 0; l < 16; l++) acc[c][l] += x[i + 16 * c + l];
+            float s = 0.0f;
+            for (int c = 0; c < 4; c++)
+                for (int l = 0; l < 16; l++) s += acc[c][l];
+#pragma omp atomic
+            sink += s;
+        }
+        double bw = (double)(n * sizeof(float)) / (hdlm_time_now() - t0);
+        if (bw > best) best = bw;
+    }
+    free(x);
     return best;
 }
