@@ -69,13 +69,6 @@ static inline void store_row(float *cr, const float *sum, int cols, bool first, 
 // Rows beyond `rows` repeat the last row (computed, not stored), so the compiler keeps a fixed register tile.
 // Meanwhile `ahead` floats from `next` on (the next panel's share of this tile, or NULL) are fetched into L2: a large
 // matrix (the 50258-row head) streams from memory, and the next panel then waits for no load (+25 % at 64 rows).
-#if defined(__AVX512F__) || defined(__AVX2__)
-// Every cache line of x[0, floats) into L2 (a row of a panel is two lines).
-static inline void prefetch_span(const float *x, int floats) {
-    for (int f = 0; f < floats; f += 16) _mm_prefetch((const char *)(x + f), _MM_HINT_T1);
-}
-#endif
-
 // `tile` (a constant where inlined: 1, 2, 4 or ROWS) is the rows the registers hold: one row (a token of
 // autoregressive generation) computed as eight repeated ones took eight times the FMAs its weight stream needs.
 static inline __attribute__((always_inline)) void panel_tile_fixed(int tile, const float *a, int lda, int rows,
@@ -90,7 +83,12 @@ static inline __attribute__((always_inline)) void panel_tile_fixed(int tile, con
     __m512 acc[ROWS][2];
     for (int r = 0; r < tile; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int i = k0; i < k1; i++) {
-        if (next && (i - k0) * step < ahead) prefetch_span(next + (size_t)(i - k0) * step, step);
+        if (next && (i - k0) * step < ahead) {
+            _mm_prefetch((const char *)(next + (size_t)(i - k0) * step), _MM_HINT_T1);
+            // a tile of fewer rows has the panel alone (step: 32 floats, two lines); a loop here cost the 8-row
+            // tile registers
+            if (tile < ROWS) _mm_prefetch((const char *)(next + (size_t)(i - k0) * step + 16), _MM_HINT_T1);
+        }
         __m512 w0 = _mm512_loadu_ps(panel + (size_t)i * PANEL), w1 = _mm512_loadu_ps(panel + (size_t)i * PANEL + 16);
         for (int r = 0; r < tile; r++) {
             __m512 x = _mm512_set1_ps(ar[r][i]);
@@ -127,8 +125,10 @@ static inline __attribute__((always_inline)) void panel_tile_fixed(int tile, con
                 for (int v = 0; v < vecs; v++) acc[r][v] = _mm256_setzero_ps();
             const float *w = panel + width * h;
             for (int i = k0; i < k1; i++) {
-                if (r0 == 0 && h == 0 && next && (i - k0) * step < ahead)
-                    prefetch_span(next + (size_t)(i - k0) * step, step);
+                if (r0 == 0 && h == 0 && next && (i - k0) * step < ahead) {
+                    _mm_prefetch((const char *)(next + (size_t)(i - k0) * step), _MM_HINT_T1);
+                    if (tile < ROWS) _mm_prefetch((const char *)(next + (size_t)(i - k0) * step + 16), _MM_HINT_T1);
+                }
                 __m256 wv[4];
                 for (int v = 0; v < vecs; v++) wv[v] = _mm256_loadu_ps(w + (size_t)i * PANEL + 8 * v);
                 for (int r = 0; r < block; r++) {
