@@ -249,11 +249,18 @@ static void test_sample_jsonl(void **state) {
     assert_string_equal(a, b);
     free(a);
     free(b);
-    // --kv-cache gives the same samples (γ SAR on the 2-block schedule of the checkpoint, ω = 8 = L/2).
-    for (int cached = 0; cached < 2; cached++)
+    // The KV cache, on by default where it applies, gives the samples of --no-kv-cache (γ SAR on the 2-block schedule
+    // of the checkpoint, ω = 8 = L/2); the log says which way ran.
+    char log[4300];
+    snprintf(log, sizeof log, "%s/sample_log.txt", tmp);
+    for (int cached = 0; cached < 2; cached++) {
         assert_int_equal(test_run(EVAL " sample --ckpt %s --n 2 --seed 3 --tokenizer %s --out %s --sampler "
-                                  "gamma-sar --tau 3 %s > /dev/null 2>&1", run_gamma, tok,
-                                  cached ? out2 : out, cached ? "--kv-cache" : ""), 0);
+                                  "gamma-sar --tau 3 %s > %s 2>&1", run_gamma, tok,
+                                  cached ? out2 : out, cached ? "" : "--no-kv-cache", log), 0);
+        char *text = slurp(log);
+        assert_true((strstr(text, "gamma-sar with the KV cache") != NULL) == cached);
+        free(text);
+    }
     a = slurp(out), b = slurp(out2);
     assert_string_equal(a, b);
     free(a);
@@ -288,10 +295,10 @@ static void test_ar_run(void **state) {
     free(text);
     assert_int_equal(test_run(EVAL " perplexity --ckpt %s --data %s --estimator ar 2> %s", run_eps, data_dir, err), 1);
     const char *tok = test_cache_path("gpt2");
-    for (int cached = 0; cached < 2; cached++)
+    for (int cached = 0; cached < 2; cached++)   // the cache by default, and without it
         assert_int_equal(test_run(EVAL " sample --ckpt %s --n 4 --batch 3 --seed 2 --tokenizer %s --out %s "
                                   "--prompt-ids 464,3290 %s > /dev/null 2>&1", run_ar, tok, cached ? out2 : out,
-                                  cached ? "--kv-cache" : ""), 0);
+                                  cached ? "" : "--no-kv-cache"), 0);
     char *a = slurp(out), *b = slurp(out2);
     assert_string_equal(a, b);
     assert_non_null(strstr(a, "\"sampler\":\"ar\""));

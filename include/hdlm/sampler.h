@@ -91,6 +91,8 @@ typedef struct {
 // stop_token >= V-1, missing schedule, prompt ids >= V-1,
 // schedule length != length, a KV cache without the block schedule and block_causal context) naming the field.
 int hdlm_sampler_check(const hdlm_sampler_config *cfg, int vocab, int length);
+// Whether cfg->kv_cache may be set: the ar sampler, or walk / γ on the block schedule with the block_causal context.
+bool hdlm_sampler_kv_cache_applies(const hdlm_sampler_config *cfg);
 const char *hdlm_sampler_kind_name(hdlm_sampler_kind kind);
 int hdlm_sampler_kind_parse(const char *name, const char *field, hdlm_sampler_kind *kind);
 // Number of network calls one batch takes.

@@ -94,6 +94,12 @@ static bool uses_schedule(hdlm_sampler_kind kind) {
     return kind == HDLM_SAMPLER_GAMMA_NAR || kind == HDLM_SAMPLER_GAMMA_SAR || kind == HDLM_SAMPLER_WALK;
 }
 
+bool hdlm_sampler_kv_cache_applies(const hdlm_sampler_config *cfg) {
+    if (cfg->kind == HDLM_SAMPLER_AR) return true;
+    return uses_schedule(cfg->kind) && cfg->schedule && cfg->schedule->type == HDLM_SCHEDULE_BLOCK &&
+           cfg->schedule->context == HDLM_CONTEXT_BLOCK_CAUSAL;
+}
+
 int hdlm_sampler_check(const hdlm_sampler_config *cfg, int vocab, int length) {
     HDLM_CHECK((unsigned)cfg->kind <= HDLM_SAMPLER_AR, "sampler: unknown kind %d", (int)cfg->kind);
     HDLM_CHECK(vocab >= 2, "sampler: vocabulary %d too small (need real tokens and MASK)", vocab);
@@ -120,14 +126,13 @@ int hdlm_sampler_check(const hdlm_sampler_config *cfg, int vocab, int length) {
     if (cfg->kind == HDLM_SAMPLER_AR)
         HDLM_CHECK(cfg->steps == length, "sampler: ar takes one step per token: steps %d, length %d", cfg->steps,
                    length);
-    if (cfg->kv_cache && cfg->kind != HDLM_SAMPLER_AR) {
+    if (cfg->kv_cache && !hdlm_sampler_kv_cache_applies(cfg)) {
         HDLM_CHECK(uses_schedule(cfg->kind), "sampler: --kv-cache applies to the walk, gamma and ar samplers, not %s",
                    hdlm_sampler_kind_name(cfg->kind));
-        HDLM_CHECK(cfg->schedule->type == HDLM_SCHEDULE_BLOCK && cfg->schedule->context == HDLM_CONTEXT_BLOCK_CAUSAL,
-                   "sampler: --kv-cache needs the block schedule with the block_causal context (method §3.5), "
-                   "not %s/%s",
-                   hdlm_schedule_type_name(cfg->schedule->type),
-                   cfg->schedule->context == HDLM_CONTEXT_FULL ? "full" : "causal");
+        return hdlm_fail(__FILE__, __LINE__,
+                         "sampler: --kv-cache needs the block schedule with the block_causal context (method §3.5), "
+                         "not %s/%s", hdlm_schedule_type_name(cfg->schedule->type),
+                         cfg->schedule->context == HDLM_CONTEXT_FULL ? "full" : "causal");
     }
     HDLM_CHECK((cfg->prompt == NULL) == (cfg->prompt_mask == NULL), "sampler: prompt ids and prompt mask go together");
     if (cfg->prompt)

@@ -38,6 +38,7 @@ static const char *const SAMPLE_USAGE =
     "  --no-mask             never draw MASK (ε samplers; the reference allows it)\n"
     "  --kv-cache            walk / gamma samplers: cache settled blocks' K/V (block schedule, block_causal context;\n"
     "                        same tokens as without, method §3.5); ar: one row per call against the cache\n"
+    "                        [on wherever it applies; --no-kv-cache: a full forward every call]\n"
     "  --score sedd|parity   γ score at the current token (method §14.2) [sedd]\n"
     "  --budget K            ardm: network calls [--steps]\n"
     "  --losses FILE         ardm: per-step losses L_0..L_{L-1}, one per line; the policy is the DP optimum\n"
@@ -63,7 +64,8 @@ static const char *const GENERATE_USAGE =
 
 typedef struct {
     const char *ckpt, *out, *sampler, *losses, *tokenizer, *prompt_ids, *infill, *score, *prompt, *template, *eos;
-    bool raw, no_mask, kv_cache, generate, json;
+    bool raw, no_mask, generate, json;
+    int kv_cache;   // -1: wherever it applies (hdlm_sampler_kv_cache_applies), 0 off, 1 on
     long n, steps, tau, budget, batch, seed, top_k;
     double eta, temperature, top_p;
 } sample_args;
@@ -79,7 +81,8 @@ static int parse_args(int argc, char **argv, bool generate, sample_args *a) {
         {"losses", required_argument, NULL, 'l'},   {"prompt-ids", required_argument, NULL, 'p'},
         {"infill", required_argument, NULL, 'i'},   {"batch", required_argument, NULL, 'b'},
         {"seed", required_argument, NULL, 'x'},     {"tokenizer", required_argument, NULL, 'z'},
-        {"kv-cache", no_argument, NULL, 'K'},       {"prompt", required_argument, NULL, 'P'},
+        {"kv-cache", no_argument, NULL, 'K'},       {"no-kv-cache", no_argument, NULL, 'N'},
+        {"prompt", required_argument, NULL, 'P'},
         {"template", required_argument, NULL, 'M'}, {"eos", required_argument, NULL, 'E'},
         {"top-k", required_argument, NULL, 'A'},    {"top-p", required_argument, NULL, 'B'},
         {"json", no_argument, NULL, 'J'},           {"help", no_argument, NULL, 'h'},
@@ -87,7 +90,7 @@ static int parse_args(int argc, char **argv, bool generate, sample_args *a) {
     };
     const char *cmd = generate ? "generate" : "sample";
     *a = (sample_args){.steps = 128, .batch = 16, .eta = 0.01, .temperature = 1.0, .score = "sedd", .eos = "keep",
-                       .generate = generate};
+                       .generate = generate, .kv_cache = -1};
     if (generate) a->n = 1, a->out = "-", a->eos = "drop", a->no_mask = true;
     opterr = 0;
     optind = 1;
@@ -106,7 +109,8 @@ static int parse_args(int argc, char **argv, bool generate, sample_args *a) {
         case 'A': if (eval_parse_int(cmd, "top-k", optarg, 0, INT_MAX, &a->top_k)) return 2; break;
         case 'B': if (eval_parse_double(cmd, "top-p", optarg, 1e-9, 1, &a->top_p)) return 2; break;
         case 'm': a->no_mask = true; break;
-        case 'K': a->kv_cache = true; break;
+        case 'K': a->kv_cache = 1; break;
+        case 'N': a->kv_cache = 0; break;
         case 'g': a->score = optarg; break;
         case 'k': if (eval_parse_int(cmd, "budget", optarg, 1, INT_MAX, &a->budget)) return 2; break;
         case 'l': a->losses = optarg; break;
@@ -322,7 +326,7 @@ static int sample_run(int argc, char **argv, bool generate) {
                                .score_convention = strcmp(a.score, "parity") == 0 ? HDLM_GAMMA_SCORE_PARITY
                                                                                   : HDLM_GAMMA_SCORE_SEDD,
                                .schedule = em.has_schedule ? &em.schedule : NULL, .seed = (uint64_t)a.seed,
-                               .kv_cache = a.kv_cache, .top_k = (int)a.top_k, .top_p = a.top_p,
+                               .top_k = (int)a.top_k, .top_p = a.top_p,
                                .stop = strcmp(a.eos, "keep") != 0, .stop_token = HDLM_GPT2_VOCAB - 1};
     bool ar_run = em.config.kind.objective == HDLM_OBJECTIVE_AR;
     if (ar_run) cfg.kind = HDLM_SAMPLER_AR;
@@ -359,6 +363,8 @@ static int sample_run(int argc, char **argv, bool generate) {
         policy = hdlm_malloc((size_t)K * sizeof *policy);
         HDLM_MUST(hdlm_ardm_policy_load(a.losses, L, K, policy));
     } else {
+        // The cache gives the same tokens (cached rows have the uncached bits), so it is on wherever it applies.
+        cfg.kv_cache = a.kv_cache < 0 ? hdlm_sampler_kv_cache_applies(&cfg) : a.kv_cache;
         HDLM_MUST(hdlm_sampler_check(&cfg, V, L));
     }
 
@@ -369,8 +375,8 @@ static int sample_run(int argc, char **argv, bool generate) {
     hdlm_denoiser d = hdlm_denoiser_model(m);
     const char *name = ardm ? "ardm" : hdlm_sampler_kind_name(cfg.kind);
     int calls = ardm ? K : hdlm_sampler_calls(&cfg);
-    hdlm_log("sample: %s, %ld samples of %d tokens, %d network calls per batch of %ld, %d rank(s), %s\n", name, a.n,
-             L, calls, a.batch, world, em.path);
+    hdlm_log("sample: %s%s, %ld samples of %d tokens, %d network calls per batch of %ld, %d rank(s), %s\n", name,
+             cfg.kv_cache ? " with the KV cache" : "", a.n, L, calls, a.batch, world, em.path);
     eval_progress progress;
     eval_progress_init(&progress, "sample network calls (rank 0)", 10.0);
     int batches = (int)((end - begin + (uint64_t)a.batch - 1) / (uint64_t)a.batch), done = 0, status = 0;
