@@ -84,21 +84,18 @@ static float vec_max(const float *x, int n) {
 // A(r, k) = a[r·a_row + k·a_k] (so A may be read transposed) and rows ≤ TILE_ROWS. B and C rows are vector-aligned.
 // The GEMM's kernel (src/core/blas_kernel.c) has the same inner loop but 48-column tiles over packed B panels; here the
 // tile is 64 columns wide, one head, and B is read where the per-head copies put it.
-// `tile`, a constant where inlined, is the rows held in registers: TILE_ROWS, or 1 for a single query (a token of
-// autoregressive generation), which would otherwise cost TILE_ROWS times its FMAs.
-static inline __attribute__((always_inline)) void tile_product(int tile, int rows, int depth, const float *a,
-                                                               size_t a_row, size_t a_k, const float *b, size_t ldb,
-                                                               float *c, size_t ldc, float alpha, bool accumulate) {
+static inline void tile_product(int rows, int depth, const float *a, size_t a_row, size_t a_k, const float *b,
+                                size_t ldb, float *c, size_t ldc, float alpha, bool accumulate) {
     const float *ar[TILE_ROWS];
-    for (int r = 0; r < tile; r++) ar[r] = a + (size_t)(r < rows ? r : rows - 1) * a_row;   // fixed tile shape
+    for (int r = 0; r < TILE_ROWS; r++) ar[r] = a + (size_t)(r < rows ? r : rows - 1) * a_row;   // fixed tile shape
     vecf acc[TILE_ROWS][TILE_VECS];
-    for (int r = 0; r < tile; r++)
+    for (int r = 0; r < TILE_ROWS; r++)
         for (int v = 0; v < TILE_VECS; v++) acc[r][v] = (vecf){0};   // in registers (a memset() here is a call)
     for (int k = 0; k < depth; k++) {
         const vecf *bk = (const vecf *)(b + (size_t)k * ldb);
         vecf bv[TILE_VECS];
         for (int v = 0; v < TILE_VECS; v++) bv[v] = bk[v];
-        for (int r = 0; r < tile; r++) {
+        for (int r = 0; r < TILE_ROWS; r++) {
             vecf x = vec_broadcast(ar[r][(size_t)k * a_k]);
             for (int v = 0; v < TILE_VECS; v++) acc[r][v] += x * bv[v];
         }
@@ -109,22 +106,41 @@ static inline __attribute__((always_inline)) void tile_product(int tile, int row
     }
 }
 
-// C[m, n] = alpha · A[m, depth] · B[depth, n] (+ C when accumulate); n a multiple of TILE_COLS, A as in tile_product.
-static void block_product(int m, int n, int depth, const float *a, size_t a_row, size_t a_k, const float *b,
-                          size_t ldb, float *c, size_t ldc, float alpha, bool accumulate) {
+// tile_product's arithmetic for one row of A (a single query: a token of next-token generation), which as a
+// TILE_ROWS tile would cost TILE_ROWS times its FMAs. Kept out of block_product, whose code the training path runs.
+__attribute__((noinline)) static void row_product(int n, int depth, const float *a, size_t a_k, const float *b,
+                                                  size_t ldb, float *c, float alpha, bool accumulate) {
     for (int k0 = 0; k0 < depth; k0 += DEPTH_CHUNK) {
         int dk = depth - k0 < DEPTH_CHUNK ? depth - k0 : DEPTH_CHUNK;
         for (int j0 = 0; j0 < n; j0 += TILE_COLS) {
-            if (m == 1) {
-                tile_product(1, 1, dk, a + k0 * a_k, a_row, a_k, b + (size_t)k0 * ldb + j0, ldb, c + j0, ldc, alpha,
-                             accumulate || k0 > 0);
-                continue;
+            vecf acc[TILE_VECS];
+            for (int v = 0; v < TILE_VECS; v++) acc[v] = (vecf){0};
+            for (int k = k0; k < k0 + dk; k++) {
+                const vecf *bk = (const vecf *)(b + (size_t)k * ldb + j0);
+                vecf x = vec_broadcast(a[(size_t)k * a_k]);
+                for (int v = 0; v < TILE_VECS; v++) acc[v] += x * bk[v];
             }
-            for (int r0 = 0; r0 < m; r0 += TILE_ROWS)
-                tile_product(TILE_ROWS, m - r0 < TILE_ROWS ? m - r0 : TILE_ROWS, dk, a + r0 * a_row + k0 * a_k, a_row,
-                             a_k, b + (size_t)k0 * ldb + j0, ldb, c + (size_t)r0 * ldc + j0, ldc, alpha,
-                             accumulate || k0 > 0);
+            vecf *cr = (vecf *)(c + j0);
+            bool add = accumulate || k0 > 0;
+            for (int v = 0; v < TILE_VECS; v++) cr[v] = add ? cr[v] + alpha * acc[v] : alpha * acc[v];
         }
+    }
+}
+
+// C[m, n] = alpha · A[m, depth] · B[depth, n] (+ C when accumulate); n a multiple of TILE_COLS, A as in tile_product.
+static void block_product(int m, int n, int depth, const float *a, size_t a_row, size_t a_k, const float *b,
+                          size_t ldb, float *c, size_t ldc, float alpha, bool accumulate) {
+    if (m == 1) {
+        row_product(n, depth, a, a_k, b, ldb, c, alpha, accumulate);
+        return;
+    }
+    for (int k0 = 0; k0 < depth; k0 += DEPTH_CHUNK) {
+        int dk = depth - k0 < DEPTH_CHUNK ? depth - k0 : DEPTH_CHUNK;
+        for (int j0 = 0; j0 < n; j0 += TILE_COLS)
+            for (int r0 = 0; r0 < m; r0 += TILE_ROWS)
+                tile_product(m - r0 < TILE_ROWS ? m - r0 : TILE_ROWS, dk, a + r0 * a_row + k0 * a_k, a_row, a_k,
+                             b + (size_t)k0 * ldb + j0, ldb, c + (size_t)r0 * ldc + j0, ldc, alpha,
+                             accumulate || k0 > 0);
     }
 }
 
