@@ -120,7 +120,7 @@ static inline __attribute__((always_inline)) void panel_tile_fixed(int tile, con
     const int block = tile < 2 ? tile : 2, vecs = 4, width = 8 * vecs;
     for (int r0 = 0; r0 < rows; r0 += block)
         for (int h = 0; h < PANEL / width && width * h < cols; h++) {
-            __m256 acc[4][4];
+            __m256 acc[2][4];
             for (int r = 0; r < block; r++)
                 for (int v = 0; v < vecs; v++) acc[r][v] = _mm256_setzero_ps();
             const float *w = panel + width * h;
@@ -136,12 +136,13 @@ static inline __attribute__((always_inline)) void panel_tile_fixed(int tile, con
                     for (int v = 0; v < vecs; v++) acc[r][v] = _mm256_fmadd_ps(x, wv[v], acc[r][v]);
                 }
             }
-            float sum[4][32];   // stored with fixed indices, so that acc stays in registers
+            float sum[2][32];   // stored with fixed indices, so that acc stays in registers
             for (int r = 0; r < block; r++)
                 for (int v = 0; v < vecs; v++) _mm256_storeu_ps(sum[r] + 8 * v, acc[r][v]);
+            int part = cols - width * h < width ? cols - width * h : width;
             for (int r = 0; r < block && r0 + r < rows; r++)
-                store_row(c + (size_t)(r0 + r) * ldc + width * h, sum[r], cols - width * h < width ? cols - width * h : width,
-                          first, bias ? bias + width * h : NULL, row_add ? row_add + r0 + r : NULL);
+                store_row(c + (size_t)(r0 + r) * ldc + width * h, sum[r], part, first, bias ? bias + width * h : NULL,
+                          row_add ? row_add + r0 + r : NULL);
         }
 #else
     (void)step;   // no prefetch here
