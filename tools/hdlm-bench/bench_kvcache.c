@@ -89,11 +89,11 @@ static double ar_flops(const hdlm_model_config *c, int length, bool cached) {
     return total;
 }
 
-// Bytes the cached path reads per token of next-token generation, on average: every weight of the linear layers and
-// the head (one row's product streams them), and the K/V rows of the keys before it.
-static double ar_cached_bytes(const hdlm_model_config *c, int length) {
+// Bytes the cached path reads per call of next-token generation, on average: every weight of the linear layers and
+// the head (a call's product of `batch` rows streams them once), and each sequence's K/V rows of the keys before it.
+static double ar_cached_bytes(const hdlm_model_config *c, int length, int batch) {
     double d = c->width, weights = 4.0 * (c->n_layers * 12 * d * d + d * c->vocab);
-    return weights + 4.0 * 2 * c->n_layers * d * (length + 1) / 2.0;
+    return weights + batch * 4.0 * 2 * c->n_layers * d * (length + 1) / 2.0;
 }
 
 // One row of the table: the fastest of `repeat` alternating runs of each path, after an untimed one of each.
@@ -178,12 +178,12 @@ int bench_kvcache_main(int argc, char **argv) {
         hdlm_sampler_config cfg = {.kind = HDLM_SAMPLER_AR, .steps = length, .temperature = 1, .seed = 1};
         double t = time_paths(&cfg, &d, batch, length, repeat, "1",
                               ar_flops(&m->config, length, false) / ar_flops(&m->config, length, true), only_path);
-        // One row per token: the cached path is bound by streaming the weights, not by FLOPs (its FLOP ratio is out of
-        // reach); its measure is the machine's memory read rate (measured here on a buffer beyond the last-level cache).
-        double bytes = ar_cached_bytes(&m->config, length), rate = bytes * length / t;
+        // One row per token: the cached path is bound by streaming the weights, not by FLOPs (its FLOP ratio is
+        // out of reach); its measure is the memory read rate, measured here on a buffer beyond the last-level cache.
+        double bytes = ar_cached_bytes(&m->config, length, batch), rate = bytes * length / t;
         double bw = hdlm_read_bandwidth(omp_get_max_threads(), (size_t)1 << 30);
         if (only_path != 0)
-            printf("ar cached: %.1f MB read per token (weights, K/V) at %.1f GB/s, %.0f%% of the machine's memory read "
+            printf("ar cached: %.1f MB read per call (weights, K/V) at %.1f GB/s, %.0f%% of the machine's memory read "
                    "rate (%.1f GB/s, %d threads; weights kept in the last-level cache can take it above 100%%)\n",
                    bytes * 1e-6, rate * 1e-9, 100 * rate / bw, bw * 1e-9, omp_get_max_threads());
         hdlm_denoiser_free(&d);
