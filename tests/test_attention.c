@@ -101,8 +101,9 @@ static void check_case(const hdlm_attn_mask *mask, float p, const char *label) {
     for (int i = 0; i < N * d; i++) dout[i] = hdlm_rng_uniform(&rng) - 0.5f;
     float *out = hdlm_malloc((size_t)N * d * sizeof(float)), *lse = hdlm_malloc((size_t)N * H * sizeof(float));
     float *dqkv = hdlm_malloc((size_t)N * 3 * d * sizeof(float));
-    hdlm_attention_forward(out, lse, qkv, mask, B, L, H, D, p, key);
-    hdlm_attention_backward(dqkv, dout, out, lse, qkv, mask, B, L, H, D, p, key);
+    uint32_t *keep = p > 0 ? hdlm_calloc(hdlm_attention_keep_words(B, H, L), sizeof(uint32_t)) : NULL;
+    hdlm_attention_forward(out, lse, keep, qkv, mask, B, L, H, D, p, key);
+    hdlm_attention_backward(dqkv, dout, out, lse, keep, qkv, mask, B, L, H, D, p);
 
     rel_error e_out = {0}, e_lse = {0}, e_grad[3] = {{0}};
     double *r_out = hdlm_malloc((size_t)L * D * sizeof(double)), *r_lse = hdlm_malloc(L * sizeof(double));
@@ -138,6 +139,7 @@ static void check_case(const hdlm_attn_mask *mask, float p, const char *label) {
     free(out);
     free(lse);
     free(dqkv);
+    free(keep);
     free(r_out);
     free(r_lse);
     free(r_dqkv);
@@ -189,7 +191,7 @@ static void test_attention_rows_appended_match_forward(void **state) {
     float *out = hdlm_malloc((size_t)L * d * sizeof(float)), *lse = hdlm_malloc((size_t)L * H * sizeof(float));
     float *rows_out = hdlm_malloc((size_t)L * d * sizeof(float));
     hdlm_attn_mask causal = hdlm_mask_causal(L);
-    hdlm_attention_forward(out, lse, qkv, &causal, 1, L, H, D, 0.0f, 0);
+    hdlm_attention_forward(out, lse, NULL, qkv, &causal, 1, L, H, D, 0.0f, 0);
     size_t kv_floats = hdlm_attention_kv_floats(L, D);
     float *kv = hdlm_aligned_malloc(kv_floats * sizeof(float));
     const int chunks[] = {21, 40, 3, 70, 17, 90, 59};   // 300 rows

@@ -137,7 +137,8 @@ static void run_case(const attention_case *tc) {
     poison(out_d, lse_d, dqkv_d, n_out, n_lse, n_qkv);
 
     // forward
-    hdlm_attention_forward(out_ref, lse_ref, qkv, &tc->mask, B, L, H, D, tc->dropout, key);
+    uint32_t *keep_ref = hdlm_calloc(hdlm_attention_keep_words(B, H, L), sizeof(uint32_t));
+    hdlm_attention_forward(out_ref, lse_ref, keep_ref, qkv, &tc->mask, B, L, H, D, tc->dropout, key);
     hdlm_cuda_attention_forward(out_d, lse_d, keep, qkv_d, &tc->mask, B, L, H, D, tc->dropout, key, stream);
     hdlm_cuda_synchronize();
     hdlm_cuda_download(out_b, out_d, n_out * sizeof(hdlm_bf16));
@@ -158,7 +159,7 @@ static void run_case(const attention_case *tc) {
 
     // backward: the reference sees the GPU's out and lse
     for (size_t x = 0; x < n_out; x++) out_gpu[x] = hdlm_bf16_to_float(out_b[x]);
-    hdlm_attention_backward(dqkv_ref, dout, out_gpu, lse_gpu, qkv, &tc->mask, B, L, H, D, tc->dropout, key);
+    hdlm_attention_backward(dqkv_ref, dout, out_gpu, lse_gpu, keep_ref, qkv, &tc->mask, B, L, H, D, tc->dropout);
     hdlm_cuda_attention_backward(dqkv_d, ws, dout_d, out_d, lse_d, keep, qkv_d, &tc->mask, B, L, H, D, tc->dropout,
                                  key, stream);
     hdlm_cuda_synchronize();
@@ -177,6 +178,7 @@ static void run_case(const attention_case *tc) {
     hdlm_cuda_free(lse_d);
     hdlm_cuda_free(ws);
     hdlm_cuda_free(keep);
+    free(keep_ref);
     free(qkv_b);
     free(dout_b);
     free(out_b);

@@ -567,6 +567,30 @@ static void test_dropout_mask_is_counter_based(void **state) {
     assert_true(fabs(kept / (double)N - 0.9) < 5 * sqrt(0.09 / N));
 }
 
+// Keep bits: element e of a range at bit e − (start & ~31), the same rule as the multipliers, for ranges starting at
+// every offset within a word and a Philox block, of lengths around the 32-block vector width (256 elements); the bits
+// of the words touched outside the range stay as they were.
+static void test_dropout_keep_bits_follow_the_rule(void **state) {
+    (void)state;
+    enum { WORDS = 24 };
+    uint64_t key = hdlm_rng_key(3, 0, 6, HDLM_RNG_DROPOUT);
+    const uint32_t keep_min = hdlm_dropout_keep_min(0.3f);
+    const int counts[] = {1, 5, 8, 31, 255, 256, 257, 300, 511, 700};
+    for (uint64_t start = 1000; start < 1000 + 40; start++)
+        for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++) {
+            uint32_t bits[WORDS];
+            for (int w = 0; w < WORDS; w++) bits[w] = 0x5A5A5A5Au ^ (uint32_t)w;
+            hdlm_dropout_keep_bits(bits, key, start, counts[c], 0.3f);
+            int at = (int)(start & 31);
+            for (int b = 0; b < WORDS * 32; b++) {
+                bool got = bits[b / 32] >> (b % 32) & 1u, expect;
+                if (b >= at && b < at + counts[c]) expect = hdlm_rng_u16_at(key, start + (uint64_t)(b - at)) >= keep_min;
+                else expect = (0x5A5A5A5Au ^ (uint32_t)(b / 32)) >> (b % 32) & 1u;
+                assert_int_equal(got, expect);
+            }
+        }
+}
+
 // The small ε model with dropout 0.1 and random weights.
 static hdlm_model *small_dropout_model(uint64_t seed) {
     hdlm_model_config c = small_config(HDLM_FAMILY_EPSILON, HDLM_ROTARY_EXACT);
@@ -723,6 +747,7 @@ int main(void) {
         cmocka_unit_test(test_bad_configs_are_refused),
         cmocka_unit_test(test_bad_inputs_are_refused),
         cmocka_unit_test(test_dropout_mask_is_counter_based),
+        cmocka_unit_test(test_dropout_keep_bits_follow_the_rule),
         cmocka_unit_test(test_dropout_is_repeatable),
         cmocka_unit_test(test_model_matches_pytorch),
         cmocka_unit_test(test_two_copy_equals_separate_blocks),

@@ -183,7 +183,7 @@ int hdlm_gpt2_forward(const hdlm_gpt2 *g, const uint32_t *ids, int len, float *h
         const hdlm_gpt2_layer *y = &g->layers[l];
         hdlm_layernorm_bias_forward(a, x, y->ln1_w, y->ln1_b, len, d);
         hdlm_linear_forward(big, a, y->qkv_w, y->qkv_b, len, d, 3 * d);
-        hdlm_attention_forward(a, lse, big, &mask, 1, len, g->n_head, hd, 0.0f, 0);
+        hdlm_attention_forward(a, lse, NULL, big, &mask, 1, len, g->n_head, hd, 0.0f, 0);
         hdlm_linear_forward(big, a, y->proj_w, y->proj_b, len, d, d);
         for (size_t i = 0; i < nd; i++) x[i] += big[i];
         hdlm_layernorm_bias_forward(a, x, y->ln2_w, y->ln2_b, len, d);

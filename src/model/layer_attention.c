@@ -302,14 +302,32 @@ static void keys_accumulate(const attention_work *w, const key_windows *win, int
                       y + (size_t)win->start[k] * w->dp, w->dp, alpha, true);
 }
 
-// Dropout multipliers of row i over its keys below `end` into w->row_scale, by column (element index
-// row_base + i·len + key).
-static const float *row_dropout(attention_work *w, const key_windows *win, uint64_t row_base, int len, int i, int end,
-                                float dropout, uint64_t key) {
+// Keep bits of one row (method §7.2): key j of a row whose first element has index row_start is at bit
+// (row_start & 31) + j of its bits, row_words words (slack for that offset, padded keys and 8-byte reads).
+static size_t keep_row_words(int len) { return (size_t)(round_up(len, TILE_COLS) + 191) / 32; }
+
+size_t hdlm_attention_keep_words(int batch, int heads, int len) {
+    return (size_t)batch * heads * len * keep_row_words(len);
+}
+
+// The forward draws the keep bits of a row's keys below `end` in the windows; the backward reads them back.
+static void row_keep_draw(uint32_t *bits, const key_windows *win, uint64_t row_start, int end, float dropout,
+                          uint64_t key) {
+    for (int k = 0; k < win->n; k++) {
+        int stop = win->end[k] < end ? win->end[k] : end;
+        uint64_t first = row_start + (uint64_t)win->start[k];
+        if (stop > win->start[k])
+            hdlm_dropout_keep_bits(bits + (first >> 5) - (row_start >> 5), key, first, stop - win->start[k], dropout);
+    }
+}
+
+// Dropout multipliers of a row's keys below `end` into w->row_scale, by column, from its keep bits.
+static const float *row_dropout(attention_work *w, const key_windows *win, const uint32_t *bits, uint64_t row_start,
+                                int end, float dropout) {
     for (int k = 0; k < win->n; k++) {
         int stop = win->end[k] < end ? win->end[k] : end;
         if (stop > win->start[k])
-            hdlm_dropout_scales(w->row_scale + win->col[k], key, row_base + (uint64_t)i * len + win->start[k],
+            hdlm_dropout_expand(w->row_scale + win->col[k], bits, (int)(row_start & 31) + win->start[k],
                                 stop - win->start[k], dropout);
     }
     return w->row_scale;
@@ -371,8 +389,8 @@ void hdlm_attention_rows(float *out, int ldo, const float *qkv, int ld, float *k
     }
 }
 
-void hdlm_attention_forward(float *out, float *lse, const float *qkv, const hdlm_attn_mask *mask, int batch, int len,
-                            int heads, int head_dim, float dropout, uint64_t key) {
+void hdlm_attention_forward(float *out, float *lse, uint32_t *keep, const float *qkv, const hdlm_attn_mask *mask,
+                            int batch, int len, int heads, int head_dim, float dropout, uint64_t key) {
     int d = heads * head_dim, ld = 3 * d;
     bool drop = dropout > 0.0f;
 #pragma omp parallel
@@ -399,8 +417,13 @@ void hdlm_attention_forward(float *out, float *lse, const float *qkv, const hdlm
                     int i = i0 + r;
                     float *p = w.p + (size_t)r * w.lt;
                     hdlm_key_range kr = hdlm_mask_key_range(mask, i);
-                    const float *s =
-                        drop ? row_dropout(&w, &win, row_base, len, i, hdlm_key_range_end(kr), dropout, key) : NULL;
+                    const float *s = NULL;
+                    if (drop) {
+                        uint32_t *bits = keep + ((size_t)bh * len + i) * keep_row_words(len);
+                        uint64_t row_start = row_base + (uint64_t)i * len;
+                        row_keep_draw(bits, &win, row_start, hdlm_key_range_end(kr), dropout, key);
+                        s = row_dropout(&w, &win, bits, row_start, hdlm_key_range_end(kr), dropout);
+                    }
                     if (hdlm_mask_row_fully_masked(mask, i)) {
                         // all −inf scores are replaced by zeros: uniform over all L keys (one window [0, L) here)
                         for (int j = 0; j < len; j++) p[j] = s ? s[j] : 1.0f;
@@ -423,9 +446,9 @@ void hdlm_attention_forward(float *out, float *lse, const float *qkv, const hdlm
     }
 }
 
-void hdlm_attention_backward(float *dqkv, const float *dout, const float *out, const float *lse, const float *qkv,
-                             const hdlm_attn_mask *mask, int batch, int len, int heads, int head_dim, float dropout,
-                             uint64_t key) {
+void hdlm_attention_backward(float *dqkv, const float *dout, const float *out, const float *lse, const uint32_t *keep,
+                             const float *qkv, const hdlm_attn_mask *mask, int batch, int len, int heads, int head_dim,
+                             float dropout) {
     int d = heads * head_dim, ld = 3 * d;
     bool drop = dropout > 0.0f;
     float scale = 1.0f / sqrtf((float)head_dim);
@@ -480,8 +503,8 @@ void hdlm_attention_backward(float *dqkv, const float *dout, const float *out, c
                     }
                     for (int j = hv; j < cols; j++) p[j] = 0.0f;
                     if (drop) {
-                        const float *s =
-                            row_dropout(&w, &win, row_base, len, i, hdlm_key_range_end(kr), dropout, key);
+                        const float *s = row_dropout(&w, &win, keep + ((size_t)bh * len + i) * keep_row_words(len),
+                                                     row_base + (uint64_t)i * len, hdlm_key_range_end(kr), dropout);
                         for (int j = 0; j < cols; j += LANES)
                             *(vecf *)(pd + j) = *(const vecf *)(p + j) * *(const vecf *)(s + j);
                     }

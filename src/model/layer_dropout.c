@@ -2,74 +2,130 @@
 // h + g ⊙ dropout(y) that every DDiT branch ends with.
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include "hdlm/common.h"
 #include "model/layers.h"
 #include "hdlm/rng.h"
+#include "core/simd.h"
 
 // 32 counters at once: enough independent vector chains to hide the rounds' multiply latency (16 ran at half the rate).
-enum { PHILOX_LANES = 32 };
+// Each word sits in a 64-bit lane, in vectors of LANES / 2 lanes.
+enum { PHILOX_LANES = 32, U64_LANES = LANES / 2, PHILOX_VECS = PHILOX_LANES / U64_LANES };
+typedef uint64_t u64v __attribute__((vector_size(U64_LANES * sizeof(uint64_t))));
+typedef uint8_t u8v __attribute__((vector_size(U64_LANES)));
 
-// Philox4x32-10 (as hdlm_philox4x32 with counter_hi = 1) for PHILOX_LANES consecutive counters at once, laid out so
-// that the compiler vectorises the rounds: out[w][j] is word w of block first + j.
-static void philox_lanes(uint64_t key, uint64_t first, uint32_t out[4][PHILOX_LANES]) {
-    // 32-bit words held in 64-bit lanes: the 32×32→64 products then vectorise as plain 64-bit multiplies.
+// Lane-wise (low 32 bits of a) × m, m < 2³²: one vpmuludq. GCC writes a 64-bit product as vpmullq, three µops on
+// Intel, and the masks took twice as long there. (A macro: a function taking u64v by value changes the ABI without AVX.)
+#if defined(__AVX512F__)
+#define MUL_LOW32(a, m) ((u64v)_mm512_mul_epu32((__m512i)(a), _mm512_set1_epi64((long long)(m))))
+#elif defined(__AVX2__)
+#define MUL_LOW32(a, m) ((u64v)_mm256_mul_epu32((__m256i)(a), _mm256_set1_epi64x((long long)(m))))
+#else
+#define MUL_LOW32(a, m) (((a) & 0xffffffffu) * (m))
+#endif
+
+// Keep bits of PHILOX_LANES consecutive Philox blocks (as hdlm_philox4x32 with counter_hi = 1) from `first`: byte j
+// of out for block first + j, its bit 2w + h set when half h of word w is >= keep_min (element 2w + h of the block
+// kept). Words are held in 64-bit lanes whose upper halves are left as they come: the products read only the lower
+// ones, and every lower half is exact.
+static void philox_keep_bytes(uint64_t key, uint64_t first, uint32_t keep_min, uint8_t out[PHILOX_LANES]) {
     const uint64_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, LOW = 0xffffffffu;
-    uint64_t c0[PHILOX_LANES], c1[PHILOX_LANES], c2[PHILOX_LANES], c3[PHILOX_LANES];
-    for (int j = 0; j < PHILOX_LANES; j++) {
-        uint64_t ctr = first + (uint64_t)j;
-        c0[j] = ctr & LOW;
-        c1[j] = ctr >> 32;
-        c2[j] = 1;
-        c3[j] = 0;
+    u64v lane, zero = {0};
+    for (int j = 0; j < U64_LANES; j++) lane[j] = (uint64_t)j;
+    u64v c0[PHILOX_VECS], c1[PHILOX_VECS], c2[PHILOX_VECS], c3[PHILOX_VECS];
+    for (int v = 0; v < PHILOX_VECS; v++) {
+        u64v ctr = lane + (first + U64_LANES * (uint64_t)v);
+        c0[v] = ctr & LOW;
+        c1[v] = ctr >> 32;
+        c2[v] = zero + 1;
+        c3[v] = zero;
     }
     uint64_t k0 = key & LOW, k1 = key >> 32;
     for (int round = 0; round < 10; round++) {
-#pragma omp simd
-        for (int j = 0; j < PHILOX_LANES; j++) {
-            uint64_t p0 = M0 * c0[j], p1 = M1 * c2[j];
-            uint64_t n0 = (p1 >> 32) ^ c1[j] ^ k0, n2 = (p0 >> 32) ^ c3[j] ^ k1;
-            c1[j] = p1 & LOW;
-            c3[j] = p0 & LOW;
-            c0[j] = n0;
-            c2[j] = n2;
+        for (int v = 0; v < PHILOX_VECS; v++) {
+            u64v p0 = MUL_LOW32(c0[v], M0), p1 = MUL_LOW32(c2[v], M1);
+            c0[v] = (p1 >> 32) ^ c1[v] ^ k0;
+            c2[v] = (p0 >> 32) ^ c3[v] ^ k1;
+            c1[v] = p1;
+            c3[v] = p0;
         }
         k0 = (k0 + 0x9E3779B9u) & LOW;   // Weyl key increments, modulo 2^32
         k1 = (k1 + 0xBB67AE85u) & LOW;
     }
-    for (int j = 0; j < PHILOX_LANES; j++) {
-        out[0][j] = (uint32_t)c0[j];
-        out[1][j] = (uint32_t)c1[j];
-        out[2][j] = (uint32_t)c2[j];
-        out[3][j] = (uint32_t)c3[j];
+    for (int v = 0; v < PHILOX_VECS; v++) {
+        u64v words[4] = {c0[v], c1[v], c2[v], c3[v]}, byte = zero;
+        for (int w = 0; w < 4; w++) {   // comparisons give −1 (all ones) where true
+            byte |= (u64v)((words[w] & 0xffffu) >= keep_min) & (1u << 2 * w);
+            byte |= (u64v)((words[w] >> 16 & 0xffffu) >= keep_min) & (2u << 2 * w);
+        }
+        u8v bytes = __builtin_convertvector(byte, u8v);
+        memcpy(out + U64_LANES * v, &bytes, sizeof bytes);
     }
 }
 
+// The same byte for one block.
+static uint8_t block_keep_byte(uint64_t key, uint64_t block, uint32_t keep_min) {
+    uint32_t w[4];
+    hdlm_philox4x32(key, 1, block, w);
+    uint32_t byte = 0;
+    for (int k = 0; k < 4; k++)
+        byte |= (uint32_t)((w[k] & 0xffffu) >= keep_min) << (2 * k) | (uint32_t)((w[k] >> 16) >= keep_min) << (2 * k + 1);
+    return (uint8_t)byte;
+}
+
 // Element i is kept when hdlm_rng_u16_at(key, i) >= hdlm_dropout_keep_min(p): half i % 2 of word (i / 2) % 4 of
-// Philox block i / 8 (counter_hi 1), so masks depend neither on the thread count nor on the tiling.
-void hdlm_dropout_scales(float *scale, uint64_t key, uint64_t start, int count, float p) {
-    const float keep = 1.0f / (1.0f - p);
+// Philox block i / 8 (counter_hi 1), so masks depend neither on the thread count nor on the tiling. One Philox block is
+// one byte of keep bits; a block's byte sits at byte (i % 32) / 8 of the range's first word, hence the bit positions.
+void hdlm_dropout_keep_bits(uint32_t *bits, uint64_t key, uint64_t start, int count, float p) {
+    if (count <= 0) return;
+    _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "keep bits are written a byte per Philox block");
     const uint32_t keep_min = hdlm_dropout_keep_min(p);
-    uint64_t i = start, end = start + (uint64_t)count;
-    while (i < end) {
-        if ((i & 7) == 0 && end - i >= 8 * PHILOX_LANES) {
-            uint32_t words[4][PHILOX_LANES];
-            philox_lanes(key, i >> 3, words);
-            float *s = scale + (i - start);
-            for (int j = 0; j < PHILOX_LANES; j++)
-                for (int w = 0; w < 4; w++) {
-                    s[8 * j + 2 * w] = (words[w][j] & 0xffffu) >= keep_min ? keep : 0.0f;
-                    s[8 * j + 2 * w + 1] = words[w][j] >> 16 >= keep_min ? keep : 0.0f;
-                }
-            i += 8 * PHILOX_LANES;
-            continue;
+    uint64_t first = start >> 3, last = (start + (uint64_t)count - 1) >> 3;
+    uint8_t *bytes = (uint8_t *)bits + ((start & 31) >> 3);
+    // the elements of the first and last blocks outside the range keep their bits
+    uint8_t first_mask = (uint8_t)(0xffu << (start & 7)), last_mask = (uint8_t)(0xffu >> (7 - ((start + count - 1) & 7)));
+    uint8_t first_old = bytes[0], last_old = bytes[last - first];
+    for (uint64_t b = first; b <= last;) {
+        if (last - b + 1 >= PHILOX_LANES) {
+            philox_keep_bytes(key, b, keep_min, bytes + (b - first));
+            b += PHILOX_LANES;
+        } else {
+            bytes[b - first] = block_keep_byte(key, b, keep_min);
+            b++;
         }
-        uint32_t block[4];
-        hdlm_philox4x32(key, 1, i >> 3, block);
-        for (uint64_t block_end = (i | 7) + 1; i < end && i < block_end; i++) {
-            uint32_t u16 = (block[(i >> 1) & 3] >> (16 * (i & 1))) & 0xffffu;   // hdlm_rng_u16_at
-            scale[i - start] = u16 >= keep_min ? keep : 0.0f;
-        }
+    }
+    if (first == last) first_mask &= last_mask;
+    else bytes[last - first] = (uint8_t)((bytes[last - first] & last_mask) | (last_old & ~last_mask));
+    bytes[0] = (uint8_t)((bytes[0] & first_mask) | (first_old & ~first_mask));
+}
+
+void hdlm_dropout_expand(float *scale, const uint32_t *bits, int at, int count, float p) {
+    const float keep = 1.0f / (1.0f - p);
+    const uint8_t *bytes = (const uint8_t *)bits;
+    veci lane_bit;
+    for (int l = 0; l < LANES; l++) lane_bit[l] = 1 << l;
+    vecf kept = (vecf){0} + keep;
+    int i = 0;
+    for (; i + LANES <= count; i += LANES) {   // LANES bits from the 8 bytes at the first one's byte
+        uint64_t word;
+        memcpy(&word, bytes + ((at + i) >> 3), sizeof word);
+        veci mask = (((veci){0} + (int32_t)(word >> ((at + i) & 7))) & lane_bit) != 0;
+        vecf v = (vecf)(mask & (veci)kept);
+        memcpy(scale + i, &v, sizeof v);
+    }
+    for (; i < count; i++) scale[i] = bits[(at + i) >> 5] >> ((at + i) & 31) & 1u ? keep : 0.0f;
+}
+
+void hdlm_dropout_scales(float *scale, uint64_t key, uint64_t start, int count, float p) {
+    enum { CHUNK = 2048 };   // whole words: every chunk's bits start at the same bit position
+    uint32_t bits[CHUNK / 32 + 4];   // + the first word's offset and the expansion's 8-byte reads
+    for (int c0 = 0; c0 < count; c0 += CHUNK) {
+        int n = count - c0 < CHUNK ? count - c0 : CHUNK;
+        hdlm_dropout_keep_bits(bits, key, start + (uint64_t)c0, n, p);
+        hdlm_dropout_expand(scale + c0, bits, (int)((start + (uint64_t)c0) & 31), n, p);
     }
 }
 

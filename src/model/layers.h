@@ -51,10 +51,13 @@ void hdlm_rotary_backward(float *dqkv, const float *cos_t, const float *sin_t, i
 
 // ---- attention under a hyperschedule mask (method §3.2), tiled over query blocks ------------------ layer_attention.c
 // out[N, d] (heads concatenated), lse[B, H, L] (log-sum-exp of the scaled scores; 0 for fully masked rows).
-// Dropout p on the probabilities, mask element (b, h, i, j) drawn at index ((b·H + h)·L + i)·L + j under key.
-void hdlm_attention_forward(float *out, float *lse, const float *qkv, const hdlm_attn_mask *mask, int batch, int len,
-                            int heads, int head_dim, float dropout, uint64_t key);
-// dqkv[N, 3d] = gradient of q, k, v (written).
+// Dropout p on the probabilities, mask element (b, h, i, j) drawn at index ((b·H + h)·L + i)·L + j under key; its keep
+// bits go to keep (hdlm_attention_keep_words(B, H, L) words, zeroed once when allocated; NULL when p = 0) for the
+// backward, which then needs no draws.
+void hdlm_attention_forward(float *out, float *lse, uint32_t *keep, const float *qkv, const hdlm_attn_mask *mask,
+                            int batch, int len, int heads, int head_dim, float dropout, uint64_t key);
+size_t hdlm_attention_keep_words(int batch, int heads, int len);
+// dqkv[N, 3d] = gradient of q, k, v (written), with the forward's lse and keep bits.
 // The keys and values of one (sequence, head) kept for KV-cached steps, in the layout the products read (keys
 // transposed, both padded to whole tiles): a store of hdlm_attention_kv_floats(capacity, head_dim) floats, 64-byte
 // aligned and zeroed when allocated.
@@ -66,9 +69,9 @@ size_t hdlm_attention_kv_floats(int capacity, int head_dim);
 // it has there (the KV-cached forward, src/model/kv_cache.c, relies on it).
 void hdlm_attention_rows(float *out, int ldo, const float *qkv, int ld, float *kv, int capacity, int q0, int n_settle,
                          int n, int head_dim, bool causal);
-void hdlm_attention_backward(float *dqkv, const float *dout, const float *out, const float *lse, const float *qkv,
-                             const hdlm_attn_mask *mask, int batch, int len, int heads, int head_dim, float dropout,
-                             uint64_t key);
+void hdlm_attention_backward(float *dqkv, const float *dout, const float *out, const float *lse, const uint32_t *keep,
+                             const float *qkv, const hdlm_attn_mask *mask, int batch, int len, int heads, int head_dim,
+                             float dropout);
 
 // ---- GELU (tanh form) --------------------------------------------------------------------------- layer_mlp.c
 void hdlm_gelu_forward(float *out, const float *in, size_t n);
@@ -85,6 +88,12 @@ static inline uint32_t hdlm_dropout_keep_min(float p) {
 }
 // Multipliers (0 or 1/(1-p)) of elements start..start+count-1 by the rule above.
 void hdlm_dropout_scales(float *scale, uint64_t key, uint64_t start, int count, float p);
+// The rule's keep bits of elements [start, start + count): element e at bit e − (start & ~31) of bits (bit b: bit
+// b % 32 of word b / 32), so that calls for ranges of one row fill one bit array; the other bits of the words touched
+// are left as they were.
+void hdlm_dropout_keep_bits(uint32_t *bits, uint64_t key, uint64_t start, int count, float p);
+// scale[i] = 0 or 1/(1-p) by bit at + i of bits, i < count; reads up to 8 bytes past the last bit's byte.
+void hdlm_dropout_expand(float *scale, const uint32_t *bits, int at, int count, float p);
 // h_out[N,d] = h_in + gate ⊙ dropout(y); gate rows have stride gate_stride (gate NULL: 1). h_out may equal h_in.
 void hdlm_residual_forward(float *h_out, const float *h_in, const float *y, const float *gate, int gate_stride, int n,
                            int d, float p, uint64_t key);

@@ -240,6 +240,8 @@ struct hdlm_model_acts {
     float *ln1, *ln1_mean, *ln1_rstd, *mod, *a1, *qkv, *att, *lse, *att_y, *h_mid; // per layer
     float *ln2, *ln2_mean, *ln2_rstd, *a2, *fc1, *gelu, *mlp_y;                   // per layer
     float *lnf, *lnf_mean, *lnf_rstd;
+    uint32_t *keep;                               // attention dropout's keep bits, keep_words per layer
+    size_t keep_words, keep_capacity;
     float *dh, *da, *dln, *dtmp, *datt, *dqkv, *dfc, *dmod, *dcond, *dc1, *dc2;   // backward scratch
     bool profile;                                 // HDLM_PROFILE=1
     double prof[2][PROF_KINDS], prof_start, prof_fwd_end, prof_loss;
@@ -257,8 +259,11 @@ static void acts_release(hdlm_model_acts *a) {
     }
     free(a->tokens);
     free(a->head_list);
+    free(a->keep);
     a->tokens = NULL;
     a->head_list = NULL;
+    a->keep = NULL;
+    a->keep_capacity = 0;
 }
 
 static float *alloc_floats(size_t n) { return hdlm_malloc((n ? n : 1) * sizeof(float)); }
@@ -494,6 +499,10 @@ uint64_t hdlm_model_dropout_key(uint64_t step_key, int layer, hdlm_dropout_site 
     return hdlm_rng_key(step_key, (uint64_t)layer, (uint64_t)site, HDLM_RNG_DROPOUT);
 }
 
+static uint32_t *layer_keep(hdlm_model_acts *a, int layer) {
+    return a->keep_words ? a->keep + (size_t)layer * a->keep_words : NULL;
+}
+
 static uint64_t site_key(const hdlm_model *m, int layer, hdlm_dropout_site site) {
     return hdlm_model_dropout_key(m->acts->key, layer, site);
 }
@@ -524,6 +533,12 @@ static int model_forward(hdlm_model *m, const hdlm_model_input *in, const float 
     a->dropout = in->training ? c->dropout : 0.0f;
     a->head_from = in->head_from;
     a->key = in->dropout_key;
+    a->keep_words = a->dropout > 0.0f ? hdlm_attention_keep_words(B, H, L) : 0;
+    if (a->keep_words * (size_t)c->n_layers > a->keep_capacity) {   // zeroed: bits never drawn are read as 0
+        free(a->keep);
+        a->keep_capacity = a->keep_words * (size_t)c->n_layers;
+        a->keep = hdlm_calloc(a->keep_capacity, sizeof(uint32_t));
+    }
     // The rows the output layer runs on, listed in head_list (inference's head_rows or the loss's weighted rows);
     // -1: every row. a->head_rows keeps the training case, whose outputs stay compacted for the loss and backward.
     int n_head = -1;
@@ -572,8 +587,8 @@ static int model_forward(hdlm_model *m, const hdlm_model_input *in, const float 
         PROFILED(a, PROF_FWD, PROF_LINEAR, hdlm_linear_forward(qkv, a1, w->qkv, NULL, N, d, 3 * d));
         PROFILED(a, PROF_FWD, PROF_ROTARY, hdlm_rotary_forward(qkv, a->cos_t, a->sin_t, B, L, H, hd));
         PROFILED(a, PROF_FWD, PROF_ATTENTION,
-                 hdlm_attention_forward(att, a->lse + (size_t)l * N * H, qkv, &mask, B, L, H, hd, a->dropout,
-                                        site_key(m, l, HDLM_DROPOUT_ATTN_PROBS)));
+                 hdlm_attention_forward(att, a->lse + (size_t)l * N * H, layer_keep(a, l), qkv, &mask, B,
+                                        L, H, hd, a->dropout, site_key(m, l, HDLM_DROPOUT_ATTN_PROBS)));
         PROFILED(a, PROF_FWD, PROF_LINEAR, hdlm_linear_forward(att_y, att, w->attn_out, NULL, N, d, d));
         PROFILED(a, PROF_FWD, PROF_RESIDUAL,
                  hdlm_residual_forward(h_mid, h_in, att_y, gamma ? mod + 2 * d : NULL, 6 * d, N, d, a->dropout,
@@ -744,8 +759,8 @@ void hdlm_model_backward(hdlm_model *m, const float *dout) {
         PROFILED(a, PROF_BWD, PROF_LINEAR,
                  hdlm_linear_backward(a->datt, g->attn_out, NULL, a->dtmp, att, w->attn_out, N, d, d, false));
         PROFILED(a, PROF_BWD, PROF_ATTENTION,
-                 hdlm_attention_backward(a->dqkv, a->datt, att, a->lse + (size_t)l * N * H, qkv, &a->mask, B, L, H, hd,
-                                         a->dropout, site_key(m, l, HDLM_DROPOUT_ATTN_PROBS)));
+                 hdlm_attention_backward(a->dqkv, a->datt, att, a->lse + (size_t)l * N * H,
+                                         layer_keep(a, l), qkv, &a->mask, B, L, H, hd, a->dropout));
         PROFILED(a, PROF_BWD, PROF_ROTARY, hdlm_rotary_backward(a->dqkv, a->cos_t, a->sin_t, B, L, H, hd));
         PROFILED(a, PROF_BWD, PROF_LINEAR,
                  hdlm_linear_backward(a->da, g->qkv, NULL, a->dqkv, a1, w->qkv, N, d, 3 * d, false));
