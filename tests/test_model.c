@@ -584,8 +584,10 @@ static void test_dropout_keep_bits_follow_the_rule(void **state) {
             int at = (int)(start & 31);
             for (int b = 0; b < WORDS * 32; b++) {
                 bool got = bits[b / 32] >> (b % 32) & 1u, expect;
-                if (b >= at && b < at + counts[c]) expect = hdlm_rng_u16_at(key, start + (uint64_t)(b - at)) >= keep_min;
-                else expect = (0x5A5A5A5Au ^ (uint32_t)(b / 32)) >> (b % 32) & 1u;
+                if (b >= at && b < at + counts[c])
+                    expect = hdlm_rng_u16_at(key, start + (uint64_t)(b - at)) >= keep_min;
+                else
+                    expect = (0x5A5A5A5Au ^ (uint32_t)(b / 32)) >> (b % 32) & 1u;
                 assert_int_equal(got, expect);
             }
         }

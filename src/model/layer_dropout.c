@@ -18,7 +18,7 @@ typedef uint64_t u64v __attribute__((vector_size(U64_LANES * sizeof(uint64_t))))
 typedef uint8_t u8v __attribute__((vector_size(U64_LANES)));
 
 // Lane-wise (low 32 bits of a) × m, m < 2³²: one vpmuludq. GCC writes a 64-bit product as vpmullq, three µops on
-// Intel, and the masks took twice as long there. (A macro: a function taking u64v by value changes the ABI without AVX.)
+// Intel, and the masks took twice as long there. (A macro: passing u64v by value changes the ABI without AVX.)
 #if defined(__AVX512F__)
 #define MUL_LOW32(a, m) ((u64v)_mm512_mul_epu32((__m512i)(a), _mm512_set1_epi64((long long)(m))))
 #elif defined(__AVX2__)
@@ -71,8 +71,10 @@ static uint8_t block_keep_byte(uint64_t key, uint64_t block, uint32_t keep_min) 
     uint32_t w[4];
     hdlm_philox4x32(key, 1, block, w);
     uint32_t byte = 0;
-    for (int k = 0; k < 4; k++)
-        byte |= (uint32_t)((w[k] & 0xffffu) >= keep_min) << (2 * k) | (uint32_t)((w[k] >> 16) >= keep_min) << (2 * k + 1);
+    for (int k = 0; k < 4; k++) {
+        byte |= (uint32_t)((w[k] & 0xffffu) >= keep_min) << (2 * k);
+        byte |= (uint32_t)((w[k] >> 16) >= keep_min) << (2 * k + 1);
+    }
     return (uint8_t)byte;
 }
 
@@ -86,7 +88,8 @@ void hdlm_dropout_keep_bits(uint32_t *bits, uint64_t key, uint64_t start, int co
     uint64_t first = start >> 3, last = (start + (uint64_t)count - 1) >> 3;
     uint8_t *bytes = (uint8_t *)bits + ((start & 31) >> 3);
     // the elements of the first and last blocks outside the range keep their bits
-    uint8_t first_mask = (uint8_t)(0xffu << (start & 7)), last_mask = (uint8_t)(0xffu >> (7 - ((start + count - 1) & 7)));
+    uint8_t first_mask = (uint8_t)(0xffu << (start & 7));
+    uint8_t last_mask = (uint8_t)(0xffu >> (7 - ((start + (uint64_t)count - 1) & 7)));
     uint8_t first_old = bytes[0], last_old = bytes[last - first];
     for (uint64_t b = first; b <= last;) {
         if (last - b + 1 >= PHILOX_LANES) {
@@ -121,7 +124,7 @@ void hdlm_dropout_expand(float *scale, const uint32_t *bits, int at, int count, 
 
 void hdlm_dropout_scales(float *scale, uint64_t key, uint64_t start, int count, float p) {
     enum { CHUNK = 2048 };   // whole words: every chunk's bits start at the same bit position
-    uint32_t bits[CHUNK / 32 + 4];   // + the first word's offset and the expansion's 8-byte reads
+    uint32_t bits[CHUNK / 32 + 4] = {0};   // + the first word's offset and the expansion's 8-byte reads
     for (int c0 = 0; c0 < count; c0 += CHUNK) {
         int n = count - c0 < CHUNK ? count - c0 : CHUNK;
         hdlm_dropout_keep_bits(bits, key, start + (uint64_t)c0, n, p);
