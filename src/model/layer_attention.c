@@ -6,9 +6,10 @@
 // may see, softmax row by row, product with V. Only [QUERY_BLOCK, L] tiles exist (never B×H×L×L) and they stay in
 // L2; key tiles no row of the block may see are skipped (block_windows), so causal and block-causal masks cost about
 // half, and a noisy block of the two-copy layout (method §3.3) reads only the clean prefix and its own block.
-// Backward recomputes the probabilities from the saved log-sum-exp, as flash attention does. Fully-masked rows
-// (worthless queries) attend uniformly to all L keys with zero score gradient (method §3.2). The KV-cached forward
-// keeps each head's K and V in the copies' layout (hdlm_attention_rows), so its steps copy only their new rows.
+// Backward recomputes the probabilities from the saved log-sum-exp, as flash attention does, and reads the dropout
+// keep bits the forward drew. Fully-masked rows (worthless queries) attend uniformly to all L keys with zero score
+// gradient (method §3.2). The KV-cached forward keeps each head's K and V in the copies' layout
+// (hdlm_attention_rows), so its steps copy only their new rows.
 //
 // BLIS is not used here: with head_dim 64 its per-call packing of both operands cost more than the products (the
 // layer ran at a third of the FMA peak through it).
@@ -305,6 +306,8 @@ static void keys_accumulate(const attention_work *w, const key_windows *win, int
 // Keep bits of one row (method §7.2): key j of a row whose first element has index row_start is at bit
 // (row_start & 31) + j of its bits, row_words words (slack for that offset, padded keys and 8-byte reads).
 static size_t keep_row_words(int len) { return (size_t)(round_up(len, TILE_COLS) + 191) / 32; }
+// where row i of (batch, head) bh starts in the keep bits
+static size_t keep_row(int bh, int len, int i) { return ((size_t)bh * len + (size_t)i) * keep_row_words(len); }
 
 size_t hdlm_attention_keep_words(int batch, int heads, int len) {
     return (size_t)batch * heads * len * keep_row_words(len);
@@ -419,7 +422,7 @@ void hdlm_attention_forward(float *out, float *lse, uint32_t *keep, const float 
                     hdlm_key_range kr = hdlm_mask_key_range(mask, i);
                     const float *s = NULL;
                     if (drop) {
-                        uint32_t *bits = keep + ((size_t)bh * len + i) * keep_row_words(len);
+                        uint32_t *bits = keep + keep_row(bh, len, i);
                         uint64_t row_start = row_base + (uint64_t)i * len;
                         row_keep_draw(bits, &win, row_start, hdlm_key_range_end(kr), dropout, key);
                         s = row_dropout(&w, &win, bits, row_start, hdlm_key_range_end(kr), dropout);
@@ -503,8 +506,9 @@ void hdlm_attention_backward(float *dqkv, const float *dout, const float *out, c
                     }
                     for (int j = hv; j < cols; j++) p[j] = 0.0f;
                     if (drop) {
-                        const float *s = row_dropout(&w, &win, keep + ((size_t)bh * len + i) * keep_row_words(len),
-                                                     row_base + (uint64_t)i * len, hdlm_key_range_end(kr), dropout);
+                        uint64_t row_start = row_base + (uint64_t)i * len;
+                        const float *s = row_dropout(&w, &win, keep + keep_row(bh, len, i), row_start,
+                                                     hdlm_key_range_end(kr), dropout);
                         for (int j = 0; j < cols; j += LANES)
                             *(vecf *)(pd + j) = *(const vecf *)(p + j) * *(const vecf *)(s + j);
                     }

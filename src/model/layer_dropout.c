@@ -66,18 +66,6 @@ static void philox_keep_bytes(uint64_t key, uint64_t first, uint32_t keep_min, u
     }
 }
 
-// The same byte for one block.
-static uint8_t block_keep_byte(uint64_t key, uint64_t block, uint32_t keep_min) {
-    uint32_t w[4];
-    hdlm_philox4x32(key, 1, block, w);
-    uint32_t byte = 0;
-    for (int k = 0; k < 4; k++) {
-        byte |= (uint32_t)((w[k] & 0xffffu) >= keep_min) << (2 * k);
-        byte |= (uint32_t)((w[k] >> 16) >= keep_min) << (2 * k + 1);
-    }
-    return (uint8_t)byte;
-}
-
 // Element i is kept when hdlm_rng_u16_at(key, i) >= hdlm_dropout_keep_min(p): half i % 2 of word (i / 2) % 4 of
 // Philox block i / 8 (counter_hi 1), so masks depend neither on the thread count nor on the tiling. One Philox block is
 // one byte of keep bits; a block's byte sits at byte (i % 32) / 8 of the range's first word, hence the bit positions.
@@ -91,14 +79,10 @@ void hdlm_dropout_keep_bits(uint32_t *bits, uint64_t key, uint64_t start, int co
     uint8_t first_mask = (uint8_t)(0xffu << (start & 7));
     uint8_t last_mask = (uint8_t)(0xffu >> (7 - ((start + (uint64_t)count - 1) & 7)));
     uint8_t first_old = bytes[0], last_old = bytes[last - first];
-    for (uint64_t b = first; b <= last;) {
-        if (last - b + 1 >= PHILOX_LANES) {
-            philox_keep_bytes(key, b, keep_min, bytes + (b - first));
-            b += PHILOX_LANES;
-        } else {
-            bytes[b - first] = block_keep_byte(key, b, keep_min);
-            b++;
-        }
+    for (uint64_t b = first; b <= last; b += PHILOX_LANES) {   // a short tail: computed whole, the part needed kept
+        uint8_t chunk[PHILOX_LANES];
+        philox_keep_bytes(key, b, keep_min, chunk);
+        memcpy(bytes + (b - first), chunk, last - b + 1 < PHILOX_LANES ? last - b + 1 : PHILOX_LANES);
     }
     if (first == last) first_mask &= last_mask;
     else bytes[last - first] = (uint8_t)((bytes[last - first] & last_mask) | (last_old & ~last_mask));

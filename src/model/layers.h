@@ -58,6 +58,9 @@ void hdlm_attention_forward(float *out, float *lse, uint32_t *keep, const float 
                             int batch, int len, int heads, int head_dim, float dropout, uint64_t key);
 size_t hdlm_attention_keep_words(int batch, int heads, int len);
 // dqkv[N, 3d] = gradient of q, k, v (written), with the forward's lse and keep bits.
+void hdlm_attention_backward(float *dqkv, const float *dout, const float *out, const float *lse, const uint32_t *keep,
+                             const float *qkv, const hdlm_attn_mask *mask, int batch, int len, int heads, int head_dim,
+                             float dropout);
 // The keys and values of one (sequence, head) kept for KV-cached steps, in the layout the products read (keys
 // transposed, both padded to whole tiles): a store of hdlm_attention_kv_floats(capacity, head_dim) floats, 64-byte
 // aligned and zeroed when allocated.
@@ -69,9 +72,6 @@ size_t hdlm_attention_kv_floats(int capacity, int head_dim);
 // it has there (the KV-cached forward, src/model/kv_cache.c, relies on it).
 void hdlm_attention_rows(float *out, int ldo, const float *qkv, int ld, float *kv, int capacity, int q0, int n_settle,
                          int n, int head_dim, bool causal);
-void hdlm_attention_backward(float *dqkv, const float *dout, const float *out, const float *lse, const uint32_t *keep,
-                             const float *qkv, const hdlm_attn_mask *mask, int batch, int len, int heads, int head_dim,
-                             float dropout);
 
 // ---- GELU (tanh form) --------------------------------------------------------------------------- layer_mlp.c
 void hdlm_gelu_forward(float *out, const float *in, size_t n);
