@@ -1,9 +1,10 @@
 // core/simd.h — the CPU's widest float vector as a GCC vector type (16 lanes with AVX-512, 8 otherwise), for the
-// hand-tiled kernels (the GEMM's, the attention's), and the in-register transpose both pack with.
+// hand-tiled kernels (the GEMM's, the attention's), the in-register transpose both pack with, and bits as lane masks.
 #ifndef HDLM_SIMD_H
 #define HDLM_SIMD_H
 
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__AVX512F__)
 enum { LANES = 16, VEC_REGISTERS = 32 };
@@ -40,6 +41,16 @@ static inline void hdlm_vec_transpose(vecf x[LANES]) {
             }
     }
 #endif
+}
+
+// Bits at, at + 1, …, at + LANES − 1 of a little-endian bit string as lane masks (all ones where set): dropout's keep
+// bits. Reads the 8 bytes from byte at / 8.
+static inline veci hdlm_vec_bit_lanes(const uint8_t *bytes, int at) {
+    uint64_t word;
+    memcpy(&word, bytes + (at >> 3), sizeof word);
+    veci lane_bit;
+    for (int l = 0; l < LANES; l++) lane_bit[l] = 1 << l;
+    return (((veci){0} + (int32_t)(word >> (at & 7))) & lane_bit) != 0;
 }
 
 #endif

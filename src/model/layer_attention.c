@@ -13,6 +13,7 @@
 //
 // BLIS is not used here: with head_dim 64 its per-call packing of both operands cost more than the products (the
 // layer ran at a third of the FMA peak through it).
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,7 +155,6 @@ typedef struct {
     float *p, *pd, *dp_;  // [QUERY_BLOCK, lt]: probabilities, with dropout applied (pd), dP̃ then dS (dp_)
     float *go, *dk, *dv;  // backward: dO [L, dp], dK and dV [lp, dp]
     float *block;         // [QUERY_BLOCK, dp]: O or dQ of one block
-    float *row_scale;     // [lp]: one row of dropout multipliers
     float *di;            // [L]: dO_i · O_i
 } attention_work;
 
@@ -175,7 +175,6 @@ static attention_work work_alloc(int len, int head_dim) {
     w.kt = alloc_zeroed((size_t)w.dp * w.lt);
     w.p = alloc_zeroed(tile);
     w.block = alloc_zeroed((size_t)QUERY_BLOCK * w.dp);
-    w.row_scale = alloc_zeroed((size_t)w.lp);
     w.k = alloc_zeroed(rows);
     w.vt = alloc_zeroed((size_t)w.dp * w.lt);
     w.pd = alloc_zeroed(tile);
@@ -188,8 +187,7 @@ static attention_work work_alloc(int len, int head_dim) {
 }
 
 static void work_free(attention_work *w) {
-    float *all[] = {w->q, w->k, w->v, w->kt, w->vt, w->p, w->pd, w->dp_, w->go, w->dk, w->dv, w->block,
-                    w->row_scale, w->di};
+    float *all[] = {w->q, w->k, w->v, w->kt, w->vt, w->p, w->pd, w->dp_, w->go, w->dk, w->dv, w->block, w->di};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
 }
 
@@ -324,27 +322,36 @@ static void row_keep_draw(uint32_t *bits, const key_windows *win, uint64_t row_s
     }
 }
 
-// Dropout multipliers of a row's keys below `end` into w->row_scale, by column, from its keep bits.
-static const float *row_dropout(attention_work *w, const key_windows *win, const uint32_t *bits, uint64_t row_start,
-                                int end, float dropout) {
-    for (int k = 0; k < win->n; k++) {
-        int stop = win->end[k] < end ? win->end[k] : end;
-        if (stop > win->start[k])
-            hdlm_dropout_expand(w->row_scale + win->col[k], bits, (int)(row_start & 31) + win->start[k],
-                                stop - win->start[k], dropout);
-    }
-    return w->row_scale;
+// A row's keep bits read by score column: column c of window k is key start[k] + c − col[k], whose bit is
+// (row_start & 31) plus that key (row_keep_draw). Windows begin at multiples of TILE_COLS, so a vector of LANES
+// columns lies in one. Columns of masked keys read whatever bits are there: their probabilities are 0.
+typedef struct {
+    const uint8_t *bits;
+    int split, at[2];   // columns from split on are in the second window; column c's bit is at[window] + c
+    vecf keep;          // 1/(1 − p)
+} keep_columns;
+
+static keep_columns row_keep_columns(const key_windows *win, const uint32_t *bits, uint64_t row_start, float dropout) {
+    keep_columns kc = {(const uint8_t *)bits, win->n > 1 ? win->col[1] : INT_MAX, {0, 0},
+                       vec_broadcast(1.0f / (1.0f - dropout))};
+    for (int k = 0; k < win->n; k++) kc.at[k] = (int)(row_start & 31) + win->start[k] - win->col[k];
+    return kc;
+}
+
+// The dropout multipliers (0 or 1/(1 − p)) of columns [j, j + LANES), j a multiple of LANES.
+static inline vecf keep_scale(const keep_columns *kc, int j) {
+    return (vecf)(hdlm_vec_bit_lanes(kc->bits, kc->at[j >= kc->split] + j) & (veci)kc->keep);
 }
 
 // Softmax of a score row over its allowed columns [0, hv) (the others there −inf), unnormalised: p gets
-// exp(S − max), times the dropout multipliers s when given, and columns [hv, cols) zero. Returns the sum of the
+// exp(S − max), times the dropout multipliers when kc is given, and columns [hv, cols) zero. Returns the sum of the
 // exponentials (without dropout); *max the row's maximum.
-static float row_softmax(float *p, int hv, int cols, const float *s, float *max) {
+static float row_softmax(float *p, int hv, int cols, const keep_columns *kc, float *max) {
     vecf m = vec_broadcast(vec_max(p, hv)), sum = {0};
     for (int j = 0; j < hv; j += LANES) {
         vecf *pj = (vecf *)(p + j), e = vec_exp_nonpositive(*pj - m);
         sum += e;
-        *pj = s ? e * *(const vecf *)(s + j) : e;
+        *pj = kc ? e * keep_scale(kc, j) : e;
     }
     for (int j = hv; j < cols; j++) p[j] = 0.0f;
     *max = m[0];
@@ -420,22 +427,23 @@ void hdlm_attention_forward(float *out, float *lse, uint32_t *keep, const float 
                     int i = i0 + r;
                     float *p = w.p + (size_t)r * w.lt;
                     hdlm_key_range kr = hdlm_mask_key_range(mask, i);
-                    const float *s = NULL;
+                    keep_columns kc = {0};
                     if (drop) {
                         uint32_t *bits = keep + keep_row(bh, len, i);
                         uint64_t row_start = row_base + (uint64_t)i * len;
                         row_keep_draw(bits, &win, row_start, hdlm_key_range_end(kr), dropout, key);
-                        s = row_dropout(&w, &win, bits, row_start, hdlm_key_range_end(kr), dropout);
+                        kc = row_keep_columns(&win, bits, row_start, dropout);
                     }
                     if (hdlm_mask_row_fully_masked(mask, i)) {
                         // all −inf scores are replaced by zeros: uniform over all L keys (one window [0, L) here)
-                        for (int j = 0; j < len; j++) p[j] = s ? s[j] : 1.0f;
+                        for (int j = 0; j < len; j += LANES)
+                            *(vecf *)(p + j) = drop ? keep_scale(&kc, j) : vec_broadcast(1.0f);
                         for (int j = len; j < win.cols; j++) p[j] = 0.0f;
                         inv_sum[r] = 1.0f / (float)len;
                         lse_bh[i] = 0.0f;
                         continue;
                     }
-                    float max, total = row_softmax(p, mask_row(p, &win, kr), win.cols, s, &max);
+                    float max, total = row_softmax(p, mask_row(p, &win, kr), win.cols, drop ? &kc : NULL, &max);
                     lse_bh[i] = max + logf(total);
                     inv_sum[r] = 1.0f / total;
                 }
@@ -488,30 +496,33 @@ void hdlm_attention_backward(float *dqkv, const float *dout, const float *out, c
                 key_windows win = block_windows(mask, i0, nq);
                 int cols = win.cols;
                 block_scores(&w, &win, i0, nq, head_dim);
-                // P from the saved log-sum-exp, and P̃ = P ⊙ dropout multipliers in w.pd.
+                // P from the saved log-sum-exp, and P̃ = P ⊙ dropout multipliers in w.pd (the same pass).
                 float *pv = drop ? w.pd : w.p;
                 for (int r = 0; r < nq; r++) {
                     int i = i0 + r;
                     float *p = w.p + (size_t)r * w.lt, *pd = pv + (size_t)r * w.lt;
-                    hdlm_key_range kr = hdlm_mask_key_range(mask, i);
-                    int hv = cols;
+                    keep_columns kc = {0};
+                    if (drop) kc = row_keep_columns(&win, keep + keep_row(bh, len, i), row_base + (uint64_t)i * len,
+                                                    dropout);
+                    int hv;
                     if (hdlm_mask_row_fully_masked(mask, i)) {   // one window [0, L)
-                        for (int j = 0; j < len; j++) p[j] = 1.0f / (float)len;
-                        hv = len;
+                        hv = round_up(len, LANES);
+                        for (int j = 0; j < hv; j += LANES) {
+                            vecf u;
+                            for (int l = 0; l < LANES; l++) u[l] = j + l < len ? 1.0f / (float)len : 0.0f;
+                            *(vecf *)(p + j) = u;
+                            if (drop) *(vecf *)(pd + j) = u * keep_scale(&kc, j);
+                        }
                     } else {
-                        hv = mask_row(p, &win, kr);
+                        hv = mask_row(p, &win, hdlm_mask_key_range(mask, i));
                         vecf l = vec_broadcast(lse_bh[i]);
-                        for (int j = 0; j < hv; j += LANES)
-                            *(vecf *)(p + j) = vec_exp_nonpositive(*(vecf *)(p + j) - l);
+                        for (int j = 0; j < hv; j += LANES) {
+                            vecf e = vec_exp_nonpositive(*(vecf *)(p + j) - l);
+                            *(vecf *)(p + j) = e;
+                            if (drop) *(vecf *)(pd + j) = e * keep_scale(&kc, j);
+                        }
                     }
-                    for (int j = hv; j < cols; j++) p[j] = 0.0f;
-                    if (drop) {
-                        uint64_t row_start = row_base + (uint64_t)i * len;
-                        const float *s = row_dropout(&w, &win, keep + keep_row(bh, len, i), row_start,
-                                                     hdlm_key_range_end(kr), dropout);
-                        for (int j = 0; j < cols; j += LANES)
-                            *(vecf *)(pd + j) = *(const vecf *)(p + j) * *(const vecf *)(s + j);
-                    }
+                    for (int j = hv; j < cols; j++) p[j] = pd[j] = 0.0f;
                 }
                 const float *go_block = w.go + (size_t)i0 * w.dp;
                 // dV[windows] += P̃ᵀ · dO ;  dP̃ = dO · V[windows]ᵀ

@@ -89,18 +89,13 @@ void hdlm_dropout_keep_bits(uint32_t *bits, uint64_t key, uint64_t start, int co
     bytes[0] = (uint8_t)((bytes[0] & first_mask) | (first_old & ~first_mask));
 }
 
-void hdlm_dropout_expand(float *scale, const uint32_t *bits, int at, int count, float p) {
+// scale[i] = 0 or 1/(1-p) by bit at + i of bits, i < count; reads up to 8 bytes past the last bit's byte.
+static void dropout_expand(float *scale, const uint32_t *bits, int at, int count, float p) {
     const float keep = 1.0f / (1.0f - p);
-    const uint8_t *bytes = (const uint8_t *)bits;
-    veci lane_bit;
-    for (int l = 0; l < LANES; l++) lane_bit[l] = 1 << l;
     vecf kept = (vecf){0} + keep;
     int i = 0;
-    for (; i + LANES <= count; i += LANES) {   // LANES bits from the 8 bytes at the first one's byte
-        uint64_t word;
-        memcpy(&word, bytes + ((at + i) >> 3), sizeof word);
-        veci mask = (((veci){0} + (int32_t)(word >> ((at + i) & 7))) & lane_bit) != 0;
-        vecf v = (vecf)(mask & (veci)kept);
+    for (; i + LANES <= count; i += LANES) {
+        vecf v = (vecf)(hdlm_vec_bit_lanes((const uint8_t *)bits, at + i) & (veci)kept);
         memcpy(scale + i, &v, sizeof v);
     }
     for (; i < count; i++) scale[i] = bits[(at + i) >> 5] >> ((at + i) & 31) & 1u ? keep : 0.0f;
@@ -112,7 +107,7 @@ void hdlm_dropout_scales(float *scale, uint64_t key, uint64_t start, int count, 
     for (int c0 = 0; c0 < count; c0 += CHUNK) {
         int n = count - c0 < CHUNK ? count - c0 : CHUNK;
         hdlm_dropout_keep_bits(bits, key, start + (uint64_t)c0, n, p);
-        hdlm_dropout_expand(scale + c0, bits, (int)((start + (uint64_t)c0) & 31), n, p);
+        dropout_expand(scale + c0, bits, (int)((start + (uint64_t)c0) & 31), n, p);
     }
 }
 

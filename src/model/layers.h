@@ -92,8 +92,6 @@ void hdlm_dropout_scales(float *scale, uint64_t key, uint64_t start, int count, 
 // b % 32 of word b / 32), so that calls for ranges of one row fill one bit array; the other bits of the words touched
 // are left as they were.
 void hdlm_dropout_keep_bits(uint32_t *bits, uint64_t key, uint64_t start, int count, float p);
-// scale[i] = 0 or 1/(1-p) by bit at + i of bits, i < count; reads up to 8 bytes past the last bit's byte.
-void hdlm_dropout_expand(float *scale, const uint32_t *bits, int at, int count, float p);
 // h_out[N,d] = h_in + gate ⊙ dropout(y); gate rows have stride gate_stride (gate NULL: 1). h_out may equal h_in.
 void hdlm_residual_forward(float *h_out, const float *h_in, const float *y, const float *gate, int gate_stride, int n,
                            int d, float p, uint64_t key);
