@@ -108,13 +108,14 @@ static void test_sgemm_matches_float64(void **state) {
                 }
 }
 
-// Several depth blocks (k > 1024) and, for a transposed A, several packed row blocks (m > 1024), with edges.
+// Several depth blocks (k > 1024) and, for a transposed A, several packed row blocks (m > 1024), with edges; enough
+// panels for groups of them (21 and 42 panels: groups of 2 and 4, a last group shorter, a last panel narrower).
 static void test_sgemm_large_blocks(void **state) {
     (void)state;
     hdlm_rng rng;
     hdlm_rng_init(&rng, 6);
-    const int shapes[][3] = {{20, 100, 2500}, {1100, 50, 70}, {1030, 97, 1100}};
-    for (int s = 0; s < 3; s++)
+    const int shapes[][3] = {{20, 100, 2500}, {1100, 50, 70}, {1030, 97, 1100}, {70, 1000, 300}, {40, 2000, 1100}};
+    for (int s = 0; s < 5; s++)
         for (int t = 0; t < 4; t++) {
             float beta = t == 3 ? 1.0f : 0.0f;
             gemm_case g = case_make(&rng, t & 1, t & 2, shapes[s][0], shapes[s][1], shapes[s][2], 1.0f, beta);
@@ -165,13 +166,14 @@ static void test_sgemm_bias_equals_separate_pass(void **state) {
     }
 }
 
-// 1 thread, 2 threads and hdlm_sgemm_serial inside a parallel region: the same bits.
+// 1 thread, 2 threads and hdlm_sgemm_serial inside a parallel region: the same bits (with 1000 columns, panel groups
+// of 4 on one thread and of 2 on two).
 static void test_sgemm_thread_count_invariant(void **state) {
     (void)state;
     hdlm_rng rng;
     hdlm_rng_init(&rng, 8);
-    const int shapes[][3] = {{300, 200, 1500}, {100, 30, 40}, {1090, 100, 300}};
-    for (int s = 0; s < 3; s++)
+    const int shapes[][3] = {{300, 200, 1500}, {100, 30, 40}, {1090, 100, 300}, {70, 1000, 300}};
+    for (int s = 0; s < 4; s++)
         for (int t = 0; t < 4; t++) {
             gemm_case g = case_make(&rng, t & 1, t & 2, shapes[s][0], shapes[s][1], shapes[s][2], 0.75f, 0.0f);
             float *one = case_run(&g, 1, false), *two = case_run(&g, 2, false), *nested = case_run(&g, 2, true);

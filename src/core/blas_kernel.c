@@ -8,12 +8,14 @@
 //   - B is packed per 48-column panel and depth block into [depth][48] (zero-padded): the kernel reads it from L2.
 //   - A is read in place, one broadcast per row and k, when its rows run along k. A transposed A is packed first,
 //     per depth block and block of rows, into [tile][depth][8]: read in place, every k would be a new cache line.
-// Threads claim the column panels one at a time (or split the row tiles when there are fewer panels than threads);
-// every element is computed in the same order whichever thread runs it, so results do not depend on the threads.
+// Threads claim groups of up to 4 column panels one at a time, each row tile passing over the group's panels while
+// its A rows sit in L1 (or split the row tiles when there are fewer panels than threads); every element is computed
+// in the same order whichever thread runs it, so results do not depend on the threads.
 #include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "blas_internal.h"
 #include "core/simd.h"
@@ -24,8 +26,21 @@
 enum { KERNEL_VECS = 3, KERNEL_ROWS = 8, KERNEL_COLS = LANES * KERNEL_VECS };
 // Rows of a transposed A packed at a time (with DEPTH_BLOCK: 4 MB, shared by the threads).
 enum { PACKED_A_ROWS = 128 * KERNEL_ROWS };
+// The most panels of B a thread packs and multiplies together (at most half of L2, below).
+enum { MAX_PANEL_GROUP = 4 };
 
 static int min_int(int a, int b) { return a < b ? a : b; }
+
+// A core's L2 cache in bytes, as the C library reads it from the CPU (1 MB when it cannot tell); asked once, since
+// the answer costs a cpuid, which a virtual machine traps.
+static size_t l2_bytes(void) {
+    static _Atomic size_t bytes;   // whichever thread asks first stores the same value
+    if (bytes == 0) {
+        long b = sysconf(_SC_LEVEL2_CACHE_SIZE);
+        bytes = b > 0 ? (size_t)b : (size_t)1 << 20;
+    }
+    return bytes;
+}
 // Where thread t of nt starts in a range of `count` items.
 static int share_start(int count, int t, int nt) { return (int)((long)count * t / nt); }
 
@@ -146,23 +161,30 @@ void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, in
     size_t a_row = trans_a ? 1 : (size_t)lda, a_k = trans_a ? (size_t)lda : 1;
     size_t b_k = trans_b ? 1 : (size_t)ldb, b_j = trans_b ? (size_t)ldb : 1;
     int tiles = (m + KERNEL_ROWS - 1) / KERNEL_ROWS, panels = (n + KERNEL_COLS - 1) / KERNEL_COLS;
-    bool split_panels = panels >= threads;
+    // Panels go in groups: a tile of A then stays in L1 across the group's panels instead of coming from L3 once per
+    // panel (the A of a 1024-row product is 3 MB; an Intel Xeon's L3 fed it too slowly, docs/model.md). The group's
+    // packed panels fill at most half of L2, and at least 4 groups per thread are left for the claiming below.
+    size_t panel_bytes = (size_t)min_int(k, DEPTH_BLOCK) * KERNEL_COLS * sizeof(float);
+    int group = min_int(min_int(MAX_PANEL_GROUP, (int)(l2_bytes() / 2 / panel_bytes)), panels / (4 * threads));
+    group = group < 1 ? 1 : group;
+    int units = (panels + group - 1) / group;
+    bool split_panels = units >= threads;
     // A transposed A is packed in blocks of rows; otherwise one "block" holds every row.
     int block_tiles = trans_a ? PACKED_A_ROWS / KERNEL_ROWS : tiles;
     float *ap = trans_a ? thread_buffer(&packed_a, &packed_a_cap,
                                         (size_t)min_int(tiles, block_tiles) * KERNEL_ROWS * min_int(k, DEPTH_BLOCK))
                         : NULL;
-    // Panels are claimed one at a time from a counter per stage (depth block × row block): on a shared machine one
-    // thread often runs slower (interrupts, a neighbour), and a fixed half each left the other waiting 2–4 % of a
-    // product. A stage starts when the last one is done (a barrier), so every element still sums its depth blocks
-    // in order, on whichever thread.
+    // Groups of panels are claimed one at a time from a counter per stage (depth block × row block): on a shared
+    // machine one thread often runs slower (interrupts, a neighbour), and a fixed half each left the other waiting
+    // 2–4 % of a product. A stage starts when the last one is done (a barrier), so every element still sums its
+    // depth blocks in order, on whichever thread.
     int depth_blocks = (k + DEPTH_BLOCK - 1) / DEPTH_BLOCK, row_blocks = (tiles + block_tiles - 1) / block_tiles;
     int stages = depth_blocks * row_blocks, claimed[split_panels ? stages : 1];
     memset(claimed, 0, sizeof claimed);
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         int t = omp_get_thread_num(), nt = omp_get_num_threads(), stage = 0;
-        float *bp = thread_buffer(&packed_b, &packed_b_cap, (size_t)DEPTH_BLOCK * KERNEL_COLS);
+        float *bp = thread_buffer(&packed_b, &packed_b_cap, (size_t)group * DEPTH_BLOCK * KERNEL_COLS);
         for (int k0 = 0; k0 < k; k0 += DEPTH_BLOCK) {
             int depth = min_int(k - k0, DEPTH_BLOCK);
             float beta_now = k0 == 0 ? beta : 1.0f;
@@ -181,23 +203,29 @@ void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, in
 #pragma omp barrier
                 }
                 for (int next = 0;;) {
-                    int p = next++;   // splitting tiles: every panel; else the next unclaimed one of this stage
+                    int u = next++;   // splitting tiles: every group; else the next unclaimed one of this stage
                     if (split_panels) {
 #pragma omp atomic capture
-                        p = claimed[stage]++;
+                        u = claimed[stage]++;
                     }
-                    if (p >= panels) break;
-                    int j0 = p * KERNEL_COLS, cols = min_int(n - j0, KERNEL_COLS);
-                    pack_b(bp, b, b_k, b_j, n, k0, depth, j0);
+                    if (u >= units) break;
+                    int p0 = u * group, p1 = min_int(panels, p0 + group);
+                    for (int p = p0; p < p1; p++)
+                        pack_b(bp + (size_t)(p - p0) * depth * KERNEL_COLS, b, b_k, b_j, n, k0, depth, p * KERNEL_COLS);
                     for (int q = q0; q < q1; q++) {
                         int r0 = q * KERNEL_ROWS, rows = min_int(m - r0, KERNEL_ROWS);
-                        float *ct = c + (size_t)r0 * ldc + j0;
-                        if (trans_a)
-                            kernel(depth, ap + (size_t)(q - tb0) * depth * KERNEL_ROWS, 1, KERNEL_ROWS, bp, ct, ldc,
-                                   rows, cols, alpha, beta_now, bias_now ? bias_now + j0 : NULL);
-                        else
-                            kernel(depth, a + (size_t)r0 * a_row + k0, a_row, 1, bp, ct, ldc, rows, cols, alpha,
-                                   beta_now, bias_now ? bias_now + j0 : NULL);
+                        const float *at = trans_a ? ap + (size_t)(q - tb0) * depth * KERNEL_ROWS
+                                                  : a + (size_t)r0 * a_row + k0;
+                        for (int p = p0; p < p1; p++) {
+                            int j0 = p * KERNEL_COLS, cols = min_int(n - j0, KERNEL_COLS);
+                            const float *bg = bp + (size_t)(p - p0) * depth * KERNEL_COLS;
+                            const float *bias_j = bias_now ? bias_now + j0 : NULL;
+                            float *ct = c + (size_t)r0 * ldc + j0;
+                            if (trans_a)   // two calls: each kernel compiled for its constant stride
+                                kernel(depth, at, 1, KERNEL_ROWS, bg, ct, ldc, rows, cols, alpha, beta_now, bias_j);
+                            else
+                                kernel(depth, at, a_row, 1, bg, ct, ldc, rows, cols, alpha, beta_now, bias_j);
+                        }
                     }
                 }
             }
