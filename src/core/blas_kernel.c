@@ -41,6 +41,7 @@ static size_t l2_bytes(void) {
     }
     return bytes;
 }
+
 // Where thread t of nt starts in a range of `count` items.
 static int share_start(int count, int t, int nt) { return (int)((long)count * t / nt); }
 
