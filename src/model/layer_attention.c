@@ -505,11 +505,10 @@ void hdlm_attention_backward(float *dqkv, const float *dout, const float *out, c
                     if (drop) kc = row_keep_columns(&win, keep + keep_row(bh, len, i), row_base + (uint64_t)i * len,
                                                     dropout);
                     int hv;
-                    if (hdlm_mask_row_fully_masked(mask, i)) {   // one window [0, L)
-                        hv = round_up(len, LANES);
+                    if (hdlm_mask_row_fully_masked(mask, i)) {   // one window [0, L); past len zeroed below
+                        hv = len;
+                        vecf u = vec_broadcast(1.0f / (float)len);
                         for (int j = 0; j < hv; j += LANES) {
-                            vecf u;
-                            for (int l = 0; l < LANES; l++) u[l] = j + l < len ? 1.0f / (float)len : 0.0f;
                             *(vecf *)(p + j) = u;
                             if (drop) *(vecf *)(pd + j) = u * keep_scale(&kc, j);
                         }
