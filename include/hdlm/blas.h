@@ -53,4 +53,8 @@ void hdlm_packed_weights_free(hdlm_packed_weights *p);
 // + row_add[r] on every entry of row r (NULL: none; the γ head's shift, method §5.4), rounded as a separate pass.
 void hdlm_sgemm_packed(int m, const float *a, int lda, const hdlm_packed_weights *w, const float *bias,
                        const float *row_add, float *c, int ldc);
+// The same with row r of C at c_rows[r] (rows anywhere: an inference forward writes the few rows it computes to their
+// own places directly).
+void hdlm_sgemm_packed_rows(int m, const float *a, int lda, const hdlm_packed_weights *w, const float *bias,
+                            const float *row_add, float *const *c_rows);
 #endif

@@ -12,6 +12,15 @@
 #include "blas_internal.h"
 #include "hdlm/common.h"
 
+size_t hdlm_l2_bytes(void) {
+    static _Atomic size_t bytes;   // whichever thread asks first stores the same value
+    if (bytes == 0) {
+        long b = sysconf(_SC_LEVEL2_CACHE_SIZE);
+        bytes = b > 0 ? (size_t)b : (size_t)1 << 20;
+    }
+    return bytes;
+}
+
 static int blas_ready;        // kernel choice made (first call, before any other BLIS use)
 static bool blas_own_kernel;  // hdlm_sgemm_kernel (AVX-512 builds, unless HDLM_GEMM=blis), else BLIS
 

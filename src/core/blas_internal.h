@@ -3,6 +3,7 @@
 #define HDLM_BLAS_INTERNAL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 // Depth blocking of hdlm_sgemm_kernel: one FMA chain per element and block of this many k (the last one shorter).
 enum { DEPTH_BLOCK = 1024 };
@@ -14,6 +15,10 @@ void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, in
 
 // Whether hdlm_sgemm runs hdlm_sgemm_kernel (else BLIS); initialises the choice when needed.
 bool hdlm_blas_own_kernel(void);
+
+// A core's L2 cache in bytes, as the C library reads it from the CPU (1 MB when it cannot tell); asked once, since
+// the answer costs a cpuid, which a virtual machine traps. The products size their panel groups by it.
+size_t hdlm_l2_bytes(void);
 
 // Adds bias[j] to every row of C[m, n] (OpenMP when large and not inside a parallel region).
 void hdlm_add_bias_rows(float *c, int ldc, int m, int n, const float *bias);

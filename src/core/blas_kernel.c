@@ -15,7 +15,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "blas_internal.h"
 #include "core/simd.h"
@@ -30,17 +29,6 @@ enum { PACKED_A_ROWS = 128 * KERNEL_ROWS };
 enum { MAX_PANEL_GROUP = 4 };
 
 static int min_int(int a, int b) { return a < b ? a : b; }
-
-// A core's L2 cache in bytes, as the C library reads it from the CPU (1 MB when it cannot tell); asked once, since
-// the answer costs a cpuid, which a virtual machine traps.
-static size_t l2_bytes(void) {
-    static _Atomic size_t bytes;   // whichever thread asks first stores the same value
-    if (bytes == 0) {
-        long b = sysconf(_SC_LEVEL2_CACHE_SIZE);
-        bytes = b > 0 ? (size_t)b : (size_t)1 << 20;
-    }
-    return bytes;
-}
 
 // Where thread t of nt starts in a range of `count` items.
 static int share_start(int count, int t, int nt) { return (int)((long)count * t / nt); }
@@ -166,7 +154,7 @@ void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, in
     // panel (the A of a 1024-row product is 3 MB; an Intel Xeon's L3 fed it too slowly, docs/model.md). The group's
     // packed panels fill at most half of L2, and at least 4 groups per thread are left for the claiming below.
     size_t panel_bytes = (size_t)min_int(k, DEPTH_BLOCK) * KERNEL_COLS * sizeof(float);
-    int group = min_int(min_int(MAX_PANEL_GROUP, (int)(l2_bytes() / 2 / panel_bytes)), panels / (4 * threads));
+    int group = min_int(min_int(MAX_PANEL_GROUP, (int)(hdlm_l2_bytes() / 2 / panel_bytes)), panels / (4 * threads));
     group = group < 1 ? 1 : group;
     int units = (panels + group - 1) / group;
     bool split_panels = units >= threads;

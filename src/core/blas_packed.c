@@ -1,6 +1,7 @@
 // Weights packed once for repeated products with few rows (the KV-cached inference forward, method §3.5): C = A·Wᵀ
 // with W[n, k] row-major (nn.Linear layout). BLIS packs W on every call, which dominates a call with a few dozen rows
-// (the 50258-row head: 34 GFLOP/s at 64 rows); here W is packed once into panels of PANEL outputs.
+// (the 50258-row head: 34 GFLOP/s at 64 rows); here W is packed once into panels of PANEL outputs. Evaluation's
+// forwards use it too (hundreds of rows of the output layer, each written to its place: hdlm_sgemm_packed_rows).
 //
 // The sum for every output reproduces BLIS's own arithmetic (see include/hdlm/blas.h), so a cached step gives the
 // same bits as the uncached forward: k is cut into BLIS's KC blocks (blocks of kc_def, the rest taken whole once it
@@ -64,6 +65,11 @@ static inline void store_row(float *cr, const float *sum, int cols, bool first, 
     }
 }
 
+// Where row r of a tile's C block starts: c + r·ldc, or c_rows[r] + col when the rows are scattered (c_rows given).
+static inline float *c_row(float *c, int ldc, float *const *c_rows, int col, int r) {
+    return c_rows ? c_rows[r] + col : c + (size_t)r * ldc;
+}
+
 // Rows r0..r0+rows-1 (rows <= ROWS) of A times one panel over k in [k0, k1): C (cols valid columns) = or += the sum,
 // then (the last block) + bias[j], then + row_add[r] (each NULL: none), as separate passes would round them.
 // Rows beyond `rows` repeat the last row (computed, not stored), so the compiler keeps a fixed register tile.
@@ -73,7 +79,8 @@ static inline void store_row(float *cr, const float *sum, int cols, bool first, 
 // autoregressive generation) computed as eight repeated ones took eight times the FMAs its weight stream needs.
 static inline __attribute__((always_inline)) void panel_tile_fixed(int tile, const float *a, int lda, int rows,
                                                                    const float *panel, int k0, int k1, float *c,
-                                                                   int ldc, int cols, bool first, const float *bias,
+                                                                   int ldc, float *const *c_rows, int col, int cols,
+                                                                   bool first, const float *bias,
                                                                    const float *row_add, const float *next,
                                                                    int ahead) {
     const float *ar[ROWS];
@@ -101,7 +108,7 @@ static inline __attribute__((always_inline)) void panel_tile_fixed(int tile, con
     __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
     __m512 b1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
     for (int r = 0; r < rows; r++) {
-        float *cr = c + (size_t)r * ldc;
+        float *cr = c_row(c, ldc, c_rows, col, r);
         if (!first) {
             acc[r][0] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cr), acc[r][0]);
             acc[r][1] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cr + 16), acc[r][1]);
@@ -141,7 +148,7 @@ static inline __attribute__((always_inline)) void panel_tile_fixed(int tile, con
                 for (int v = 0; v < vecs; v++) _mm256_storeu_ps(sum[r] + 8 * v, acc[r][v]);
             int part = cols - width * h < width ? cols - width * h : width;
             for (int r = 0; r < block && r0 + r < rows; r++)
-                store_row(c + (size_t)(r0 + r) * ldc + width * h, sum[r], part, first, bias ? bias + width * h : NULL,
+                store_row(c_row(c, ldc, c_rows, col, r0 + r) + width * h, sum[r], part, first, bias ? bias + width * h : NULL,
                           row_add ? row_add + r0 + r : NULL);
         }
 #else
@@ -155,14 +162,15 @@ static inline __attribute__((always_inline)) void panel_tile_fixed(int tile, con
             for (int j = 0; j < PANEL; j++) acc[r][j] = fmaf(x, panel[(size_t)i * PANEL + j], acc[r][j]);
         }
     for (int r = 0; r < rows; r++)
-        store_row(c + (size_t)r * ldc, acc[r], cols, first, bias, row_add ? row_add + r : NULL);
+        store_row(c_row(c, ldc, c_rows, col, r), acc[r], cols, first, bias, row_add ? row_add + r : NULL);
 #endif
 }
 
 static void panel_tile(const float *a, int lda, int rows, const float *panel, int k0, int k1, float *c, int ldc,
-                       int cols, bool first, const float *bias, const float *row_add, const float *next, int ahead) {
+                       float *const *c_rows, int col, int cols, bool first, const float *bias, const float *row_add,
+                       const float *next, int ahead) {
 #define PANEL_TILE(tile) \
-    panel_tile_fixed(tile, a, lda, rows, panel, k0, k1, c, ldc, cols, first, bias, row_add, next, ahead)
+    panel_tile_fixed(tile, a, lda, rows, panel, k0, k1, c, ldc, c_rows, col, cols, first, bias, row_add, next, ahead)
     if (rows == 1) PANEL_TILE(1);
     else if (rows == 2) PANEL_TILE(2);
     else if (rows <= 4) PANEL_TILE(4);
@@ -170,29 +178,55 @@ static void panel_tile(const float *a, int lda, int rows, const float *panel, in
 #undef PANEL_TILE
 }
 
-void hdlm_sgemm_packed(int m, const float *a, int lda, const hdlm_packed_weights *w, const float *bias,
-                       const float *row_add, float *c, int ldc) {
-    int panels = (w->n + PANEL - 1) / PANEL, k = w->k;
-    // One task per panel: the panel's KC block stays in L1/L2 while every row tile passes over it; the tiles of
-    // the block fetch the same block of the next panel, in equal shares.
+// C's rows at c + r·ldc, or at c_rows[r] (c NULL).
+static void packed_product(int m, const float *a, int lda, const hdlm_packed_weights *w, const float *bias,
+                           const float *row_add, float *c, int ldc, float *const *c_rows) {
+    int panels = (w->n + PANEL - 1) / PANEL, k = w->k, tiles = (m + ROWS - 1) / ROWS;
+    // One task per group of panels: every row tile passes over the group's panels in turn and writes its C rows in
+    // runs of group · PANEL columns. Panel by panel (the KV cache's few rows: the panel stays in L1 for every tile),
+    // the head at width 128 and 512 rows ran at 50 % of the FMA peak; in groups at 75–85 % (docs/model.md). From 16
+    // tiles on, a group's block of weights fills up to an eighth of L2; each tile also fetches its share of the next
+    // group's block into L2 (>= 2 tiles per panel of the group: a fetch per k of <= 16 floats, one line).
+    size_t block_bytes = (size_t)(k <= w->kc_max ? k : w->kc_def) * PANEL * sizeof(float);
+    int group = tiles < 16 ? 1 : (int)(hdlm_l2_bytes() / 8 / block_bytes);
+    group = group < tiles / 2 ? group : tiles / 2;
+    group = group < 1 ? 1 : group;
+    int groups = (panels + group - 1) / group, per_panel = tiles / group;   // tiles fetching each next panel
     // On threads above about a million multiply-adds, a row count below a tile counted as a whole tile: a product of
     // one row (a token of autoregressive generation) is as long as one of eight, streaming the weights.
-    int tiles = (m + ROWS - 1) / ROWS;
 #pragma omp parallel for schedule(static) if ((size_t)tiles * ROWS * w->n * k > (1u << 20))
-    for (int q = 0; q < panels; q++) {
-        const float *panel = w->data + (size_t)q * k * PANEL;
-        int cols = w->n - q * PANEL < PANEL ? w->n - q * PANEL : PANEL;
+    for (int g = 0; g < groups; g++) {
+        int q0 = g * group, q1 = q0 + group < panels ? q0 + group : panels;
         for (int k0 = 0; k0 < k;) {
-            int k1 = k - k0 <= w->kc_max ? k : k0 + w->kc_def, share = ((k1 - k0) * PANEL + tiles - 1) / tiles;
+            int k1 = k - k0 <= w->kc_max ? k : k0 + w->kc_def, span = (k1 - k0) * PANEL;   // floats of a panel's block
+            int share = (span + per_panel - 1) / per_panel;
             for (int r0 = 0, t = 0; r0 < m; r0 += ROWS, t++) {
-                const float *next = q + 1 < panels ? panel + (size_t)k * PANEL + (size_t)k0 * PANEL + t * share : NULL;
-                int ahead = (k1 - k0) * PANEL - t * share < share ? (k1 - k0) * PANEL - t * share : share;
-                panel_tile(a + (size_t)r0 * lda, lda, m - r0 < ROWS ? m - r0 : ROWS, panel, k0, k1,
-                           c + (size_t)r0 * ldc + (size_t)q * PANEL, ldc, cols, k0 == 0,
-                           k1 == k && bias ? bias + (size_t)q * PANEL : NULL,
-                           k1 == k && row_add ? row_add + r0 : NULL, next, ahead);
+                // this tile's share of the next group's blocks: part t % per_panel of panel q1 + t / per_panel
+                int next_q = q1 + t / per_panel, part = t % per_panel * share;
+                bool fetch = next_q < panels && next_q < q1 + group && part < span;
+                const float *next = fetch ? w->data + (size_t)next_q * k * PANEL + (size_t)k0 * PANEL + part : NULL;
+                int ahead = span - part < share ? span - part : share;
+                for (int q = q0; q < q1; q++) {
+                    int cols = w->n - q * PANEL < PANEL ? w->n - q * PANEL : PANEL;
+                    panel_tile(a + (size_t)r0 * lda, lda, m - r0 < ROWS ? m - r0 : ROWS,
+                               w->data + (size_t)q * k * PANEL, k0, k1,
+                               c ? c + (size_t)r0 * ldc + (size_t)q * PANEL : NULL, ldc,
+                               c_rows ? c_rows + r0 : NULL, q * PANEL, cols, k0 == 0,
+                               k1 == k && bias ? bias + (size_t)q * PANEL : NULL,
+                               k1 == k && row_add ? row_add + r0 : NULL, q == q0 ? next : NULL, ahead);
+                }
             }
             k0 = k1;
         }
     }
+}
+
+void hdlm_sgemm_packed(int m, const float *a, int lda, const hdlm_packed_weights *w, const float *bias,
+                       const float *row_add, float *c, int ldc) {
+    packed_product(m, a, lda, w, bias, row_add, c, ldc, NULL);
+}
+
+void hdlm_sgemm_packed_rows(int m, const float *a, int lda, const hdlm_packed_weights *w, const float *bias,
+                            const float *row_add, float *const *c_rows) {
+    packed_product(m, a, lda, w, bias, row_add, NULL, 0, c_rows);
 }

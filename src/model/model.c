@@ -610,16 +610,24 @@ static int model_forward(hdlm_model *m, const hdlm_model_input *in, const float 
     PROFILED(a, PROF_FWD, PROF_NORM,
              hdlm_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->h + (size_t)c->n_layers * Nd, m->p.norm_final,
                                     N, d));
-    if (n_head >= 0) {   // gather the rows, one product into the first rows of m->out
+    if (n_head >= 0) {   // gather the rows, one product
         for (int k = 0; k < n_head; k++)
             memcpy(a->head_x + (size_t)k * d, a->lnf + (size_t)a->head_list[k] * d, (size_t)d * sizeof(float));
-        if (n_head)
+        if (n_head && in->head_rows && in->head_packed) {   // inference: each output written to its own row
+            float **rows = hdlm_malloc((size_t)n_head * sizeof *rows);
+            for (int k = 0; k < n_head; k++) rows[k] = m->out + (size_t)a->head_list[k] * V;
+            PROFILED(a, PROF_FWD, PROF_HEAD,
+                     hdlm_sgemm_packed_rows(n_head, a->head_x, d, in->head_packed, m->p.head_b, NULL, rows));
+            free(rows);
+        } else if (n_head) {   // into the first rows of m->out (training keeps them there)
             PROFILED(a, PROF_FWD, PROF_HEAD, head_forward(m, in, m->out, a->head_x, n_head));
-        // Inference: each output to its own row, the last first (row head_list[k] >= k, so nothing unmoved is hit).
-        if (in->head_rows)
-            for (int k = n_head - 1; k >= 0; k--)
-                if (a->head_list[k] != k)
-                    memcpy(m->out + (size_t)a->head_list[k] * V, m->out + (size_t)k * V, (size_t)V * sizeof(float));
+            // Inference: each output to its own row, the last first (row head_list[k] >= k: nothing unmoved is hit).
+            if (in->head_rows)
+                for (int k = n_head - 1; k >= 0; k--)
+                    if (a->head_list[k] != k)
+                        memcpy(m->out + (size_t)a->head_list[k] * V, m->out + (size_t)k * V,
+                               (size_t)V * sizeof(float));
+        }
     } else if (a->head_from == 0) {
         PROFILED(a, PROF_FWD, PROF_HEAD, head_forward(m, in, m->out, a->lnf, N));
     } else {
