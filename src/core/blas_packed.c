@@ -148,8 +148,8 @@ static inline __attribute__((always_inline)) void panel_tile_fixed(int tile, con
                 for (int v = 0; v < vecs; v++) _mm256_storeu_ps(sum[r] + 8 * v, acc[r][v]);
             int part = cols - width * h < width ? cols - width * h : width;
             for (int r = 0; r < block && r0 + r < rows; r++)
-                store_row(c_row(c, ldc, c_rows, col, r0 + r) + width * h, sum[r], part, first, bias ? bias + width * h : NULL,
-                          row_add ? row_add + r0 + r : NULL);
+                store_row(c_row(c, ldc, c_rows, col, r0 + r) + width * h, sum[r], part, first,
+                          bias ? bias + width * h : NULL, row_add ? row_add + r0 + r : NULL);
         }
 #else
     (void)step;   // no prefetch here
