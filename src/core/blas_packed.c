@@ -184,8 +184,8 @@ static void packed_product(int m, const float *a, int lda, const hdlm_packed_wei
     int panels = (w->n + PANEL - 1) / PANEL, k = w->k, tiles = (m + ROWS - 1) / ROWS;
     // One task per group of panels: every row tile passes over the group's panels in turn and writes its C rows in
     // runs of group · PANEL columns. Panel by panel (the KV cache's few rows: the panel stays in L1 for every tile),
-    // the head at width 128 and 512 rows ran at 50 % of the FMA peak; in groups at 75–85 % (docs/model.md). From 16
-    // tiles on, a group's block of weights fills up to an eighth of L2; each tile also fetches its share of the next
+    // the head at width 128 and 512 rows ran at 50 % of the FMA peak; in groups at 75–85 % (docs/evaluation.md). From
+    // 16 tiles on, a group's block of weights fills up to an eighth of L2; each tile also fetches its share of the next
     // group's block into L2 (>= 2 tiles per panel of the group: a fetch per k of <= 16 floats, one line).
     size_t block_bytes = (size_t)(k <= w->kc_max ? k : w->kc_def) * PANEL * sizeof(float);
     int group = tiles < 16 ? 1 : (int)(hdlm_l2_bytes() / 8 / block_bytes);
