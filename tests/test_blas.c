@@ -2,8 +2,8 @@
 // against a float64 product: every transpose combination; sizes at, below and above the 8 × 48 register tile, the depth
 // blocks and the packed row blocks of a transposed A; leading dimensions larger than the matrix; alpha ≠ 1 and
 // beta 0, 1 and 0.5 (beta 0 must not read C: it starts as NaN); k = 0. Also: the same bits for 1 and 2 threads
-// and from inside a parallel region, which the model's results rely on, and hdlm_sgemm_bias against a separate
-// bias pass.
+// and from inside a parallel region, which the model's results rely on; hdlm_sgemm_bias against a separate bias
+// pass; Aᵀ·B against the same product with A given untransposed, bit for bit (the kernel may run it transposed).
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -188,6 +188,34 @@ static void test_sgemm_thread_count_invariant(void **state) {
     hdlm_blas_init(0);
 }
 
+// Aᵀ·B with more rows than columns (a weight's gradient) runs as its transpose, tiles stored transposed, with several
+// threads or few columns (src/core/blas_kernel.c): the bits of the same product with A given untransposed, on 1 and
+// 2 threads, with edge tiles both ways, two depth blocks, and beta 0, 1 and 0.5.
+static void test_sgemm_transposed_order_same_bits(void **state) {
+    (void)state;
+    hdlm_rng rng;
+    hdlm_rng_init(&rng, 10);
+    const int shapes[][3] = {{2100, 100, 300}, {1500, 250, 1100}, {61, 9, 64}};
+    for (int s = 0; s < 3; s++)
+        for (int threads = 1; threads <= 2; threads++) {
+            float beta = (float)(s + threads - 1) * 0.5f;   // 0, 0.5, 1
+            gemm_case g = case_make(&rng, true, false, shapes[s][0], shapes[s][1], shapes[s][2], -0.75f, beta);
+            gemm_case plain = g;   // A written out untransposed: [m, k]
+            plain.trans_a = false;
+            plain.lda = g.k + 1;
+            plain.a = hdlm_malloc((size_t)g.m * plain.lda * sizeof(float));
+            for (int r = 0; r < g.m; r++)
+                for (int q = 0; q < g.k; q++) plain.a[(size_t)r * plain.lda + q] = g.a[(size_t)q * g.lda + r];
+            float *got = case_run(&g, threads, false), *want = case_run(&plain, threads, false);
+            for (int r = 0; r < g.m; r++)
+                assert_memory_equal(&got[(size_t)r * g.ldc], &want[(size_t)r * g.ldc], (size_t)g.n * sizeof(float));
+            case_check(&g, got);
+            free(got), free(want), free(plain.a);
+            case_free(&g);
+        }
+    hdlm_blas_init(0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sgemm_matches_float64),
@@ -195,6 +223,7 @@ int main(void) {
         cmocka_unit_test(test_sgemm_empty_depth),
         cmocka_unit_test(test_sgemm_thread_count_invariant),
         cmocka_unit_test(test_sgemm_bias_equals_separate_pass),
+        cmocka_unit_test(test_sgemm_transposed_order_same_bits),
     };
     printf("GEMM kernels: %s\n", hdlm_blas_arch());
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -8,6 +8,7 @@
 //   - B is packed per 48-column panel and depth block into [depth][48] (zero-padded): the kernel reads it from L2.
 //   - A is read in place, one broadcast per row and k, when its rows run along k. A transposed A is packed first,
 //     per depth block and block of rows, into [tile][depth][8]: read in place, every k would be a new cache line.
+//   - A weight's gradient Aᵀ·B with more rows than columns may run as its transpose, tiles stored transposed.
 // Threads claim groups of up to 4 column panels one at a time, each row tile passing over the group's panels while
 // its A rows sit in L1 (or split the row tiles when there are fewer panels than threads); every element is computed
 // in the same order whichever thread runs it, so results do not depend on the threads.
@@ -22,7 +23,19 @@
 
 #if defined(__AVX512F__)
 
+// x rounded as written: never fused with the operation it feeds (GCC 12, clang 15 on; the fuzz targets' older clang
+// may fuse, which changes no result they check).
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_assoc_barrier)
+#define ROUNDED(x) __builtin_assoc_barrier(x)
+#endif
+#endif
+#ifndef ROUNDED
+#define ROUNDED(x) (x)
+#endif
+
 enum { KERNEL_VECS = 3, KERNEL_ROWS = 8, KERNEL_COLS = LANES * KERNEL_VECS };
+_Static_assert(LANES == 2 * KERNEL_ROWS, "the transposed store (kernel) puts two tile columns in one vector");
 // Rows of a transposed A packed at a time (with DEPTH_BLOCK: 4 MB, shared by the threads).
 enum { PACKED_A_ROWS = 128 * KERNEL_ROWS };
 // The most panels of B a thread packs and multiplies together (at most half of L2, below).
@@ -45,11 +58,37 @@ static float *thread_buffer(float **buf, size_t *cap, size_t floats) {
 static _Thread_local float *packed_b, *packed_a;
 static _Thread_local size_t packed_b_cap, packed_a_cap;
 
+// x[r][8h + j] ↔ x[j][8h + r] for r, j < 8 and both halves h: the last three stages of hdlm_vec_transpose
+// (src/core/simd.h), on 8 vectors.
+static inline void transpose_8x8_blocks(vecf x[KERNEL_ROWS]) {
+#if defined(__clang__)
+    vecf t[KERNEL_ROWS];
+    for (int r = 0; r < KERNEL_ROWS; r++)
+        for (int j = 0; j < LANES; j++) t[j % KERNEL_ROWS][j / KERNEL_ROWS * KERNEL_ROWS + r] = x[r][j];
+    for (int r = 0; r < KERNEL_ROWS; r++) x[r] = t[r];
+#else
+    for (int b = KERNEL_ROWS / 2; b >= 1; b /= 2) {
+        veci first, second;
+        for (int j = 0; j < LANES; j++) {
+            int even = (j / b) % 2 == 0;
+            first[j] = even ? j : LANES + j - b;
+            second[j] = even ? j + b : LANES + j;
+        }
+        for (int r0 = 0; r0 < KERNEL_ROWS; r0 += 2 * b)
+            for (int r = r0; r < r0 + b; r++) {
+                vecf lo = x[r], hi = x[r + b];
+                x[r] = __builtin_shuffle(lo, hi, first);
+                x[r + b] = __builtin_shuffle(lo, hi, second);
+            }
+    }
+#endif
+}
+
 // C[rows, cols] = alpha · Σ_{k < depth} A(r, k) · bp[k][0:48] + (beta == 0 ? 0 : beta · C), then + bias[j] when
 // bias is given (a second rounding, as a separate bias pass would do), with A(r, k) = a[r·a_row + k·a_k]; rows ≤ 8,
 // cols ≤ 48. Edge tiles compute the full tile and store the valid part.
 static inline void kernel(int depth, const float *a, size_t a_row, size_t a_k, const float *bp, float *c, size_t ldc,
-                          int rows, int cols, float alpha, float beta, const float *bias) {
+                          int rows, int cols, float alpha, float beta, const float *bias, bool c_transposed) {
     const float *ar[KERNEL_ROWS];
     for (int r = 0; r < KERNEL_ROWS; r++) ar[r] = a + (size_t)(r < rows ? r : rows - 1) * a_row;
     vecf acc[KERNEL_ROWS][KERNEL_VECS];
@@ -64,14 +103,36 @@ static inline void kernel(int depth, const float *a, size_t a_row, size_t a_k, c
             for (int v = 0; v < KERNEL_VECS; v++) acc[r][v] += x * bv[v];
         }
     }
-    // One rounding per update in every case (c + alpha·sum is one FMA), the same in the vector and scalar stores.
-    if (rows == KERNEL_ROWS && cols == KERNEL_COLS) {
+    // C's update, the same in every store below (vector, transposed, scalar edges): each product rounded, then
+    // added. The barriers keep the compiler from fusing one into an FMA, which it did in some stores and not in
+    // others: an element then got other bits at a tile's edge, or in a product run transposed.
+#define UPDATE(cv, sum)                                                                                                \
+    (beta == 0.0f   ? alpha * (sum)                                                                                    \
+     : beta == 1.0f ? (cv) + ROUNDED(alpha * (sum))                                                                   \
+                    : ROUNDED(alpha * (sum)) + ROUNDED(beta * (cv)))
+    if (c_transposed && rows == KERNEL_ROWS && cols == KERNEL_COLS) {
+        // Tile element (r, j) to c[j·ldc + r]: the 8 × 8 blocks of each accumulator column transposed in registers,
+        // after which lanes 0–7 of t[j] hold tile column 16v + j and lanes 8–15 column 16v + 8 + j.
+        typedef float vec_rows __attribute__((vector_size(KERNEL_ROWS * sizeof(float)), aligned(sizeof(float))));
+        for (int v = 0; v < KERNEL_VECS; v++) {
+            vecf t[KERNEL_ROWS];
+            for (int r = 0; r < KERNEL_ROWS; r++) t[r] = acc[r][v];
+            transpose_8x8_blocks(t);
+            for (int j = 0; j < LANES; j++) {
+                vecf col = t[j % KERNEL_ROWS];
+                vec_rows x = j < KERNEL_ROWS ? __builtin_shufflevector(col, col, 0, 1, 2, 3, 4, 5, 6, 7)
+                                             : __builtin_shufflevector(col, col, 8, 9, 10, 11, 12, 13, 14, 15);
+                vec_rows *cj = (vec_rows *)(c + (size_t)(v * LANES + j) * ldc);
+                *cj = UPDATE(*cj, x);
+            }
+        }
+        return;
+    }
+    if (!c_transposed && rows == KERNEL_ROWS && cols == KERNEL_COLS) {
         for (int r = 0; r < KERNEL_ROWS; r++) {
             vecf_unaligned *cr = (vecf_unaligned *)(c + (size_t)r * ldc);
             for (int v = 0; v < KERNEL_VECS; v++) {
-                cr[v] = beta == 0.0f ? alpha * acc[r][v]
-                        : beta == 1.0f ? cr[v] + alpha * acc[r][v]
-                                       : alpha * acc[r][v] + beta * cr[v];
+                cr[v] = UPDATE(cr[v], acc[r][v]);
                 if (bias) cr[v] += ((const vecf_unaligned *)bias)[v];
             }
         }
@@ -79,10 +140,12 @@ static inline void kernel(int depth, const float *a, size_t a_row, size_t a_k, c
     }
     for (int r = 0; r < rows; r++)
         for (int j = 0; j < cols; j++) {
-            float sum = acc[r][j / LANES][j % LANES], *cj = c + (size_t)r * ldc + j;
-            *cj = beta == 0.0f ? alpha * sum : beta == 1.0f ? *cj + alpha * sum : alpha * sum + beta * *cj;
+            float sum = acc[r][j / LANES][j % LANES];
+            float *cj = c_transposed ? c + (size_t)j * ldc + r : c + (size_t)r * ldc + j;
+            *cj = UPDATE(*cj, sum);
             if (bias) *cj += bias[j];
         }
+#undef UPDATE
 }
 
 // B(k, j) = b[k·b_k + j·b_j] for k in [k0, k0 + depth) and j in [j0, j0 + 48) into bp[depth][48], zero beyond n.
@@ -147,6 +210,22 @@ void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, in
         scale_c(m, n, beta, c, ldc, bias);
         return;
     }
+    // Aᵀ·B with more rows than columns (a weight's gradient dYᵀ·X with more outputs than inputs: the head's, 50,257 ×
+    // 768) may run as its transpose Xᵀ·dY, each tile stored transposed: the operand packed transposed is then the
+    // smaller one, in one block of rows instead of dozens, each a stage that packs B again behind two barriers. With
+    // two threads that paid on every such shape (head +2–3 points of the peak, width 128's head +10–18); on one
+    // thread only when n is under one panel group (the small preset's width-128 head), since on wider ones the
+    // stores, 48 rows of C per tile, cost 3–5 %. Every element is the same FMA chain either way: the same bits.
+    bool c_transposed = trans_a && !trans_b && bias == NULL && m > n &&
+                        (threads > 1 || n < MAX_PANEL_GROUP * KERNEL_COLS);
+    if (c_transposed) {
+        const float *t = a;
+        a = b, b = t;
+        int l = lda;
+        lda = ldb, ldb = l;
+        int r = m;
+        m = n, n = r;
+    }
     size_t a_row = trans_a ? 1 : (size_t)lda, a_k = trans_a ? (size_t)lda : 1;
     size_t b_k = trans_b ? 1 : (size_t)ldb, b_j = trans_b ? (size_t)ldb : 1;
     int tiles = (m + KERNEL_ROWS - 1) / KERNEL_ROWS, panels = (n + KERNEL_COLS - 1) / KERNEL_COLS;
@@ -209,11 +288,16 @@ void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, in
                             int j0 = p * KERNEL_COLS, cols = min_int(n - j0, KERNEL_COLS);
                             const float *bg = bp + (size_t)(p - p0) * depth * KERNEL_COLS;
                             const float *bias_j = bias_now ? bias_now + j0 : NULL;
-                            float *ct = c + (size_t)r0 * ldc + j0;
-                            if (trans_a)   // two calls: each kernel compiled for its constant stride
-                                kernel(depth, at, 1, KERNEL_ROWS, bg, ct, ldc, rows, cols, alpha, beta_now, bias_j);
+                            // three calls: each kernel compiled for its constant stride and store
+                            if (c_transposed)
+                                kernel(depth, at, 1, KERNEL_ROWS, bg, c + (size_t)j0 * ldc + r0, ldc, rows, cols,
+                                       alpha, beta_now, NULL, true);
+                            else if (trans_a)
+                                kernel(depth, at, 1, KERNEL_ROWS, bg, c + (size_t)r0 * ldc + j0, ldc, rows, cols,
+                                       alpha, beta_now, bias_j, false);
                             else
-                                kernel(depth, at, a_row, 1, bg, ct, ldc, rows, cols, alpha, beta_now, bias_j);
+                                kernel(depth, at, a_row, 1, bg, c + (size_t)r0 * ldc + j0, ldc, rows, cols, alpha,
+                                       beta_now, bias_j, false);
                         }
                     }
                 }
