@@ -13,6 +13,8 @@
 // its A rows sit in L1 (or split the row tiles when there are fewer panels than threads); every element is computed
 // in the same order whichever thread runs it, so results do not depend on the threads.
 #include <omp.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -244,11 +246,16 @@ void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, in
                         : NULL;
     // Groups of panels are claimed one at a time from a counter per stage (depth block × row block): on a shared
     // machine one thread often runs slower (interrupts, a neighbour), and a fixed half each left the other waiting
-    // 2–4 % of a product. A stage starts when the last one is done (a barrier), so every element still sums its
-    // depth blocks in order, on whichever thread.
+    // 2–4 % of a product. Every element must still sum its depth blocks in order, on whichever thread: with a shared
+    // packed A, a stage starts when the last one is done (a barrier); with A read in place, a group waits only for
+    // its own previous block (done[group]: its blocks finished), as the 50 barriers of the head's d-input product
+    // (k = 50,257) left a thread idle at each.
     int depth_blocks = (k + DEPTH_BLOCK - 1) / DEPTH_BLOCK, row_blocks = (tiles + block_tiles - 1) / block_tiles;
     int stages = depth_blocks * row_blocks, claimed[split_panels ? stages : 1];
     memset(claimed, 0, sizeof claimed);
+    bool ordered = split_panels && !trans_a && stages > 1;
+    _Atomic int done[ordered ? units : 1];
+    for (int u = 0; u < (ordered ? units : 1); u++) atomic_init(&done[u], 0);
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         int t = omp_get_thread_num(), nt = omp_get_num_threads(), stage = 0;
@@ -267,7 +274,7 @@ void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, in
 #pragma omp barrier
                     pack_a_transposed(ap, a, a_k, m, k0, depth, tb0, s0, s1);
                 }
-                if (trans_a || (split_panels && stage > 0)) {
+                if (trans_a || (split_panels && stage > 0 && !ordered)) {
 #pragma omp barrier
                 }
                 for (int next = 0;;) {
@@ -277,6 +284,10 @@ void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, in
                         u = claimed[stage]++;
                     }
                     if (u >= units) break;
+                    // (a short wait: the group's last block is running on another thread; yield if the machine
+                    // has more threads than cores)
+                    for (int spin = 0; ordered && atomic_load_explicit(&done[u], memory_order_acquire) < stage; spin++)
+                        spin < 4096 ? __builtin_ia32_pause() : (void)sched_yield();
                     int p0 = u * group, p1 = min_int(panels, p0 + group);
                     for (int p = p0; p < p1; p++)
                         pack_b(bp + (size_t)(p - p0) * depth * KERNEL_COLS, b, b_k, b_j, n, k0, depth, p * KERNEL_COLS);
@@ -300,6 +311,7 @@ void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, in
                                        beta_now, bias_j, false);
                         }
                     }
+                    if (ordered) atomic_store_explicit(&done[u], stage + 1, memory_order_release);
                 }
             }
         }
