@@ -9,6 +9,11 @@
 // `iterations` sets the run length (20e6 ≈ 0.1 s per run on the development machine).
 double hdlm_fma_peak_flops(int threads, long iterations);
 
+// The larger of two hdlm_fma_peak_flops(threads, 20e6) measurements half a second apart, the denominator the tools
+// report against: a host that takes a vCPU away for a whole measurement (seen: 262 GFLOP/s against 499–517 just
+// after) rarely does for both.
+double hdlm_fma_peak_flops_settled(int threads);
+
 // Best of three reads of a `bytes` buffer (make it several times the last-level cache) on `threads` OpenMP threads,
 // in bytes/s: the memory-bound denominator (a product of one row streams its weights).
 double hdlm_read_bandwidth(int threads, size_t bytes);

@@ -9,13 +9,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "bench.h"
 #include "hdlm/blas.h"
 #include "hdlm/common.h"
 #include "hdlm/diffusion.h"
 #include "hdlm/model.h"
+#include "hdlm/peak.h"
 #include "hdlm/rng.h"
 
 typedef struct {
@@ -148,12 +148,9 @@ int bench_model_main(int argc, char **argv) {
     hdlm_blas_init(threads);
     // The peak is measured before the runs (the fractions use it), after each shape and at the end: a machine shared
     // with other jobs shows its load in these numbers, printed with the load average. The first is the larger of two
-    // measurements a second apart: one on a host that had taken a vCPU away for its whole 0.3 s read 262 GFLOP/s
-    // against 499-517 after it, and every fraction of the table came out near 150 %.
-    double peak = bench_fma_peak(threads);
-    sleep(1);
-    double again = bench_fma_peak(threads);
-    peak = again > peak ? again : peak;
+    // measurements apart (hdlm_fma_peak_flops_settled): a single one on a host that had taken a vCPU away read 262
+    // GFLOP/s against 499-517 after it, and every fraction of the table came out near 150 %.
+    double peak = hdlm_fma_peak_flops_settled(threads) * 1e-9;
     char load[64] = "?";
     FILE *lf = fopen("/proc/loadavg", "r");
     if (lf) {
