@@ -6,6 +6,7 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,6 +101,28 @@ static void test_grad_norm_and_clip(void **state) {
 }
 
 // Method §8.5: the shadow copies the weights until call 2001; d = 0.999 near 31.6k calls; 0.99989987 at 1e6.
+// The norm's bits are those of its stated order (src/train/optim.h), on 1 and 2 threads: two whole groups of blocks
+// that run side by side, then a short group and a partial block.
+static void test_grad_norm_order(void **state) {
+    (void)state;
+    const size_t n = 19 * HDLM_GRAD_NORM_BLOCK + 77;
+    float *g = malloc(n * sizeof *g);
+    for (size_t i = 0; i < n; i++) g[i] = (float)((i * 2654435761u) % 100003) * 1e-5f - 0.5f;
+    double total = 0;
+    for (size_t b0 = 0; b0 < n; b0 += HDLM_GRAD_NORM_BLOCK) {
+        double s = 0;
+        for (size_t i = b0; i < n && i < b0 + HDLM_GRAD_NORM_BLOCK; i++) s += (double)g[i] * g[i];
+        total += s;
+    }
+    double want = sqrt(total);
+    for (int threads = 1; threads <= 2; threads++) {
+        omp_set_num_threads(threads);
+        double got = hdlm_grad_norm(g, n);
+        assert_memory_equal(&got, &want, sizeof got);
+    }
+    free(g);
+}
+
 static void test_ema_decay_and_update(void **state) {
     (void)state;
     hdlm_ema_config c = {0.9999, 2.0 / 3.0, 2000};
@@ -120,6 +143,7 @@ int main(void) {
         cmocka_unit_test(test_adamw_matches_pytorch),
         cmocka_unit_test(test_lr_schedules),
         cmocka_unit_test(test_grad_norm_and_clip),
+        cmocka_unit_test(test_grad_norm_order),
         cmocka_unit_test(test_ema_decay_and_update),
     };
     return cmocka_run_group_tests_name("optim", tests, NULL, NULL);

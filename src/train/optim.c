@@ -44,17 +44,31 @@ double hdlm_lr_at(const hdlm_lr_schedule *s, int64_t updates) {
     return 0.0;
 }
 
-enum { NORM_BLOCK = 1 << 14 };
+// NORM_WAYS blocks (src/train/optim.h fixes the order) run side by side: a single block's chain of dependent adds
+// ran at a quarter of the adder's rate (18 ms of the small preset's 0.34 s update, now 5; 170 → 47 ms for
+// DDiT-small's 124 M on one thread).
+enum { NORM_BLOCK = HDLM_GRAD_NORM_BLOCK, NORM_WAYS = 8 };
 
 double hdlm_grad_norm(const float *grads, size_t n) {
-    size_t n_blocks = (n + NORM_BLOCK - 1) / NORM_BLOCK;
+    size_t n_blocks = (n + NORM_BLOCK - 1) / NORM_BLOCK, n_groups = (n_blocks + NORM_WAYS - 1) / NORM_WAYS;
     double *partial = hdlm_malloc((n_blocks ? n_blocks : 1) * sizeof *partial);
 #pragma omp parallel for schedule(static)
-    for (size_t b = 0; b < n_blocks; b++) {
-        size_t end = (b + 1) * NORM_BLOCK < n ? (b + 1) * NORM_BLOCK : n;
-        double s = 0.0;
-        for (size_t i = b * NORM_BLOCK; i < end; i++) s += (double)grads[i] * grads[i];
-        partial[b] = s;
+    for (size_t q = 0; q < n_groups; q++) {
+        size_t b0 = q * NORM_WAYS;
+        if ((b0 + NORM_WAYS) * NORM_BLOCK <= n) {
+            const float *x = grads + b0 * NORM_BLOCK;
+            double s[NORM_WAYS] = {0};
+            for (size_t i = 0; i < NORM_BLOCK; i++)
+                for (int w = 0; w < NORM_WAYS; w++) s[w] += (double)x[w * NORM_BLOCK + i] * x[w * NORM_BLOCK + i];
+            for (int w = 0; w < NORM_WAYS; w++) partial[b0 + w] = s[w];
+            continue;
+        }
+        for (size_t b = b0; b < n_blocks; b++) {   // the last group, short
+            size_t end = (b + 1) * NORM_BLOCK < n ? (b + 1) * NORM_BLOCK : n;
+            double s = 0.0;
+            for (size_t i = b * NORM_BLOCK; i < end; i++) s += (double)grads[i] * grads[i];
+            partial[b] = s;
+        }
     }
     double total = 0.0;
     for (size_t b = 0; b < n_blocks; b++) total += partial[b];

@@ -27,8 +27,10 @@ typedef struct {
 // Learning rate for the given number of completed optimizer updates.
 double hdlm_lr_at(const hdlm_lr_schedule *s, int64_t updates);
 
-// Global L2 norm of n gradients, summed in double over fixed-size blocks so the result does not depend on the number
+// Global L2 norm of n gradients: the squares (exact in double) summed in index order within blocks of
+// HDLM_GRAD_NORM_BLOCK elements, then the blocks' sums in block order, so the result does not depend on the number
 // of threads. NaN or infinity when any gradient is not finite.
+enum { HDLM_GRAD_NORM_BLOCK = 1 << 14 };
 double hdlm_grad_norm(const float *grads, size_t n);
 // The clipping factor min(1, max_norm / (norm + 1e-6)) of PyTorch's clip_grad_norm_ (1 when max_norm <= 0: off).
 double hdlm_grad_clip_factor(double norm, double max_norm);
