@@ -36,8 +36,7 @@ static double cpu_grad_norm(hdlm_step_backend *b, double scale) {
     hdlm_grad_sync_finish(&c->sync);
     float *g = s->model->grads + s->lo;
     size_t n = s->hi - s->lo;
-    const float f = (float)scale;
-    for (size_t i = 0; i < n; i++) g[i] *= f;
+    hdlm_grad_scale(g, n, scale);   // the same (float)scale product, on the threads (none when scale is 1)
     double local = hdlm_grad_norm(g, n);
     return s->zero1 ? sqrt(hdlm_allreduce_sum(local * local)) : local;
 }
