@@ -190,7 +190,7 @@ static void test_sgemm_thread_count_invariant(void **state) {
 
 // Aᵀ·B with more rows than columns (a weight's gradient) runs as its transpose, tiles stored transposed, with several
 // threads or few columns (src/core/blas_kernel.c): the bits of the same product with A given untransposed, on 1 and
-// 2 threads, with edge tiles both ways, two depth blocks, and beta 0, 1 and 0.5.
+// 2 threads, with edge tiles both ways, two depth blocks, and beta 0, 0.5, 1 and 1.5.
 static void test_sgemm_transposed_order_same_bits(void **state) {
     (void)state;
     hdlm_rng rng;
@@ -198,7 +198,7 @@ static void test_sgemm_transposed_order_same_bits(void **state) {
     const int shapes[][3] = {{2100, 100, 300}, {1500, 250, 1100}, {61, 9, 64}};
     for (int s = 0; s < 3; s++)
         for (int threads = 1; threads <= 2; threads++) {
-            float beta = (float)(s + threads - 1) * 0.5f;   // 0, 0.5, 1
+            float beta = (float)(s + threads - 1) * 0.5f;   // 0, 0.5, 1, 1.5
             gemm_case g = case_make(&rng, true, false, shapes[s][0], shapes[s][1], shapes[s][2], -0.75f, beta);
             gemm_case plain = g;   // A written out untransposed: [m, k]
             plain.trans_a = false;

@@ -60,32 +60,6 @@ static float *thread_buffer(float **buf, size_t *cap, size_t floats) {
 static _Thread_local float *packed_b, *packed_a;
 static _Thread_local size_t packed_b_cap, packed_a_cap;
 
-// x[r][8h + j] ↔ x[j][8h + r] for r, j < 8 and both halves h: the last three stages of hdlm_vec_transpose
-// (src/core/simd.h), on 8 vectors.
-static inline void transpose_8x8_blocks(vecf x[KERNEL_ROWS]) {
-#if defined(__clang__)
-    vecf t[KERNEL_ROWS];
-    for (int r = 0; r < KERNEL_ROWS; r++)
-        for (int j = 0; j < LANES; j++) t[j % KERNEL_ROWS][j / KERNEL_ROWS * KERNEL_ROWS + r] = x[r][j];
-    for (int r = 0; r < KERNEL_ROWS; r++) x[r] = t[r];
-#else
-    for (int b = KERNEL_ROWS / 2; b >= 1; b /= 2) {
-        veci first, second;
-        for (int j = 0; j < LANES; j++) {
-            int even = (j / b) % 2 == 0;
-            first[j] = even ? j : LANES + j - b;
-            second[j] = even ? j + b : LANES + j;
-        }
-        for (int r0 = 0; r0 < KERNEL_ROWS; r0 += 2 * b)
-            for (int r = r0; r < r0 + b; r++) {
-                vecf lo = x[r], hi = x[r + b];
-                x[r] = __builtin_shuffle(lo, hi, first);
-                x[r + b] = __builtin_shuffle(lo, hi, second);
-            }
-    }
-#endif
-}
-
 // C[rows, cols] = alpha · Σ_{k < depth} A(r, k) · bp[k][0:48] + (beta == 0 ? 0 : beta · C), then + bias[j] when
 // bias is given (a second rounding, as a separate bias pass would do), with A(r, k) = a[r·a_row + k·a_k]; rows ≤ 8,
 // cols ≤ 48. Edge tiles compute the full tile and store the valid part.
@@ -123,7 +97,7 @@ static inline void kernel(int depth, const float *a, size_t a_row, size_t a_k, c
         for (int v = 0; v < KERNEL_VECS; v++) {
             vecf t[KERNEL_ROWS];
             for (int r = 0; r < KERNEL_ROWS; r++) t[r] = acc[r][v];
-            transpose_8x8_blocks(t);
+            hdlm_vec_transpose_blocks(t, KERNEL_ROWS);
             for (int j = 0; j < LANES; j++) {
                 vecf col = t[j % KERNEL_ROWS];
                 vec_rows x = j < KERNEL_ROWS ? __builtin_shufflevector(col, col, 0, 1, 2, 3, 4, 5, 6, 7)
