@@ -42,6 +42,8 @@ _Static_assert(LANES == 2 * KERNEL_ROWS, "the transposed store (kernel) puts two
 enum { PACKED_A_ROWS = 128 * KERNEL_ROWS };
 // The most panels of B a thread packs and multiplies together (at most half of L2, below).
 enum { MAX_PANEL_GROUP = 4 };
+// Tiles at most this deep fetch their next C tile ahead (hdlm_sgemm_kernel says why).
+enum { SHALLOW_DEPTH = 256 };
 
 static int min_int(int a, int b) { return a < b ? a : b; }
 
@@ -284,7 +286,7 @@ void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, in
                             // Only this thread's next tile: the next group's lines, fetched for writing, went back
                             // and forth with the thread that claimed it (two threads, 512 × 128 → 384: 95 → 82 %).
                             float *ct = c_transposed ? c + (size_t)j0 * ldc + r0 : c + (size_t)r0 * ldc + j0;
-                            const float *next = depth > 256 || c_transposed ? NULL
+                            const float *next = depth > SHALLOW_DEPTH || c_transposed ? NULL
                                                 : p + 1 < p1              ? ct + KERNEL_COLS
                                                 : q + 1 < q1 ? c + (size_t)(r0 + KERNEL_ROWS) * ldc + p0 * KERNEL_COLS
                                                              : NULL;
