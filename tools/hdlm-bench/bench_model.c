@@ -28,8 +28,17 @@ static double step_flops(const hdlm_model *m, bench_shape s) {
 
 // Scratch for the step's linear-layer and head GEMMs alone (see gemm_pass).
 typedef struct {
-    float *x, *y, *w, *gw;
+    float *x, *y, *w, *gw, *dx;
 } gemm_scratch;
+
+// Scratch of values in [-0.5, 0.52]. Not zeros: memory never written (calloc's) reads as one shared page of zeros,
+// always in cache, and the weights' reads would cost less than in the step. The pass writes its d-input to a buffer
+// of its own, so that no product's output comes back as an input (values then grew without bound).
+static float *scratch_filled(size_t floats) {
+    float *x = hdlm_malloc(floats * sizeof(float));
+    for (size_t i = 0; i < floats; i++) x[i] = (float)(i % 1021) * 1e-3f - 0.5f;
+    return x;
+}
 
 // One pass of the step's linear-layer and head GEMMs alone, with the shapes and transposes hdlm_linear_forward and
 // hdlm_linear_backward use, on scratch buffers: seconds, and their FLOPs in *flops. Against the step time this
@@ -46,7 +55,7 @@ static double gemm_pass(const hdlm_model *m, bench_shape s, const gemm_scratch *
         for (int l = 0; l < times; l++) {
             hdlm_sgemm(false, true, n, out, in, 1.0f, g->x, in, g->w, in, 0.0f, g->y, out);    // forward
             hdlm_sgemm(true, false, out, in, n, 1.0f, g->y, out, g->x, in, 1.0f, g->gw, in);   // dW
-            hdlm_sgemm(false, false, n, in, out, 1.0f, g->y, out, g->w, in, 0.0f, g->x, in);   // d input
+            hdlm_sgemm(false, false, n, in, out, 1.0f, g->y, out, g->w, in, 0.0f, g->dx, in);  // d input
             *flops += 6.0 * n * in * out;
         }
     }
@@ -71,9 +80,9 @@ static void time_steps(hdlm_model *m, bench_shape s, int reps, double *step_sec,
     for (int i = 0; i < n; i++) loss.weight[i] = 1.0f;
     loss.norm = n;
     size_t most = (size_t)n * (V > 4 * m->config.width ? V : 4 * m->config.width);
-    gemm_scratch g = {hdlm_calloc(most, sizeof(float)), hdlm_calloc(most, sizeof(float)),
-                      hdlm_calloc((size_t)V * m->config.width, sizeof(float)),
-                      hdlm_calloc((size_t)V * m->config.width, sizeof(float))};
+    size_t weights = (size_t)V * m->config.width;
+    gemm_scratch g = {scratch_filled(most), scratch_filled(most), scratch_filled(weights), scratch_filled(weights),
+                      scratch_filled(most)};
     *step_sec = *gemm_sec = INFINITY;
     for (int r = 0; r <= reps; r++) {   // r = 0 warms up (allocation, page faults)
         hdlm_model_input in = {.tokens = tokens, .batch = s.batch, .length = s.length, .training = true,
@@ -90,6 +99,7 @@ static void time_steps(hdlm_model *m, bench_shape s, int reps, double *step_sec,
     free(g.y);
     free(g.w);
     free(g.gw);
+    free(g.dx);
     hdlm_corruption_free(&loss);
     free(tokens);
     free(targets);
