@@ -41,8 +41,9 @@ static inline float hdlm_expf(float x) {
 }
 
 // hdlm_expf on LANES values at once, for arguments <= 0 (attention's scores minus their maximum or log-sum-exp):
-// the same bits for every non-positive float (test_common), NaN stays NaN. With AVX-512 the clamp is one max and
-// p · 2^n, the zeros below -87.3 included, one vscalefps (the softmax loop 17 % faster than through the exponent bits).
+// its bits on every non-positive float (checked once in full; test_common checks the edges and a stride), NaN stays
+// NaN. With AVX-512 the clamp is one max and p · 2^n, the zeros below -87.3 included, one vscalefps (the softmax
+// loop 17 % faster than through the exponent bits).
 static inline vecf hdlm_vec_exp_nonpositive(vecf x) {
 #if defined(__AVX512F__)
     __mmask16 kept = _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(-87.3f), _CMP_NLT_UQ);   // NaN: kept, stays NaN
