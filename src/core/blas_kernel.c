@@ -217,7 +217,12 @@ void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, in
     size_t panel_bytes = (size_t)min_int(k, DEPTH_BLOCK) * KERNEL_COLS * sizeof(float);
     int group = min_int(min_int(MAX_PANEL_GROUP, (int)(hdlm_l2_bytes() / 2 / panel_bytes)), panels / (4 * threads));
     group = group < 1 ? 1 : group;
-    int units = (panels + group - 1) / group;
+    // The last threads × group panels go in half groups: a call ends when its slower thread's last unit does, and on
+    // a shared host one thread is often slowed for a while (a thread at half speed: 768-wide products +3–8 points of
+    // the peak; the same when both run alike).
+    int half = threads > 1 && group > 1 ? group / 2 : group;
+    int grouped = half == group ? panels / group : panels > threads * group ? (panels - threads * group) / group : 0;
+    int units = grouped + (panels - grouped * group + half - 1) / half;
     bool split_panels = units >= threads;
     // A transposed A is packed in blocks of rows; otherwise one "block" holds every row.
     int block_tiles = trans_a ? PACKED_A_ROWS / KERNEL_ROWS : tiles;
@@ -268,7 +273,8 @@ void hdlm_sgemm_kernel(int threads, bool trans_a, bool trans_b, int m, int n, in
                     // has more threads than cores)
                     for (int spin = 0; ordered && atomic_load_explicit(&done[u], memory_order_acquire) < stage; spin++)
                         spin < 4096 ? __builtin_ia32_pause() : (void)sched_yield();
-                    int p0 = u * group, p1 = min_int(panels, p0 + group);
+                    int p0 = u < grouped ? u * group : grouped * group + (u - grouped) * half;
+                    int p1 = min_int(panels, p0 + (u < grouped ? group : half));
                     for (int p = p0; p < p1; p++)
                         pack_b(bp + (size_t)(p - p0) * depth * KERNEL_COLS, b, b_k, b_j, n, k0, depth, p * KERNEL_COLS);
                     for (int q = q0; q < q1; q++) {
