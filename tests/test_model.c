@@ -8,10 +8,12 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "hdlm/blas.h"
 #include "hdlm/common.h"
 #include "hdlm/model.h"
 #include "model/layers.h"
@@ -632,6 +634,52 @@ static void test_dropout_is_repeatable(void **state) {
     hdlm_model_free(m);
 }
 
+// A training step's outputs and every gradient are the same bits on 1, 2 and 3 threads (ε and γ, dropout 0.1): the
+// products, attention, LayerNorm's weight gradient (once summed per thread) and the row-wise layers.
+static void test_step_does_not_depend_on_threads(void **state) {
+    (void)state;
+    enum { B = 2, L = 64 };
+    int saved = omp_get_max_threads();
+    for (int family = 0; family < 2; family++) {
+        hdlm_model_config c = small_config(family ? HDLM_FAMILY_GAMMA : HDLM_FAMILY_EPSILON, HDLM_ROTARY_EXACT);
+        c.dropout = 0.1f;
+        hdlm_model *m;
+        assert_int_equal(hdlm_model_create(&m, &c), 0);
+        test_model_randomize(m, 9);
+        uint32_t tokens[B * L], targets[B * L];
+        float sigma[B * L];
+        for (int i = 0; i < B * L; i++) {
+            tokens[i] = (uint32_t)(i * 7 % c.vocab);
+            targets[i] = (uint32_t)(i * 13 % (c.vocab - 1));
+            sigma[i] = 0.1f + 0.01f * (float)(i % 17);
+        }
+        size_t n_out = (size_t)B * L * c.vocab;
+        float *dout = hdlm_malloc(n_out * sizeof(float)), *first = hdlm_malloc((n_out + m->n_params) * sizeof(float));
+        for (int threads = 1; threads <= 3; threads++) {
+            omp_set_num_threads(threads);
+            hdlm_blas_init(threads);
+            hdlm_model_input in = {.tokens = tokens, .sigma = family ? sigma : NULL, .batch = B, .length = L,
+                                   .training = true, .dropout_key = 21};
+            assert_int_equal(hdlm_model_forward(m, &in), 0);
+            cross_entropy(m->out, targets, B * L, c.vocab, dout);
+            hdlm_model_zero_grad(m);
+            hdlm_model_backward(m, dout);
+            if (threads == 1) {
+                memcpy(first, m->out, n_out * sizeof(float));
+                memcpy(first + n_out, m->grads, m->n_params * sizeof(float));
+                continue;
+            }
+            assert_memory_equal(first, m->out, n_out * sizeof(float));
+            assert_memory_equal(first + n_out, m->grads, m->n_params * sizeof(float));
+        }
+        free(dout);
+        free(first);
+        hdlm_model_free(m);
+    }
+    omp_set_num_threads(saved);
+    hdlm_blas_init(saved);
+}
+
 // The ε/ARDM training loss runs the output layer on the rows with a loss weight only (hdlm_model_forward_loss):
 // against the forward of every row + hdlm_corruption_loss + the backward of the full [N, V] gradient, the loss is
 // the same double, the outputs are the weighted rows' own, in order, and every gradient is the same bits (the output
@@ -755,6 +803,7 @@ int main(void) {
         cmocka_unit_test(test_dropout_mask_is_counter_based),
         cmocka_unit_test(test_dropout_keep_bits_follow_the_rule),
         cmocka_unit_test(test_dropout_is_repeatable),
+        cmocka_unit_test(test_step_does_not_depend_on_threads),
         cmocka_unit_test(test_model_matches_pytorch),
         cmocka_unit_test(test_two_copy_equals_separate_blocks),
         cmocka_unit_test(test_loss_skips_rows_without_weight),

@@ -39,13 +39,12 @@ void hdlm_layernorm_forward(float *out, float *mean, float *rstd, const float *i
 
 void hdlm_layernorm_backward(float *din, float *dw, const float *dout, const float *in, const float *w,
                              const float *mean, const float *rstd, int n, int d) {
-    // dw is reduced through per-thread partial sums added in thread order (deterministic for a fixed thread count).
-    int threads = omp_get_max_threads();
-    float *partial = hdlm_calloc((size_t)threads * d, sizeof(float));
-#pragma omp parallel num_threads(threads)
+    // dw[i] = Σ_r dy[r][i] · x̂[r][i] is summed over the rows in order by one thread per block of columns, in a pass of
+    // its own: per-thread partial sums of row ranges made the bits depend on the thread count.
+    enum { DW_COLS = 128 };
+#pragma omp parallel
     {
-        float *pw = partial + (size_t)omp_get_thread_num() * d;
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
         for (int r = 0; r < n; r++) {
             const float *x = in + (size_t)r * d;
             const float *dy = dout + (size_t)r * d;
@@ -59,7 +58,6 @@ void hdlm_layernorm_backward(float *din, float *dw, const float *dout, const flo
                 float g = dy[i] * w[i];
                 sum_g += g;
                 sum_gx += g * xh;
-                pw[i] += dy[i] * xh;
             }
             sum_g /= (float)d;
             sum_gx /= (float)d;
@@ -68,10 +66,19 @@ void hdlm_layernorm_backward(float *din, float *dw, const float *dout, const flo
                 dx[i] += s * (dy[i] * w[i] - sum_g - xh * sum_gx);
             }
         }
+#pragma omp for schedule(dynamic, 1)
+        for (int c0 = 0; c0 < d; c0 += DW_COLS) {
+            int cols = d - c0 < DW_COLS ? d - c0 : DW_COLS;
+            float acc[DW_COLS] = {0};
+            for (int r = 0; r < n; r++) {
+                const float *x = in + (size_t)r * d + c0, *dy = dout + (size_t)r * d + c0;
+                float m = mean[r], s = rstd[r];
+#pragma omp simd
+                for (int i = 0; i < cols; i++) acc[i] += dy[i] * ((x[i] - m) * s);
+            }
+            for (int i = 0; i < cols; i++) dw[c0 + i] += acc[i];
+        }
     }
-    for (int t = 0; t < threads; t++)
-        for (int i = 0; i < d; i++) dw[i] += partial[(size_t)t * d + i];
-    free(partial);
 }
 
 void hdlm_layernorm_bias_forward(float *out, const float *in, const float *w, const float *b, int n, int d) {
