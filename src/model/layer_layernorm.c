@@ -1,9 +1,6 @@
 // LayerNorm without bias (eps 1e-5, biased variance, fp32 statistics; method §7.2): forward and backward; and the
 // forward of the biased variant the GPT-2 judge uses (method §9.3).
 #include <math.h>
-#include <omp.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "hdlm/common.h"
 #include "model/layers.h"
