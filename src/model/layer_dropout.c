@@ -32,6 +32,10 @@ typedef uint8_t u8v __attribute__((vector_size(U64_LANES)));
 // kept). Words are held in 64-bit lanes whose upper halves are left as they come: the products read only the lower
 // ones, and every lower half is exact.
 static void philox_keep_bytes(uint64_t key, uint64_t first, uint32_t keep_min, uint8_t out[PHILOX_LANES]) {
+    if (keep_min > 0xffffu) {   // 65,536 (p within 2⁻¹⁷ of 1): no 16-bit draw is kept
+        memset(out, 0, PHILOX_LANES);
+        return;
+    }
     const uint64_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, LOW = 0xffffffffu;
     u64v lane, zero = {0};
     for (int j = 0; j < U64_LANES; j++) lane[j] = (uint64_t)j;
@@ -62,7 +66,7 @@ static void philox_keep_bytes(uint64_t key, uint64_t first, uint32_t keep_min, u
     for (int v = 0; v < PHILOX_VECS; v++) {
         u64v words[4] = {c0[v], c1[v], c2[v], c3[v]};
         uint64_t bytes = 0;
-        for (int w = 0; w < 4 && keep_min <= 0xffffu; w++) {   // 65,536 (p within 2⁻¹⁷ of 1): nothing kept
+        for (int w = 0; w < 4; w++) {
             uint32_t ge = _mm512_cmpge_epu16_mask((__m512i)words[w], min16);
             bytes |= _pdep_u64(_pext_u32(ge, 0x33333333u), 0x0303030303030303ull << 2 * w);
         }
