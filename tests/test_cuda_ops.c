@@ -604,8 +604,7 @@ static void test_adamw_and_ema(void **state) {
         float lr = (float)hdlm_lr_at(&sched, step);
         hdlm_cuda_adamw_update(d_params, d_shadow, d_grads, d_m, d_v, N, &adamw, lr, step, grad_scale,
                                hdlm_cuda_stream());
-        for (int i = 0; i < N; i++) grads[i] *= grad_scale;
-        hdlm_adamw_update(params, grads, m, v, N, &adamw, (double)lr, step);
+        hdlm_adamw_update(params, grads, m, v, N, &adamw, (double)lr, step, grad_scale, NULL, 0.0);
         free(grads);
     }
     float *g_params = download_f32(d_params, N), *g_m = download_f32(d_m, N), *g_v = download_f32(d_v, N);

@@ -43,10 +43,10 @@ static void test_adamw_matches_pytorch(void **state) {
         float *g = grads + (size_t)s * N;
         double norm = hdlm_grad_norm(g, N);
         assert_true(fabs(norm - norm_expected[s]) <= 1e-6 * norm_expected[s]);
-        hdlm_grad_clip(g, N, norm, 1.0);
         double lr = hdlm_lr_at(&sched, s);
         assert_true(fabs(lr - lr_expected[s]) <= 1e-15);
-        hdlm_adamw_update(params, g, m, v, N, &adamw, lr, s + 1);
+        // the trainer's way: the clipping factor applied in AdamW's pass
+        hdlm_adamw_update(params, g, m, v, N, &adamw, lr, s + 1, hdlm_grad_clip_factor(norm, 1.0), NULL, 0.0);
         for (int i = 0; i < N; i++) {
             float want = expected[(size_t)s * N + i];
             if (fabsf(params[i] - want) > 1e-6f * 0.02f + 1e-6f * fabsf(want))
@@ -100,7 +100,6 @@ static void test_grad_norm_and_clip(void **state) {
     free(g);
 }
 
-// Method §8.5: the shadow copies the weights until call 2001; d = 0.999 near 31.6k calls; 0.99989987 at 1e6.
 // The norm's bits are those of its stated order (src/train/optim.h), on 1 and 2 threads: two whole groups of blocks
 // that run side by side, then a short group and a partial block.
 static void test_grad_norm_order(void **state) {
@@ -123,6 +122,7 @@ static void test_grad_norm_order(void **state) {
     free(g);
 }
 
+// Method §8.5: the shadow copies the weights until call 2001; d = 0.999 near 31.6k calls; 0.99989987 at 1e6.
 static void test_ema_decay_and_update(void **state) {
     (void)state;
     hdlm_ema_config c = {0.9999, 2.0 / 3.0, 2000};
@@ -138,6 +138,33 @@ static void test_ema_decay_and_update(void **state) {
     assert_true(fabsf(shadow[0] - (float)pow(3.0, -2.0 / 3)) < 1e-7f);
 }
 
+// The trainer's update in one pass (clipping factor, AdamW, EMA) gives the bits of the three passes one after the
+// other, on 1 and 2 threads, and leaves the gradients as they were.
+static void test_adamw_one_pass_equals_three(void **state) {
+    (void)state;
+    enum { N = 10007 };   // not a multiple of the vector width
+    hdlm_adamw_config adamw = {0.9, 0.999, 1e-8, 0.03};
+    float *init = malloc(5 * N * sizeof *init), *a = malloc(5 * N * sizeof *a), *b = malloc(5 * N * sizeof *b);
+    for (size_t i = 0; i < 5 * (size_t)N; i++) init[i] = (float)((i * 2654435761u) % 100003) * 2e-5f - 1.0f;
+    for (int i = 0; i < N; i++) init[3 * N + i] = fabsf(init[3 * N + i]);   // v >= 0
+    const double clips[] = {0.37, 1.0, 1.5}, decays[] = {0.999, 0.0};
+    for (int threads = 1; threads <= 2; threads++)
+        for (int c = 0; c < 3; c++)
+            for (int d = 0; d < 2; d++) {
+                omp_set_num_threads(threads);
+                memcpy(a, init, 5 * N * sizeof *a);   // params, grads, m, v, ema
+                memcpy(b, init, 5 * N * sizeof *b);
+                hdlm_grad_scale(a + N, N, clips[c]);
+                hdlm_adamw_update(a, a + N, a + 2 * N, a + 3 * N, N, &adamw, 1e-3, 7, 1.0, NULL, 0.0);
+                hdlm_ema_blend(a + 4 * N, a, N, decays[d]);
+                hdlm_adamw_update(b, b + N, b + 2 * N, b + 3 * N, N, &adamw, 1e-3, 7, clips[c], b + 4 * N, decays[d]);
+                assert_memory_equal(b + N, init + N, N * sizeof *b);   // gradients untouched
+                for (int k = 0; k < 5; k++)
+                    if (k != 1) assert_memory_equal(a + (size_t)k * N, b + (size_t)k * N, N * sizeof *a);
+            }
+    free(init), free(a), free(b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_adamw_matches_pytorch),
@@ -145,6 +172,7 @@ int main(void) {
         cmocka_unit_test(test_grad_norm_and_clip),
         cmocka_unit_test(test_grad_norm_order),
         cmocka_unit_test(test_ema_decay_and_update),
+        cmocka_unit_test(test_adamw_one_pass_equals_three),
     };
     return cmocka_run_group_tests_name("optim", tests, NULL, NULL);
 }

@@ -9,9 +9,11 @@
 #include "hdlm/train_config.h"
 
 // One AdamW update of n parameters at learning rate lr; `update` counts optimizer updates from 1 (bias
-// corrections). Decoupled weight decay on every parameter (the reference has no parameter groups).
+// corrections). Decoupled weight decay on every parameter (the reference has no parameter groups). The gradients
+// are used times (float)grad_scale when it is below 1 (the clipping factor; hdlm_grad_scale's product), and, when
+// ema is given, the EMA shadow of these parameters follows the updated ones (hdlm_ema_blend with ema_decay).
 void hdlm_adamw_update(float *params, const float *grads, float *m, float *v, size_t n, const hdlm_adamw_config *c,
-                       double lr, int64_t update);
+                       double lr, int64_t update, double grad_scale, float *ema, double ema_decay);
 
 // Schedules (hdlm_lr_kind, from optim.scheduler): CONSTANT lr; COSINE min_lr + (lr - min_lr)(1 + cos(pi e /
 // total))/2 (ε default, no warm-up); WARMUP_COSINE lr * e / warmup during warm-up, then cosine from lr to 0 at `total`

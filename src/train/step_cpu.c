@@ -29,7 +29,8 @@ static void cpu_micro_batch(hdlm_step_backend *b, const hdlm_model_input *in, co
 
 static double cpu_loss(hdlm_step_backend *b) { return ((cpu_backend *)b)->loss; }
 
-// The gradient is scaled in place, so the norm, the clipping and AdamW see the same floats.
+// The gradient is scaled in place by 1/(accum · ranks), so the norm and AdamW see the same floats; the clipping
+// factor is applied in AdamW's pass (cpu_apply).
 static double cpu_grad_norm(hdlm_step_backend *b, double scale) {
     cpu_backend *c = (cpu_backend *)b;
     hdlm_step_state *s = b->state;
@@ -47,9 +48,8 @@ static void cpu_apply(hdlm_step_backend *b, const hdlm_step_apply *a) {
     hdlm_model *m = s->model;
     float *g = m->grads + s->lo;
     size_t n = s->hi - s->lo;
-    hdlm_grad_scale(g, n, a->clip);
-    hdlm_adamw_update(m->params + s->lo, g, s->adam_m, s->adam_v, n, &s->adamw, a->lr, a->update);
-    hdlm_ema_blend(s->ema, m->params + s->lo, n, a->ema_decay);
+    hdlm_adamw_update(m->params + s->lo, g, s->adam_m, s->adam_v, n, &s->adamw, a->lr, a->update, a->clip, s->ema,
+                      a->ema_decay);
     if (s->zero1) hdlm_params_allgather(&c->sync, m->params);
 }
 
