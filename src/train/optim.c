@@ -14,8 +14,8 @@ void hdlm_adamw_update(float *params, const float *grads, float *m, float *v, si
     const float b1 = (float)c->beta1, b2 = (float)c->beta2, eps = (float)c->eps;
     const double bc1 = 1.0 - pow(c->beta1, (double)update), bc2 = 1.0 - pow(c->beta2, (double)update);
     const float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
-    // hdlm_grad_scale's product and hdlm_ema_blend's blend, in the same pass: the update reads and writes memory
-    // once (a 162M-parameter update 301–325 → 278–280 ms on two threads), the same bits as the three passes.
+    // hdlm_grad_scale's product and hdlm_ema_blend's blend in the same pass, the same bits as three passes: memory
+    // is read and written once (DDiT-small's 162M parameters, two threads: 306–343 → 274–300 ms; docs/training.md).
     const float scale = grad_scale < 1.0 ? (float)grad_scale : 1.0f, one_minus_d = (float)(1.0 - ema_decay);
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
