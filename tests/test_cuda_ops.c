@@ -567,7 +567,7 @@ static void test_sum_squares(void **state) {
         float *x = random_floats(n, -2.0f, 2.0f);
         float *d_x = test_cuda_upload_f32(x, n ? n : 1);
         hdlm_cuda_sum_squares(d_out, d_x, n, hdlm_cuda_stream());
-        double got, again, ref = hdlm_grad_norm(x, n);
+        double got, again, ref = hdlm_grad_norm(x, n, 1.0);
         hdlm_cuda_synchronize();
         hdlm_cuda_download(&got, d_out, sizeof got);
         hdlm_cuda_sum_squares(d_out, d_x, n, hdlm_cuda_stream());
@@ -604,7 +604,7 @@ static void test_adamw_and_ema(void **state) {
         float lr = (float)hdlm_lr_at(&sched, step);
         hdlm_cuda_adamw_update(d_params, d_shadow, d_grads, d_m, d_v, N, &adamw, lr, step, grad_scale,
                                hdlm_cuda_stream());
-        hdlm_adamw_update(params, grads, m, v, N, &adamw, (double)lr, step, grad_scale, NULL, 0.0);
+        hdlm_adamw_update(params, grads, m, v, N, &adamw, (double)lr, step, grad_scale, 1.0, NULL, 0.0);
         free(grads);
     }
     float *g_params = download_f32(d_params, N), *g_m = download_f32(d_m, N), *g_v = download_f32(d_v, N);

@@ -41,12 +41,12 @@ static void test_adamw_matches_pytorch(void **state) {
     hdlm_lr_schedule sched = {HDLM_LR_WARMUP_COSINE, 3e-4, 0.0, 3, 10, 1};
     for (int s = 0; s < STEPS; s++) {
         float *g = grads + (size_t)s * N;
-        double norm = hdlm_grad_norm(g, N);
+        double norm = hdlm_grad_norm(g, N, 1.0);
         assert_true(fabs(norm - norm_expected[s]) <= 1e-6 * norm_expected[s]);
         double lr = hdlm_lr_at(&sched, s);
         assert_true(fabs(lr - lr_expected[s]) <= 1e-15);
         // the trainer's way: the clipping factor applied in AdamW's pass
-        hdlm_adamw_update(params, g, m, v, N, &adamw, lr, s + 1, hdlm_grad_clip_factor(norm, 1.0), NULL, 0.0);
+        hdlm_adamw_update(params, g, m, v, N, &adamw, lr, s + 1, 1.0, hdlm_grad_clip_factor(norm, 1.0), NULL, 0.0);
         for (int i = 0; i < N; i++) {
             float want = expected[(size_t)s * N + i];
             if (fabsf(params[i] - want) > 1e-6f * 0.02f + 1e-6f * fabsf(want))
@@ -80,44 +80,56 @@ static void test_lr_schedules(void **state) {
     assert_true(hdlm_lr_at(&lin, 200) == 0.0);
 }
 
+// The norm of the gradients times a scale, and the clipping factor it gives.
 static void test_grad_norm_and_clip(void **state) {
     (void)state;
     enum { N = 100003 };   // not a multiple of the summation block
     float *g = malloc(N * sizeof *g);
-    double want = 0;
-    for (int i = 0; i < N; i++) g[i] = (float)((i % 7) - 3) * 0.01f, want += (double)g[i] * g[i];
-    want = sqrt(want);
-    double norm = hdlm_grad_norm(g, N);
+    double want = 0, want_scaled = 0;
+    for (int i = 0; i < N; i++) {
+        g[i] = (float)((i % 7) - 3) * 0.01f;
+        float scaled = g[i] * (float)(1.0 / 3);
+        want += (double)g[i] * g[i], want_scaled += (double)scaled * scaled;
+    }
+    want = sqrt(want), want_scaled = sqrt(want_scaled);
+    double norm = hdlm_grad_norm(g, N, 1.0);
     assert_true(fabs(norm - want) < 1e-9 * want);
-    double factor = hdlm_grad_clip(g, N, norm, 1.0);
-    assert_true(fabs(factor - 1.0 / (want + 1e-6)) < 1e-12);
-    assert_true(fabs(hdlm_grad_norm(g, N) - 1.0) < 1e-5);
-    assert_true(hdlm_grad_clip(g, N, 0.5, 1.0) == 1.0);   // below the threshold: unchanged
+    assert_true(hdlm_grad_norm(g, N, 2.0) == norm);   // a factor of 1 or more: the gradients as they are
+    assert_true(fabs(hdlm_grad_norm(g, N, 1.0 / 3) - want_scaled) < 1e-12 * want_scaled);
+    assert_true(fabs(hdlm_grad_clip_factor(norm, 1.0) - 1.0 / (want + 1e-6)) < 1e-12);
+    assert_true(hdlm_grad_clip_factor(0.5, 1.0) == 1.0);   // below the threshold: unchanged
+    assert_true(hdlm_grad_clip_factor(norm, 0.0) == 1.0);  // max_norm 0: clipping off
     g[17] = NAN;
-    assert_true(isnan(hdlm_grad_norm(g, N)));
+    assert_true(isnan(hdlm_grad_norm(g, N, 1.0)));
     g[17] = INFINITY;
-    assert_false(isfinite(hdlm_grad_norm(g, N)));
+    assert_false(isfinite(hdlm_grad_norm(g, N, 0.5)));
     free(g);
 }
 
 // The norm's bits are those of its stated order (src/train/optim.h), on 1 and 2 threads: two whole groups of blocks
-// that run side by side, then a short group and a partial block.
+// that run side by side, then a short group and a partial block; unscaled and scaled by 1/3.
 static void test_grad_norm_order(void **state) {
     (void)state;
     const size_t n = 19 * HDLM_GRAD_NORM_BLOCK + 77;
     float *g = malloc(n * sizeof *g);
     for (size_t i = 0; i < n; i++) g[i] = (float)((i * 2654435761u) % 100003) * 1e-5f - 0.5f;
-    double total = 0;
-    for (size_t b0 = 0; b0 < n; b0 += HDLM_GRAD_NORM_BLOCK) {
-        double s = 0;
-        for (size_t i = b0; i < n && i < b0 + HDLM_GRAD_NORM_BLOCK; i++) s += (double)g[i] * g[i];
-        total += s;
-    }
-    double want = sqrt(total);
-    for (int threads = 1; threads <= 2; threads++) {
-        omp_set_num_threads(threads);
-        double got = hdlm_grad_norm(g, n);
-        assert_memory_equal(&got, &want, sizeof got);
+    for (int k = 0; k < 2; k++) {
+        const double scale = k ? 1.0 / 3 : 1.0;
+        double total = 0;
+        for (size_t b0 = 0; b0 < n; b0 += HDLM_GRAD_NORM_BLOCK) {
+            double s = 0;
+            for (size_t i = b0; i < n && i < b0 + HDLM_GRAD_NORM_BLOCK; i++) {
+                float x = g[i] * (float)scale;
+                s += (double)x * x;
+            }
+            total += s;
+        }
+        double want = sqrt(total);
+        for (int threads = 1; threads <= 2; threads++) {
+            omp_set_num_threads(threads);
+            double got = hdlm_grad_norm(g, n, scale);
+            assert_memory_equal(&got, &want, sizeof got);
+        }
     }
     free(g);
 }
@@ -138,30 +150,33 @@ static void test_ema_decay_and_update(void **state) {
     assert_true(fabsf(shadow[0] - (float)pow(3.0, -2.0 / 3)) < 1e-7f);
 }
 
-// The trainer's update in one pass (clipping factor, AdamW, EMA) gives the bits of the three passes one after the
-// other, on 1 and 2 threads, and leaves the gradients as they were.
-static void test_adamw_one_pass_equals_three(void **state) {
+// The trainer's update in one pass (both gradient factors, AdamW, EMA) gives the bits of the passes it replaced,
+// one after the other, on 1 and 2 threads, and leaves the gradients as they were.
+static void test_adamw_one_pass_equals_passes(void **state) {
     (void)state;
     enum { N = 10007 };   // not a multiple of the vector width
     hdlm_adamw_config adamw = {0.9, 0.999, 1e-8, 0.03};
     float *init = malloc(5 * N * sizeof *init), *a = malloc(5 * N * sizeof *a), *b = malloc(5 * N * sizeof *b);
     for (size_t i = 0; i < 5 * (size_t)N; i++) init[i] = (float)((i * 2654435761u) % 100003) * 2e-5f - 1.0f;
     for (int i = 0; i < N; i++) init[3 * N + i] = fabsf(init[3 * N + i]);   // v >= 0
-    const double clips[] = {0.37, 1.0, 1.5}, decays[] = {0.999, 0.0};
+    const double scales[] = {1.0 / 3, 1.0}, clips[] = {0.37, 1.0, 1.5}, decays[] = {0.999, 0.0};
     for (int threads = 1; threads <= 2; threads++)
-        for (int c = 0; c < 3; c++)
-            for (int d = 0; d < 2; d++) {
-                omp_set_num_threads(threads);
-                memcpy(a, init, 5 * N * sizeof *a);   // params, grads, m, v, ema
-                memcpy(b, init, 5 * N * sizeof *b);
-                hdlm_grad_scale(a + N, N, clips[c]);
-                hdlm_adamw_update(a, a + N, a + 2 * N, a + 3 * N, N, &adamw, 1e-3, 7, 1.0, NULL, 0.0);
-                hdlm_ema_blend(a + 4 * N, a, N, decays[d]);
-                hdlm_adamw_update(b, b + N, b + 2 * N, b + 3 * N, N, &adamw, 1e-3, 7, clips[c], b + 4 * N, decays[d]);
-                assert_memory_equal(b + N, init + N, N * sizeof *b);   // gradients untouched
-                for (int k = 0; k < 5; k++)
-                    if (k != 1) assert_memory_equal(a + (size_t)k * N, b + (size_t)k * N, N * sizeof *a);
+        for (int k = 0; k < 12; k++) {
+            double scale = scales[k % 2], clip = clips[k / 2 % 3], decay = decays[k / 6];
+            omp_set_num_threads(threads);
+            memcpy(a, init, 5 * N * sizeof *a);   // params, grads, m, v, ema
+            memcpy(b, init, 5 * N * sizeof *b);
+            for (int i = 0; i < N; i++) {   // the gradients scaled in place, then clipped in place
+                if (scale < 1.0) a[N + i] *= (float)scale;
+                if (clip < 1.0) a[N + i] *= (float)clip;
             }
+            hdlm_adamw_update(a, a + N, a + 2 * N, a + 3 * N, N, &adamw, 1e-3, 7, 1.0, 1.0, NULL, 0.0);
+            hdlm_ema_blend(a + 4 * N, a, N, decay);
+            hdlm_adamw_update(b, b + N, b + 2 * N, b + 3 * N, N, &adamw, 1e-3, 7, scale, clip, b + 4 * N, decay);
+            assert_memory_equal(b + N, init + N, N * sizeof *b);   // gradients untouched
+            for (int j = 0; j < 5; j++)
+                if (j != 1) assert_memory_equal(a + (size_t)j * N, b + (size_t)j * N, N * sizeof *a);
+        }
     free(init), free(a), free(b);
 }
 
@@ -172,7 +187,7 @@ int main(void) {
         cmocka_unit_test(test_grad_norm_and_clip),
         cmocka_unit_test(test_grad_norm_order),
         cmocka_unit_test(test_ema_decay_and_update),
-        cmocka_unit_test(test_adamw_one_pass_equals_three),
+        cmocka_unit_test(test_adamw_one_pass_equals_passes),
     };
     return cmocka_run_group_tests_name("optim", tests, NULL, NULL);
 }

@@ -6,20 +6,24 @@
 
 #include "hdlm/common.h"
 
+// A gradient factor as the update multiplies by it: (float)x when below 1, else 1 (exact: nothing changes).
+static float gradient_factor(double x) { return x < 1.0 ? (float)x : 1.0f; }
+
 void hdlm_adamw_update(float *params, const float *grads, float *m, float *v, size_t n, const hdlm_adamw_config *c,
-                       double lr, int64_t update, double grad_scale, float *ema, double ema_decay) {
+                       double lr, int64_t update, double grad_scale, double clip, float *ema, double ema_decay) {
     HDLM_ASSERT(update >= 1, "AdamW update count starts at 1");
     // Same operation order as torch.optim.AdamW (single-tensor path), in fp32 per element.
     const float decay = (float)(1.0 - lr * c->weight_decay);
     const float b1 = (float)c->beta1, b2 = (float)c->beta2, eps = (float)c->eps;
     const double bc1 = 1.0 - pow(c->beta1, (double)update), bc2 = 1.0 - pow(c->beta2, (double)update);
     const float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
-    // hdlm_grad_scale's product and hdlm_ema_blend's blend in the same pass, the same bits as three passes: memory
-    // is read and written once (DDiT-small's 162M parameters, two threads: 306–343 → 274–300 ms; docs/training.md).
-    const float scale = grad_scale < 1.0 ? (float)grad_scale : 1.0f, one_minus_d = (float)(1.0 - ema_decay);
+    // The gradients' two factors and the EMA's blend in the same pass: memory is read and written once, the
+    // gradients never (docs/training.md, "The optimizer in one pass").
+    const float scale = gradient_factor(grad_scale), clip_f = gradient_factor(clip);
+    const float one_minus_d = (float)(1.0 - ema_decay);
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
-        float g = grads[i] * scale;
+        float g = grads[i] * scale * clip_f;   // (g · scale) · clip: the product the norm saw, then clipped
         float p = params[i] * decay;
         float mi = m[i] * b1 + (1.0f - b1) * g;
         float vi = v[i] * b2 + (1.0f - b2) * g * g;
@@ -54,7 +58,8 @@ double hdlm_lr_at(const hdlm_lr_schedule *s, int64_t updates) {
 // DDiT-small's 124 M on one thread).
 enum { NORM_BLOCK = HDLM_GRAD_NORM_BLOCK, NORM_WAYS = 8 };
 
-double hdlm_grad_norm(const float *grads, size_t n) {
+double hdlm_grad_norm(const float *grads, size_t n, double scale) {
+    const float f = gradient_factor(scale);
     size_t n_blocks = (n + NORM_BLOCK - 1) / NORM_BLOCK, n_groups = (n_blocks + NORM_WAYS - 1) / NORM_WAYS;
     double *partial = hdlm_malloc((n_blocks ? n_blocks : 1) * sizeof *partial);
 #pragma omp parallel for schedule(static)
@@ -64,14 +69,20 @@ double hdlm_grad_norm(const float *grads, size_t n) {
             const float *x = grads + b0 * NORM_BLOCK;
             double s[NORM_WAYS] = {0};
             for (size_t i = 0; i < NORM_BLOCK; i++)
-                for (int w = 0; w < NORM_WAYS; w++) s[w] += (double)x[w * NORM_BLOCK + i] * x[w * NORM_BLOCK + i];
+                for (int w = 0; w < NORM_WAYS; w++) {
+                    float g = x[w * NORM_BLOCK + i] * f;
+                    s[w] += (double)g * g;
+                }
             for (int w = 0; w < NORM_WAYS; w++) partial[b0 + w] = s[w];
             continue;
         }
         for (size_t b = b0; b < n_blocks; b++) {   // the last group, short
             size_t end = (b + 1) * NORM_BLOCK < n ? (b + 1) * NORM_BLOCK : n;
             double s = 0.0;
-            for (size_t i = b * NORM_BLOCK; i < end; i++) s += (double)grads[i] * grads[i];
+            for (size_t i = b * NORM_BLOCK; i < end; i++) {
+                float g = grads[i] * f;
+                s += (double)g * g;
+            }
             partial[b] = s;
         }
     }
@@ -84,19 +95,6 @@ double hdlm_grad_norm(const float *grads, size_t n) {
 double hdlm_grad_clip_factor(double norm, double max_norm) {
     double factor = max_norm / (norm + 1e-6);
     return max_norm > 0 && factor < 1.0 ? factor : 1.0;
-}
-
-void hdlm_grad_scale(float *grads, size_t n, double factor) {
-    if (!(factor < 1.0)) return;
-    const float f = (float)factor;
-#pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < n; i++) grads[i] *= f;
-}
-
-double hdlm_grad_clip(float *grads, size_t n, double norm, double max_norm) {
-    double factor = hdlm_grad_clip_factor(norm, max_norm);
-    hdlm_grad_scale(grads, n, factor);
-    return factor;
 }
 
 double hdlm_ema_decay(const hdlm_ema_config *c, int64_t n) {

@@ -9,11 +9,13 @@
 #include "hdlm/train_config.h"
 
 // One AdamW update of n parameters at learning rate lr; `update` counts optimizer updates from 1 (bias
-// corrections). Decoupled weight decay on every parameter (the reference has no parameter groups). The gradients
-// are used times (float)grad_scale when it is below 1 (the clipping factor; hdlm_grad_scale's product), and, when
-// ema is given, the EMA shadow of these parameters follows the updated ones (hdlm_ema_blend with ema_decay).
+// corrections). Decoupled weight decay on every parameter (the reference has no parameter groups). Each gradient
+// is used times (float)grad_scale (the mean over micro-batches and ranks, 1/(accum · ranks)) and then times
+// (float)clip (the clipping factor), each product rounded to fp32 and skipped when its factor is not below 1; the
+// gradients themselves are left as they are. When ema is given, the EMA shadow of these parameters follows the
+// updated ones in the same pass (hdlm_ema_blend with ema_decay).
 void hdlm_adamw_update(float *params, const float *grads, float *m, float *v, size_t n, const hdlm_adamw_config *c,
-                       double lr, int64_t update, double grad_scale, float *ema, double ema_decay);
+                       double lr, int64_t update, double grad_scale, double clip, float *ema, double ema_decay);
 
 // Schedules (hdlm_lr_kind, from optim.scheduler): CONSTANT lr; COSINE min_lr + (lr - min_lr)(1 + cos(pi e /
 // total))/2 (ε default, no warm-up); WARMUP_COSINE lr * e / warmup during warm-up, then cosine from lr to 0 at `total`
@@ -29,17 +31,14 @@ typedef struct {
 // Learning rate for the given number of completed optimizer updates.
 double hdlm_lr_at(const hdlm_lr_schedule *s, int64_t updates);
 
-// Global L2 norm of n gradients: the squares (exact in double) summed in index order within blocks of
-// HDLM_GRAD_NORM_BLOCK elements, then the blocks' sums in block order, so the result does not depend on the number
-// of threads. NaN or infinity when any gradient is not finite.
+// Global L2 norm of n gradients times (float)scale (scale as hdlm_adamw_update's grad_scale: the products AdamW
+// uses): the squares (exact in double) summed in index order within blocks of HDLM_GRAD_NORM_BLOCK elements, then
+// the blocks' sums in block order, so the result does not depend on the number of threads. NaN or infinity when
+// any gradient is not finite.
 enum { HDLM_GRAD_NORM_BLOCK = 1 << 14 };
-double hdlm_grad_norm(const float *grads, size_t n);
+double hdlm_grad_norm(const float *grads, size_t n, double scale);
 // The clipping factor min(1, max_norm / (norm + 1e-6)) of PyTorch's clip_grad_norm_ (1 when max_norm <= 0: off).
 double hdlm_grad_clip_factor(double norm, double max_norm);
-// Multiplies n gradients by (float)factor when factor < 1.
-void hdlm_grad_scale(float *grads, size_t n, double factor);
-// Scales gradients by hdlm_grad_clip_factor(norm, max_norm); returns the factor.
-double hdlm_grad_clip(float *grads, size_t n, double norm, double max_norm);
 
 typedef struct {
     double decay_max;          // 0.9999

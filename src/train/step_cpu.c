@@ -14,6 +14,7 @@ typedef struct {
     float *dout;   // [B, L, V] d(loss)/d(outputs)
     float *raw;    // the raw weights while the EMA weights are in use
     double loss;
+    double grad_scale;   // the scale of the last grad_norm, applied again by AdamW (the gradients stay unscaled)
 } cpu_backend;
 
 static void cpu_micro_batch(hdlm_step_backend *b, const hdlm_model_input *in, const hdlm_loss_target *target,
@@ -29,16 +30,14 @@ static void cpu_micro_batch(hdlm_step_backend *b, const hdlm_model_input *in, co
 
 static double cpu_loss(hdlm_step_backend *b) { return ((cpu_backend *)b)->loss; }
 
-// The gradient is scaled in place by 1/(accum · ranks), so the norm and AdamW see the same floats; the clipping
-// factor is applied in AdamW's pass (cpu_apply).
+// The norm of the gradients times scale, whose products AdamW forms again (cpu_apply): the gradients are read twice
+// and never rewritten.
 static double cpu_grad_norm(hdlm_step_backend *b, double scale) {
     cpu_backend *c = (cpu_backend *)b;
     hdlm_step_state *s = b->state;
     hdlm_grad_sync_finish(&c->sync);
-    float *g = s->model->grads + s->lo;
-    size_t n = s->hi - s->lo;
-    hdlm_grad_scale(g, n, scale);   // the same (float)scale product, on the threads (none when scale is 1)
-    double local = hdlm_grad_norm(g, n);
+    c->grad_scale = scale;
+    double local = hdlm_grad_norm(s->model->grads + s->lo, s->hi - s->lo, scale);
     return s->zero1 ? sqrt(hdlm_allreduce_sum(local * local)) : local;
 }
 
@@ -46,10 +45,8 @@ static void cpu_apply(hdlm_step_backend *b, const hdlm_step_apply *a) {
     cpu_backend *c = (cpu_backend *)b;
     hdlm_step_state *s = b->state;
     hdlm_model *m = s->model;
-    float *g = m->grads + s->lo;
-    size_t n = s->hi - s->lo;
-    hdlm_adamw_update(m->params + s->lo, g, s->adam_m, s->adam_v, n, &s->adamw, a->lr, a->update, a->clip, s->ema,
-                      a->ema_decay);
+    hdlm_adamw_update(m->params + s->lo, m->grads + s->lo, s->adam_m, s->adam_v, s->hi - s->lo, &s->adamw, a->lr,
+                      a->update, c->grad_scale, a->clip, s->ema, a->ema_decay);
     if (s->zero1) hdlm_params_allgather(&c->sync, m->params);
 }
 
