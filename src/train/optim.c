@@ -9,6 +9,11 @@
 // A gradient factor as the update multiplies by it: (float)x when below 1, else 1 (exact: nothing changes).
 static float gradient_factor(double x) { return x < 1.0 ? (float)x : 1.0f; }
 
+// One EMA element: shadow − (1 − d)(shadow − param), the reference's form (method §8.5).
+static inline float ema_blend(float shadow, float param, float one_minus_d) {
+    return shadow - one_minus_d * (shadow - param);
+}
+
 void hdlm_adamw_update(float *params, const float *grads, float *m, float *v, size_t n, const hdlm_adamw_config *c,
                        double lr, int64_t update, double grad_scale, double clip, float *ema, double ema_decay) {
     HDLM_ASSERT(update >= 1, "AdamW update count starts at 1");
@@ -31,7 +36,7 @@ void hdlm_adamw_update(float *params, const float *grads, float *m, float *v, si
         v[i] = vi;
         p = p - step_size * (mi / (sqrtf(vi) / bc2_sqrt + eps));
         params[i] = p;
-        if (ema) ema[i] -= one_minus_d * (ema[i] - p);
+        if (ema) ema[i] = ema_blend(ema[i], p, one_minus_d);
     }
 }
 
@@ -111,5 +116,5 @@ void hdlm_ema_update(float *shadow, const float *params, size_t n_params, const 
 void hdlm_ema_blend(float *shadow, const float *params, size_t n_params, double decay) {
     const float one_minus_d = (float)(1.0 - decay);
 #pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < n_params; i++) shadow[i] -= one_minus_d * (shadow[i] - params[i]);
+    for (size_t i = 0; i < n_params; i++) shadow[i] = ema_blend(shadow[i], params[i], one_minus_d);
 }

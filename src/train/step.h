@@ -32,7 +32,8 @@ typedef struct {
 typedef struct {
     double lr;
     int64_t update;     // applied updates so far + 1 (AdamW's bias corrections)
-    double clip;        // clipping factor in (0, 1] on the (already scaled) gradient
+    double grad_scale;  // the mean's 1/(accum · ranks), as given to grad_norm: the gradients stay unscaled
+    double clip;        // clipping factor in (0, 1] on the scaled gradient
     double ema_decay;
 } hdlm_step_apply;
 

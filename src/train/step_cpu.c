@@ -14,7 +14,6 @@ typedef struct {
     float *dout;   // [B, L, V] d(loss)/d(outputs)
     float *raw;    // the raw weights while the EMA weights are in use
     double loss;
-    double grad_scale;   // the scale of the last grad_norm, applied again by AdamW (the gradients stay unscaled)
 } cpu_backend;
 
 static void cpu_micro_batch(hdlm_step_backend *b, const hdlm_model_input *in, const hdlm_loss_target *target,
@@ -36,7 +35,6 @@ static double cpu_grad_norm(hdlm_step_backend *b, double scale) {
     cpu_backend *c = (cpu_backend *)b;
     hdlm_step_state *s = b->state;
     hdlm_grad_sync_finish(&c->sync);
-    c->grad_scale = scale;
     double local = hdlm_grad_norm(s->model->grads + s->lo, s->hi - s->lo, scale);
     return s->zero1 ? sqrt(hdlm_allreduce_sum(local * local)) : local;
 }
@@ -46,7 +44,7 @@ static void cpu_apply(hdlm_step_backend *b, const hdlm_step_apply *a) {
     hdlm_step_state *s = b->state;
     hdlm_model *m = s->model;
     hdlm_adamw_update(m->params + s->lo, m->grads + s->lo, s->adam_m, s->adam_v, s->hi - s->lo, &s->adamw, a->lr,
-                      a->update, c->grad_scale, a->clip, s->ema, a->ema_decay);
+                      a->update, a->grad_scale, a->clip, s->ema, a->ema_decay);
     if (s->zero1) hdlm_params_allgather(&c->sync, m->params);
 }
 

@@ -22,7 +22,6 @@ typedef struct {
     hdlm_nccl_sync *sync;
     float *adam_m, *adam_v, *ema;   // device, hi - lo floats each (this rank's range, as on the host)
     double *sum_squares;            // device [1]
-    double grad_scale;              // the scale of the last grad_norm, folded into AdamW's gradient scale
     bool nccl;                      // a communicator was created (more than one rank)
 } cuda_backend;
 
@@ -55,7 +54,6 @@ static double cuda_grad_norm(hdlm_step_backend *b, double scale) {
     hdlm_cuda_synchronize();
     hdlm_cuda_download(&sum_squares, c->sum_squares, sizeof sum_squares);
     if (s->zero1) sum_squares = hdlm_allreduce_sum(sum_squares);
-    c->grad_scale = scale;
     return sqrt(sum_squares) * scale;
 }
 
@@ -69,7 +67,7 @@ static void cuda_apply(hdlm_step_backend *b, const hdlm_step_apply *a) {
     hdlm_cuda_model_profile_optimizer_begin(dm);
     hdlm_cuda_adamw_update(params + s->lo, hdlm_cuda_model_params_bf16(dm) + s->lo, hdlm_cuda_model_grads(dm) + s->lo,
                            c->adam_m, c->adam_v, n, &s->adamw, (float)a->lr, a->update,
-                           (float)(c->grad_scale * a->clip), stream);
+                           (float)(a->grad_scale * a->clip), stream);
     hdlm_cuda_ema_update(c->ema, params + s->lo, n, (float)a->ema_decay, stream);
     hdlm_cuda_model_profile_optimizer_end(dm);
     if (s->zero1) {

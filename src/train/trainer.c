@@ -292,7 +292,7 @@ void hdlm_trainer_update(hdlm_trainer *t, hdlm_update_stats *stats) {
         hdlm_warn("update %lld: non-finite gradient norm (%g): update skipped, LR schedule not advanced\n",
                   (long long)t->update + 1, stats->grad_norm);
     } else {
-        hdlm_step_apply apply = {stats->lr, t->applied + 1,
+        hdlm_step_apply apply = {stats->lr, t->applied + 1, scale,
                                  hdlm_grad_clip_factor(stats->grad_norm, t->cfg.optim.grad_clip),
                                  hdlm_ema_decay(&t->ema_cfg, t->applied + 1)};
         b->ops->apply(b, &apply);
